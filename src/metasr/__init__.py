@@ -1,0 +1,43 @@
+"""metasr: magnification-arbitrary super-resolution with Meta-Upscale (any scale per axis).
+
+Public API::
+
+    from metasr import MetaUpsample, Pos2Weight, meta_upscale, backends
+    up = MetaUpsample(64, 3)
+    y = up(features, scale=(2.5, 3.0))      # or scale=3.7, or size=(721, 1440)
+
+``import metasr`` needs only torch (and numpy); Triton, BasicSR and image libraries load lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .geometry import build_geometry, resolve_output_size
+from .modules import MetaUpsample, Pos2Weight
+from .ops.meta_upscale import meta_upscale
+from .ops.meta_upscale._dispatch import BackendUnavailableError, backends
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "MetaUpsample",
+    "Pos2Weight",
+    "__version__",
+    "backends",
+    "build_geometry",
+    "create_model",
+    "list_models",
+    "meta_upscale",
+    "resolve_output_size",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The model zoo is imported on first use so that `import metasr` stays light.
+    if name in ("create_model", "list_models"):
+        from . import archs
+
+        return getattr(archs, name)
+    raise AttributeError(f"module 'metasr' has no attribute {name!r}")

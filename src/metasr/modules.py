@@ -1,0 +1,131 @@
+"""``nn.Module`` front-ends of the Meta-Upscale op: :class:`Pos2Weight` and :class:`MetaUpsample`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .geometry import POS_ENCODINGS, Arithmetic
+from .ops.meta_upscale import meta_upscale
+
+__all__ = ["MetaUpsample", "Pos2Weight"]
+
+
+class Pos2Weight(nn.Module):
+    """Weight-prediction MLP of Meta-SR: position → ``k·k·Cin·Cout`` filter weights.
+
+    ``meta_block = Sequential(Linear(P, hidden), ReLU, Linear(hidden, k·k·Cin·Cout))`` with
+    ``P = 4`` for ``pos_encoding="asymmetric"`` ``(Δv, Δh, 1/r_v, 1/r_h)`` and ``P = 3`` for
+    ``"official"`` ``(1/r, Δv, Δh)``. The output vector of a position is laid out as
+    ``index = ((c·k + ky)·k + kx)·Cout + o`` (``F.unfold`` channel order, output channel fastest),
+    which is the layout of the official Meta-SR code, so its ``P2W.meta_block.*`` weights load.
+
+    Args:
+        in_channels: ``Cin``, channels of the LR feature map.
+        out_channels: ``Cout``, channels of the output.
+        kernel_size: ``k``, odd.
+        hidden: width of the hidden layer (256 in the paper).
+        pos_encoding: ``"asymmetric"`` (default) or ``"official"``.
+
+    Shape:
+        forward: ``(M, P)`` → ``(M, k·k·Cin·Cout)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        hidden: int = 256,
+        pos_encoding: str = "asymmetric",
+    ) -> None:
+        super().__init__()
+        for name, v in (
+            ("in_channels", in_channels),
+            ("out_channels", out_channels),
+            ("hidden", hidden),
+        ):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
+        if pos_encoding not in POS_ENCODINGS:
+            raise ValueError(
+                f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.hidden = hidden
+        self.pos_encoding = pos_encoding
+        num_pos = POS_ENCODINGS[pos_encoding]
+        self.meta_block = nn.Sequential(
+            nn.Linear(num_pos, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, kernel_size * kernel_size * in_channels * out_channels),
+        )
+
+    @property
+    def num_pos(self) -> int:
+        return POS_ENCODINGS[self.pos_encoding]
+
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        return self.meta_block(pos)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"kernel_size={self.kernel_size}, hidden={self.hidden}, "
+            f"pos_encoding={self.pos_encoding!r}"
+        )
+
+
+class MetaUpsample(nn.Module):
+    """Meta-Upscale: upsample a feature map by any scale ≥ 1 per axis, or to a given size.
+
+    Args:
+        in_channels: ``Cin``.
+        out_channels: ``Cout``.
+        kernel_size: ``k`` (odd), the LR window each output pixel sees.
+        hidden: hidden width of the weight-prediction MLP.
+        pos_encoding: ``"asymmetric"`` (default) or ``"official"``.
+        backend: ``"auto"`` or a backend name (see :func:`metasr.backends`).
+        arithmetic: ``"exact"`` (default) or ``"official"`` float32 grid arithmetic of the
+            published code (only for reproducing official checkpoints bit for bit).
+
+    Shape:
+        forward: ``x (N, Cin, h, w)`` → ``(N, Cout, H, W)``.
+
+    Example:
+        >>> up = MetaUpsample(64, 3)
+        >>> up(torch.randn(1, 64, 24, 24), scale=(2.5, 3.0)).shape
+        torch.Size([1, 3, 60, 72])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        hidden: int = 256,
+        pos_encoding: str = "asymmetric",
+        backend: str = "auto",
+        arithmetic: Arithmetic = "exact",
+    ) -> None:
+        super().__init__()
+        self.phi = Pos2Weight(in_channels, out_channels, kernel_size, hidden, pos_encoding)
+        self.backend = backend
+        self.arithmetic = arithmetic
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        scale: float | tuple[float, float] | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        return meta_upscale(
+            x, self.phi, scale=scale, size=size, backend=self.backend, arithmetic=self.arithmetic
+        )
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}"

@@ -1,0 +1,113 @@
+"""Meta-Upscale op: the public function. Backends live one per file beside this one."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...geometry import Arithmetic, build_geometry
+from ._common import MLPParams
+from ._dispatch import select_backend
+
+__all__ = ["meta_upscale"]
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype active for ``device_type``, or None when autocast is off."""
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except TypeError:  # torch < 2.4 has no per-device query
+        if device_type == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
+        if device_type == "cpu" and torch.is_autocast_cpu_enabled():
+            return torch.get_autocast_cpu_dtype()
+    return None
+
+
+def meta_upscale(
+    x: torch.Tensor,
+    phi: nn.Module,
+    scale: float | tuple[float, float] | None = None,
+    size: tuple[int, int] | None = None,
+    backend: str | None = None,
+    arithmetic: Arithmetic = "exact",
+) -> torch.Tensor:
+    """Meta-Upscale ``x`` by ``scale`` (or to ``size``) with the weight-prediction MLP ``phi``.
+
+    Every output pixel ``(i, j)`` has an LR pixel ``(i', j')`` and offsets ``(Δv, Δh)``
+    (:mod:`metasr.geometry`); ``phi`` maps its position encoding to a ``k×k×Cin×Cout`` filter that
+    is applied to the LR window around ``(i', j')``. Equivalent plain PyTorch (the ``naive``
+    backend)::
+
+        pos = geometry.positions()                                  # (H·W, P), float64
+        Wt = phi(pos.to(x.dtype)).view(H, W, Cin, k, k, Cout)
+        xpad = F.pad(x, [k // 2] * 4)
+        y[:, :, i, j] = einsum("ncyx,cyxo->no", xpad[:, :, i':i'+k, j':j'+k], Wt[i, j])
+
+    Args:
+        x: ``(N, Cin, h, w)`` floating-point features.
+        phi: a :class:`metasr.Pos2Weight` (``meta_block`` = Linear, ReLU, Linear).
+        scale: a number or ``(r_v, r_h)``, each finite and ≥ 1.
+        size: ``(H, W)`` instead of ``scale``, with ``H ≥ h``, ``W ≥ w``.
+        backend: ``None``/``"auto"`` or one of :func:`metasr.backends`; ``METASR_BACKEND``
+            overrides ``auto``.
+        arithmetic: ``"exact"`` geometry (default) or the official code's float32 grid.
+
+    Returns:
+        ``(N, Cout, H, W)``, in ``x``'s dtype (or the autocast dtype under ``torch.autocast``).
+
+    Raises:
+        ValueError: for any invalid input (shape, scale, size, dtype, device, encoding);
+            :class:`metasr.BackendUnavailableError` (a ``ValueError``) when no backend can run.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, h, w), got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    block = getattr(phi, "meta_block", None)
+    if not (
+        isinstance(block, nn.Sequential)
+        and len(block) == 3
+        and isinstance(block[0], nn.Linear)
+        and isinstance(block[1], nn.ReLU)
+        and isinstance(block[2], nn.Linear)
+    ):
+        raise ValueError("phi must be a Pos2Weight whose meta_block is Linear, ReLU, Linear")
+    C, k, O = phi.in_channels, phi.kernel_size, phi.out_channels
+    if x.shape[1] != C:
+        raise ValueError(f"x has {x.shape[1]} channels but phi expects in_channels={C}")
+    if k % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {k}")
+    lin1, lin2 = block[0], block[2]
+    if lin2.out_features != k * k * C * O or lin1.in_features != phi.num_pos:
+        raise ValueError(
+            f"phi.meta_block maps {lin1.in_features} -> {lin2.out_features} values, expected "
+            f"{phi.num_pos} -> {k * k * C * O} (k*k*Cin*Cout)"
+        )
+    if lin1.weight.device != x.device:
+        raise ValueError(f"x is on {x.device} but phi's parameters are on {lin1.weight.device}")
+    geom = build_geometry(
+        x.shape[2], x.shape[3], scale=scale, size=size, pos_encoding=phi.pos_encoding,
+        arithmetic=arithmetic,
+    )
+    dtype = _autocast_dtype(x.device.type) or x.dtype
+    # Autocast is handled here once: everything runs in `dtype`, with autocast off inside, so
+    # each backend sees one consistent dtype (the casts below are differentiable).
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.to(dtype)
+        params = MLPParams(
+            lin1.weight.to(dtype),
+            lin1.bias.to(dtype),
+            lin2.weight.to(dtype),
+            lin2.bias.to(dtype),
+            kernel_size=k,
+            in_channels=C,
+            out_channels=O,
+        )
+        chosen = select_backend(backend, x, params, geom)
+        return chosen.load()(x, params, geom)

@@ -1,0 +1,60 @@
+"""The published algorithm: predict every output pixel's weights, unfold, batched matmul.
+
+This is what the official Meta-SR code and the seed's re-implementation do. It materialises
+``H·W·k²·Cin·Cout`` predicted weights and ``N·H·W·k²·Cin`` gathered features, which is why it
+hits the memory wall; it is kept as the baseline of the benchmarks and refuses to start when its
+estimate exceeds the device's free memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...geometry import Geometry
+from ._common import MLPParams, lr_linear_index, positions_tensor
+
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (2e-2, 2e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
+
+
+def estimate_bytes(
+    n: int, geom: Geometry, params_shape: tuple[int, int, int, int], itemsize: int, grad: bool
+) -> int:
+    """Peak bytes of :func:`meta_upscale_im2col` (a slight over-estimate).
+
+    Args:
+        params_shape: ``(Cin, Cout, k, hidden)``.
+    """
+    C, O, k, hid = params_shape
+    hw = geom.H * geom.W
+    kc = k * k * C
+    elems = hw * (hid + kc * O)  # hidden layer + predicted weights
+    elems += 2 * n * kc * hw  # gathered columns and bmm's transposed copy
+    elems += 2 * n * O * hw  # output and its permuted copy
+    if grad:
+        # autograd keeps the hidden layer, weights and columns and builds their gradients
+        elems = 2 * elems
+    return elems * itemsize
+
+
+def meta_upscale_im2col(x: torch.Tensor, params: MLPParams, geom: Geometry) -> torch.Tensor:
+    """im2col Meta-Upscale.
+
+    Args:
+        x: ``(N, Cin, h, w)``.
+
+    Returns:
+        ``(N, Cout, H, W)``.
+    """
+    N = x.shape[0]
+    k, C, O = params.kernel_size, params.in_channels, params.out_channels
+    weights = params.predict(positions_tensor(geom, x)).view(geom.H * geom.W, C * k * k, O)
+    cols = F.unfold(x, k, padding=k // 2)  # (N, C·k·k, h·w), LR resolution
+    cols = cols.index_select(2, lr_linear_index(geom, x.device))  # (N, C·k·k, H·W)
+    y = torch.bmm(cols.permute(2, 0, 1), weights)  # (H·W, N, O)
+    return y.permute(1, 2, 0).reshape(N, O, geom.H, geom.W)

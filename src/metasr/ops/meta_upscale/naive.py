@@ -1,0 +1,49 @@
+"""The spec: Meta-Upscale written as loops over output pixels. Tiny sizes only.
+
+Every other backend is tested against this file. It follows ``DESIGN.md`` §1 literally::
+
+    W(i, j) = Linear2(ReLU(Linear1(pos(i, j))))          # (Cin·k·k·Cout,) per output pixel
+    y[n, o, i, j] = Σ_{c,ky,kx} xpad[n, c, i'+ky, j'+kx] · W(i, j)[c, ky, kx, o]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...geometry import Geometry
+from ._common import MLPParams, positions_tensor
+
+#: (rtol, atol) against the float64 spec, per compute dtype.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (2e-2, 2e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
+
+
+def meta_upscale_naive(x: torch.Tensor, params: MLPParams, geom: Geometry) -> torch.Tensor:
+    """Reference Meta-Upscale.
+
+    Args:
+        x: ``(N, Cin, h, w)``.
+        params: the MLP tensors, in ``x``'s dtype.
+        geom: the output geometry.
+
+    Returns:
+        ``(N, Cout, H, W)``.
+    """
+    k, C, O = params.kernel_size, params.in_channels, params.out_channels
+    weights = params.predict(positions_tensor(geom, x)).view(geom.H, geom.W, C, k, k, O)
+    xpad = F.pad(x, [k // 2] * 4)
+    rows = []
+    for i in range(geom.H):
+        ii = int(geom.row_idx[i])
+        cols = []
+        for j in range(geom.W):
+            jj = int(geom.col_idx[j])
+            window = xpad[:, :, ii : ii + k, jj : jj + k]  # (N, C, k, k)
+            cols.append(torch.einsum("ncyx,cyxo->no", window, weights[i, j]))
+        rows.append(torch.stack(cols, dim=-1))  # (N, O, W)
+    return torch.stack(rows, dim=-2)  # (N, O, H, W)
