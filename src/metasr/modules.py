@@ -1,4 +1,4 @@
-"""``nn.Module`` front-ends of the Meta-Upscale op: :class:`Pos2Weight` and :class:`MetaUpsample`."""
+"""``nn.Module`` front-ends of the Meta-Upscale op: ``Pos2Weight`` and ``MetaUpsample``."""
 
 from __future__ import annotations
 

@@ -92,7 +92,11 @@ def meta_upscale(
     if lin1.weight.device != x.device:
         raise ValueError(f"x is on {x.device} but phi's parameters are on {lin1.weight.device}")
     geom = build_geometry(
-        x.shape[2], x.shape[3], scale=scale, size=size, pos_encoding=phi.pos_encoding,
+        x.shape[2],
+        x.shape[3],
+        scale=scale,
+        size=size,
+        pos_encoding=phi.pos_encoding,
         arithmetic=arithmetic,
     )
     dtype = _autocast_dtype(x.device.type) or x.dtype
@@ -100,14 +104,6 @@ def meta_upscale(
     # each backend sees one consistent dtype (the casts below are differentiable).
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(dtype)
-        params = MLPParams(
-            lin1.weight.to(dtype),
-            lin1.bias.to(dtype),
-            lin2.weight.to(dtype),
-            lin2.bias.to(dtype),
-            kernel_size=k,
-            in_channels=C,
-            out_channels=O,
-        )
+        params = MLPParams.from_module(phi, dtype)
         chosen = select_backend(backend, x, params, geom)
         return chosen.load()(x, params, geom)

@@ -35,6 +35,32 @@ class MLPParams:
     def hidden(self) -> int:
         return self.w1.shape[0]
 
+    @classmethod
+    def from_module(cls, phi: torch.nn.Module, dtype: torch.dtype) -> MLPParams:
+        """Take ``phi.meta_block``'s parameters, cast (differentiably) to ``dtype``."""
+        lin1, lin2 = phi.meta_block[0], phi.meta_block[2]
+        return cls(
+            lin1.weight.to(dtype),
+            lin1.bias.to(dtype),
+            lin2.weight.to(dtype),
+            lin2.bias.to(dtype),
+            kernel_size=phi.kernel_size,
+            in_channels=phi.in_channels,
+            out_channels=phi.out_channels,
+        )
+
+    def to(self, dtype: torch.dtype) -> MLPParams:
+        """The same parameters cast (differentiably) to ``dtype``."""
+        return MLPParams(
+            self.w1.to(dtype),
+            self.b1.to(dtype),
+            self.w2.to(dtype),
+            self.b2.to(dtype),
+            self.kernel_size,
+            self.in_channels,
+            self.out_channels,
+        )
+
     def predict(self, pos: torch.Tensor) -> torch.Tensor:
         """Run the MLP on positions ``(M, P)`` → weights ``(M, k·k·Cin·Cout)``."""
         return F.linear(F.relu(F.linear(pos, self.w1, self.b1)), self.w2, self.b2)

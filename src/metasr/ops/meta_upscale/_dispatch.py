@@ -107,7 +107,8 @@ def _im2col_reasons(x: torch.Tensor, params: MLPParams, geom: Geometry) -> list[
     from .im2col import estimate_bytes
 
     grad = torch.is_grad_enabled() and (
-        x.requires_grad or any(p.requires_grad for p in (params.w1, params.b1, params.w2, params.b2))
+        x.requires_grad
+        or any(p.requires_grad for p in (params.w1, params.b1, params.w2, params.b2))
     )
     shape = (params.in_channels, params.out_channels, params.kernel_size, params.hidden)
     need = estimate_bytes(x.shape[0], geom, shape, x.element_size(), grad)

@@ -63,15 +63,7 @@ def meta_upscale_torch(
     if x.device.type == "cpu" and in_dtype in (torch.float16, torch.bfloat16):
         # CPU half-precision GEMMs are slow and accumulate poorly; compute in float32.
         x = x.float()
-        params = MLPParams(
-            params.w1.float(),
-            params.b1.float(),
-            params.w2.float(),
-            params.b2.float(),
-            params.kernel_size,
-            params.in_channels,
-            params.out_channels,
-        )
+        params = params.to(torch.float32)
     row_first, row_phase = phases(geom.row_off)
     col_first, col_phase = phases(geom.col_off)
     if order == "auto":

@@ -1,0 +1,314 @@
+"""Every backend against the spec (``naive``): forward, gradients, dtypes, awkward scales."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import metasr
+from metasr.geometry import build_geometry
+from metasr.ops.meta_upscale._common import MLPParams, new_output
+from metasr.ops.meta_upscale.naive import meta_upscale_naive
+from metasr.ops.meta_upscale.torch_chunked import meta_upscale_torch
+
+SCALES = [
+    pytest.param({"scale": 2}, id="x2"),
+    pytest.param({"scale": 3}, id="x3"),
+    pytest.param({"scale": 1.1}, id="x1.1"),
+    pytest.param({"scale": 2.3}, id="x2.3"),
+    pytest.param({"scale": 3.7}, id="x3.7"),
+    pytest.param({"scale": (1.5, 4)}, id="1.5x4"),
+    pytest.param({"scale": (3.9, 2)}, id="3.9x2"),
+    pytest.param({"size": (17, 31)}, id="size17x31"),
+    pytest.param({"scale": (721 / 96, 10)}, id="seed721/96x10"),
+]
+
+# Torch-backend variants: the public auto choice, and each evaluation order forced, with a tiny
+# chunk budget so the chunk loop really runs several times.
+TORCH_VARIANTS = {
+    "torch-auto": {},
+    "torch-per_phase": {"order": "per_phase"},
+    "torch-ff": {"order": "features_first", "chunk_elements": 1 << 10},
+}
+
+
+def make_phi(cin: int, cout: int, k: int = 3, hidden: int = 16, enc: str = "asymmetric", seed=0):
+    torch.manual_seed(seed)
+    phi = metasr.Pos2Weight(cin, cout, k, hidden=hidden, pos_encoding=enc).double()
+    # Random, not default, init: larger biases so ReLU patterns differ between positions.
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return phi
+
+
+def run(variant: str, x: torch.Tensor, phi, call: dict) -> torch.Tensor:
+    """Run one backend or torch variant on ``x`` with ``phi`` (autograd intact)."""
+    if variant in TORCH_VARIANTS:
+        geom = build_geometry(x.shape[2], x.shape[3], pos_encoding=phi.pos_encoding, **call)
+        return meta_upscale_torch(
+            x, MLPParams.from_module(phi, x.dtype), geom, **TORCH_VARIANTS[variant]
+        )
+    return metasr.meta_upscale(x, phi, backend=variant, **call)
+
+
+def grads(y: torch.Tensor, x: torch.Tensor, phi, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
+    return torch.autograd.grad(y, [x, *phi.parameters()], dy)
+
+
+VARIANTS = ["im2col", *TORCH_VARIANTS]
+
+
+@pytest.mark.parametrize("call", SCALES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float64_forward_and_grads_match_spec(variant, call):
+    phi = make_phi(3, 2)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    ref = metasr.meta_upscale(x, phi, backend="naive", **call)
+    out = run(variant, x, phi, call)
+    assert out.shape == ref.shape and out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for g, g_ref in zip(grads(out, x, phi), grads(ref, x, phi), strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kernel_sizes_and_channels(variant, k):
+    phi = make_phi(4, 3, k=k, hidden=8)
+    x = torch.randn(3, 4, 6, 5, dtype=torch.float64, requires_grad=True)
+    call = {"scale": (2.5, 1.7)}
+    ref = metasr.meta_upscale(x, phi, backend="naive", **call)
+    out = run(variant, x, phi, call)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for g, g_ref in zip(grads(out, x, phi), grads(ref, x, phi), strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("call", [SCALES[1], SCALES[4], SCALES[6], SCALES[7]])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float32_matches_float64_spec(variant, call):
+    phi64 = make_phi(5, 3, hidden=32)
+    x64 = torch.randn(2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    ref = metasr.meta_upscale(x64, phi64, backend="naive", **call)
+    ref_grads = grads(ref, x64, phi64)
+    phi32 = make_phi(5, 3, hidden=32).float()
+    x32 = x64.detach().float().requires_grad_()
+    out = run(variant, x32, phi32, call)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+    for g, g_ref in zip(grads(out, x32, phi32), ref_grads, strict=True):
+        scale = g_ref.abs().max().item()
+        torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-4 * max(scale, 1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("variant", ["im2col", "torch-auto", "torch-ff"])
+def test_half_precision_against_float32(variant, dtype):
+    phi = make_phi(4, 3, hidden=32).float()
+    x = torch.randn(2, 4, 6, 7)
+    call = {"scale": (2.3, 3.0)}
+    ref = run(variant, x, phi, call)
+    out = run(variant, x.to(dtype), phi.to(dtype), call)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    err = (out.float() - ref).abs().max() / ref.abs().max()
+    assert err < (1e-2 if dtype == torch.float16 else 3e-2), float(err)
+
+
+def test_mixed_dtypes_follow_input_and_autocast():
+    phi = make_phi(4, 3, hidden=16).float()
+    x = torch.randn(1, 4, 5, 5)
+    ref = metasr.meta_upscale(x, phi, scale=2.5)
+    out = metasr.meta_upscale(x.bfloat16(), phi, scale=2.5)  # params follow x
+    assert out.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_ac = metasr.meta_upscale(x, phi, scale=2.5)
+    assert out_ac.dtype == torch.bfloat16
+    torch.testing.assert_close(out_ac.float(), ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
+    # gradients flow through autocast back to float32 parameters
+    out_ac = None
+    x.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = metasr.meta_upscale(x, phi, scale=2.5)
+    y.float().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in phi.parameters())
+
+
+@pytest.mark.parametrize("variant", ["naive", "im2col", "torch-per_phase", "torch-ff"])
+def test_gradcheck_float64(variant):
+    phi = make_phi(2, 2, hidden=4)
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    params = list(phi.parameters())
+    call = {"scale": (2.5, 1.5)}
+
+    def f(x, *ps):
+        # functional parameters, so gradcheck perturbs them as inputs
+        geom = build_geometry(3, 4, pos_encoding="asymmetric", **call)
+        mp = MLPParams(*ps, kernel_size=3, in_channels=2, out_channels=2)
+        if variant == "naive":
+            return meta_upscale_naive(x, mp, geom)
+        if variant == "im2col":
+            from metasr.ops.meta_upscale.im2col import meta_upscale_im2col
+
+            return meta_upscale_im2col(x, mp, geom)
+        return meta_upscale_torch(x, mp, geom, **TORCH_VARIANTS[variant])
+
+    inputs = (x, *[p.detach().clone().requires_grad_() for p in params])
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)
+
+
+def test_official_encoding_all_backends():
+    phi = make_phi(3, 3, enc="official")
+    x = torch.randn(1, 3, 5, 4, dtype=torch.float64)
+    ref = metasr.meta_upscale(x, phi, scale=2.7, backend="naive")
+    for b in ("im2col", "torch"):
+        torch.testing.assert_close(metasr.meta_upscale(x, phi, scale=2.7, backend=b), ref)
+    ref = metasr.meta_upscale(x, phi, scale=2.7, backend="naive", arithmetic="official")
+    out = metasr.meta_upscale(x, phi, scale=2.7, backend="torch", arithmetic="official")
+    torch.testing.assert_close(out, ref)
+
+
+def test_module_and_scale_per_call():
+    torch.manual_seed(0)
+    up = metasr.MetaUpsample(8, 3, hidden=16)
+    x = torch.randn(2, 8, 10, 12)
+    assert up(x, scale=2).shape == (2, 3, 20, 24)
+    assert up(x, scale=(2.5, 3.0)).shape == (2, 3, 25, 36)
+    assert up(x, size=(33, 41)).shape == (2, 3, 33, 41)
+    assert up(x, scale=1).shape == (2, 3, 10, 12)
+    assert isinstance(up.phi, metasr.Pos2Weight)
+    y = up(x, scale=3.7)
+    y.mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in up.parameters())
+
+
+def test_seed_scale_shape_and_large_chunks_agree():
+    # The seed's 96x144 -> 721x1440 geometry on a narrow input, features-first with one
+    # chunk and with many chunks: same result.
+    phi = make_phi(3, 1, hidden=8).float()
+    x = torch.randn(1, 3, 96, 144)
+    geom = build_geometry(96, 144, size=(721, 1440))
+    mp = MLPParams.from_module(phi, torch.float32)
+    one = meta_upscale_torch(x, mp, geom, order="features_first", chunk_elements=1 << 40)
+    many = meta_upscale_torch(x, mp, geom, order="features_first", chunk_elements=1 << 16)
+    assert one.shape == (1, 1, 721, 1440)
+    torch.testing.assert_close(one, many, rtol=0, atol=0)
+    # spot-check pixels against the definition
+    y = metasr.meta_upscale(x[:, :, 40:48, 60:68], phi, size=(8 * 721 // 96, 80), backend="naive")
+    assert torch.isfinite(y).all()
+
+
+def test_seed_scale_spec_on_a_crop():
+    # Pixel-exact against the spec at the seed's scale on a small input.
+    phi = make_phi(3, 1)
+    x = torch.randn(1, 3, 4, 5, dtype=torch.float64)
+    call = {"scale": (721 / 96, 10)}
+    ref = metasr.meta_upscale(x, phi, backend="naive", **call)
+    for variant in ("torch-ff", "torch-auto", "im2col"):
+        torch.testing.assert_close(run(variant, x, phi, call), ref)
+
+
+def test_backend_env_override(monkeypatch):
+    phi = make_phi(2, 2)
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    monkeypatch.setenv("METASR_BACKEND", "naive")
+    ref = metasr.meta_upscale(x, phi, scale=2)
+    monkeypatch.setenv("METASR_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="unknown backend"):
+        metasr.meta_upscale(x, phi, scale=2)
+    # an explicit backend wins over the variable
+    out = metasr.meta_upscale(x, phi, scale=2, backend="im2col")
+    torch.testing.assert_close(out, ref)
+
+
+def test_backends_listing():
+    listing = metasr.backends("cpu")
+    assert set(listing) == {"naive", "im2col", "torch", "triton"}
+    assert listing["torch"] is None and listing["naive"] is None
+
+
+def test_unavailable_backend_lists_all_reasons():
+    phi = make_phi(2, 2).float()
+    x = torch.randn(1, 2, 300, 300)
+    with pytest.raises(metasr.BackendUnavailableError) as info:
+        metasr.meta_upscale(x, phi, scale=2, backend="naive")
+    msg = str(info.value)
+    for name in ("naive", "im2col", "torch", "triton"):
+        assert f"  {name}:" in msg
+    assert "tiny outputs" in msg
+
+
+def test_im2col_refuses_what_does_not_fit(monkeypatch):
+    from metasr.ops.meta_upscale import _dispatch
+
+    monkeypatch.setattr(_dispatch, "available_memory_bytes", lambda device: 64 * 2**20)
+    phi = make_phi(16, 3).float()
+    x = torch.randn(1, 16, 64, 64)
+    with pytest.raises(metasr.BackendUnavailableError, match="backend='torch'"):
+        metasr.meta_upscale(x, phi, scale=4, backend="im2col")
+    # auto picks torch, which needs no such memory
+    assert metasr.meta_upscale(x, phi, scale=4).shape == (1, 3, 256, 256)
+
+
+@pytest.mark.parametrize(
+    "x, call, match",
+    [
+        (torch.randn(2, 3, 4), {"scale": 2}, "4-D"),
+        (torch.randn(1, 3, 0, 4), {"scale": 2}, "empty"),
+        (torch.randint(0, 5, (1, 3, 4, 4)), {"scale": 2}, "floating-point"),
+        (torch.randn(1, 4, 4, 4), {"scale": 2}, "channels"),
+        (torch.randn(1, 3, 4, 4), {"scale": 0.5}, ">= 1"),
+        (torch.randn(1, 3, 4, 4), {"scale": float("nan")}, "finite"),
+        (torch.randn(1, 3, 4, 4), {"scale": "2"}, "real number"),
+        (torch.randn(1, 3, 4, 4), {}, "exactly one"),
+        (torch.randn(1, 3, 4, 4), {"scale": 2, "size": (8, 8)}, "exactly one"),
+        (torch.randn(1, 3, 4, 4), {"size": (3, 8)}, "smaller"),
+        (torch.randn(1, 3, 4, 4), {"scale": 2, "backend": "cuda-magic"}, "unknown backend"),
+    ],
+)
+def test_bad_inputs(x, call, match):
+    phi = metasr.Pos2Weight(3, 2, hidden=8)
+    with pytest.raises(ValueError, match=match):
+        metasr.meta_upscale(x, phi, **call)
+
+
+def test_bad_module_arguments():
+    with pytest.raises(ValueError, match="odd"):
+        metasr.Pos2Weight(3, 2, kernel_size=2)
+    with pytest.raises(ValueError, match="pos_encoding"):
+        metasr.MetaUpsample(3, 2, pos_encoding="polar")
+    with pytest.raises(ValueError, match="in_channels"):
+        metasr.MetaUpsample(0, 2)
+    up = metasr.MetaUpsample(3, 2, pos_encoding="official")
+    with pytest.raises(ValueError, match="r_v == r_h"):
+        up(torch.randn(1, 3, 4, 4), scale=(2, 3))
+    with pytest.raises(ValueError, match="Pos2Weight"):
+        metasr.meta_upscale(torch.randn(1, 3, 4, 4), torch.nn.Linear(3, 3), scale=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_mismatch():
+    phi = metasr.Pos2Weight(3, 2, hidden=8)
+    with pytest.raises(ValueError, match="on cuda"):
+        metasr.meta_upscale(torch.randn(1, 3, 4, 4, device="cuda"), phi, scale=2)
+
+
+def test_device_mismatch_meta():
+    # Without a GPU, a 'meta' tensor stands in for "another device".
+    phi = metasr.Pos2Weight(3, 2, hidden=8)
+    with pytest.raises(ValueError, match="phi's parameters are on cpu"):
+        metasr.meta_upscale(torch.randn(1, 3, 4, 4, device="meta"), phi, scale=2)
+
+
+def test_poisoned_outputs_are_fully_written():
+    # conftest sets METASR_POISON_OUTPUTS=1: the chunked output starts as NaN.
+    phi = make_phi(3, 2).float()
+    x = torch.randn(2, 3, 7, 9)
+    for call in ({"scale": 2.3}, {"size": (17, 31)}, {"scale": (1.5, 4)}):
+        y = run("torch-ff", x, phi, call)
+        assert torch.isfinite(y).all()
+    assert np.isnan(new_output((2,), torch.zeros(1)).numpy()).all()
