@@ -34,8 +34,9 @@ TOLERANCES = {
     torch.bfloat16: (5e-2, 5e-2),
 }
 
-#: Elements of temporary storage one chunk of output rows may use (32 MiB in float32).
-DEFAULT_CHUNK_ELEMENTS = 1 << 23
+#: Elements of temporary storage one chunk of output rows may use (8 MiB in float32);
+#: measured peak is ~3x this (gathered rows, matmul operands), and larger chunks are no faster.
+DEFAULT_CHUNK_ELEMENTS = 1 << 21
 
 Order = Literal["auto", "per_phase", "features_first"]
 
@@ -117,12 +118,17 @@ def _features_first(
     N, C, h, w = x.shape
     k, O, hid = params.kernel_size, params.out_channels, params.hidden
     K = hid + 1  # hid channels of Z plus the bias map B, contracted with a constant 1
-    wz = params.w2.view(C, k, k, O, hid).permute(4, 3, 0, 1, 2)  # (hid, O, C, k, k)
-    wb = params.b2.view(C, k, k, O).permute(3, 0, 1, 2).unsqueeze(0)  # (1, O, C, k, k)
-    weight = torch.cat([wz, wb], dim=0).reshape(K * O, C, k, k)
-    z = F.conv2d(x, weight, padding=k // 2)  # (N, K·O, h, w)
-    # (h, w, N, O, K): one LR row is a contiguous (w·N·O, K) matrix for the contraction.
-    z = z.view(N, K, O, h, w).permute(3, 4, 0, 2, 1).contiguous()
+    wz = params.w2.view(C, k, k, O, hid).permute(3, 4, 0, 1, 2)  # (O, hid, C, k, k)
+    wb = params.b2.view(C, k, k, O).permute(3, 0, 1, 2).unsqueeze(1)  # (O, 1, C, k, k)
+    weight = torch.cat([wz, wb], dim=1).reshape(O * K, C, k, k)  # channel o·K + k
+    # channels_last makes the conv write (N, h, w, O·K) directly: one LR row of Z is then a
+    # contiguous (w·O, K) matrix per sample, with no permuted copy of Z.
+    z = F.conv2d(
+        x.contiguous(memory_format=torch.channels_last),
+        weight.contiguous(memory_format=torch.channels_last),
+        padding=k // 2,
+    )
+    z = z.permute(0, 2, 3, 1).reshape(N, h, w, O, K)  # a view when the conv honoured NHWC
     # First MLP layer, separably: W1·(row_pos[i] + col_pos[j] + const) + b1 = A[i] + Bc[j] + c.
     a = F.linear(as_float(geom.row_pos, x), params.w1)  # (H, hid)
     bc = F.linear(as_float(geom.col_pos[col_first], x), params.w1)  # (Dc, hid)
@@ -146,19 +152,19 @@ def _hid_ext(pre: torch.Tensor) -> torch.Tensor:
 
 
 class _FeaturesFirstContraction(torch.autograd.Function):
-    """``y[n,o,i,j] = Σ_k hidext(i,j)[k] · Z[i'(i), j'(j), n, o, k]``, chunked over output rows.
+    """``y[n,o,i,j] = Σ_k hidext(i,j)[k] · Z[n, i'(i), j'(j), o, k]``, chunked over output rows.
 
     Inputs:
-        z: ``(h, w, N, O, K)``, ``K = hid + 1`` (last channel: the bias map).
+        z: ``(N, h, w, O, K)``, ``K = hid + 1`` (last channel: the bias map).
         a: ``(H, hid)`` row term, ``bc: (Dc, hid)`` column term per column phase, ``c: (hid,)``.
         row_idx ``(H,)``, col_idx ``(W,)``, col_phase ``(W,)``: int64 maps.
 
     Two ways to treat columns, chosen by cost:
 
     * *phase mode* (``Dc·w ≤ 2·W``): for one output row, multiply the LR row of ``Z``
-      ``(w·N·O, K)`` by the ``Dc`` distinct ``hid`` vectors, then pick each output column's
+      ``(w·O, K)`` by the ``Dc`` distinct ``hid`` vectors, then pick each output column's
       ``(phase, j')`` entry. No column gather of ``Z`` at all; exact work for integer scales.
-    * *gather mode*: gather the LR row's columns ``(W, N·O, K)`` and do one GEMV per pixel.
+    * *gather mode*: gather the LR row's columns ``(W, O, K)`` and do one GEMV per pixel.
 
     Backward recomputes ``hid`` (storing it costs ``H·W·hid`` values) and accumulates ``dZ`` with
     ``index_add_`` along the LR row and column maps.
@@ -166,28 +172,26 @@ class _FeaturesFirstContraction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, a, bc, c, row_idx, col_idx, col_phase, chunk_elements):
-        h, w, N, O, K = z.shape
+        N, h, w, O, K = z.shape
         H, W, Dc = a.shape[0], col_idx.shape[0], bc.shape[0]
-        NO = N * O
         phase_mode = Dc * w <= 2 * W
-        per_row = (w * NO * K + Dc * w * NO) if phase_mode else (2 * W * NO * K)
+        per_row = N * O * ((w * K + Dc * w) if phase_mode else 2 * W * K)
         rows = max(1, min(H, chunk_elements // max(per_row, 1)))
-        flat_idx = col_phase * w + col_idx  # (W,) index into (Dc·w)
+        flat_idx = col_phase * w + col_idx  # (W,) index into the (Dc·w) axis
         y = new_output((N, O, H, W), z)
-        y_rows = y.view(NO, H, W)
         for i0 in range(0, H, rows):
             i1 = min(H, i0 + rows)
-            ri = row_idx[i0:i1]
-            zr = z.index_select(0, ri)  # (ni, w, N, O, K)
+            ni = i1 - i0
+            zr = z.index_select(1, row_idx[i0:i1])  # (N, ni, w, O, K)
             if phase_mode:
                 hx = _hid_ext(a[i0:i1, None, :] + bc[None] + c)  # (ni, Dc, K)
-                t = torch.bmm(hx, zr.view(i1 - i0, w * NO, K).transpose(1, 2))  # (ni, Dc, w·NO)
-                yc = t.view(i1 - i0, Dc * w, NO).index_select(1, flat_idx)  # (ni, W, NO)
+                t = torch.matmul(hx, zr.view(N, ni, w * O, K).transpose(-1, -2))
+                yc = t.view(N, ni, Dc * w, O).index_select(2, flat_idx)  # (N, ni, W, O)
             else:
                 hx = _hid_ext(a[i0:i1, None, :] + bc.index_select(0, col_phase)[None] + c)
-                zc = zr.view(i1 - i0, w, NO, K).index_select(1, col_idx)  # (ni, W, NO, K)
-                yc = torch.matmul(zc, hx.unsqueeze(-1)).squeeze(-1)  # (ni, W, NO)
-            y_rows[:, i0:i1, :] = yc.permute(2, 0, 1)
+                zc = zr.index_select(2, col_idx)  # (N, ni, W, O, K)
+                yc = torch.matmul(zc, hx[..., None]).squeeze(-1)  # (N, ni, W, O)
+            y[:, :, i0:i1, :] = yc.permute(0, 3, 1, 2)
         ctx.save_for_backward(z, a, bc, c, row_idx, col_idx, col_phase)
         ctx.phase_mode = phase_mode
         ctx.rows = rows
@@ -196,43 +200,38 @@ class _FeaturesFirstContraction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         z, a, bc, c, row_idx, col_idx, col_phase = ctx.saved_tensors
-        h, w, N, O, K = z.shape
+        N, h, w, O, K = z.shape
         H, W, Dc, hid = a.shape[0], col_idx.shape[0], bc.shape[0], a.shape[1]
-        NO = N * O
         need_z = ctx.needs_input_grad[0]
         need_mlp = any(ctx.needs_input_grad[1:4])
-        dz = torch.zeros_like(z) if need_z else None
+        dz = z.new_zeros(z.shape) if need_z else None
         da = torch.zeros_like(a) if need_mlp else None
         dbc_cols = a.new_zeros((Dc if ctx.phase_mode else W, hid)) if need_mlp else None
-        dy_rows = dy.reshape(NO, H, W)
         flat_idx = col_phase * w + col_idx
         for i0 in range(0, H, ctx.rows):
             i1 = min(H, i0 + ctx.rows)
             ni = i1 - i0
             ri = row_idx[i0:i1]
-            zr = z.index_select(0, ri)  # (ni, w, N, O, K)
-            dyc = dy_rows[:, i0:i1, :].permute(1, 2, 0)  # (ni, W, NO)
+            zr = z.index_select(1, ri)  # (N, ni, w, O, K)
+            dyc = dy[:, :, i0:i1, :].permute(0, 2, 3, 1)  # (N, ni, W, O)
             if ctx.phase_mode:
                 pre = a[i0:i1, None, :] + bc[None] + c  # (ni, Dc, hid)
-                hx = _hid_ext(pre)
-                dt = dyc.new_zeros((ni, Dc * w, NO)).index_add_(1, flat_idx, dyc)
-                dt = dt.view(ni, Dc, w * NO)
-                zr2 = zr.view(ni, w * NO, K)
+                dt = dyc.new_zeros((N, ni, Dc * w, O)).index_add_(2, flat_idx, dyc)
+                dt = dt.view(N, ni, Dc, w * O)
                 if need_mlp:
-                    dhx = torch.bmm(dt, zr2)  # (ni, Dc, K)
+                    dhx = torch.matmul(dt, zr.view(N, ni, w * O, K)).sum(0)  # (ni, Dc, K)
                 if need_z:
-                    dzr = torch.bmm(dt.transpose(1, 2), hx)  # (ni, w·NO, K)
-                    dz.index_add_(0, ri, dzr.view(ni, w, N, O, K))
+                    dzr = torch.matmul(dt.transpose(-1, -2), _hid_ext(pre))  # (N, ni, w·O, K)
+                    dz.index_add_(1, ri, dzr.view(N, ni, w, O, K))
             else:
                 pre = a[i0:i1, None, :] + bc.index_select(0, col_phase)[None] + c  # (ni, W, hid)
-                hx = _hid_ext(pre)
-                zc = zr.view(ni, w, NO, K).index_select(1, col_idx)  # (ni, W, NO, K)
+                zc = zr.index_select(2, col_idx)  # (N, ni, W, O, K)
                 if need_mlp:
-                    dhx = torch.matmul(dyc.unsqueeze(-2), zc).squeeze(-2)  # (ni, W, K)
+                    dhx = torch.matmul(dyc.unsqueeze(-2), zc).squeeze(-2).sum(0)  # (ni, W, K)
                 if need_z:
-                    dzc = dyc.unsqueeze(-1) * hx.unsqueeze(-2)  # (ni, W, NO, K)
-                    dzr = zr.new_zeros((ni, w, NO, K)).index_add_(1, col_idx, dzc)
-                    dz.index_add_(0, ri, dzr.view(ni, w, N, O, K))
+                    dzc = dyc.unsqueeze(-1) * _hid_ext(pre)[None, :, :, None, :]  # (N,ni,W,O,K)
+                    dzr = zr.new_zeros(zr.shape).index_add_(2, col_idx, dzc)
+                    dz.index_add_(1, ri, dzr)
             if need_mlp:
                 dpre = dhx[..., :hid] * (pre > 0)
                 da[i0:i1] = dpre.sum(1)

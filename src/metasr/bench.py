@@ -1,0 +1,375 @@
+"""Benchmark runner for the Meta-Upscale backends (``metasr bench``).
+
+Every measurement runs in a fresh subprocess, so the peak memory of one backend cannot hide in
+another's allocator cache: on CPU it is the peak RSS (``ru_maxrss``) minus the RSS after the
+inputs were built; on CUDA ``max_memory_allocated`` minus the memory allocated before the call.
+Time is the median of several runs after a warm-up (CUDA: events). Backends of one config run
+one after another in the same invocation, so the ratios in the table are side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CONFIGS", "BenchConfig", "run_benchmarks"]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark problem.
+
+    Attributes:
+        x_shape: ``(N, Cin, h, w)`` of the LR features.
+        call: ``{"scale": ...}`` or ``{"size": (H, W)}``.
+        out_channels: ``Cout``.
+        modes: ``"fwd"`` (inference, no autograd) and/or ``"fwdbwd"`` (forward + backward to the
+            input and all MLP parameters).
+    """
+
+    x_shape: tuple[int, int, int, int]
+    call: dict[str, Any]
+    out_channels: int
+    modes: tuple[str, ...]
+    description: str
+    kernel_size: int = 3
+    hidden: int = 256
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    "div2k-x4": BenchConfig(
+        (1, 64, 128, 128), {"scale": 4}, 3, ("fwd",), "RDN-width features of a DIV2K crop, x4"
+    ),
+    "seed-t2m": BenchConfig(
+        (1, 156, 96, 144),
+        {"size": (721, 1440)},
+        1,
+        ("fwd", "fwdbwd"),
+        "the seed's SwinIR head: 96x144 -> 721x1440 (7.51 x 10), 1 channel",
+    ),
+    "train-b16": BenchConfig(
+        (16, 64, 48, 48), {"scale": (2.5, 3.5)}, 3, ("fwdbwd",), "training batch, asymmetric"
+    ),
+    "4k-x4": BenchConfig(
+        (1, 64, 540, 960), {"scale": 4}, 3, ("fwd",), "x4 to 2160x3840 (GPU-sized)"
+    ),
+}
+
+#: Benchmark-only variants of the torch backend with its evaluation order forced.
+TORCH_ORDERS = {"torch:features_first": "features_first", "torch:per_phase": "per_phase"}
+
+
+@dataclass
+class Result:
+    config: str
+    mode: str
+    backend: str
+    dtype: str
+    device: str
+    ok: bool
+    median_ms: float | None = None
+    runs: int = 0
+    peak_mib: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _rss_peak_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Measure one (config, mode, backend, dtype, device) in this process; return a Result."""
+    import torch
+
+    import metasr
+    from metasr.geometry import build_geometry
+    from metasr.ops.meta_upscale._common import MLPParams
+    from metasr.ops.meta_upscale.torch_chunked import meta_upscale_torch
+
+    cfg = CONFIGS[spec["config"]]
+    device = torch.device(spec["device"])
+    dtype = getattr(torch, spec["dtype"])
+    mode, backend = spec["mode"], spec["backend"]
+    res = Result(spec["config"], mode, backend, spec["dtype"], spec["device"], ok=False)
+    torch.manual_seed(0)
+    phi = metasr.Pos2Weight(cfg.x_shape[1], cfg.out_channels, cfg.kernel_size, cfg.hidden)
+    phi = phi.to(device=device, dtype=dtype)
+    x = torch.randn(cfg.x_shape, device=device, dtype=dtype)
+    train = mode == "fwdbwd"
+    x.requires_grad_(train)
+    phi.requires_grad_(train)
+    geom = build_geometry(x.shape[2], x.shape[3], **cfg.call)
+    dy = torch.randn(cfg.x_shape[0], cfg.out_channels, geom.H, geom.W, device=device, dtype=dtype)
+
+    def step() -> None:
+        with torch.set_grad_enabled(train):
+            if backend in TORCH_ORDERS:
+                params = MLPParams.from_module(phi, dtype)
+                y = meta_upscale_torch(x, params, geom, order=TORCH_ORDERS[backend])
+            else:
+                y = metasr.meta_upscale(x, phi, backend=backend, **cfg.call)
+            if train:
+                y.backward(dy)
+                x.grad = None
+                phi.zero_grad(set_to_none=True)
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _rss_peak_bytes()
+    try:
+        t0 = time.perf_counter()
+        step()  # warm-up (and the only run when it is slow)
+        if cuda:
+            torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+    except metasr.BackendUnavailableError as exc:
+        # keep only this backend's line of the dispatcher's explanation
+        reason = [ln for ln in str(exc).splitlines() if ln.strip().startswith(backend + ":")]
+        res.error = reason[0].strip() if reason else str(exc).splitlines()[0]
+        return asdict(res)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        res.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return asdict(res)
+    times = [first]
+    if first < spec["slow_s"]:
+        times = []
+        deadline = time.perf_counter() + spec["min_time_s"]
+        while len(times) < spec["max_runs"] and (
+            len(times) < spec["min_runs"] or time.perf_counter() < deadline
+        ):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(True)
+                start.record()
+                step()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - t0)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _rss_peak_bytes() - base
+    res.ok = True
+    res.median_ms = statistics.median(times) * 1e3
+    res.runs = len(times)
+    res.peak_mib = max(peak, 0) / 2**20
+    return asdict(res)
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def run_benchmarks(
+    configs: list[str],
+    backends: list[str],
+    device: str = "cpu",
+    dtypes: tuple[str, ...] = ("float32",),
+    modes: tuple[str, ...] | None = None,
+    timeout_s: float = 900.0,
+    min_runs: int = 3,
+    max_runs: int = 15,
+    min_time_s: float = 2.0,
+    slow_s: float = 5.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every (config, mode, dtype, backend) in a fresh subprocess; return results + machine."""
+    results: list[dict[str, Any]] = []
+    for name in configs:
+        cfg = CONFIGS[name]
+        for mode in cfg.modes:
+            if modes and mode not in modes:
+                continue
+            for dtype in dtypes:
+                for backend in backends:
+                    spec = {
+                        "config": name,
+                        "mode": mode,
+                        "backend": backend,
+                        "dtype": dtype,
+                        "device": device,
+                        "min_runs": min_runs,
+                        "max_runs": max_runs,
+                        "min_time_s": min_time_s,
+                        "slow_s": slow_s,
+                    }
+                    if progress:
+                        print(f"  {name} {mode} {dtype} {backend} ...", file=sys.stderr, flush=True)
+                    results.append(_spawn(spec, timeout_s))
+    return {"machine": machine_info(device), "results": results}
+
+
+def _spawn(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "metasr.bench", "--worker", json.dumps(spec)]
+    env = dict(os.environ)
+    env.pop("METASR_POISON_OUTPUTS", None)
+    fail = asdict(
+        Result(spec["config"], spec["mode"], spec["backend"], spec["dtype"], spec["device"], False)
+    )
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        fail["error"] = f"timed out after {timeout_s:.0f} s"
+        return fail
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        killed = out.returncode in (-9, 137)
+        fail["error"] = "killed (out of memory?)" if killed else f"crashed: {tail[:200]}"
+        return fail
+    return json.loads(lines[-1])
+
+
+def format_table(report: dict[str, Any], baseline: str = "im2col") -> str:
+    """Markdown table with time and peak memory, and ratios to ``baseline`` from the same run."""
+    rows = report["results"]
+    base = {
+        (r["config"], r["mode"], r["dtype"]): r
+        for r in rows
+        if r["backend"] == baseline and r["ok"]
+    }
+    out = [
+        "| config | mode | dtype | backend | median time | peak memory | speed-up vs "
+        f"{baseline} | memory vs {baseline} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        b = base.get((r["config"], r["mode"], r["dtype"]))
+        if not r["ok"]:
+            out.append(
+                f"| {r['config']} | {r['mode']} | {r['dtype']} | {r['backend']} | — | — | "
+                f"{r['error']} | |"
+            )
+            continue
+        speed = mem = ""
+        if b is not None and r is not b:
+            speed = f"{b['median_ms'] / r['median_ms']:.1f}×"
+            mem = f"1/{b['peak_mib'] / max(r['peak_mib'], 1e-3):.0f}"
+        out.append(
+            f"| {r['config']} | {r['mode']} | {r['dtype']} | {r['backend']} | "
+            f"{_fmt_ms(r['median_ms'])} (n={r['runs']}) | {r['peak_mib']:.0f} MiB | {speed} | {mem} |"
+        )
+    return "\n".join(out)
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms / 1e3:.2f} s" if ms >= 1000 else f"{ms:.1f} ms"
+
+
+def write_csv(report: dict[str, Any], path: str | Path) -> None:
+    import csv
+
+    keys = ["config", "mode", "backend", "dtype", "device", "ok", "median_ms", "runs", "peak_mib"]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=[*keys, "error"])
+        w.writeheader()
+        for r in report["results"]:
+            w.writerow({k: r.get(k) for k in [*keys, "error"]})
+
+
+def plot(report: dict[str, Any], path: str | Path) -> None:
+    """Bar charts of time and peak memory per config and backend (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ValueError("--plot needs matplotlib: pip install matplotlib") from exc
+    rows = [r for r in report["results"] if r["ok"]]
+    labels = sorted({f"{r['config']}\n{r['mode']} {r['dtype']}" for r in rows})
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(len(backends), 1)
+    for ax, key, title in ((axes[0], "median_ms", "time (ms)"), (axes[1], "peak_mib", "peak MiB")):
+        for k, b in enumerate(backends):
+            vals = []
+            for lab in labels:
+                match = [
+                    r[key]
+                    for r in rows
+                    if r["backend"] == b and f"{r['config']}\n{r['mode']} {r['dtype']}" == lab
+                ]
+                vals.append(match[0] if match else 0)
+            ax.bar([i + k * width for i in range(len(labels))], vals, width, label=b)
+        ax.set_yscale("log")
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, fontsize=8)
+        ax.set_title(title)
+    axes[0].legend()
+    m = report["machine"]
+    fig.suptitle(f"metasr bench — {m.get('gpu') or m.get('cpu', '')} — {m['date']} {m['commit']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":  # worker entry: python -m metasr.bench --worker '{json}'
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(_worker(json.loads(sys.argv[2]))), flush=True)
+    else:
+        print("use `metasr bench`", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,97 @@
+"""``metasr bench``: time and peak memory of the Meta-Upscale backends, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import CLIError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..bench import CONFIGS
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmark the Meta-Upscale backends (time, peak memory)",
+        description="Each measurement runs in a fresh subprocess; ratios are to the baseline "
+        "backend of the same run. Configs: "
+        + "; ".join(f"{k}: {v.description}" for k, v in CONFIGS.items()),
+    )
+    p.add_argument(
+        "--config",
+        default="div2k-x4,seed-t2m,train-b16",
+        help="comma-separated config names, or 'all' (default: div2k-x4,seed-t2m,train-b16)",
+    )
+    p.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated backends (default: im2col,torch,torch:features_first "
+        "and triton on CUDA)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16,float16")
+    p.add_argument("--mode", default=None, help="only this mode: fwd or fwdbwd")
+    p.add_argument("--baseline", default="im2col", help="backend the ratios refer to")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
+    p.add_argument("--json", default=None, help="write the full report (with machine) here")
+    p.add_argument("--csv", default=None, help="write results as CSV here")
+    p.add_argument("--plot", default=None, help="write a PNG bar chart here (needs matplotlib)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import CONFIGS, TORCH_ORDERS, format_table, plot, run_benchmarks, write_csv
+    from ..ops.meta_upscale._dispatch import BACKENDS
+
+    configs = list(CONFIGS) if args.config == "all" else args.config.split(",")
+    for c in configs:
+        if c not in CONFIGS:
+            raise CLIError(f"unknown config {c!r}; choose from {', '.join(CONFIGS)} or 'all'")
+    if args.backends:
+        backends = args.backends.split(",")
+    else:
+        backends = ["im2col", "torch", "torch:features_first"]
+        if args.device.startswith("cuda"):
+            backends.append("triton")
+    for b in backends:
+        if b not in BACKENDS and b not in TORCH_ORDERS:
+            raise CLIError(
+                f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}, "
+                f"{', '.join(TORCH_ORDERS)}"
+            )
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError("--device cuda but no CUDA device is available")
+    elif args.device != "cpu":
+        raise CLIError(f"--device must be cpu or cuda, got {args.device!r}")
+    dtypes = tuple(args.dtype.split(","))
+    for d in dtypes:
+        if d not in ("float32", "float16", "bfloat16", "float64"):
+            raise CLIError(f"unknown dtype {d!r}")
+    if args.mode not in (None, "fwd", "fwdbwd"):
+        raise CLIError(f"--mode must be fwd or fwdbwd, got {args.mode!r}")
+    report = run_benchmarks(
+        configs,
+        backends,
+        device=args.device,
+        dtypes=dtypes,
+        modes=(args.mode,) if args.mode else None,
+        timeout_s=args.timeout,
+    )
+    m = report["machine"]
+    print(
+        f"metasr bench — {m.get('gpu') or m.get('cpu', '?')} ({m['device']}, "
+        f"{m['cpu_threads']} threads), torch {m['torch']}, commit {m['commit']}, {m['date']}"
+    )
+    print(format_table(report, baseline=args.baseline))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.csv:
+        write_csv(report, args.csv)
+    if args.plot:
+        plot(report, args.plot)
+    return 0
