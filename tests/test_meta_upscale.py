@@ -55,7 +55,7 @@ def run(variant: str, x: torch.Tensor, phi, call: dict) -> torch.Tensor:
 
 def grads(y: torch.Tensor, x: torch.Tensor, phi, seed: int = 1) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device, y.dtype)
     return torch.autograd.grad(y, [x, *phi.parameters()], dy)
 
 
@@ -312,3 +312,24 @@ def test_poisoned_outputs_are_fully_written():
         y = run("torch-ff", x, phi, call)
         assert torch.isfinite(y).all()
     assert np.isnan(new_output((2,), torch.zeros(1)).numpy()).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("call", [SCALES[0], SCALES[3], SCALES[5], SCALES[8]])
+@pytest.mark.parametrize("backend", ["im2col", "torch"])
+def test_cuda_matches_cpu_spec(backend, call, dtype):
+    phi = make_phi(8, 3, hidden=64)
+    x = torch.randn(2, 8, 12, 10, dtype=torch.float64, requires_grad=True)
+    ref = metasr.meta_upscale(x, phi, backend="im2col", **call)
+    ref_grads = grads(ref, x, phi)
+    phi_c = make_phi(8, 3, hidden=64).to("cuda", dtype)
+    x_c = x.detach().to("cuda", dtype).requires_grad_()
+    out = metasr.meta_upscale(x_c, phi_c, backend=backend, **call)
+    assert out.dtype == dtype and out.is_cuda
+    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}[dtype]
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(out.double().cpu(), ref, rtol=tol, atol=tol * scale)
+    for g, g_ref in zip(grads(out, x_c, phi_c), ref_grads, strict=True):
+        s = g_ref.abs().max().item()
+        torch.testing.assert_close(g.double().cpu(), g_ref, rtol=tol * 4, atol=tol * 4 * s)

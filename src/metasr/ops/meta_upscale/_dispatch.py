@@ -41,6 +41,7 @@ class Backend:
         dtypes: compute dtypes it accepts.
         load: returns the function ``(x, params, geom) -> y``; imported on first use.
         extra_reasons: call-specific reasons it cannot run (besides device and dtype).
+        environment_reasons: reasons that depend only on the installation and device type.
     """
 
     name: str
@@ -63,17 +64,13 @@ class Backend:
         if x is not None:
             device_type, dtype = x.device.type, x.dtype
         reasons = list(self.environment_reasons(device_type or "cpu"))
-        devices = self.devices_now()
-        if device_type is not None and device_type not in devices:
-            reasons.append(f"runs on {'/'.join(devices) or 'no device here'}, not {device_type}")
+        if device_type is not None and device_type not in self.devices:
+            reasons.append(f"runs on {'/'.join(self.devices)}, not {device_type}")
         if dtype is not None and dtype not in self.dtypes:
             reasons.append(f"does not support {dtype}")
         if not reasons and x is not None and params is not None and geom is not None:
             reasons.extend(self.extra_reasons(x, params, geom))
         return reasons
-
-    def devices_now(self) -> tuple[str, ...]:
-        return self.devices
 
 
 def _load_naive():
