@@ -24,12 +24,11 @@ SCALES = [
     pytest.param({"scale": (721 / 96, 10)}, id="seed721/96x10"),
 ]
 
-# Torch-backend variants: the public auto choice, and each evaluation order forced, with a tiny
-# chunk budget so the chunk loop really runs several times.
+# Torch-backend variants: the public auto choice, and each evaluation order forced.
 TORCH_VARIANTS = {
     "torch-auto": {},
     "torch-per_phase": {"order": "per_phase"},
-    "torch-ff": {"order": "features_first", "chunk_elements": 1 << 10},
+    "torch-ff": {"order": "features_first"},
 }
 
 
@@ -186,20 +185,15 @@ def test_module_and_scale_per_call():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in up.parameters())
 
 
-def test_seed_scale_shape_and_large_chunks_agree():
-    # The seed's 96x144 -> 721x1440 geometry on a narrow input, features-first with one
-    # chunk and with many chunks: same result.
+def test_seed_geometry_full_size_features_first_vs_im2col():
+    # The seed's 96x144 -> 721x1440 geometry at full size (narrow channels so im2col fits):
+    # rows are irregular (721/96), columns periodic (x10), batch of 2.
     phi = make_phi(3, 1, hidden=8).float()
-    x = torch.randn(1, 3, 96, 144)
-    geom = build_geometry(96, 144, size=(721, 1440))
-    mp = MLPParams.from_module(phi, torch.float32)
-    one = meta_upscale_torch(x, mp, geom, order="features_first", chunk_elements=1 << 40)
-    many = meta_upscale_torch(x, mp, geom, order="features_first", chunk_elements=1 << 16)
-    assert one.shape == (1, 1, 721, 1440)
-    torch.testing.assert_close(one, many, rtol=0, atol=0)
-    # spot-check pixels against the definition
-    y = metasr.meta_upscale(x[:, :, 40:48, 60:68], phi, size=(8 * 721 // 96, 80), backend="naive")
-    assert torch.isfinite(y).all()
+    x = torch.randn(2, 3, 96, 144)
+    ref = metasr.meta_upscale(x, phi, size=(721, 1440), backend="im2col")
+    out = run("torch-ff", x, phi, {"size": (721, 1440)})
+    assert out.shape == (2, 1, 721, 1440)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
 def test_seed_scale_spec_on_a_crop():
@@ -305,7 +299,7 @@ def test_device_mismatch_meta():
 
 
 def test_poisoned_outputs_are_fully_written():
-    # conftest sets METASR_POISON_OUTPUTS=1: the chunked output starts as NaN.
+    # conftest sets METASR_POISON_OUTPUTS=1: the output buffer starts as NaN.
     phi = make_phi(3, 2).float()
     x = torch.randn(2, 3, 7, 9)
     for call in ({"scale": 2.3}, {"size": (17, 31)}, {"scale": (1.5, 4)}):

@@ -9,7 +9,8 @@ Two evaluation orders of the same function, chosen per call by counted cost:
 * **features-first** (``DESIGN.md`` §3, any scale): with ``hid(p) = ReLU(A[i] + Bc[j] + c)`` and
   ``Z = conv(x, W2)``, ``B = conv(x, b2)`` at LR resolution,
   ``y[n,o,p] = Σ_h hid(p)[h]·Z[n,h,o,q] + B[n,o,q]``. A custom ``autograd.Function`` does the
-  contraction in chunks of output rows and recomputes ``hid`` in backward, so neither the
+  contraction one LR row (and its strip of output rows) at a time and recomputes ``hid`` in
+  backward, so neither the
   per-pixel weights, nor ``hid`` or the gathered ``Z`` of the whole output, ever exist.
 
 Per-phase costs ``Dv·Dh·Cout`` conv channels; features-first costs ``(hidden+1)·Cout`` conv
@@ -34,10 +35,6 @@ TOLERANCES = {
     torch.bfloat16: (5e-2, 5e-2),
 }
 
-#: Elements of temporary storage one chunk of output rows may use (8 MiB in float32);
-#: measured peak is ~3x this (gathered rows, matmul operands), and larger chunks are no faster.
-DEFAULT_CHUNK_ELEMENTS = 1 << 21
-
 Order = Literal["auto", "per_phase", "features_first"]
 
 
@@ -46,7 +43,6 @@ def meta_upscale_torch(
     params: MLPParams,
     geom: Geometry,
     order: Order = "auto",
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """Meta-Upscale without the output-resolution tensors.
 
@@ -55,7 +51,6 @@ def meta_upscale_torch(
         params: MLP tensors in ``x``'s dtype.
         geom: output geometry.
         order: ``"auto"`` picks by cost; the others force one evaluation order (tests, benchmarks).
-        chunk_elements: temporary-storage budget of one chunk of the features-first contraction.
 
     Returns:
         ``(N, Cout, H, W)`` in ``x``'s dtype.
@@ -73,7 +68,7 @@ def meta_upscale_torch(
     if order == "per_phase":
         y = _per_phase(x, params, geom, row_first, row_phase, col_first, col_phase)
     elif order == "features_first":
-        y = _features_first(x, params, geom, col_first, col_phase, chunk_elements)
+        y = _features_first(x, params, geom, col_first, col_phase)
     else:
         raise ValueError(f"order must be 'auto', 'per_phase' or 'features_first', got {order!r}")
     return y.to(in_dtype)
@@ -112,9 +107,8 @@ def _features_first(
     geom: Geometry,
     col_first: np.ndarray,
     col_phase: np.ndarray,
-    chunk_elements: int,
 ) -> torch.Tensor:
-    """LR convolution to ``Z`` then the chunked contraction. Shapes as the public function."""
+    """LR convolution to ``Z`` then the row-by-row contraction. Shapes as the public function."""
     N, C, h, w = x.shape
     k, O, hid = params.kernel_size, params.out_channels, params.hidden
     K = hid + 1  # hid channels of Z plus the bias map B, contracted with a constant 1
@@ -133,16 +127,13 @@ def _features_first(
     a = F.linear(as_float(geom.row_pos, x), params.w1)  # (H, hid)
     bc = F.linear(as_float(geom.col_pos[col_first], x), params.w1)  # (Dc, hid)
     c = F.linear(as_float(geom.const_pos[None], x), params.w1, params.b1)[0]  # (hid,)
+    # Output rows of one LR row form a contiguous run (the row map is non-decreasing).
+    starts = np.flatnonzero(np.r_[True, np.diff(geom.row_idx) != 0])
+    ends = np.r_[starts[1:], geom.H]
+    cells = tuple(zip(geom.row_idx[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
     dev = x.device
     return _FeaturesFirstContraction.apply(
-        z,
-        a,
-        bc,
-        c,
-        as_index(geom.row_idx, dev),
-        as_index(geom.col_idx, dev),
-        as_index(col_phase, dev),
-        chunk_elements,
+        z, a, bc, c, as_index(geom.col_idx, dev), as_index(col_phase, dev), cells
     )
 
 
@@ -152,96 +143,100 @@ def _hid_ext(pre: torch.Tensor) -> torch.Tensor:
 
 
 class _FeaturesFirstContraction(torch.autograd.Function):
-    """``y[n,o,i,j] = Σ_k hidext(i,j)[k] · Z[n, i'(i), j'(j), o, k]``, chunked over output rows.
+    """``y[n,o,i,j] = Σ_k hidext(i,j)[k] · Z[n, i'(i), j'(j), o, k]``, one LR row at a time.
 
     Inputs:
-        z: ``(N, h, w, O, K)``, ``K = hid + 1`` (last channel: the bias map).
+        z: ``(N, h, w, O, K)`` contiguous, ``K = hid + 1`` (last channel: the bias map).
         a: ``(H, hid)`` row term, ``bc: (Dc, hid)`` column term per column phase, ``c: (hid,)``.
-        row_idx ``(H,)``, col_idx ``(W,)``, col_phase ``(W,)``: int64 maps.
+        col_idx ``(W,)``, col_phase ``(W,)``: int64 column maps.
+        cells: ``(r, s, e)`` per LR row ``r``: output rows ``s..e-1`` read it.
 
-    Two ways to treat columns, chosen by cost:
+    Work is done per LR row ``r`` and all of its ``m = e - s`` output rows together, so ``Z``
+    is never gathered along rows and ``dZ[:, r]`` is written once, without any scatter. Temporary
+    storage is one strip of the output (``m`` rows) times a small factor. Columns are treated in
+    one of two ways, chosen by cost:
 
-    * *phase mode* (``Dc·w ≤ 2·W``): for one output row, multiply the LR row of ``Z``
-      ``(w·O, K)`` by the ``Dc`` distinct ``hid`` vectors, then pick each output column's
-      ``(phase, j')`` entry. No column gather of ``Z`` at all; exact work for integer scales.
-    * *gather mode*: gather the LR row's columns ``(W, O, K)`` and do one GEMV per pixel.
+    * *phase mode* (``Dc·w ≤ 2·W``, e.g. any scale whose columns have few distinct offsets):
+      one GEMM ``(m·Dc, K) × (K, w·O)`` of the ``Dc`` distinct ``hid`` vectors of each output row
+      with the LR row of ``Z``, then each output column picks its ``(phase, j')`` entry. No
+      column gather; exact work for integer scales.
+    * *gather mode*: gather the LR row's columns ``(W, O, K)`` once, then one small GEMM per
+      output column over its ``m`` rows.
 
-    Backward recomputes ``hid`` (storing it costs ``H·W·hid`` values) and accumulates ``dZ`` with
-    ``index_add_`` along the LR row and column maps.
+    Backward recomputes ``hid`` (storing it would cost ``H·W·hid`` values).
     """
 
     @staticmethod
-    def forward(ctx, z, a, bc, c, row_idx, col_idx, col_phase, chunk_elements):
+    def forward(ctx, z, a, bc, c, col_idx, col_phase, cells):
         N, h, w, O, K = z.shape
         H, W, Dc = a.shape[0], col_idx.shape[0], bc.shape[0]
         phase_mode = Dc * w <= 2 * W
-        per_row = N * O * ((w * K + Dc * w) if phase_mode else 2 * W * K)
-        rows = max(1, min(H, chunk_elements // max(per_row, 1)))
         flat_idx = col_phase * w + col_idx  # (W,) index into the (Dc·w) axis
+        bc_cols = bc if phase_mode else bc.index_select(0, col_phase)  # (Dc or W, hid)
         y = new_output((N, O, H, W), z)
-        for i0 in range(0, H, rows):
-            i1 = min(H, i0 + rows)
-            ni = i1 - i0
-            zr = z.index_select(1, row_idx[i0:i1])  # (N, ni, w, O, K)
+        for r, s, e in cells:
+            m = e - s
+            hx = _hid_ext(a[s:e, None, :] + bc_cols[None] + c)  # (m, Dc or W, K)
             if phase_mode:
-                hx = _hid_ext(a[i0:i1, None, :] + bc[None] + c)  # (ni, Dc, K)
-                t = torch.matmul(hx, zr.view(N, ni, w * O, K).transpose(-1, -2))
-                yc = t.view(N, ni, Dc * w, O).index_select(2, flat_idx)  # (N, ni, W, O)
+                zr = z[:, r].view(N, w * O, K)
+                t = torch.matmul(hx.view(m * Dc, K), zr.transpose(1, 2))  # (N, m·Dc, w·O)
+                yc = t.view(N, m, Dc * w, O).index_select(2, flat_idx)  # (N, m, W, O)
+                y[:, :, s:e, :] = yc.permute(0, 3, 1, 2)
             else:
-                hx = _hid_ext(a[i0:i1, None, :] + bc.index_select(0, col_phase)[None] + c)
-                zc = zr.index_select(2, col_idx)  # (N, ni, W, O, K)
-                yc = torch.matmul(zc, hx[..., None]).squeeze(-1)  # (N, ni, W, O)
-            y[:, :, i0:i1, :] = yc.permute(0, 3, 1, 2)
-        ctx.save_for_backward(z, a, bc, c, row_idx, col_idx, col_phase)
+                zc = z[:, r].index_select(1, col_idx)  # (N, W, O, K)
+                yc = torch.matmul(zc, hx.permute(1, 2, 0))  # (N, W, O, m)
+                y[:, :, s:e, :] = yc.permute(0, 2, 3, 1)
+        ctx.save_for_backward(z, a, bc, c, col_idx, col_phase)
         ctx.phase_mode = phase_mode
-        ctx.rows = rows
+        ctx.cells = cells
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        z, a, bc, c, row_idx, col_idx, col_phase = ctx.saved_tensors
+        z, a, bc, c, col_idx, col_phase = ctx.saved_tensors
         N, h, w, O, K = z.shape
-        H, W, Dc, hid = a.shape[0], col_idx.shape[0], bc.shape[0], a.shape[1]
+        W, Dc, hid = col_idx.shape[0], bc.shape[0], a.shape[1]
         need_z = ctx.needs_input_grad[0]
         need_mlp = any(ctx.needs_input_grad[1:4])
+        # LR rows that no output row reads (none for scales >= 1) keep a zero gradient.
         dz = z.new_zeros(z.shape) if need_z else None
         da = torch.zeros_like(a) if need_mlp else None
-        dbc_cols = a.new_zeros((Dc if ctx.phase_mode else W, hid)) if need_mlp else None
+        bc_cols = bc if ctx.phase_mode else bc.index_select(0, col_phase)
+        dbc_cols = torch.zeros_like(bc_cols) if need_mlp else None
         flat_idx = col_phase * w + col_idx
-        for i0 in range(0, H, ctx.rows):
-            i1 = min(H, i0 + ctx.rows)
-            ni = i1 - i0
-            ri = row_idx[i0:i1]
-            zr = z.index_select(1, ri)  # (N, ni, w, O, K)
-            dyc = dy[:, :, i0:i1, :].permute(0, 2, 3, 1)  # (N, ni, W, O)
+        for r, s, e in ctx.cells:
+            m = e - s
+            pre = a[s:e, None, :] + bc_cols[None] + c  # (m, Dc or W, hid)
+            hx = _hid_ext(pre)
+            dyc = dy[:, :, s:e, :].permute(0, 2, 3, 1)  # (N, m, W, O)
             if ctx.phase_mode:
-                pre = a[i0:i1, None, :] + bc[None] + c  # (ni, Dc, hid)
-                dt = dyc.new_zeros((N, ni, Dc * w, O)).index_add_(2, flat_idx, dyc)
-                dt = dt.view(N, ni, Dc, w * O)
+                dt = dyc.new_zeros((N, m, Dc * w, O)).index_add_(2, flat_idx, dyc)
+                dt = dt.view(N, m * Dc, w * O)
                 if need_mlp:
-                    dhx = torch.matmul(dt, zr.view(N, ni, w * O, K)).sum(0)  # (ni, Dc, K)
+                    zr = z[:, r].view(N, w * O, K)
+                    dhx = torch.matmul(dt, zr).sum(0).view(m, Dc, K)
                 if need_z:
-                    dzr = torch.matmul(dt.transpose(-1, -2), _hid_ext(pre))  # (N, ni, w·O, K)
-                    dz.index_add_(1, ri, dzr.view(N, ni, w, O, K))
+                    dz[:, r] = torch.matmul(dt.transpose(1, 2), hx.view(m * Dc, K)).view(N, w, O, K)
             else:
-                pre = a[i0:i1, None, :] + bc.index_select(0, col_phase)[None] + c  # (ni, W, hid)
-                zc = zr.index_select(2, col_idx)  # (N, ni, W, O, K)
+                zc = z[:, r].index_select(1, col_idx)  # (N, W, O, K)
+                dyt = dyc.permute(2, 1, 0, 3).reshape(W, m, N * O)  # (W, m, N·O)
                 if need_mlp:
-                    dhx = torch.matmul(dyc.unsqueeze(-2), zc).squeeze(-2).sum(0)  # (ni, W, K)
+                    zt = zc.transpose(0, 1).reshape(W, N * O, K)
+                    dhx = torch.bmm(dyt, zt).transpose(0, 1)  # (m, W, K)
                 if need_z:
-                    dzc = dyc.unsqueeze(-1) * _hid_ext(pre)[None, :, :, None, :]  # (N,ni,W,O,K)
-                    dzr = zr.new_zeros(zr.shape).index_add_(2, col_idx, dzc)
-                    dz.index_add_(1, ri, dzr)
+                    dzc = torch.bmm(dyt.transpose(1, 2), hx.transpose(0, 1))  # (W, N·O, K)
+                    dzc = dzc.view(W, N, O, K).transpose(0, 1)  # (N, W, O, K)
+                    dz[:, r] = dz.new_zeros((N, w, O, K)).index_add_(1, col_idx, dzc)
             if need_mlp:
                 dpre = dhx[..., :hid] * (pre > 0)
-                da[i0:i1] = dpre.sum(1)
+                da[s:e] = dpre.sum(1)
                 dbc_cols += dpre.sum(0)
         if need_mlp:
             if ctx.phase_mode:
                 dbc = dbc_cols
             else:
-                dbc = bc.new_zeros(bc.shape).index_add_(0, col_phase, dbc_cols)
+                dbc = torch.zeros_like(bc).index_add_(0, col_phase, dbc_cols)
             dc = da.sum(0)
         else:
             dbc = dc = None
-        return dz, da, dbc, dc, None, None, None, None
+        return dz, da, dbc, dc, None, None, None
