@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +25,8 @@ __all__ = [
     "ScaleLike",
     "axis_map",
     "build_geometry",
+    "call_geometry",
+    "geometry_override",
     "parse_scale",
     "resolve_output_size",
 ]
@@ -232,3 +237,39 @@ def build_geometry(
         const_pos=const_pos,
         pos_encoding=pos_encoding,
     )
+
+
+GeometryBuilder = Callable[..., Geometry]
+
+#: A replacement for :func:`build_geometry` active in the current thread/task (see
+#: :func:`geometry_override`); ``None`` almost always.
+_OVERRIDE: ContextVar[GeometryBuilder | None] = ContextVar("metasr_geometry_override", default=None)
+
+
+@contextmanager
+def geometry_override(builder: GeometryBuilder) -> Iterator[None]:
+    """Make every Meta-Upscale call in this context take its geometry from ``builder``.
+
+    ``builder`` has :func:`build_geometry`'s signature. Tiled inference uses this to run an
+    unmodified model on a tile while its Meta-Upscale heads compute the tile's slice of the
+    whole image's output grid. The override is a context variable: other threads and tasks
+    are unaffected, and it ends with the ``with`` block.
+    """
+    token = _OVERRIDE.set(builder)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def call_geometry(
+    h: int,
+    w: int,
+    scale: object = None,
+    size: object = None,
+    pos_encoding: str = "asymmetric",
+    arithmetic: Arithmetic = "exact",
+) -> Geometry:
+    """The geometry of one Meta-Upscale call: :func:`build_geometry` unless overridden."""
+    builder = _OVERRIDE.get() or build_geometry
+    return builder(h, w, scale=scale, size=size, pos_encoding=pos_encoding, arithmetic=arithmetic)

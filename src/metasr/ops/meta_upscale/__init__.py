@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...geometry import Arithmetic, build_geometry
+from ...geometry import Arithmetic, call_geometry
 from ._common import MLPParams
 from ._dispatch import select_backend
 
@@ -91,7 +91,7 @@ def meta_upscale(
         )
     if lin1.weight.device != x.device:
         raise ValueError(f"x is on {x.device} but phi's parameters are on {lin1.weight.device}")
-    geom = build_geometry(
+    geom = call_geometry(
         x.shape[2],
         x.shape[3],
         scale=scale,
