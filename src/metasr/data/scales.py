@@ -1,0 +1,313 @@
+"""Scale factors for training and evaluation: distributions, parsing, labels.
+
+A scale is always a pair ``(r_v, r_h)`` (vertical, horizontal) of floats ≥ 1. A training batch
+shares one pair, drawn from a :class:`ScaleSampler`; option files describe samplers as dicts
+(:func:`build_scale_sampler`):
+
+``{type: grid, min: 1.1, max: 4.0, step: 0.1}``
+    Meta-SR's recipe: one of ×1.1, ×1.2, …, ×4.0, the same on both axes. ``symmetric: false``
+    draws the two axes independently from the grid; ``p_symmetric: 0.5`` mixes both.
+``{type: uniform, min: 1.1, max: 4.0, symmetric: false}``
+    continuous uniform; ``min``/``max`` may be pairs (per-axis ranges); ``p_symmetric`` as above.
+``{type: choice, scales: [2, 3, [1.5, 4], [3.5, 2]], weights: [...]}``
+    a list of scales (numbers or ``[r_v, r_h]`` pairs), uniformly or with weights.
+``{type: fixed, scale: [7.5104166667, 10]}`` or ``{type: fixed, lq_size: [96, 144],
+gt_size: [721, 1440]}``
+    one pair, e.g. the 96×144 → 721×1440 climate setting (``r = gt/lq`` per axis).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..geometry import parse_scale, resolve_output_size
+
+__all__ = [
+    "ARBSR_ASYMMETRIC_SCALES",
+    "ChoiceScales",
+    "FixedScale",
+    "GridScales",
+    "META_SR_SCALES",
+    "Scale",
+    "ScaleSampler",
+    "UniformScales",
+    "build_scale_sampler",
+    "format_scale",
+    "lq_size_for",
+    "parse_scale_list",
+    "to_scale",
+]
+
+Scale = tuple[float, float]
+
+#: Meta-SR's training and test scales: ×1.1 … ×4.0 in steps of 0.1 (symmetric).
+META_SR_SCALES: tuple[float, ...] = tuple(round(1.0 + 0.1 * k, 1) for k in range(1, 31))
+
+#: Standard asymmetric test pairs of ArbSR/SAVSR, ``(r_v, r_h)`` (DESIGN.md §5).
+ARBSR_ASYMMETRIC_SCALES: tuple[Scale, ...] = (
+    (1.5, 4.0),
+    (2.0, 4.0),
+    (2.0, 3.75),
+    (1.5, 3.5),
+    (1.6, 3.05),
+    (1.7, 3.75),
+    (2.95, 3.75),
+    (3.9, 2.0),
+    (3.5, 1.5),
+    (3.5, 2.0),
+    (3.5, 1.75),
+    (4.0, 1.4),
+)
+
+
+def to_scale(value: object) -> Scale:
+    """A number, ``[r_v, r_h]`` or ``"r_v x r_h"`` string → validated ``(r_v, r_h)``."""
+    if isinstance(value, str):
+        scales = parse_scale_list(value)
+        if len(scales) != 1:
+            raise ValueError(f"expected one scale, got {value!r}")
+        return scales[0]
+    return parse_scale(tuple(value) if isinstance(value, list) else value)
+
+
+def parse_scale_list(text: str) -> list[Scale]:
+    """Parse ``"2,3,4,1.5x4"`` into ``[(2, 2), (3, 3), (4, 4), (1.5, 4)]``.
+
+    Items are separated by commas; an item is ``r`` (symmetric) or ``r_vxr_h`` (vertical ×
+    horizontal; ``x``, ``X``, ``×`` or ``*`` separate). Raises ``ValueError`` naming the item.
+    """
+    scales: list[Scale] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        parts = item.replace("×", "x").replace("X", "x").replace("*", "x").split("x")
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(
+                f"bad scale {item!r}: use a number (2.5) or vertical x horizontal (1.5x4)"
+            ) from None
+        if len(nums) == 1:
+            scales.append(parse_scale(nums[0]))
+        elif len(nums) == 2:
+            scales.append(parse_scale((nums[0], nums[1])))
+        else:
+            raise ValueError(f"bad scale {item!r}: at most two factors (vertical x horizontal)")
+    if not scales:
+        raise ValueError(f"no scale in {text!r}")
+    return scales
+
+
+def format_scale(scale: Scale) -> str:
+    """Short label: ``"2"`` for ``(2, 2)``, ``"1.5x4"`` for ``(1.5, 4)``; inverse of parsing."""
+    r_v, r_h = scale
+    if r_v == r_h:
+        return f"{r_v:g}"
+    return f"{r_v:g}x{r_h:g}"
+
+
+def lq_size_for(gt_h: int, gt_w: int, scale: Scale) -> tuple[int, int, int, int]:
+    """LR and (cropped) HR sizes of a whole image evaluated at ``scale``.
+
+    The LR has ``h = floor(H/r_v)`` rows (likewise columns) and the model then produces
+    ``floor(h·r_v)`` rows (:func:`metasr.resolve_output_size`), never more than ``H``; the HR is
+    cropped to that many rows so that output and ground truth align pixel for pixel.
+
+    Returns:
+        ``(h, w, H_crop, W_crop)``.
+    """
+    r_v, r_h = scale
+    h = math.floor(gt_h / r_v + 1e-6)
+    w = math.floor(gt_w / r_h + 1e-6)
+    if h < 1 or w < 1:
+        raise ValueError(
+            f"a {gt_h}x{gt_w} image is too small for scale {format_scale(scale)} (LR would be "
+            f"{h}x{w})"
+        )
+    H, W, _, _ = resolve_output_size(h, w, scale=scale)
+    return h, w, H, W
+
+
+class ScaleSampler:
+    """Draws one ``(r_v, r_h)`` per batch. Subclasses implement :meth:`sample`."""
+
+    def sample(self, rng: random.Random | None = None) -> Scale:
+        """One scale pair, using ``rng`` (default: the ``random`` module's global state)."""
+        raise NotImplementedError
+
+    @property
+    def max_scale(self) -> Scale:
+        """The largest ``(r_v, r_h)`` this sampler can return (sizes HR crops)."""
+        raise NotImplementedError
+
+
+def _mix_symmetric(rng, p_symmetric: float) -> bool:
+    return p_symmetric >= 1.0 or (p_symmetric > 0.0 and rng.random() < p_symmetric)
+
+
+@dataclass
+class GridScales(ScaleSampler):
+    """Scales on a grid ``min, min+step, …, max`` (Meta-SR: 1.1 … 4.0 step 0.1).
+
+    Attributes:
+        p_symmetric: probability that a batch has ``r_v == r_h`` (1 = always, Meta-SR);
+            otherwise both axes are drawn independently.
+    """
+
+    min: float = 1.1
+    max: float = 4.0
+    step: float = 0.1
+    p_symmetric: float = 1.0
+    values: tuple[float, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.step <= 0:
+            raise ValueError(f"grid step must be > 0, got {self.step}")
+        parse_scale((self.min, self.max))
+        if self.max < self.min:
+            raise ValueError(f"grid max {self.max} is below min {self.min}")
+        n = math.floor((self.max - self.min) / self.step + 1e-6)
+        # Round so that 1.1 + 2·0.1 is 1.3, not 1.3000000000000003 (labels, crop sizes).
+        self.values = tuple(round(self.min + k * self.step, 10) for k in range(n + 1))
+
+    def sample(self, rng: random.Random | None = None) -> Scale:
+        rng = rng or random
+        r = rng.choice(self.values)
+        if _mix_symmetric(rng, self.p_symmetric):
+            return r, r
+        return r, rng.choice(self.values)
+
+    @property
+    def max_scale(self) -> Scale:
+        return self.values[-1], self.values[-1]
+
+
+@dataclass
+class UniformScales(ScaleSampler):
+    """Continuous uniform scales; ``min``/``max`` are numbers or per-axis pairs."""
+
+    min: float | tuple[float, float] = 1.1
+    max: float | tuple[float, float] = 4.0
+    p_symmetric: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._lo = to_scale(self.min)
+        self._hi = to_scale(self.max)
+        if self._hi[0] < self._lo[0] or self._hi[1] < self._lo[1]:
+            raise ValueError(f"uniform scale max {self.max} is below min {self.min}")
+
+    def sample(self, rng: random.Random | None = None) -> Scale:
+        rng = rng or random
+        if _mix_symmetric(rng, self.p_symmetric):
+            # The symmetric draw must lie in both axes' ranges.
+            lo, hi = max(self._lo), min(self._hi)
+            if lo > hi:
+                raise ValueError(
+                    f"symmetric scales need overlapping ranges, got {self._lo}..{self._hi}"
+                )
+            r = rng.uniform(lo, hi)
+            return r, r
+        return rng.uniform(self._lo[0], self._hi[0]), rng.uniform(self._lo[1], self._hi[1])
+
+    @property
+    def max_scale(self) -> Scale:
+        return self._hi
+
+
+@dataclass
+class ChoiceScales(ScaleSampler):
+    """One of a list of scales (numbers or ``(r_v, r_h)`` pairs), optionally weighted."""
+
+    scales: Sequence[object] = ()
+    weights: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        self._scales = [to_scale(s) for s in self.scales]
+        if not self._scales:
+            raise ValueError("scale choice needs a non-empty 'scales' list")
+        if self.weights is not None:
+            if len(self.weights) != len(self._scales) or min(self.weights) < 0:
+                raise ValueError("scale 'weights' must be non-negative, one per scale")
+            if sum(self.weights) <= 0:
+                raise ValueError("scale 'weights' must not all be zero")
+
+    def sample(self, rng: random.Random | None = None) -> Scale:
+        rng = rng or random
+        if self.weights is None:
+            return rng.choice(self._scales)
+        return rng.choices(self._scales, weights=list(self.weights), k=1)[0]
+
+    @property
+    def max_scale(self) -> Scale:
+        return max(s[0] for s in self._scales), max(s[1] for s in self._scales)
+
+
+@dataclass
+class FixedScale(ScaleSampler):
+    """Always the same pair, given as ``scale`` or as ``lq_size``/``gt_size`` (``r = gt/lq``)."""
+
+    scale: object = None
+    lq_size: Sequence[int] | None = None
+    gt_size: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale is not None:
+            if self.lq_size is not None or self.gt_size is not None:
+                raise ValueError("fixed scale: give 'scale' or 'lq_size' + 'gt_size', not both")
+            self._scale = to_scale(self.scale)
+        elif self.lq_size is not None and self.gt_size is not None:
+            h, w = (int(v) for v in self.lq_size)
+            _, _, r_v, r_h = resolve_output_size(h, w, size=tuple(int(v) for v in self.gt_size))
+            self._scale = (r_v, r_h)
+        else:
+            raise ValueError("fixed scale needs 'scale' or both 'lq_size' and 'gt_size'")
+
+    def sample(self, rng: random.Random | None = None) -> Scale:
+        return self._scale
+
+    @property
+    def max_scale(self) -> Scale:
+        return self._scale
+
+
+_SAMPLERS: dict[str, type[ScaleSampler]] = {
+    "grid": GridScales,
+    "uniform": UniformScales,
+    "choice": ChoiceScales,
+    "fixed": FixedScale,
+}
+
+
+def build_scale_sampler(spec: object) -> ScaleSampler:
+    """A :class:`ScaleSampler` from an option value.
+
+    ``spec`` is a sampler, a dict with ``type`` (``grid``/``uniform``/``choice``/``fixed``) and
+    that type's fields, a number or pair (fixed), a list of scales (choice), or a string such as
+    ``"2,3,1.5x4"`` (choice).
+    """
+    if isinstance(spec, ScaleSampler):
+        return spec
+    if isinstance(spec, Mapping):
+        opts = dict(spec)
+        kind = opts.pop("type", None)
+        if kind not in _SAMPLERS:
+            raise ValueError(f"scale sampler type must be one of {sorted(_SAMPLERS)}, got {kind!r}")
+        if "symmetric" in opts:  # friendlier spelling of p_symmetric = 1 / 0
+            opts.setdefault("p_symmetric", 1.0 if opts.pop("symmetric") else 0.0)
+        for key in ("min", "max", "scale"):
+            if isinstance(opts.get(key), list):
+                opts[key] = tuple(opts[key])
+        try:
+            return _SAMPLERS[kind](**opts)
+        except TypeError as exc:  # unknown field
+            raise ValueError(f"bad options for scale sampler {kind!r}: {exc}") from None
+    if isinstance(spec, str):
+        return ChoiceScales(parse_scale_list(spec))
+    if isinstance(spec, (list, tuple)):
+        # Always a list of scales: [2, 3] is ×2 or ×3; one asymmetric pair is [[1.5, 4]].
+        return ChoiceScales(list(spec))
+    return FixedScale(scale=spec)

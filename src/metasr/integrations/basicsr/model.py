@@ -1,0 +1,285 @@
+"""``MetaSRModel``: BasicSR's ``SRModel`` with the scale passed to the network.
+
+Differences from ``SRModel``:
+
+* Data is in 0..1 as everywhere in BasicSR; networks that take ``[0, img_range]`` (MetaRDN,
+  MetaEDSR; 255 in the official recipe) get ``lq · img_range`` and their output is divided back,
+  so losses and metrics are in 0..1 units whatever the network's convention.
+* :meth:`feed_data` reads the batch's ``scale`` (``(N, 2)``, identical rows, from the metasr
+  datasets; falls back to the option file's top-level ``scale`` for BasicSR's own datasets) and
+  every forward pass is ``net_g(lq, scale=(r_v, r_h))``.
+* Validation/test evaluates each scale of a :class:`MetaSRTestDataset` separately: PSNR/SSIM per
+  scale (border ``ceil(r_v)``/``ceil(r_h)``, Y channel for RGB, raw values for ``.npy`` fields),
+  logged as a table, sent to tensorboard as ``metrics/<set>/<metric>@<scale>``, and — in
+  ``metasr test`` — written to ``results/<name>/<set>_metrics.{csv,json}``. The number tracked
+  as "best" is the mean over scales.
+* Checkpoints also store the ``network_g`` options (``"metasr_network"``), so
+  ``metasr eval --model net_g_latest.pth`` rebuilds the network without the option file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import OrderedDict
+from os import path as osp
+from typing import Any
+
+import torch
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, tensor2img
+from basicsr.utils.dist_util import master_only
+from tqdm import tqdm
+
+from ...data.io import write_image
+from ...data.scales import Scale, format_scale, to_scale
+from ...metrics import format_table
+from ..checkpoints import NETWORK_KEY, network_value_range
+from .metrics import calculate_psnr_metasr, calculate_ssim_metasr
+
+__all__ = ["MetaSRModel"]
+
+_OWN_METRICS = {
+    "calculate_psnr_metasr": calculate_psnr_metasr,
+    "calculate_ssim_metasr": calculate_ssim_metasr,
+}
+
+
+def _batch_scale(data: dict[str, Any], fallback: object) -> Scale:
+    """The one ``(r_v, r_h)`` of a batch; ``ValueError`` if its samples disagree."""
+    scale = data.get("scale")
+    if scale is None:
+        if fallback is None:
+            raise ValueError(
+                "the batch has no 'scale' and the options no top-level 'scale'; use "
+                "MetaSRTrainDataset/MetaSRTestDataset or set 'scale'"
+            )
+        return to_scale(fallback)
+    s = torch.as_tensor(scale, dtype=torch.float64).reshape(-1, 2)
+    if not bool((s == s[0]).all()):
+        raise ValueError(
+            "samples of one batch have different scales; Meta-Upscale needs one scale per batch "
+            "(MetaSRTrainDataset draws one per batch)"
+        )
+    return float(s[0, 0]), float(s[0, 1])
+
+
+class MetaSRModel(SRModel):
+    """SR model for arbitrary (asymmetric) scales; see the module docstring."""
+
+    scale: Scale
+
+    # -- data and forward ------------------------------------------------------------------
+
+    def feed_data(self, data: dict[str, Any]) -> None:
+        """Move ``lq``/``gt`` to the device and record the batch's ``scale``."""
+        super().feed_data(data)
+        self.scale = _batch_scale(data, self.opt.get("scale"))
+
+    def _run(self, net: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
+        """``net`` at the batch's scale on 0..1 data, scaled to the network's value range."""
+        gain = network_value_range(self.get_bare_model(net))
+        if gain == 1.0:
+            return net(lq, scale=self.scale)
+        return net(lq * gain, scale=self.scale) / gain
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        """One step of pixel (and optional perceptual) loss at the batch's scale."""
+        self.optimizer_g.zero_grad()
+        self.output = self._run(self.net_g, self.lq)
+        loss_dict: OrderedDict[str, torch.Tensor] = OrderedDict()
+        l_total = self.output.new_zeros(())
+        if self.cri_pix:
+            l_pix = self.cri_pix(self.output, self.gt)
+            l_total = l_total + l_pix
+            loss_dict["l_pix"] = l_pix
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            if l_percep is not None:
+                l_total = l_total + l_percep
+                loss_dict["l_percep"] = l_percep
+            if l_style is not None:
+                l_total = l_total + l_style
+                loss_dict["l_style"] = l_style
+        l_total.backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        # The scale of the logged batch, so a log line says which scale its loss belongs to.
+        self.log_dict["r_v"], self.log_dict["r_h"] = self.scale
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def test(self) -> None:
+        """Forward ``lq`` at the batch's scale without gradients (EMA network if present)."""
+        net = self.net_g_ema if hasattr(self, "net_g_ema") else self.net_g
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output = self._run(net, self.lq)
+        if was_training and net is self.net_g:
+            self.net_g.train()
+
+    # -- validation --------------------------------------------------------------------------
+
+    def _metric(
+        self, name: str, mopt: dict[str, Any], sr: torch.Tensor, gt: torch.Tensor, kind: str
+    ) -> float:
+        mopt = dict(mopt)
+        mtype = mopt.pop("type")
+        mopt.pop("better", None)
+        if mtype in _OWN_METRICS:
+            if kind == "array":
+                mopt.setdefault("data_range", "gt")
+            return _OWN_METRICS[mtype](sr, gt, scale=self.scale, **mopt)
+        if kind == "array":
+            raise ValueError(
+                f"metric {name!r} ({mtype}) works on 8-bit images; for .npy fields use "
+                "calculate_psnr_metasr / calculate_ssim_metasr"
+            )
+        # BasicSR's own metrics: its uint8 HWC BGR convention, integer crop_border.
+        data = {"img": tensor2img([sr]), "img2": tensor2img([gt]), "scale": self.scale}
+        return float(calculate_metric(data, {"type": mtype, **mopt}))
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img) -> None:
+        """Evaluate every item of ``dataloader``; metrics per scale (see module docstring)."""
+        dataset = dataloader.dataset
+        dataset_name = dataset.opt["name"]
+        kind = getattr(dataset, "kind", "image")
+        metrics_opt: dict[str, Any] = self.opt["val"].get("metrics") or {}
+        with_metrics = bool(metrics_opt)
+        if with_metrics:
+            self._initialize_best_metric_results(dataset_name)
+        per_scale: OrderedDict[str, dict[str, list[float]]] = OrderedDict()
+        counts: dict[str, int] = {}
+        pbar = tqdm(total=len(dataloader), unit="image") if self.opt["val"].get("pbar") else None
+        for val_data in dataloader:
+            img_name = (
+                osp.splitext(osp.basename(val_data["gt_path"][0]))[0]
+                if ("gt_path" in val_data)
+                else osp.splitext(osp.basename(val_data["lq_path"][0]))[0]
+            )
+            self.feed_data(val_data)
+            self.test()
+            label = format_scale(self.scale)
+            counts[label] = counts.get(label, 0) + 1
+            sr = self.output.detach().float().cpu()[0]
+            gt = self.gt.detach().float().cpu()[0] if hasattr(self, "gt") else None
+            if hasattr(dataset, "denormalize"):
+                sr = dataset.denormalize(sr)
+                gt = dataset.denormalize(gt) if gt is not None else None
+            if kind == "image":
+                # Scores are for the 8-bit image a user would save (as BasicSR's tensor2img).
+                sr = sr.clamp(0, 1).mul(255.0).round().div(255.0)
+            if gt is not None and sr.shape != gt.shape:
+                # Paired LR files can give an output a few pixels off the HR: compare the common
+                # top-left region (the grids of both start at the top-left corner).
+                h = min(sr.shape[-2], gt.shape[-2])
+                w = min(sr.shape[-1], gt.shape[-1])
+                sr, gt = sr[..., :h, :w], gt[..., :h, :w]
+            if save_img:
+                ext = "npy" if kind == "array" else "png"
+                if self.opt["is_train"]:
+                    out = osp.join(
+                        self.opt["path"]["visualization"],
+                        img_name,
+                        f"{img_name}_x{label}_{current_iter}.{ext}",
+                    )
+                else:
+                    suffix = self.opt["val"].get("suffix") or self.opt["name"]
+                    out = osp.join(
+                        self.opt["path"]["visualization"],
+                        dataset_name,
+                        f"{img_name}_x{label}_{suffix}.{ext}",
+                    )
+                write_image(out, sr)
+            if with_metrics and gt is not None:
+                bucket = per_scale.setdefault(label, {m: [] for m in metrics_opt})
+                for name, mopt in metrics_opt.items():
+                    bucket[name].append(self._metric(name, mopt, sr, gt, kind))
+            for attr in ("gt", "lq", "output"):
+                if hasattr(self, attr):
+                    delattr(self, attr)
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_description(f"Test {img_name} x{label}")
+        if pbar is not None:
+            pbar.close()
+        if not with_metrics or not per_scale:
+            return
+        self.scale_results = OrderedDict(
+            (label, {m: sum(v) / len(v) for m, v in vals.items()})
+            for label, vals in per_scale.items()
+        )
+        # "Best" and SRModel's metric_results: mean over scales, each scale weighted equally.
+        self.metric_results = {
+            m: sum(r[m] for r in self.scale_results.values()) / len(self.scale_results)
+            for m in metrics_opt
+        }
+        for m, v in self.metric_results.items():
+            self._update_best_metric_result(dataset_name, m, v, current_iter)
+        self._log_scale_results(dataset_name, current_iter, counts, tb_logger)
+
+    def _log_scale_results(self, dataset_name, current_iter, counts, tb_logger) -> None:
+        metrics = list(self.metric_results)
+        rows = [
+            {"scale": label, "images": counts.get(label, 0), **vals}
+            for label, vals in self.scale_results.items()
+        ]
+        rows.append({"scale": "mean", "images": sum(counts.values()), **self.metric_results})
+        table = format_table(rows, ["scale", "images", *metrics])
+        best = "".join(
+            f"\n\tBest {m}: {self.best_metric_results[dataset_name][m]['val']:.4f} @ "
+            f"{self.best_metric_results[dataset_name][m]['iter']} iter"
+            for m in metrics
+        )
+        get_root_logger().info(f"Validation {dataset_name} @ {current_iter}\n{table}{best}")
+        if tb_logger:
+            for label, vals in self.scale_results.items():
+                for m, v in vals.items():
+                    tb_logger.add_scalar(f"metrics/{dataset_name}/{m}@{label}", v, current_iter)
+            for m, v in self.metric_results.items():
+                tb_logger.add_scalar(f"metrics/{dataset_name}/{m}", v, current_iter)
+        if not self.opt["is_train"]:
+            self._write_results(dataset_name, rows, metrics)
+
+    @master_only
+    def _write_results(self, dataset_name: str, rows: list[dict[str, Any]], metrics) -> None:
+        root = self.opt["path"]["results_root"]
+        os.makedirs(root, exist_ok=True)
+        with open(osp.join(root, f"{dataset_name}_metrics.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["scale", "images", *metrics])
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(osp.join(root, f"{dataset_name}_metrics.json"), "w") as f:
+            json.dump({"dataset": dataset_name, "results": rows}, f, indent=2)
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    @master_only
+    def save_network(self, net, net_label, current_iter, param_key="params") -> None:
+        """As BasicSR's, plus the ``network_g`` options under ``"metasr_network"``."""
+        label = "latest" if current_iter == -1 else current_iter
+        save_path = osp.join(self.opt["path"]["models"], f"{net_label}_{label}.pth")
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        if len(nets) != len(keys):
+            raise ValueError("save_network: one param_key per network")
+        save_dict: dict[str, Any] = {}
+        for net_, key in zip(nets, keys, strict=True):
+            state = self.get_bare_model(net_).state_dict()
+            save_dict[key] = OrderedDict(
+                (k.removeprefix("module."), v.detach().cpu()) for k, v in state.items()
+            )
+        save_dict[NETWORK_KEY] = _plain(self.opt["network_g"])
+        torch.save(save_dict, save_path)
+
+
+def _plain(value: Any) -> Any:
+    """Option values as plain dicts/lists (loadable with ``torch.load(weights_only=True)``)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
