@@ -1,0 +1,119 @@
+"""``metasr info``: versions, devices, Meta-Upscale backends and the bundled model.
+
+Meant to be pasted into bug reports: it imports nothing heavy beyond torch, and reports an
+optional package that is missing instead of failing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from importlib import metadata
+
+__all__ = ["collect", "register"]
+
+#: Distribution name → what metasr uses it for.
+OPTIONAL_PACKAGES = {
+    "triton": "triton backend (CUDA)",
+    "Pillow": "PNG/JPEG/WebP",
+    "pypng": "16-bit PNG",
+    "tifffile": "TIFF",
+    "safetensors": "model checkpoints",
+    "tqdm": "progress bars",
+    "basicsr": "training",
+    "scikit-image": "sample photos (scripts)",
+}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def collect() -> dict:
+    """Everything ``metasr info`` prints, as a JSON-serialisable dict."""
+    import torch
+
+    import metasr
+    from metasr.weights import DEFAULT_CHECKPOINT
+
+    devices = [{"name": "cpu", "threads": torch.get_num_threads(), "processor": platform.machine()}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            prop = torch.cuda.get_device_properties(i)
+            devices.append(
+                {
+                    "name": f"cuda:{i}",
+                    "model": prop.name,
+                    "capability": f"{prop.major}.{prop.minor}",
+                    "memory_gib": round(prop.total_memory / 2**30, 1),
+                }
+            )
+    device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return {
+        "metasr": metasr.__version__,
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "numpy": _version("numpy"),
+        "optional": {name: _version(name) for name in OPTIONAL_PACKAGES},
+        "devices": devices,
+        "backends": {t: metasr.backends(t) for t in device_types},
+        "default_model": {
+            "path": str(DEFAULT_CHECKPOINT),
+            "present": DEFAULT_CHECKPOINT.is_file(),
+        },
+    }
+
+
+def _print(info: dict) -> None:
+    print(f"metasr       {info['metasr']}")
+    print(f"python       {info['python']}")
+    print(f"platform     {info['platform']}")
+    cuda = info["torch_cuda"] or "CPU-only build"
+    print(f"torch        {info['torch']} (CUDA {cuda})")
+    print(f"numpy        {info['numpy']}")
+    print("optional packages:")
+    for name, purpose in OPTIONAL_PACKAGES.items():
+        version = info["optional"][name] or "not installed"
+        print(f"  {name:<13}{version:<16}{purpose}")
+    print("devices:")
+    for dev in info["devices"]:
+        if dev["name"] == "cpu":
+            print(f"  cpu          {dev['processor']}, {dev['threads']} threads")
+        else:
+            print(
+                f"  {dev['name']:<13}{dev['model']}, compute {dev['capability']}, "
+                f"{dev['memory_gib']} GiB"
+            )
+    for device_type, table in info["backends"].items():
+        print(f"backends on {device_type}:")
+        for name, reason in table.items():
+            print(f"  {name:<13}{'available' if reason is None else 'unavailable: ' + reason}")
+    dm = info["default_model"]
+    print(f"default model {'present' if dm['present'] else 'MISSING'}: {dm['path']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print(info)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "info",
+        help="versions, devices and backends",
+        description="Print versions, devices, Meta-Upscale backends (with the reason when one "
+        "cannot run) and whether the bundled default model is present.",
+    )
+    p.add_argument("--json", action="store_true", help="print the same as JSON")
+    p.set_defaults(func=run)

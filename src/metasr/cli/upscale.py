@@ -1,0 +1,261 @@
+"""``metasr upscale``: upscale images and arrays by any (asymmetric) scale or to a size.
+
+Examples::
+
+    metasr upscale photo.png -o out.png --scale 2.5
+    metasr upscale scans/ -o big/ --scale 3.5x2          # vertical 3.5, horizontal 2
+    metasr upscale 't2m_*.npy' -o hires/ --size 721x1440 --model climate.safetensors
+    metasr upscale huge.tif -o out.tif --scale 4 --tile 256 --device cuda --half
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+from . import CLIError
+
+__all__ = ["parse_scale_arg", "parse_size_arg", "register"]
+
+_FACTOR = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
+_SEPARATOR = r"[xX×,]"
+
+
+def parse_scale_arg(text: str) -> float | tuple[float, float]:
+    """``"2.5"`` → 2.5; ``"3.5x2"`` → (3.5, 2.0) (vertical × horizontal)."""
+    m = re.fullmatch(f"{_FACTOR}(?:{_SEPARATOR}{_FACTOR})?", text)
+    if not m:
+        raise CLIError(f"bad --scale {text!r}: use a number (2.5) or VERTICALxHORIZONTAL (3.5x2)")
+    values = [float(g) for g in m.groups() if g is not None]
+    for v in values:
+        if not math.isfinite(v) or v < 1:
+            raise CLIError(f"bad --scale {text!r}: each factor must be >= 1 (only magnifies)")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def parse_size_arg(text: str) -> tuple[int, int]:
+    """``"721x1440"`` → (721, 1440) (height × width)."""
+    m = re.fullmatch(rf"\s*(\d+)\s*{_SEPARATOR}\s*(\d+)\s*", text)
+    if not m or min(int(m.group(1)), int(m.group(2))) < 1:
+        raise CLIError(f"bad --size {text!r}: use HEIGHTxWIDTH with positive integers (721x1440)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "upscale",
+        help="upscale images or arrays by any scale",
+        description=(
+            "Upscale images (PNG, JPEG, TIFF, WebP; 8/16-bit; gray, RGB, RGBA) and .npy arrays "
+            "by any scale per axis, or to a size. Images keep their bit depth; arrays keep "
+            "their dtype and values are passed to the model unchanged."
+        ),
+        epilog="Conventions and examples: docs/usage.md.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or glob patterns")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="output file (one input) or existing folder (files keep their names)",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--scale", type=str, help="factor (2.5) or VERTICALxHORIZONTAL factors (3.5x2), >= 1"
+    )
+    what.add_argument("--size", type=str, help="output HEIGHTxWIDTH (721x1440)")
+    p.add_argument(
+        "--model",
+        default="default",
+        help="'default' (bundled), a .safetensors checkpoint, the official Meta-SR model_1000.pt, "
+        "or a registry name (random weights)",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    p.add_argument("--half", action="store_true", help="float16 weights and activations (CUDA)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="process the input in tiles of N×N input pixels (0: whole; default 0)",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=None,
+        metavar="M",
+        help="input pixels of context around each tile (default 16)",
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="Meta-Upscale backend: auto, naive, im2col, torch, triton (see 'metasr info')",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=("none", "minmax"),
+        default="none",
+        help="arrays only: 'minmax' scales each channel to 0..1 for the model and back "
+        "(for image-trained models); default passes values unchanged",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or file list")
+    p.set_defaults(func=run)
+
+
+def _has_magic(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Files from file names, folders (their supported files) and glob patterns, in order."""
+    from ..io import SUFFIXES, format_of
+
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                f for f in path.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES
+            )
+            if not found:
+                raise CLIError(f"{item}: folder has no supported files ({', '.join(SUFFIXES)})")
+            files.extend(found)
+        elif path.is_file():
+            format_of(path)  # an unsupported suffix given by name is an error, not skipped
+            files.append(path)
+        elif _has_magic(item):
+            found = sorted(
+                Path(f)
+                for f in glob.glob(item)
+                if Path(f).is_file() and Path(f).suffix.lower() in SUFFIXES
+            )
+            if not found:
+                raise CLIError(f"{item}: no supported files match")
+            files.extend(found)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    unique = list(dict.fromkeys(f.resolve() for f in files))
+    return [Path(f) for f in unique]
+
+
+def plan_outputs(files: list[Path], output: str) -> list[Path]:
+    """The output path of each input; checks the destination folder exists."""
+    from ..io import format_of
+
+    out = Path(output)
+    if out.is_dir():
+        targets = [out / f.name for f in files]
+        names = [t.name for t in targets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise CLIError(
+                f"several inputs are named {dupes[0]!r}; they would overwrite each other"
+            )
+    elif len(files) > 1 or output.endswith(("/", os.sep)) or not out.suffix:
+        # Several inputs need a folder, and a name without a suffix is meant as one.
+        raise CLIError(f"output folder {output} does not exist")
+    else:
+        if not out.parent.is_dir():
+            raise CLIError(f"output folder {out.parent} does not exist")
+        format_of(out)
+        targets = [out]
+    for src, dst in zip(files, targets, strict=True):
+        if dst.exists() and dst.resolve() == src.resolve():
+            raise CLIError(f"{dst}: output would overwrite its input; choose another -o")
+    return targets
+
+
+def _device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise CLIError(f"bad --device {name!r}: use cpu or cuda[:N]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is available (use --device cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"bad --device {name!r}: use cpu or cuda[:N]")
+    return dev
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import metasr
+
+    from .. import hub
+    from ..io import check_writable, read_raster, write_raster
+    from ..tiling import DEFAULT_OVERLAP
+
+    scale = parse_scale_arg(args.scale) if args.scale is not None else None
+    size = parse_size_arg(args.size) if args.size is not None else None
+    if args.tile < 0:
+        raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
+    overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
+    if overlap < 0:
+        raise CLIError(f"bad --tile-overlap {overlap}: must be >= 0")
+    if args.backend != "auto" and args.backend not in metasr.backends():
+        raise CLIError(
+            f"unknown --backend {args.backend!r}; choose from auto, {', '.join(metasr.backends())}"
+        )
+    device = _device(args.device)
+    if args.half and device.type != "cuda":
+        raise CLIError("--half needs a CUDA device (half precision on CPU is slower than float32)")
+    files = expand_inputs(args.inputs)
+    targets = plan_outputs(files, args.output)
+    loaded = hub.load_model(
+        args.model,
+        device=device,
+        dtype=torch.float16 if args.half else torch.float32,
+        backend=args.backend,
+    )
+    show = not args.quiet
+    pairs = list(zip(files, targets, strict=True))
+    if show and len(pairs) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(pairs, desc="files", unit="file", disable=None)
+        say = bar.write
+    else:
+        bar, say = pairs, print
+    for src, dst in bar:
+        raster = read_raster(src)
+        check_writable(raster, dst)  # before the work: a format that cannot hold the result
+        try:
+            result = hub.upscale_raster(
+                loaded,
+                raster,
+                scale=scale,
+                size=size,
+                tile=args.tile,
+                overlap=overlap,
+                normalize=args.normalize,
+                progress=show,
+            )
+        except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
+            if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
+                raise
+            raise CLIError(
+                f"{src}: out of {device.type} memory; try --tile 512 (or smaller)"
+            ) from None
+        except ValueError as exc:
+            raise ValueError(f"{src}: {exc}") from exc
+        try:
+            write_raster(dst, result)
+        except OSError as exc:  # disk full, read-only folder, ...: atomic_write left no file
+            if isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise
+            raise CLIError(f"{dst}: cannot write: {exc.strerror or exc}") from None
+        if show:
+            (h, w), (H, W) = raster.shape, result.shape
+            say(f"{src} -> {dst} ({h}x{w} -> {H}x{W})", file=sys.stdout)
+    return 0

@@ -1,0 +1,411 @@
+"""Reading and writing the images and arrays that ``metasr upscale`` works on.
+
+Everything is converted to one in-memory form, :class:`Raster`: channels first, float, with
+the file's sample type remembered so the result can be written back at the same bit depth.
+
+* **Images** (PNG, JPEG, TIFF, WebP; 8 or 16 bits per sample; gray, gray+alpha, RGB, RGBA) are
+  scaled to 0..1 (``value / (2**bits - 1)``); alpha is kept apart from the colour channels.
+  On writing, values are clamped to 0..1 and rounded to the original bit depth.
+* **Fields** (``.npy`` arrays ``(H, W)`` or ``(C, H, W)``, and floating-point TIFFs) keep their
+  values unchanged and are written back in their own dtype (integer arrays are rounded and
+  clipped to their dtype's range).
+
+Libraries are imported only when a format needs them: Pillow (PNG, JPEG, WebP), pypng (16-bit
+PNG, which Pillow silently reduces to 8 bits for colour images) and tifffile (TIFF). Every read
+or format error is raised as a ``ValueError`` naming the file, and every write goes to a
+temporary file in the destination folder that is renamed over the target only when complete,
+so an interrupted run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SUFFIXES",
+    "Raster",
+    "atomic_write",
+    "read_raster",
+    "write_raster",
+]
+
+#: File suffix → format name, for every format this module reads and writes.
+SUFFIXES: dict[str, str] = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".webp": "webp",
+    ".npy": "npy",
+}
+IMAGE_SUFFIXES = tuple(s for s, f in SUFFIXES.items() if f != "npy")
+
+#: Formats that can hold each image sample type.
+_FORMATS_FOR_DTYPE = {
+    np.dtype(np.uint8): ("png", "jpeg", "tiff", "webp"),
+    np.dtype(np.uint16): ("png", "tiff"),
+}
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class Raster:
+    """The samples of one file, channels first.
+
+    Attributes:
+        data: ``(C, H, W)``. Images: float32 in 0..1 (``C`` = 1 gray, 3 RGB, or any count for
+            multi-sample TIFFs), without alpha. Fields: the stored values, float dtype kept
+            (integer arrays as float64).
+        kind: ``"image"`` (values in 0..1, rounded back to ``dtype`` on writing) or ``"field"``
+            (values as stored).
+        dtype: sample type of the file (``uint8``/``uint16`` for images).
+        alpha: ``(H, W)`` float32 in 0..1, or None.
+        squeeze: a field that was stored 2-D ``(H, W)``; written back 2-D.
+        planar: a TIFF stored samples-first (``SYX``); written back the same way.
+    """
+
+    data: np.ndarray
+    kind: Literal["image", "field"]
+    dtype: np.dtype
+    alpha: np.ndarray | None = None
+    squeeze: bool = False
+    planar: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)``."""
+        return self.data.shape[1], self.data.shape[2]
+
+    def with_data(self, data: np.ndarray, alpha: np.ndarray | None = None) -> Raster:
+        """The same kind of raster holding new ``data`` ``(C, H', W')`` (and ``alpha``)."""
+        return replace(self, data=data, alpha=alpha)
+
+
+def format_of(path: str | os.PathLike) -> str:
+    """Format name of ``path`` from its suffix, or ``ValueError`` listing the supported ones."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIXES:
+        supported = ", ".join(sorted(SUFFIXES))
+        raise ValueError(
+            f"{path}: unsupported format {suffix or '(no suffix)'!r}; supported: {supported}"
+        )
+    return SUFFIXES[suffix]
+
+
+def _require(module: str, package: str, purpose: str):
+    """Import an optional dependency or raise ``ValueError`` saying what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(
+            f"{purpose} needs the '{package}' package: pip install {package} "
+            "(or pip install 'metasr[image]')"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def read_raster(path: str | os.PathLike) -> Raster:
+    """Read an image or array file into a :class:`Raster`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unsupported suffix, unreadable or corrupt file, unsupported layout or
+            sample type, or a missing optional library (the message says which to install).
+    """
+    path = Path(path)
+    fmt = format_of(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
+    try:
+        if fmt == "npy":
+            return _read_npy(path)
+        if fmt == "tiff":
+            return _read_tiff(path)
+        if fmt == "png" and _png_bit_depth(path) == 16:
+            return _read_png16(path)
+        return _read_pillow(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # corrupt files surface as many library-specific errors
+        if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
+            raise  # ours, already naming the file
+        raise ValueError(f"{path}: cannot read as {fmt.upper()}: {exc}") from exc
+
+
+def _image(samples: np.ndarray, alpha_last: bool, path: Path) -> Raster:
+    """``(H, W)`` or ``(H, W, C)`` uint8/uint16 samples → image :class:`Raster`."""
+    dtype = samples.dtype
+    if dtype not in _FORMATS_FOR_DTYPE:
+        raise ValueError(f"{path}: unsupported image sample type {dtype} (use 8 or 16 bits)")
+    if samples.ndim == 2:
+        samples = samples[:, :, None]
+    if samples.ndim != 3 or samples.shape[0] < 1 or samples.shape[1] < 1:
+        raise ValueError(f"{path}: unsupported image shape {samples.shape}")
+    unit = samples.astype(np.float32) / np.float32(np.iinfo(dtype).max)
+    alpha = None
+    if alpha_last:
+        unit, alpha = unit[:, :, :-1], np.ascontiguousarray(unit[:, :, -1])
+    data = np.ascontiguousarray(unit.transpose(2, 0, 1))
+    return Raster(data=data, kind="image", dtype=dtype, alpha=alpha)
+
+
+def _read_pillow(path: Path) -> Raster:
+    Image = _require("PIL.Image", "Pillow", f"reading {path.suffix} files")
+    from PIL import ImageOps
+
+    with Image.open(path) as im:
+        im.load()
+        # Cameras store rotation in EXIF; the output carries no EXIF, so apply it now.
+        im = ImageOps.exif_transpose(im)
+        mode = im.mode
+        if mode == "P":
+            mode = "RGBA" if "transparency" in im.info else "RGB"
+        elif mode == "PA":
+            mode = "RGBA"
+        elif mode == "1":
+            mode = "L"
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            mode = "RGB"
+        elif mode in ("I;16", "I;16B", "I;16L"):
+            return _image(np.asarray(im, dtype=np.uint16), False, path)
+        elif mode not in ("L", "LA", "RGB", "RGBA"):
+            raise ValueError(f"{path}: unsupported image mode {im.mode!r}")
+        if mode != im.mode:
+            im = im.convert(mode)
+        return _image(np.asarray(im), alpha_last=mode in ("LA", "RGBA"), path=path)
+
+
+def _png_bit_depth(path: Path) -> int:
+    """Bit depth from the PNG header (Pillow reduces 16-bit colour PNGs to 8 bits silently)."""
+    with open(path, "rb") as fh:
+        head = fh.read(33)
+    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise ValueError(f"{path}: not a PNG file")
+    return head[24]
+
+
+def _read_png16(path: Path) -> Raster:
+    png = _require("png", "pypng", "reading 16-bit PNG")
+    reader = png.Reader(filename=str(path))
+    width, height, rows, info = reader.asDirect()
+    planes = info["planes"]
+    samples = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    samples = samples.reshape(height, width, planes)
+    return _image(samples, alpha_last=bool(info["alpha"]), path=path)
+
+
+def _read_tiff(path: Path) -> Raster:
+    tifffile = _require("tifffile", "tifffile", "reading TIFF")
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        page = tif.pages[0]
+        axes = series.axes
+        arr = series.asarray()
+        photometric = int(page.photometric)
+        extrasamples = tuple(int(e) for e in page.extrasamples)
+    planar = axes == "SYX"
+    if axes == "YX":
+        arr = arr[:, :, None]
+    elif planar:
+        arr = np.moveaxis(arr, 0, -1)
+    elif axes != "YXS":
+        raise ValueError(
+            f"{path}: unsupported TIFF layout {axes!r} (one page, YX, YXS or SYX expected)"
+        )
+    if np.issubdtype(arr.dtype, np.floating):
+        data = np.ascontiguousarray(np.moveaxis(arr, -1, 0))
+        return Raster(data=data, kind="field", dtype=arr.dtype, squeeze=axes == "YX", planar=planar)
+    # 0 = min-is-white, 1 = min-is-black, 2 = RGB; 1 = associated, 2 = unassociated alpha.
+    if photometric not in (1, 2):
+        raise ValueError(
+            f"{path}: unsupported TIFF photometric interpretation {photometric} "
+            "(gray or RGB expected)"
+        )
+    alpha_last = bool(extrasamples) and extrasamples[-1] in (1, 2)
+    raster = _image(arr, alpha_last=alpha_last, path=path)
+    raster.planar = planar
+    return raster
+
+
+def _read_npy(path: Path) -> Raster:
+    # allow_pickle=False: an .npy of Python objects is refused rather than executed.
+    arr = np.load(path, allow_pickle=False)
+    if arr.ndim not in (2, 3) or min(arr.shape) < 1:
+        raise ValueError(f"{path}: expected an array of shape (H, W) or (C, H, W), got {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{path}: unsupported array dtype {arr.dtype} (float or integer expected)")
+    squeeze = arr.ndim == 2
+    data = arr[None] if squeeze else arr
+    if not np.issubdtype(arr.dtype, np.floating):
+        data = data.astype(np.float64)
+    if not np.isfinite(data).all():
+        raise ValueError(f"{path}: the array contains NaN or infinite values")
+    return Raster(data=np.ascontiguousarray(data), kind="field", dtype=arr.dtype, squeeze=squeeze)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The temporary name keeps the suffix (some writers pick the format from it) and starts with
+    a dot. On any error the temporary file is removed and ``path`` is left as it was.
+
+    Raises:
+        FileNotFoundError: the destination folder does not exist.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder {folder} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_writable(raster: Raster, path: str | os.PathLike) -> str:
+    """Format of ``path`` after checking it can hold ``raster``; ``ValueError`` otherwise."""
+    fmt = format_of(path)
+    if raster.kind == "field":
+        if fmt not in ("npy", "tiff"):
+            raise ValueError(f"{path}: an array can only be written as .npy (or .tif)")
+        if fmt == "tiff" and not np.issubdtype(raster.dtype, np.floating):
+            raise ValueError(f"{path}: an integer array can only be written as .npy")
+        return fmt
+    if fmt == "npy":
+        raise ValueError(f"{path}: an image is written as an image file, not .npy")
+    if fmt not in _FORMATS_FOR_DTYPE[raster.dtype]:
+        bits = 8 * raster.dtype.itemsize
+        raise ValueError(f"{path}: {fmt.upper()} cannot store {bits}-bit samples; use .png or .tif")
+    if fmt == "jpeg" and raster.alpha is not None:
+        raise ValueError(f"{path}: JPEG cannot store the alpha channel; use .png, .webp or .tif")
+    if fmt in ("jpeg", "webp") and raster.data.shape[0] not in (1, 3):
+        raise ValueError(
+            f"{path}: {fmt.upper()} stores gray or RGB, not {raster.data.shape[0]} channels"
+        )
+    return fmt
+
+
+def _quantise(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """0..1 floats → ``dtype`` samples: clamp, scale by the maximum code value, round."""
+    top = np.iinfo(dtype).max
+    return np.rint(np.clip(values, 0.0, 1.0) * top).astype(dtype)
+
+
+def _field_values(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Field values back to the stored dtype (integers: rounded and clipped to their range)."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(data), info.min, info.max).astype(dtype)
+    return data.astype(dtype)
+
+
+def write_raster(path: str | os.PathLike, raster: Raster, jpeg_quality: int = 95) -> None:
+    """Write ``raster`` to ``path`` (format from the suffix), atomically.
+
+    Raises:
+        ValueError: the format cannot hold the raster (16 bits in JPEG, alpha in JPEG, an image
+            as ``.npy``, ...) or a needed library is missing.
+        FileNotFoundError: the destination folder does not exist.
+    """
+    fmt = check_writable(raster, path)
+    if raster.kind == "field":
+        values = _field_values(raster.data, raster.dtype)  # (C, H, W)
+        if fmt == "npy":
+            out = values[0] if raster.squeeze else values
+
+            def write(tmp: Path) -> None:
+                with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy"
+                    np.save(fh, out, allow_pickle=False)
+
+        else:
+            tifffile = _require("tifffile", "tifffile", "writing TIFF")
+            out = (
+                values[0]
+                if raster.squeeze
+                else values
+                if raster.planar
+                else values.transpose(1, 2, 0)
+            )
+            kw = {"photometric": "minisblack"}
+            if not raster.squeeze:
+                kw["planarconfig"] = "separate" if raster.planar else "contig"
+
+            def write(tmp: Path) -> None:
+                tifffile.imwrite(tmp, out, compression="zlib", **kw)
+
+        atomic_write(path, write)
+        return
+
+    samples = _quantise(raster.data, raster.dtype).transpose(1, 2, 0)  # (H, W, C)
+    if raster.alpha is not None:
+        samples = np.concatenate([samples, _quantise(raster.alpha, raster.dtype)[:, :, None]], -1)
+    samples = np.ascontiguousarray(samples)
+    channels = samples.shape[2]
+    has_alpha = raster.alpha is not None
+    if fmt == "tiff":
+        tifffile = _require("tifffile", "tifffile", "writing TIFF")
+        colour = channels - has_alpha == 3
+        kw = {
+            "photometric": "rgb" if colour else "minisblack",
+            "extrasamples": ["unassalpha"] if has_alpha else None,
+        }
+        if raster.planar:
+            samples, kw["planarconfig"] = (
+                np.ascontiguousarray(samples.transpose(2, 0, 1)),
+                "separate",
+            )
+        elif channels == 1:
+            samples = samples[:, :, 0]
+        atomic_write(path, lambda tmp: tifffile.imwrite(tmp, samples, compression="zlib", **kw))
+    elif fmt == "png" and raster.dtype == np.uint16:
+        png = _require("png", "pypng", "writing 16-bit PNG")
+        if channels not in (1, 2, 3, 4):
+            raise ValueError(f"{path}: PNG stores 1 to 4 samples per pixel, not {channels}")
+        h, w = samples.shape[:2]
+        writer = png.Writer(w, h, greyscale=channels - has_alpha == 1, alpha=has_alpha, bitdepth=16)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                writer.write(fh, samples.reshape(h, w * channels))
+
+        atomic_write(path, write)
+    else:
+        Image = _require("PIL.Image", "Pillow", f"writing {Path(path).suffix} files")
+        if channels not in (1, 2, 3, 4):
+            raise ValueError(
+                f"{path}: {fmt.upper()} stores 1 to 4 samples per pixel, not {channels}"
+            )
+        im = Image.fromarray(samples[:, :, 0] if channels == 1 else samples)
+        options = {
+            "png": {"optimize": False},
+            "jpeg": {"quality": jpeg_quality},
+            # Lossless: a super-resolution result should not pick up compression artefacts.
+            "webp": {"lossless": True},
+        }[fmt]
+        atomic_write(path, lambda tmp: im.save(tmp, format=fmt.upper(), **options))
