@@ -36,8 +36,9 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # The model zoo is imported on first use so that `import metasr` stays light.
-    if name in ("create_model", "list_models"):
-        from . import archs
+    if name in ("create_model", "list_models", "archs"):
+        import importlib
 
-        return getattr(archs, name)
+        archs = importlib.import_module(".archs", __name__)
+        return archs if name == "archs" else getattr(archs, name)
     raise AttributeError(f"module 'metasr' has no attribute {name!r}")

@@ -1,0 +1,180 @@
+"""Pieces shared by the Meta-SR networks: argument checks, ``MeanShift``, the common base class."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..geometry import POS_ENCODINGS, build_geometry
+from ..modules import Pos2Weight
+
+__all__ = [
+    "DIV2K_RGB_MEAN",
+    "MeanShift",
+    "MetaSRNet",
+    "check_positive_int",
+    "resolve_mean",
+]
+
+#: Mean colour of DIV2K (RGB, in [0, 1]) used by EDSR, RDN, Meta-SR and SwinIR.
+DIV2K_RGB_MEAN: tuple[float, float, float] = (0.4488, 0.4371, 0.4040)
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` as an ``int`` ≥ 1, or a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(name: str, value: object) -> float:
+    """``value`` as a finite ``float`` > 0, or a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    v = float(value)
+    if not (v > 0.0 and v < float("inf")):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return v
+
+
+def resolve_mean(
+    mean: float | Sequence[float] | None, channels: int, what: str
+) -> tuple[float, ...]:
+    """Per-channel mean (in ``[0, 1]`` units) for ``channels`` channels.
+
+    ``None`` gives the DIV2K RGB mean for 3 channels and 0 otherwise (SwinIR's convention, so
+    1-channel gridded data is left unshifted); a number is used for every channel.
+    """
+    if mean is None:
+        return DIV2K_RGB_MEAN if channels == 3 else (0.0,) * channels
+    if isinstance(mean, numbers.Real) and not isinstance(mean, bool):
+        return (float(mean),) * channels
+    if isinstance(mean, torch.Tensor):
+        mean = mean.flatten().tolist()
+    if not isinstance(mean, Sequence) or isinstance(mean, str):
+        raise ValueError(f"mean must be a number or a sequence of numbers, got {mean!r}")
+    if len(mean) != channels:
+        raise ValueError(f"mean has {len(mean)} values but the {what} has {channels} channels")
+    out = []
+    for m in mean:
+        if isinstance(m, bool) or not isinstance(m, numbers.Real):
+            raise ValueError(f"mean values must be numbers, got {m!r}")
+        out.append(float(m))
+    return tuple(out)
+
+
+class MeanShift(nn.Module):
+    """Per-channel shift by ``sign · img_range · mean`` as a frozen 1×1 convolution.
+
+    The parameters are those of EDSR-PyTorch's ``MeanShift(nn.Conv2d)`` (``weight (C, C, 1, 1)``
+    = identity, ``bias (C,)``), so the ``sub_mean.*``/``add_mean.*`` entries of official
+    checkpoints load. They are frozen (``requires_grad=False``), which is what the authors
+    intended; the forward uses whatever values are loaded, because the official 0.4.0 code set
+    ``self.requires_grad = False`` on the module (not on its parameters) and so trained them.
+
+    Shape:
+        ``(N, C, H, W)`` → ``(N, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, img_range: float, mean: Sequence[float], sign: int) -> None:
+        super().__init__()
+        eye = torch.eye(channels).view(channels, channels, 1, 1)
+        bias = sign * img_range * torch.tensor(mean, dtype=torch.float32)
+        self.weight = nn.Parameter(eye, requires_grad=False)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+
+class MetaSRNet(nn.Module):
+    """Base class of the Meta-SR networks: input checks, early geometry validation, and the
+    optional bicubic global residual.
+
+    Subclasses set ``in_channels``, ``out_channels``, ``bicubic_residual``, ``pos_encoding``,
+    ``arithmetic`` and expose their weight-prediction MLP as :attr:`pos2weight`.
+    """
+
+    in_channels: int
+    out_channels: int
+    bicubic_residual: bool
+    pos_encoding: str
+    arithmetic: str
+
+    @property
+    def pos2weight(self) -> Pos2Weight:
+        """The :class:`metasr.Pos2Weight` of the Meta-Upscale head."""
+        raise NotImplementedError
+
+    def _init_meta_options(
+        self,
+        in_channels: int,
+        out_channels: int,
+        pos_encoding: str,
+        arithmetic: str,
+        bicubic_residual: bool,
+    ) -> None:
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
+        if pos_encoding not in POS_ENCODINGS:
+            raise ValueError(
+                f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
+            )
+        if arithmetic not in ("exact", "official"):
+            raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
+        if not isinstance(bicubic_residual, bool):
+            raise ValueError(f"bicubic_residual must be a bool, got {bicubic_residual!r}")
+        if bicubic_residual and in_channels != out_channels:
+            raise ValueError(
+                "bicubic_residual adds the upsampled input to the output and needs "
+                f"in_channels == out_channels, got {in_channels} and {out_channels}"
+            )
+        self.pos_encoding = pos_encoding
+        self.arithmetic = arithmetic
+        self.bicubic_residual = bicubic_residual
+
+    def _scale_head_for_residual(self) -> None:
+        # With the bicubic residual the head only has to predict a correction; starting it
+        # 10x smaller keeps the initial output close to bicubic (DESIGN.md §7).
+        if self.bicubic_residual:
+            last = self.pos2weight.meta_block[2]
+            with torch.no_grad():
+                last.weight.mul_(0.1)
+                last.bias.mul_(0.1)
+
+    def _check_call(self, x: torch.Tensor, scale: object, size: object) -> None:
+        """Validate input and scale/size before the (expensive) backbone runs."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"x must be 4-D (N, C, h, w), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x has {x.shape[1]} channels but the model has in_channels={self.in_channels}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+        # Raises ValueError for a bad scale/size, or an asymmetric scale with "official".
+        build_geometry(
+            x.shape[2],
+            x.shape[3],
+            scale=scale,
+            size=size,
+            pos_encoding=self.pos_encoding,
+            arithmetic=self.arithmetic,
+        )
+
+    def _add_bicubic(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y + bicubic(x)`` at ``y``'s size when ``bicubic_residual`` is on, else ``y``.
+
+        Shape:
+            y: ``(N, Cout, H, W)``, x: ``(N, Cin, h, w)`` with ``Cin == Cout``.
+        """
+        if not self.bicubic_residual:
+            return y
+        up = F.interpolate(x, size=tuple(y.shape[-2:]), mode="bicubic", align_corners=False)
+        return y + up.to(y.dtype)

@@ -1,0 +1,320 @@
+"""Meta-RDN: the official Meta-SR model (RDN backbone + Meta-Upscale), and a loader for the
+published checkpoint.
+
+The module tree reproduces the official ``model/metardn.py`` (Meta-SR-Pytorch, branch 0.4.0) so
+its state_dict keys and shapes are identical::
+
+    sub_mean.{weight,bias}              MeanShift, (C,C,1,1) / (C,)
+    add_mean.{weight,bias}
+    SFENet1.{weight,bias}               Conv(Cin, G0, k)
+    SFENet2.{weight,bias}               Conv(G0, G0, k)
+    RDBs.{d}.convs.{c}.conv.0.*         Conv(G0 + c·G, G, k) + ReLU, d < D, c < C
+    RDBs.{d}.LFF.*                      Conv(G0 + C·G, G0, 1)
+    GFF.0.*, GFF.1.*                    Conv(D·G0, G0, 1), Conv(G0, G0, k)
+    P2W.meta_block.{0,2}.*              Linear(P, 256), Linear(256, 3·3·G0·Cout)
+
+Input convention (as the official code, ``rgb_range``): pixel values in ``[0, img_range]``
+(255 for the published model); ``sub_mean`` subtracts ``img_range · mean`` and ``add_mean`` adds
+it back, so the output is in the same range.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..geometry import Arithmetic
+from ..modules import Pos2Weight
+from ..ops.meta_upscale import meta_upscale
+from ._common import MeanShift, MetaSRNet, check_positive_float, check_positive_int, resolve_mean
+from ._registry import register_model
+
+__all__ = ["MetaRDN", "load_official_metardn"]
+
+
+class _RDBConv(nn.Module):
+    """Densely connected layer ``cat(x, ReLU(conv(x)))``: ``(N, Cin, H, W) → (N, Cin+G, H, W)``."""
+
+    def __init__(self, in_channels: int, growth: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, growth, kernel_size, padding=kernel_size // 2),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((x, self.conv(x)), 1)
+
+
+class _RDB(nn.Module):
+    """Residual dense block: ``C`` dense layers, 1×1 local feature fusion, local residual.
+
+    Shape:
+        ``(N, G0, H, W)`` → ``(N, G0, H, W)``.
+    """
+
+    def __init__(self, g0: int, growth: int, n_layers: int, kernel_size: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            *[_RDBConv(g0 + c * growth, growth, kernel_size) for c in range(n_layers)]
+        )
+        self.LFF = nn.Conv2d(g0 + n_layers * growth, g0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.LFF(self.convs(x)) + x
+
+
+@register_model("meta_rdn")
+class MetaRDN(MetaSRNet):
+    """Meta-RDN (Hu et al., CVPR 2019): RDN features + Meta-Upscale to any scale or size.
+
+    Defaults are RDN configuration B of the paper (``G0=64, D=16, C=8, G=64``), whose
+    state_dict matches the official ``model_1000.pt`` key for key; load that file with
+    :func:`load_official_metardn`. New models should train with the default
+    ``pos_encoding="asymmetric"`` (separate vertical/horizontal scales).
+
+    Args:
+        in_channels: input channels (3 for RGB, 1 for gridded data).
+        out_channels: output channels.
+        G0: feature width of the RDN.
+        D: number of residual dense blocks.
+        C: dense layers per block.
+        G: growth rate of a dense layer.
+        kernel_size: kernel size of the RDN convolutions (``RDNkSize``).
+        img_range: inputs are in ``[0, img_range]`` (official ``rgb_range``: 255).
+        mean: per-channel mean in ``[0, 1]`` units, subtracted (×``img_range``) by ``sub_mean``
+            and added back by ``add_mean``; ``None``: DIV2K RGB mean for 3 channels, else 0.
+        meta_kernel_size: LR window of the Meta-Upscale head (3 in the paper).
+        hidden: hidden width of the weight-prediction MLP (256 in the paper).
+        pos_encoding: ``"asymmetric"`` (default) or ``"official"`` (``(1/r, Δv, Δh)``).
+        backend: Meta-Upscale backend (``"auto"``, ``"torch"``, ``"im2col"``, ...).
+        arithmetic: ``"exact"`` geometry or the official float32 grid (``"official"``).
+        bicubic_residual: add ``bicubic(x)`` to the output (global residual; the head's last
+            layer starts ×0.1). Off for the paper model.
+
+    Shape:
+        forward: ``x (N, in_channels, h, w)`` → ``(N, out_channels, H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        G0: int = 64,
+        D: int = 16,
+        C: int = 8,
+        G: int = 64,
+        kernel_size: int = 3,
+        img_range: float = 255.0,
+        mean: float | Sequence[float] | None = None,
+        meta_kernel_size: int = 3,
+        hidden: int = 256,
+        pos_encoding: str = "asymmetric",
+        backend: str = "auto",
+        arithmetic: Arithmetic = "exact",
+        bicubic_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self._init_meta_options(
+            in_channels, out_channels, pos_encoding, arithmetic, bicubic_residual
+        )
+        G0, D, C, G = (
+            check_positive_int(n, v) for n, v in (("G0", G0), ("D", D), ("C", C), ("G", G))
+        )
+        k = check_positive_int("kernel_size", kernel_size)
+        if k % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.img_range = check_positive_float("img_range", img_range)
+        self.G0, self.D, self.C, self.G = G0, D, C, G
+        self.backend = backend
+
+        # Registration order = the official state_dict order.
+        self.sub_mean = MeanShift(
+            in_channels, self.img_range, resolve_mean(mean, in_channels, "input"), -1
+        )
+        self.add_mean = MeanShift(
+            out_channels, self.img_range, resolve_mean(mean, out_channels, "output"), 1
+        )
+        self.SFENet1 = nn.Conv2d(in_channels, G0, k, padding=k // 2)
+        self.SFENet2 = nn.Conv2d(G0, G0, k, padding=k // 2)
+        self.RDBs = nn.ModuleList([_RDB(G0, G, C, k) for _ in range(D)])
+        self.GFF = nn.Sequential(nn.Conv2d(D * G0, G0, 1), nn.Conv2d(G0, G0, k, padding=k // 2))
+        self.P2W = Pos2Weight(G0, out_channels, meta_kernel_size, hidden, pos_encoding)
+        self._scale_head_for_residual()
+
+    @property
+    def pos2weight(self) -> Pos2Weight:
+        return self.P2W
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """RDN features of the mean-shifted input: ``(N, Cin, h, w)`` → ``(N, G0, h, w)``."""
+        f1 = self.SFENet1(x)
+        h = self.SFENet2(f1)
+        outs = []
+        for rdb in self.RDBs:
+            h = rdb(h)
+            outs.append(h)
+        return self.GFF(torch.cat(outs, 1)) + f1
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        scale: float | tuple[float, float] | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Upscale ``x`` (values in ``[0, img_range]``) by ``scale`` or to ``size``.
+
+        Args:
+            x: ``(N, in_channels, h, w)``.
+            scale: a number or ``(r_v, r_h)``, each ≥ 1.
+            size: ``(H, W)`` instead of ``scale``.
+
+        Returns:
+            ``(N, out_channels, H, W)``.
+        """
+        self._check_call(x, scale, size)
+        x = self.sub_mean(x)
+        y = meta_upscale(
+            self.forward_features(x),
+            self.P2W,
+            scale=scale,
+            size=size,
+            backend=self.backend,
+            arithmetic=self.arithmetic,
+        )
+        # The residual is added in the mean-shifted domain, so the mean is added back only once.
+        return self.add_mean(self._add_bicubic(y, x))
+
+    def extra_repr(self) -> str:
+        return (
+            f"G0={self.G0}, D={self.D}, C={self.C}, G={self.G}, img_range={self.img_range:g}, "
+            f"pos_encoding={self.pos_encoding!r}, backend={self.backend!r}, "
+            f"arithmetic={self.arithmetic!r}, bicubic_residual={self.bicubic_residual}"
+        )
+
+
+#: Where trainers commonly nest the weights in a checkpoint dict.
+_WRAPPER_KEYS = ("state_dict", "model", "params_ema", "params", "net", "network")
+
+
+def _unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
+    """The raw ``{name: tensor}`` mapping in ``obj`` (itself, or one level of wrapping)."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a state_dict (a dict of tensors), got {type(obj).__name__}")
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd = dict(obj)
+    else:
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
+                sd = dict(inner)
+                break
+        else:
+            raise ValueError(
+                "checkpoint is a dict but neither a state_dict of tensors nor a dict wrapping one "
+                f"under {', '.join(map(repr, _WRAPPER_KEYS))}; top-level keys: "
+                f"{sorted(map(str, obj))[:10]}"
+            )
+    if sd and all(k.startswith("module.") for k in sd):  # saved from nn.DataParallel
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def _infer_rdn_config(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """RDN hyper-parameters from the shapes in an official state_dict."""
+    needed = (
+        "SFENet1.weight",
+        "add_mean.weight",
+        "RDBs.0.convs.0.conv.0.weight",
+        "P2W.meta_block.2.weight",
+    )
+    missing = [k for k in needed if k not in sd]
+    if missing:
+        raise ValueError(
+            f"not an official MetaRDN checkpoint: missing {missing} "
+            f"(found keys such as {sorted(sd)[:5]})"
+        )
+    try:
+        D = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("RDBs."))
+        C = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("RDBs.0.convs."))
+    except (IndexError, ValueError) as exc:
+        raise ValueError(f"not an official MetaRDN checkpoint: malformed RDB keys ({exc})") from exc
+    sfe = sd["SFENet1.weight"]
+    if sfe.dim() != 4:
+        raise ValueError(f"SFENet1.weight must be 4-D, got shape {tuple(sfe.shape)}")
+    return {
+        "in_channels": sfe.shape[1],
+        "out_channels": sd["add_mean.weight"].shape[0],
+        "G0": sfe.shape[0],
+        "D": D,
+        "C": C,
+        "G": sd["RDBs.0.convs.0.conv.0.weight"].shape[0],
+        "kernel_size": sfe.shape[-1],
+    }
+
+
+def load_official_metardn(
+    path: str | os.PathLike[str] | Mapping[str, Any], **kwargs: Any
+) -> MetaRDN:
+    """Load an official Meta-SR-Pytorch MetaRDN checkpoint (e.g. ``model_1000.pt``).
+
+    The RDN configuration (A or B, channels) is read from the tensor shapes; the model is built
+    with ``pos_encoding="official"`` and the weights are loaded strictly. Inputs are RGB in
+    ``[0, 255]`` as in the official code; use ``arithmetic="official"`` for bit-level agreement
+    with the published output grid at scales such as 2.3 or 3.7.
+
+    Args:
+        path: a file saved with ``torch.save`` holding the raw state_dict or a dict wrapping one
+            (under ``state_dict``/``model``/``params``/...), or such a mapping itself.
+        **kwargs: further :class:`MetaRDN` arguments (``backend``, ``arithmetic``, ...).
+
+    Returns:
+        The :class:`MetaRDN`, in training mode like any new module.
+
+    Raises:
+        ValueError: if the file cannot be read, is not a dict of tensors, or its keys or shapes
+            differ from the official MetaRDN's (the message lists missing/unexpected/mismatched).
+    """
+    if isinstance(path, Mapping):
+        obj: object = path
+    else:
+        try:
+            obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling errors have many types; report them uniformly
+            raise ValueError(f"could not read checkpoint {os.fspath(path)!r}: {exc}") from exc
+    sd = _unwrap_state_dict(obj)
+    config = _infer_rdn_config(sd)
+    for key in ("pos_encoding", *config):
+        if key in kwargs:
+            raise ValueError(f"load_official_metardn: {key!r} is fixed by the checkpoint")
+    model = MetaRDN(**config, pos_encoding="official", **kwargs)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if mismatched:
+            parts.append(f"shape mismatches {mismatched[:8]}")
+        raise ValueError(
+            f"checkpoint does not match MetaRDN(G0={config['G0']}, D={config['D']}, "
+            f"C={config['C']}, G={config['G']}): " + "; ".join(parts)
+        )
+    model.load_state_dict(sd, strict=True)
+    return model

@@ -1,0 +1,642 @@
+"""Meta-SwinIR: the SwinIR backbone (Liang et al., 2021) with a Meta-Upscale head.
+
+The head replaces SwinIR's classical-SR ``pixelshuffle`` reconstruction::
+
+    conv_first → RSTB × len(depths) → norm → conv_after_body (+ shallow residual)
+    → conv_before_upsample (Conv + LeakyReLU, num_feat) → MetaUpsample (``upsample.phi.*``)
+
+instead of ``Upsample`` + ``conv_last``. Backbone parameter and buffer names are SwinIR's
+(``conv_first``, ``patch_embed.norm``, ``layers.{i}.residual_group.blocks.{j}.{norm1,attn,norm2,
+mlp}``, ``layers.{i}.conv``, ``norm``, ``conv_after_body``, ``conv_before_upsample.0``), so a
+classical SwinIR checkpoint loads with ``strict=False`` and reports only the upsampler
+(``upsample.*``, ``conv_last.*``) as missing/unexpected. The derived buffers
+``relative_position_index`` and ``attn_mask`` are recomputed rather than loaded, so a checkpoint
+trained at another ``img_size`` loads too.
+
+Input convention (SwinIR/BasicSR): values in ``[0, 1]``; the network works on
+``(x − mean) · img_range`` and returns ``y / img_range + mean``. ``mean`` defaults to the DIV2K
+RGB mean for 3 channels and 0 otherwise (SwinIR's rule); it is not part of the state_dict.
+
+Any input size works: the input is reflect-padded to a multiple of the window size, and the
+head runs on the features cropped back to the input size, so the output has exactly the
+requested size.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as checkpoint
+from torch import nn
+
+from ..geometry import Arithmetic
+from ..modules import MetaUpsample, Pos2Weight
+from ._common import MetaSRNet, check_positive_float, check_positive_int, resolve_mean
+from ._registry import register_model
+
+__all__ = ["MetaSwinIR"]
+
+
+def _window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """``(B, H, W, C)`` → ``(B·H/ws·W/ws, ws·ws, C)``, windows in row-major order."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, C)
+
+
+def _window_reverse(windows: torch.Tensor, ws: int, H: int, W: int) -> torch.Tensor:
+    """Inverse of :func:`_window_partition`: ``(B·nW, ws·ws, C)`` → ``(B, H, W, C)``."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, H, W, C)
+
+
+def _relative_position_index(ws: int) -> torch.Tensor:
+    """``(ws², ws²)`` int64 index into the ``(2ws−1)²`` relative-position bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(
+        1
+    )  # (2, ws²)
+    rel = coords[:, :, None] - coords[:, None, :] + (ws - 1)  # (2, ws², ws²), in [0, 2ws-2]
+    return rel[0] * (2 * ws - 1) + rel[1]
+
+
+def _shift_attn_mask(H: int, W: int, ws: int, shift: int) -> torch.Tensor:
+    """Additive mask ``(nW, ws², ws²)`` of shifted-window attention: −100 between tokens that
+    came from different regions of the cyclically shifted map, 0 otherwise."""
+    label = torch.zeros(1, H, W, 1)
+    cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+    region = 0
+    for hs in cuts:
+        for wsl in cuts:
+            label[:, hs, wsl, :] = region
+            region += 1
+    lw = _window_partition(label, ws).squeeze(-1)  # (nW, ws²)
+    diff = lw[:, None, :] - lw[:, :, None]
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+def _keep_derived_buffer(
+    module: nn.Module, name: str, state_dict: dict[str, torch.Tensor], prefix: str
+) -> None:
+    """Make ``load_state_dict`` keep ``module``'s own value of a derived buffer.
+
+    ``relative_position_index`` and ``attn_mask`` are functions of the window and ``img_size``,
+    not learned; keeping ours lets checkpoints trained at another ``img_size`` (other mask
+    shapes) load, and checkpoints that lack them load without "missing" keys.
+    """
+    buf = module._buffers.get(name)
+    if buf is not None:
+        state_dict[prefix + name] = buf
+
+
+class _DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch of a sample with probability ``p``."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
+
+
+class _Mlp(nn.Module):
+    """``fc1 → GELU → drop → fc2 → drop`` on tokens ``(..., C)``."""
+
+    def __init__(self, dim: int, hidden: int, drop: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class _WindowAttention(nn.Module):
+    """Multi-head self-attention inside ``ws×ws`` windows with a learned relative-position bias.
+
+    Shape:
+        forward: ``x (B·nW, ws², C)``, ``mask (nW, ws², ws²)`` or None → ``(B·nW, ws², C)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: int,
+        num_heads: int,
+        qkv_bias: bool,
+        qk_scale: float | None,
+        attn_drop: float,
+        proj_drop: float,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size - 1) ** 2, num_heads)
+        )
+        # Persistent like SwinIR's, so checkpoints have the same keys; see MetaSwinIR's loader.
+        self.register_buffer("relative_position_index", _relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B_, N, C = x.shape
+        heads = self.num_heads
+        q, k, v = self.qkv(x).reshape(B_, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B_, heads, N, N)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        attn = attn + bias.view(N, N, heads).permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            nW = mask.shape[0]
+            attn = attn.view(B_ // nW, nW, heads, N, N) + mask.to(attn.dtype)[None, :, None]
+            attn = attn.view(B_, heads, N, N)
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        x = (attn @ v).transpose(1, 2).reshape(B_, N, C)
+        return self.proj_drop(self.proj(x))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        _keep_derived_buffer(self, "relative_position_index", state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
+
+
+class _SwinBlock(nn.Module):
+    """Swin Transformer block: (shifted) window attention and MLP, both pre-norm residual.
+
+    As in SwinIR, a window no smaller than the training resolution ``input_resolution`` is
+    shrunk to it and the shift is dropped.
+
+    Shape:
+        forward: ``x (B, H·W, C)`` with ``x_size = (H, W)`` → ``(B, H·W, C)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        shift_size: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        qk_scale: float | None,
+        drop: float,
+        attn_drop: float,
+        drop_path: float,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        if min(input_resolution) <= window_size:
+            shift_size, window_size = 0, min(input_resolution)
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _WindowAttention(
+            dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop
+        )
+        self.drop_path = _DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = _Mlp(dim, int(dim * mlp_ratio), drop)
+        # Inputs are padded to whole windows, so the mask is precomputed for img_size rounded up
+        # to a multiple of the window (equal to img_size in SwinIR, which requires that).
+        self.mask_size = _round_up(input_resolution, window_size)
+        mask = _shift_attn_mask(*self.mask_size, window_size, shift_size) if shift_size else None
+        self.register_buffer("attn_mask", mask)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        _keep_derived_buffer(self, "attn_mask", state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(
+        self, x: torch.Tensor, x_size: tuple[int, int], mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        H, W = x_size
+        B, L, C = x.shape
+        ws, s = self.window_size, self.shift_size
+        if s and tuple(x_size) == self.mask_size:
+            mask = self.attn_mask
+        elif not s:
+            mask = None
+        h = self.norm1(x).view(B, H, W, C)
+        if s:
+            h = torch.roll(h, shifts=(-s, -s), dims=(1, 2))
+        h = self.attn(_window_partition(h, ws), mask=mask)
+        h = _window_reverse(h, ws, H, W)
+        if s:
+            h = torch.roll(h, shifts=(s, s), dims=(1, 2))
+        x = x + self.drop_path(h.reshape(B, L, C))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class _BasicLayer(nn.Module):
+    """``depth`` Swin blocks alternating plain and shifted windows (SwinIR's ``BasicLayer``)."""
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        qk_scale: float | None,
+        drop: float,
+        attn_drop: float,
+        drop_path: Sequence[float],
+        use_checkpoint: bool,
+    ) -> None:
+        super().__init__()
+        self.use_checkpoint = use_checkpoint
+        self.blocks = nn.ModuleList(
+            [
+                _SwinBlock(
+                    dim,
+                    input_resolution,
+                    num_heads,
+                    window_size,
+                    0 if i % 2 == 0 else window_size // 2,
+                    mlp_ratio,
+                    qkv_bias,
+                    qk_scale,
+                    drop,
+                    attn_drop,
+                    drop_path[i],
+                )
+                for i in range(depth)
+            ]
+        )
+
+    def forward(
+        self, x: torch.Tensor, x_size: tuple[int, int], mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        for blk in self.blocks:
+            if self.use_checkpoint and torch.is_grad_enabled():
+                # Recompute the block in backward: keeps only its input, not the attention maps.
+                x = checkpoint.checkpoint(blk, x, x_size, mask, use_reentrant=False)
+            else:
+                x = blk(x, x_size, mask)
+        return x
+
+
+class _RSTB(nn.Module):
+    """Residual Swin Transformer Block: Swin blocks, a conv on the image layout, residual.
+
+    Shape:
+        forward: ``x (B, H·W, C)`` → ``(B, H·W, C)``.
+    """
+
+    def __init__(self, dim: int, resi_connection: str, **layer_kwargs: Any) -> None:
+        super().__init__()
+        self.residual_group = _BasicLayer(dim=dim, **layer_kwargs)
+        self.conv = _resi_conv(dim, resi_connection)
+
+    def forward(
+        self, x: torch.Tensor, x_size: tuple[int, int], mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        B, L, C = x.shape
+        h = self.residual_group(x, x_size, mask)
+        h = self.conv(h.transpose(1, 2).reshape(B, C, *x_size))
+        return h.flatten(2).transpose(1, 2) + x
+
+
+def _resi_conv(dim: int, resi_connection: str) -> nn.Module:
+    """SwinIR's conv before a residual connection: ``'1conv'`` or the bottlenecked ``'3conv'``."""
+    if resi_connection == "1conv":
+        return nn.Conv2d(dim, dim, 3, 1, 1)
+    return nn.Sequential(
+        nn.Conv2d(dim, dim // 4, 3, 1, 1),
+        nn.LeakyReLU(negative_slope=0.2, inplace=True),
+        nn.Conv2d(dim // 4, dim // 4, 1, 1, 0),
+        nn.LeakyReLU(negative_slope=0.2, inplace=True),
+        nn.Conv2d(dim // 4, dim, 3, 1, 1),
+    )
+
+
+class _PatchEmbed(nn.Module):
+    """Image ``(B, C, H, W)`` → tokens ``(B, H·W, C)``, optionally layer-normed (patch size 1)."""
+
+    def __init__(self, dim: int, patch_norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim) if patch_norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(2).transpose(1, 2)
+        return self.norm(x) if self.norm is not None else x
+
+
+def _round_up(size: tuple[int, int], multiple: int) -> tuple[int, int]:
+    return (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
+
+
+def _pair(v: object, name: str) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair (H, W), got {v!r}")
+        return check_positive_int(name, v[0]), check_positive_int(name, v[1])
+    n = check_positive_int(name, v)
+    return n, n
+
+
+@register_model(
+    "meta_swinir",
+    img_size=48,
+    window_size=8,
+    embed_dim=180,
+    depths=(6, 6, 6, 6, 6, 6),
+    num_heads=(6, 6, 6, 6, 6, 6),
+    mlp_ratio=2.0,
+    img_range=1.0,
+    resi_connection="1conv",
+)
+class MetaSwinIR(MetaSRNet):
+    """SwinIR backbone + Meta-Upscale head, any scale per axis or explicit output size.
+
+    Registered as ``"meta_swinir"`` with SwinIR's classical-SR "M" configuration (embed_dim
+    180, 6 RSTBs of depth 6, 6 heads, window 8, mlp_ratio 2, img_size 48). The constructor's own
+    defaults are SwinIR's. The climate seed configuration is ``in_chans=1, img_size=(96, 144),
+    embed_dim=156, depths=[6]*6, num_heads=[6]*6, window_size=8, mlp_ratio=2``, called with
+    ``size=(721, 1440)``.
+
+    Args:
+        img_size: training input size (int or ``(H, W)``); sets the precomputed shifted-window
+            masks and, as in SwinIR, shrinks the window if it is not smaller than this.
+        patch_size: must be 1 (SwinIR's image-restoration models never patchify).
+        in_chans: input channels, 3 if not given (``in_channels`` is an alias).
+        out_chans: output channels; defaults to ``in_chans`` (``out_channels`` is an alias).
+        embed_dim: transformer width.
+        depths: Swin blocks per RSTB.
+        num_heads: attention heads per RSTB; each must divide ``embed_dim``.
+        window_size: attention window.
+        mlp_ratio: MLP hidden width / ``embed_dim``.
+        qkv_bias: bias in the qkv projection.
+        qk_scale: overrides ``head_dim ** -0.5``.
+        drop_rate, attn_drop_rate: dropout rates.
+        drop_path_rate: stochastic depth, rising linearly over all blocks to this value.
+        ape: absolute position embedding (only for inputs of exactly ``img_size``).
+        patch_norm: LayerNorm after the patch embedding.
+        use_checkpoint: recompute each Swin block in backward (less memory, ~30% slower).
+        img_range: the network sees ``(x − mean) · img_range`` (SwinIR: 1.0 or 255).
+        resi_connection: ``"1conv"`` or ``"3conv"``.
+        num_feat: channels of ``conv_before_upsample`` fed to the head (64 in SwinIR).
+        mean: per-channel mean; ``None``: DIV2K RGB mean for 3 channels, else 0.
+        meta_kernel_size: LR window of the Meta-Upscale head.
+        hidden: hidden width of the weight-prediction MLP.
+        pos_encoding: ``"asymmetric"`` (default) or ``"official"``.
+        backend: Meta-Upscale backend; settable later as ``model.backend``.
+        arithmetic: ``"exact"`` or ``"official"`` output grid.
+        bicubic_residual: add ``bicubic(x)`` to the output; the head's last layer starts ×0.1.
+
+    Shape:
+        forward: ``x (N, in_chans, h, w)`` → ``(N, out_chans, H, W)``.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 64,
+        patch_size: int = 1,
+        in_chans: int | None = None,
+        out_chans: int | None = None,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (6, 6, 6, 6),
+        num_heads: Sequence[int] = (6, 6, 6, 6),
+        window_size: int = 7,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        ape: bool = False,
+        patch_norm: bool = True,
+        use_checkpoint: bool = False,
+        img_range: float = 1.0,
+        resi_connection: str = "1conv",
+        num_feat: int = 64,
+        mean: float | Sequence[float] | None = None,
+        meta_kernel_size: int = 3,
+        hidden: int = 256,
+        pos_encoding: str = "asymmetric",
+        backend: str = "auto",
+        arithmetic: Arithmetic = "exact",
+        bicubic_residual: bool = False,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        if in_channels is not None:
+            if in_chans is not None and in_chans != in_channels:
+                raise ValueError(f"in_chans={in_chans} and in_channels={in_channels} disagree")
+            in_chans = in_channels
+        in_chans = 3 if in_chans is None else in_chans
+        if out_channels is not None:
+            if out_chans is not None and out_chans != out_channels:
+                raise ValueError(f"out_chans={out_chans} and out_channels={out_channels} disagree")
+            out_chans = out_channels
+        in_chans = check_positive_int("in_chans", in_chans)
+        out_chans = in_chans if out_chans is None else check_positive_int("out_chans", out_chans)
+        self._init_meta_options(in_chans, out_chans, pos_encoding, arithmetic, bicubic_residual)
+
+        if patch_size != 1:
+            raise ValueError(f"patch_size must be 1 (as in SwinIR's SR models), got {patch_size!r}")
+        self.img_size = _pair(img_size, "img_size")
+        embed_dim = check_positive_int("embed_dim", embed_dim)
+        window_size = check_positive_int("window_size", window_size)
+        depths = [check_positive_int("depths[i]", d) for d in depths]
+        num_heads = [check_positive_int("num_heads[i]", h) for h in num_heads]
+        if not depths or len(depths) != len(num_heads):
+            raise ValueError(
+                f"depths and num_heads must be non-empty and of equal length, got {depths} and "
+                f"{num_heads}"
+            )
+        bad = [h for h in num_heads if embed_dim % h]
+        if bad:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads {bad}")
+        if resi_connection not in ("1conv", "3conv"):
+            raise ValueError(f"resi_connection must be '1conv' or '3conv', got {resi_connection!r}")
+        if resi_connection == "3conv" and embed_dim < 4:
+            raise ValueError(f"resi_connection='3conv' needs embed_dim >= 4, got {embed_dim}")
+        mlp_ratio = check_positive_float("mlp_ratio", mlp_ratio)
+        for name, p in (
+            ("drop_rate", drop_rate),
+            ("attn_drop_rate", attn_drop_rate),
+            ("drop_path_rate", drop_path_rate),
+        ):
+            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+        self.img_range = check_positive_float("img_range", img_range)
+        self.embed_dim = embed_dim
+        self.window_size = window_size
+        self.ape = bool(ape)
+        self.num_feat = check_positive_int("num_feat", num_feat)
+        # Not in the state_dict, as in SwinIR (where `mean` is a plain attribute).
+        self.register_buffer(
+            "mean", torch.tensor(resolve_mean(mean, in_chans, "input")).view(1, -1, 1, 1), False
+        )
+        self.register_buffer(
+            "out_mean",
+            torch.tensor(resolve_mean(mean, out_chans, "output")).view(1, -1, 1, 1),
+            False,
+        )
+
+        # --- backbone (SwinIR names) ---
+        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.patch_embed = _PatchEmbed(embed_dim, patch_norm)
+        if self.ape:
+            self.absolute_pos_embed = nn.Parameter(
+                torch.zeros(1, self.img_size[0] * self.img_size[1], embed_dim)
+            )
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
+        self.pos_drop = nn.Dropout(drop_rate)
+        # Stochastic depth rising linearly over all blocks (host floats: works on "meta" too).
+        n_blocks = sum(depths)
+        dpr = [float(drop_path_rate) * i / max(n_blocks - 1, 1) for i in range(n_blocks)]
+        self.layers = nn.ModuleList()
+        for i, (depth, heads) in enumerate(zip(depths, num_heads, strict=True)):
+            start = sum(depths[:i])
+            self.layers.append(
+                _RSTB(
+                    embed_dim,
+                    resi_connection,
+                    input_resolution=self.img_size,
+                    depth=depth,
+                    num_heads=heads,
+                    window_size=window_size,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    qk_scale=qk_scale,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[start : start + depth],
+                    use_checkpoint=use_checkpoint,
+                )
+            )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.conv_after_body = _resi_conv(embed_dim, resi_connection)
+        self.conv_before_upsample = nn.Sequential(
+            nn.Conv2d(embed_dim, self.num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True)
+        )
+        self.apply(_swinir_init)  # before the head exists: the head keeps PyTorch's init
+        # --- head ---
+        self.upsample = MetaUpsample(
+            self.num_feat,
+            out_chans,
+            meta_kernel_size,
+            hidden,
+            pos_encoding,
+            backend=backend,
+            arithmetic=arithmetic,
+        )
+        self._scale_head_for_residual()
+
+    # `backend` lives on the head module; expose it like the other models do.
+    @property
+    def backend(self) -> str:
+        return self.upsample.backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self.upsample.backend = value
+
+    @property
+    def pos2weight(self) -> Pos2Weight:
+        return self.upsample.phi
+
+    @property
+    def effective_window_size(self) -> int:
+        """The window the blocks use (SwinIR shrinks it to ``min(img_size)`` if not smaller)."""
+        return self.layers[0].residual_group.blocks[0].window_size
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Reflect-pad ``(N, C, h, w)`` on the bottom/right to a multiple of the window size
+        (replicate where the input is too small to reflect)."""
+        ws = self.effective_window_size
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % ws, (-w) % ws
+        if ph == 0 and pw == 0:
+            return x
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Transformer body on a window-aligned map: ``(N, C, Hp, Wp)`` → ``(N, C, Hp, Wp)``."""
+        N, C, H, W = x.shape
+        x_size = (H, W)
+        t = self.patch_embed(x)
+        if self.ape:
+            if x_size != self.img_size:
+                raise ValueError(
+                    f"ape=True needs inputs of img_size {self.img_size} after padding, got {x_size}"
+                )
+            t = t + self.absolute_pos_embed
+        t = self.pos_drop(t)
+        # One mask for every shifted block at this size (the blocks' buffers hold img_size's).
+        blk = self.layers[0].residual_group.blocks[0]
+        mask = None
+        if x_size != blk.mask_size and blk.window_size == self.window_size:
+            ws = blk.window_size
+            mask = _shift_attn_mask(H, W, ws, ws // 2).to(x.device)
+        for layer in self.layers:
+            t = layer(t, x_size, mask)
+        t = self.norm(t)
+        return t.transpose(1, 2).reshape(N, C, H, W)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        scale: float | tuple[float, float] | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Upscale ``x`` (values in ``[0, 1]``) by ``scale`` or to ``size``.
+
+        Args:
+            x: ``(N, in_chans, h, w)``, any ``h, w``.
+            scale: a number or ``(r_v, r_h)``, each ≥ 1.
+            size: ``(H, W)`` instead of ``scale``.
+
+        Returns:
+            ``(N, out_chans, H, W)``.
+        """
+        self._check_call(x, scale, size)
+        h, w = x.shape[-2:]
+        x = (x - self.mean.to(x.dtype)) * self.img_range
+        f = self.conv_first(self._pad(x))
+        f = self.conv_after_body(self.forward_features(f)) + f
+        # Crop before the head: its geometry is that of the true input, so the output has exactly
+        # the requested size (and no padded-border pixels are ever upsampled).
+        f = self.conv_before_upsample(f)[..., :h, :w]
+        y = self._add_bicubic(self.upsample(f, scale=scale, size=size), x)
+        return y / self.img_range + self.out_mean.to(y.dtype)
+
+
+def _swinir_init(m: nn.Module) -> None:
+    """SwinIR's initialisation: truncated-normal linears, unit LayerNorms."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
