@@ -34,7 +34,7 @@ def estimate_bytes(
     hw = geom.H * geom.W
     kc = k * k * C
     elems = hw * (hid + kc * O)  # hidden layer + predicted weights
-    elems += 2 * n * kc * hw  # gathered columns and bmm's transposed copy
+    elems += n * kc * hw  # gathered columns
     elems += 2 * n * O * hw  # output and its permuted copy
     if grad:
         # autograd keeps the hidden layer, weights and columns and builds their gradients
@@ -55,6 +55,10 @@ def meta_upscale_im2col(x: torch.Tensor, params: MLPParams, geom: Geometry) -> t
     k, C, O = params.kernel_size, params.in_channels, params.out_channels
     weights = params.predict(positions_tensor(geom, x)).view(geom.H * geom.W, C * k * k, O)
     cols = F.unfold(x, k, padding=k // 2)  # (N, C·k·k, h·w), LR resolution
-    cols = cols.index_select(2, lr_linear_index(geom, x.device))  # (N, C·k·k, H·W)
-    y = torch.bmm(cols.permute(2, 0, 1), weights)  # (H·W, N, O)
+    # Pixel-major at LR resolution first, so the gather yields a contiguous (H·W, N, C·k·k):
+    # CPU bmm with a permuted (batch-stride-1) operand is ~1000x slower than with a
+    # contiguous one, and the official code also feeds matmul contiguous operands.
+    cols = cols.permute(2, 0, 1).contiguous()  # (h·w, N, C·k·k)
+    cols = cols.index_select(0, lr_linear_index(geom, x.device))  # (H·W, N, C·k·k)
+    y = torch.bmm(cols, weights)  # (H·W, N, O)
     return y.permute(1, 2, 0).reshape(N, O, geom.H, geom.W)
