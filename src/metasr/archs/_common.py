@@ -11,6 +11,7 @@ from torch import nn
 
 from ..geometry import POS_ENCODINGS, build_geometry
 from ..modules import Pos2Weight
+from ..ops.meta_upscale import meta_upscale
 
 __all__ = [
     "DIV2K_RGB_MEAN",
@@ -178,3 +179,54 @@ class MetaSRNet(nn.Module):
             return y
         up = F.interpolate(x, size=tuple(y.shape[-2:]), mode="bicubic", align_corners=False)
         return y + up.to(y.dtype)
+
+
+class MeanShiftMetaSRNet(MetaSRNet):
+    """A Meta-SR network in the EDSR/Meta-SR convention (MetaRDN, MetaEDSR).
+
+    ``sub_mean`` → :meth:`forward_features` → Meta-Upscale with ``P2W`` → (bicubic residual) →
+    ``add_mean``; input values in ``[0, img_range]``. Subclasses define ``sub_mean``,
+    ``add_mean``, ``P2W``, ``backend`` and :meth:`forward_features`.
+    """
+
+    sub_mean: nn.Module
+    add_mean: nn.Module
+    P2W: Pos2Weight
+    backend: str
+
+    @property
+    def pos2weight(self) -> Pos2Weight:
+        return self.P2W
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of the mean-shifted input: ``(N, Cin, h, w)`` → ``(N, F, h, w)``."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        scale: float | tuple[float, float] | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Upscale ``x`` (values in ``[0, img_range]``) by ``scale`` or to ``size``.
+
+        Args:
+            x: ``(N, in_channels, h, w)``.
+            scale: a number or ``(r_v, r_h)``, each ≥ 1.
+            size: ``(H, W)`` instead of ``scale``.
+
+        Returns:
+            ``(N, out_channels, H, W)``.
+        """
+        self._check_call(x, scale, size)
+        x = self.sub_mean(x)
+        y = meta_upscale(
+            self.forward_features(x),
+            self.P2W,
+            scale=scale,
+            size=size,
+            backend=self.backend,
+            arithmetic=self.arithmetic,
+        )
+        # The residual is added in the mean-shifted domain, so the mean is added back only once.
+        return self.add_mean(self._add_bicubic(y, x))

@@ -22,8 +22,13 @@ from torch import nn
 
 from ..geometry import Arithmetic
 from ..modules import Pos2Weight
-from ..ops.meta_upscale import meta_upscale
-from ._common import MeanShift, MetaSRNet, check_positive_float, check_positive_int, resolve_mean
+from ._common import (
+    MeanShift,
+    MeanShiftMetaSRNet,
+    check_positive_float,
+    check_positive_int,
+    resolve_mean,
+)
 from ._registry import register_model
 
 __all__ = ["MetaEDSR"]
@@ -55,7 +60,7 @@ class _ResBlock(nn.Module):
 
 @register_model("meta_edsr_tiny", n_resblocks=6, n_feats=32, img_range=1.0, bicubic_residual=True)
 @register_model("meta_edsr")
-class MetaEDSR(MetaSRNet):
+class MetaEDSR(MeanShiftMetaSRNet):
     """Meta-EDSR: an EDSR backbone (default: EDSR-baseline, 16 blocks × 64 features,
     ``res_scale`` 1) with a Meta-Upscale head.
 
@@ -129,42 +134,10 @@ class MetaEDSR(MetaSRNet):
         self.P2W = Pos2Weight(n_feats, out_channels, meta_kernel_size, hidden, pos_encoding)
         self._scale_head_for_residual()
 
-    @property
-    def pos2weight(self) -> Pos2Weight:
-        return self.P2W
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """EDSR features of the mean-shifted input: ``(N, Cin, h, w)`` → ``(N, F, h, w)``."""
         f = self.head(x)
         return self.body(f) + f
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        scale: float | tuple[float, float] | None = None,
-        size: tuple[int, int] | None = None,
-    ) -> torch.Tensor:
-        """Upscale ``x`` (values in ``[0, img_range]``) by ``scale`` or to ``size``.
-
-        Args:
-            x: ``(N, in_channels, h, w)``.
-            scale: a number or ``(r_v, r_h)``, each ≥ 1.
-            size: ``(H, W)`` instead of ``scale``.
-
-        Returns:
-            ``(N, out_channels, H, W)``.
-        """
-        self._check_call(x, scale, size)
-        x = self.sub_mean(x)
-        y = meta_upscale(
-            self.forward_features(x),
-            self.P2W,
-            scale=scale,
-            size=size,
-            backend=self.backend,
-            arithmetic=self.arithmetic,
-        )
-        return self.add_mean(self._add_bicubic(y, x))
 
     def extra_repr(self) -> str:
         return (

@@ -29,8 +29,13 @@ from torch import nn
 
 from ..geometry import Arithmetic
 from ..modules import Pos2Weight
-from ..ops.meta_upscale import meta_upscale
-from ._common import MeanShift, MetaSRNet, check_positive_float, check_positive_int, resolve_mean
+from ._common import (
+    MeanShift,
+    MeanShiftMetaSRNet,
+    check_positive_float,
+    check_positive_int,
+    resolve_mean,
+)
 from ._registry import register_model
 
 __all__ = ["MetaRDN", "load_official_metardn"]
@@ -69,7 +74,7 @@ class _RDB(nn.Module):
 
 
 @register_model("meta_rdn")
-class MetaRDN(MetaSRNet):
+class MetaRDN(MeanShiftMetaSRNet):
     """Meta-RDN (Hu et al., CVPR 2019): RDN features + Meta-Upscale to any scale or size.
 
     Defaults are RDN configuration B of the paper (``G0=64, D=16, C=8, G=64``), whose
@@ -146,10 +151,6 @@ class MetaRDN(MetaSRNet):
         self.P2W = Pos2Weight(G0, out_channels, meta_kernel_size, hidden, pos_encoding)
         self._scale_head_for_residual()
 
-    @property
-    def pos2weight(self) -> Pos2Weight:
-        return self.P2W
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """RDN features of the mean-shifted input: ``(N, Cin, h, w)`` → ``(N, G0, h, w)``."""
         f1 = self.SFENet1(x)
@@ -159,35 +160,6 @@ class MetaRDN(MetaSRNet):
             h = rdb(h)
             outs.append(h)
         return self.GFF(torch.cat(outs, 1)) + f1
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        scale: float | tuple[float, float] | None = None,
-        size: tuple[int, int] | None = None,
-    ) -> torch.Tensor:
-        """Upscale ``x`` (values in ``[0, img_range]``) by ``scale`` or to ``size``.
-
-        Args:
-            x: ``(N, in_channels, h, w)``.
-            scale: a number or ``(r_v, r_h)``, each ≥ 1.
-            size: ``(H, W)`` instead of ``scale``.
-
-        Returns:
-            ``(N, out_channels, H, W)``.
-        """
-        self._check_call(x, scale, size)
-        x = self.sub_mean(x)
-        y = meta_upscale(
-            self.forward_features(x),
-            self.P2W,
-            scale=scale,
-            size=size,
-            backend=self.backend,
-            arithmetic=self.arithmetic,
-        )
-        # The residual is added in the mean-shifted domain, so the mean is added back only once.
-        return self.add_mean(self._add_bicubic(y, x))
 
     def extra_repr(self) -> str:
         return (
