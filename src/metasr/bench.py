@@ -312,7 +312,8 @@ def format_table(report: dict[str, Any], baseline: str = "im2col") -> str:
             mem = f"1/{b['peak_mib'] / max(r['peak_mib'], 1e-3):.0f}"
         out.append(
             f"| {r['config']} | {r['mode']} | {r['dtype']} | {r['backend']} | "
-            f"{_fmt_ms(r['median_ms'])} (n={r['runs']}) | {r['peak_mib']:.0f} MiB | {speed} | {mem} |"
+            f"{_fmt_ms(r['median_ms'])} (n={r['runs']}) | {r['peak_mib']:.0f} MiB | "
+            f"{speed} | {mem} |"
         )
     return "\n".join(out)
 

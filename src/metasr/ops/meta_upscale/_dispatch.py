@@ -129,6 +129,12 @@ def _triton_environment(device_type: str) -> list[str]:
     return []
 
 
+def _triton_reasons(x: torch.Tensor, params: MLPParams, geom: Geometry) -> list[str]:
+    from .triton_fused import grid_limit_reasons
+
+    return grid_limit_reasons(x, params, geom)
+
+
 def _load_triton():
     from .triton_fused import meta_upscale_triton
 
@@ -167,6 +173,7 @@ BACKENDS: dict[str, Backend] = {
             ("cpu", "cuda"),
             (torch.float32, torch.float16, torch.bfloat16),
             _load_triton,
+            _triton_reasons,
             environment_reasons=_triton_environment,
         ),
     )
