@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .integrations.checkpoints import network_value_range
 from .io import Raster
 from .tiling import DEFAULT_OVERLAP, upscale
 
@@ -99,22 +100,9 @@ def _finish(model: nn.Module, name: str, arch: str, kwargs: dict, metadata: dict
         kwargs,
         model.in_channels,
         model.out_channels,
-        _value_range(model),
+        network_value_range(model),
         metadata,
     )
-
-
-def _value_range(model: nn.Module) -> float:
-    """What an image in 0..1 is multiplied by before ``model``.
-
-    MetaRDN and MetaEDSR take values in ``[0, img_range]`` (EDSR-PyTorch's ``rgb_range``: their
-    mean shift is scaled by it); MetaSwinIR takes ``[0, 1]`` and applies ``img_range`` itself.
-    """
-    from .archs import MetaSwinIR
-
-    if isinstance(model, MetaSwinIR):
-        return 1.0
-    return float(getattr(model, "img_range", 1.0))
 
 
 def save_checkpoint(

@@ -111,6 +111,13 @@ class MetaSRNet(nn.Module):
         """The :class:`metasr.Pos2Weight` of the Meta-Upscale head."""
         raise NotImplementedError
 
+    @property
+    def input_range(self) -> float:
+        """What an image in ``[0, 1]`` is multiplied by before this network (and its output
+        divided by): 1 for networks that take ``[0, 1]`` (MetaSwinIR applies its ``img_range``
+        inside)."""
+        return 1.0
+
     def _init_meta_options(
         self,
         in_channels: int,
@@ -193,10 +200,17 @@ class MeanShiftMetaSRNet(MetaSRNet):
     add_mean: nn.Module
     P2W: Pos2Weight
     backend: str
+    img_range: float
 
     @property
     def pos2weight(self) -> Pos2Weight:
         return self.P2W
+
+    @property
+    def input_range(self) -> float:
+        """``img_range``: these networks take ``[0, img_range]`` (EDSR-PyTorch's ``rgb_range``;
+        255 in the official recipe), and their mean shift is scaled by it."""
+        return float(self.img_range)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features of the mean-shifted input: ``(N, Cin, h, w)`` → ``(N, F, h, w)``."""

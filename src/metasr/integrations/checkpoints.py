@@ -56,15 +56,11 @@ def build_network(opt: Mapping[str, Any]) -> nn.Module:
 def network_value_range(net: nn.Module) -> float:
     """What an image in 0..1 is multiplied by before ``net`` (and the output divided by).
 
-    MetaRDN and MetaEDSR take ``[0, img_range]`` (EDSR-PyTorch's ``rgb_range``, 255 for the
-    official recipe: their mean shift is scaled by it); MetaSwinIR takes ``[0, 1]`` and applies
-    its ``img_range`` inside. BasicSR data is in 0..1, so :class:`MetaSRModel` scales by this.
+    The network's ``input_range`` (``img_range`` for MetaRDN/MetaEDSR, which take
+    ``[0, img_range]``; 1 for MetaSwinIR). BasicSR data is in 0..1, so :class:`MetaSRModel`
+    scales by this; networks that are not metasr's are taken to work in 0..1.
     """
-    from ..archs import MetaSwinIR
-
-    if isinstance(net, MetaSwinIR):
-        return 1.0
-    return float(getattr(net, "img_range", 1.0))
+    return float(getattr(net, "input_range", 1.0))
 
 
 def load_basicsr_checkpoint(
