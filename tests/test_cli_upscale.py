@@ -7,6 +7,7 @@ default model is tested only when its file is present.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -501,3 +502,15 @@ def test_default_model_beats_bicubic():
     bic = imresize(lr, scale=2)
     sr, bic = (torch.round(t.clamp(0, 1) * 255) / 255 for t in (sr, bic))
     assert psnr(sr, hr, scale=2).item() > psnr(bic, hr, scale=2).item()
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path):
+    # Written through a temporary file (mkstemp: mode 0600) and renamed; the result must carry
+    # the mode an ordinary open() would give, not stay private.
+    from metasr.io import atomic_write
+
+    target = tmp_path / "out.bin"
+    atomic_write(target, lambda tmp: tmp.write_bytes(b"x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
