@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -85,9 +87,42 @@ def test_cli_bench_subprocess_and_outputs(tmp_path, capsys):
         ["bench", "--backends", "magic"],
         ["bench", "--device", "tpu"],
         ["bench", "--dtype", "int8"],
+        ["bench", "--timeout", "-1"],
+        ["bench", "--timeout", "nan"],
+        ["bench", "--baseline", "foo"],
+        ["bench", "--backends", "torch", "--baseline", "im2col"],
+        ["bench", "--json", "/nonexistent-dir/r.json"],
+        ["bench", "--csv", "."],
     ],
 )
-def test_cli_bench_bad_arguments(argv, capsys):
+def test_cli_bench_bad_arguments(argv, capsys, monkeypatch):
+    # Refused before anything is measured.
+    monkeypatch.setattr(bench, "run_benchmarks", lambda *a, **k: pytest.fail("benchmark ran"))
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("metasr bench: error:")
+
+
+def test_worker_peak_memory_reflects_the_allocation():
+    # In a fresh process (as the runner measures), im2col's peak must cover its predicted weight
+    # tensor, H*W*k*k*Cin*Cout float32 = 128*128*9*16*3*4 B = 27 MiB, and the torch backend,
+    # which never holds it, must stay well below. A measurement stuck at 0 fails here.
+    code = (
+        "import json, sys; from metasr import bench\n"
+        "bench.CONFIGS['mem'] = bench.BenchConfig((1, 16, 32, 32), {'scale': 4}, 3, ('fwd',), "
+        "'mem', 3, 16)\n"
+        "spec = dict(config='mem', mode='fwd', backend=sys.argv[1], dtype='float32', "
+        "device='cpu', min_runs=1, max_runs=1, min_time_s=0.0, slow_s=1e9)\n"
+        "print(json.dumps(bench._worker(spec)))\n"
+    )
+    peaks = {}
+    for backend in ("im2col", "torch"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, backend], capture_output=True, text=True, check=True
+        )
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        assert r["ok"], r
+        peaks[backend] = r["peak_mib"]
+    weights_mib = 128 * 128 * 9 * 16 * 3 * 4 / 2**20
+    assert peaks["im2col"] >= 0.9 * weights_mib, peaks
+    assert peaks["torch"] < peaks["im2col"] / 3, peaks

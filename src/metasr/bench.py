@@ -86,9 +86,31 @@ class Result:
 
 
 def _rss_peak_bytes() -> int:
+    """Peak resident set size of this process since the last :func:`_reset_rss_peak`."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _reset_rss_peak() -> None:
+    """Restart the peak-RSS high-water mark at the current RSS (Linux ``clear_refs`` 5).
+
+    Without it the peak of a measurement is hidden whenever importing torch and friends had
+    briefly needed more memory than the measured step (seen: a 680 MiB import peak against a
+    560 MiB im2col step, reported as 0). Where it is unsupported the import peak stays in.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
 
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +155,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
+        _reset_rss_peak()
         base = _rss_peak_bytes()
     try:
         t0 = time.perf_counter()

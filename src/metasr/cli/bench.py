@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 from pathlib import Path
 
 from . import CLIError
@@ -33,7 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16,float16")
     p.add_argument("--mode", default=None, help="only this mode: fwd or fwdbwd")
-    p.add_argument("--baseline", default="im2col", help="backend the ratios refer to")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="backend the ratios refer to (default: im2col when measured, else the first backend)",
+    )
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per measurement")
     p.add_argument("--json", default=None, help="write the full report (with machine) here")
     p.add_argument("--csv", default=None, help="write results as CSV here")
@@ -74,6 +80,19 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"unknown dtype {d!r}")
     if args.mode not in (None, "fwd", "fwdbwd"):
         raise CLIError(f"--mode must be fwd or fwdbwd, got {args.mode!r}")
+    # Checked before the (long) benchmark runs, so a typo costs nothing.
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise CLIError(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+    if args.baseline is None:
+        args.baseline = "im2col" if "im2col" in backends else backends[0]
+    if args.baseline not in backends:
+        raise CLIError(
+            f"--baseline {args.baseline!r} is not among the measured backends "
+            f"({', '.join(backends)})"
+        )
+    for flag, dest in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
+        if dest:
+            _check_output(flag, Path(dest))
     report = run_benchmarks(
         configs,
         backends,
@@ -95,3 +114,14 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot(report, args.plot)
     return 0
+
+
+def _check_output(flag: str, path: Path) -> None:
+    """Refuse an output path that cannot be written (a folder, or inside a missing folder)."""
+    if path.is_dir():
+        raise CLIError(f"{flag} {path}: is a folder, expected a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CLIError(f"{flag} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"{flag} {path}: folder {parent} is not writable")
