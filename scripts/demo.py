@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metasr import hub
 from metasr.assets import SAMPLE_IMAGE
+from metasr.checkpoints import load_model
 from metasr.cli.upscale import parse_scale_arg
 from metasr.data.resize import imresize
+from metasr.inference import upscale_raster
 from metasr.io import read_raster, write_raster
 
 #: Size of the enlarged crop (output pixels), its magnification in the comparison image, and
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = parse_scale_arg(args.scale)
     r_v, r_h = scale if isinstance(scale, tuple) else (scale, scale)
     try:
-        loaded = hub.load_model(args.model, device=args.device)
+        loaded = load_model(args.model, device=args.device)
     except (FileNotFoundError, ValueError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = hub.upscale_raster(loaded, raster, scale=(r_v, r_h))
+    result = upscale_raster(loaded, raster, scale=(r_v, r_h))
     H, W = result.shape
     lr = torch.from_numpy(raster.data).double()
     bicubic = imresize(lr, scale=(r_v, r_h), size=(H, W)).numpy()

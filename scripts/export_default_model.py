@@ -25,28 +25,11 @@ from pathlib import Path
 
 import torch
 
-from metasr import hub
+from metasr.checkpoints import load_checkpoint, load_model, save_checkpoint
 from metasr.weights import DEFAULT_CHECKPOINT
 
 #: The bundled model must stay small enough to ship in the wheel.
 MAX_BYTES = 10 * 2**20
-
-
-def registry_name(arch_type: str) -> str:
-    """metasr registry name for a BasicSR ``network_g.type`` (class name) or registry name."""
-    from metasr.archs import create_model, list_models  # noqa: F401  (registers the archs)
-    from metasr.archs._registry import model_entry
-
-    names = list_models()
-    if arch_type.lower() in names:
-        return arch_type.lower()
-    # BasicSR names the class (MetaEDSR); prefer the entry without preset arguments, whose
-    # kwargs are then exactly those of the options file.
-    matches = [n for n in names if model_entry(n).constructor.__name__ == arch_type]
-    matches.sort(key=lambda n: len(model_entry(n).defaults))
-    if not matches:
-        raise SystemExit(f"network type {arch_type!r} is not a metasr model ({', '.join(names)})")
-    return matches[0]
 
 
 def read_network_options(opt_path: Path) -> tuple[str, dict]:
@@ -59,20 +42,6 @@ def read_network_options(opt_path: Path) -> tuple[str, dict]:
     if "type" not in net:
         raise SystemExit(f"{opt_path}: no network_g.type")
     return net.pop("type"), net
-
-
-def load_basicsr_weights(path: Path, key: str | None) -> tuple[dict, str]:
-    """The generator state dict from a BasicSR checkpoint, and which entry it came from."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise SystemExit(f"{path}: not a state dict")
-    keys = [key] if key else ["params_ema", "params"]
-    for k in keys:
-        if k in state and isinstance(state[k], dict):
-            return state[k], k
-    if key is None and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return state, "(raw state dict)"
-    raise SystemExit(f"{path}: no {' or '.join(keys)} entry (keys: {', '.join(map(str, state))})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,16 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         arch_type, kwargs = args.arch, json.loads(args.kwargs)
     else:
         parser.error("give --opt (BasicSR options) or --arch/--kwargs")
-    arch = registry_name(arch_type)
     # The backend is a run-time choice (CPU training used "torch"), not part of the network.
     kwargs.pop("backend", None)
 
-    import metasr
-
-    model = metasr.create_model(arch, **kwargs).eval()
-    state, entry = load_basicsr_weights(args.checkpoint, args.key)
-    result = model.load_state_dict(state, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
+    # The metasr loader: wrappers (params_ema preferred), module. prefixes, strict loading.
+    try:
+        loaded = load_model(
+            args.checkpoint, network_opt={"type": arch_type, **kwargs}, param_key=args.key
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(str(exc)) from None
+    model, arch, entry = loaded.model, loaded.arch, loaded.metadata["param_key"]
+    entry = entry or "(raw state dict)"
     # A quick run at an asymmetric scale: a wrong value range or broken head shows up here.
     with torch.inference_mode():
         y = model(torch.rand(1, model.in_channels, 12, 10), scale=(2.5, 1.5))
@@ -117,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         metadata["training_options"] = args.opt.name
     if args.note:
         metadata["note"] = args.note
-    hub.save_checkpoint(args.output, model, arch, kwargs, metadata=metadata)
+    save_checkpoint(args.output, model, arch, kwargs, metadata=metadata)
     size = args.output.stat().st_size
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.output}: {arch} {kwargs}, {params} parameters, {size / 2**20:.2f} MiB")
@@ -125,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: larger than {MAX_BYTES // 2**20} MiB, too big to bundle", file=sys.stderr)
         return 1
     # Round trip through the loader the CLI uses.
-    loaded = hub.load_checkpoint(args.output)
+    loaded = load_checkpoint(args.output)
     for (k, a), b in zip(
         model.state_dict().items(), loaded.model.state_dict().values(), strict=True
     ):

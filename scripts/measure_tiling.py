@@ -2,7 +2,7 @@
 
 For each model, photograph crop and scale, the image is upscaled once whole and once in tiles
 (``--tile``, default overlap unless ``--overlap``) through the same code path as
-``metasr upscale`` (:func:`metasr.hub.upscale_array`). Reported: the largest absolute
+``metasr upscale`` (:func:`metasr.inference.upscale_array`). Reported: the largest absolute
 difference in 0..1 units, and in 8-bit codes after both results are rounded as the CLI
 rounds them. The acceptance bound is 1/255 (one code).
 
@@ -23,8 +23,9 @@ import warnings
 import numpy as np
 import torch
 
-from metasr import hub
+from metasr.checkpoints import load_model
 from metasr.cli.upscale import parse_scale_arg
+from metasr.inference import upscale_array
 from metasr.tiling import DEFAULT_OVERLAP
 from metasr.weights import DEFAULT_CHECKPOINT
 
@@ -67,16 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # registry names: random weights, said below
-            loaded = hub.load_model(spec)
+            loaded = load_model(spec)
         label = spec if spec == "default" or "." in spec else f"{spec} (random init)"
         for name in args.images:
             x = photo(name)
             for s in args.scales:
                 scale = parse_scale_arg(s)
-                whole = hub.upscale_array(loaded, x, scale=scale)
-                tiled = hub.upscale_array(
-                    loaded, x, scale=scale, tile=args.tile, overlap=args.overlap
-                )
+                whole = upscale_array(loaded, x, scale=scale)
+                tiled = upscale_array(loaded, x, scale=scale, tile=args.tile, overlap=args.overlap)
                 diff = float(np.abs(whole - tiled).max())
                 codes = np.abs(
                     np.rint(np.clip(whole, 0, 1) * 255) - np.rint(np.clip(tiled, 0, 1) * 255)

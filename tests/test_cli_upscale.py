@@ -17,8 +17,10 @@ import pytest
 import torch
 
 import metasr
-from metasr import hub, tiling
+from metasr import tiling
+from metasr.checkpoints import load_checkpoint, load_model, save_checkpoint
 from metasr.cli import main
+from metasr.inference import upscale_array
 from metasr.io import read_raster
 from metasr.weights import DEFAULT_CHECKPOINT
 
@@ -49,7 +51,7 @@ def ckpt(tmp_path_factory) -> Path:
     """A tiny random Meta-EDSR (bicubic residual) as a metasr .safetensors checkpoint."""
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     kwargs = {"n_resblocks": 1, "n_feats": 8, "img_range": 1.0, "bicubic_residual": True}
-    hub.save_checkpoint(path, _tiny_edsr(), "meta_edsr", kwargs)
+    save_checkpoint(path, _tiny_edsr(), "meta_edsr", kwargs)
     return path
 
 
@@ -109,7 +111,7 @@ def test_output_is_the_model_output(tmp_path, ckpt, capsys):
     got = np.asarray(Image.open(tmp_path / "b.png")).astype(int)
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
-        y = hub.load_checkpoint(ckpt).model(x, scale=(2.3, 1.7))
+        y = load_checkpoint(ckpt).model(x, scale=(2.3, 1.7))
     want = np.rint(y[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(int)
     assert np.abs(got - want).max() <= ONE_CODE
 
@@ -217,12 +219,12 @@ def test_grayscale_is_model_on_replicated_gray(tmp_path, ckpt, capsys):
         out = np.asarray(im).astype(int)
     x = torch.from_numpy(gray).float()[None, None].expand(1, 3, 30, 40) / 255
     with torch.no_grad():
-        y = hub.load_checkpoint(ckpt).model(x, scale=2)[0].mean(0)
+        y = load_checkpoint(ckpt).model(x, scale=2)[0].mean(0)
     want = np.rint(y.clamp(0, 1).numpy() * 255).astype(int)
     assert np.abs(out - want).max() <= ONE_CODE
 
 
-@pytest.mark.parametrize("suffix", [".jpg", ".webp", ".tif"])
+@pytest.mark.parametrize("suffix", [".jpg", ".webp", ".tif", ".bmp"])
 def test_other_8bit_formats(tmp_path, ckpt, capsys, suffix):
     Image.fromarray(smooth_image(30, 40)).save(tmp_path / f"a{suffix}")
     upscale(tmp_path / f"a{suffix}", tmp_path / f"b{suffix}", ckpt, capsys, "--scale", "1.5")
@@ -250,7 +252,7 @@ def test_npy_channel_is_model_on_replicated_channel(tmp_path, ckpt, capsys):
     field = _rng().random((25, 30)).astype(np.float32)
     np.save(tmp_path / "f.npy", field)
     upscale(tmp_path / "f.npy", tmp_path / "g.npy", ckpt, capsys, "--scale", "2")
-    model = hub.load_checkpoint(ckpt).model
+    model = load_checkpoint(ckpt).model
     with torch.no_grad():
         y = model(torch.from_numpy(field)[None, None].expand(1, 3, 25, 30), scale=2)
     np.testing.assert_allclose(np.load(tmp_path / "g.npy"), y[0].mean(0).numpy(), atol=1e-5)
@@ -303,7 +305,25 @@ def test_official_checkpoint(tmp_path, capsys):
     )  # fmt: skip
     assert rc == 0, err
     assert Image.open(tmp_path / "b.png").size == (60, 50)
-    assert hub.load_model(tmp_path / "model_1000.pt").value_range == 255.0
+    assert load_model(tmp_path / "model_1000.pt").value_range == 255.0
+
+
+def test_basicsr_checkpoint_from_metasr_training(tmp_path, capsys):
+    """A BasicSR net_g_*.pth as MetaSRModel writes it (weights + network options) upscales."""
+    net = _tiny_edsr()
+    opts = {"type": "MetaEDSR", "n_resblocks": 1, "n_feats": 8, "img_range": 1.0,
+            "bicubic_residual": True, "backend": "torch"}  # fmt: skip
+    torch.save({"params": net.state_dict(), "metasr_network": opts}, tmp_path / "net_g_latest.pth")
+    img = smooth_image(20, 24)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    upscale(tmp_path / "a.png", tmp_path / "b.png", tmp_path / "net_g_latest.pth", capsys,
+            "--scale", "2x1.5")  # fmt: skip
+    got = np.asarray(Image.open(tmp_path / "b.png")).astype(int)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        y = net(x, scale=(2, 1.5))
+    want = np.rint(y[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(int)
+    assert np.abs(got - want).max() <= ONE_CODE
 
 
 def test_registry_name_and_backend(tmp_path, capsys):
@@ -317,7 +337,7 @@ def test_registry_name_and_backend(tmp_path, capsys):
     assert rc == 0, err
     assert Image.open(tmp_path / "b.png").size == (21, 18)
     with pytest.warns(UserWarning):
-        assert hub.load_model("meta_edsr_tiny", backend="im2col").model.backend == "im2col"
+        assert load_model("meta_edsr_tiny", backend="im2col").model.backend == "im2col"
 
 
 def test_export_script_round_trip(tmp_path, capsys):
@@ -345,7 +365,7 @@ def test_export_script_round_trip(tmp_path, capsys):
     finally:
         sys.argv = old
     assert done.value.code == 0
-    loaded = hub.load_model(tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors")
     assert loaded.arch == "meta_edsr" and "backend" not in loaded.kwargs
     for k, v in net.state_dict().items():
         assert torch.equal(v, loaded.model.state_dict()[k])
@@ -401,14 +421,16 @@ def test_bad_files(tmp_path, ckpt, capsys):
     Image.fromarray(smooth_image(20, 24)).save(good)
     Image.fromarray(smooth_image(20, 24)).save(tmp_path / "b.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
-    (tmp_path / "a.bmp").write_bytes(b"BM")
+    (tmp_path / "a.bmp").write_bytes(b"BM")  # a truncated BMP
+    (tmp_path / "a.gif").write_bytes(b"GIF89a")
     (tmp_path / "x.npy").write_bytes(b"nonsense")
     cases = [
         ([tmp_path / "missing.png", "-o", tmp_path / "o.png"], 1, "no such file"),
         ([tmp_path / "broken.png", "-o", tmp_path / "o.png"], 1, "broken.png"),
         ([tmp_path / "x.npy", "-o", tmp_path / "o.npy"], 1, "x.npy"),
-        ([tmp_path / "a.bmp", "-o", tmp_path / "o.png"], 1, "unsupported format '.bmp'"),
-        ([good, "-o", tmp_path / "o.bmp"], 1, "unsupported format '.bmp'"),
+        ([tmp_path / "a.bmp", "-o", tmp_path / "o.png"], 1, "a.bmp"),
+        ([tmp_path / "a.gif", "-o", tmp_path / "o.png"], 1, "unsupported format '.gif'"),
+        ([good, "-o", tmp_path / "o.gif"], 1, "unsupported format '.gif'"),
         ([good, "-o", tmp_path / "o.npy"], 1, "not .npy"),
         ([good, "-o", tmp_path / "nowhere" / "o.png"], 2, "does not exist"),
         ([good, tmp_path / "b.png", "-o", tmp_path / "nowhere.png"], 2, "does not exist"),
@@ -427,6 +449,7 @@ def test_bad_checkpoints(tmp_path, capsys):
     Image.fromarray(smooth_image(20, 24)).save(tmp_path / "a.png")
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     torch.save({"params": {"w": torch.zeros(2)}}, tmp_path / "net_g_1000.pth")
+    torch.save({"params": _tiny_edsr().state_dict()}, tmp_path / "net_g_2000.pth")
     torch.save({"w": torch.zeros(2)}, tmp_path / "random.pt")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 64)
     cases = [
@@ -434,6 +457,7 @@ def test_bad_checkpoints(tmp_path, capsys):
         (tmp_path / "plain.safetensors", "without metasr model metadata"),
         (tmp_path / "garbage.safetensors", "not a readable safetensors file"),
         (tmp_path / "net_g_1000.pth", "BasicSR training checkpoint"),
+        (tmp_path / "net_g_2000.pth", "does not record its network"),
         (tmp_path / "random.pt", "not a model checkpoint"),
         (tmp_path / "missing.safetensors", "no such file"),
         ("no_such_model", "not 'default' or a registered architecture"),
@@ -495,10 +519,10 @@ def test_default_model_beats_bicubic():
     from metasr.data.resize import imresize
     from metasr.metrics import psnr
 
-    loaded = hub.load_model("default")
+    loaded = load_model("default")
     hr = torch.from_numpy(read_raster(SAMPLE_IMAGE).data).double()  # (3, 160, 200), held out
     lr = torch.round(imresize(hr, scale=0.5) * 255) / 255
-    sr = torch.from_numpy(hub.upscale_array(loaded, lr.float().numpy(), scale=2)).double()
+    sr = torch.from_numpy(upscale_array(loaded, lr.float().numpy(), scale=2)).double()
     bic = imresize(lr, scale=2)
     sr, bic = (torch.round(t.clamp(0, 1) * 255) / 255 for t in (sr, bic))
     assert psnr(sr, hr, scale=2).item() > psnr(bic, hr, scale=2).item()

@@ -121,7 +121,7 @@ def test_training_validates_per_scale_and_saves(workdir, trained):
     for name in ("net_g_20.pth", "net_g_40.pth", "net_g_latest.pth"):
         assert (models / name).is_file()
     # The checkpoint records its network: it rebuilds without the option file.
-    from metasr.integrations.checkpoints import load_basicsr_checkpoint
+    from metasr.checkpoints import load_basicsr_checkpoint
 
     net, net_opt = load_basicsr_checkpoint(models / "net_g_latest.pth")
     assert net_opt["type"] == "MetaEDSR" and net_opt["n_feats"] == 16
@@ -335,8 +335,8 @@ def test_shipped_options_are_coherent(path):
     importlib.import_module("metasr.integrations.basicsr")  # registers (and shims) first
     from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
+    from metasr.checkpoints import build_network
     from metasr.data import build_scale_sampler, to_scale
-    from metasr.integrations.checkpoints import build_network
 
     opt = yaml.safe_load(path.read_text())
     assert opt["model_type"] in MODEL_REGISTRY and opt["model_type"] == "MetaSRModel"

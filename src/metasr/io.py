@@ -1,39 +1,55 @@
-"""Reading and writing the images and arrays that ``metasr upscale`` works on.
+"""Reading and writing images and arrays: the one reader of ``metasr upscale``, training and eval.
 
 Everything is converted to one in-memory form, :class:`Raster`: channels first, float, with
 the file's sample type remembered so the result can be written back at the same bit depth.
 
-* **Images** (PNG, JPEG, TIFF, WebP; 8 or 16 bits per sample; gray, gray+alpha, RGB, RGBA) are
-  scaled to 0..1 (``value / (2**bits - 1)``); alpha is kept apart from the colour channels.
-  On writing, values are clamped to 0..1 and rounded to the original bit depth.
+* **Images** (PNG, JPEG, BMP, TIFF, WebP; 8 or 16 bits per sample; gray, gray+alpha, RGB,
+  RGBA) are scaled to 0..1 (``value / (2**bits - 1)``); alpha is kept apart from the colour
+  channels, and the EXIF orientation of camera pictures is applied. 32-bit integer images are
+  refused (they have no defined white level). On writing, values are clamped to 0..1 and
+  rounded to the original bit depth (BMP, JPEG and WebP hold 8 bits).
 * **Fields** (``.npy`` arrays ``(H, W)`` or ``(C, H, W)``, and floating-point TIFFs) keep their
   values unchanged and are written back in their own dtype (integer arrays are rounded and
   clipped to their dtype's range).
 
-Libraries are imported only when a format needs them: Pillow (PNG, JPEG, WebP), pypng (16-bit
+Libraries are imported only when a format needs them: Pillow (PNG, JPEG, BMP, WebP), pypng (16-bit
 PNG, which Pillow silently reduces to 8 bits for colour images) and tifffile (TIFF). Every read
 or format error is raised as a ``ValueError`` naming the file, and every write goes to a
 temporary file in the destination folder that is renamed over the target only when complete,
 so an interrupted run never leaves a half-written output.
+
+Training and evaluation data use the same reader through :func:`read_sample` (float32
+``(C, H, W)`` tensors: images in 0..1 with the requested channel count, ``.npy`` arrays with
+their values), :func:`list_files` and :func:`data_kind`; :func:`write_image` writes a tensor.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
 __all__ = [
+    "ARRAY_SUFFIXES",
     "IMAGE_SUFFIXES",
     "SUFFIXES",
     "Raster",
     "atomic_write",
+    "check_writable",
+    "data_kind",
+    "format_of",
+    "list_files",
+    "read_array",
+    "read_image",
     "read_raster",
+    "read_sample",
+    "write_image",
     "write_raster",
 ]
 
@@ -42,16 +58,21 @@ SUFFIXES: dict[str, str] = {
     ".png": "png",
     ".jpg": "jpeg",
     ".jpeg": "jpeg",
+    ".bmp": "bmp",
     ".tif": "tiff",
     ".tiff": "tiff",
     ".webp": "webp",
     ".npy": "npy",
 }
 IMAGE_SUFFIXES = tuple(s for s, f in SUFFIXES.items() if f != "npy")
+ARRAY_SUFFIXES = tuple(s for s, f in SUFFIXES.items() if f == "npy")
+
+#: What a data file holds: ``"image"`` (values in 0..1) or ``"array"`` (values as stored).
+DataKind = Literal["image", "array"]
 
 #: Formats that can hold each image sample type.
 _FORMATS_FOR_DTYPE = {
-    np.dtype(np.uint8): ("png", "jpeg", "tiff", "webp"),
+    np.dtype(np.uint8): ("png", "jpeg", "bmp", "tiff", "webp"),
     np.dtype(np.uint16): ("png", "tiff"),
 }
 
@@ -185,6 +206,12 @@ def _read_pillow(path: Path) -> Raster:
             mode = "RGB"
         elif mode in ("I;16", "I;16B", "I;16L"):
             return _image(np.asarray(im, dtype=np.uint16), False, path)
+        elif mode in ("I", "F"):
+            # 32-bit samples have no white level to divide by (65535 is only right for 16-bit).
+            raise ValueError(
+                f"{path}: unsupported image mode {im.mode!r} (32-bit samples); "
+                "store 8- or 16-bit images, or the values as .npy"
+            )
         elif mode not in ("L", "LA", "RGB", "RGBA"):
             raise ValueError(f"{path}: unsupported image mode {im.mode!r}")
         if mode != im.mode:
@@ -268,7 +295,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
     The temporary name keeps the suffix (some writers pick the format from it) and starts with
-    a dot. On any error the temporary file is removed and ``path`` is left as it was.
+    a dot. On any error the temporary file is removed and ``path`` is left as it was. The result
+    has the permissions a plain ``open(path, "w")`` would give.
 
     Raises:
         FileNotFoundError: the destination folder does not exist.
@@ -277,19 +305,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temporary(folder, path)
     try:
         write(tmp)
-        # mkstemp creates the file 0600; give the result the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(folder: Path, path: Path) -> Path:
+    """Create a new empty file beside ``path`` with the mode ``open()`` would give it.
+
+    Why not ``tempfile.mkstemp``: it creates the file 0600, and restoring the usual mode would
+    mean reading the process umask, which can only be done by changing it (racy with threads).
+    ``os.open`` with mode 0666 lets the kernel apply the umask; ``O_EXCL`` makes the name ours.
+    """
+    for _ in range(100):
+        tmp = folder / f".{path.stem}.{secrets.token_hex(4)}{path.suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"cannot create a temporary file in {folder}")
 
 
 def check_writable(raster: Raster, path: str | os.PathLike) -> str:
@@ -306,9 +346,11 @@ def check_writable(raster: Raster, path: str | os.PathLike) -> str:
     if fmt not in _FORMATS_FOR_DTYPE[raster.dtype]:
         bits = 8 * raster.dtype.itemsize
         raise ValueError(f"{path}: {fmt.upper()} cannot store {bits}-bit samples; use .png or .tif")
-    if fmt == "jpeg" and raster.alpha is not None:
-        raise ValueError(f"{path}: JPEG cannot store the alpha channel; use .png, .webp or .tif")
-    if fmt in ("jpeg", "webp") and raster.data.shape[0] not in (1, 3):
+    if fmt in ("jpeg", "bmp") and raster.alpha is not None:
+        raise ValueError(
+            f"{path}: {fmt.upper()} cannot store the alpha channel; use .png, .webp or .tif"
+        )
+    if fmt in ("jpeg", "bmp", "webp") and raster.data.shape[0] not in (1, 3):
         raise ValueError(
             f"{path}: {fmt.upper()} stores gray or RGB, not {raster.data.shape[0]} channels"
         )
@@ -408,8 +450,123 @@ def write_raster(path: str | os.PathLike, raster: Raster, jpeg_quality: int = 95
         im = Image.fromarray(samples[:, :, 0] if channels == 1 else samples)
         options = {
             "png": {"optimize": False},
+            "bmp": {},
             "jpeg": {"quality": jpeg_quality},
             # Lossless: a super-resolution result should not pick up compression artefacts.
             "webp": {"lossless": True},
         }[fmt]
         atomic_write(path, lambda tmp: im.save(tmp, format=fmt.upper(), **options))
+
+
+# --------------------------------------------------------------------------------------------
+# training and evaluation data: float32 tensors
+
+
+def data_kind(path: str | os.PathLike) -> DataKind:
+    """``"array"`` for ``.npy`` files, ``"image"`` otherwise."""
+    return "array" if Path(path).suffix.lower() in ARRAY_SUFFIXES else "image"
+
+
+def list_files(root: str | os.PathLike, what: str = "dataset") -> list[Path]:
+    """Sorted image and ``.npy`` files directly in folder ``root`` (a single file is allowed).
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist (the message names the option ``what``).
+        ValueError: it holds no supported file, or mixes images with arrays.
+    """
+    path = Path(os.path.expanduser(str(root)))
+    if not path.exists():
+        raise FileNotFoundError(f"{what} path does not exist: {path}")
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files or files[0].suffix.lower() not in SUFFIXES:
+        raise ValueError(
+            f"{what} path {path} holds no image ({', '.join(IMAGE_SUFFIXES)}) or .npy file"
+        )
+    if len({data_kind(p) for p in files}) > 1:
+        raise ValueError(f"{what} path {path} mixes images and .npy arrays; use one kind")
+    return files
+
+
+#: ITU-R 601 luma weights, the weights of Pillow's ``convert("L")``, in 1/65536 units: Pillow
+#: computes ``(R·19595 + G·38470 + B·7471 + 32768) >> 16`` on 8-bit samples.
+_LUMA_16 = (19595, 38470, 7471)
+
+
+def _luma(raster: Raster) -> np.ndarray:
+    """``(1, H, W)`` luma of an RGB image raster, equal to Pillow's ``"L"`` for 8-bit files."""
+    rgb = raster.data
+    if raster.dtype == np.uint8:
+        # Integer arithmetic on the codes, so 8-bit training data stays what it always was.
+        codes = np.rint(rgb * 255.0).astype(np.int64)
+        weighted = sum(w * codes[c] for c, w in enumerate(_LUMA_16))
+        return ((weighted + 32768) >> 16).astype(np.float32)[None] / np.float32(255.0)
+    weights = np.array(_LUMA_16, dtype=np.float64) / 65536.0
+    return np.tensordot(weights, rgb.astype(np.float64), axes=1).astype(np.float32)[None]
+
+
+def read_image(path: str | os.PathLike, channels: int | None = 3) -> torch.Tensor:
+    """Read an image as float32 ``(C, H, W)`` in 0..1 (bit depth and EXIF rotation honoured).
+
+    Args:
+        path: image file (any image format of :data:`SUFFIXES`).
+        channels: 3 (RGB; gray is replicated), 1 (gray; RGB becomes ITU-R 601 luma, as
+            Pillow's ``"L"``), or None (the file's colour channels). Alpha is always dropped.
+
+    Raises:
+        ValueError: unreadable file, a floating-point TIFF (a field: store it as ``.npy``), or a
+            channel count that cannot be converted.
+    """
+    if channels not in (1, 3, None):
+        raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
+    raster = read_raster(path)
+    if raster.kind != "image":
+        raise ValueError(f"{path}: holds floating-point samples, not an image; store it as .npy")
+    data = raster.data
+    have = data.shape[0]
+    if channels is not None and have != channels:
+        if channels == 3 and have == 1:
+            data = np.repeat(data, 3, axis=0)
+        elif channels == 1 and have == 3:
+            data = _luma(raster)
+        else:
+            raise ValueError(f"{path}: cannot make {channels} channel(s) of a {have}-channel image")
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+
+def read_array(path: str | os.PathLike) -> torch.Tensor:
+    """Read a ``.npy`` array ``(H, W)`` or ``(C, H, W)`` as float32 ``(C, H, W)``.
+
+    Raises:
+        ValueError: unreadable, not numeric, not 2-D/3-D, or holding NaN/infinite values.
+    """
+    if data_kind(path) != "array":
+        raise ValueError(f"{path}: not a .npy array file")
+    raster = read_raster(path)
+    return torch.from_numpy(np.ascontiguousarray(raster.data, dtype=np.float32))
+
+
+def read_sample(path: str | os.PathLike, channels: int | None = 3) -> torch.Tensor:
+    """:func:`read_array` for ``.npy`` files, :func:`read_image` otherwise."""
+    if data_kind(path) == "array":
+        return read_array(path)
+    return read_image(path, channels)
+
+
+def write_image(path: str | os.PathLike, img: torch.Tensor) -> None:
+    """Write a ``(C, H, W)`` image in 0..1 (C = 1 or 3) as 8 bits, atomically.
+
+    Parent folders are created. ``.npy`` paths store the float32 values ``(C, H, W)`` instead.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = img.detach().float().cpu().numpy()
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected an image (C, H, W), got shape {tuple(data.shape)}")
+    if data_kind(path) == "array":
+        raster = Raster(data=data, kind="field", dtype=np.dtype(np.float32))
+    else:
+        raster = Raster(data=data, kind="image", dtype=np.dtype(np.uint8))
+    write_raster(path, raster)

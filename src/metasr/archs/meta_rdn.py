@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._state_dict import clean_state_dict
 from ..geometry import Arithmetic
 from ..modules import Pos2Weight
 from ._common import (
@@ -169,37 +170,6 @@ class MetaRDN(MeanShiftMetaSRNet):
         )
 
 
-#: Where trainers commonly nest the weights in a checkpoint dict.
-_WRAPPER_KEYS = ("state_dict", "model", "params_ema", "params", "net", "network")
-
-
-def _unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
-    """The raw ``{name: tensor}`` mapping in ``obj`` (itself, or one level of wrapping)."""
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"expected a state_dict (a dict of tensors), got {type(obj).__name__}")
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        sd = dict(obj)
-    else:
-        for key in _WRAPPER_KEYS:
-            inner = obj.get(key)
-            if (
-                isinstance(inner, Mapping)
-                and inner
-                and all(isinstance(v, torch.Tensor) for v in inner.values())
-            ):
-                sd = dict(inner)
-                break
-        else:
-            raise ValueError(
-                "checkpoint is a dict but neither a state_dict of tensors nor a dict wrapping one "
-                f"under {', '.join(map(repr, _WRAPPER_KEYS))}; top-level keys: "
-                f"{sorted(map(str, obj))[:10]}"
-            )
-    if sd and all(k.startswith("module.") for k in sd):  # saved from nn.DataParallel
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
 def _infer_rdn_config(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """RDN hyper-parameters from the shapes in an official state_dict."""
     needed = (
@@ -245,7 +215,8 @@ def load_official_metardn(
 
     Args:
         path: a file saved with ``torch.save`` holding the raw state_dict or a dict wrapping one
-            (under ``state_dict``/``model``/``params``/...), or such a mapping itself.
+            (under ``params_ema``/``params``/``state_dict``/``model``/...; ``module.`` prefixes
+            removed, see :func:`metasr._state_dict.clean_state_dict`), or such a mapping itself.
         **kwargs: further :class:`MetaRDN` arguments (``backend``, ``arithmetic``, ...).
 
     Returns:
@@ -262,7 +233,7 @@ def load_official_metardn(
             obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # unpickling errors have many types; report them uniformly
             raise ValueError(f"could not read checkpoint {os.fspath(path)!r}: {exc}") from exc
-    sd = _unwrap_state_dict(obj)
+    sd, _ = clean_state_dict(obj)
     config = _infer_rdn_config(sd)
     for key in ("pos_encoding", *config):
         if key in kwargs:

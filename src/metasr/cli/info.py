@@ -17,7 +17,7 @@ __all__ = ["collect", "register"]
 #: Distribution name → what metasr uses it for.
 OPTIONAL_PACKAGES = {
     "triton": "triton backend (CUDA)",
-    "Pillow": "PNG/JPEG/WebP",
+    "Pillow": "PNG/JPEG/BMP/WebP",
     "pypng": "16-bit PNG",
     "tifffile": "TIFF",
     "safetensors": "model checkpoints",

@@ -293,7 +293,7 @@ def _load_eval_model(spec: str, opt_path: str | None, device: str, backend: str 
     path = Path(spec)
     value_range = 1.0
     if path.suffix.lower() == ".pth" and path.is_file():
-        from ..integrations.checkpoints import load_basicsr_checkpoint, network_value_range
+        from ..checkpoints import load_basicsr_checkpoint, network_value_range
 
         network_opt = None
         if opt_path:
@@ -305,7 +305,7 @@ def _load_eval_model(spec: str, opt_path: str | None, device: str, backend: str 
         value_range = network_value_range(net)
     else:
         try:
-            from ..hub import load_model
+            from ..checkpoints import load_model
         except ImportError:
             load_model = None
         if load_model is not None:

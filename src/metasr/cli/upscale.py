@@ -51,9 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "upscale",
         help="upscale images or arrays by any scale",
         description=(
-            "Upscale images (PNG, JPEG, TIFF, WebP; 8/16-bit; gray, RGB, RGBA) and .npy arrays "
-            "by any scale per axis, or to a size. Images keep their bit depth; arrays keep "
-            "their dtype and values are passed to the model unchanged."
+            "Upscale images (PNG, JPEG, BMP, TIFF, WebP; 8/16-bit; gray, RGB, RGBA) and .npy "
+            "arrays by any scale per axis, or to a size. Images keep their bit depth; arrays "
+            "keep their dtype and values are passed to the model unchanged."
         ),
         epilog="Conventions and examples: docs/usage.md.",
     )
@@ -73,8 +73,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="'default' (bundled), a .safetensors checkpoint, the official Meta-SR model_1000.pt, "
-        "or a registry name (random weights)",
+        help="'default' (bundled), a metasr .safetensors checkpoint, a BasicSR net_g_*.pth written "
+        "by metasr training, the official Meta-SR model_1000.pt, or a registry name (random "
+        "weights); the format is read from the file's content",
     )
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument("--half", action="store_true", help="float16 weights and activations (CUDA)")
@@ -192,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
 
     import metasr
 
-    from .. import hub
+    from ..checkpoints import load_model
+    from ..inference import upscale_raster
     from ..io import check_writable, read_raster, write_raster
     from ..tiling import DEFAULT_OVERLAP
 
@@ -212,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--half needs a CUDA device (half precision on CPU is slower than float32)")
     files = expand_inputs(args.inputs)
     targets = plan_outputs(files, args.output)
-    loaded = hub.load_model(
+    loaded = load_model(
         args.model,
         device=device,
         dtype=torch.float16 if args.half else torch.float32,
@@ -231,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
         raster = read_raster(src)
         check_writable(raster, dst)  # before the work: a format that cannot hold the result
         try:
-            result = hub.upscale_raster(
+            result = upscale_raster(
                 loaded,
                 raster,
                 scale=scale,

@@ -3,7 +3,7 @@
 ``default.safetensors`` is the small default model of ``metasr upscale`` (a Meta-EDSR with a
 bicubic residual, trained on scikit-image's photographs through metasr's BasicSR training path
 and converted by ``scripts/export_default_model.py``). Load it with
-``metasr.hub.load_model("default")``.
+``metasr.checkpoints.load_model("default")``.
 """
 
 from __future__ import annotations

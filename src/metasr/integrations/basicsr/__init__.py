@@ -78,8 +78,8 @@ from basicsr.utils.registry import (  # noqa: E402
     MODEL_REGISTRY,
 )
 
+from ...checkpoints import ARCH_NAMES, build_network  # noqa: E402
 from ...data.datasets import ArbitraryScaleDataset, ArbitraryScaleTestDataset  # noqa: E402
-from ..checkpoints import ARCH_NAMES, build_network  # noqa: E402
 from .metrics import calculate_psnr_metasr, calculate_ssim_metasr  # noqa: E402
 from .model import MetaSRModel  # noqa: E402
 

@@ -33,10 +33,10 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.dist_util import master_only
 from tqdm import tqdm
 
-from ...data.io import write_image
+from ...checkpoints import NETWORK_KEY, network_value_range
 from ...data.scales import Scale, format_scale, to_scale
+from ...io import write_image
 from ...metrics import format_table
-from ..checkpoints import NETWORK_KEY, network_value_range
 from .metrics import calculate_psnr_metasr, calculate_ssim_metasr
 
 __all__ = ["MetaSRModel"]

@@ -1,0 +1,499 @@
+"""Model checkpoints: every format metasr reads, recognised by content, and one loader.
+
+:func:`load_model` accepts
+
+* ``"default"``: the bundled model (``metasr/weights/default.safetensors``);
+* a **metasr checkpoint** (safetensors): the state dict plus, in the file's metadata, the
+  registry name and constructor arguments of the architecture (written by
+  :func:`save_checkpoint`), so the file alone rebuilds the model;
+* a **BasicSR checkpoint** (``net_g_*.pth``, ``{"params": ..., "params_ema": ...}``): the
+  network is rebuilt from the ``network_g`` options that :class:`MetaSRModel` stores in the file
+  under ``"metasr_network"`` (:data:`NETWORK_KEY`), or from options given by the caller (the
+  training option file's ``network_g``); ``params_ema`` is used when present;
+* the **official Meta-SR checkpoint** (``model_1000.pt``, a raw ``state_dict`` of their MetaRDN,
+  possibly wrapped or ``module.``-prefixed), recognised by its keys and loaded with
+  :func:`metasr.archs.load_official_metardn`;
+* a **registry name** (:func:`metasr.list_models`): the architecture with random weights, which
+  is useful for trying shapes and speed, not for real images (a warning says so).
+
+The format of a file is read from its content, never from its suffix: a safetensors header or a
+PyTorch archive/pickle, then the entries of the PyTorch object. So an official checkpoint
+renamed to ``.pth`` still loads as the official model, and a BasicSR file named ``.pt`` as
+BasicSR. Anything else (an arbitrary pickle, an unrelated file, the state dict of an
+architecture that the file does not describe) is refused with one ``ValueError`` that names the
+file and says what it is.
+
+Wrappers and ``module.`` prefixes are removed in one place for every format:
+:func:`metasr._state_dict.clean_state_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ._state_dict import clean_state_dict, is_state_dict
+
+__all__ = [
+    "ARCH_NAMES",
+    "CHECKPOINT_FORMAT",
+    "NETWORK_KEY",
+    "LoadedModel",
+    "build_network",
+    "load_basicsr_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "network_value_range",
+    "save_checkpoint",
+    "set_backend",
+]
+
+#: Value of the ``format`` metadata entry of a metasr checkpoint.
+CHECKPOINT_FORMAT = "metasr-model"
+_FORMAT_VERSION = "1"
+
+#: The metasr networks that BasicSR option files can name (``network_g.type``).
+ARCH_NAMES = ("MetaRDN", "MetaEDSR", "MetaSwinIR")
+
+#: BasicSR checkpoint entry (written by ``MetaSRModel``) holding the ``network_g`` options.
+NETWORK_KEY = "metasr_network"
+
+#: Keys that only the official Meta-SR RDN state dict has together.
+_OFFICIAL_KEYS = ("SFENet1.weight", "P2W.meta_block.0.weight")
+
+#: How :func:`load_model` obtained the model.
+ModelFormat = Literal["metasr", "basicsr", "official", "registry"]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference and what is needed to feed it.
+
+    Attributes:
+        model: the network, in eval mode, ``forward(x, scale=None, size=None)``.
+        name: what was asked for (``"default"``, a path or a registry name).
+        arch: registry name of the architecture (``"official"`` for the Meta-SR checkpoint).
+        kwargs: constructor arguments.
+        in_channels, out_channels: channels the network takes and gives.
+        value_range: the network's input for an image in 0..1 is ``value · value_range``
+            (:func:`network_value_range`: 255 for the paper networks, which take 0..255).
+        metadata: the checkpoint's metadata (metasr files), or where the weights came from
+            (BasicSR: ``param_key``, ``basicsr_type``); empty for registry models.
+        format: ``"metasr"``, ``"basicsr"``, ``"official"`` or ``"registry"``.
+    """
+
+    model: nn.Module
+    name: str
+    arch: str
+    kwargs: dict = field(default_factory=dict)
+    in_channels: int = 3
+    out_channels: int = 3
+    value_range: float = 1.0
+    metadata: dict[str, str] = field(default_factory=dict)
+    format: ModelFormat = "metasr"
+
+
+# --------------------------------------------------------------------------------------------
+# networks
+
+
+def build_network(opt: Mapping[str, Any]) -> nn.Module:
+    """The metasr network described by BasicSR-style options (``type`` plus arguments).
+
+    ``type`` is one of :data:`ARCH_NAMES` (a class name, as in BasicSR option files) or any
+    name of :func:`metasr.list_models`.
+
+    Raises:
+        ValueError: no or an unknown ``type``, or arguments the constructor refuses.
+    """
+    kwargs = dict(opt)
+    name = kwargs.pop("type", None)
+    if not isinstance(name, str):
+        raise ValueError(f"network options need a 'type' (one of {', '.join(ARCH_NAMES)})")
+    from . import archs
+
+    cls = getattr(archs, name, None) if name in ARCH_NAMES else None
+    if isinstance(cls, type) and issubclass(cls, nn.Module):
+        return cls(**kwargs)
+    if name in archs.list_models():
+        return archs.create_model(name, **kwargs)
+    raise ValueError(
+        f"unknown network type {name!r}; metasr provides {', '.join(ARCH_NAMES)} "
+        f"and {', '.join(archs.list_models())}"
+    )
+
+
+def _registry_name(type_name: str) -> str:
+    """Registry name for a BasicSR ``type`` (a class name such as ``MetaEDSR``).
+
+    Of the entries built by that class, the one without preset arguments is preferred, so that
+    the option file's arguments are exactly its kwargs. Unknown names are returned unchanged.
+    """
+    from . import archs
+    from .archs._registry import model_entry
+
+    names = archs.list_models()
+    if type_name.lower() in names:
+        return type_name.lower()
+    matches = [n for n in names if model_entry(n).constructor.__name__ == type_name]
+    matches.sort(key=lambda n: len(model_entry(n).defaults))
+    return matches[0] if matches else type_name
+
+
+def network_value_range(net: nn.Module) -> float:
+    """What an image in 0..1 is multiplied by before ``net`` (and the output divided by).
+
+    The network's ``input_range`` (``img_range`` for MetaRDN/MetaEDSR, which take
+    ``[0, img_range]``; 1 for MetaSwinIR). Networks that are not metasr's are taken to work in
+    0..1.
+    """
+    return float(getattr(net, "input_range", 1.0))
+
+
+def set_backend(model: nn.Module, backend: str) -> None:
+    """Use Meta-Upscale ``backend`` in every head of ``model``.
+
+    The networks keep the backend on themselves (MetaRDN, MetaEDSR) or on their
+    :class:`~metasr.MetaUpsample` head (MetaSwinIR, exposed as a property); every module with a
+    ``backend`` attribute is set, so no head is missed whichever way a model stores it.
+
+    Raises:
+        ValueError: ``backend`` is neither ``"auto"`` nor a known backend name.
+    """
+    from .ops.meta_upscale._dispatch import backends
+
+    known = list(backends())
+    if backend != "auto" and backend not in known:
+        raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(known)}")
+    for module in model.modules():
+        if hasattr(module, "backend"):
+            module.backend = backend
+
+
+def _finish(
+    model: nn.Module,
+    name: str,
+    arch: str,
+    kwargs: dict,
+    metadata: dict,
+    fmt: ModelFormat,
+) -> LoadedModel:
+    model.eval()
+    return LoadedModel(
+        model,
+        name,
+        arch,
+        kwargs,
+        model.in_channels,
+        model.out_channels,
+        network_value_range(model),
+        metadata,
+        fmt,
+    )
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
+        detail = str(exc).strip().splitlines()
+        raise ValueError(
+            f"{path}: weights do not fit {type(model).__name__}: "
+            f"{' '.join(line.strip() for line in detail[1:3])}"
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# metasr safetensors files
+
+
+def _require_safetensors():
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "metasr checkpoints are safetensors files: pip install safetensors"
+        ) from None
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    arch: str,
+    kwargs: dict,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write ``model``'s weights and how to rebuild it to a safetensors file.
+
+    Args:
+        path: destination ``.safetensors`` file (written atomically).
+        model: the network; its ``state_dict`` is stored.
+        arch: registry name, so that ``metasr.create_model(arch, **kwargs)`` rebuilds it.
+        kwargs: JSON-serialisable constructor arguments.
+        metadata: extra string entries (training notes, source checkpoint, ...).
+    """
+    _require_safetensors()
+    from safetensors.torch import save_file
+
+    from . import __version__
+    from .io import atomic_write
+
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta.update(
+        format=CHECKPOINT_FORMAT,
+        format_version=_FORMAT_VERSION,
+        arch=arch,
+        kwargs=json.dumps(kwargs, sort_keys=True),
+        metasr_version=__version__,
+    )
+    # safetensors refuses tensors that share storage; a copy of each makes every entry its own.
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedModel:
+    """Rebuild a model from a metasr safetensors checkpoint (see :func:`save_checkpoint`).
+
+    Raises:
+        ValueError: the file is not a safetensors file, lacks metasr metadata, names an unknown
+            architecture, or its tensors do not fit the architecture.
+    """
+    _require_safetensors()
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from . import archs
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+        state = load_file(str(path))
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if meta.get("format") != CHECKPOINT_FORMAT or "arch" not in meta:
+        raise ValueError(
+            f"{path}: a safetensors file without metasr model metadata (format, arch, kwargs); "
+            "it is not a metasr model checkpoint"
+        )
+    arch = meta["arch"]
+    try:
+        kwargs = json.loads(meta.get("kwargs", "{}"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: corrupt 'kwargs' metadata ({exc})") from exc
+    if arch not in archs.list_models():
+        raise ValueError(
+            f"{path}: architecture {arch!r} is not registered "
+            f"(known: {', '.join(archs.list_models())}); is this metasr version too old?"
+        )
+    try:
+        model = archs.create_model(arch, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"{path}: cannot build {arch} from its metadata: {exc}") from exc
+    _load_state(model, state, path)
+    return _finish(model, name or str(path), arch, kwargs, meta, "metasr")
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch files: BasicSR and official
+
+
+def _sniff(path: Path) -> Literal["safetensors", "torch"] | None:
+    """The container of ``path`` from its first bytes, or None when it is neither."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    # torch.save writes a zip archive; before PyTorch 1.6 (and with the legacy option) a pickle
+    # whose first opcode is PROTO (0x80).
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    # safetensors: an 8-byte little-endian header length, then the JSON header.
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    return None
+
+
+def _read_torch(path: Path) -> object:
+    try:
+        # weights_only: a checkpoint is data; never run the code a pickle can carry.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{path}: not a PyTorch weights file that can be loaded safely ({type(exc).__name__})"
+        ) from exc
+
+
+def _from_basicsr(
+    obj: Mapping[str, Any],
+    path: Path,
+    network_opt: Mapping[str, Any] | None,
+    param_key: str | None,
+) -> LoadedModel:
+    """A BasicSR-style checkpoint dict → model, built from ``network_opt`` or the file's own."""
+    opt = network_opt if network_opt is not None else obj.get(NETWORK_KEY)
+    if not isinstance(opt, Mapping):
+        raise ValueError(
+            f"{path}: a BasicSR training checkpoint that does not record its network (metasr's "
+            f"MetaSRModel stores it under {NETWORK_KEY!r}); give the training options' network_g "
+            "(metasr eval --opt X.yml), or convert it with scripts/export_default_model.py"
+        )
+    try:
+        state, key = clean_state_dict(obj, param_key)
+        net = build_network(opt)
+    except (TypeError, ValueError) as exc:  # TypeError: an argument the constructor lacks
+        raise ValueError(f"{path}: {exc}") from exc
+    _load_state(net, state, path)
+    kwargs = {k: v for k, v in opt.items() if k != "type"}
+    metadata = {"param_key": key or "", "basicsr_type": str(opt["type"])}
+    return _finish(net, str(path), _registry_name(str(opt["type"])), kwargs, metadata, "basicsr")
+
+
+def _from_torch_object(
+    obj: object,
+    path: Path,
+    network_opt: Mapping[str, Any] | None = None,
+    param_key: str | None = None,
+) -> LoadedModel:
+    """Classify a loaded PyTorch object by its entries and build the model it describes."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a model's weights")
+    # A recorded or given network description decides: it says what the weights are.
+    if network_opt is not None or param_key is not None or NETWORK_KEY in obj:
+        return _from_basicsr(obj, path, network_opt, param_key)
+    try:
+        state, _ = clean_state_dict(obj)
+    except ValueError:
+        state = None
+    if state is not None and all(k in state for k in _OFFICIAL_KEYS):
+        from .archs import load_official_metardn
+
+        try:
+            model = load_official_metardn(state)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        return _finish(model, str(path), "official", {}, {}, "official")
+    if any(is_state_dict(obj.get(k)) for k in ("params_ema", "params")):
+        return _from_basicsr(obj, path, None, None)  # raises: no network description
+    what = f"a state dict of {len(state)} tensors" if state is not None else "a dict"
+    raise ValueError(
+        f"{path}: not a model checkpoint: {what} that is neither the official Meta-SR MetaRDN "
+        "nor a metasr/BasicSR checkpoint recording its architecture (expected a metasr "
+        ".safetensors file, a BasicSR net_g_*.pth, or the official Meta-SR model_1000.pt)"
+    )
+
+
+def load_basicsr_checkpoint(
+    path: str | os.PathLike,
+    network_opt: Mapping[str, Any] | None = None,
+    param_key: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A network with the weights of a BasicSR checkpoint (``net_g_*.pth``).
+
+    Args:
+        path: file holding ``{"params": state_dict, ...}`` (``params_ema`` preferred when
+            present and ``param_key`` is None).
+        network_opt: ``network_g`` options; default: the file's ``metasr_network`` entry.
+        param_key: which state dict to load.
+
+    Returns:
+        ``(network in eval mode, network options used)``.
+
+    Raises:
+        ValueError: the file is not such a checkpoint, or has no network options and none were
+            given.
+    """
+    path = Path(path)
+    obj = _read_torch(path)
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a BasicSR checkpoint")
+    loaded = _from_basicsr(obj, path, network_opt, param_key)
+    return loaded.model, {"type": loaded.metadata["basicsr_type"], **loaded.kwargs}
+
+
+# --------------------------------------------------------------------------------------------
+# the one entry point
+
+
+def _load_file(
+    path: Path, network_opt: Mapping[str, Any] | None, param_key: str | None
+) -> LoadedModel:
+    container = _sniff(path)
+    if container == "torch":
+        return _from_torch_object(_read_torch(path), path, network_opt, param_key)
+    if container == "safetensors":
+        if network_opt is not None or param_key is not None:
+            raise ValueError(
+                f"{path}: a safetensors checkpoint records its own network; network options "
+                "and param_key apply to BasicSR .pth checkpoints only"
+            )
+        return load_checkpoint(path)
+    if path.suffix.lower() == ".safetensors":
+        raise ValueError(f"{path}: not a readable safetensors file (no safetensors header)")
+    raise ValueError(
+        f"{path}: not a model checkpoint (expected a metasr .safetensors file, a BasicSR "
+        "net_g_*.pth, or the official Meta-SR model_1000.pt)"
+    )
+
+
+def load_model(
+    spec: str | os.PathLike = "default",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+    network_opt: Mapping[str, Any] | None = None,
+    param_key: str | None = None,
+) -> LoadedModel:
+    """Load a model by name or path (see the module docstring) onto ``device``, in eval mode.
+
+    Args:
+        spec: ``"default"``, a checkpoint path, or a registry name.
+        device: where the model runs.
+        dtype: parameter dtype (``torch.float16`` for half precision).
+        backend: Meta-Upscale backend for every head (:func:`set_backend`; ``None``: keep the
+            model's).
+        network_opt: BasicSR ``network_g`` options describing a ``.pth`` checkpoint's network
+            (instead of the ``metasr_network`` entry the file may record).
+        param_key: BasicSR entry to load (default ``params_ema`` if present, else ``params``).
+
+    Raises:
+        FileNotFoundError: a path that does not exist, or no bundled default model.
+        ValueError: the file is not a model checkpoint, the name is not registered, or the
+            backend is unknown.
+    """
+    spec = str(spec)
+    path = Path(spec)
+    if spec == "default":
+        from .weights import default_checkpoint
+
+        loaded = load_checkpoint(default_checkpoint(), name="default")
+    elif path.is_file():
+        loaded = _load_file(path, network_opt, param_key)
+    elif path.exists():
+        raise ValueError(f"{path}: not a file")
+    elif os.sep in spec or path.suffix.lower() in (".safetensors", ".pt", ".pth"):
+        raise FileNotFoundError(f"model file {spec}: no such file")
+    else:
+        from . import archs
+
+        if spec.lower() not in archs.list_models():
+            raise ValueError(
+                f"model {spec!r}: no such file, and not 'default' or a registered architecture "
+                f"({', '.join(archs.list_models())})"
+            )
+        warnings.warn(
+            f"model {spec!r} is built with random weights; its output is not a real upscaling",
+            stacklevel=2,
+        )
+        loaded = _finish(archs.create_model(spec), spec, spec.lower(), {}, {}, "registry")
+    if backend is not None:
+        set_backend(loaded.model, backend)
+    loaded.model.to(device=device, dtype=dtype)
+    return loaded
