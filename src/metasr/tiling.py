@@ -78,8 +78,10 @@ def plan_axis(
             partitions the whole image.
 
     Returns:
-        Tiles in order; their cores partition ``[0, n_in)`` and their outputs ``[0, n_out)``.
-        A core that owns no output row is dropped (possible only when ``n_out < n_in``).
+        Tiles in order; their cores partition the LR rows that own outputs and their outputs
+        partition ``[0, n_out)``.
+        A core that owns no output row is dropped: only the last LR rows can own none (e.g. 7
+        rows at ×1.37 give 9 output rows, on LR rows 0…5).
     """
     if tile < 1:
         raise ValueError(f"tile must be >= 1, got {tile}")

@@ -60,7 +60,8 @@ def meta_upscale(
             result is the ``region.out_rows × region.out_cols`` block of the whole output.
 
     Returns:
-        ``(N, Cout, H, W)`` (``region.out_shape`` with a region), in ``x``'s dtype (or the autocast dtype under ``torch.autocast``).
+        ``(N, Cout, H, W)`` (``region.out_shape`` with a region), in ``x``'s dtype (or the
+        autocast dtype under ``torch.autocast``).
 
     Raises:
         ValueError: for any invalid input (shape, scale, size, dtype, device, encoding);
