@@ -4,6 +4,10 @@ Everything here is host-side float64 arithmetic (see ``DESIGN.md`` §1). The per
 per-column quantities are computed separately because the position encoding is separable:
 ``pos(i, j) = row_pos[i] + col_pos[j] + const_pos``. Backends rely on that to evaluate the
 first MLP layer as ``A[i] + Bc[j] + c`` instead of on ``H·W`` positions.
+
+A :class:`Region` asks for one part of a whole image's grid (tiled inference): the geometry is
+the whole image's, cut to the region's outputs, with LR indices in the frame of the LR window
+the call receives (:meth:`Geometry.cut`).
 """
 
 from __future__ import annotations
