@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from metasr.geometry import axis_map, build_geometry, parse_scale, resolve_output_size
+from metasr.geometry import Region, axis_map, build_geometry, parse_scale, resolve_output_size
 
 
 def test_output_size_guard_against_float_products():
@@ -122,3 +122,72 @@ def test_official_encoding_needs_equal_scales():
 def test_parse_scale():
     assert parse_scale(2) == (2.0, 2.0)
     assert parse_scale((1.5, 4)) == (1.5, 4.0)
+
+
+# ----------------------------------------------------------------------------- regions
+
+
+def _whole_region(geom, in_rows, in_cols, out_rows, out_cols) -> Region:
+    return Region((geom.h, geom.w), (geom.H, geom.W), in_rows, in_cols, out_rows, out_cols)
+
+
+@pytest.mark.parametrize(
+    ("request_", "arithmetic", "pos_encoding"),
+    [
+        ({"scale": (2.3, 3.1)}, "exact", "asymmetric"),
+        ({"size": (61, 47)}, "exact", "asymmetric"),
+        ({"scale": 3.7}, "official", "official"),
+    ],
+)
+def test_region_geometry_is_the_slice_of_the_whole_geometry(request_, arithmetic, pos_encoding):
+    h, w = 23, 17
+    kw = dict(request_, arithmetic=arithmetic, pos_encoding=pos_encoding)
+    whole = build_geometry(h, w, **kw)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        o_r = np.sort(rng.choice(whole.H + 1, 2, replace=False))
+        o_c = np.sort(rng.choice(whole.W + 1, 2, replace=False))
+        # The input window: the LR rows the outputs use, plus a random margin.
+        i_r = (max(whole.row_idx[o_r[0]] - rng.integers(3), 0),
+               min(whole.row_idx[o_r[1] - 1] + 1 + rng.integers(3), h))  # fmt: skip
+        i_c = (max(whole.col_idx[o_c[0]] - rng.integers(3), 0),
+               min(whole.col_idx[o_c[1] - 1] + 1 + rng.integers(3), w))  # fmt: skip
+        region = _whole_region(whole, i_r, i_c, tuple(o_r), tuple(o_c))
+        part = build_geometry(*region.in_shape, **kw, region=region)
+        assert (part.h, part.w, part.H, part.W) == (*region.in_shape, *region.out_shape)
+        assert (part.r_v, part.r_h, part.pos_encoding) == (whole.r_v, whole.r_h, pos_encoding)
+        r, c = slice(*o_r), slice(*o_c)
+        np.testing.assert_array_equal(part.row_idx, whole.row_idx[r] - i_r[0])
+        np.testing.assert_array_equal(part.col_idx, whole.col_idx[c] - i_c[0])
+        np.testing.assert_array_equal(part.row_off, whole.row_off[r])
+        np.testing.assert_array_equal(part.col_off, whole.col_off[c])
+        np.testing.assert_array_equal(part.const_pos, whole.const_pos)
+        pos = whole.positions().reshape(whole.H, whole.W, -1)[r, c]
+        np.testing.assert_array_equal(part.positions(), pos.reshape(-1, whole.num_pos))
+
+
+def test_region_that_covers_everything_is_the_whole_geometry():
+    whole = build_geometry(9, 14, scale=(2.5, 1.3))
+    region = _whole_region(whole, (0, 9), (0, 14), (0, whole.H), (0, whole.W))
+    part = build_geometry(9, 14, scale=(2.5, 1.3), region=region)
+    for name in ("row_idx", "col_idx", "row_off", "col_off", "row_pos", "col_pos"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(whole, name))
+
+
+def test_region_errors_in_build_geometry():
+    whole = build_geometry(10, 10, scale=2)
+    region = _whole_region(whole, (2, 8), (0, 10), (6, 14), (0, 20))
+    build_geometry(6, 10, scale=2, region=region)
+    with pytest.raises(ValueError, match="feature map is 10x10"):
+        build_geometry(10, 10, scale=2, region=region)
+    with pytest.raises(ValueError, match="region is part of"):
+        build_geometry(6, 10, scale=2.5, region=region)
+    with pytest.raises(ValueError, match="must be a metasr.geometry.Region"):
+        build_geometry(6, 10, scale=2, region="rows 2..8")
+    # Output rows 2..3 belong to LR row 1, outside the window's rows [2, 8).
+    early = _whole_region(whole, (2, 8), (0, 10), (2, 14), (0, 20))
+    with pytest.raises(ValueError, match="outside its input window"):
+        build_geometry(6, 10, scale=2, region=early)
+    late = _whole_region(whole, (0, 10), (2, 8), (0, 20), (4, 18))
+    with pytest.raises(ValueError, match="columns use LR columns 2..8"):
+        build_geometry(10, 6, scale=2, region=late)

@@ -4,16 +4,17 @@ Everything here is host-side float64 arithmetic (see ``DESIGN.md`` §1). The per
 per-column quantities are computed separately because the position encoding is separable:
 ``pos(i, j) = row_pos[i] + col_pos[j] + const_pos``. Backends rely on that to evaluate the
 first MLP layer as ``A[i] + Bc[j] + c`` instead of on ``H·W`` positions.
+
+A :class:`Region` asks for one part of a whole image's grid (tiled inference): the geometry is
+the whole image's, cut to the region's outputs, with LR indices in the frame of the LR window
+the call receives (:meth:`Geometry.cut`).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -22,11 +23,10 @@ import torch
 __all__ = [
     "POS_ENCODINGS",
     "Geometry",
+    "Region",
     "ScaleLike",
     "axis_map",
     "build_geometry",
-    "call_geometry",
-    "geometry_override",
     "parse_scale",
     "resolve_output_size",
 ]
@@ -136,6 +136,67 @@ def axis_map(n_out: int, n_in: int, r: float, arithmetic: Arithmetic = "exact"):
     return idx.astype(np.int64), off
 
 
+def _check_range(name: str, value: object, n: int) -> tuple[int, int]:
+    """``value`` as a pair ``(lo, hi)`` of ints with ``0 <= lo < hi <= n``, or a ``ValueError``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"region {name} must be a pair (lo, hi), got {value!r}")
+    lo, hi = value
+    for v in (lo, hi):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"region {name} must hold integers, got {value!r}")
+    if not 0 <= lo < hi <= n:
+        raise ValueError(f"region {name} [{lo}, {hi}) is not a non-empty part of [0, {n})")
+    return int(lo), int(hi)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A part of a whole image's upscaling that one call computes (tiled inference).
+
+    The call receives the LR window ``in_rows × in_cols`` of an ``image_size`` input and
+    computes the output rows ``out_rows`` and columns ``out_cols`` of the whole image's
+    ``output_size`` grid, each with its whole-image LR index, offset and scale. Ranges are
+    half-open ``(lo, hi)`` in the whole image's coordinates.
+
+    Attributes:
+        image_size: ``(h, w)`` of the whole LR input.
+        output_size: ``(H, W)`` of the whole output (what the request gives for ``image_size``).
+        in_rows, in_cols: the LR window the call receives; its origin is ``(in_rows[0],
+            in_cols[0])``.
+        out_rows, out_cols: the output rows and columns the call computes.
+    """
+
+    image_size: tuple[int, int]
+    output_size: tuple[int, int]
+    in_rows: tuple[int, int]
+    in_cols: tuple[int, int]
+    out_rows: tuple[int, int]
+    out_cols: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "output_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (tuple, list)) or len(v) != 2:
+                raise ValueError(f"region {name} must be a pair, got {v!r}")
+            for n in v:
+                if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                    raise ValueError(f"region {name} must hold positive integers, got {v!r}")
+            object.__setattr__(self, name, (int(v[0]), int(v[1])))
+        (h, w), (H, W) = self.image_size, self.output_size
+        for name, n in (("in_rows", h), ("in_cols", w), ("out_rows", H), ("out_cols", W)):
+            object.__setattr__(self, name, _check_range(name, getattr(self, name), n))
+
+    @property
+    def in_shape(self) -> tuple[int, int]:
+        """``(h_t, w_t)``: the size of the LR window the call receives."""
+        return self.in_rows[1] - self.in_rows[0], self.in_cols[1] - self.in_cols[0]
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        """``(H_t, W_t)``: the size of the output the call computes."""
+        return self.out_rows[1] - self.out_rows[0], self.out_cols[1] - self.out_cols[0]
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Everything a backend needs to know about the output grid of one call.
@@ -175,6 +236,50 @@ class Geometry:
         pos = self.row_pos[:, None, :] + self.col_pos[None, :, :] + self.const_pos
         return pos.reshape(self.H * self.W, self.num_pos)
 
+    def cut(self, region: Region) -> Geometry:
+        """The part of this whole-image geometry that ``region`` computes, in its frame.
+
+        Offsets, scales and position encodings stay the whole image's; LR indices are moved by
+        the region's input origin, so they index the window the call receives.
+
+        Returns:
+            A :class:`Geometry` for an input of ``region.in_shape`` and an output of
+            ``region.out_shape``.
+
+        Raises:
+            ValueError: if ``region`` was planned for another input or output size, or if an
+                output it computes belongs to an LR pixel outside its input window.
+        """
+        if region.image_size != (self.h, self.w) or region.output_size != (self.H, self.W):
+            raise ValueError(
+                f"the region is part of a {region.image_size} -> {region.output_size} upscaling "
+                f"but the request gives {(self.h, self.w)} -> {(self.H, self.W)}"
+            )
+        r, c = slice(*region.out_rows), slice(*region.out_cols)
+        for axis, idx, (lo, hi) in (
+            ("rows", self.row_idx[r], region.in_rows),
+            ("columns", self.col_idx[c], region.in_cols),
+        ):
+            # idx is non-decreasing, so its ends bound it.
+            if idx[0] < lo or idx[-1] >= hi:
+                raise ValueError(
+                    f"the region's output {axis} use LR {axis} {idx[0]}..{idx[-1]}, outside its "
+                    f"input window [{lo}, {hi})"
+                )
+        return replace(
+            self,
+            h=region.in_shape[0],
+            w=region.in_shape[1],
+            H=region.out_shape[0],
+            W=region.out_shape[1],
+            row_idx=self.row_idx[r] - region.in_rows[0],
+            col_idx=self.col_idx[c] - region.in_cols[0],
+            row_off=self.row_off[r],
+            col_off=self.col_off[c],
+            row_pos=self.row_pos[r],
+            col_pos=self.col_pos[c],
+        )
+
 
 def build_geometry(
     h: int,
@@ -183,14 +288,43 @@ def build_geometry(
     size: object = None,
     pos_encoding: str = "asymmetric",
     arithmetic: Arithmetic = "exact",
+    region: Region | None = None,
 ) -> Geometry:
-    """Validate the request and compute the full :class:`Geometry` of one call.
+    """Validate the request and compute the :class:`Geometry` of one call.
 
     Position encodings (``DESIGN.md`` §1):
 
     * ``"asymmetric"``: ``(Δv, Δh, 1/r_v, 1/r_h)``.
     * ``"official"``: ``(1/r, Δv, Δh)``, only for ``r_v == r_h``.
+
+    Args:
+        h, w: size of the feature map the call receives.
+        scale, size: the request (exactly one); with a ``region``, the whole image's request.
+        pos_encoding: ``"asymmetric"`` or ``"official"``.
+        arithmetic: ``"exact"`` or the official code's float32 grid (:func:`axis_map`).
+        region: compute only this part of the whole image's grid (:meth:`Geometry.cut`);
+            ``(h, w)`` must then be ``region.in_shape``.
+
+    Raises:
+        ValueError: for a bad request, or a region that does not fit it or the feature map.
     """
+    if region is not None:
+        if not isinstance(region, Region):
+            raise ValueError(f"region must be a metasr.geometry.Region, got {region!r}")
+        if (h, w) != region.in_shape:
+            raise ValueError(
+                f"the feature map is {h}x{w} but the region's input window is "
+                f"{region.in_shape[0]}x{region.in_shape[1]} (LR rows [{region.in_rows[0]}, "
+                f"{region.in_rows[1]}), columns [{region.in_cols[0]}, {region.in_cols[1]}))"
+            )
+        whole = build_geometry(
+            *region.image_size,
+            scale=scale,
+            size=size,
+            pos_encoding=pos_encoding,
+            arithmetic=arithmetic,
+        )
+        return whole.cut(region)
     if pos_encoding not in POS_ENCODINGS:
         raise ValueError(
             f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
@@ -237,39 +371,3 @@ def build_geometry(
         const_pos=const_pos,
         pos_encoding=pos_encoding,
     )
-
-
-GeometryBuilder = Callable[..., Geometry]
-
-#: A replacement for :func:`build_geometry` active in the current thread/task (see
-#: :func:`geometry_override`); ``None`` almost always.
-_OVERRIDE: ContextVar[GeometryBuilder | None] = ContextVar("metasr_geometry_override", default=None)
-
-
-@contextmanager
-def geometry_override(builder: GeometryBuilder) -> Iterator[None]:
-    """Make every Meta-Upscale call in this context take its geometry from ``builder``.
-
-    ``builder`` has :func:`build_geometry`'s signature. Tiled inference uses this to run an
-    unmodified model on a tile while its Meta-Upscale heads compute the tile's slice of the
-    whole image's output grid. The override is a context variable: other threads and tasks
-    are unaffected, and it ends with the ``with`` block.
-    """
-    token = _OVERRIDE.set(builder)
-    try:
-        yield
-    finally:
-        _OVERRIDE.reset(token)
-
-
-def call_geometry(
-    h: int,
-    w: int,
-    scale: object = None,
-    size: object = None,
-    pos_encoding: str = "asymmetric",
-    arithmetic: Arithmetic = "exact",
-) -> Geometry:
-    """The geometry of one Meta-Upscale call: :func:`build_geometry` unless overridden."""
-    builder = _OVERRIDE.get() or build_geometry
-    return builder(h, w, scale=scale, size=size, pos_encoding=pos_encoding, arithmetic=arithmetic)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .geometry import POS_ENCODINGS, Arithmetic
+from .geometry import POS_ENCODINGS, Arithmetic, Region
 from .ops.meta_upscale import meta_upscale
 
 __all__ = ["MetaUpsample", "Pos2Weight"]
@@ -94,7 +94,8 @@ class MetaUpsample(nn.Module):
             published code (only for reproducing official checkpoints bit for bit).
 
     Shape:
-        forward: ``x (N, Cin, h, w)`` → ``(N, Cout, H, W)``.
+        forward: ``x (N, Cin, h, w)`` → ``(N, Cout, H, W)``; with ``region``,
+        ``x (N, Cin, *region.in_shape)`` → ``(N, Cout, *region.out_shape)``.
 
     Example:
         >>> up = MetaUpsample(64, 3)
@@ -122,9 +123,21 @@ class MetaUpsample(nn.Module):
         x: torch.Tensor,
         scale: float | tuple[float, float] | None = None,
         size: tuple[int, int] | None = None,
+        region: Region | None = None,
     ) -> torch.Tensor:
+        """Upscale ``x`` by ``scale`` or to ``size``; see :func:`metasr.meta_upscale`.
+
+        ``region`` computes only that part of the whole image's output from the features of
+        its LR window (tiled inference).
+        """
         return meta_upscale(
-            x, self.phi, scale=scale, size=size, backend=self.backend, arithmetic=self.arithmetic
+            x,
+            self.phi,
+            scale=scale,
+            size=size,
+            backend=self.backend,
+            arithmetic=self.arithmetic,
+            region=region,
         )
 
     def extra_repr(self) -> str:

@@ -6,9 +6,11 @@
     >>> model = metasr.create_model("meta_edsr", in_channels=1, out_channels=1, img_range=1.0)
     >>> y = model(x, scale=(2.5, 3.0))          # or scale=3.7, or size=(721, 1440)
 
-Every model has ``forward(x, scale=None, size=None)`` (any scale ≥ 1 per axis, asymmetric, or an
-explicit output size), configurable input/output channels, a ``backend`` for its Meta-Upscale
-head, and ``bicubic_residual`` (off by default) that adds ``bicubic(x)`` to the output.
+Every model has ``forward(x, scale=None, size=None, region=None)`` (any scale ≥ 1 per axis,
+asymmetric, or an explicit output size; ``region`` computes one part of a whole image's output,
+for tiled inference), configurable input/output channels, a ``backend`` for its Meta-Upscale
+head, and ``bicubic_residual`` (off by default) that adds ``bicubic(x)`` to the output. The
+base classes are in :mod:`metasr.archs.base`, the Swin blocks in :mod:`metasr.archs.swin_blocks`.
 
 Value range and mean (each model follows the code its weights come from):
 

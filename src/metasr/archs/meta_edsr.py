@@ -22,14 +22,14 @@ from torch import nn
 
 from ..geometry import Arithmetic
 from ..modules import Pos2Weight
-from ._common import (
+from ._registry import register_model
+from .base import (
     MeanShift,
     MeanShiftMetaSRNet,
     check_positive_float,
     check_positive_int,
     resolve_mean,
 )
-from ._registry import register_model
 
 __all__ = ["MetaEDSR"]
 

@@ -30,14 +30,14 @@ from torch import nn
 from .._state_dict import clean_state_dict
 from ..geometry import Arithmetic
 from ..modules import Pos2Weight
-from ._common import (
+from ._registry import register_model
+from .base import (
     MeanShift,
     MeanShiftMetaSRNet,
     check_positive_float,
     check_positive_int,
     resolve_mean,
 )
-from ._registry import register_model
 
 __all__ = ["MetaRDN", "load_official_metardn"]
 

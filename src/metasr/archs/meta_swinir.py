@@ -26,329 +26,18 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as checkpoint
 from torch import nn
 
-from ..geometry import Arithmetic
+from ..geometry import Arithmetic, Region
 from ..modules import MetaUpsample, Pos2Weight
-from ._common import MetaSRNet, check_positive_float, check_positive_int, resolve_mean
 from ._registry import register_model
+from .base import MetaSRNet, check_positive_float, check_positive_int, resolve_mean
+from .swin_blocks import RSTB, PatchEmbed, resi_conv, shift_attn_mask
 
 __all__ = ["MetaSwinIR"]
-
-
-def _window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
-    """``(B, H, W, C)`` → ``(B·H/ws·W/ws, ws·ws, C)``, windows in row-major order."""
-    B, H, W, C = x.shape
-    x = x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, ws * ws, C)
-
-
-def _window_reverse(windows: torch.Tensor, ws: int, H: int, W: int) -> torch.Tensor:
-    """Inverse of :func:`_window_partition`: ``(B·nW, ws·ws, C)`` → ``(B, H, W, C)``."""
-    C = windows.shape[-1]
-    x = windows.view(-1, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, H, W, C)
-
-
-def _relative_position_index(ws: int) -> torch.Tensor:
-    """``(ws², ws²)`` int64 index into the ``(2ws−1)²`` relative-position bias table."""
-    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(
-        1
-    )  # (2, ws²)
-    rel = coords[:, :, None] - coords[:, None, :] + (ws - 1)  # (2, ws², ws²), in [0, 2ws-2]
-    return rel[0] * (2 * ws - 1) + rel[1]
-
-
-def _shift_attn_mask(H: int, W: int, ws: int, shift: int) -> torch.Tensor:
-    """Additive mask ``(nW, ws², ws²)`` of shifted-window attention: −100 between tokens that
-    came from different regions of the cyclically shifted map, 0 otherwise."""
-    label = torch.zeros(1, H, W, 1)
-    cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
-    region = 0
-    for hs in cuts:
-        for wsl in cuts:
-            label[:, hs, wsl, :] = region
-            region += 1
-    lw = _window_partition(label, ws).squeeze(-1)  # (nW, ws²)
-    diff = lw[:, None, :] - lw[:, :, None]
-    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
-
-
-def _keep_derived_buffer(
-    module: nn.Module, name: str, state_dict: dict[str, torch.Tensor], prefix: str
-) -> None:
-    """Make ``load_state_dict`` keep ``module``'s own value of a derived buffer.
-
-    ``relative_position_index`` and ``attn_mask`` are functions of the window and ``img_size``,
-    not learned; keeping ours lets checkpoints trained at another ``img_size`` (other mask
-    shapes) load, and checkpoints that lack them load without "missing" keys.
-    """
-    buf = module._buffers.get(name)
-    if buf is not None:
-        state_dict[prefix + name] = buf
-
-
-class _DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch of a sample with probability ``p``."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p:g}"
-
-
-class _Mlp(nn.Module):
-    """``fc1 → GELU → drop → fc2 → drop`` on tokens ``(..., C)``."""
-
-    def __init__(self, dim: int, hidden: int, drop: float) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class _WindowAttention(nn.Module):
-    """Multi-head self-attention inside ``ws×ws`` windows with a learned relative-position bias.
-
-    Shape:
-        forward: ``x (B·nW, ws², C)``, ``mask (nW, ws², ws²)`` or None → ``(B·nW, ws², C)``.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        window_size: int,
-        num_heads: int,
-        qkv_bias: bool,
-        qk_scale: float | None,
-        attn_drop: float,
-        proj_drop: float,
-    ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.window_size = window_size
-        self.num_heads = num_heads
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
-        self.relative_position_bias_table = nn.Parameter(
-            torch.zeros((2 * window_size - 1) ** 2, num_heads)
-        )
-        # Persistent like SwinIR's, so checkpoints have the same keys; see MetaSwinIR's loader.
-        self.register_buffer("relative_position_index", _relative_position_index(window_size))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B_, N, C = x.shape
-        heads = self.num_heads
-        q, k, v = self.qkv(x).reshape(B_, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B_, heads, N, N)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(N, N, heads).permute(2, 0, 1).unsqueeze(0)
-        if mask is not None:
-            nW = mask.shape[0]
-            attn = attn.view(B_ // nW, nW, heads, N, N) + mask.to(attn.dtype)[None, :, None]
-            attn = attn.view(B_, heads, N, N)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(B_, N, C)
-        return self.proj_drop(self.proj(x))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        _keep_derived_buffer(self, "relative_position_index", state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
-
-
-class _SwinBlock(nn.Module):
-    """Swin Transformer block: (shifted) window attention and MLP, both pre-norm residual.
-
-    As in SwinIR, a window no smaller than the training resolution ``input_resolution`` is
-    shrunk to it and the shift is dropped.
-
-    Shape:
-        forward: ``x (B, H·W, C)`` with ``x_size = (H, W)`` → ``(B, H·W, C)``.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        input_resolution: tuple[int, int],
-        num_heads: int,
-        window_size: int,
-        shift_size: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        qk_scale: float | None,
-        drop: float,
-        attn_drop: float,
-        drop_path: float,
-    ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.input_resolution = input_resolution
-        if min(input_resolution) <= window_size:
-            shift_size, window_size = 0, min(input_resolution)
-        self.window_size = window_size
-        self.shift_size = shift_size
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = _WindowAttention(
-            dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop
-        )
-        self.drop_path = _DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio), drop)
-        # Inputs are padded to whole windows, so the mask is precomputed for img_size rounded up
-        # to a multiple of the window (equal to img_size in SwinIR, which requires that).
-        self.mask_size = _round_up(input_resolution, window_size)
-        mask = _shift_attn_mask(*self.mask_size, window_size, shift_size) if shift_size else None
-        self.register_buffer("attn_mask", mask)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        _keep_derived_buffer(self, "attn_mask", state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def forward(
-        self, x: torch.Tensor, x_size: tuple[int, int], mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        H, W = x_size
-        B, L, C = x.shape
-        ws, s = self.window_size, self.shift_size
-        if s and tuple(x_size) == self.mask_size:
-            mask = self.attn_mask
-        elif not s:
-            mask = None
-        h = self.norm1(x).view(B, H, W, C)
-        if s:
-            h = torch.roll(h, shifts=(-s, -s), dims=(1, 2))
-        h = self.attn(_window_partition(h, ws), mask=mask)
-        h = _window_reverse(h, ws, H, W)
-        if s:
-            h = torch.roll(h, shifts=(s, s), dims=(1, 2))
-        x = x + self.drop_path(h.reshape(B, L, C))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
-class _BasicLayer(nn.Module):
-    """``depth`` Swin blocks alternating plain and shifted windows (SwinIR's ``BasicLayer``)."""
-
-    def __init__(
-        self,
-        dim: int,
-        input_resolution: tuple[int, int],
-        depth: int,
-        num_heads: int,
-        window_size: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        qk_scale: float | None,
-        drop: float,
-        attn_drop: float,
-        drop_path: Sequence[float],
-        use_checkpoint: bool,
-    ) -> None:
-        super().__init__()
-        self.use_checkpoint = use_checkpoint
-        self.blocks = nn.ModuleList(
-            [
-                _SwinBlock(
-                    dim,
-                    input_resolution,
-                    num_heads,
-                    window_size,
-                    0 if i % 2 == 0 else window_size // 2,
-                    mlp_ratio,
-                    qkv_bias,
-                    qk_scale,
-                    drop,
-                    attn_drop,
-                    drop_path[i],
-                )
-                for i in range(depth)
-            ]
-        )
-
-    def forward(
-        self, x: torch.Tensor, x_size: tuple[int, int], mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        for blk in self.blocks:
-            if self.use_checkpoint and torch.is_grad_enabled():
-                # Recompute the block in backward: keeps only its input, not the attention maps.
-                x = checkpoint.checkpoint(blk, x, x_size, mask, use_reentrant=False)
-            else:
-                x = blk(x, x_size, mask)
-        return x
-
-
-class _RSTB(nn.Module):
-    """Residual Swin Transformer Block: Swin blocks, a conv on the image layout, residual.
-
-    Shape:
-        forward: ``x (B, H·W, C)`` → ``(B, H·W, C)``.
-    """
-
-    def __init__(self, dim: int, resi_connection: str, **layer_kwargs: Any) -> None:
-        super().__init__()
-        self.residual_group = _BasicLayer(dim=dim, **layer_kwargs)
-        self.conv = _resi_conv(dim, resi_connection)
-
-    def forward(
-        self, x: torch.Tensor, x_size: tuple[int, int], mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        B, L, C = x.shape
-        h = self.residual_group(x, x_size, mask)
-        h = self.conv(h.transpose(1, 2).reshape(B, C, *x_size))
-        return h.flatten(2).transpose(1, 2) + x
-
-
-def _resi_conv(dim: int, resi_connection: str) -> nn.Module:
-    """SwinIR's conv before a residual connection: ``'1conv'`` or the bottlenecked ``'3conv'``."""
-    if resi_connection == "1conv":
-        return nn.Conv2d(dim, dim, 3, 1, 1)
-    return nn.Sequential(
-        nn.Conv2d(dim, dim // 4, 3, 1, 1),
-        nn.LeakyReLU(negative_slope=0.2, inplace=True),
-        nn.Conv2d(dim // 4, dim // 4, 1, 1, 0),
-        nn.LeakyReLU(negative_slope=0.2, inplace=True),
-        nn.Conv2d(dim // 4, dim, 3, 1, 1),
-    )
-
-
-class _PatchEmbed(nn.Module):
-    """Image ``(B, C, H, W)`` → tokens ``(B, H·W, C)``, optionally layer-normed (patch size 1)."""
-
-    def __init__(self, dim: int, patch_norm: bool) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim) if patch_norm else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(2).transpose(1, 2)
-        return self.norm(x) if self.norm is not None else x
-
-
-def _round_up(size: tuple[int, int], multiple: int) -> tuple[int, int]:
-    return (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
 
 
 def _pair(v: object, name: str) -> tuple[int, int]:
@@ -503,7 +192,7 @@ class MetaSwinIR(MetaSRNet):
 
         # --- backbone (SwinIR names) ---
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
-        self.patch_embed = _PatchEmbed(embed_dim, patch_norm)
+        self.patch_embed = PatchEmbed(embed_dim, patch_norm)
         if self.ape:
             self.absolute_pos_embed = nn.Parameter(
                 torch.zeros(1, self.img_size[0] * self.img_size[1], embed_dim)
@@ -517,7 +206,7 @@ class MetaSwinIR(MetaSRNet):
         for i, (depth, heads) in enumerate(zip(depths, num_heads, strict=True)):
             start = sum(depths[:i])
             self.layers.append(
-                _RSTB(
+                RSTB(
                     embed_dim,
                     resi_connection,
                     input_resolution=self.img_size,
@@ -534,7 +223,7 @@ class MetaSwinIR(MetaSRNet):
                 )
             )
         self.norm = nn.LayerNorm(embed_dim)
-        self.conv_after_body = _resi_conv(embed_dim, resi_connection)
+        self.conv_after_body = resi_conv(embed_dim, resi_connection)
         self.conv_before_upsample = nn.Sequential(
             nn.Conv2d(embed_dim, self.num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True)
         )
@@ -569,6 +258,12 @@ class MetaSwinIR(MetaSRNet):
         """The window the blocks use (SwinIR shrinks it to ``min(img_size)`` if not smaller)."""
         return self.layers[0].residual_group.blocks[0].window_size
 
+    @property
+    def tile_alignment(self) -> int:
+        """The effective window: a region whose window starts at a multiple of it is split into
+        attention windows (plain and shifted) exactly where the whole image is."""
+        return self.effective_window_size
+
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         """Reflect-pad ``(N, C, h, w)`` on the bottom/right to a multiple of the window size
         (replicate where the input is too small to reflect)."""
@@ -597,7 +292,7 @@ class MetaSwinIR(MetaSRNet):
         mask = None
         if x_size != blk.mask_size and blk.window_size == self.window_size:
             ws = blk.window_size
-            mask = _shift_attn_mask(H, W, ws, ws // 2).to(x.device)
+            mask = shift_attn_mask(H, W, ws, ws // 2).to(x.device)
         for layer in self.layers:
             t = layer(t, x_size, mask)
         t = self.norm(t)
@@ -608,18 +303,22 @@ class MetaSwinIR(MetaSRNet):
         x: torch.Tensor,
         scale: float | tuple[float, float] | None = None,
         size: tuple[int, int] | None = None,
+        region: Region | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` (values in ``[0, 1]``) by ``scale`` or to ``size``.
 
         Args:
-            x: ``(N, in_chans, h, w)``, any ``h, w``.
+            x: ``(N, in_chans, h, w)``, any ``h, w``; with ``region``, the region's LR window
+                (starting at a multiple of :attr:`tile_alignment` to match the whole image).
             scale: a number or ``(r_v, r_h)``, each ≥ 1.
             size: ``(H, W)`` instead of ``scale``.
+            region: compute only this part of the whole image's output (tiled inference);
+                ``scale``/``size`` is then the whole image's request.
 
         Returns:
-            ``(N, out_chans, H, W)``.
+            ``(N, out_chans, H, W)``, or ``(N, out_chans, *region.out_shape)``.
         """
-        self._check_call(x, scale, size)
+        self._check_call(x, scale, size, region)
         h, w = x.shape[-2:]
         x = (x - self.mean.to(x.dtype)) * self.img_range
         f = self.conv_first(self._pad(x))
@@ -627,7 +326,8 @@ class MetaSwinIR(MetaSRNet):
         # Crop before the head: its geometry is that of the true input, so the output has exactly
         # the requested size (and no padded-border pixels are ever upsampled).
         f = self.conv_before_upsample(f)[..., :h, :w]
-        y = self._add_bicubic(self.upsample(f, scale=scale, size=size), x)
+        y = self.upsample(f, scale=scale, size=size, region=region)
+        y = self._add_bicubic(y, x, region)
         return y / self.img_range + self.out_mean.to(y.dtype)
 
 

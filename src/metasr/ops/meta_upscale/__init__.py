@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...geometry import Arithmetic, call_geometry
+from ...geometry import Arithmetic, Region, build_geometry
 from ._common import MLPParams
 from ._dispatch import select_backend
 
@@ -32,6 +32,7 @@ def meta_upscale(
     size: tuple[int, int] | None = None,
     backend: str | None = None,
     arithmetic: Arithmetic = "exact",
+    region: Region | None = None,
 ) -> torch.Tensor:
     """Meta-Upscale ``x`` by ``scale`` (or to ``size``) with the weight-prediction MLP ``phi``.
 
@@ -53,9 +54,14 @@ def meta_upscale(
         backend: ``None``/``"auto"`` or one of :func:`metasr.backends`; ``METASR_BACKEND``
             overrides ``auto``.
         arithmetic: ``"exact"`` geometry (default) or the official code's float32 grid.
+        region: compute only this part of the whole image's output (tiled inference): ``x`` is
+            then the features of the LR window ``region.in_rows × region.in_cols`` (so of size
+            ``region.in_shape``), ``scale``/``size`` is the whole image's request, and the
+            result is the ``region.out_rows × region.out_cols`` block of the whole output.
 
     Returns:
-        ``(N, Cout, H, W)``, in ``x``'s dtype (or the autocast dtype under ``torch.autocast``).
+        ``(N, Cout, H, W)`` (``region.out_shape`` with a region), in ``x``'s dtype (or the
+        autocast dtype under ``torch.autocast``).
 
     Raises:
         ValueError: for any invalid input (shape, scale, size, dtype, device, encoding);
@@ -91,13 +97,14 @@ def meta_upscale(
         )
     if lin1.weight.device != x.device:
         raise ValueError(f"x is on {x.device} but phi's parameters are on {lin1.weight.device}")
-    geom = call_geometry(
+    geom = build_geometry(
         x.shape[2],
         x.shape[3],
         scale=scale,
         size=size,
         pos_encoding=phi.pos_encoding,
         arithmetic=arithmetic,
+        region=region,
     )
     dtype = _autocast_dtype(x.device.type) or x.dtype
     # Autocast is handled here once: everything runs in `dtype`, with autocast off inside, so

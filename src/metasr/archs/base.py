@@ -1,4 +1,12 @@
-"""Pieces shared by the Meta-SR networks: argument checks, ``MeanShift``, the common base class."""
+"""Base classes of the Meta-SR networks (:class:`MetaSRNet`, :class:`MeanShiftMetaSRNet`),
+``MeanShift`` and the argument checks they share.
+
+Every network has ``forward(x, scale=None, size=None, region=None)``. ``region`` (a
+:class:`metasr.geometry.Region`) makes it compute one part of a whole image's output from that
+part's LR window: the network passes it down to :func:`metasr.meta_upscale` and restricts its
+bicubic residual to it. Tiled inference (:mod:`metasr.tiling`) relies on that, and on
+:attr:`MetaSRNet.tile_alignment` and :attr:`MetaSRNet.min_tile_overlap`.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import POS_ENCODINGS, build_geometry
+from ..geometry import POS_ENCODINGS, Region, build_geometry
 from ..modules import Pos2Weight
 from ..ops.meta_upscale import meta_upscale
+from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
 
 __all__ = [
     "DIV2K_RGB_MEAN",
     "MeanShift",
+    "MeanShiftMetaSRNet",
     "MetaSRNet",
+    "check_positive_float",
     "check_positive_int",
     "resolve_mean",
 ]
@@ -93,8 +104,8 @@ class MeanShift(nn.Module):
 
 
 class MetaSRNet(nn.Module):
-    """Base class of the Meta-SR networks: input checks, early geometry validation, and the
-    optional bicubic global residual.
+    """Base class of the Meta-SR networks: input checks, early geometry validation, the
+    optional bicubic global residual, and what tiled inference needs to know.
 
     Subclasses set ``in_channels``, ``out_channels``, ``bicubic_residual``, ``pos_encoding``,
     ``arithmetic`` and expose their weight-prediction MLP as :attr:`pos2weight`.
@@ -117,6 +128,19 @@ class MetaSRNet(nn.Module):
         divided by): 1 for networks that take ``[0, 1]`` (MetaSwinIR applies its ``img_range``
         inside)."""
         return 1.0
+
+    @property
+    def tile_alignment(self) -> int:
+        """LR multiple at which a region's input window must start for the network to treat it
+        as it treats the whole image (1 for convolutional networks)."""
+        return 1
+
+    @property
+    def min_tile_overlap(self) -> int:
+        """LR pixels of context a region needs on each side of the LR pixels its outputs
+        belong to: the bicubic residual's taps (:data:`~metasr.archs.bicubic.BICUBIC_CONTEXT`),
+        0 without it. More context only brings a tile closer to the whole image."""
+        return BICUBIC_CONTEXT if self.bicubic_residual else 0
 
     def _init_meta_options(
         self,
@@ -154,8 +178,10 @@ class MetaSRNet(nn.Module):
                 last.weight.mul_(0.1)
                 last.bias.mul_(0.1)
 
-    def _check_call(self, x: torch.Tensor, scale: object, size: object) -> None:
-        """Validate input and scale/size before the (expensive) backbone runs."""
+    def _check_call(
+        self, x: torch.Tensor, scale: object, size: object, region: Region | None
+    ) -> None:
+        """Validate input, scale/size and region before the (expensive) backbone runs."""
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
@@ -166,7 +192,8 @@ class MetaSRNet(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-        # Raises ValueError for a bad scale/size, or an asymmetric scale with "official".
+        # Raises ValueError for a bad scale/size, an asymmetric scale with "official", or a
+        # region that does not fit x or the request.
         build_geometry(
             x.shape[2],
             x.shape[3],
@@ -174,17 +201,29 @@ class MetaSRNet(nn.Module):
             size=size,
             pos_encoding=self.pos_encoding,
             arithmetic=self.arithmetic,
+            region=region,
         )
+        if region is not None and self.bicubic_residual:
+            # Fails here, before the backbone, when the window lacks a bicubic tap.
+            check_bicubic_region(region)
 
-    def _add_bicubic(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``y + bicubic(x)`` at ``y``'s size when ``bicubic_residual`` is on, else ``y``.
+    def _add_bicubic(
+        self, y: torch.Tensor, x: torch.Tensor, region: Region | None = None
+    ) -> torch.Tensor:
+        """``y`` plus the bicubic upsampling of ``x`` when ``bicubic_residual`` is on, else ``y``.
+
+        Without a region the upsampling is to ``y``'s size; with one it is the whole image's
+        upsampling restricted to the region (:func:`~metasr.archs.bicubic.bicubic_upsample`).
 
         Shape:
             y: ``(N, Cout, H, W)``, x: ``(N, Cin, h, w)`` with ``Cin == Cout``.
         """
         if not self.bicubic_residual:
             return y
-        up = F.interpolate(x, size=tuple(y.shape[-2:]), mode="bicubic", align_corners=False)
+        if region is None:
+            up = bicubic_upsample(x, size=tuple(y.shape[-2:]))
+        else:
+            up = bicubic_upsample(x, region=region)
         return y + up.to(y.dtype)
 
 
@@ -221,18 +260,21 @@ class MeanShiftMetaSRNet(MetaSRNet):
         x: torch.Tensor,
         scale: float | tuple[float, float] | None = None,
         size: tuple[int, int] | None = None,
+        region: Region | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` (values in ``[0, img_range]``) by ``scale`` or to ``size``.
 
         Args:
-            x: ``(N, in_channels, h, w)``.
+            x: ``(N, in_channels, h, w)``; with ``region``, the region's LR window.
             scale: a number or ``(r_v, r_h)``, each ≥ 1.
             size: ``(H, W)`` instead of ``scale``.
+            region: compute only this part of the whole image's output (tiled inference);
+                ``scale``/``size`` is then the whole image's request.
 
         Returns:
-            ``(N, out_channels, H, W)``.
+            ``(N, out_channels, H, W)``, or ``(N, out_channels, *region.out_shape)``.
         """
-        self._check_call(x, scale, size)
+        self._check_call(x, scale, size, region)
         x = self.sub_mean(x)
         y = meta_upscale(
             self.forward_features(x),
@@ -241,6 +283,7 @@ class MeanShiftMetaSRNet(MetaSRNet):
             size=size,
             backend=self.backend,
             arithmetic=self.arithmetic,
+            region=region,
         )
         # The residual is added in the mean-shifted domain, so the mean is added back only once.
-        return self.add_mean(self._add_bicubic(y, x))
+        return self.add_mean(self._add_bicubic(y, x, region))

@@ -1,0 +1,132 @@
+"""The bicubic global residual of the networks, for a whole image or a region of it.
+
+A network with ``bicubic_residual`` adds ``F.interpolate(x, size=(H, W), mode="bicubic",
+align_corners=False)`` to its output. On a :class:`metasr.geometry.Region` (tiled inference)
+the term must be the *whole image's* bicubic upsampling restricted to the region's outputs:
+``F.interpolate`` on the region's window would sample on the window's own grid (spacing
+``h_t / H_t`` instead of ``h / H``) and clamp its taps at the window's edges instead of the
+image's. :func:`bicubic_upsample` computes the whole image's term from the window alone, as
+two small interpolation matrices, which needs the window to hold the taps: up to
+:data:`BICUBIC_CONTEXT` LR pixels on each side of the LR pixels the region's outputs belong to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..geometry import Region
+
+__all__ = ["BICUBIC_CONTEXT", "bicubic_upsample", "check_bicubic_region"]
+
+#: LR pixels of context a region needs on each side of the LR pixels its outputs belong to for
+#: the bicubic taps: output ``i`` samples ``s = (i + 0.5)·h/H − 0.5``, which lies in
+#: ``[i' − 0.5, i' + 2)`` for ``i' = floor(i / r)`` (``h/H`` exceeds ``1/r`` by less than
+#: ``1/(r·H)`` when ``H`` is rounded down), and the taps are ``floor(s) − 1 … floor(s) + 2``.
+BICUBIC_CONTEXT = 3
+
+
+def _bicubic_matrix(out_lo: int, out_hi: int, n_in: int, n_out: int) -> tuple[np.ndarray, int]:
+    """Rows ``[out_lo, out_hi)`` of PyTorch's bicubic interpolation matrix along one axis.
+
+    Matches ``F.interpolate(mode="bicubic", align_corners=False, size=...)``: output ``i``
+    samples ``(i + 0.5)·n_in/n_out − 0.5`` with Keys' cubic convolution (A = −0.75) and taps
+    clamped to ``[0, n_in)``, as ATen computes them.
+
+    Returns:
+        ``(m, lo)``: ``m`` ``(out_hi − out_lo, hi − lo)`` float64 over the input rows
+        ``[lo, hi)`` the taps use.
+    """
+    a = -0.75
+    src = (np.arange(out_lo, out_hi) + 0.5) * (n_in / n_out) - 0.5
+    base = np.floor(src)
+    t = src - base
+    # Weights of the taps base−1 … base+2, written as ATen writes them.
+    x1, x2, x3 = t + 1.0, 1.0 - t, 2.0 - t
+    weights = np.stack(
+        [
+            ((a * x1 - 5 * a) * x1 + 8 * a) * x1 - 4 * a,
+            ((a + 2) * t - (a + 3)) * t * t + 1,
+            ((a + 2) * x2 - (a + 3)) * x2 * x2 + 1,
+            ((a * x3 - 5 * a) * x3 + 8 * a) * x3 - 4 * a,
+        ],
+        axis=1,
+    )
+    taps = np.clip(base.astype(np.int64)[:, None] + np.arange(-1, 3), 0, n_in - 1)
+    lo, hi = int(taps.min()), int(taps.max()) + 1
+    m = np.zeros((len(src), hi - lo))
+    rows = np.repeat(np.arange(len(src))[:, None], 4, axis=1)
+    np.add.at(m, (rows, taps - lo), weights)  # clamped taps add up on the edge pixel
+    return m, lo
+
+
+def _window_matrix(
+    axis: str, out: tuple[int, int], win: tuple[int, int], n_in: int, n_out: int
+) -> np.ndarray:
+    """:func:`_bicubic_matrix` over the window ``win = [lo, hi)``: ``(out_hi − out_lo, hi − lo)``.
+
+    Raises:
+        ValueError: if a tap falls outside the window.
+    """
+    m, lo = _bicubic_matrix(out[0], out[1], n_in, n_out)
+    hi = lo + m.shape[1]
+    if lo < win[0] or hi > win[1]:
+        raise ValueError(
+            f"the bicubic residual of output {axis} [{out[0]}, {out[1]}) reads LR {axis} "
+            f"[{lo}, {hi}), outside the region's input window [{win[0]}, {win[1]}): the overlap "
+            f"is too small (give each region {BICUBIC_CONTEXT} LR pixels of context)"
+        )
+    full = np.zeros((m.shape[0], win[1] - win[0]))
+    full[:, lo - win[0] : hi - win[0]] = m
+    return full
+
+
+def _region_matrices(region: Region) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column matrices ``(H_t, h_t)``, ``(W_t, w_t)`` of the region's bicubic term."""
+    (h, w), (H, W) = region.image_size, region.output_size
+    mv = _window_matrix("rows", region.out_rows, region.in_rows, h, H)
+    mh = _window_matrix("columns", region.out_cols, region.in_cols, w, W)
+    return mv, mh
+
+
+def check_bicubic_region(region: Region) -> None:
+    """Raise the ``ValueError`` of :func:`bicubic_upsample` if ``region``'s window lacks a tap."""
+    _region_matrices(region)
+
+
+def bicubic_upsample(
+    x: torch.Tensor,
+    size: tuple[int, int] | None = None,
+    region: Region | None = None,
+) -> torch.Tensor:
+    """PyTorch's bicubic upsampling (``align_corners=False``) to ``size``, or a region of it.
+
+    Args:
+        x: ``(N, C, h, w)``: the whole image, or with ``region`` its LR window
+            ``region.in_rows × region.in_cols``.
+        size: ``(H, W)``, the output size; give exactly one of ``size`` and ``region``.
+        region: the whole image's ``F.interpolate(size=region.output_size)`` restricted to
+            ``region.out_rows × region.out_cols``, computed from the window ``x``.
+
+    Returns:
+        ``(N, C, H, W)``, or ``(N, C, *region.out_shape)``, in ``x``'s dtype.
+
+    Raises:
+        ValueError: if ``x`` is not the region's window, or the window lacks a bicubic tap.
+    """
+    if (size is None) == (region is None):
+        raise ValueError("give exactly one of size=(H, W) or region=...")
+    if region is None:
+        return F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False)
+    if tuple(x.shape[-2:]) != region.in_shape:
+        raise ValueError(
+            f"the input is {tuple(x.shape[-2:])} but the region's input window is {region.in_shape}"
+        )
+    mv, mh = _region_matrices(region)
+    # Half precision would round the interpolation weights; compute in float32 at least.
+    dtype = x.dtype if x.dtype == torch.float64 else torch.float32
+    mv_t = torch.as_tensor(mv, dtype=dtype, device=x.device)
+    mh_t = torch.as_tensor(mh, dtype=dtype, device=x.device)
+    # Separable: rows (H_t, h_t) @ x (N, C, h_t, w_t) @ columns (w_t, W_t).
+    return (mv_t @ x.to(dtype) @ mh_t.T).to(x.dtype)
