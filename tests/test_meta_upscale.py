@@ -343,6 +343,16 @@ def test_device_mismatch_meta():
         metasr.meta_upscale(torch.randn(1, 3, 4, 4, device="meta"), phi, scale=2)
 
 
+def test_memory_helpers():
+    # One name for the out-of-memory error on every supported torch (torch.OutOfMemoryError is
+    # recent); the probe answers for the CPU on Linux and declines for devices it cannot query.
+    assert memory.OutOfMemoryError is torch.cuda.OutOfMemoryError
+    assert issubclass(memory.OutOfMemoryError, RuntimeError)
+    free = memory.available_memory_bytes(torch.device("cpu"))
+    assert free is None or free > 0
+    assert memory.available_memory_bytes(torch.device("meta")) is None
+
+
 def test_poisoned_outputs_are_fully_written():
     # conftest's poison_outputs fixture: every output buffer starts as NaN in tests.
     assert torch.isnan(memory.empty_output((2,), torch.zeros(1))).all()
