@@ -33,7 +33,8 @@ import torch
 import metasr
 from metasr.bench import CONFIGS, machine_info
 from metasr.geometry import build_geometry
-from metasr.ops.meta_upscale._common import MLPParams
+from metasr.ops.memory import OutOfMemoryError
+from metasr.ops.meta_upscale.params import MLPParams, features_first_z
 
 #: Issue targets (on H100/H200).
 MIN_SPEEDUP_VS_IM2COL = 20.0
@@ -90,11 +91,11 @@ def kernel_timings(
     from metasr.ops.meta_upscale import triton_fused as tf
 
     hid, O = params.hidden, params.out_channels
-    z = tf._z_conv(x, params)
+    z = features_first_z(x, params)
     ac, bc, maps = tf._first_layer(params, geom, x.device)
     y = tf._launch_fwd(z, ac, bc, maps, hid, O)
     dy = torch.randn_like(y)
-    out = {"conv_ms": time_ms(lambda: tf._z_conv(x, params), reps)}
+    out = {"conv_ms": time_ms(lambda: features_first_z(x, params), reps)}
     out["contraction_ms"] = time_ms(lambda: tf._launch_fwd(z, ac, bc, maps, hid, O), reps)
     moved = z.numel() * z.element_size() + y.numel() * y.element_size()
     out["contraction_gbs"] = moved / (out["contraction_ms"] * 1e-3) / 1e9
@@ -130,7 +131,7 @@ def measure(config: str, dtype_name: str, reps: int, copy_gbs: float) -> dict[st
             out["im2col_ms"] = time_ms(run("im2col"), max(3, reps // 4), warmup=1)
             out["speedup_vs_im2col"] = out["im2col_ms"] / out["triton_ms"]
             out["memory_fraction_of_im2col"] = out["triton_peak_mib"] / out["im2col_peak_mib"]
-        except (metasr.BackendUnavailableError, torch.OutOfMemoryError) as exc:
+        except (metasr.BackendUnavailableError, OutOfMemoryError) as exc:
             out["im2col_error"] = str(exc).strip().splitlines()[-1][:200]
         torch.cuda.empty_cache()
     return out

@@ -2,7 +2,8 @@
 
 Without a GPU, the Triton kernels run through the Triton interpreter: TRITON_INTERPRET must be
 set before any kernel module is imported (Triton reads it when the kernels are defined).
-Outputs are NaN-poisoned before backends write them, so a pixel a kernel skips fails the test.
+Every buffer the backends' kernels fill is NaN-poisoned first (the :func:`poison_outputs`
+fixture, flash-linear-attention's trick), so a pixel a kernel skips fails the test.
 """
 
 from __future__ import annotations
@@ -14,9 +15,30 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ["METASR_POISON_OUTPUTS"] = "1"
 # Tests pick backends explicitly; a user's override must not leak in.
 os.environ.pop("METASR_BACKEND", None)
+
+from metasr.ops import memory  # noqa: E402  (after TRITON_INTERPRET is set)
+
+
+def nan_output(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """:func:`metasr.ops.memory.empty_output`, but NaN-filled."""
+    return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backends allocate through ``memory.empty_output``; in tests it returns NaN."""
+    monkeypatch.setattr(memory, "empty_output", nan_output)
+
+
+@pytest.fixture
+def no_tf32():
+    """Exact float32 convolutions and matmuls on CUDA, as the float32 tolerances assume."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,15 +1,22 @@
-"""Every backend against the spec (``naive``): forward, gradients, dtypes, awkward scales."""
+"""Every backend against the spec (``naive``): forward, gradients, dtypes, awkward scales.
+
+Tolerances are the backends' own ``TOLERANCES`` tables (per compute dtype, against the float64
+spec). Outputs start as NaN in tests (``tests/conftest.py``), so a skipped pixel fails.
+"""
 
 from __future__ import annotations
 
-import numpy as np
+import copy
+
 import pytest
 import torch
 
 import metasr
 from metasr.geometry import build_geometry
-from metasr.ops.meta_upscale._common import MLPParams, new_output
+from metasr.ops import memory
+from metasr.ops.meta_upscale import im2col, naive, torch_chunked
 from metasr.ops.meta_upscale.naive import meta_upscale_naive
+from metasr.ops.meta_upscale.params import MLPParams
 from metasr.ops.meta_upscale.torch_chunked import meta_upscale_torch
 
 SCALES = [
@@ -30,6 +37,32 @@ TORCH_VARIANTS = {
     "torch-per_phase": {"order": "per_phase"},
     "torch-ff": {"order": "features_first"},
 }
+
+
+#: Each variant's ``{dtype: (rtol, atol)}`` against the float64 spec, from its backend's module.
+TOLERANCES = {
+    "naive": naive.TOLERANCES,
+    "im2col": im2col.TOLERANCES,
+    "torch": torch_chunked.TOLERANCES,
+    **dict.fromkeys(TORCH_VARIANTS, torch_chunked.TOLERANCES),
+}
+
+
+def assert_matches_spec(
+    actual: torch.Tensor, expected: torch.Tensor, variant: str, what: str = ""
+) -> None:
+    """``actual`` against the float64 spec ``expected``, with ``variant``'s tolerance for
+    ``actual``'s dtype; ``atol`` scales with the reference's magnitude (gradients of the MLP sum
+    over every output pixel, so their scale grows with the output size)."""
+    rtol, atol = TOLERANCES[variant][actual.dtype]
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(
+        actual.double().cpu(),
+        expected.double().cpu(),
+        rtol=rtol,
+        atol=atol * scale,
+        msg=lambda m: f"{variant} {actual.dtype} {what}: {m}",
+    )
 
 
 def make_phi(cin: int, cout: int, k: int = 3, hidden: int = 16, enc: str = "asymmetric", seed=0):
@@ -69,9 +102,9 @@ def test_float64_forward_and_grads_match_spec(variant, call):
     ref = metasr.meta_upscale(x, phi, backend="naive", **call)
     out = run(variant, x, phi, call)
     assert out.shape == ref.shape and out.dtype == torch.float64
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    for g, g_ref in zip(grads(out, x, phi), grads(ref, x, phi), strict=True):
-        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
+    assert_matches_spec(out, ref, variant, "y")
+    for i, (g, g_ref) in enumerate(zip(grads(out, x, phi), grads(ref, x, phi), strict=True)):
+        assert_matches_spec(g, g_ref, variant, f"grad {i}")
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
@@ -82,9 +115,9 @@ def test_kernel_sizes_and_channels(variant, k):
     call = {"scale": (2.5, 1.7)}
     ref = metasr.meta_upscale(x, phi, backend="naive", **call)
     out = run(variant, x, phi, call)
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    for g, g_ref in zip(grads(out, x, phi), grads(ref, x, phi), strict=True):
-        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
+    assert_matches_spec(out, ref, variant, "y")
+    for i, (g, g_ref) in enumerate(zip(grads(out, x, phi), grads(ref, x, phi), strict=True)):
+        assert_matches_spec(g, g_ref, variant, f"grad {i}")
 
 
 @pytest.mark.parametrize("call", [SCALES[1], SCALES[4], SCALES[6], SCALES[7]])
@@ -98,23 +131,35 @@ def test_float32_matches_float64_spec(variant, call):
     x32 = x64.detach().float().requires_grad_()
     out = run(variant, x32, phi32, call)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
-    for g, g_ref in zip(grads(out, x32, phi32), ref_grads, strict=True):
-        scale = g_ref.abs().max().item()
-        torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-4 * max(scale, 1.0))
+    assert_matches_spec(out, ref, variant, "y")
+    for i, (g, g_ref) in enumerate(zip(grads(out, x32, phi32), ref_grads, strict=True)):
+        assert_matches_spec(g, g_ref, variant, f"grad {i}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("variant", ["im2col", "torch-auto", "torch-ff"])
-def test_half_precision_against_float32(variant, dtype):
-    phi = make_phi(4, 3, hidden=32).float()
-    x = torch.randn(2, 4, 6, 7)
+@pytest.mark.parametrize("variant", ["naive", "im2col", *TORCH_VARIANTS])
+def test_half_precision_matches_float64_spec(variant, dtype):
+    # The spec runs in float64 on the same (already rounded) inputs and parameters, so the
+    # difference is the backend's own half-precision arithmetic.
+    phi = make_phi(4, 3, hidden=32).to(dtype)
+    x = torch.randn(2, 4, 6, 7).to(dtype).requires_grad_()
+    phi64 = copy.deepcopy(phi).double()
+    x64 = x.detach().double().requires_grad_()
     call = {"scale": (2.3, 3.0)}
-    ref = run(variant, x, phi, call)
-    out = run(variant, x.to(dtype), phi.to(dtype), call)
-    assert out.dtype == dtype and torch.isfinite(out).all()
-    err = (out.float() - ref).abs().max() / ref.abs().max()
-    assert err < (1e-2 if dtype == torch.float16 else 3e-2), float(err)
+    ref = metasr.meta_upscale(x64, phi64, backend="naive", **call)
+    out = run(variant, x, phi, call)
+    assert out.dtype == dtype
+    assert_matches_spec(out, ref, variant, "y")
+    names = ["x", *(name for name, _ in phi.named_parameters())]
+    got, want = grads(out, x, phi), grads(ref, x64, phi64)
+    for name, g, g_ref in zip(names, got, want, strict=True):
+        if name.startswith("meta_block.0."):
+            # The first layer's gradient goes through ReLU'(pre): a pre-activation within
+            # half-precision rounding of 0 flips that unit on or off for a whole phase, a
+            # discontinuity no tolerance covers (naive and im2col in bfloat16 are off by ~0.1
+            # here). Float32 and float64 check it.
+            continue
+        assert_matches_spec(g, g_ref, variant, f"grad {name}")
 
 
 def test_mixed_dtypes_follow_input_and_autocast():
@@ -126,7 +171,7 @@ def test_mixed_dtypes_follow_input_and_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out_ac = metasr.meta_upscale(x, phi, scale=2.5)
     assert out_ac.dtype == torch.bfloat16
-    torch.testing.assert_close(out_ac.float(), ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
+    assert_matches_spec(out_ac, ref, "torch", "autocast y")  # ref: float32, within 1e-5
     # gradients flow through autocast back to float32 parameters
     out_ac = None
     x.requires_grad_()
@@ -165,10 +210,10 @@ def test_official_encoding_all_backends():
     x = torch.randn(1, 3, 5, 4, dtype=torch.float64)
     ref = metasr.meta_upscale(x, phi, scale=2.7, backend="naive")
     for b in ("im2col", "torch"):
-        torch.testing.assert_close(metasr.meta_upscale(x, phi, scale=2.7, backend=b), ref)
+        assert_matches_spec(metasr.meta_upscale(x, phi, scale=2.7, backend=b), ref, b)
     ref = metasr.meta_upscale(x, phi, scale=2.7, backend="naive", arithmetic="official")
     out = metasr.meta_upscale(x, phi, scale=2.7, backend="torch", arithmetic="official")
-    torch.testing.assert_close(out, ref)
+    assert_matches_spec(out, ref, "torch", "official arithmetic")
 
 
 def test_module_and_scale_per_call():
@@ -193,7 +238,7 @@ def test_seed_geometry_full_size_features_first_vs_im2col():
     ref = metasr.meta_upscale(x, phi, size=(721, 1440), backend="im2col")
     out = run("torch-ff", x, phi, {"size": (721, 1440)})
     assert out.shape == (2, 1, 721, 1440)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    assert_matches_spec(out, ref, "torch-ff", "y vs im2col")  # float32 each; spec too slow here
 
 
 def test_seed_scale_spec_on_a_crop():
@@ -203,7 +248,7 @@ def test_seed_scale_spec_on_a_crop():
     call = {"scale": (721 / 96, 10)}
     ref = metasr.meta_upscale(x, phi, backend="naive", **call)
     for variant in ("torch-ff", "torch-auto", "im2col"):
-        torch.testing.assert_close(run(variant, x, phi, call), ref)
+        assert_matches_spec(run(variant, x, phi, call), ref, variant)
 
 
 def test_backend_env_override(monkeypatch):
@@ -216,7 +261,7 @@ def test_backend_env_override(monkeypatch):
         metasr.meta_upscale(x, phi, scale=2)
     # an explicit backend wins over the variable
     out = metasr.meta_upscale(x, phi, scale=2, backend="im2col")
-    torch.testing.assert_close(out, ref)
+    assert_matches_spec(out, ref, "im2col")
 
 
 def test_backends_listing():
@@ -298,32 +343,60 @@ def test_device_mismatch_meta():
         metasr.meta_upscale(torch.randn(1, 3, 4, 4, device="meta"), phi, scale=2)
 
 
+def test_memory_helpers():
+    # One name for the out-of-memory error on every supported torch (torch.OutOfMemoryError is
+    # recent); the probe answers for the CPU on Linux and declines for devices it cannot query.
+    assert memory.OutOfMemoryError is torch.cuda.OutOfMemoryError
+    assert issubclass(memory.OutOfMemoryError, RuntimeError)
+    free = memory.available_memory_bytes(torch.device("cpu"))
+    assert free is None or free > 0
+    assert memory.available_memory_bytes(torch.device("meta")) is None
+
+
 def test_poisoned_outputs_are_fully_written():
-    # conftest sets METASR_POISON_OUTPUTS=1: the output buffer starts as NaN.
+    # conftest's poison_outputs fixture: every output buffer starts as NaN in tests.
+    assert torch.isnan(memory.empty_output((2,), torch.zeros(1))).all()
     phi = make_phi(3, 2).float()
     x = torch.randn(2, 3, 7, 9)
     for call in ({"scale": 2.3}, {"size": (17, 31)}, {"scale": (1.5, 4)}):
         y = run("torch-ff", x, phi, call)
         assert torch.isfinite(y).all()
-    assert np.isnan(new_output((2,), torch.zeros(1)).numpy()).all()
+
+
+def test_skipped_pixels_are_caught():
+    """The poisoning reaches the backends: the features-first contraction told about only two
+    of three LR rows (×2, so output rows 4 and 5 are never written) leaves those rows NaN."""
+    from metasr.ops.meta_upscale.torch_chunked import _FeaturesFirstContraction
+
+    hid, O = 4, 2
+    z = torch.randn(1, 3, 3, O, hid + 1)  # (N, h, w, O, hid + 1)
+    a, bc, c = torch.randn(6, hid), torch.randn(2, hid), torch.randn(hid)
+    col_idx = torch.tensor([0, 0, 1, 1, 2, 2])
+    col_phase = torch.tensor([0, 1, 0, 1, 0, 1])
+    cells = ((0, 0, 2), (1, 2, 4))  # (LR row, first output row, end); LR row 2 is left out
+    y = _FeaturesFirstContraction.apply(z, a, bc, c, col_idx, col_phase, cells)
+    assert torch.isnan(y[:, :, 4:]).all()
+    assert not torch.isnan(y[:, :, :4]).any()
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("call", [SCALES[0], SCALES[3], SCALES[5], SCALES[8]])
 @pytest.mark.parametrize("backend", ["im2col", "torch"])
-def test_cuda_matches_cpu_spec(backend, call, dtype):
-    phi = make_phi(8, 3, hidden=64)
-    x = torch.randn(2, 8, 12, 10, dtype=torch.float64, requires_grad=True)
-    ref = metasr.meta_upscale(x, phi, backend="im2col", **call)
-    ref_grads = grads(ref, x, phi)
-    phi_c = make_phi(8, 3, hidden=64).to("cuda", dtype)
-    x_c = x.detach().to("cuda", dtype).requires_grad_()
-    out = metasr.meta_upscale(x_c, phi_c, backend=backend, **call)
+def test_cuda_matches_cpu_spec(backend, call, dtype, no_tf32):
+    # The reference runs in float64 on the CPU, on the inputs and parameters rounded to `dtype`
+    # (im2col: the float64 tests above pin it to the spec, and the loop spec is slow here).
+    phi = make_phi(8, 3, hidden=64).to("cuda", dtype)
+    x = torch.randn(2, 8, 12, 10).to("cuda", dtype).requires_grad_()
+    phi64 = copy.deepcopy(phi).to("cpu", torch.float64)
+    x64 = x.detach().to("cpu", torch.float64).requires_grad_()
+    ref = metasr.meta_upscale(x64, phi64, backend="im2col", **call)
+    out = metasr.meta_upscale(x, phi, backend=backend, **call)
     assert out.dtype == dtype and out.is_cuda
-    tol = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}[dtype]
-    scale = ref.abs().max().item()
-    torch.testing.assert_close(out.double().cpu(), ref, rtol=tol, atol=tol * scale)
-    for g, g_ref in zip(grads(out, x_c, phi_c), ref_grads, strict=True):
-        s = g_ref.abs().max().item()
-        torch.testing.assert_close(g.double().cpu(), g_ref, rtol=tol * 4, atol=tol * 4 * s)
+    assert_matches_spec(out, ref, backend, "y")
+    names = ["x", *(name for name, _ in phi.named_parameters())]
+    got, want = grads(out, x, phi), grads(ref, x64, phi64)
+    for name, g, g_ref in zip(names, got, want, strict=True):
+        if dtype != torch.float32 and name.startswith("meta_block.0."):
+            continue  # ReLU' at rounded pre-activations: see the CPU half-precision test
+        assert_matches_spec(g, g_ref, backend, f"grad {name}")

@@ -10,7 +10,6 @@ one after another in the same invocation, so the ratios in the table are side by
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -119,7 +118,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     import metasr
     from metasr.geometry import build_geometry
-    from metasr.ops.meta_upscale._common import MLPParams
+    from metasr.ops.memory import OutOfMemoryError
+    from metasr.ops.meta_upscale.params import MLPParams
     from metasr.ops.meta_upscale.torch_chunked import meta_upscale_torch
 
     cfg = CONFIGS[spec["config"]]
@@ -168,7 +168,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         reason = [ln for ln in str(exc).splitlines() if ln.strip().startswith(backend + ":")]
         res.error = reason[0].strip() if reason else str(exc).splitlines()[0]
         return asdict(res)
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+    except (OutOfMemoryError, MemoryError, RuntimeError) as exc:
         res.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return asdict(res)
     times = [first]
@@ -288,13 +288,11 @@ def run_benchmarks(
 
 def _spawn(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "metasr.bench", "--worker", json.dumps(spec)]
-    env = dict(os.environ)
-    env.pop("METASR_POISON_OUTPUTS", None)
     fail = asdict(
         Result(spec["config"], spec["mode"], spec["backend"], spec["dtype"], spec["device"], False)
     )
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         fail["error"] = f"timed out after {timeout_s:.0f} s"
         return fail

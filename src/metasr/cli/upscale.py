@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoints import load_model
     from ..inference import upscale_raster
     from ..io import check_writable, read_raster, write_raster
+    from ..ops.memory import OutOfMemoryError
     from ..tiling import DEFAULT_OVERLAP
 
     scale = parse_scale_arg(args.scale) if args.scale is not None else None
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=show,
             )
         except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
-            if not isinstance(exc, torch.OutOfMemoryError) and "allocate" not in str(exc):
+            if not isinstance(exc, OutOfMemoryError) and "allocate" not in str(exc):
                 raise
             raise CLIError(
                 f"{src}: out of {device.type} memory; try --tile 512 (or smaller)"

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ...geometry import Arithmetic, Region, build_geometry
-from ._common import MLPParams
 from ._dispatch import select_backend
+from .params import MLPParams
 
 __all__ = ["meta_upscale"]
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ...geometry import Geometry
-from ._common import MLPParams, available_memory_bytes
+from ..memory import available_memory_bytes
+from .params import MLPParams
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailableError", "backends", "select_backend"]
 

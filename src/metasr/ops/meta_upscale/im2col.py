@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from ...geometry import Geometry
-from ._common import MLPParams, lr_linear_index, positions_tensor
+from .params import MLPParams
+from .tables import lr_linear_index, positions_tensor
 
+#: (rtol, atol) against the float64 spec, as :data:`.naive.TOLERANCES` (float32 on CUDA: with
+#: TF32 off).
 TOLERANCES = {
     torch.float64: (1e-10, 1e-10),
     torch.float32: (1e-4, 1e-5),

@@ -26,8 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from ...geometry import Geometry
-from ._common import MLPParams, as_float, as_index, new_output, phases
+from .. import memory
+from .params import MLPParams, features_first_z, separable_first_layer
+from .tables import as_float, as_index, phases
 
+#: (rtol, atol) against the float64 spec, as :data:`.naive.TOLERANCES` (float32 on CUDA: with
+#: cuDNN's TF32 off). On CPU, float16/bfloat16 compute in float32 and only round the inputs and
+#: the output, well inside these bounds.
 TOLERANCES = {
     torch.float64: (1e-10, 1e-10),
     torch.float32: (1e-4, 1e-5),
@@ -109,24 +114,18 @@ def _features_first(
     col_phase: np.ndarray,
 ) -> torch.Tensor:
     """LR convolution to ``Z`` then the row-by-row contraction. Shapes as the public function."""
-    N, C, h, w = x.shape
-    k, O, hid = params.kernel_size, params.out_channels, params.hidden
+    N, _, h, w = x.shape
+    O, hid = params.out_channels, params.hidden
     K = hid + 1  # hid channels of Z plus the bias map B, contracted with a constant 1
-    wz = params.w2.view(C, k, k, O, hid).permute(3, 4, 0, 1, 2)  # (O, hid, C, k, k)
-    wb = params.b2.view(C, k, k, O).permute(3, 0, 1, 2).unsqueeze(1)  # (O, 1, C, k, k)
-    weight = torch.cat([wz, wb], dim=1).reshape(O * K, C, k, k)  # channel o·K + k
-    # channels_last makes the conv write (N, h, w, O·K) directly: one LR row of Z is then a
-    # contiguous (w·O, K) matrix per sample, with no permuted copy of Z.
-    z = F.conv2d(
-        x.contiguous(memory_format=torch.channels_last),
-        weight.contiguous(memory_format=torch.channels_last),
-        padding=k // 2,
-    )
-    z = z.permute(0, 2, 3, 1).reshape(N, h, w, O, K)  # a view when the conv honoured NHWC
+    # Channels-last Z: one LR row of it is a contiguous (w·O, K) matrix per sample.
+    z = features_first_z(x, params).permute(0, 2, 3, 1).reshape(N, h, w, O, K)
     # First MLP layer, separably: W1·(row_pos[i] + col_pos[j] + const) + b1 = A[i] + Bc[j] + c.
-    a = F.linear(as_float(geom.row_pos, x), params.w1)  # (H, hid)
-    bc = F.linear(as_float(geom.col_pos[col_first], x), params.w1)  # (Dc, hid)
-    c = F.linear(as_float(geom.const_pos[None], x), params.w1, params.b1)[0]  # (hid,)
+    a, bc, c = separable_first_layer(  # (H, hid), (Dc, hid), (hid,)
+        params,
+        as_float(geom.row_pos, x),
+        as_float(geom.col_pos[col_first], x),
+        as_float(geom.const_pos, x),
+    )
     # Output rows of one LR row form a contiguous run (the row map is non-decreasing).
     starts = np.flatnonzero(np.r_[True, np.diff(geom.row_idx) != 0])
     ends = np.r_[starts[1:], geom.H]
@@ -173,7 +172,7 @@ class _FeaturesFirstContraction(torch.autograd.Function):
         phase_mode = Dc * w <= 2 * W
         flat_idx = col_phase * w + col_idx  # (W,) index into the (Dc·w) axis
         bc_cols = bc if phase_mode else bc.index_select(0, col_phase)  # (Dc or W, hid)
-        y = new_output((N, O, H, W), z)
+        y = memory.empty_output((N, O, H, W), z)
         for r, s, e in cells:
             m = e - s
             hx = _hid_ext(a[s:e, None, :] + bc_cols[None] + c)  # (m, Dc or W, K)

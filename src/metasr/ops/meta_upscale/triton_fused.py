@@ -42,7 +42,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 try:
     import triton
@@ -54,7 +53,9 @@ except ImportError as exc:  # pragma: no cover - the dispatcher checks for trito
     ) from exc
 
 from ...geometry import Geometry
-from ._common import MLPParams, new_output, phases
+from .. import memory
+from .params import MLPParams, features_first_z, separable_first_layer
+from .tables import phases
 
 __all__ = ["TOLERANCES", "meta_upscale_triton"]
 
@@ -473,7 +474,7 @@ class _IndexMaps:
         col_ptr: ``(w+1,)`` first output column of each LR column.
         col_phase: ``(W,)`` column phase (index into ``Bc``).
         phase_perm: ``(W,)`` columns sorted by phase.  phase_seg: ``(Dc+1,)`` phase starts.
-        row_pos: ``(H, P)``, col_pos: ``(Dc, P)`` (one row per phase), const_pos: ``(1, P)``:
+        row_pos: ``(H, P)``, col_pos: ``(Dc, P)`` (one row per phase), const_pos: ``(P,)``:
             the position encoding's parts, float32.
         col_ptr_host: ``col_ptr`` on the host, for choosing tile sizes without a device sync.
     """
@@ -568,7 +569,7 @@ def _build_index_maps(geom: Geometry, device: torch.device) -> _IndexMaps:
         phase_seg=ints(seg),
         row_pos=floats(geom.row_pos),
         col_pos=floats(geom.col_pos[col_first]),
-        const_pos=floats(geom.const_pos[None]),
+        const_pos=floats(geom.const_pos),
         col_ptr_host=col_ptr,
     )
 
@@ -639,7 +640,7 @@ def _launch_fwd(
     """``y (N, O, H, W)`` in z's dtype from channels-last ``z`` and float32 ``ac``, ``bc``."""
     N = z.shape[0]
     h, w, H, W = maps.h, maps.w, maps.H, maps.W
-    y = new_output((N, O, H, W), z)
+    y = memory.empty_output((N, O, H, W), z)
     half = z.dtype in (torch.float16, torch.bfloat16)
     if half and max(16, _pow2(hid)) <= _DOT_MAX_HID:
         hid_p, block_q, block_o, block_j = _dot_tiles(maps, hid, O)
@@ -710,7 +711,7 @@ def _launch_dz(
     block_k = min(_pow2(hid), _DZ_MAX_BLOCK_K)
     block_q = _DZ_BLOCK_Q
     # Allocated as (N, h, w, O·K) and viewed as NCHW: exactly z's channels-last strides.
-    dz = new_output((N, h, w, O * (hid + 1)), like_z).permute(0, 3, 1, 2)
+    dz = memory.empty_output((N, h, w, O * (hid + 1)), like_z).permute(0, 3, 1, 2)
     grid = (
         triton.cdiv(w, block_q),
         h,
@@ -760,8 +761,8 @@ def _launch_dpre(
     n_groups = max(1, min(h, triton.cdiv(_num_programs_target(z.device), n_jb * n_kb)))
     rows_per_group = triton.cdiv(h, n_groups)
     n_groups = triton.cdiv(h, rows_per_group)
-    dac_part = new_output((n_jb, H, hid), ac)
-    dbc_part = new_output((n_groups, W, hid), ac)
+    dac_part = memory.empty_output((n_jb, H, hid), ac)
+    dbc_part = memory.empty_output((n_groups, W, hid), ac)
     _dpre_kernel[(n_jb, n_groups, n_kb)](
         z,
         dy,
@@ -787,7 +788,7 @@ def _launch_dpre(
         num_warps=_NUM_WARPS,
     )
     dac = dac_part.sum(0)  # torch reductions are deterministic
-    dbc = new_output((maps.num_phases, hid), ac)
+    dbc = memory.empty_output((maps.num_phases, hid), ac)
     block_k2 = min(_pow2(hid), 128)
     _phase_sum_kernel[(maps.num_phases, triton.cdiv(hid, block_k2))](
         dbc_part,
@@ -878,25 +879,9 @@ def meta_upscale_triton(x: torch.Tensor, params: MLPParams, geom: Geometry) -> t
     Returns:
         ``(N, Cout, H, W)`` in ``x``'s dtype.
     """
-    z = _z_conv(x, params)
+    z = features_first_z(x, params)
     ac, bc, maps = _first_layer(params, geom, x.device)
     return _FusedContraction.apply(z, ac, bc, maps, params.hidden, params.out_channels)
-
-
-def _z_conv(x: torch.Tensor, params: MLPParams) -> torch.Tensor:
-    """``Z = conv2d(x, [W2 | b2])``: ``(N, Cout·(hid+1), h, w)`` with channels-last strides.
-
-    Output channel ``o·(hid+1) + kk`` holds the ``W2`` rows of hidden unit ``kk < hid`` for output
-    channel ``o``; ``kk = hid`` is the "bias map" convolved with ``b2``.
-    """
-    C, k, O, hid = params.in_channels, params.kernel_size, params.out_channels, params.hidden
-    wz = params.w2.view(C, k, k, O, hid).permute(3, 4, 0, 1, 2)  # (O, hid, C, k, k)
-    wb = params.b2.view(C, k, k, O).permute(3, 0, 1, 2).unsqueeze(1)  # (O, 1, C, k, k)
-    weight = torch.cat([wz, wb], dim=1).reshape(O * (hid + 1), C, k, k)
-    # Channels-last input makes cuDNN write Z channels-last directly, the layout the kernels read;
-    # the second call is then a no-op (it copies only in ambiguous cases such as Cin = 1).
-    z = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight, padding=k // 2)
-    return z.contiguous(memory_format=torch.channels_last)
 
 
 def _first_layer(
@@ -909,9 +894,6 @@ def _first_layer(
     small linear maps (``dc`` is the sum of ``dac``).
     """
     maps = _index_maps(geom, device)
-    w1 = params.w1.float()
-    a = F.linear(maps.row_pos, w1)  # (H, hid)
-    c = F.linear(maps.const_pos, w1, params.b1.float())  # (1, hid)
-    ac = (a + c).contiguous()
-    bc = F.linear(maps.col_pos, w1).contiguous()  # (Dc, hid)
-    return ac, bc, maps
+    # float32 positions: the parameters are cast to float32 for these maps.
+    a, bc, c = separable_first_layer(params, maps.row_pos, maps.col_pos, maps.const_pos)
+    return (a + c).contiguous(), bc.contiguous(), maps
