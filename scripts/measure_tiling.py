@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from metasr import hub
-from metasr.cli.upscale import parse_scale_arg
+from metasr.data.scales import parse_scale_spec
 from metasr.tiling import DEFAULT_OVERLAP
 from metasr.weights import DEFAULT_CHECKPOINT
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.images:
             x = photo(name)
             for s in args.scales:
-                scale = parse_scale_arg(s)
+                scale = parse_scale_spec(s)
                 whole = hub.upscale_array(loaded, x, scale=scale)
                 tiled = hub.upscale_array(
                     loaded, x, scale=scale, tile=args.tile, overlap=args.overlap
