@@ -39,7 +39,7 @@ from torch import nn
 from . import metrics
 from .data.datasets import bicubic_pair
 from .data.resize import imresize
-from .data.scales import Scale, format_scale, to_scale
+from .data.scales import Scale, format_scale, lq_size_for, to_scale
 from .geometry import resolve_output_size
 
 __all__ = [
@@ -232,32 +232,32 @@ def evaluate(
     labels = list(names) if names is not None else [str(i) for i in range(len(images))]
     if len(labels) != len(images):
         raise ValueError(f"{len(labels)} names for {len(images)} images")
-    is_image = kind == "image"
+    # Resolve every (setting, image) to a scale first, so that an image too small for a scale
+    # fails before any model runs.
+    plan: list[tuple[str, str, torch.Tensor, Scale]] = []
+    for setting, label in settings:
+        for name, hr in zip(labels, images, strict=True):
+            if isinstance(setting, LQSize):
+                _, _, r_v, r_h = resolve_output_size(
+                    setting.h, setting.w, size=(hr.shape[-2], hr.shape[-1])
+                )
+                scale: Scale = (r_v, r_h)
+            else:
+                scale = setting
+            lq_size_for(hr.shape[-2], hr.shape[-1], scale)
+            plan.append((label, name, hr, scale))
     rows: list[dict[str, Any]] = []
-    total = len(settings) * len(images)
-    with tqdm(total=total, desc="eval", unit="img", disable=not progress) as bar:
-        for setting, label in settings:
-            for name, hr in zip(labels, images, strict=True):
-                if isinstance(setting, LQSize):
-                    _, _, r_v, r_h = resolve_output_size(
-                        setting.h, setting.w, size=(hr.shape[-2], hr.shape[-1])
-                    )
-                    scale: Scale = (r_v, r_h)
-                else:
-                    scale = setting
-                lq, gt = bicubic_pair(hr, scale)
-                if is_image:
-                    lq = metrics.quantize_8bit(lq)
-                size = (gt.shape[-2], gt.shape[-1])
-                row: dict[str, Any] = {"scale": label, "image": name, "r_v": scale[0]}
-                row["r_h"] = scale[1]
-                sr = up.fn(lq[None], scale, size)[0]
-                row.update(score(sr, gt, scale, kind, metric_names))
-                if bicubic:
-                    base = score(_bicubic(lq, scale, size), gt, scale, kind, metric_names)
-                    row.update({f"bicubic_{k}": v for k, v in base.items()})
-                rows.append(row)
-                bar.update(1)
+    for label, name, hr, scale in tqdm(plan, desc="eval", unit="img", disable=not progress):
+        lq, gt = bicubic_pair(hr, scale)
+        if kind == "image":
+            lq = metrics.quantize_8bit(lq)
+        size = (gt.shape[-2], gt.shape[-1])
+        row: dict[str, Any] = {"scale": label, "image": name, "r_v": scale[0], "r_h": scale[1]}
+        row.update(score(up.fn(lq[None], scale, size)[0], gt, scale, kind, metric_names))
+        if bicubic:
+            base = score(_bicubic(lq, scale, size), gt, scale, kind, metric_names)
+            row.update({f"bicubic_{k}": v for k, v in base.items()})
+        rows.append(row)
     return rows
 
 
