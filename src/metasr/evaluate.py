@@ -21,9 +21,12 @@ per-scale table (one row per scale, in first-seen order, plus the mean over scal
 
 Example::
 
-    from metasr import evaluate, hub
-    rows = evaluate.evaluate(hub.load_model("default"), [hr], ["2", (1.5, 4)], bicubic=True)
-    print(metasr.metrics.format_table(evaluate.summarize(rows), ["scale", "psnr", "delta_psnr"]))
+    from metasr import hub
+    from metasr.evaluate import evaluate, summarize
+    from metasr.metrics import format_table
+
+    rows = evaluate(hub.load_model("default"), [hr], ["2", (1.5, 4)], bicubic=True)
+    print(format_table(summarize(rows), ["scale", "psnr", "bicubic_psnr", "delta_psnr"]))
 """
 
 from __future__ import annotations
