@@ -24,8 +24,8 @@ import torch
 
 from metasr.assets import SAMPLE_IMAGE
 from metasr.checkpoints import load_model
-from metasr.cli.upscale import parse_scale_arg
 from metasr.data.resize import imresize
+from metasr.data.scales import parse_scale_spec
 from metasr.inference import upscale_raster
 from metasr.io import read_raster, write_raster
 
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    scale = parse_scale_arg(args.scale)
-    r_v, r_h = scale if isinstance(scale, tuple) else (scale, scale)
+    r_v, r_h = parse_scale_spec(args.scale)
     try:
         loaded = load_model(args.model, device=args.device)
     except (FileNotFoundError, ValueError) as exc:

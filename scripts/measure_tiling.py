@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from metasr.checkpoints import load_model
-from metasr.cli.upscale import parse_scale_arg
+from metasr.data.scales import parse_scale_spec
 from metasr.inference import upscale_array
 from metasr.tiling import DEFAULT_OVERLAP
 from metasr.weights import DEFAULT_CHECKPOINT
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.images:
             x = photo(name)
             for s in args.scales:
-                scale = parse_scale_arg(s)
+                scale = parse_scale_spec(s)
                 whole = upscale_array(loaded, x, scale=scale)
                 tiled = upscale_array(loaded, x, scale=scale, tile=args.tile, overlap=args.overlap)
                 diff = float(np.abs(whole - tiled).max())

@@ -326,16 +326,30 @@ def test_basicsr_checkpoint_from_metasr_training(tmp_path, capsys):
     assert np.abs(got - want).max() <= ONE_CODE
 
 
-def test_registry_name_and_backend(tmp_path, capsys):
+def test_registry_name_and_backend(tmp_path, capsys, monkeypatch):
+    import metasr.ops.meta_upscale as ops
+
+    requested = []
+    real = ops.select_backend
+
+    def spy(backend, *args, **kwargs):  # which backend the head actually ran with
+        chosen = real(backend, *args, **kwargs)
+        requested.append((backend, chosen.name))
+        return chosen
+
+    monkeypatch.setattr(ops, "select_backend", spy)
     Image.fromarray(smooth_image(12, 14)).save(tmp_path / "a.png")
-    with pytest.warns(UserWarning, match="random weights"):
-        rc, _, err = run(
-            ["upscale", tmp_path / "a.png", "-o", tmp_path / "b.png", "--scale", "1.5", "-q",
-             "--model", "meta_edsr_tiny", "--backend", "torch"],
-            capsys,
-        )  # fmt: skip
-    assert rc == 0, err
-    assert Image.open(tmp_path / "b.png").size == (21, 18)
+    for backend in ("torch", "im2col"):
+        requested.clear()
+        with pytest.warns(UserWarning, match="random weights"):
+            rc, _, err = run(
+                ["upscale", tmp_path / "a.png", "-o", tmp_path / "b.png", "--scale", "1.5", "-q",
+                 "--model", "meta_edsr_tiny", "--backend", backend],
+                capsys,
+            )  # fmt: skip
+        assert rc == 0, err
+        assert Image.open(tmp_path / "b.png").size == (21, 18)
+        assert requested and set(requested) == {(backend, backend)}
     with pytest.warns(UserWarning):
         assert load_model("meta_edsr_tiny", backend="im2col").model.backend == "im2col"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +145,62 @@ def test_parse_and_format_scales():
     for bad in ["", "two", "1x2x3", "0.5", "2,,x"]:
         with pytest.raises(ValueError):
             parse_scale_list(bad)
+
+
+def test_one_scale_grammar():
+    from metasr.data import parse_scale_spec, parse_size_list, parse_size_spec, to_scale
+
+    assert parse_scale_spec("2") == (2.0, 2.0)
+    assert parse_scale_spec(" 2.5 ") == (2.5, 2.5)
+    for text in ("3.5x2", "3.5X2", "3.5×2", "3.5*2", " 3.5 x 2 "):
+        assert parse_scale_spec(text) == (3.5, 2.0), text
+    assert parse_scale_spec("1e1x2.") == (10.0, 2.0)
+    for bad, message in [
+        ("3.5,2", "bad scale '3.5,2'"),  # a comma separates scales: not one scale
+        ("inf", "bad scale"),
+        ("nan", "bad scale"),
+        ("1x2x3", "bad scale"),
+        ("0.5", ">= 1"),
+        ("2x0.9", ">= 1"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse_scale_spec(bad)
+    # "3.5,2" means the same wherever a list is accepted: two scales, never one pair.
+    two = [(3.5, 3.5), (2.0, 2.0)]
+    assert parse_scale_list("3.5,2") == two
+    assert build_scale_sampler("3.5,2").max_scale == (3.5, 3.5)
+    assert {build_scale_sampler("3.5,2").sample(random.Random(i)) for i in range(20)} == set(two)
+    assert to_scale("3.5x2") == (3.5, 2.0) and to_scale([3.5, 2]) == (3.5, 2.0)
+    with pytest.raises(ValueError):
+        to_scale("3.5,2")
+    # Sizes have their own grammar (integers, HEIGHTxWIDTH) and are never read as factors.
+    assert parse_size_spec("721x1440") == (721, 1440)
+    assert parse_size_list("96x144, 48X72") == [(96, 144), (48, 72)]
+    for bad in ["721", "7.5x10", "0x5", "10x", ""]:
+        with pytest.raises(ValueError, match="size"):
+            parse_size_list(bad) if bad == "" else parse_size_spec(bad)
+
+
+def test_deprecated_comma_pair():
+    from metasr.data import parse_scale_spec
+
+    with pytest.warns(FutureWarning, match="write 3.5x2"):
+        assert parse_scale_spec("3.5,2", comma_pair=True) == (3.5, 2.0)
+    with pytest.raises(ValueError):
+        parse_scale_spec("3.5,2,1", comma_pair=True)
+    with pytest.raises(ValueError):
+        parse_scale_spec("3.5x2,1", comma_pair=True)
+
+
+def test_test_dataset_reads_scale_lists_with_the_same_grammar(photos):
+    ds = ArbitraryScaleTestDataset(dataroot_gt=str(photos / "val"), scales="3.5,2,1.5x4")
+    assert ds.scales == [(3.5, 3.5), (2.0, 2.0), (1.5, 4.0)]
+
+
+def test_scripts_do_not_import_cli_modules():
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    for path in scripts.glob("*.py"):
+        assert not re.search(r"^\s*(from|import) metasr\.cli", path.read_text(), re.M), path
 
 
 def test_meta_sr_grid():

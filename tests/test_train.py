@@ -291,7 +291,7 @@ def test_clear_errors(workdir, train_opt, capsys, monkeypatch):
     _one_line_error(
         run_cli(capsys, "eval", "--model", "bicubic", "--data", "missing"),
         1,
-        r"dataroot_gt path does not exist: missing",
+        r"--data path does not exist: missing",
     )
     _one_line_error(
         run_cli(capsys, "eval", "--model", "bicubic", "--data", val, "--scales", "2,0.5"),

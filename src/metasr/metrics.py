@@ -22,7 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["border_shave", "format_table", "psnr", "rgb_to_y", "shave", "ssim"]
+__all__ = [
+    "border_shave",
+    "format_table",
+    "psnr",
+    "quantize_8bit",
+    "rgb_to_y",
+    "shave",
+    "ssim",
+]
 
 DataRange = float | Literal["gt"]
 
@@ -47,6 +55,16 @@ def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     elif t.dim() != 4:
         raise ValueError(f"expected (H, W), (C, H, W) or (N, C, H, W), got shape {tuple(t.shape)}")
     return t
+
+
+def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Round an image in 0..1 to the 256 levels of an 8-bit file, keeping its dtype and shape.
+
+    The protocol scores the image a user would save (as BasicSR's ``tensor2img``), and generated
+    LR images are rounded the same way, as an LR file saved as PNG would be. This is the one
+    place that does it: ``clamp(0, 1)``, ``·255``, round half to even, ``/255``.
+    """
+    return x.clamp(0, 1).mul(255.0).round().div(255.0)
 
 
 def rgb_to_y(x: torch.Tensor) -> torch.Tensor:

@@ -1,25 +1,16 @@
-"""``metasr train``, ``metasr test`` (BasicSR pipelines) and ``metasr eval`` (PSNR/SSIM table).
+"""``metasr train`` and ``metasr test`` (BasicSR pipelines); ``metasr eval`` is :mod:`.eval`.
 
 ``train``/``test`` run BasicSR's ``train_pipeline``/``test_pipeline`` with metasr registered
 (:mod:`metasr.integrations.basicsr`) and the current directory as BasicSR's root, so
 ``experiments/``, ``tb_logger/`` and ``results/`` land where the command is run, as with
 BasicSR's own ``basicsr/train.py``. The option file is checked first, so a missing dataset path
 or a misspelt type is one line, not a traceback from inside BasicSR.
-
-``eval`` needs no option file: ``metasr eval --model default --data photos/ --scales 2,3,1.5x4``
-loads a model (``default``, a ``.safetensors`` checkpoint, a BasicSR ``net_g_*.pth`` written by
-``MetaSRModel``, a registry name, or ``bicubic``), makes LR images with MATLAB bicubic per axis,
-and prints PSNR/SSIM per scale (Y channel for RGB, raw values for ``.npy`` fields; border
-``ceil(r_v)`` rows, ``ceil(r_h)`` columns).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -34,7 +25,7 @@ _INSTALL_HINT = "pip install --no-build-isolation basicsr==1.4.2 && pip install 
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``test`` and ``eval``."""
+    """Add ``train`` and ``test``."""
     for name, helptext, func in (
         ("train", "train a network with BasicSR from an option file", _cmd_train),
         ("test", "test a trained network with BasicSR from an option file", _cmd_test),
@@ -65,31 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="override options, e.g. train:total_iter=100",
         )
         p.set_defaults(func=func)
-
-    e = subparsers.add_parser(
-        "eval",
-        help="PSNR/SSIM of a model on a folder of images or .npy arrays at given scales",
-        description="Evaluate a model at arbitrary (asymmetric) scales: LR made by MATLAB "
-        "bicubic per axis, PSNR/SSIM on Y (RGB) or raw values, border ceil(r) per axis.",
-    )
-    e.add_argument(
-        "--model",
-        required=True,
-        help="'default', a .safetensors or BasicSR net_g_*.pth checkpoint, a registry name, "
-        "or 'bicubic'",
-    )
-    e.add_argument("--data", required=True, help="folder (or file) of HR images or .npy arrays")
-    e.add_argument(
-        "--scales", default="2,3,4", help="comma-separated scales; 1.5x4 = vertical x horizontal"
-    )
-    e.add_argument("--opt", help="option YAML whose network_g describes a .pth checkpoint")
-    e.add_argument("--bicubic", action="store_true", help="add bicubic-baseline columns")
-    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    e.add_argument("--backend", default=None, help="Meta-Upscale backend (default: auto)")
-    e.add_argument("--csv", type=Path, help="write the table as CSV")
-    e.add_argument("--json", type=Path, help="write the table as JSON")
-    e.add_argument("--plot", type=Path, help="plot PSNR per scale to a PNG (needs matplotlib)")
-    e.set_defaults(func=_cmd_eval)
 
 
 # -- option files ------------------------------------------------------------------------------
@@ -263,181 +229,3 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_test(args: argparse.Namespace) -> int:
     return _run_pipeline(args, is_train=False)
-
-
-# -- eval --------------------------------------------------------------------------------------
-
-
-class _EvalModel:
-    """What ``eval`` runs: ``fn(lq (1, C, h, w), scale, (H, W)) -> (1, C', H, W)``."""
-
-    def __init__(self, fn: Callable, in_channels: int, name: str) -> None:
-        self.fn = fn
-        self.in_channels = in_channels
-        self.name = name
-
-
-def _bicubic_fn(lq, scale, size):
-    from ..data.resize import imresize
-
-    return imresize(lq, scale=scale, size=size)
-
-
-def _load_eval_model(spec: str, opt_path: str | None, device: str, backend: str | None):
-    import torch
-
-    from ..modules import MetaUpsample
-
-    if spec == "bicubic":
-        return _EvalModel(_bicubic_fn, 0, "bicubic")
-    path = Path(spec)
-    value_range = 1.0
-    if path.suffix.lower() == ".pth" and path.is_file():
-        from ..checkpoints import load_basicsr_checkpoint, network_value_range
-
-        network_opt = None
-        if opt_path:
-            network_opt = _load_options(opt_path).get("network_g")
-            if not isinstance(network_opt, dict):
-                raise CLIError(f"{opt_path}: no 'network_g' mapping")
-        net, nopt = load_basicsr_checkpoint(path, network_opt)
-        in_channels = int(nopt.get("in_channels", nopt.get("in_chans", 3)) or 3)
-        value_range = network_value_range(net)
-    else:
-        try:
-            from ..checkpoints import load_model
-        except ImportError:
-            load_model = None
-        if load_model is not None:
-            loaded = load_model(spec, device="cpu")
-            net, in_channels, value_range = loaded.model, loaded.in_channels, loaded.value_range
-        else:  # pragma: no cover - only before metasr.hub exists
-            from .. import archs
-
-            if spec not in archs.list_models():
-                raise CLIError(f"unknown model {spec!r}: not a file or registered model")
-            net, in_channels = archs.create_model(spec), 3
-    if backend is not None:
-        for m in net.modules():
-            if isinstance(m, MetaUpsample):
-                m.backend = backend
-    net = net.to(device).eval()
-
-    def fn(lq, scale, size):
-        with torch.no_grad():
-            out = net(lq.to(device) * value_range, scale=scale)
-        return (out / value_range).float().cpu()
-
-    return _EvalModel(fn, in_channels, spec)
-
-
-def evaluate(
-    model: _EvalModel,
-    data: str,
-    scales: list[tuple[float, float]],
-    bicubic: bool = False,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """PSNR/SSIM per scale (one row each, plus a mean row) of ``model`` on ``data``."""
-    from tqdm import tqdm
-
-    from .. import metrics
-    from ..data.datasets import ArbitraryScaleTestDataset
-    from ..data.resize import imresize
-    from ..data.scales import format_scale
-
-    channels = model.in_channels if model.in_channels in (1, 3) else 3
-    ds = ArbitraryScaleTestDataset(dataroot_gt=data, scales=scales, channels=channels)
-    if model.in_channels not in (0, 1, 3) and ds.kind == "image":
-        raise CLIError(f"model takes {model.in_channels} channels; images have 1 or 3")
-    is_image = ds.kind == "image"
-    data_range: float | str = 1.0 if is_image else "gt"
-    sums: dict[str, dict[str, list[float]]] = {}
-    for idx in tqdm(range(len(ds)), desc="eval", unit="img", disable=not progress):
-        item = ds[idx]
-        scale = tuple(float(v) for v in item["scale"])
-        gt = item["gt"]
-        lq = item["lq"][None]
-        preds = {"": model.fn(lq, scale, tuple(gt.shape[-2:]))[0]}
-        if bicubic:
-            preds["bicubic_"] = imresize(lq, scale=scale, size=tuple(gt.shape[-2:]))[0]
-        row = sums.setdefault(format_scale(scale), {})
-        for prefix, sr in preds.items():
-            if tuple(sr.shape) != tuple(gt.shape):
-                raise CLIError(
-                    f"model output {tuple(sr.shape)} does not match the HR {tuple(gt.shape)} at "
-                    f"scale {format_scale(scale)}"
-                )
-            if is_image:
-                sr = sr.clamp(0, 1).mul(255.0).round().div(255.0)
-            for name, fn in (("psnr", metrics.psnr), ("ssim", metrics.ssim)):
-                val = float(fn(sr, gt, scale=scale, data_range=data_range)[0])
-                row.setdefault(prefix + name, []).append(val)
-    rows = []
-    for label, vals in sums.items():
-        r: dict[str, Any] = {"scale": label, "images": len(vals["psnr"])}
-        r.update({k: sum(v) / len(v) for k, v in vals.items()})
-        if bicubic:
-            r["delta_psnr"] = r["psnr"] - r["bicubic_psnr"]
-        rows.append(r)
-    mean = {"scale": "mean", "images": sum(r["images"] for r in rows)}
-    for key in rows[0]:
-        if key not in ("scale", "images"):
-            mean[key] = sum(r[key] for r in rows) / len(rows)
-    return [*rows, mean]
-
-
-def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CLIError("--plot needs matplotlib: pip install matplotlib") from None
-    body = [r for r in rows if r["scale"] != "mean"]
-    labels = [f"×{r['scale']}" for r in body]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(body) + 2), 3.2))
-    ax.plot(labels, [r["psnr"] for r in body], "o-", label=title)
-    if "bicubic_psnr" in body[0]:
-        ax.plot(labels, [r["bicubic_psnr"] for r in body], "s--", label="bicubic")
-    ax.set_xlabel("scale (vertical × horizontal)")
-    ax.set_ylabel("PSNR (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from ..data.scales import parse_scale_list
-    from ..metrics import format_table
-
-    scales = parse_scale_list(args.scales)
-    model = _load_eval_model(args.model, args.opt, args.device, args.backend)
-    rows = evaluate(model, args.data, scales, bicubic=args.bicubic)
-    cols = ["scale", "images", "psnr", "ssim"]
-    if args.bicubic:
-        cols += ["bicubic_psnr", "bicubic_ssim", "delta_psnr"]
-    print(f"model: {model.name}   data: {args.data}")
-    print(format_table(rows, cols))
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=cols)
-            writer.writeheader()
-            writer.writerows(rows)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        # JSON has no infinity (identical images give PSNR inf): write null.
-        clean = [
-            {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()}
-            for r in rows
-        ]
-        payload = {"model": model.name, "data": str(args.data), "results": clean}
-        args.json.write_text(json.dumps(payload, indent=2))
-    if args.plot:
-        _plot(rows, args.plot, model.name)
-    return 0

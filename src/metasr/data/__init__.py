@@ -13,8 +13,14 @@ Needs only torch and numpy to import; Pillow is loaded when an image is read.
 
 from __future__ import annotations
 
+from .datasets import (
+    ArbitraryScaleDataset,
+    ArbitraryScaleTestDataset,
+    BatchSpec,
+    ScaleBatchSampler,
+    bicubic_pair,
+)
 from ..io import list_files, read_array, read_image, read_sample, write_image
-from .datasets import ArbitraryScaleDataset, ArbitraryScaleTestDataset, BatchSpec, ScaleBatchSampler
 from .resize import imresize, resize_matrix
 from .scales import (
     ARBSR_ASYMMETRIC_SCALES,
@@ -24,6 +30,9 @@ from .scales import (
     format_scale,
     lq_size_for,
     parse_scale_list,
+    parse_scale_spec,
+    parse_size_list,
+    parse_size_spec,
     to_scale,
 )
 
@@ -35,12 +44,16 @@ __all__ = [
     "BatchSpec",
     "ScaleBatchSampler",
     "ScaleSampler",
+    "bicubic_pair",
     "build_scale_sampler",
     "format_scale",
     "imresize",
     "list_files",
     "lq_size_for",
     "parse_scale_list",
+    "parse_scale_spec",
+    "parse_size_list",
+    "parse_size_spec",
     "read_array",
     "read_image",
     "read_sample",

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..geometry import resolve_output_size
 from ..io import ARRAY_SUFFIXES, IMAGE_SUFFIXES, data_kind, list_files, read_sample
+from ..metrics import quantize_8bit
 from .resize import imresize
 from .scales import (
     Scale,
@@ -54,6 +55,7 @@ __all__ = [
     "ArbitraryScaleTestDataset",
     "BatchSpec",
     "ScaleBatchSampler",
+    "bicubic_pair",
 ]
 
 _EPS = 1e-6
@@ -65,6 +67,26 @@ class BatchSpec:
 
     scale: Scale
     lq_patch: int | None
+
+
+def bicubic_pair(gt: torch.Tensor, scale: Scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation protocol's LR of a whole HR image, and the HR cropped to match.
+
+    The LR has ``h = floor(H/r_v + 1e-6)`` rows and ``w = floor(W/r_h + 1e-6)`` columns and is
+    MATLAB bicubic with the nominal factors ``(1/r_v, 1/r_h)``; the HR is cropped to the model's
+    output size for that LR (:func:`~metasr.data.scales.lq_size_for`). Not quantised: callers
+    round images to 8 bits (:func:`metasr.metrics.quantize_8bit`), not ``.npy`` fields.
+
+    Args:
+        gt: ``(C, H, W)`` or ``(N, C, H, W)``, any float dtype (kept).
+        scale: ``(r_v, r_h)``.
+
+    Returns:
+        ``(lq (…, C, h, w), gt (…, C, H', W'))`` with ``H' = floor(h·r_v + 1e-6) ≤ H``.
+    """
+    h, w, H, W = lq_size_for(gt.shape[-2], gt.shape[-1], scale)
+    gt = gt[..., :H, :W]
+    return imresize(gt, scale=(1.0 / scale[0], 1.0 / scale[1]), size=(h, w)), gt
 
 
 def _merge_opts(opt: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +183,7 @@ class _ScaleDataBase(Dataset):
     def _finish(self, lq: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Quantise a generated LR image to 8 bits and apply ``mean``/``std``."""
         if self.quantize_lq:
-            lq = lq.clamp(0, 1).mul(255.0).round().div(255.0)
+            lq = quantize_8bit(lq)
         if self.mean is not None or self.std is not None:
             mean = self.mean if self.mean is not None else torch.zeros(1, 1, 1)
             std = self.std if self.std is not None else torch.ones(1, 1, 1)
@@ -182,9 +204,7 @@ class _ScaleDataBase(Dataset):
         gt_path = self.gt_paths[index]
         gt = self._load(gt_path)
         if self.lq_template is None:
-            h, w, H, W = lq_size_for(gt.shape[-2], gt.shape[-1], scale)
-            gt = gt[:, :H, :W]
-            lq = imresize(gt, scale=(1.0 / scale[0], 1.0 / scale[1]), size=(h, w))
+            lq, gt = bicubic_pair(gt, scale)
             return lq, gt, gt_path
         lq_path = self._lq_path(gt_path, scale)
         return self._load(lq_path), gt, lq_path

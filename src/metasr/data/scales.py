@@ -1,8 +1,21 @@
 """Scale factors for training and evaluation: distributions, parsing, labels.
 
-A scale is always a pair ``(r_v, r_h)`` (vertical, horizontal) of floats ≥ 1. A training batch
-shares one pair, drawn from a :class:`ScaleSampler`; option files describe samplers as dicts
-(:func:`build_scale_sampler`):
+A scale is always a pair ``(r_v, r_h)`` (vertical, horizontal) of floats ≥ 1.
+
+**Scale grammar** (the one written form, wherever a scale is typed: ``metasr upscale --scale``,
+``metasr eval --scales``, option files, scripts):
+
+* one scale is ``R`` (both axes, ``2``, ``2.5``, ``1e1``) or ``RVxRH`` (vertical × horizontal,
+  ``3.5x2``; ``x``, ``X``, ``×`` or ``*`` separate the factors): :func:`parse_scale_spec`;
+* a list of scales separates them with commas, so ``"2,3,1.5x4"`` is ×2, ×3 and 1.5×4 and
+  ``"3.5,2"`` is always *two* scales (×3.5 and ×2), never a pair: :func:`parse_scale_list`;
+* a scale spec never means a size. Sizes are integer ``HxW`` (``721x1440``) and are only accepted
+  by options that take a size (``--size`` of ``metasr upscale``: the output; ``--lq-size`` of
+  ``metasr eval``: the LR), parsed by :func:`parse_size_spec` / :func:`parse_size_list`;
+* bad input raises ``ValueError`` naming the offending item.
+
+A training batch shares one pair, drawn from a :class:`ScaleSampler`; option files describe
+samplers as dicts (:func:`build_scale_sampler`):
 
 ``{type: grid, min: 1.1, max: 4.0, step: 0.1}``
     Meta-SR's recipe: one of ×1.1, ×1.2, …, ×4.0, the same on both axes. ``symmetric: false``
@@ -20,6 +33,8 @@ from __future__ import annotations
 
 import math
 import random
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +53,9 @@ __all__ = [
     "format_scale",
     "lq_size_for",
     "parse_scale_list",
+    "parse_scale_spec",
+    "parse_size_list",
+    "parse_size_spec",
     "to_scale",
 ]
 
@@ -63,43 +81,92 @@ ARBSR_ASYMMETRIC_SCALES: tuple[Scale, ...] = (
 )
 
 
-def to_scale(value: object) -> Scale:
-    """A number, ``[r_v, r_h]`` or ``"r_v x r_h"`` string → validated ``(r_v, r_h)``."""
-    if isinstance(value, str):
-        scales = parse_scale_list(value)
-        if len(scales) != 1:
-            raise ValueError(f"expected one scale, got {value!r}")
-        return scales[0]
-    return parse_scale(tuple(value) if isinstance(value, list) else value)
+_NUMBER = r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
+_TIMES = "[xX×*]"
+_TIMES_RE = re.compile(_TIMES)
+_SCALE_SPEC = re.compile(f"{_NUMBER}(?:{_TIMES}{_NUMBER})?")
+_SIZE_SPEC = re.compile(rf"\s*(\d+)\s*{_TIMES}\s*(\d+)\s*")
+
+
+def parse_scale_spec(text: str, *, comma_pair: bool = False) -> Scale:
+    """Parse one scale: ``"2.5"`` → ``(2.5, 2.5)``, ``"3.5x2"`` → ``(3.5, 2.0)``.
+
+    See the module docstring for the grammar. ``comma_pair=True`` also accepts the deprecated
+    ``"3.5,2"`` spelling of one pair (``metasr upscale --scale`` took it before the grammar was
+    unified) with a ``FutureWarning``; everywhere else a comma separates two scales.
+
+    Raises:
+        ValueError: ``text`` is not one scale, or a factor is below 1 or not finite.
+    """
+    if comma_pair and _TIMES_RE.search(text) is None and text.count(",") == 1:
+        first, second = (_parse_factors(part) for part in text.split(","))
+        if len(first) == len(second) == 1:
+            warnings.warn(
+                f"scale {text.strip()!r}: a comma between the two factors of one scale is "
+                f"deprecated (a comma separates scales in lists); write "
+                f"{text.strip().replace(',', 'x')}",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return parse_scale((first[0], second[0]))
+    nums = _parse_factors(text)
+    return parse_scale(nums[0] if len(nums) == 1 else (nums[0], nums[1]))
+
+
+def _parse_factors(text: str) -> list[float]:
+    m = _SCALE_SPEC.fullmatch(text)
+    if m is None:
+        raise ValueError(
+            f"bad scale {text.strip()!r}: use a number (2.5) or VERTICALxHORIZONTAL (3.5x2)"
+        )
+    return [float(g) for g in m.groups() if g is not None]
 
 
 def parse_scale_list(text: str) -> list[Scale]:
-    """Parse ``"2,3,4,1.5x4"`` into ``[(2, 2), (3, 3), (4, 4), (1.5, 4)]``.
+    """Parse comma-separated scales: ``"2,3,1.5x4"`` → ``[(2, 2), (3, 3), (1.5, 4)]``.
 
-    Items are separated by commas; an item is ``r`` (symmetric) or ``r_vxr_h`` (vertical ×
-    horizontal; ``x``, ``X``, ``×`` or ``*`` separate). Raises ``ValueError`` naming the item.
+    Each item follows :func:`parse_scale_spec`; empty items are skipped.
+
+    Raises:
+        ValueError: an item is not a scale (the message names it), or there is none.
     """
-    scales: list[Scale] = []
-    for raw in text.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        parts = item.replace("×", "x").replace("X", "x").replace("*", "x").split("x")
-        try:
-            nums = [float(p) for p in parts]
-        except ValueError:
-            raise ValueError(
-                f"bad scale {item!r}: use a number (2.5) or vertical x horizontal (1.5x4)"
-            ) from None
-        if len(nums) == 1:
-            scales.append(parse_scale(nums[0]))
-        elif len(nums) == 2:
-            scales.append(parse_scale((nums[0], nums[1])))
-        else:
-            raise ValueError(f"bad scale {item!r}: at most two factors (vertical x horizontal)")
+    scales = [parse_scale_spec(item) for item in text.split(",") if item.strip()]
     if not scales:
         raise ValueError(f"no scale in {text!r}")
     return scales
+
+
+def parse_size_spec(text: str) -> tuple[int, int]:
+    """Parse one size: ``"721x1440"`` → ``(721, 1440)`` (height × width, positive integers).
+
+    Raises:
+        ValueError: ``text`` is not ``HxW`` with positive integers.
+    """
+    m = _SIZE_SPEC.fullmatch(text)
+    if m is None or min(int(m.group(1)), int(m.group(2))) < 1:
+        raise ValueError(
+            f"bad size {text.strip()!r}: use HEIGHTxWIDTH with positive integers (721x1440)"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_size_list(text: str) -> list[tuple[int, int]]:
+    """Parse comma-separated sizes: ``"96x144,48x72"`` → ``[(96, 144), (48, 72)]``.
+
+    Raises:
+        ValueError: an item is not a size, or there is none.
+    """
+    sizes = [parse_size_spec(item) for item in text.split(",") if item.strip()]
+    if not sizes:
+        raise ValueError(f"no size in {text!r}")
+    return sizes
+
+
+def to_scale(value: object) -> Scale:
+    """A number, ``[r_v, r_h]`` or one scale spec (``"1.5x4"``) → validated ``(r_v, r_h)``."""
+    if isinstance(value, str):
+        return parse_scale_spec(value)
+    return parse_scale(tuple(value) if isinstance(value, list) else value)
 
 
 def format_scale(scale: Scale) -> str:

@@ -35,8 +35,9 @@ from tqdm import tqdm
 
 from ...checkpoints import NETWORK_KEY, network_value_range
 from ...data.scales import Scale, format_scale, to_scale
+from ...evaluate import summarize
 from ...io import write_image
-from ...metrics import format_table
+from ...metrics import format_table, quantize_8bit
 from .metrics import calculate_psnr_metasr, calculate_ssim_metasr
 
 __all__ = ["MetaSRModel"]
@@ -151,8 +152,7 @@ class MetaSRModel(SRModel):
         with_metrics = bool(metrics_opt)
         if with_metrics:
             self._initialize_best_metric_results(dataset_name)
-        per_scale: OrderedDict[str, dict[str, list[float]]] = OrderedDict()
-        counts: dict[str, int] = {}
+        records: list[dict[str, Any]] = []  # one per item with metrics: scale label + values
         pbar = tqdm(total=len(dataloader), unit="image") if self.opt["val"].get("pbar") else None
         for val_data in dataloader:
             img_name = (
@@ -163,7 +163,6 @@ class MetaSRModel(SRModel):
             self.feed_data(val_data)
             self.test()
             label = format_scale(self.scale)
-            counts[label] = counts.get(label, 0) + 1
             sr = self.output.detach().float().cpu()[0]
             gt = self.gt.detach().float().cpu()[0] if hasattr(self, "gt") else None
             if hasattr(dataset, "denormalize"):
@@ -171,7 +170,7 @@ class MetaSRModel(SRModel):
                 gt = dataset.denormalize(gt) if gt is not None else None
             if kind == "image":
                 # Scores are for the 8-bit image a user would save (as BasicSR's tensor2img).
-                sr = sr.clamp(0, 1).mul(255.0).round().div(255.0)
+                sr = quantize_8bit(sr)
             if gt is not None and sr.shape != gt.shape:
                 # Paired LR files can give an output a few pixels off the HR: compare the common
                 # top-left region (the grids of both start at the top-left corner).
@@ -195,9 +194,10 @@ class MetaSRModel(SRModel):
                     )
                 write_image(out, sr)
             if with_metrics and gt is not None:
-                bucket = per_scale.setdefault(label, {m: [] for m in metrics_opt})
+                record: dict[str, Any] = {"scale": label}
                 for name, mopt in metrics_opt.items():
-                    bucket[name].append(self._metric(name, mopt, sr, gt, kind))
+                    record[name] = self._metric(name, mopt, sr, gt, kind)
+                records.append(record)
             for attr in ("gt", "lq", "output"):
                 if hasattr(self, attr):
                     delattr(self, attr)
@@ -206,28 +206,21 @@ class MetaSRModel(SRModel):
                 pbar.set_description(f"Test {img_name} x{label}")
         if pbar is not None:
             pbar.close()
-        if not with_metrics or not per_scale:
+        if not with_metrics or not records:
             return
+        # The per-scale table of metasr.evaluate: scale rows in first-seen order, then the mean
+        # over scales (each scale weighted equally), which is what "best" tracks.
+        metrics = list(metrics_opt)
+        rows = summarize(records, metrics)
         self.scale_results = OrderedDict(
-            (label, {m: sum(v) / len(v) for m, v in vals.items()})
-            for label, vals in per_scale.items()
+            (r["scale"], {m: r[m] for m in metrics}) for r in rows[:-1]
         )
-        # "Best" and SRModel's metric_results: mean over scales, each scale weighted equally.
-        self.metric_results = {
-            m: sum(r[m] for r in self.scale_results.values()) / len(self.scale_results)
-            for m in metrics_opt
-        }
+        self.metric_results = {m: rows[-1][m] for m in metrics}
         for m, v in self.metric_results.items():
             self._update_best_metric_result(dataset_name, m, v, current_iter)
-        self._log_scale_results(dataset_name, current_iter, counts, tb_logger)
+        self._log_scale_results(dataset_name, current_iter, rows, metrics, tb_logger)
 
-    def _log_scale_results(self, dataset_name, current_iter, counts, tb_logger) -> None:
-        metrics = list(self.metric_results)
-        rows = [
-            {"scale": label, "images": counts.get(label, 0), **vals}
-            for label, vals in self.scale_results.items()
-        ]
-        rows.append({"scale": "mean", "images": sum(counts.values()), **self.metric_results})
+    def _log_scale_results(self, dataset_name, current_iter, rows, metrics, tb_logger) -> None:
         table = format_table(rows, ["scale", "images", *metrics])
         best = "".join(
             f"\n\tBest {m}: {self.best_metric_results[dataset_name][m]['val']:.4f} @ "

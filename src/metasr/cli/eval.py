@@ -1,0 +1,193 @@
+"""``metasr eval``: PSNR/SSIM of a model on a folder of images or ``.npy`` fields at given scales.
+
+``metasr eval --model default --data photos/ --scales 2,3,1.5x4`` needs no option file: it loads
+a model (``default``, a ``.safetensors`` checkpoint, a BasicSR ``net_g_*.pth`` written by
+``MetaSRModel``, a registry name, or ``bicubic``), makes LR images with MATLAB bicubic per axis,
+and prints PSNR/SSIM per scale (Y channel for RGB, raw values for ``.npy`` fields; border
+``ceil(r_v)`` rows, ``ceil(r_h)`` columns). The protocol is :mod:`metasr.evaluate`; scales follow
+the grammar of :mod:`metasr.data.scales` (``--scales 3.5,2`` is two scales; ``3.5x2`` one pair),
+and ``--lq-size 96x144`` evaluates at a fixed LR size instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from . import CLIError
+
+__all__ = ["load_eval_model", "register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``eval``."""
+    e = subparsers.add_parser(
+        "eval",
+        help="PSNR/SSIM of a model on a folder of images or .npy arrays at given scales",
+        description="Evaluate a model at arbitrary (asymmetric) scales: LR made by MATLAB "
+        "bicubic per axis, PSNR/SSIM on Y (RGB) or raw values, border ceil(r) per axis.",
+    )
+    e.add_argument(
+        "--model",
+        required=True,
+        help="'default', a .safetensors or BasicSR net_g_*.pth checkpoint, a registry name, "
+        "or 'bicubic'",
+    )
+    e.add_argument("--data", required=True, help="folder (or file) of HR images or .npy arrays")
+    e.add_argument(
+        "--scales",
+        default=None,
+        help="comma-separated scales, each R or VERTICALxHORIZONTAL (2,3,1.5x4); default 2,3,4 "
+        "unless --lq-size is given",
+    )
+    e.add_argument(
+        "--lq-size",
+        "--lq_size",
+        dest="lq_size",
+        default=None,
+        help="comma-separated LR sizes HEIGHTxWIDTH (96x144): the HR is shrunk to exactly this",
+    )
+    e.add_argument("--opt", help="option YAML whose network_g describes a .pth checkpoint")
+    e.add_argument("--bicubic", action="store_true", help="add bicubic-baseline columns")
+    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    e.add_argument(
+        "--backend",
+        default=None,
+        help="Meta-Upscale backend for every head: auto, naive, im2col, torch, triton "
+        "(default: the model's own)",
+    )
+    e.add_argument("--csv", type=Path, help="write the table as CSV")
+    e.add_argument("--json", type=Path, help="write the table as JSON")
+    e.add_argument("--plot", type=Path, help="plot PSNR per scale to a PNG (needs matplotlib)")
+    e.set_defaults(func=_cmd_eval)
+
+
+def load_eval_model(spec: str, opt_path: str | None, device: str, backend: str | None):
+    """The model ``eval`` runs, as a :class:`metasr.evaluate.EvalModel`.
+
+    ``spec`` is ``bicubic``, a BasicSR ``.pth`` (network options from the file or ``opt_path``),
+    or anything :func:`metasr.hub.load_model` takes. ``backend`` is set on every head
+    (:func:`metasr.evaluate.set_backend`).
+    """
+    from ..evaluate import EvalModel, as_upscaler, set_backend
+
+    if spec == "bicubic":
+        return as_upscaler("bicubic")
+    path = Path(spec)
+    if path.suffix.lower() == ".pth" and path.is_file():
+        from ..integrations.checkpoints import load_basicsr_checkpoint
+        from .train import _load_options
+
+        network_opt = None
+        if opt_path:
+            network_opt = _load_options(opt_path).get("network_g")
+            if not isinstance(network_opt, dict):
+                raise CLIError(f"{opt_path}: no 'network_g' mapping")
+        net, nopt = load_basicsr_checkpoint(path, network_opt)
+        in_channels = int(nopt.get("in_channels", nopt.get("in_chans", 3)) or 3)
+    else:
+        from ..hub import load_model
+
+        loaded = load_model(spec, device="cpu")
+        net, in_channels = loaded.model, loaded.in_channels
+    set_backend(net, backend)
+    # as_upscaler scales 0..1 images by the network's input_range (255 for MetaRDN/MetaEDSR).
+    return EvalModel(as_upscaler(net, device).fn, in_channels, spec)
+
+
+def _read_data(data: str, in_channels: int) -> tuple[list[Any], list[str], str]:
+    """HR tensors, their names and kind (``"image"``/``"array"``) from ``--data``."""
+    from ..data.io import data_kind, list_files, read_sample
+
+    files = list_files(data, what="--data")
+    kind = data_kind(files[0])
+    if kind == "image" and in_channels not in (0, 1, 3):
+        raise CLIError(f"model takes {in_channels} channels; images have 1 or 3")
+    channels = in_channels if in_channels in (1, 3) else 3
+    return [read_sample(p, channels) for p in files], [p.name for p in files], kind
+
+
+def _settings(args: argparse.Namespace) -> list[object]:
+    from ..data.scales import parse_scale_list, parse_size_list
+    from ..evaluate import LQSize
+
+    settings: list[object] = []
+    if args.scales is not None or args.lq_size is None:
+        settings += parse_scale_list(args.scales if args.scales is not None else "2,3,4")
+    if args.lq_size is not None:
+        settings += [LQSize(h, w) for h, w in parse_size_list(args.lq_size)]
+    return settings
+
+
+def _check_backend(backend: str | None) -> None:
+    import metasr
+
+    if backend is not None and backend != "auto" and backend not in metasr.backends():
+        raise CLIError(
+            f"unknown --backend {backend!r}; choose from auto, {', '.join(metasr.backends())}"
+        )
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CLIError("--plot needs matplotlib: pip install matplotlib") from None
+    body = [r for r in rows if r["scale"] != "mean"]
+    labels = [f"×{r['scale']}" for r in body]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(body) + 2), 3.2))
+    ax.plot(labels, [r["psnr"] for r in body], "o-", label=title)
+    if "bicubic_psnr" in body[0]:
+        ax.plot(labels, [r["bicubic_psnr"] for r in body], "s--", label="bicubic")
+    ax.set_xlabel("scale (vertical × horizontal)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate, finite_or_none, summarize
+    from ..metrics import format_table
+
+    settings = _settings(args)
+    _check_backend(args.backend)
+    model = load_eval_model(args.model, args.opt, args.device, args.backend)
+    images, names, kind = _read_data(args.data, model.in_channels)
+    per_image = evaluate(
+        model, images, settings, kind=kind, bicubic=args.bicubic, names=names, progress=True
+    )
+    rows = summarize(per_image)
+    cols = ["scale", "images", "psnr", "ssim"]
+    if args.bicubic:
+        cols += ["bicubic_psnr", "bicubic_ssim", "delta_psnr"]
+    print(f"model: {model.name}   data: {args.data}")
+    print(format_table(rows, cols))
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=cols)
+            writer.writeheader()
+            writer.writerows(rows)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        # JSON has no infinity (identical images give PSNR inf): write null.
+        payload = {
+            "model": model.name,
+            "data": str(args.data),
+            "results": finite_or_none(rows),
+            "per_image": finite_or_none(per_image),
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+    if args.plot:
+        _plot(rows, args.plot, model.name)
+    return 0
