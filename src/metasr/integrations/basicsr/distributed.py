@@ -341,7 +341,7 @@ def check_ranks_agree(
 ) -> None:
     """Raise ``ValueError`` on every rank if the ranks train different batch specs.
 
-    One all-gather of four numbers an iteration; DDP synchronises every step anyway.
+    One all-gather of five numbers an iteration; DDP synchronises every step anyway.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
