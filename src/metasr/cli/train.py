@@ -37,7 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "outputs go under the current directory).",
         )
         p.add_argument("-opt", "--opt", dest="opt", required=True, help="option YAML file")
-        p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+        p.add_argument(
+            "--launcher",
+            choices=["none", "pytorch", "slurm"],
+            default="none",
+            help="pytorch: under torchrun (one process per GPU, or CPU processes with gloo); "
+            "slurm: one srun task per GPU (see docs/training.md)",
+        )
         if name == "train":
             p.add_argument(
                 "--auto_resume",
@@ -47,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="resume from the newest experiments/<name>/training_states/*.state",
             )
         p.add_argument("--debug", action="store_true", help="BasicSR debug mode")
-        p.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)
+        # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK instead.
+        p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
         p.add_argument(
             "--force_yml",
             nargs="+",
@@ -208,19 +215,72 @@ def _basicsr_argv(prog: str, args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _run_pipeline(args: argparse.Namespace, is_train: bool) -> int:
+def _check_all(args: argparse.Namespace, is_train: bool) -> None:
     opt = _load_options(args.opt)
     _check_options(opt, str(args.opt), is_train)
     _import_integration()
     _check_registered(opt, str(args.opt))
-    from basicsr.test import test_pipeline
-    from basicsr.train import train_pipeline
 
-    pipeline: Callable[[str], None] = train_pipeline if is_train else test_pipeline
-    prog = f"metasr {'train' if is_train else 'test'}"
-    with _argv(_basicsr_argv(prog, args)):
-        pipeline(os.getcwd())
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    """Start the process group before any option check, so that every rank can learn of a
+    failed check on another one (a data path missing on one node) instead of waiting for it."""
+    _import_integration()
+    from ..integrations.basicsr.distributed import init_dist
+
+    if args.local_rank and "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    try:
+        opt = _load_options(args.opt)
+    except CLIError:
+        opt = {}  # reported by the checks, on every rank
+    params = opt.get("dist_params") if isinstance(opt.get("dist_params"), dict) else {}
+    num_gpu = opt.get("num_gpu", 1)
+    try:
+        init_dist(
+            args.launcher,
+            backend=params.get("backend"),
+            port=params.get("port"),
+            use_cuda=None if num_gpu == "auto" else num_gpu != 0,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _run_pipeline(args: argparse.Namespace, is_train: bool) -> int:
+    if args.launcher != "none":
+        _start_distributed(args)
+    try:
+        if args.launcher == "none":
+            _check_all(args, is_train)
+        else:
+            from ..integrations.basicsr.distributed import first_failure
+
+            error = None
+            try:
+                _check_all(args, is_train)
+            except CLIError as exc:
+                error = str(exc)
+            error = first_failure(error)
+            if error is not None:
+                raise CLIError(error)
+        from basicsr.test import test_pipeline
+        from basicsr.train import train_pipeline
+
+        pipeline: Callable[[str], None] = train_pipeline if is_train else test_pipeline
+        prog = f"metasr {'train' if is_train else 'test'}"
+        with _argv(_basicsr_argv(prog, args)):
+            pipeline(os.getcwd())
+    finally:
+        _stop_distributed()
     return 0
+
+
+def _stop_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

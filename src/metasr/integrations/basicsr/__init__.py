@@ -16,7 +16,9 @@ Use it from Python as BasicSR's own ``train.py`` is used::
 
 or with ``metasr train -opt options/train/...yml``. BasicSR 1.4.2 needs two fixes with current
 PyTorch; both are applied here, once, before anything else touches BasicSR (see
-:func:`_install_torchvision_shim` and :func:`_load_resume_state`).
+:func:`_install_torchvision_shim` and :func:`_load_resume_state`). Its distributed start-up and
+DDP wrapping assume CUDA; :mod:`.distributed` replaces them (CPU/gloo and CUDA/nccl under
+``torchrun`` or SLURM) and gives every rank the same scale at each iteration.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ from basicsr.utils.registry import (  # noqa: E402
 
 from ...checkpoints import ARCH_NAMES, build_network  # noqa: E402
 from ...data.datasets import ArbitraryScaleDataset, ArbitraryScaleTestDataset  # noqa: E402
+from . import distributed  # noqa: E402
 from .metrics import calculate_psnr_metasr, calculate_ssim_metasr  # noqa: E402
 from .model import MetaSRModel  # noqa: E402
 
@@ -94,7 +97,9 @@ def _load_resume_state(opt: dict[str, Any]) -> dict[str, Any] | None:
     (``num_gpu: 0`` or no CUDA → CPU).
 
     Which file is resumed is unchanged: with ``--auto_resume`` the newest
-    ``experiments/<name>/training_states/<iter>.state``, otherwise ``path.resume_state``.
+    ``experiments/<name>/training_states/<iter>.state``, otherwise ``path.resume_state``. Its
+    epoch and iteration are recorded as ``opt["resumed_at"]``, from which the training sampler
+    continues the per-iteration scale sequence (:class:`.distributed.IterationScaleSampler`).
     """
     state_path = None
     if opt.get("auto_resume"):
@@ -120,11 +125,13 @@ def _load_resume_state(opt: dict[str, Any]) -> dict[str, Any] | None:
         device = torch.device("cpu")
     state = torch.load(state_path, map_location=device)
     check_resume(opt, state["iter"])
+    opt["resumed_at"] = {"epoch": int(state["epoch"]), "iter": int(state["iter"])}
     return state
 
 
 # train_pipeline looks the function up in its module's globals at call time.
 basicsr.train.load_resume_state = _load_resume_state
+distributed.install()
 
 
 class MetaSRTrainDataset(ArbitraryScaleDataset):

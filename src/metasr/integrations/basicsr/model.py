@@ -15,6 +15,9 @@ Differences from ``SRModel``:
   as "best" is the mean over scales.
 * Checkpoints also store the ``network_g`` options (``"metasr_network"``), so
   ``metasr eval --model net_g_latest.pth`` rebuilds the network without the option file.
+* Distributed (``--launcher pytorch|slurm``): DDP on CPU (gloo) as well as CUDA, every iteration
+  checks that all ranks train the same scale and LR size, and every checkpoint that all ranks
+  hold bit-identical parameters (:mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ...data.scales import Scale, format_scale, to_scale
 from ...evaluate import summarize
 from ...io import write_image
 from ...metrics import format_table, quantize_8bit
+from .distributed import check_ranks_agree, check_replicas_identical, wrap_ddp
 from .metrics import calculate_psnr_metasr, calculate_ssim_metasr
 
 __all__ = ["MetaSRModel"]
@@ -79,6 +83,10 @@ class MetaSRModel(SRModel):
         super().feed_data(data)
         self.scale = _batch_scale(data, self.opt.get("scale"))
 
+    def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
+        """BasicSR's, without its CUDA assumption (DDP on the CPU with gloo works too)."""
+        return wrap_ddp(net, self.opt, self.device)
+
     def _run(self, net: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
         """``net`` at the batch's scale on 0..1 data, scaled to the network's value range."""
         gain = network_value_range(self.get_bare_model(net))
@@ -88,6 +96,8 @@ class MetaSRModel(SRModel):
 
     def optimize_parameters(self, current_iter: int) -> None:
         """One step of pixel (and optional perceptual) loss at the batch's scale."""
+        if self.opt.get("dist"):
+            check_ranks_agree(current_iter, self.scale, self.lq.shape[-2:], self.device)
         self.optimizer_g.zero_grad()
         self.output = self._run(self.net_g, self.lq)
         loss_dict: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -249,6 +259,14 @@ class MetaSRModel(SRModel):
             json.dump({"dataset": dataset_name, "results": rows}, f, indent=2)
 
     # -- checkpoints -----------------------------------------------------------------------
+
+    def save(self, epoch: int, current_iter: int) -> None:
+        """As ``SRModel.save``; distributed, first check that all replicas are identical."""
+        if self.opt.get("dist"):
+            check_replicas_identical(
+                self.get_bare_model(self.net_g), current_iter, get_root_logger()
+            )
+        super().save(epoch, current_iter)
 
     @master_only
     def save_network(self, net, net_label, current_iter, param_key="params") -> None:
