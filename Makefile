@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 EXTRAS ?= dev,train
 
-.PHONY: venv test lint bench demo default-model clean
+.PHONY: venv test lint bench demo default-model photos clean
 
 # BasicSR 1.4.2 ships only as a source package whose build imports torch, so it is built
 # against the venv's torch (--no-build-isolation) after torch is installed.
@@ -41,6 +41,12 @@ default-model: venv
 	$(PY) scripts/export_default_model.py --opt $(DEFAULT_OPT) \
 		--checkpoint experiments/MetaEDSR_tiny_default/models/net_g_latest.pth
 	$(PY) scripts/eval_default_model.py
+
+# Training photos from Debian's wallpaper packages (apt-get download + dpkg -x, nothing
+# installed; run apt-get update first) and scikit-image: HR sub-images in datasets/photos/train,
+# whole held-out photos in datasets/photos/val, manifest.json with package, version, licence.
+photos: venv
+	$(PY) -m metasr.data.samples debian-photos datasets/photos
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -7,6 +7,11 @@ ship with scikit-image (a BasicSR dependency, so present with ``metasr[train]``)
 ``python -m metasr.data.samples synthetic datasets/tiny`` writes a handful of generated colour
 images (smooth gradients, stripes and sharp-edged shapes: things a network can learn to sharpen
 in a minute) for ``options/train/tiny_cpu.yml`` and the tests.
+
+``python -m metasr.data.samples debian-photos datasets/photos`` fetches Debian's wallpaper
+packages with ``apt-get download``, keeps the photographs and writes DIV2K-style HR
+sub-images to ``train/``, whole held-out photos to ``val/`` and ``manifest.json``, with
+scikit-image's photos added (:mod:`metasr.data.photos`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -122,15 +128,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m metasr.data.samples", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("kind", choices=["skimage", "synthetic"])
+    parser.add_argument("kind", choices=["skimage", "synthetic", "debian-photos"])
     parser.add_argument("dest", help="output folder (train/ and val/ are created inside)")
+    photos = parser.add_argument_group("debian-photos")
+    photos.add_argument(
+        "--extracted",
+        metavar="DIR",
+        help="reuse DIR/PKG folders made by dpkg -x instead of downloading",
+    )
+    photos.add_argument("--crop", type=int, default=480, help="sub-image side (default 480)")
+    photos.add_argument("--step", type=int, default=240, help="sub-image stride (default 240)")
+    photos.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of photos held out (default 0.2)"
+    )
+    photos.add_argument("--contact-sheet", metavar="PNG", help="also write kept/dropped thumbnails")
     args = parser.parse_args(argv)
+    if args.kind == "debian-photos":
+        return _debian_photos(args)
     if args.kind == "skimage":
         tr, va = export_skimage_photos(args.dest)
     else:
         tr = make_synthetic_images(Path(args.dest) / "train", n=6, size=(96, 96), seed=0)
         va = make_synthetic_images(Path(args.dest) / "val", n=2, size=(60, 72), seed=1)
     print(f"wrote {len(tr)} training and {len(va)} validation images under {args.dest}")
+    return 0
+
+
+def _debian_photos(args: argparse.Namespace) -> int:
+    from .photos import fetch_and_build
+
+    try:
+        records = fetch_and_build(
+            args.dest,
+            extracted=args.extracted,
+            contact_sheet=args.contact_sheet,
+            crop=args.crop,
+            step=args.step,
+            val_fraction=args.val_fraction,
+        )
+    except (RuntimeError, ValueError, FileNotFoundError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    kept = [r for r in records if r.status == "kept"]
+    n_train = sum(len(r.outputs) for r in kept if r.split == "train")
+    n_val = sum(1 for r in kept if r.split == "val")
+    print(
+        f"{len(records)} files, {len(kept)} photos kept: {n_train} training sub-images and "
+        f"{n_val} validation photos under {args.dest} (manifest.json lists every file)"
+    )
     return 0
 
 
