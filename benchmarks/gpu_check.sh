@@ -57,7 +57,7 @@ stage gpu-tests 220 env -u TRITON_INTERPRET "$PYTHON" -m pytest -m gpu -q -p no:
     --junitxml="$RESULTS/gpu-tests.xml"
 
 # Benchmarks measure the real thing: no NaN-poisoned buffers, no interpreter.
-unset METASR_POISON_OUTPUTS TRITON_INTERPRET
+unset TRITON_INTERPRET
 
 # 2. Roofline and targets.
 stage roofline 90 "$PYTHON" benchmarks/triton_roofline.py --configs div2k-x4,4k-x4 \

@@ -53,6 +53,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from metasr import BackendUnavailableError
     from metasr.archs import MetaSwinIR
+    from metasr.ops.memory import OutOfMemoryError
 
     device = torch.device(cfg["device"])
     torch.manual_seed(0)
@@ -94,7 +95,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
     except BackendUnavailableError as exc:
         out.update(status="does not fit", reason=_reason(exc, cfg["backend"]))
         return out
-    except torch.OutOfMemoryError as exc:
+    except OutOfMemoryError as exc:
         out.update(status="out of memory", reason=str(exc).splitlines()[0])
         return out
     seconds = time.perf_counter() - t0

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metasr import hub
+from metasr.checkpoints import LoadedModel, load_model
 from metasr.data.samples import SKIMAGE_VAL
 from metasr.data.scales import format_scale, parse_scale_spec
 from metasr.evaluate import evaluate
+from metasr.inference import upscale_array
 from metasr.io import read_raster
 from metasr.metrics import quantize_8bit
 
@@ -50,11 +51,11 @@ def load_photo(name: str) -> torch.Tensor:
     return quantize_8bit(torch.from_numpy(raster.data).double())
 
 
-def model_upscaler(loaded: hub.LoadedModel):
-    """The model as an evaluation callable, through :func:`metasr.hub.upscale_array`."""
+def model_upscaler(loaded: LoadedModel):
+    """The model as an evaluation callable, through :func:`metasr.inference.upscale_array`."""
 
     def fn(lq: torch.Tensor, scale: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
-        sr = hub.upscale_array(loaded, lq[0].float().numpy(), scale=scale)
+        sr = upscale_array(loaded, lq[0].float().numpy(), scale=scale)
         return torch.from_numpy(sr).double()[None]
 
     return fn
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
 
-    loaded = hub.load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=args.device)
     photos = [load_photo(name) for name in args.images]
     scales = [parse_scale_spec(s) for s in args.scales]
     labels = [format_scale(s) for s in scales]

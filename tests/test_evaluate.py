@@ -4,6 +4,7 @@ shave, asymmetric scales and LR sizes, the bicubic baseline, and ``--backend`` r
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -14,11 +15,13 @@ import pytest
 import torch
 
 import metasr
-import metasr.ops.meta_upscale as meta_upscale_pkg
-from metasr import hub, metrics
+from metasr import checkpoints, metrics
+from metasr.checkpoints import set_backend
 from metasr.cli import main
 from metasr.data import ArbitraryScaleTestDataset, bicubic_pair, imresize, lq_size_for
-from metasr.evaluate import LQSize, as_upscaler, evaluate, score, set_backend, summarize
+from metasr.evaluate import LQSize, as_upscaler, evaluate, score, summarize
+
+meta_upscale_pkg = importlib.import_module("metasr.ops.meta_upscale")  # the package
 
 pytest.importorskip("PIL")
 
@@ -215,7 +218,7 @@ def eval_dir(tmp_path_factory) -> Path:
         torch.manual_seed(0)
         plain = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
         net = metasr.create_model(arch, **kwargs)
-        hub.save_checkpoint(root / f"{arch}.safetensors", net, arch, plain)
+        checkpoints.save_checkpoint(root / f"{arch}.safetensors", net, arch, plain)
     # A BasicSR checkpoint as MetaSRModel writes it (network options inside).
     torch.manual_seed(0)
     rdn = metasr.archs.MetaRDN(**_NETS["meta_rdn"])

@@ -21,11 +21,11 @@ per-scale table (one row per scale, in first-seen order, plus the mean over scal
 
 Example::
 
-    from metasr import hub
+    from metasr.checkpoints import load_model
     from metasr.evaluate import evaluate, summarize
     from metasr.metrics import format_table
 
-    rows = evaluate(hub.load_model("default"), [hr], ["2", (1.5, 4)], bicubic=True)
+    rows = evaluate(load_model("default"), [hr], ["2", (1.5, 4)], bicubic=True)
     print(format_table(summarize(rows), ["scale", "psnr", "bicubic_psnr", "delta_psnr"]))
 """
 
@@ -53,7 +53,6 @@ __all__ = [
     "evaluate",
     "finite_or_none",
     "score",
-    "set_backend",
     "summarize",
 ]
 
@@ -94,26 +93,12 @@ def _bicubic(lq: torch.Tensor, scale: Scale, size: tuple[int, int]) -> torch.Ten
     return imresize(lq, scale=scale, size=size)
 
 
-def set_backend(net: nn.Module, backend: str | None) -> None:
-    """Use Meta-Upscale ``backend`` in every head of ``net`` (``None``: leave them as they are).
-
-    Networks keep the backend either on themselves (MetaRDN, MetaEDSR pass ``self.backend`` to
-    :func:`metasr.meta_upscale`) or on their :class:`metasr.MetaUpsample` heads (MetaSwinIR), so
-    every module with a ``backend`` attribute is set.
-    """
-    if backend is None:
-        return
-    for module in net.modules():
-        if hasattr(module, "backend"):
-            module.backend = backend
-
-
 def as_upscaler(model: object, device: str | torch.device = "cpu") -> EvalModel:
     """Wrap what can be evaluated into an :class:`EvalModel`.
 
     Args:
         model: ``"bicubic"``; an :class:`EvalModel`; a loaded model (anything with ``model`` and
-            ``value_range``, as :class:`metasr.hub.LoadedModel`); a network
+            ``value_range``, as :class:`metasr.checkpoints.LoadedModel`); a network
             ``net(x, scale=(r_v, r_h))`` (its ``input_range`` scales 0..1 images, as in
             :class:`MetaSRModel`); or an :data:`Upscaler` callable (taken to accept any channel
             count).

@@ -68,39 +68,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def load_eval_model(spec: str, opt_path: str | None, device: str, backend: str | None):
     """The model ``eval`` runs, as a :class:`metasr.evaluate.EvalModel`.
 
-    ``spec`` is ``bicubic``, a BasicSR ``.pth`` (network options from the file or ``opt_path``),
-    or anything :func:`metasr.hub.load_model` takes. ``backend`` is set on every head
-    (:func:`metasr.evaluate.set_backend`).
+    ``spec`` is ``bicubic`` or anything :func:`metasr.checkpoints.load_model` takes (the format
+    is read from the file's content); a BasicSR ``.pth`` that does not record its network takes
+    the ``network_g`` options of ``opt_path``. ``backend`` is set on every head.
     """
-    from ..evaluate import EvalModel, as_upscaler, set_backend
+    from ..checkpoints import load_model
+    from ..evaluate import EvalModel, as_upscaler
 
     if spec == "bicubic":
         return as_upscaler("bicubic")
-    path = Path(spec)
-    if path.suffix.lower() == ".pth" and path.is_file():
-        from ..integrations.checkpoints import load_basicsr_checkpoint
+    network_opt = None
+    if opt_path:
         from .train import _load_options
 
-        network_opt = None
-        if opt_path:
-            network_opt = _load_options(opt_path).get("network_g")
-            if not isinstance(network_opt, dict):
-                raise CLIError(f"{opt_path}: no 'network_g' mapping")
-        net, nopt = load_basicsr_checkpoint(path, network_opt)
-        in_channels = int(nopt.get("in_channels", nopt.get("in_chans", 3)) or 3)
-    else:
-        from ..hub import load_model
-
-        loaded = load_model(spec, device="cpu")
-        net, in_channels = loaded.model, loaded.in_channels
-    set_backend(net, backend)
+        network_opt = _load_options(opt_path).get("network_g")
+        if not isinstance(network_opt, dict):
+            raise CLIError(f"{opt_path}: no 'network_g' mapping")
+    loaded = load_model(spec, device="cpu", backend=backend, network_opt=network_opt)
     # as_upscaler scales 0..1 images by the network's input_range (255 for MetaRDN/MetaEDSR).
-    return EvalModel(as_upscaler(net, device).fn, in_channels, spec)
+    return EvalModel(as_upscaler(loaded.model, device).fn, loaded.in_channels, spec)
 
 
 def _read_data(data: str, in_channels: int) -> tuple[list[Any], list[str], str]:
     """HR tensors, their names and kind (``"image"``/``"array"``) from ``--data``."""
-    from ..data.io import data_kind, list_files, read_sample
+    from ..io import data_kind, list_files, read_sample
 
     files = list_files(data, what="--data")
     kind = data_kind(files[0])

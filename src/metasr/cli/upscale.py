@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import glob
-import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -22,28 +20,28 @@ from . import CLIError
 
 __all__ = ["parse_scale_arg", "parse_size_arg", "register"]
 
-_FACTOR = r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*"
-_SEPARATOR = r"[xX×,]"
 
+def parse_scale_arg(text: str) -> tuple[float, float]:
+    """``--scale``: one scale of :mod:`metasr.data.scales`' grammar (``2.5``, ``3.5x2``).
 
-def parse_scale_arg(text: str) -> float | tuple[float, float]:
-    """``"2.5"`` → 2.5; ``"3.5x2"`` → (3.5, 2.0) (vertical × horizontal)."""
-    m = re.fullmatch(f"{_FACTOR}(?:{_SEPARATOR}{_FACTOR})?", text)
-    if not m:
-        raise CLIError(f"bad --scale {text!r}: use a number (2.5) or VERTICALxHORIZONTAL (3.5x2)")
-    values = [float(g) for g in m.groups() if g is not None]
-    for v in values:
-        if not math.isfinite(v) or v < 1:
-            raise CLIError(f"bad --scale {text!r}: each factor must be >= 1 (only magnifies)")
-    return values[0] if len(values) == 1 else (values[0], values[1])
+    ``3.5,2`` is still read as one pair, with a ``FutureWarning`` (write ``3.5x2``).
+    """
+    from ..data.scales import parse_scale_spec
+
+    try:
+        return parse_scale_spec(text, comma_pair=True)
+    except ValueError as exc:
+        raise CLIError(f"bad --scale: {exc}") from None
 
 
 def parse_size_arg(text: str) -> tuple[int, int]:
-    """``"721x1440"`` → (721, 1440) (height × width)."""
-    m = re.fullmatch(rf"\s*(\d+)\s*{_SEPARATOR}\s*(\d+)\s*", text)
-    if not m or min(int(m.group(1)), int(m.group(2))) < 1:
-        raise CLIError(f"bad --size {text!r}: use HEIGHTxWIDTH with positive integers (721x1440)")
-    return int(m.group(1)), int(m.group(2))
+    """``--size``: ``HEIGHTxWIDTH`` in positive integers (``721x1440``)."""
+    from ..data.scales import parse_size_spec
+
+    try:
+        return parse_size_spec(text)
+    except ValueError as exc:
+        raise CLIError(f"bad --size: {exc}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

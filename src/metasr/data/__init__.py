@@ -13,6 +13,7 @@ Needs only torch and numpy to import; Pillow is loaded when an image is read.
 
 from __future__ import annotations
 
+from ..io import list_files, read_array, read_image, read_sample, write_image
 from .datasets import (
     ArbitraryScaleDataset,
     ArbitraryScaleTestDataset,
@@ -20,7 +21,6 @@ from .datasets import (
     ScaleBatchSampler,
     bicubic_pair,
 )
-from ..io import list_files, read_array, read_image, read_sample, write_image
 from .resize import imresize, resize_matrix
 from .scales import (
     ARBSR_ASYMMETRIC_SCALES,
