@@ -658,12 +658,11 @@ def fetch_and_build(
 ) -> list[PhotoRecord]:
     """The CLI's ``debian-photos``: fetch (or reuse ``extracted/PKG`` folders), then build.
 
+    ``kwargs`` go to :func:`build_photo_dataset` (the caller passes ``skimage_split``).
+
     ``extracted`` names a folder holding one ``dpkg -x`` output per package (``extracted/PKG``);
     without it the packages are downloaded into a temporary folder removed afterwards.
     """
-    from .samples import SKIMAGE_TRAIN, SKIMAGE_VAL
-
-    kwargs.setdefault("skimage_split", (SKIMAGE_TRAIN, SKIMAGE_VAL))
     with tempfile.TemporaryDirectory(prefix="metasr-debs-") as tmp:
         if extracted is None:
             trees = fetch_debian_packages(packages, tmp)

@@ -165,6 +165,7 @@ def _debian_photos(args: argparse.Namespace) -> int:
             crop=args.crop,
             step=args.step,
             val_fraction=args.val_fraction,
+            skimage_split=(SKIMAGE_TRAIN, SKIMAGE_VAL),
         )
     except (RuntimeError, ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
