@@ -453,3 +453,12 @@ def test_symlinked_inputs_keep_their_names(tmp_path, ckpt, capsys):
     assert _run(["upscale", links / "dog.png", "-o", out2, "--scale", "2", "--model", ckpt, "-q"],
                 capsys)[0] == 0  # fmt: skip
     assert [p.name for p in out2.iterdir()] == ["dog.png"]
+
+
+def test_nan_is_not_written_as_integer_samples(tmp_path):
+    nan = np.array([[[0.5, np.nan]]])
+    for kind, dtype, name in [("image", np.uint8, "a.png"), ("field", np.int16, "a.npy")]:
+        raster = Raster(data=nan, kind=kind, dtype=np.dtype(dtype))
+        with pytest.raises(ValueError, match=f"{name}: cannot store NaN"):
+            write_raster(tmp_path / name, raster)
+    assert list(tmp_path.iterdir()) == []

@@ -551,8 +551,6 @@ def check_finite_result(source: Raster, result: Raster) -> None:
 
 def _quantise(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """0..1 floats → ``dtype`` samples: clamp, scale by the maximum code value, round."""
-    if np.isnan(values).any():
-        raise ValueError("cannot store NaN as image samples")
     top = np.iinfo(dtype).max
     return np.rint(np.clip(values, 0.0, 1.0) * top).astype(dtype)
 
@@ -563,8 +561,6 @@ def _saturate(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     Clipping to ``float(info.max)`` is not enough: for 64-bit types that bound rounds up to
     2**63 (2**64), which no longer fits and wraps to the minimum when cast.
     """
-    if np.isnan(values).any():
-        raise ValueError(f"cannot store NaN in a {dtype} array")
     info = np.iinfo(dtype)
     rounded = np.rint(values.astype(np.float64, copy=False))
     high = rounded >= float(info.max)  # float(max) is max itself, or the power of 2 above it
@@ -587,10 +583,15 @@ def write_raster(path: str | os.PathLike, raster: Raster, jpeg_quality: int = 95
 
     Raises:
         ValueError: the format cannot hold the raster (16 bits in JPEG, alpha in JPEG, an image
-            as ``.npy``, ...) or a needed library is missing.
+            as ``.npy``, NaN as integer samples, ...) or a needed library is missing.
         FileNotFoundError: the destination folder does not exist.
     """
     fmt = check_writable(raster, path)
+    if (raster.kind == "image" or np.issubdtype(raster.dtype, np.integer)) and np.isnan(
+        raster.data
+    ).any():
+        # NaN has no integer sample: the cast would give arbitrary values (0 on most machines).
+        raise ValueError(f"{path}: cannot store NaN as {raster.dtype} samples")
     if raster.kind == "field":
         values = _field_values(raster.data, raster.dtype)  # (C, H, W)
         if fmt == "npy":
