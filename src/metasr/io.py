@@ -18,6 +18,11 @@ or format error is raised as a ``ValueError`` naming the file, and every write g
 temporary file in the destination folder that is renamed over the target only when complete,
 so an interrupted run never leaves a half-written output.
 
+Every reader checks the image's size in the file's header against one pixel limit,
+:data:`MAX_PIXELS` (``max_pixels=`` of :func:`read_raster`), before decoding anything, so a small
+file declaring a huge image (a decompression bomb) is refused at once. Files holding several
+images (multi-page TIFF, animated PNG/WebP) are refused rather than reduced to their first one.
+
 Training and evaluation data use the same reader through :func:`read_sample` (float32
 ``(C, H, W)`` tensors: images in 0..1 with the requested channel count, ``.npy`` arrays with
 their values), :func:`list_files` and :func:`data_kind`; :func:`write_image` writes a tensor.
@@ -26,6 +31,7 @@ their values), :func:`list_files` and :func:`data_kind`; :func:`write_image` wri
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -38,12 +44,15 @@ import torch
 __all__ = [
     "ARRAY_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
     "SUFFIXES",
     "Raster",
     "atomic_write",
+    "check_finite_result",
     "check_writable",
     "data_kind",
     "format_of",
+    "is_temporary_name",
     "list_files",
     "read_array",
     "read_image",
@@ -77,6 +86,17 @@ _FORMATS_FOR_DTYPE = {
 }
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: Largest image a reader accepts, in pixels (height × width), checked on the file's header
+#: before decoding; arrays and multi-sample TIFFs may also hold at most ``4 × MAX_PIXELS``
+#: samples in all. The default is Pillow's own decompression-bomb limit (2 × 89,478,485, about
+#: 13,377²), now applied to every reader (16-bit PNG, TIFF and ``.npy`` too). Change it here for
+#: a whole program, per call with ``read_raster(..., max_pixels=N)``, or with
+#: ``metasr upscale --max-pixels N``.
+MAX_PIXELS = 178_956_970
+
+#: Names of our temporary files: ``.STEM.XXXXXXXX.SUFFIX`` (8 hex digits).
+_TEMPORARY_NAME = re.compile(r"\..*\.[0-9a-f]{8}\.[A-Za-z]+", re.DOTALL)
 
 
 @dataclass
@@ -140,28 +160,42 @@ def _require(module: str, package: str, purpose: str):
 # reading
 
 
-def read_raster(path: str | os.PathLike) -> Raster:
+def read_raster(path: str | os.PathLike, *, max_pixels: int | None = None) -> Raster:
     """Read an image or array file into a :class:`Raster`.
+
+    Args:
+        path: image or ``.npy`` file.
+        max_pixels: largest accepted height × width (default :data:`MAX_PIXELS`), checked on
+            the header before anything is decoded; at most ``4 × max_pixels`` samples in all.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unsupported suffix, unreadable or corrupt file, unsupported layout or
-            sample type, or a missing optional library (the message says which to install).
+        ValueError: unsupported suffix, unreadable or corrupt file, an image larger than the
+            pixel limit, several pages or frames, unsupported layout or sample type, or a
+            missing optional library (the message says which to install).
     """
     path = Path(path)
     fmt = format_of(path)
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
+    if limit < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels!r}")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if not path.is_file():
         raise ValueError(f"{path}: not a regular file")
     try:
         if fmt == "npy":
-            return _read_npy(path)
+            return _read_npy(path, limit)
         if fmt == "tiff":
-            return _read_tiff(path)
-        if fmt == "png" and _png_bit_depth(path) == 16:
-            return _read_png16(path)
-        return _read_pillow(path)
+            return _read_tiff(path, limit)
+        if fmt == "png":
+            width, height, bits, frames = _png_header(path)
+            _check_size(path, height, width, 1, limit)
+            if frames > 1:
+                raise ValueError(_several_images(path, "an animated PNG", frames, "frames"))
+            if bits == 16:
+                return _read_png16(path)
+        return _read_pillow(path, limit)
     except FileNotFoundError:
         raise
     except Exception as exc:  # corrupt files surface as many library-specific errors
@@ -170,11 +204,32 @@ def read_raster(path: str | os.PathLike) -> Raster:
         raise ValueError(f"{path}: cannot read as {fmt.upper()}: {exc}") from exc
 
 
+def _check_size(path: Path, height: int, width: int, channels: int, limit: int) -> None:
+    """Refuse a header declaring more than ``limit`` pixels (or ``4 × limit`` samples)."""
+    pixels = height * width
+    if pixels > limit or pixels * channels > 4 * limit:
+        size = f"{height}x{width}" + (f"x{channels}" if channels > 1 else "")
+        raise ValueError(
+            f"{path}: image of {size} is larger than the limit of {limit:,} pixels "
+            f"(raise it with --max-pixels or metasr.io.MAX_PIXELS if the file is trusted)"
+        )
+
+
+def _several_images(path: Path, what: str, count: int, unit: str) -> str:
+    return (
+        f"{path}: {what} with {count} {unit}; only single images are supported "
+        f"(extract the {unit} into separate files first)"
+    )
+
+
 def _image(samples: np.ndarray, alpha_last: bool, path: Path) -> Raster:
     """``(H, W)`` or ``(H, W, C)`` uint8/uint16 samples → image :class:`Raster`."""
     dtype = samples.dtype
     if dtype not in _FORMATS_FOR_DTYPE:
-        raise ValueError(f"{path}: unsupported image sample type {dtype} (use 8 or 16 bits)")
+        raise ValueError(
+            f"{path}: unsupported image sample type {dtype}; images must hold unsigned 8- or "
+            "16-bit samples (store other values as .npy)"
+        )
     if samples.ndim == 2:
         samples = samples[:, :, None]
     if samples.ndim != 3 or samples.shape[0] < 1 or samples.shape[1] < 1:
@@ -187,11 +242,31 @@ def _image(samples: np.ndarray, alpha_last: bool, path: Path) -> Raster:
     return Raster(data=data, kind="image", dtype=dtype, alpha=alpha)
 
 
-def _read_pillow(path: Path) -> Raster:
+def _read_pillow(path: Path, limit: int) -> Raster:
     Image = _require("PIL.Image", "Pillow", f"reading {path.suffix} files")
     from PIL import ImageOps
 
-    with Image.open(path) as im:
+    # Pillow has its own bomb guard (a warning above MAX_IMAGE_PIXELS, an error above twice
+    # that), checked inside Image.open. Align it with ours so that the one limit decides: files
+    # within our limit open silently, and ours refuses the rest with its own message.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
+    try:
+        im_file = Image.open(path)
+    except Image.DecompressionBombError:  # a limit lowered since: Pillow refused first
+        raise ValueError(
+            f"{path}: image is larger than the limit of {limit:,} pixels "
+            "(raise it with --max-pixels or metasr.io.MAX_PIXELS if the file is trusted)"
+        ) from None
+    with im_file as im:
+        width, height = im.size  # from the header: nothing is decoded before load()
+        _check_size(path, height, width, len(im.getbands()), limit)
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            what = {"WEBP": "an animated WebP", "PNG": "an animated PNG"}.get(
+                im.format, f"a {im.format} file"
+            )
+            raise ValueError(_several_images(path, what, frames, "frames"))
         im.load()
         # Cameras store rotation in EXIF; the output carries no EXIF, so apply it now.
         im = ImageOps.exif_transpose(im)
@@ -219,13 +294,29 @@ def _read_pillow(path: Path) -> Raster:
         return _image(np.asarray(im), alpha_last=mode in ("LA", "RGBA"), path=path)
 
 
-def _png_bit_depth(path: Path) -> int:
-    """Bit depth from the PNG header (Pillow reduces 16-bit colour PNGs to 8 bits silently)."""
+def _png_header(path: Path) -> tuple[int, int, int, int]:
+    """``(width, height, bit depth, frames)`` from a PNG's chunks before its image data.
+
+    Read by hand because pypng (16-bit files; Pillow reduces 16-bit colour PNGs to 8 bits
+    silently) decodes everything before the size could be checked, and ignores the ``acTL``
+    chunk that makes a PNG an animation.
+    """
     with open(path, "rb") as fh:
         head = fh.read(33)
-    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
-        raise ValueError(f"{path}: not a PNG file")
-    return head[24]
+        if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+            raise ValueError(f"{path}: not a PNG file")
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        frames = 1
+        while True:  # chunk: 4-byte length, 4-byte type, data, 4-byte CRC
+            chunk = fh.read(8)
+            if len(chunk) < 8 or chunk[4:8] == b"IDAT":
+                break
+            length = int.from_bytes(chunk[:4], "big")
+            if chunk[4:8] == b"acTL":
+                frames = int.from_bytes(fh.read(4), "big")
+                length -= 4
+            fh.seek(length + 4, os.SEEK_CUR)
+    return width, height, head[24], frames
 
 
 def _read_png16(path: Path) -> Raster:
@@ -238,12 +329,20 @@ def _read_png16(path: Path) -> Raster:
     return _image(samples, alpha_last=bool(info["alpha"]), path=path)
 
 
-def _read_tiff(path: Path) -> Raster:
+def _read_tiff(path: Path, limit: int) -> Raster:
     tifffile = _require("tifffile", "tifffile", "reading TIFF")
     with tifffile.TiffFile(path) as tif:
+        pages = len(tif.pages)
+        if pages > 1:
+            raise ValueError(_several_images(path, "a multi-page TIFF", pages, "pages"))
         series = tif.series[0]
         page = tif.pages[0]
         axes = series.axes
+        # The header's shape, checked before asarray() decodes the samples.
+        dims = dict(zip(axes, series.shape, strict=True))
+        samples = int(np.prod(series.shape, dtype=np.int64))
+        height, width = dims.get("Y", 1), dims.get("X", 1)
+        _check_size(path, height, width, samples // max(height * width, 1), limit)
         arr = series.asarray()
         photometric = int(page.photometric)
         extrasamples = tuple(int(e) for e in page.extrasamples)
@@ -271,13 +370,34 @@ def _read_tiff(path: Path) -> Raster:
     return raster
 
 
-def _read_npy(path: Path) -> Raster:
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from an ``.npy`` header, without reading the data."""
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        if fh.read(4) == b"PK\x03\x04":  # np.savez writes zip archives, whatever the name
+            raise ValueError(f"{path}: an .npz archive, not an .npy array (save it with np.save)")
+        fh.seek(0)
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(fh)
+        else:  # 3.0 (UTF-8 field names) has no public header reader: map the file instead
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            shape, dtype = arr.shape, arr.dtype
+            del arr
+    return tuple(shape), np.dtype(dtype)
+
+
+def _read_npy(path: Path, limit: int) -> Raster:
+    shape, dtype = _npy_header(path)  # checked before any data is read
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"{path}: expected an array of shape (H, W) or (C, H, W), got {shape}")
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise ValueError(f"{path}: unsupported array dtype {dtype} (float or integer expected)")
+    _check_size(path, shape[-2], shape[-1], shape[0] if len(shape) == 3 else 1, limit)
     # allow_pickle=False: an .npy of Python objects is refused rather than executed.
     arr = np.load(path, allow_pickle=False)
-    if arr.ndim not in (2, 3) or min(arr.shape) < 1:
-        raise ValueError(f"{path}: expected an array of shape (H, W) or (C, H, W), got {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{path}: unsupported array dtype {arr.dtype} (float or integer expected)")
     squeeze = arr.ndim == 2
     data = arr[None] if squeeze else arr
     if not np.issubdtype(arr.dtype, np.floating):
@@ -294,24 +414,60 @@ def _read_npy(path: Path) -> Raster:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
-    The temporary name keeps the suffix (some writers pick the format from it) and starts with
-    a dot. On any error the temporary file is removed and ``path`` is left as it was. The result
-    has the permissions a plain ``open(path, "w")`` would give.
+    The temporary name (see :func:`is_temporary_name`) keeps the suffix (some writers pick the
+    format from it), starts with a dot and is shortened to fit the folder's name length limit.
+    On any error, including a ``SIGINT``/``SIGTERM`` turned into an exception, the temporary
+    file is removed and ``path`` is left as it was; an ``OSError`` then names ``path``, not the
+    temporary file. The result has the permissions a plain ``open(path, "w")`` would give.
 
     Raises:
         FileNotFoundError: the destination folder does not exist.
+        OSError: the write or the rename failed (disk full, permissions, ...).
     """
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder {folder} does not exist")
-    tmp = _create_temporary(folder, path)
+    try:
+        tmp = _create_temporary(folder, path)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from exc
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file name (a user never asked for the temporary file)."""
+    if exc.errno is None:
+        return exc  # a library's own OSError("...") without an errno: its text is all there is
+    return OSError(exc.errno, exc.strerror, str(path))  # picks the subclass (PermissionError, ...)
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_write`'s temporary files.
+
+    Folder and glob expansion skip these (and every hidden file): a run killed with
+    ``SIGKILL`` cannot remove its temporary file, and a later run must not read it as an input.
+    """
+    return _TEMPORARY_NAME.fullmatch(name) is not None
+
+
+def _temporary_name(path: Path, token: str, name_max: int) -> str:
+    """``.STEM.TOKEN.SUFFIX``, the stem cut (at a UTF-8 boundary) to fit ``name_max`` bytes."""
+    stem, suffix = os.fsencode(path.stem), os.fsencode(path.suffix)
+    room = max(name_max - len(suffix) - len(token) - 2, 0)
+    if len(stem) > room:
+        cut = room
+        while cut > 0 and stem[cut] & 0xC0 == 0x80:  # do not split a multi-byte character
+            cut -= 1
+        stem = stem[:cut]
+    return os.fsdecode(b"." + stem + b"." + token.encode() + suffix)
 
 
 def _create_temporary(folder: Path, path: Path) -> Path:
@@ -321,8 +477,12 @@ def _create_temporary(folder: Path, path: Path) -> Path:
     mean reading the process umask, which can only be done by changing it (racy with threads).
     ``os.open`` with mode 0666 lets the kernel apply the umask; ``O_EXCL`` makes the name ours.
     """
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
     for _ in range(100):
-        tmp = folder / f".{path.stem}.{secrets.token_hex(4)}{path.suffix}"
+        tmp = folder / _temporary_name(path, secrets.token_hex(4), name_max)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -357,17 +517,64 @@ def check_writable(raster: Raster, path: str | os.PathLike) -> str:
     return fmt
 
 
+def check_finite_result(source: Raster, result: Raster) -> None:
+    """Refuse a result holding NaN or infinity (in its stored dtype) that ``source`` did not.
+
+    A model with NaN weights, or values beyond float32's range inside the network, give such
+    results; writing them would give an all-black image or an array of NaN without a word.
+
+    Raises:
+        ValueError: the message counts the bad values (without a file name: the caller knows
+            which input it was).
+    """
+    if not np.isfinite(source.data).all() or (
+        source.alpha is not None and not np.isfinite(source.alpha).all()
+    ):
+        return  # NaN in, NaN out: the input's own (a float TIFF may mark missing data so)
+    values = [result.data] if result.alpha is None else [result.data, result.alpha]
+    bad = sum(int(np.size(v) - np.isfinite(v).sum()) for v in values)
+    if bad:
+        total = sum(np.size(v) for v in values)
+        raise ValueError(
+            f"the result holds {bad:,} NaN or infinite values of {total:,} (the input has "
+            "none); nothing written"
+        )
+    if result.kind == "field" and np.issubdtype(result.dtype, np.floating):
+        top = float(np.finfo(result.dtype).max)
+        largest = float(np.abs(result.data).max())
+        if largest > top:
+            raise ValueError(
+                f"the result reaches {largest:.3g}, beyond the range of {result.dtype} "
+                f"(±{top:.3g}); nothing written"
+            )
+
+
 def _quantise(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """0..1 floats → ``dtype`` samples: clamp, scale by the maximum code value, round."""
     top = np.iinfo(dtype).max
     return np.rint(np.clip(values, 0.0, 1.0) * top).astype(dtype)
 
 
+def _saturate(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Floats → integer ``dtype``: rounded, values beyond its range set to its min/max.
+
+    Clipping to ``float(info.max)`` is not enough: for 64-bit types that bound rounds up to
+    2**63 (2**64), which no longer fits and wraps to the minimum when cast.
+    """
+    info = np.iinfo(dtype)
+    rounded = np.rint(values.astype(np.float64, copy=False))
+    high = rounded >= float(info.max)  # float(max) is max itself, or the power of 2 above it
+    low = rounded <= float(info.min)  # min is 0 or -(power of 2): exact as a float
+    out = np.where(high | low, 0.0, rounded).astype(dtype)
+    out[high] = info.max
+    out[low] = info.min
+    return out
+
+
 def _field_values(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Field values back to the stored dtype (integers: rounded and clipped to their range)."""
+    """Field values back to the stored dtype (integers: rounded and saturated to their range)."""
     if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(data), info.min, info.max).astype(dtype)
+        return _saturate(data, dtype)
     return data.astype(dtype)
 
 
@@ -376,10 +583,15 @@ def write_raster(path: str | os.PathLike, raster: Raster, jpeg_quality: int = 95
 
     Raises:
         ValueError: the format cannot hold the raster (16 bits in JPEG, alpha in JPEG, an image
-            as ``.npy``, ...) or a needed library is missing.
+            as ``.npy``, NaN as integer samples, ...) or a needed library is missing.
         FileNotFoundError: the destination folder does not exist.
     """
     fmt = check_writable(raster, path)
+    if (raster.kind == "image" or np.issubdtype(raster.dtype, np.integer)) and np.isnan(
+        raster.data
+    ).any():
+        # NaN has no integer sample: the cast would give arbitrary values (0 on most machines).
+        raise ValueError(f"{path}: cannot store NaN as {raster.dtype} samples")
     if raster.kind == "field":
         values = _field_values(raster.data, raster.dtype)  # (C, H, W)
         if fmt == "npy":
@@ -470,6 +682,9 @@ def data_kind(path: str | os.PathLike) -> DataKind:
 def list_files(root: str | os.PathLike, what: str = "dataset") -> list[Path]:
     """Sorted image and ``.npy`` files directly in folder ``root`` (a single file is allowed).
 
+    Hidden files (names starting with a dot, such as temporary files left by a killed run)
+    are skipped.
+
     Raises:
         FileNotFoundError: ``root`` does not exist (the message names the option ``what``).
         ValueError: it holds no supported file, or mixes images with arrays.
@@ -480,7 +695,11 @@ def list_files(root: str | os.PathLike, what: str = "dataset") -> list[Path]:
     if path.is_file():
         files = [path]
     else:
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in SUFFIXES
+        )
     if not files or files[0].suffix.lower() not in SUFFIXES:
         raise ValueError(
             f"{what} path {path} holds no image ({', '.join(IMAGE_SUFFIXES)}) or .npy file"

@@ -8,11 +8,15 @@ end in one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
 
-__all__ = ["CLIError", "main"]
+__all__ = ["CLIError", "main", "one_line"]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
 _SUBCOMMAND_MODULES = ("upscale", "train", "eval", "bench", "info")
@@ -36,20 +40,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: object) -> str:
+    """A possibly multi-line message as one line: the first line, then the others after ``;``.
+
+    Backend refusals, for instance, are a header ending in ``:`` and one line per backend; all
+    of them are the explanation, so none is dropped.
+    """
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, rest = lines[0], lines[1:]
+    if not rest:
+        return head
+    return f"{head} {'; '.join(rest)}" if head.endswith(":") else "; ".join(lines)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the CLI: ``metasr: warning: TEXT``, one line, no source."""
+    if category.__name__ == "DecompressionBombWarning":
+        return  # Pillow's own guard: metasr.io refuses such files itself, with one message
+    print(f"metasr: warning: {one_line(message)}", file=sys.stderr if file is None else file)
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM/SIGHUP handler so that ``finally`` and cleanup code run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into an exception while a command runs (as Python does SIGINT).
+
+    ``timeout``, ``kill``, ``docker stop`` and Slurm send SIGTERM; the default action would end
+    the process at once and leave a half-written temporary output behind. Only the main thread
+    can install handlers; elsewhere (a caller's worker thread) the defaults stay.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    previous = {}
+    for signum in wanted:
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            continue  # nohup and friends ignore SIGHUP on purpose: keep it ignored
+        previous[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (see "Limits" in docs/usage.md)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefix = f"metasr {args.command}: error:"
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings(), _terminate_as_exception():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except CLIError as exc:
-        print(f"metasr {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix} {one_line(exc)}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         # Raised by the library for bad input (scale, size, shapes, paths): one line, no trace.
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"metasr {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{prefix} {one_line(exc) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except MemoryError as exc:  # NumPy's _ArrayMemoryError says how much it wanted
+        detail = one_line(exc)
+        print(f"{prefix} out of memory{': ' + detail if detail else ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("metasr: interrupted", file=sys.stderr)
         return 130
+    except _Terminated as exc:
+        print(f"metasr: terminated by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum

@@ -103,6 +103,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="arrays only: 'minmax' scales each channel to 0..1 for the model and back "
         "(for image-trained models); default passes values unchanged",
     )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse inputs larger than N pixels (height x width), checked on the file header "
+        "before decoding (default: metasr.io.MAX_PIXELS, 178956970)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or file list")
     p.set_defaults(func=run)
 
@@ -111,36 +119,68 @@ def _has_magic(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
+def _is_input(path: Path) -> bool:
+    """A supported file a folder or glob contributes (hidden and temporary files are not)."""
+    from ..io import SUFFIXES, is_temporary_name
+
+    # A dot file may be a temporary output of a killed run (is_temporary_name), never an input.
+    hidden = path.name.startswith(".") or is_temporary_name(path.name)
+    return not hidden and path.suffix.lower() in SUFFIXES and path.is_file()
+
+
+def missing_reason(path: Path) -> str:
+    """Why ``path`` cannot be opened: ``no such file or folder``, or what is in the way."""
+    for parent in reversed(path.parents):  # the first existing non-folder on the way down
+        if parent != Path(".") and parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+    if path.exists() or path.is_symlink():
+        if path.is_symlink() and not path.exists():
+            return "broken symbolic link"
+        return "not a regular file or folder"  # a FIFO, socket or device
+    return "no such file or folder"
+
+
 def expand_inputs(items: list[str]) -> list[Path]:
-    """Files from file names, folders (their supported files) and glob patterns, in order."""
+    """Files from file names, folders (their supported files) and glob patterns, in order.
+
+    Paths are kept as given (symbolic links are not resolved), so each output is named after
+    the name the user gave; the same path named twice is read once. Folders and globs skip
+    hidden files, which include the temporary files of an interrupted run.
+
+    Raises:
+        FileNotFoundError: a name that is missing, a folder or glob without supported files.
+        ValueError: a file named explicitly with an unsupported suffix.
+    """
     from ..io import SUFFIXES, format_of
 
     files: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(
-                f for f in path.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES
-            )
+            found = sorted(f for f in path.iterdir() if _is_input(f))
             if not found:
-                raise CLIError(f"{item}: folder has no supported files ({', '.join(SUFFIXES)})")
+                raise FileNotFoundError(
+                    f"{item}: folder has no supported files ({', '.join(SUFFIXES)})"
+                )
             files.extend(found)
         elif path.is_file():
             format_of(path)  # an unsupported suffix given by name is an error, not skipped
             files.append(path)
         elif _has_magic(item):
-            found = sorted(
-                Path(f)
-                for f in glob.glob(item)
-                if Path(f).is_file() and Path(f).suffix.lower() in SUFFIXES
-            )
+            found = sorted(Path(f) for f in glob.glob(item) if _is_input(Path(f)))
             if not found:
-                raise CLIError(f"{item}: no supported files match")
+                raise FileNotFoundError(f"{item}: no supported files match")
             files.extend(found)
         else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
-    unique = list(dict.fromkeys(f.resolve() for f in files))
-    return [Path(f) for f in unique]
+            raise FileNotFoundError(f"{item}: {missing_reason(path)}")
+    seen: set[str] = set()
+    unique: list[Path] = []
+    for f in files:
+        key = os.path.abspath(f)  # not resolve(): two links to one blob are two inputs
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
 
 
 def plan_outputs(files: list[Path], output: str) -> list[Path]:
@@ -158,9 +198,13 @@ def plan_outputs(files: list[Path], output: str) -> list[Path]:
             )
     elif len(files) > 1 or output.endswith(("/", os.sep)) or not out.suffix:
         # Several inputs need a folder, and a name without a suffix is meant as one.
+        if out.exists():
+            raise CLIError(f"output {output} is not a folder")
         raise CLIError(f"output folder {output} does not exist")
     else:
         if not out.parent.is_dir():
+            if out.parent.exists():
+                raise CLIError(f"output folder {out.parent} is a file, not a folder")
             raise CLIError(f"output folder {out.parent} does not exist")
         format_of(out)
         targets = [out]
@@ -186,6 +230,34 @@ def _device(name: str | None):
     return dev
 
 
+def _out_of_memory_hint(tile: int) -> str:
+    """What to suggest after running out of memory with ``--tile tile``."""
+    if tile == 0:
+        return "try --tile 512 (or smaller)"
+    if tile > 64:
+        return f"try a smaller --tile (such as {max(tile // 2, 64)})"
+    # Tiles this small hold little: the memory went to the output itself or to the model.
+    return "a smaller --tile will not help: use a smaller scale or a device with more memory"
+
+
+def _nonfinite_hint(loaded, raster) -> str:
+    """Why a result may hold NaN/inf: the model's weights, or input values too large."""
+    import numpy as np
+    import torch
+
+    broken = [
+        name for name, p in loaded.model.named_parameters() if not bool(torch.isfinite(p).all())
+    ]
+    if broken:
+        return (
+            f"the model's weights hold NaN or infinite values ({len(broken)} tensors, "
+            f"e.g. {broken[0]})"
+        )
+    largest = float(np.abs(raster.data).max())
+    hint = f"the input's values (up to {largest:.3g}) may be too large for float32 computation"
+    return hint + ("; try --normalize minmax" if raster.kind == "field" else "")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -193,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoints import load_model
     from ..inference import upscale_raster
-    from ..io import check_writable, read_raster, write_raster
+    from ..io import check_finite_result, check_writable, read_raster, write_raster
     from ..ops.memory import OutOfMemoryError
     from ..tiling import DEFAULT_OVERLAP
 
@@ -204,6 +276,10 @@ def run(args: argparse.Namespace) -> int:
     overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
     if overlap < 0:
         raise CLIError(f"bad --tile-overlap {overlap}: must be >= 0")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise CLIError(f"bad --max-pixels {args.max_pixels}: must be >= 1")
+    if not args.model.strip():
+        raise CLIError("bad --model '': give 'default', a checkpoint file or a registry name")
     if args.backend != "auto" and args.backend not in metasr.backends():
         raise CLIError(
             f"unknown --backend {args.backend!r}; choose from auto, {', '.join(metasr.backends())}"
@@ -229,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         bar, say = pairs, print
     for src, dst in bar:
-        raster = read_raster(src)
+        raster = read_raster(src, max_pixels=args.max_pixels)
         check_writable(raster, dst)  # before the work: a format that cannot hold the result
         try:
             result = upscale_raster(
@@ -246,10 +322,14 @@ def run(args: argparse.Namespace) -> int:
             if not isinstance(exc, OutOfMemoryError) and "allocate" not in str(exc):
                 raise
             raise CLIError(
-                f"{src}: out of {device.type} memory; try --tile 512 (or smaller)"
+                f"{src}: out of {device.type} memory; {_out_of_memory_hint(args.tile)}"
             ) from None
         except ValueError as exc:
             raise ValueError(f"{src}: {exc}") from exc
+        try:
+            check_finite_result(raster, result)
+        except ValueError as exc:
+            raise ValueError(f"{src}: {exc} ({_nonfinite_hint(loaded, raster)})") from None
         try:
             write_raster(dst, result)
         except OSError as exc:  # disk full, read-only folder, ...: atomic_write left no file
