@@ -16,7 +16,7 @@ class can be registered under several configurations::
 refuses with one ``ValueError`` a model above :data:`MAX_MODEL_ELEMENTS` elements,
 :data:`MAX_MODEL_MODULES` modules, or more bytes than the machine has free; only then is it built
 for real. The count stops the meta build as soon as a cap is passed, so even a request for
-millions of blocks is refused in a fraction of a second.
+millions of blocks is refused within seconds, before any real allocation.
 """
 
 from __future__ import annotations
