@@ -305,6 +305,33 @@ def test_clear_errors(workdir, train_opt, capsys, monkeypatch):
     )
 
 
+def test_test_refuses_paired_lr_of_another_size_and_huge_networks(workdir, capsys, monkeypatch):
+    from metasr.io import write_image
+
+    monkeypatch.chdir(workdir)
+    # LR files 24x too small for the 60x72 HR at x2 (issue 10: PSNR 13 without a word before).
+    lr = workdir / "lr_thumbs" / "X2"
+    lr.mkdir(parents=True, exist_ok=True)
+    for hr in sorted((workdir / "data" / "val").iterdir()):
+        write_image(lr / hr.name, torch.rand(3, 2, 3))
+    opt = yaml.safe_load(TEST_OPT.read_text())
+    opt["path"]["pretrain_network_g"] = None
+    test_1 = dict(opt["datasets"]["test_1"], dataroot_gt=str(workdir / "data" / "val"), scales=[2])
+    paired = dict(opt, datasets={"test_1": dict(test_1, dataroot_lq=str(lr.parent / "X{scale}"))})
+    _one_line_error(
+        run_cli(capsys, "test", "-opt", str(_write_yaml(workdir / "paired.yml", paired))),
+        2,
+        r"datasets\.test_1: paired LR .*img000\.png is 2x3, but its HR img000\.png \(60x72\) at "
+        r"scale 2 needs about 30x36",
+    )
+    huge = dict(opt, datasets={"test_1": test_1}, network_g=dict(opt["network_g"], n_feats=10**6))
+    _one_line_error(
+        run_cli(capsys, "test", "-opt", str(_write_yaml(workdir / "huge.yml", huge))),
+        2,
+        r"network_g: MetaEDSR has more than 1,073,741,824 parameter and buffer elements",
+    )
+
+
 def test_import_metasr_does_not_load_basicsr():
     code = (
         "import sys, metasr, metasr.data, metasr.metrics; "

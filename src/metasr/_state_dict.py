@@ -5,6 +5,9 @@ others: ``state_dict``, ``model``, ``net``, ``network``) and ``nn.DataParallel``
 ``DistributedDataParallel`` prefix every name with ``module.``. :func:`clean_state_dict` undoes
 both. It imports only torch, so the architectures (``metasr.archs``) and the checkpoint loaders
 (``metasr.checkpoints``) can both use it without an upward import.
+
+:func:`describe_mismatch` and :func:`non_finite_tensors` say, in one line each, why weights do not
+fit a network and which tensors hold NaN or infinity.
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["WRAPPER_KEYS", "clean_state_dict", "is_state_dict"]
+__all__ = [
+    "WRAPPER_KEYS",
+    "clean_state_dict",
+    "describe_mismatch",
+    "is_state_dict",
+    "non_finite_tensors",
+]
 
 #: Entries that may hold the weights, in order of preference. ``params_ema`` comes before
 #: ``params``: when BasicSR trains with an exponential moving average it validates with the EMA
@@ -71,3 +80,52 @@ def clean_state_dict(
             )
         sd = obj[key]
     return {k.removeprefix(_PREFIX): v for k, v in sd.items()}, key
+
+
+def _examples(names: list[str], limit: int) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ..." if len(names) > limit else shown
+
+
+def describe_mismatch(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], limit: int = 3
+) -> str | None:
+    """Why ``given`` does not load into a network whose state dict is ``expected``, or None.
+
+    A state dict of another architecture differs in hundreds of names; the description counts
+    them and names only the first ``limit`` of each kind, so it stays one line.
+
+    Args:
+        expected: the network's ``state_dict()`` (tensors on any device, ``meta`` included).
+        given: the state dict to load.
+        limit: names shown per kind of difference.
+
+    Returns:
+        ``"312 missing (a, b, c, ...); 280 unexpected (...); 2 of another shape (name: file
+        (64, 3, 3, 3), network (32, 3, 3, 3))"``, with only the kinds that occur, or None when
+        every name and shape agrees.
+    """
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    reshaped = [
+        f"{k}: file {tuple(given[k].shape)}, network {tuple(expected[k].shape)}"
+        for k in expected
+        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_examples(missing, limit)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_examples(unexpected, limit)})")
+    if reshaped:
+        parts.append(f"{len(reshaped)} of another shape ({_examples(reshaped, limit)})")
+    return "; ".join(parts) or None
+
+
+def non_finite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold NaN or infinity, in order."""
+    return [
+        k
+        for k, v in state.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    ]

@@ -25,6 +25,12 @@ file and says what it is.
 
 Wrappers and ``module.`` prefixes are removed in one place for every format:
 :func:`metasr._state_dict.clean_state_dict`.
+
+A file is data from anywhere, so nothing in it is trusted: metadata must have the documented
+types, the network it describes is measured on the ``meta`` device and refused above the size
+caps of :func:`metasr.create_model` before any memory is allocated, weights that do not fit
+are described in one line (counts and a few names), and weights holding NaN or infinity are
+refused.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ._state_dict import clean_state_dict, is_state_dict
+from ._state_dict import clean_state_dict, describe_mismatch, is_state_dict, non_finite_tensors
 
 __all__ = [
     "ARCH_NAMES",
@@ -52,6 +58,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "network_value_range",
+    "resolve_device",
     "save_checkpoint",
     "set_backend",
 ]
@@ -111,18 +118,28 @@ def build_network(opt: Mapping[str, Any]) -> nn.Module:
     ``type`` is one of :data:`ARCH_NAMES` (a class name, as in BasicSR option files) or any
     name of :func:`metasr.list_models`.
 
+    The network is measured on the ``meta`` device first and refused above the caps of
+    :func:`metasr.create_model` (:func:`metasr.archs._registry.build_bounded`).
+
     Raises:
-        ValueError: no or an unknown ``type``, or arguments the constructor refuses.
+        ValueError: no or an unknown ``type``, arguments the constructor refuses (wrong names,
+            values or types), or a network too large to build.
     """
+    if not isinstance(opt, Mapping):
+        raise ValueError(f"network options must be a mapping, got {type(opt).__name__}")
     kwargs = dict(opt)
     name = kwargs.pop("type", None)
     if not isinstance(name, str):
         raise ValueError(f"network options need a 'type' (one of {', '.join(ARCH_NAMES)})")
+    bad = [k for k in kwargs if not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"network options: argument names must be strings, got {bad[:3]}")
     from . import archs
+    from .archs._registry import build_bounded
 
     cls = getattr(archs, name, None) if name in ARCH_NAMES else None
     if isinstance(cls, type) and issubclass(cls, nn.Module):
-        return cls(**kwargs)
+        return build_bounded(lambda: cls(**kwargs), name)
     if name in archs.list_models():
         return archs.create_model(name, **kwargs)
     raise ValueError(
@@ -178,6 +195,42 @@ def set_backend(model: nn.Module, backend: str) -> None:
             module.backend = backend
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device` that this machine has.
+
+    Raises:
+        ValueError: not a device name (``"tpu"``), or a CUDA/MPS device that is not available
+            (no GPU, or an index past the last one).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N, or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: no CUDA device is available (use cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "meta"):
+        raise ValueError(f"device {device!r}: metasr runs on cpu, cuda or mps")
+    return dev
+
+
+def _check_finite(model: nn.Module, name: str) -> None:
+    """Refuse weights with NaN or infinity: every output would be NaN (a black image)."""
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise ValueError(
+            f"checkpoint {name} has non-finite weights (NaN or infinity) in {len(bad)} "
+            f"tensor(s), e.g. {shown}"
+        )
+
+
 def _finish(
     model: nn.Module,
     name: str,
@@ -186,6 +239,7 @@ def _finish(
     metadata: dict,
     fmt: ModelFormat,
 ) -> LoadedModel:
+    _check_finite(model, name)
     model.eval()
     return LoadedModel(
         model,
@@ -201,13 +255,20 @@ def _finish(
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    # Compared first, so that the weights of another architecture (hundreds of names) give
+    # one line with counts and a few names, not PyTorch's list of every key.
+    mismatch = describe_mismatch(model.state_dict(), state)
+    if mismatch is not None:
+        raise ValueError(
+            f"{path}: the weights do not fit {type(model).__name__} (another architecture or "
+            f"other arguments?): {mismatch}"
+        )
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
-        detail = str(exc).strip().splitlines()
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied
         raise ValueError(
-            f"{path}: weights do not fit {type(model).__name__}: "
-            f"{' '.join(line.strip() for line in detail[1:3])}"
+            f"{path}: the weights do not load into {type(model).__name__}: "
+            f"{str(exc).strip().splitlines()[0]}"
         ) from exc
 
 
@@ -233,25 +294,52 @@ def save_checkpoint(
 ) -> None:
     """Write ``model``'s weights and how to rebuild it to a safetensors file.
 
+    Before anything is written, ``create_model(arch, **kwargs)`` is rebuilt on the ``meta``
+    device (no memory) and its state dict compared with ``model``'s, so a file that would not
+    load is never written.
+
     Args:
         path: destination ``.safetensors`` file (written atomically).
         model: the network; its ``state_dict`` is stored.
         arch: registry name, so that ``metasr.create_model(arch, **kwargs)`` rebuilds it.
         kwargs: JSON-serialisable constructor arguments.
         metadata: extra string entries (training notes, source checkpoint, ...).
+
+    Raises:
+        ValueError: ``arch`` is not registered, ``kwargs`` is not a JSON-serialisable mapping
+            of argument names, ``arch`` and ``kwargs`` describe another network than ``model``
+            (other names or shapes), or the weights hold NaN or infinity.
     """
     _require_safetensors()
     from safetensors.torch import save_file
 
-    from . import __version__
+    from . import __version__, archs
+    from .archs._registry import model_entry
     from .io import atomic_write
+
+    entry = model_entry(arch)  # ValueError for an unregistered name
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"kwargs must be a mapping of argument names, got {kwargs!r}")
+    try:
+        kwargs_json = json.dumps(dict(kwargs), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"kwargs must be JSON-serialisable: {exc}") from None
+    with torch.device("meta"):
+        rebuilt = archs.create_model(entry.name, **kwargs)
+    mismatch = describe_mismatch(rebuilt.state_dict(), model.state_dict())
+    if mismatch is not None:
+        raise ValueError(
+            f"{path}: create_model({entry.name!r}, **kwargs) does not rebuild this "
+            f"{type(model).__name__} (the file would never load): {mismatch}"
+        )
+    _check_finite(model, f"for {path}")
 
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update(
         format=CHECKPOINT_FORMAT,
         format_version=_FORMAT_VERSION,
-        arch=arch,
-        kwargs=json.dumps(kwargs, sort_keys=True),
+        arch=entry.name,
+        kwargs=kwargs_json,
         metasr_version=__version__,
     )
     # safetensors refuses tensors that share storage; a copy of each makes every entry its own.
@@ -262,9 +350,15 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedModel:
     """Rebuild a model from a metasr safetensors checkpoint (see :func:`save_checkpoint`).
 
+    The metadata is checked (``arch`` a registered name, ``kwargs`` a JSON object) and the
+    network measured on the ``meta`` device before the tensors are read or anything is built,
+    so crafted metadata (``n_feats=10**6``: terabytes) is refused without allocating.
+
     Raises:
         ValueError: the file is not a safetensors file, lacks metasr metadata, names an unknown
-            architecture, or its tensors do not fit the architecture.
+            architecture, has ``kwargs`` that are not a JSON object of constructor arguments,
+            describes a network above the size caps of :func:`metasr.create_model`, or its
+            tensors do not fit the architecture or hold NaN or infinity.
     """
     _require_safetensors()
     from safetensors import safe_open
@@ -276,7 +370,6 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
-        state = load_file(str(path))
     except Exception as exc:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
     if meta.get("format") != CHECKPOINT_FORMAT or "arch" not in meta:
@@ -289,6 +382,11 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
         kwargs = json.loads(meta.get("kwargs", "{}"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: corrupt 'kwargs' metadata ({exc})") from exc
+    if not isinstance(kwargs, dict):
+        raise ValueError(
+            f"{path}: 'kwargs' metadata must be a JSON object of constructor arguments, "
+            f"got a {type(kwargs).__name__}"
+        )
     if arch not in archs.list_models():
         raise ValueError(
             f"{path}: architecture {arch!r} is not registered "
@@ -298,6 +396,10 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
         model = archs.create_model(arch, **kwargs)
     except ValueError as exc:
         raise ValueError(f"{path}: cannot build {arch} from its metadata: {exc}") from exc
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
     _load_state(model, state, path)
     return _finish(model, name or str(path), arch, kwargs, meta, "metasr")
 
@@ -465,9 +567,13 @@ def load_model(
 
     Raises:
         FileNotFoundError: a path that does not exist, or no bundled default model.
-        ValueError: the file is not a model checkpoint, the name is not registered, or the
-            backend is unknown.
+        ValueError: the file is not a model checkpoint, the name is not registered, the
+            backend is unknown, ``device`` is not a device of this machine
+            (:func:`resolve_device`), or ``dtype`` is not a floating-point dtype.
     """
+    device = resolve_device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     spec = str(spec)
     path = Path(spec)
     if spec == "default":

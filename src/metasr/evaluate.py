@@ -103,7 +103,14 @@ def as_upscaler(model: object, device: str | torch.device = "cpu") -> EvalModel:
             :class:`MetaSRModel`); or an :data:`Upscaler` callable (taken to accept any channel
             count).
         device: where a network runs; outputs come back as float32 on the CPU.
+
+    Raises:
+        ValueError: ``model`` cannot be evaluated, or ``device`` is not a device of this
+            machine (:func:`metasr.checkpoints.resolve_device`).
     """
+    from .checkpoints import resolve_device
+
+    device = resolve_device(device)
     if isinstance(model, EvalModel):
         return model
     if isinstance(model, str):

@@ -9,6 +9,14 @@ class can be registered under several configurations::
     class MetaEDSR(nn.Module): ...
 
     model = create_model("meta_edsr", in_channels=1, out_channels=1)
+
+**Size bound.** Arguments can come from a file (a checkpoint's metadata, an option file), and
+``n_feats=10**6`` asks for terabytes. :func:`create_model` therefore builds the model on the
+``meta`` device first (shapes only, no memory), counts its parameter and buffer elements, and
+refuses with one ``ValueError`` a model above :data:`MAX_MODEL_ELEMENTS` elements,
+:data:`MAX_MODEL_MODULES` modules, or more bytes than the machine has free; only then is it built
+for real. The count stops the meta build as soon as a cap is passed, so even a request for
+millions of blocks is refused within seconds, before any real allocation.
 """
 
 from __future__ import annotations
@@ -16,13 +24,38 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
+from torch.nn.modules import module as _module_hooks
 
-__all__ = ["ModelEntry", "create_model", "list_models", "model_entry", "register_model"]
+from ..ops.memory import available_memory_bytes
+
+__all__ = [
+    "MAX_MODEL_ELEMENTS",
+    "MAX_MODEL_MODULES",
+    "ModelEntry",
+    "ModelSize",
+    "build_bounded",
+    "create_model",
+    "list_models",
+    "measure_model",
+    "model_entry",
+    "register_model",
+]
+
+#: Most parameter + buffer elements a model built by :func:`create_model` may have: 2**30, 4 GiB
+#: in float32. The largest registered configuration (``meta_rdn``) has 22 million.
+MAX_MODEL_ELEMENTS = 1 << 30
+
+#: Most modules such a model may have (``meta_rdn`` has 574). Bounds deep requests such
+#: as ``n_resblocks=10**7`` of tiny blocks, whose Python objects alone would fill memory.
+MAX_MODEL_MODULES = 20_000
 
 T = TypeVar("T", bound=Callable[..., nn.Module])
 
@@ -109,6 +142,122 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[key]
 
 
+@dataclass(frozen=True)
+class ModelSize:
+    """What a model holds, measured on the ``meta`` device.
+
+    Attributes:
+        parameters: parameter elements.
+        buffers: buffer elements (e.g. Swin's relative position index).
+        nbytes: bytes of both in their dtypes when built.
+        modules: number of modules, the model included.
+    """
+
+    parameters: int
+    buffers: int
+    nbytes: int
+    modules: int
+
+    @property
+    def elements(self) -> int:
+        """Parameter and buffer elements together."""
+        return self.parameters + self.buffers
+
+
+class _TooLarge(Exception):
+    """Raised from a registration hook to stop a meta build that has passed a cap."""
+
+
+@contextmanager
+def _registration_counter(what: str) -> Iterator[None]:
+    """Count, in this thread, the elements and modules registered while the block runs.
+
+    The hooks are global to PyTorch; registrations from other threads are ignored.
+    """
+    thread = threading.get_ident()
+    count = {"elements": 0, "modules": 0}
+
+    def on_tensor(module: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+        if threading.get_ident() != thread or tensor is None:
+            return
+        count["elements"] += tensor.numel()
+        if count["elements"] > MAX_MODEL_ELEMENTS:
+            raise _TooLarge(
+                f"{what} has more than {MAX_MODEL_ELEMENTS:,} parameter and buffer elements "
+                f"(the limit, metasr.archs._registry.MAX_MODEL_ELEMENTS)"
+            )
+
+    def on_module(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+        if threading.get_ident() != thread or submodule is None:
+            return
+        count["modules"] += 1
+        if count["modules"] > MAX_MODEL_MODULES:
+            raise _TooLarge(
+                f"{what} has more than {MAX_MODEL_MODULES:,} modules "
+                f"(the limit, metasr.archs._registry.MAX_MODEL_MODULES)"
+            )
+
+    handles = [
+        _module_hooks.register_module_parameter_registration_hook(on_tensor),
+        _module_hooks.register_module_buffer_registration_hook(on_tensor),
+        _module_hooks.register_module_module_registration_hook(on_module),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def measure_model(build: Callable[[], nn.Module], what: str = "the model") -> ModelSize:
+    """Build ``build()`` on the ``meta`` device (no memory) and measure it.
+
+    Args:
+        build: the constructor call, e.g. ``lambda: MetaRDN(G0=64)``.
+        what: the model, as error messages name it.
+
+    Raises:
+        ValueError: the model passes :data:`MAX_MODEL_ELEMENTS` or :data:`MAX_MODEL_MODULES`
+            (found while building, so the build stops early), or the constructor refuses its
+            arguments (a ``TypeError`` for a wrong argument type included).
+    """
+    try:
+        with _registration_counter(what), torch.device("meta"):
+            model = build()
+    except _TooLarge as exc:
+        raise ValueError(f"{exc}; refused before building it") from None
+    except TypeError as exc:  # a wrong argument type reaching a layer constructor
+        raise ValueError(f"{what}: {exc}") from exc
+    params = {id(p): p for p in model.parameters()}.values()  # tied weights count once
+    buffers = list(model.buffers())
+    return ModelSize(
+        parameters=sum(p.numel() for p in params),
+        buffers=sum(b.numel() for b in buffers),
+        nbytes=sum(t.numel() * t.element_size() for t in [*params, *buffers]),
+        modules=sum(1 for _ in model.modules()),
+    )
+
+
+def build_bounded(build: Callable[[], nn.Module], what: str = "the model") -> nn.Module:
+    """``build()``, after :func:`measure_model` found it within the caps and the free memory.
+
+    Raises:
+        ValueError: the model is above a cap, needs more bytes than the CPU has available, or
+            the constructor refuses its arguments.
+    """
+    size = measure_model(build, what)
+    free = available_memory_bytes(torch.device("cpu"))
+    if free is not None and size.nbytes > free:
+        raise ValueError(
+            f"{what} needs {size.nbytes / 2**30:.1f} GiB for {size.elements:,} parameter and "
+            f"buffer elements; {free / 2**30:.1f} GiB of memory is available"
+        )
+    try:
+        return build()
+    except TypeError as exc:
+        raise ValueError(f"{what}: {exc}") from exc
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``; ``kwargs`` override the entry's defaults.
 
@@ -117,9 +266,13 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         >>> m(torch.rand(1, 3, 8, 8) * 255, scale=(2.5, 3.0)).shape
         torch.Size([1, 3, 20, 24])
 
+    The model is measured on the ``meta`` device first and refused when it passes
+    :data:`MAX_MODEL_ELEMENTS` parameter and buffer elements, :data:`MAX_MODEL_MODULES` modules,
+    or the free memory (:func:`build_bounded`).
+
     Raises:
-        ValueError: for an unknown name, a keyword the constructor does not accept, or an invalid
-            value (the constructors validate their arguments).
+        ValueError: for an unknown name, a keyword the constructor does not accept, an invalid
+            value (the constructors validate their arguments) or type, or a model too large.
     """
     entry = model_entry(name)
     if entry.accepted is not None:
@@ -129,4 +282,5 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
                 f"create_model({entry.name!r}) got unexpected argument(s) {unknown}; "
                 f"accepted: {', '.join(entry.accepted)}"
             )
-    return entry.constructor(**{**entry.defaults, **kwargs})
+    merged = {**entry.defaults, **kwargs}
+    return build_bounded(lambda: entry.constructor(**merged), f"model {entry.name!r}")

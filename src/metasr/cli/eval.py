@@ -7,6 +7,10 @@ and prints PSNR/SSIM per scale (Y channel for RGB, raw values for ``.npy`` field
 ``ceil(r_v)`` rows, ``ceil(r_h)`` columns). The protocol is :mod:`metasr.evaluate`; scales follow
 the grammar of :mod:`metasr.data.scales` (``--scales 3.5,2`` is two scales; ``3.5x2`` one pair),
 and ``--lq-size 96x144`` evaluates at a fixed LR size instead.
+
+Everything the user gives is checked before the evaluation runs (which can take minutes): the
+scales, ``--backend``, ``--device`` (a device this machine has), and the ``--csv``/``--json``/
+``--plot`` destinations (not a folder, not below a file, in a writable folder).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +127,45 @@ def _check_backend(backend: str | None) -> None:
         )
 
 
+def _check_device(device: str) -> None:
+    from ..checkpoints import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise CLIError(f"--device: {exc}") from None
+
+
+def _check_output(path: Path | None, flag: str) -> None:
+    """Refuse a destination that cannot be written, before the evaluation runs.
+
+    The file itself may not exist yet; its nearest existing ancestor must be a writable folder
+    (missing folders below it are created when writing).
+    """
+    if path is None:
+        return
+    if path.is_dir():
+        raise CLIError(f"{flag} {path}: is a folder; give a file name")
+    ancestor = path.parent
+    while not ancestor.exists():
+        if ancestor == ancestor.parent:
+            break
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise CLIError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    if ancestor.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: folder {ancestor} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CLIError(f"{flag} {path}: the file is not writable")
+
+
+def _check_plot_available() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CLIError("--plot needs matplotlib: pip install matplotlib") from None
+
+
 def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     try:
         import matplotlib
@@ -152,6 +196,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _check_backend(args.backend)
+    _check_device(args.device)
+    for path, flag in ((args.csv, "--csv"), (args.json, "--json"), (args.plot, "--plot")):
+        _check_output(path, flag)
+    if args.plot:
+        _check_plot_available()
     model = load_eval_model(args.model, args.opt, args.device, args.backend)
     images, names, kind = _read_data(args.data, model.in_channels)
     per_image = evaluate(

@@ -173,15 +173,41 @@ def _check_registered(opt: dict[str, Any], src: str) -> None:
 
     check(opt["model_type"], MODEL_REGISTRY, "model_type")
     check(opt["network_g"]["type"], ARCH_REGISTRY, "network_g.type")
+    _check_network(opt["network_g"], src)
     for phase, dopt in opt["datasets"].items():
         check(dopt["type"], DATASET_REGISTRY, f"datasets.{phase}.type")
         if dopt["type"] in ("MetaSRTrainDataset", "MetaSRTestDataset"):
-            # Build it once now (file listing only, nothing decoded) so that a bad scale
-            # sampler or patch size is reported before BasicSR starts logging and training.
+            # Build it once now (file listing only) so that a bad scale sampler or patch size
+            # is reported before BasicSR starts logging and training.
             try:
-                DATASET_REGISTRY.get(dopt["type"])({**dopt, "cache": False})
+                dataset = DATASET_REGISTRY.get(dopt["type"])({**dopt, "cache": False})
+                if dopt["type"] == "MetaSRTestDataset" and dataset.lq_template is not None:
+                    _check_first_pairs(dataset)
             except (ValueError, FileNotFoundError) as exc:
                 raise CLIError(f"{src}: datasets.{phase}: {exc}") from None
+
+
+def _check_network(network_opt: dict[str, Any], src: str) -> None:
+    """Build ``network_g`` of a metasr type on the ``meta`` device (no memory), so that wrong
+    arguments or a network too large to build (``n_feats: 1000000``) are one line now."""
+    import torch
+
+    from ..checkpoints import ARCH_NAMES, build_network
+
+    if network_opt["type"] not in ARCH_NAMES:
+        return  # another package's network: BasicSR builds it
+    try:
+        with torch.device("meta"):
+            build_network(network_opt)
+    except ValueError as exc:
+        raise CLIError(f"{src}: network_g: {exc}") from None
+
+
+def _check_first_pairs(dataset: Any) -> None:
+    """Load the first image's paired LR at every scale: an LR folder of another scale is then
+    refused before the run (the dataset checks every other pair when it loads it)."""
+    for k in range(len(dataset.scales)):
+        dataset[k * len(dataset.gt_paths)]
 
 
 def _import_integration() -> None:

@@ -22,7 +22,11 @@ cropped to ``floor(floor(H/r)·r)`` likewise (:func:`~metasr.data.scales.lq_size
 ``datasets/DIV2K/LR_bicubic/X{r_v:.2f}`` for Meta-SR's MATLAB-made folders; the LR file's stem
 is ``lq_filename_tmpl`` (default ``"{stem}"``, e.g. ``"{stem}x{r_v:.2f}"``). Training crops then
 take an LR patch at ``(y, x)`` and the HR rows from ``floor(y·r_v)``. The scale sampler must
-only produce scales that have folders (a ``choice`` or ``grid`` sampler).
+only produce scales that have folders (a ``choice`` or ``grid`` sampler). A paired LR must have
+the size its scale implies: per axis ``|h − H/r_v|`` at most :data:`PAIRED_LR_TOLERANCE` pixels
+or that fraction of ``H/r_v``, whichever is larger (MATLAB's ``ceil``, the protocol's ``floor``
+and mod-cropped HR all pass); an LR folder of another scale, or of thumbnails, is refused with
+the file names and sizes instead of being scored silently.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from .scales import (
 )
 
 __all__ = [
+    "PAIRED_LR_TOLERANCE",
     "ArbitraryScaleDataset",
     "ArbitraryScaleTestDataset",
     "BatchSpec",
@@ -59,6 +64,10 @@ __all__ = [
 ]
 
 _EPS = 1e-6
+
+#: How far a paired LR's side may be from ``HR side / scale``: 2 pixels, or 2 % of the side
+#: when that is more (the module docstring says why).
+PAIRED_LR_TOLERANCE = (2, 0.02)
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,23 @@ def bicubic_pair(gt: torch.Tensor, scale: Scale) -> tuple[torch.Tensor, torch.Te
     h, w, H, W = lq_size_for(gt.shape[-2], gt.shape[-1], scale)
     gt = gt[..., :H, :W]
     return imresize(gt, scale=(1.0 / scale[0], 1.0 / scale[1]), size=(h, w)), gt
+
+
+def _check_paired_size(
+    lq: torch.Tensor, gt: torch.Tensor, scale: Scale, lq_path: Path, gt_path: Path
+) -> None:
+    """Refuse a paired LR whose size does not match ``HR size / scale`` (per axis)."""
+    pixels, fraction = PAIRED_LR_TOLERANCE
+    for axis, r in zip((-2, -1), scale, strict=True):
+        want = gt.shape[axis] / r
+        if abs(lq.shape[axis] - want) > max(pixels, fraction * want):
+            h, w = lq.shape[-2:]
+            H, W = gt.shape[-2:]
+            raise ValueError(
+                f"paired LR {lq_path} is {h}x{w}, but its HR {gt_path.name} ({H}x{W}) at scale "
+                f"{format_scale(scale)} needs about {H / scale[0]:.0f}x{W / scale[1]:.0f}; "
+                "is dataroot_lq the folder of another scale?"
+            )
 
 
 def _merge_opts(opt: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +233,9 @@ class _ScaleDataBase(Dataset):
             lq, gt = bicubic_pair(gt, scale)
             return lq, gt, gt_path
         lq_path = self._lq_path(gt_path, scale)
-        return self._load(lq_path), gt, lq_path
+        lq = self._load(lq_path)
+        _check_paired_size(lq, gt, scale, lq_path, gt_path)
+        return lq, gt, lq_path
 
 
 class ArbitraryScaleDataset(_ScaleDataBase):
@@ -350,6 +378,7 @@ class ArbitraryScaleDataset(_ScaleDataBase):
         gt_img = self._load(gt_path)
         lq_path = self._lq_path(gt_path, spec.scale)
         lq_img = self._load(lq_path)
+        _check_paired_size(lq_img, gt_img, spec.scale, lq_path, gt_path)
         p = int(spec.lq_patch)  # type: ignore[arg-type]
         H, W, r_v, r_h = resolve_output_size(p, p, scale=spec.scale)
         hl, wl = lq_img.shape[-2:]
