@@ -95,6 +95,22 @@ def test_downscale_baseline_and_function(tmp_path: Path) -> None:
     assert resolve_grid(tmp_path / "target.nc").same_as(regular_grid(24, 48, pole_rows=False))
 
 
+def test_lat_lon_along_other_dims(tmp_path: Path) -> None:
+    ds = xr.Dataset(
+        {"v": (("x", "y"), np.arange(12.0).reshape(4, 3))},
+        coords={"nav_lat": ("y", [10.0, 0.0, -10.0]), "nav_lon": ("x", [0.0, 5.0, 10.0, 15.0])},
+    )
+    ds.to_netcdf(tmp_path / "xy.nc")
+    da = read_field(tmp_path / "xy.nc", "v")
+    assert da.dims == ("lat", "lon") and da["lat"].values.tolist() == [10.0, 0.0, -10.0]
+    np.testing.assert_array_equal(da.values, np.arange(12.0).reshape(4, 3).T)
+    station = xr.Dataset(
+        {"v": ("s", np.ones(3))}, coords={"lat": ("s", [0.0, 1, 2]), "lon": ("s", [0.0, 1, 2])}
+    )
+    with pytest.raises(ValueError, match="share the dimension"):
+        downscale(station.v, "4x8")
+
+
 def test_bad_input(tmp_path: Path) -> None:
     make_dataset().to_netcdf(tmp_path / "in.nc")
     with pytest.raises(ValueError, match=r"no variable 'tas'.*\['t2m'\]"):

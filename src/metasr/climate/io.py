@@ -89,10 +89,18 @@ def as_field(da: xr.DataArray) -> xr.DataArray:
             )
         if da[name].dims[0] not in da.dims:
             raise ValueError(f"coordinate {name!r} is not along a dimension of {da.name!r}")
-    lat_dim, lon_dim = da[lat_name].dims[0], da[lon_name].dims[0]
-    lead = [d for d in da.dims if d not in (lat_dim, lon_dim)]
-    da = da.transpose(*lead, lat_dim, lon_dim)
-    rename = {lat_dim: "lat", lon_dim: "lon", lat_name: "lat", lon_name: "lon"}
+    if da[lat_name].dims == da[lon_name].dims:
+        raise ValueError(
+            f"{lat_name!r} and {lon_name!r} share the dimension {da[lat_name].dims[0]!r}: "
+            "unstructured/station data is not supported yet (only 1-D regular or Gaussian)"
+        )
+    # A 1-D lat/lon along another dimension (e.g. lat(y)) becomes that dimension's coordinate.
+    swap = {da[n].dims[0]: n for n in (lat_name, lon_name) if da[n].dims[0] != n}
+    if swap:
+        da = da.swap_dims(swap)
+    lead = [d for d in da.dims if d not in (lat_name, lon_name)]
+    da = da.transpose(*lead, lat_name, lon_name)
+    rename = {lat_name: "lat", lon_name: "lon"}
     da = da.rename({k: v for k, v in rename.items() if k != v})
     Grid.from_coords(da["lat"].values, da["lon"].values)  # validates monotonicity etc.
     if not np.any(np.isfinite(da.values)):
