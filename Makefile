@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-EXTRAS ?= dev,train
+EXTRAS ?= dev,train,climate
 
-.PHONY: venv test lint bench demo default-model photos clean
+.PHONY: venv test lint bench demo default-model photos climate-data clean
 
 # BasicSR 1.4.2 ships only as a source package whose build imports torch, so it is built
 # against the venv's torch (--no-build-isolation) after torch is installed.
@@ -47,6 +47,13 @@ default-model: venv
 # whole held-out photos in datasets/photos/val, manifest.json with package, version, licence.
 photos: venv
 	$(PY) -m metasr.data.samples debian-photos datasets/photos
+
+# Real climate data into datasets/climate (gitignored): ETOPO5 relief from Debian's
+# ferret-datasets (apt-get download + dpkg -x, nothing installed; run apt-get update first) and
+# the GloSea4 N96 surface-temperature PP files from the iris-sample-data wheel (pip download
+# --no-deps, unzipped; iris is not installed). manifest.json records versions, licences, hashes.
+climate-data: venv
+	$(PY) -m metasr.climate.datasets datasets/climate
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,73 @@
+"""Climate downscaling on latitude/longitude grids.
+
+* :mod:`~metasr.climate.grids`: :class:`Grid` (1-D lat/lon, cell bounds, areas), named grids
+  (``"era5"``, ``"n96"``, ``"HxW"``), Gaussian grids.
+* :mod:`~metasr.climate.regrid`: nearest/bilinear/bicubic/first-order conservative baselines,
+  periodic in longitude and NaN-aware; fill-and-remask helpers.
+* :mod:`~metasr.climate.metrics`: latitude-weighted RMSE/MAE/bias, Pearson, ACC, zonal power
+  spectrum, conservation error.
+* :mod:`~metasr.climate.data`: coarsening at any ratio (conservative or bicubic), static
+  predictors (orography, land-sea mask, latitude).
+* :mod:`~metasr.climate.pp`: a numpy reader for unpacked UM PP files.
+* :mod:`~metasr.climate.io`: netCDF as ``xarray.DataArray`` (needs ``pip install metasr[climate]``;
+  xarray is imported only when these functions are called).
+* :mod:`~metasr.climate.datasets`: ``make climate-data`` (relief and GloSea4 temperatures).
+
+Everything but :mod:`~metasr.climate.io` needs only numpy (and torch for tensor input).
+"""
+
+from __future__ import annotations
+
+from .data import coarse_size, coarsen, latitude_channel, static_predictors, with_static_channels
+from .grids import Grid, coarse_grid, gaussian_grid, named_grid, regular_grid
+from .io import as_field, downscale, grid_of, read_field, resolve_grid, write_field
+from .metrics import (
+    anomaly_correlation,
+    conservation_error,
+    global_mean,
+    pearson_correlation,
+    plot_zonal_spectra,
+    spatial_weights,
+    weighted_bias,
+    weighted_mae,
+    weighted_rmse,
+    zonal_power_spectrum,
+)
+from .pp import PPField, read_pp
+from .regrid import METHODS, axis_weights, fill_missing, regrid, regrid_mask
+
+__all__ = [
+    "METHODS",
+    "Grid",
+    "PPField",
+    "anomaly_correlation",
+    "as_field",
+    "axis_weights",
+    "coarse_grid",
+    "coarse_size",
+    "coarsen",
+    "conservation_error",
+    "downscale",
+    "fill_missing",
+    "gaussian_grid",
+    "global_mean",
+    "grid_of",
+    "latitude_channel",
+    "named_grid",
+    "pearson_correlation",
+    "plot_zonal_spectra",
+    "read_field",
+    "read_pp",
+    "regrid",
+    "regrid_mask",
+    "regular_grid",
+    "resolve_grid",
+    "spatial_weights",
+    "static_predictors",
+    "weighted_bias",
+    "weighted_mae",
+    "weighted_rmse",
+    "with_static_channels",
+    "write_field",
+    "zonal_power_spectrum",
+]

@@ -1,0 +1,218 @@
+"""Real climate data, fetched offline-reproducibly through the ordinary package clients.
+
+``python -m metasr.climate.datasets DEST`` (``make climate-data``) writes into ``DEST``:
+
+- ``etopo5.cdf``: global relief (m, ocean depths negative) on a 1/12° grid, 2161×4320,
+  latitude −90 … 90, longitude 0 … 359.92, variable ``ROSE``; from Debian's ``ferret-datasets``
+  package (``apt-get download`` + ``dpkg -x``; nothing is installed; run ``apt-get update``
+  first). Licence: the Ferret licence (NOAA/PMEL, public domain, "as is"), copied to
+  ``licences/ferret-datasets.copyright``.
+- ``glosea4/ensemble_NNN.pp``: 13 GloSea4 ensemble members × 6 monthly means (Aug 2011 – Jan
+  2012) of surface temperature (K, STASH 24) on the UM N96 grid (145×192), unpacked 32-bit PP
+  (:mod:`metasr.climate.pp`); from the ``iris-sample-data`` wheel (``pip download --no-deps``,
+  unzipped; iris itself is not installed). Licence: UK Open Government Licence, © British Crown
+  copyright; the wheel's METADATA is copied to ``licences/iris-sample-data.METADATA``.
+- ``manifest.json``: package, version, licence, and size and SHA-256 of every file.
+
+Files already present are kept (delete ``DEST`` to fetch again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from .grids import Grid
+from .pp import read_pp
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+FERRET_PACKAGE = "ferret-datasets"
+IRIS_SAMPLE_PACKAGE = "iris-sample-data"
+ETOPO5_MEMBER = "usr/share/ferret-vis/data/etopo5.cdf"
+GLOSEA4_PREFIX = "iris_sample_data/sample_data/GloSea4/"
+
+
+ETOPO5_SHAPE = (2161, 4320)
+# ETOPO5's longitudes are stored as linspace(0, 359.92, 4320) — 359.92 is 359 + 11/12 rounded —
+# so column j sits 0.0033°·j/4319 east of the true 5' grid line j/12°. Latitudes are exact.
+_ETOPO5_LON_TOLERANCE = 0.005
+
+
+def read_etopo5(path: str | Path) -> xr.DataArray:
+    """ETOPO5 relief (m) as a ``(lat, lon)`` DataArray on its exact 1/12° grid (needs xarray).
+
+    The file's longitudes are snapped to ``j/12`` degrees (they deviate by at most 0.0033°, a
+    rounding of the last value; see the module notes in ``docs/climate.md``), which makes the
+    grid periodic and every 3rd row/column exactly ERA5's 0.25° grid.
+
+    Raises:
+        ValueError: not the expected 2161×4320 grid, or longitudes further than 0.005° off.
+    """
+    from .io import read_field
+
+    da = read_field(path, "ROSE")
+    if da.shape != ETOPO5_SHAPE:
+        raise ValueError(f"{path}: ROSE has shape {da.shape}, expected {ETOPO5_SHAPE}")
+    exact = np.arange(ETOPO5_SHAPE[1]) / 12.0
+    off = float(np.abs(da["lon"].values - exact).max())
+    if off > _ETOPO5_LON_TOLERANCE:
+        raise ValueError(f"{path}: longitudes are {off}° off the 1/12° grid; not ETOPO5?")
+    return da.assign_coords(lon=exact)
+
+
+class GloSea4(NamedTuple):
+    """The GloSea4 sample ensemble: ``data`` is ``(member, month, 145, 192)`` kelvin."""
+
+    data: np.ndarray
+    grid: Grid
+    members: list[str]
+    months: list[tuple[int, int]]
+
+
+def read_glosea4(folder: str | Path) -> GloSea4:
+    """Read every ``ensemble_*.pp`` of ``folder`` (numpy only; see :mod:`metasr.climate.pp`).
+
+    Raises:
+        ValueError: no files, or members with different grids or months.
+    """
+    files = sorted(Path(folder).glob("ensemble_*.pp"))
+    if not files:
+        raise ValueError(f"no ensemble_*.pp files in {folder}")
+    stacks, months, grid = [], None, None
+    for f in files:
+        fields = read_pp(f)
+        these = [p.t1[:2] for p in fields]
+        if months is None:
+            months, grid = these, fields[0].grid
+        if these != months or any(not p.grid.same_as(grid) for p in fields):
+            raise ValueError(f"{f}: months or grid differ from {files[0].name}")
+        stacks.append(np.stack([p.data for p in fields]))
+    return GloSea4(np.stack(stacks), grid, [f.stem for f in files], list(months))  # type: ignore[arg-type]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_etopo5(dest: Path, work: Path) -> dict[str, object]:
+    """``ferret-datasets`` → ``dest/etopo5.cdf`` and its copyright file; a manifest entry."""
+    from ..data.photos import fetch_debian_packages
+
+    (tree,) = fetch_debian_packages([FERRET_PACKAGE], work)
+    src = tree.root / ETOPO5_MEMBER
+    if not src.is_file():
+        raise RuntimeError(f"{FERRET_PACKAGE} {tree.version} has no {ETOPO5_MEMBER}")
+    shutil.copyfile(src, dest / "etopo5.cdf")
+    (dest / "licences").mkdir(exist_ok=True)
+    shutil.copyfile(
+        tree.root / "usr/share/doc" / FERRET_PACKAGE / "copyright",
+        dest / "licences" / f"{FERRET_PACKAGE}.copyright",
+    )
+    return {
+        "package": f"debian:{FERRET_PACKAGE}",
+        "version": tree.version,
+        "licence": "Ferret License Agreement (NOAA/PMEL; public domain, as is)",
+        "files": ["etopo5.cdf"],
+    }
+
+
+def fetch_glosea4(dest: Path, work: Path) -> dict[str, object]:
+    """``iris-sample-data`` wheel → ``dest/glosea4/*.pp`` and its METADATA; a manifest entry."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+         "-d", str(work), IRIS_SAMPLE_PACKAGE],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"pip download {IRIS_SAMPLE_PACKAGE} failed: {done.stderr[-500:]}")
+    wheels = sorted(work.glob("iris_sample_data-*.whl"))
+    if not wheels:
+        raise RuntimeError(f"pip download left no {IRIS_SAMPLE_PACKAGE} wheel in {work}")
+    wheel = wheels[-1]
+    version = re.match(r"iris_sample_data-([^-]+)-", wheel.name)
+    out = dest / "glosea4"
+    out.mkdir(exist_ok=True)
+    files = []
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.filename.startswith(GLOSEA4_PREFIX) and info.filename.endswith(".pp"):
+                target = out / Path(info.filename).name
+                target.write_bytes(zf.read(info))
+                files.append(f"glosea4/{target.name}")
+            elif info.filename.endswith(".dist-info/METADATA"):
+                (dest / "licences").mkdir(exist_ok=True)
+                (dest / "licences" / f"{IRIS_SAMPLE_PACKAGE}.METADATA").write_bytes(zf.read(info))
+    if not files:
+        raise RuntimeError(f"{wheel.name} has no GloSea4 PP files under {GLOSEA4_PREFIX}")
+    return {
+        "package": f"pypi:{IRIS_SAMPLE_PACKAGE}",
+        "version": version.group(1) if version else "unknown",
+        "licence": "UK Open Government Licence, (c) British Crown copyright",
+        "files": sorted(files),
+    }
+
+
+def fetch_climate_data(dest: str | Path) -> Path:
+    """Fetch both sources into ``dest`` (skipping those present) and write ``manifest.json``.
+
+    Returns:
+        The manifest's path.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest_path = dest / "manifest.json"
+    old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    sources = {s["package"]: s for s in old.get("sources", [])}
+    with tempfile.TemporaryDirectory(prefix="metasr-climate-") as tmp:
+        work = Path(tmp)
+        if not (dest / "etopo5.cdf").is_file() or f"debian:{FERRET_PACKAGE}" not in sources:
+            entry = fetch_etopo5(dest, work / "deb")
+            sources[entry["package"]] = entry  # type: ignore[index]
+        if not any((dest / "glosea4").glob("*.pp")) or f"pypi:{IRIS_SAMPLE_PACKAGE}" not in sources:
+            (work / "pip").mkdir()
+            entry = fetch_glosea4(dest, work / "pip")
+            sources[entry["package"]] = entry  # type: ignore[index]
+    for entry in sources.values():
+        entry["sizes"] = {f: (dest / f).stat().st_size for f in entry["files"]}
+        entry["sha256"] = {f: _sha256(dest / f) for f in entry["files"]}
+    manifest_path.write_text(json.dumps({"sources": list(sources.values())}, indent=2) + "\n")
+    return manifest_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m metasr.climate.datasets DEST``: fetch, print a summary; 1 on failure."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dest", nargs="?", default="datasets/climate")
+    args = parser.parse_args(argv)
+    try:
+        manifest = fetch_climate_data(args.dest)
+    except (RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for entry in json.loads(manifest.read_text())["sources"]:
+        total = sum(entry["sizes"].values())
+        print(f"{entry['package']} {entry['version']}: {len(entry['files'])} files, "
+              f"{total / 1e6:.1f} MB ({entry['licence']})")  # fmt: skip
+    print(f"manifest: {manifest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Baseline regridding between latitude/longitude grids: nearest, bilinear, bicubic, conservative.
+
+Every method is separable on a rectilinear grid, so it is two 1-D weight matrices (see
+:func:`axis_weights`) applied as ``out = A_lat @ field @ A_lonᵀ`` over any leading dims; numpy
+only (torch tensors are accepted and returned). Grids are arbitrary regular or Gaussian
+:class:`~metasr.climate.grids.Grid` s, so any non-integer or asymmetric ratio, up or down, works.
+
+- ``"nearest"``, ``"bilinear"``, ``"bicubic"`` interpolate in *source index space*: each target
+  coordinate's fractional source index comes from the source coordinates (exact for regular
+  grids, piecewise-linear in between for Gaussian ones). Longitude wraps when the source grid is
+  periodic, so the seam between the last and first columns is interpolated like any other gap;
+  latitude (and longitude of a regional grid) clamps at the outermost centres, e.g. a pole row of
+  a cell-centred source takes the outermost row's value. Bicubic is Keys' cubic convolution
+  (a = −½, as MATLAB and PyTorch), with replicated edges.
+- ``"conservative"``: first-order conservative remapping. A target cell's value is the
+  overlap-area-weighted mean of the source cells it overlaps; cells are rectangles in
+  (longitude, sin latitude), so the overlap is a product of 1-D overlaps (longitude overlaps are
+  taken modulo 360°). On global grids the area-weighted global mean is preserved exactly (to
+  rounding); a target cell outside the source domain is NaN.
+
+Missing values (NaN) — land/sea masks: nearest keeps the nearest value, NaN or not; bilinear
+and conservative average the valid neighbours only (weights renormalised) and give NaN only
+where no neighbour is valid; bicubic uses its 16 neighbours where all are valid and falls back
+to the renormalised bilinear value next to a NaN (cubic weights are partly negative, so
+renormalising them is unstable). With NaNs, conservative remapping preserves the mean of the
+*valid* area only where the valid fraction does not change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .grids import Grid
+
+METHODS = ("nearest", "bilinear", "bicubic", "conservative")
+"""Names accepted by :func:`regrid`."""
+
+# A renormalisation weight below this is treated as "no valid neighbour".
+_MIN_WEIGHT = 1e-12
+
+
+def _source_positions(src: np.ndarray, targets: np.ndarray, periodic: bool) -> np.ndarray:
+    """Fractional source indices of ``targets`` along one axis (clamped unless periodic)."""
+    n = src.size
+    if periodic:
+        # Index n is column 0 again, one period on: the seam is an ordinary gap.
+        ext = np.concatenate([src, [src[0] + 360.0]])
+        return np.interp(targets, ext, np.arange(n + 1, dtype=np.float64))
+    if src[0] > src[-1]:  # descending latitude
+        return (n - 1) - np.interp(targets, src[::-1], np.arange(n, dtype=np.float64))
+    return np.interp(targets, src, np.arange(n, dtype=np.float64))
+
+
+def _keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+    t = np.abs(t)
+    return np.where(
+        t <= 1,
+        (a + 2) * t**3 - (a + 3) * t**2 + 1,
+        np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0),
+    )
+
+
+def _interp_matrix(
+    src: np.ndarray, dst: np.ndarray, method: str, *, periodic: bool, wrap_targets: bool
+) -> np.ndarray:
+    """``(len(dst), len(src))`` interpolation weights along one axis."""
+    n = src.size
+    targets = dst
+    if wrap_targets:
+        # Longitude: bring targets into [src[0], src[0] + 360), so that e.g. −10° finds 350°.
+        targets = src[0] + np.mod(dst - src[0], 360.0)
+    u = _source_positions(src, targets, periodic)
+    rows = np.arange(dst.size)
+    mat = np.zeros((dst.size, n))
+    if method == "nearest":
+        offsets, base, weights = [0], np.floor(u + 0.5), [np.ones_like(u)]
+    elif method == "bilinear":
+        base = np.floor(u)
+        f = u - base
+        offsets, weights = [0, 1], [1.0 - f, f]
+    else:  # bicubic
+        base = np.floor(u)
+        f = u - base
+        offsets = [-1, 0, 1, 2]
+        weights = [_keys_cubic(f - o) for o in offsets]
+    for off, wt in zip(offsets, weights, strict=True):
+        idx = base.astype(np.int64) + off
+        idx = np.mod(idx, n) if periodic else np.clip(idx, 0, n - 1)
+        np.add.at(mat, (rows, idx), wt)
+    return mat
+
+
+def _overlap_matrix(src_b: np.ndarray, dst_b: np.ndarray, *, modulo: float | None) -> np.ndarray:
+    """``(n_dst, n_src)`` lengths of the overlaps of 1-D cells given by their edges."""
+    s_lo = np.minimum(src_b[:-1], src_b[1:])[None, :]
+    s_hi = np.maximum(src_b[:-1], src_b[1:])[None, :]
+    d_lo = np.minimum(dst_b[:-1], dst_b[1:])[:, None]
+    d_hi = np.maximum(dst_b[:-1], dst_b[1:])[:, None]
+    if modulo is None:
+        return np.maximum(0.0, np.minimum(d_hi, s_hi) - np.maximum(d_lo, s_lo))
+    # Put the source's first edge in [dst_lo0 − 360, dst_lo0): then shifts of −360, 0, +360
+    # cover every way two cells can meet across the seam.
+    shift = dst_b.min() - modulo - src_b.min()
+    shift = modulo * np.ceil(shift / modulo)
+    s_lo, s_hi = s_lo + shift, s_hi + shift
+    out = np.zeros((d_lo.size, s_lo.size))
+    for k in (-1.0, 0.0, 1.0, 2.0):
+        out += np.maximum(
+            0.0, np.minimum(d_hi, s_hi + k * modulo) - np.maximum(d_lo, s_lo + k * modulo)
+        )
+    return out
+
+
+def axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The two 1-D weight matrices of a regridding.
+
+    Args:
+        src: source grid, shape ``(h, w)``.
+        dst: target grid, shape ``(H, W)``.
+        method: one of :data:`METHODS`.
+
+    Returns:
+        ``(A_lat, A_lon)`` of shapes ``(H, h)`` and ``(W, w)``. For the interpolation methods
+        rows sum to 1; for ``"conservative"`` they hold overlap lengths (in sin latitude and in
+        degrees of longitude) and :func:`regrid` divides by the covered area.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown regridding method {method!r}; choose from {METHODS}")
+    if method == "conservative":
+        sin_src = np.sin(np.deg2rad(src.lat_bounds))
+        sin_dst = np.sin(np.deg2rad(dst.lat_bounds))
+        return (
+            _overlap_matrix(sin_src, sin_dst, modulo=None),
+            _overlap_matrix(src.lon_bounds, dst.lon_bounds, modulo=360.0),
+        )
+    a_lat = _interp_matrix(src.lat, dst.lat, method, periodic=False, wrap_targets=False)
+    a_lon = _interp_matrix(src.lon, dst.lon, method, periodic=src.periodic, wrap_targets=True)
+    return a_lat, a_lon
+
+
+def _apply(a_lat: np.ndarray, a_lon: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.matmul(np.matmul(a_lat, x), a_lon.T)
+
+
+def _renormalised(a_lat: np.ndarray, a_lon: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``Σ w·x / Σ w`` over the valid (non-NaN) source cells; NaN where no weight is valid."""
+    valid = np.isfinite(x)
+    num = _apply(a_lat, a_lon, np.where(valid, x, 0.0))
+    den = _apply(a_lat, a_lon, valid.astype(np.float64))
+    scale = np.max(a_lat.sum(axis=1)) * np.max(a_lon.sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > _MIN_WEIGHT * scale, num / den, np.nan)
+
+
+def check_field(field: np.ndarray, grid: Grid, name: str = "field") -> None:
+    """Raise ``ValueError`` unless ``field`` is ``(..., H, W)`` on ``grid`` with a finite value."""
+    if field.ndim < 2 or tuple(field.shape[-2:]) != grid.shape:
+        raise ValueError(
+            f"{name} has shape {tuple(field.shape)}; expected (..., {grid.shape[0]}, "
+            f"{grid.shape[1]}) for {grid!r}"
+        )
+    if not np.any(np.isfinite(field)):
+        raise ValueError(f"{name} is all NaN/missing")
+
+
+def regrid(field: Any, src: Grid, dst: Grid, method: str = "conservative") -> Any:
+    """Regrid ``field`` from ``src`` to ``dst`` (see the module docstring for each method).
+
+    Args:
+        field: ``(..., h, w)`` numpy array or torch tensor on ``src``; NaN marks missing values.
+        src: source grid.
+        dst: target grid.
+        method: one of :data:`METHODS`.
+
+    Returns:
+        ``(..., H, W)`` on ``dst``, float64 numpy for numpy input; a tensor of the input's dtype
+        and device for a tensor.
+
+    Raises:
+        ValueError: unknown method, shape not matching ``src``, or an all-NaN field.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown regridding method {method!r}; choose from {METHODS}")
+    tensor = _tensor_info(field)
+    x = np.asarray(field.detach().cpu().double().numpy() if tensor else field, dtype=np.float64)
+    check_field(x, src)
+    if method == "nearest":
+        # Index gather keeps NaN exactly where the nearest source value is NaN.
+        a_lat, a_lon = axis_weights(src, dst, "nearest")
+        out = x[..., np.argmax(a_lat, axis=1), :][..., np.argmax(a_lon, axis=1)]
+    else:
+        a_lat, a_lon = axis_weights(src, dst, method)
+        has_nan = not np.all(np.isfinite(x))
+        if method == "conservative" or (method == "bilinear" and has_nan):
+            out = _renormalised(a_lat, a_lon, x)
+        elif method == "bicubic" and has_nan:
+            valid = np.isfinite(x)
+            out = _apply(a_lat, a_lon, np.where(valid, x, 0.0))
+            touched = _apply(np.abs(a_lat), np.abs(a_lon), (~valid).astype(np.float64)) > 0
+            lin_lat, lin_lon = axis_weights(src, dst, "bilinear")
+            out = np.where(touched, _renormalised(lin_lat, lin_lon, x), out)
+        else:
+            out = _apply(a_lat, a_lon, x)
+    if tensor:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(out)).to(
+            dtype=field.dtype, device=field.device
+        )
+    return out
+
+
+def _tensor_info(field: Any) -> bool:
+    return type(field).__module__.split(".")[0] == "torch"
+
+
+def fill_missing(field: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Fill NaNs for a network that needs finite input; keep the mask for re-masking.
+
+    Each missing value takes the mean of the valid values in its latitude row (a zonal mean,
+    which keeps the strong meridional gradient of climate fields); a row with no valid value
+    takes the area-weighted mean of the whole 2-D field.
+
+    Args:
+        field: ``(..., H, W)`` on ``grid``.
+        grid: the field's grid.
+
+    Returns:
+        ``(filled, valid)``: the filled ``(..., H, W)`` float64 array and the boolean mask of the
+        originally valid values.
+    """
+    x = np.asarray(field, dtype=np.float64)
+    check_field(x, grid)
+    valid = np.isfinite(x)
+    if valid.all():
+        return x.copy(), valid
+    count = valid.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        row_mean = np.where(valid, x, 0.0).sum(axis=-1, keepdims=True) / count
+    area = grid.cell_areas()
+    total = np.where(valid, area, 0.0).sum(axis=(-2, -1), keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        field_mean = np.where(valid, x * area, 0.0).sum(axis=(-2, -1), keepdims=True) / total
+    # A leading slice may be all NaN even if the whole array is not: fall back to 0 there.
+    field_mean = np.where(np.isfinite(field_mean), field_mean, 0.0)
+    fill = np.where(count > 0, row_mean, field_mean)
+    return np.where(valid, x, np.broadcast_to(fill, x.shape)), valid
+
+
+def regrid_mask(valid: np.ndarray, src: Grid, dst: Grid, threshold: float = 0.5) -> np.ndarray:
+    """Where a target cell counts as valid: its conservatively remapped valid fraction ≥ threshold.
+
+    Args:
+        valid: ``(..., h, w)`` boolean mask on ``src``.
+        src: source grid.
+        dst: target grid.
+        threshold: minimum covered valid fraction.
+
+    Returns:
+        ``(..., H, W)`` boolean mask on ``dst`` (cells outside the source domain are invalid).
+    """
+    frac = regrid(np.asarray(valid, dtype=np.float64), src, dst, "conservative")
+    return np.nan_to_num(frac, nan=0.0) >= threshold
