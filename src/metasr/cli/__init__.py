@@ -50,6 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"metasr {args.command}: error: {msg}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as exc:
+        # Host (MemoryError, numpy's _ArrayMemoryError) or device (torch's OutOfMemoryError, a
+        # RuntimeError; named here to keep torch out of this module) allocation failed.
+        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"metasr {args.command}: error: out of memory: {detail}".rstrip(": "), file=sys.stderr
+        )
+        return 1
     except KeyboardInterrupt:
         print("metasr: interrupted", file=sys.stderr)
         return 130
