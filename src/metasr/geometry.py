@@ -8,12 +8,19 @@ first MLP layer as ``A[i] + Bc[j] + c`` instead of on ``H·W`` positions.
 A :class:`Region` asks for one part of a whole image's grid (tiled inference): the geometry is
 the whole image's, cut to the region's outputs, with LR indices in the frame of the LR window
 the call receives (:meth:`Geometry.cut`).
+
+Limits: an output may have at most :data:`MAX_OUTPUT_PIXELS` pixels (``H·W``; the environment
+variable ``METASR_MAX_OUTPUT_PIXELS`` overrides it) and at most :data:`MAX_OUTPUT_SIDE` rows or
+columns. :func:`resolve_output_size` refuses larger requests before any per-row or per-column
+array is built; whether an allowed output fits in memory is the dispatcher's estimate
+(:mod:`metasr.ops.meta_upscale._dispatch`).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -21,12 +28,15 @@ import numpy as np
 import torch
 
 __all__ = [
+    "MAX_OUTPUT_PIXELS",
+    "MAX_OUTPUT_SIDE",
     "POS_ENCODINGS",
     "Geometry",
     "Region",
     "ScaleLike",
     "axis_map",
     "build_geometry",
+    "max_output_pixels",
     "parse_scale",
     "resolve_output_size",
 ]
@@ -36,6 +46,14 @@ EPS = 1e-6
 
 #: Number of MLP inputs of each position encoding.
 POS_ENCODINGS: dict[str, int] = {"asymmetric": 4, "official": 3}
+
+#: Default cap on ``H·W`` of one output (2**30, e.g. 32768×32768): far beyond any image, and a
+#: request above it is a mistake (``scale=1e9``), not an image. Set the module attribute or
+#: ``METASR_MAX_OUTPUT_PIXELS`` to change it.
+MAX_OUTPUT_PIXELS = 1 << 30
+
+#: Cap on ``H`` and on ``W`` (2**22): the geometry keeps about 80 bytes per output row and column.
+MAX_OUTPUT_SIDE = 1 << 22
 
 Arithmetic = Literal["exact", "official"]
 ScaleLike = float | int | tuple[float, float] | list[float]
@@ -54,6 +72,53 @@ def _check_ratio(value: object, what: str) -> float:
     if r < 1.0:
         raise ValueError(f"{what} must be >= 1 (Meta-Upscale only magnifies), got {r}")
     return r
+
+
+def max_output_pixels() -> int:
+    """The cap on ``H·W``: ``METASR_MAX_OUTPUT_PIXELS`` if set, else :data:`MAX_OUTPUT_PIXELS`.
+
+    Raises:
+        ValueError: if the environment variable is not a positive integer.
+    """
+    text = os.environ.get("METASR_MAX_OUTPUT_PIXELS", "").strip()
+    if not text:
+        return MAX_OUTPUT_PIXELS
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"METASR_MAX_OUTPUT_PIXELS must be a positive integer, got {text!r}")
+    return value
+
+
+def _check_output_size(h: int, w: int, H: float, W: float) -> None:
+    """Refuse an output beyond :data:`MAX_OUTPUT_SIDE` or :func:`max_output_pixels`.
+
+    ``H`` and ``W`` may be floats (``h·r`` before flooring, possibly inf), so that a request is
+    judged before any integer of its size is formed.
+    """
+    cap = max_output_pixels()
+    if H > MAX_OUTPUT_SIDE or W > MAX_OUTPUT_SIDE or H * W > cap:
+        shown = f"{H}x{W}" if isinstance(H, int) and isinstance(W, int) else f"{H:.4g}x{W:.4g}"
+        raise ValueError(
+            f"output {shown} ({H * W:.3g} pixels) from a {h}x{w} input exceeds the limit of "
+            f"{cap} pixels and {MAX_OUTPUT_SIDE} per side (metasr.geometry.MAX_OUTPUT_PIXELS, "
+            "env METASR_MAX_OUTPUT_PIXELS)"
+        )
+
+
+def _as_size_pair(size: object) -> tuple[object, object]:
+    """``size`` as two items: a tuple, list, ``torch.Size`` or 1-D NumPy/torch array of 2."""
+    if isinstance(size, (np.ndarray, torch.Tensor)) and size.ndim == 1 and len(size) == 2:
+        if isinstance(size, torch.Tensor):
+            if size.is_floating_point() or size.is_complex() or size.dtype == torch.bool:
+                raise ValueError(f"size must hold integers, got {size!r}")
+            return int(size[0]), int(size[1])
+        return size[0], size[1]
+    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+        raise ValueError(f"size must be a pair (H, W), got {size!r}")
+    return size[0], size[1]
 
 
 def parse_scale(scale: object) -> tuple[float, float]:
@@ -83,11 +148,16 @@ def resolve_output_size(
     Args:
         h, w: input (LR) height and width, both ≥ 1.
         scale: a number or ``(r_v, r_h)``; each factor finite and ≥ 1.
-        size: ``(H, W)`` with ``H ≥ h`` and ``W ≥ w``.
+        size: ``(H, W)`` with ``H ≥ h`` and ``W ≥ w``: a tuple, list, ``torch.Size`` or
+            length-2 integer array.
 
     Returns:
         ``(H, W, r_v, r_h)``. From a scale, ``H = floor(h·r_v + 1e-6)``; from a size,
         ``r_v = H / h`` (likewise for columns).
+
+    Raises:
+        ValueError: for a bad request, or an output beyond :data:`MAX_OUTPUT_SIDE` or
+            :func:`max_output_pixels` (checked before anything of the output's size exists).
     """
     if (scale is None) == (size is None):
         raise ValueError("give exactly one of scale=... or size=(H, W)")
@@ -95,12 +165,13 @@ def resolve_output_size(
         raise ValueError(f"input must have positive height and width, got {h}x{w}")
     if scale is not None:
         r_v, r_h = parse_scale(scale)
+        # Judged as floats first: h·r can be inf for a finite r (1e308), which floor rejects.
+        _check_output_size(h, w, h * r_v + EPS, w * r_h + EPS)
         H = math.floor(h * r_v + EPS)
         W = math.floor(w * r_h + EPS)
+        _check_output_size(h, w, H, W)
         return H, W, r_v, r_h
-    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
-        raise ValueError(f"size must be a pair (H, W), got {size!r}")
-    H, W = size
+    H, W = _as_size_pair(size)
     for name, v, lo in (("H", H, h), ("W", W, w)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise ValueError(f"size {name} must be an integer, got {v!r}")
@@ -108,7 +179,9 @@ def resolve_output_size(
             raise ValueError(
                 f"size ({H}, {W}) is smaller than the input ({h}, {w}); Meta-Upscale only magnifies"
             )
-    return int(H), int(W), int(H) / h, int(W) / w
+    H, W = int(H), int(W)
+    _check_output_size(h, w, H, W)
+    return H, W, H / h, W / w
 
 
 def axis_map(n_out: int, n_in: int, r: float, arithmetic: Arithmetic = "exact"):
@@ -325,10 +398,12 @@ def build_geometry(
             arithmetic=arithmetic,
         )
         return whole.cut(region)
-    if pos_encoding not in POS_ENCODINGS:
+    if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
         raise ValueError(
             f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
         )
+    if not isinstance(arithmetic, str) or arithmetic not in ("exact", "official"):
+        raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
     H, W, r_v, r_h = resolve_output_size(h, w, scale=scale, size=size)
     if arithmetic == "official" and size is None:
         # The published code sizes the output as int(h * r) with no guard.

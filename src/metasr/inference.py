@@ -4,6 +4,8 @@
 * :func:`upscale_raster`: a :class:`metasr.io.Raster` read from a file (colour through the
   model, alpha bicubic, optional min-max normalisation of fields).
 * :func:`upscale_alpha`: the alpha plane alone.
+* :func:`estimate_upscale` / :func:`check_upscale_memory`: the memory a call of
+  :func:`upscale_array` needs, and its refusal before any work when that is more than is free.
 
 Models come from :func:`metasr.checkpoints.load_model`. The conventions are listed in
 ``docs/usage.md``. Every public function checks its arguments (array type and layout, ``kind``,
@@ -13,6 +15,7 @@ offending value.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -23,7 +26,148 @@ from .checkpoints import LoadedModel
 from .io import Raster
 from .tiling import DEFAULT_OVERLAP, upscale
 
-__all__ = ["upscale_alpha", "upscale_array", "upscale_raster"]
+__all__ = [
+    "UpscaleEstimate",
+    "check_upscale_memory",
+    "estimate_upscale",
+    "upscale_alpha",
+    "upscale_array",
+    "upscale_raster",
+]
+
+
+@dataclass(frozen=True)
+class UpscaleEstimate:
+    """What :func:`estimate_upscale` counts for one input.
+
+    Attributes:
+        output_size: ``(H, W)``.
+        host_bytes: the result and its copies on the host (float32 output, the division by the
+            value range, per-channel means and the conversion for writing).
+        work_bytes: the working set of the largest tile (the whole input without tiling) on the
+            model's device: the backend's estimate of the Meta-Upscale head (output included),
+            the network's output-sized copies and twice the head's input features (a lower
+            bound of the backbone's, which depends on the architecture).
+        device: the model's device.
+    """
+
+    output_size: tuple[int, int]
+    host_bytes: int
+    work_bytes: int
+    device: torch.device
+
+
+def estimate_upscale(
+    loaded: LoadedModel,
+    in_shape: tuple[int, int, int],
+    scale: object = None,
+    size: object = None,
+    tile: int = 0,
+    overlap: int = DEFAULT_OVERLAP,
+) -> UpscaleEstimate:
+    """Memory that :func:`upscale_array` of an input ``(C, h, w)`` needs, computed from shapes.
+
+    Nothing of the output's size is allocated: the request is first checked against the pixel
+    cap (:func:`metasr.geometry.resolve_output_size`), then only per-row/column tables exist.
+
+    Raises:
+        ValueError: for a bad request or an output over the pixel cap, or when no backend can
+            run the head for reasons other than memory.
+    """
+    from .geometry import build_geometry, resolve_output_size
+    from .ops.meta_upscale import _autocast_dtype
+    from .ops.meta_upscale._dispatch import select_backend
+    from .ops.meta_upscale.params import MLPParams
+    from .tiling import plan_axis, tile_region
+
+    C, h, w = in_shape
+    model = loaded.model
+    p = next(model.parameters())
+    H, W, _, _ = resolve_output_size(h, w, scale=scale, size=size)
+    n = 1 if C == loaded.in_channels else C
+    cout = loaded.out_channels
+    host = 2 * n * cout * H * W * 4 + 3 * C * H * W * 4
+    geom = build_geometry(
+        h, w, scale=scale, size=size, pos_encoding=model.pos_encoding, arithmetic=model.arithmetic
+    )
+    if tile and (tile < h or tile < w):
+        overlap = max(overlap, model.min_tile_overlap)
+
+        def largest(tiles):
+            return max(tiles, key=lambda t: (t.out_hi - t.out_lo, t.in_hi - t.in_lo))
+
+        rt = largest(plan_axis(geom.row_idx, h, tile, overlap, model.tile_alignment))
+        ct = largest(plan_axis(geom.col_idx, w, tile, overlap, model.tile_alignment))
+        geom = geom.cut(tile_region(geom, rt, ct))
+    else:
+        host -= n * cout * H * W * 4  # the whole-image result is the device's output, moved
+    p2w = model.pos2weight
+    dtype = _autocast_dtype(p.device.type) or p.dtype
+    probe = torch.zeros(1, dtype=dtype, device=p.device).expand(n, p2w.in_channels, geom.h, geom.w)
+    params = MLPParams.from_module(p2w, dtype)
+    backend = select_backend(
+        getattr(model, "backend", "auto"), probe, params, geom, check_memory=False
+    )
+    out = n * cout * geom.H * geom.W * probe.element_size()
+    features = n * p2w.in_channels * geom.h * geom.w * probe.element_size()
+    work = backend.estimate_bytes(probe, params, geom) + out * (3 if model.bicubic_residual else 1)
+    return UpscaleEstimate((H, W), host, work + 2 * features, p.device)
+
+
+def check_upscale_memory(
+    loaded: LoadedModel,
+    in_shape: tuple[int, int, int],
+    scale: object = None,
+    size: object = None,
+    tile: int = 0,
+    overlap: int = DEFAULT_OVERLAP,
+) -> UpscaleEstimate:
+    """Refuse, before any work, an :func:`upscale_array` call that cannot fit in free memory.
+
+    Tiling is suggested only when a smaller tile would fit: not when the result alone is too
+    large for the host, nor when the tile is already as small as the suggestions go (64).
+
+    Returns:
+        The :func:`estimate_upscale` of the call, when it fits (or free memory is unknown).
+
+    Raises:
+        ValueError: one line with the estimate and the free memory, as :func:`estimate_upscale`.
+    """
+    from .ops.memory import available_memory_bytes, gib
+
+    est = estimate_upscale(loaded, in_shape, scale, size, tile, overlap)
+    cpu = torch.device("cpu")
+    on_host = est.device.type == "cpu"
+
+    def fits(e: UpscaleEstimate) -> bool:
+        free_host = available_memory_bytes(cpu)
+        host_need = e.host_bytes + (e.work_bytes if on_host else 0)
+        if free_host is not None and host_need > free_host:
+            return False
+        if not on_host:
+            free_dev = available_memory_bytes(e.device)
+            return free_dev is None or e.work_bytes <= free_dev
+        return True
+
+    if fits(est):
+        return est
+    (H, W), (_, h, w) = est.output_size, in_shape
+    where = "per tile" if tile and (tile < h or tile < w) else "whole"
+    msg = (
+        f"upscaling {h}x{w} to {H}x{W} needs about {gib(est.host_bytes)} on the host for the "
+        f"result and {gib(est.work_bytes)} on {est.device.type} to compute it ({where}), but "
+        f"{est.device.type} has {gib(available_memory_bytes(est.device) or 0)} free"
+    )
+    if not on_host:
+        msg += f" and the host {gib(available_memory_bytes(cpu) or 0)}"
+    free_host = available_memory_bytes(cpu)
+    if free_host is None or est.host_bytes <= free_host:
+        current = tile if tile and (tile < h or tile < w) else max(h, w)
+        for t in (512, 256, 128, 64):
+            if t < current and fits(estimate_upscale(loaded, in_shape, scale, size, t, overlap)):
+                msg += f"; tiles of {t} (--tile {t}) would fit"
+                break
+    raise ValueError(msg)
 
 #: Sample types an image raster can have (fields keep any numeric type).
 _IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))

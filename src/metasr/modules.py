@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
 from .geometry import POS_ENCODINGS, Arithmetic, Region
 from .ops.meta_upscale import meta_upscale
+from .ops.meta_upscale._dispatch import check_backend_name
 
 __all__ = ["MetaUpsample", "Pos2Weight"]
+
+
+def _positive_int(name: str, value: object) -> int:
+    """``value`` (any integer, NumPy's included; not a bool) as an ``int`` ≥ 1, or ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class Pos2Weight(nn.Module):
@@ -40,16 +50,18 @@ class Pos2Weight(nn.Module):
         pos_encoding: str = "asymmetric",
     ) -> None:
         super().__init__()
-        for name, v in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("hidden", hidden),
+        in_channels = _positive_int("in_channels", in_channels)
+        out_channels = _positive_int("out_channels", out_channels)
+        hidden = _positive_int("hidden", hidden)
+        if (
+            isinstance(kernel_size, bool)
+            or not isinstance(kernel_size, numbers.Integral)
+            or kernel_size < 1
+            or kernel_size % 2 == 0
         ):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
-        if pos_encoding not in POS_ENCODINGS:
+        kernel_size = int(kernel_size)
+        if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
             raise ValueError(
                 f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
             )
@@ -115,6 +127,9 @@ class MetaUpsample(nn.Module):
     ) -> None:
         super().__init__()
         self.phi = Pos2Weight(in_channels, out_channels, kernel_size, hidden, pos_encoding)
+        check_backend_name(backend)
+        if not isinstance(arithmetic, str) or arithmetic not in ("exact", "official"):
+            raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
         self.backend = backend
         self.arithmetic = arithmetic
 

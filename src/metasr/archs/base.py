@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import POS_ENCODINGS, Region, build_geometry
+from ..geometry import POS_ENCODINGS, Geometry, Region, build_geometry
 from ..modules import Pos2Weight
-from ..ops.meta_upscale import meta_upscale
+from ..ops.meta_upscale import _autocast_dtype, meta_upscale
+from ..ops.meta_upscale._dispatch import select_backend
+from ..ops.meta_upscale.params import MLPParams
 from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
 
 __all__ = [
@@ -192,9 +194,9 @@ class MetaSRNet(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-        # Raises ValueError for a bad scale/size, an asymmetric scale with "official", or a
-        # region that does not fit x or the request.
-        build_geometry(
+        # Raises ValueError for a bad scale/size (an output over the pixel cap included), an
+        # asymmetric scale with "official", or a region that does not fit x or the request.
+        geom = build_geometry(
             x.shape[2],
             x.shape[3],
             scale=scale,
@@ -206,6 +208,25 @@ class MetaSRNet(nn.Module):
         if region is not None and self.bicubic_residual:
             # Fails here, before the backbone, when the window lacks a bicubic tap.
             check_bicubic_region(region)
+        self._check_head(x, geom)
+
+    def _check_head(self, x: torch.Tensor, geom: Geometry) -> None:
+        """Refuse, before the backbone, a head call no backend can run (memory included).
+
+        The head's features are stood in for by an expanded one-element tensor of their shape,
+        so the dispatcher sees their shape, dtype and device without anything being allocated.
+        Besides the head's own estimate, the network's output-sized copies are counted (mean
+        shift or scaling, and the bicubic residual and its sum).
+        """
+        p2w = self.pos2weight
+        dtype = _autocast_dtype(x.device.type) or x.dtype
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        probe = torch.zeros(1, dtype=dtype, device=x.device, requires_grad=grad)
+        probe = probe.expand(x.shape[0], p2w.in_channels, x.shape[2], x.shape[3])
+        out = x.shape[0] * self.out_channels * geom.H * geom.W * probe.element_size()
+        extra = out * (3 if self.bicubic_residual else 1)
+        params = MLPParams.from_module(p2w, dtype)
+        select_backend(getattr(self, "backend", "auto"), probe, params, geom, extra_bytes=extra)
 
     def _add_bicubic(
         self, y: torch.Tensor, x: torch.Tensor, region: Region | None = None

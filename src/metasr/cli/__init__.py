@@ -114,7 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Raised by the library for bad input (scale, size, shapes, paths): one line, no trace.
         print(f"{prefix} {one_line(exc) or type(exc).__name__}", file=sys.stderr)
         return 1
-    except MemoryError as exc:  # NumPy's _ArrayMemoryError says how much it wanted
+    except (MemoryError, RuntimeError) as exc:
+        # Host (MemoryError; NumPy's _ArrayMemoryError says how much it wanted) or device
+        # (torch's OutOfMemoryError, a RuntimeError; named here to keep torch out of this
+        # module) allocation failed. Any other RuntimeError is a bug: let it show.
+        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
+            raise
         detail = one_line(exc)
         print(f"{prefix} out of memory{': ' + detail if detail else ''}", file=sys.stderr)
         return 1

@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     import metasr
 
     from ..checkpoints import load_model
-    from ..inference import upscale_raster
+    from ..inference import check_upscale_memory, upscale_raster
     from ..io import check_finite_result, check_writable, read_raster, write_raster
     from ..ops.memory import OutOfMemoryError
     from ..tiling import DEFAULT_OVERLAP
@@ -308,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
         raster = read_raster(src, max_pixels=args.max_pixels)
         check_writable(raster, dst)  # before the work: a format that cannot hold the result
         try:
+            check_upscale_memory(loaded, raster.data.shape, scale, size, args.tile, overlap)
             result = upscale_raster(
                 loaded,
                 raster,

@@ -4,6 +4,11 @@ Each backend declares the devices and dtypes it supports and can say why it cann
 call (:meth:`Backend.not_supported_reasons`). ``auto`` is ``triton`` on CUDA when it can run,
 else ``torch``. ``backend=`` or the ``METASR_BACKEND`` environment variable override ``auto``; an
 impossible request raises :class:`BackendUnavailableError` listing every backend and its reasons.
+
+Every backend also estimates the peak memory of a call (``estimate_bytes(x, params, geom)`` in
+its file, the output ``N·Cout·H·W`` included); a backend whose estimate exceeds the device's free
+memory (:func:`metasr.ops.memory.available_memory_bytes`) cannot run the call, so an output that
+cannot fit is refused before anything of its size is allocated.
 """
 
 from __future__ import annotations
@@ -16,15 +21,28 @@ from dataclasses import dataclass, field
 import torch
 
 from ...geometry import Geometry
-from ..memory import available_memory_bytes
+from ..memory import available_memory_bytes, gib
 from .params import MLPParams
 
-__all__ = ["BACKENDS", "Backend", "BackendUnavailableError", "backends", "select_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendUnavailableError",
+    "backends",
+    "check_backend_name",
+    "select_backend",
+]
+
+Estimate = Callable[[torch.Tensor, MLPParams, Geometry], int]
 
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 #: The naive spec loops over output pixels in Python; beyond this it is unusably slow.
 NAIVE_MAX_PIXELS = 1 << 16
+
+#: Calls whose estimate is below this are not checked against free memory (no probe per call in
+#: training loops; such a call cannot take a machine down).
+MEMORY_CHECK_MIN_BYTES = 64 << 20
 
 
 class BackendUnavailableError(ValueError):
@@ -41,8 +59,10 @@ class Backend:
         devices: device types it runs on.
         dtypes: compute dtypes it accepts.
         load: returns the function ``(x, params, geom) -> y``; imported on first use.
-        extra_reasons: call-specific reasons it cannot run (besides device and dtype).
+        load_estimate: returns its ``estimate_bytes(x, params, geom)``, the call's peak bytes.
+        extra_reasons: call-specific reasons it cannot run (besides device, dtype and memory).
         environment_reasons: reasons that depend only on the installation and device type.
+        memory_hint: appended to its out-of-memory reason.
     """
 
     name: str
@@ -50,8 +70,34 @@ class Backend:
     devices: tuple[str, ...]
     dtypes: tuple[torch.dtype, ...]
     load: Callable[[], Callable[[torch.Tensor, MLPParams, Geometry], torch.Tensor]]
+    load_estimate: Callable[[], Estimate]
     extra_reasons: Callable[..., list[str]] = field(default=lambda *a, **k: [])
     environment_reasons: Callable[[str], list[str]] = field(default=lambda device_type: [])
+    memory_hint: str = ""
+
+    def estimate_bytes(self, x: torch.Tensor, params: MLPParams, geom: Geometry) -> int:
+        """Peak bytes of the call (output included); ``x`` may be a stand-in of its shape."""
+        return int(self.load_estimate()(x, params, geom))
+
+    def memory_reasons(
+        self, x: torch.Tensor, params: MLPParams, geom: Geometry, extra_bytes: int = 0
+    ) -> list[str]:
+        """Why the call cannot fit in ``x.device``'s free memory (empty list: it can).
+
+        Args:
+            extra_bytes: what the caller allocates alongside (a network's own output copies).
+        """
+        need = self.estimate_bytes(x, params, geom) + extra_bytes
+        if need < MEMORY_CHECK_MIN_BYTES:
+            return []
+        free = available_memory_bytes(x.device)
+        if free is None or need <= free:
+            return []
+        out = x.shape[0] * params.out_channels * geom.H * geom.W * x.element_size()
+        return [
+            f"would need about {gib(need)} (the output alone {gib(out)}) but {x.device.type} "
+            f"has {gib(free)} free{self.memory_hint}"
+        ]
 
     def not_supported_reasons(
         self,
@@ -60,8 +106,15 @@ class Backend:
         geom: Geometry | None = None,
         device_type: str | None = None,
         dtype: torch.dtype | None = None,
+        check_memory: bool = True,
+        extra_bytes: int = 0,
     ) -> list[str]:
-        """Why this backend cannot run the call (empty list: it can)."""
+        """Why this backend cannot run the call (empty list: it can).
+
+        Args:
+            check_memory: also compare the call's estimate with the device's free memory.
+            extra_bytes: added to the estimate (see :meth:`memory_reasons`).
+        """
         if x is not None:
             device_type, dtype = x.device.type, x.dtype
         reasons = list(self.environment_reasons(device_type or "cpu"))
@@ -71,6 +124,8 @@ class Backend:
             reasons.append(f"does not support {dtype}")
         if not reasons and x is not None and params is not None and geom is not None:
             reasons.extend(self.extra_reasons(x, params, geom))
+            if not reasons and check_memory:
+                reasons.extend(self.memory_reasons(x, params, geom, extra_bytes))
         return reasons
 
 
@@ -101,25 +156,6 @@ def _naive_reasons(x: torch.Tensor, params: MLPParams, geom: Geometry) -> list[s
     return []
 
 
-def _im2col_reasons(x: torch.Tensor, params: MLPParams, geom: Geometry) -> list[str]:
-    from .im2col import estimate_bytes
-
-    grad = torch.is_grad_enabled() and (
-        x.requires_grad
-        or any(p.requires_grad for p in (params.w1, params.b1, params.w2, params.b2))
-    )
-    shape = (params.in_channels, params.out_channels, params.kernel_size, params.hidden)
-    need = estimate_bytes(x.shape[0], geom, shape, x.element_size(), grad)
-    free = available_memory_bytes(x.device)
-    if free is not None and need > 0.9 * free:
-        return [
-            f"would need about {need / 2**30:.1f} GiB for its per-pixel weights and unfolded "
-            f"features but {x.device.type} has {free / 2**30:.1f} GiB free; "
-            "use backend='torch' (features-first, bounded memory)"
-        ]
-    return []
-
-
 def _triton_environment(device_type: str) -> list[str]:
     if importlib.util.find_spec("triton") is None:
         return ["needs the 'triton' package (pip install triton; it ships with CUDA torch wheels)"]
@@ -128,6 +164,15 @@ def _triton_environment(device_type: str) -> list[str]:
     if device_type == "cuda" and not torch.cuda.is_available():
         return ["no CUDA device is available"]
     return []
+
+
+def _estimate_of(module: str) -> Callable[[], Estimate]:
+    """Loader of ``estimate_bytes`` from the backend file ``module`` (imported on first use)."""
+
+    def load() -> Estimate:
+        return importlib.import_module(f"{__package__}.{module}").estimate_bytes
+
+    return load
 
 
 def _triton_reasons(x: torch.Tensor, params: MLPParams, geom: Geometry) -> list[str]:
@@ -151,6 +196,7 @@ BACKENDS: dict[str, Backend] = {
             ("cpu", "cuda"),
             FLOAT_DTYPES,
             _load_naive,
+            _estimate_of("naive"),
             _naive_reasons,
         ),
         Backend(
@@ -159,7 +205,8 @@ BACKENDS: dict[str, Backend] = {
             ("cpu", "cuda"),
             FLOAT_DTYPES,
             _load_im2col,
-            _im2col_reasons,
+            _estimate_of("im2col"),
+            memory_hint="; use backend='torch' (features-first, bounded memory)",
         ),
         Backend(
             "torch",
@@ -167,6 +214,7 @@ BACKENDS: dict[str, Backend] = {
             ("cpu", "cuda"),
             FLOAT_DTYPES,
             _load_torch,
+            _estimate_of("torch_chunked"),
         ),
         Backend(
             "triton",
@@ -174,6 +222,7 @@ BACKENDS: dict[str, Backend] = {
             ("cpu", "cuda"),
             (torch.float32, torch.float16, torch.bfloat16),
             _load_triton,
+            _estimate_of("triton_fused"),
             _triton_reasons,
             environment_reasons=_triton_environment,
         ),
@@ -197,31 +246,80 @@ def backends(device: str | torch.device | None = None) -> dict[str, str | None]:
     return out
 
 
-def _requested_name(backend: str | None) -> str:
-    name = backend if backend not in (None, "auto") else os.environ.get("METASR_BACKEND", "auto")
-    name = (name or "auto").strip().lower()
+def check_backend_name(backend: object) -> str:
+    """``backend`` (``None``, ``"auto"`` or a registered name, any case) normalised.
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if backend is None:
+        return "auto"
+    if not isinstance(backend, str):
+        raise ValueError(f"backend must be a string, got {backend!r}")
+    name = backend.strip().lower() or "auto"
     if name != "auto" and name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")
+    return name
+
+
+def _requested_name(backend: str | None) -> str:
+    name = check_backend_name(backend)
+    if name == "auto":
+        env = os.environ.get("METASR_BACKEND", "auto")
+        try:
+            name = check_backend_name(env)
+        except ValueError:
+            raise ValueError(
+                f"unknown backend {env!r} in METASR_BACKEND; "
+                f"choose from auto, {', '.join(BACKENDS)}"
+            ) from None
     return name
 
 
 def select_backend(
-    backend: str | None, x: torch.Tensor, params: MLPParams, geom: Geometry
+    backend: str | None,
+    x: torch.Tensor,
+    params: MLPParams,
+    geom: Geometry,
+    check_memory: bool = True,
+    extra_bytes: int = 0,
 ) -> Backend:
-    """The backend that runs this call, or :class:`BackendUnavailableError` explaining why none."""
+    """The backend that runs this call, or :class:`BackendUnavailableError` explaining why none.
+
+    Args:
+        backend: ``None``/``"auto"`` or a backend name.
+        x: ``(N, Cin, h, w)``; only its shape, dtype, device and ``requires_grad`` are read, so
+            a stand-in such as ``x.new_empty(1).expand(shape)`` will do.
+        check_memory: refuse backends whose estimate exceeds the device's free memory.
+        extra_bytes: what the caller allocates alongside, added to every estimate.
+
+    Raises:
+        BackendUnavailableError: its first line names the requested backend(s) and their
+            reasons (an out-of-memory reason carries the estimate in GiB); the following lines
+            list every backend.
+    """
     name = _requested_name(backend)
     if name == "auto":
         candidates = ["triton", "torch"] if x.device.type == "cuda" else ["torch"]
     else:
         candidates = [name]
+    why: dict[str, list[str]] = {}
     for cand in candidates:
-        if not BACKENDS[cand].not_supported_reasons(x, params, geom):
+        why[cand] = BACKENDS[cand].not_supported_reasons(
+            x, params, geom, check_memory=check_memory, extra_bytes=extra_bytes
+        )
+        if not why[cand]:
             return BACKENDS[cand]
-    lines = [
-        f"  {n}: {'; '.join(b.not_supported_reasons(x, params, geom)) or 'available'}"
-        for n, b in BACKENDS.items()
-    ]
+    summary = "; ".join(f"{n} {'; '.join(r)}" for n, r in why.items())
+    lines = []
+    for n, b in BACKENDS.items():
+        reasons = why.get(n)
+        if reasons is None:
+            reasons = b.not_supported_reasons(
+                x, params, geom, check_memory=check_memory, extra_bytes=extra_bytes
+            )
+        lines.append(f"  {n}: {'; '.join(reasons) or 'available'}")
     raise BackendUnavailableError(
         f"backend {name!r} cannot run meta_upscale on {x.device.type} {x.dtype} "
-        f"{tuple(x.shape)} -> {geom.H}x{geom.W}:\n" + "\n".join(lines)
+        f"{tuple(x.shape)} -> {geom.H}x{geom.W}: {summary}\n" + "\n".join(lines)
     )

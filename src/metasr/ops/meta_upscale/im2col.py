@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ...geometry import Geometry
-from .params import MLPParams
+from .params import MLPParams, needs_grad
 from .tables import lr_linear_index, positions_tensor
 
 #: (rtol, atol) against the float64 spec, as :data:`.naive.TOLERANCES` (float32 on CUDA: with
@@ -25,24 +25,22 @@ TOLERANCES = {
 }
 
 
-def estimate_bytes(
-    n: int, geom: Geometry, params_shape: tuple[int, int, int, int], itemsize: int, grad: bool
-) -> int:
+def estimate_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry) -> int:
     """Peak bytes of :func:`meta_upscale_im2col` (a slight over-estimate).
 
     Args:
-        params_shape: ``(Cin, Cout, k, hidden)``.
+        x: ``(N, Cin, h, w)`` (only its shape, dtype and ``requires_grad`` are read).
     """
-    C, O, k, hid = params_shape
+    n, C, O, k = x.shape[0], params.in_channels, params.out_channels, params.kernel_size
     hw = geom.H * geom.W
     kc = k * k * C
-    elems = hw * (hid + kc * O)  # hidden layer + predicted weights
-    elems += n * kc * hw  # gathered columns
+    elems = hw * (geom.num_pos + params.hidden + kc * O)  # positions, hidden, predicted weights
+    elems += n * kc * (hw + x.shape[2] * x.shape[3])  # unfolded and gathered columns
     elems += 2 * n * O * hw  # output and its permuted copy
-    if grad:
+    if needs_grad(x, params):
         # autograd keeps the hidden layer, weights and columns and builds their gradients
         elems = 2 * elems
-    return elems * itemsize
+    return elems * x.element_size() + 16 * hw  # + the int64 gather index, host and device
 
 
 def meta_upscale_im2col(x: torch.Tensor, params: MLPParams, geom: Geometry) -> torch.Tensor:

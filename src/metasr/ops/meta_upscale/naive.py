@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ...geometry import Geometry
-from .params import MLPParams
+from .params import MLPParams, needs_grad
 from .tables import positions_tensor
 
 #: (rtol, atol) of the spec run in a compute dtype against the spec in float64 on the same
@@ -26,6 +26,17 @@ TOLERANCES = {
     torch.float16: (2e-2, 2e-2),
     torch.bfloat16: (5e-2, 5e-2),
 }
+
+
+def estimate_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry) -> int:
+    """Peak bytes of :func:`meta_upscale_naive`: per-pixel positions, hidden layer and weights,
+    the per-pixel results and their two stackings (doubled when autograd records)."""
+    n, C, O, k = x.shape[0], params.in_channels, params.out_channels, params.kernel_size
+    hw = geom.H * geom.W
+    elems = hw * (geom.num_pos + params.hidden + k * k * C * O) + 3 * n * O * hw
+    if needs_grad(x, params):
+        elems = 2 * elems
+    return elems * x.element_size()
 
 
 def meta_upscale_naive(x: torch.Tensor, params: MLPParams, geom: Geometry) -> torch.Tensor:

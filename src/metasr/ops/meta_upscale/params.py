@@ -18,7 +18,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MLPParams", "features_first_weight", "features_first_z", "separable_first_layer"]
+__all__ = [
+    "MLPParams",
+    "features_first_weight",
+    "features_first_z",
+    "needs_grad",
+    "separable_first_layer",
+]
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,14 @@ class MLPParams:
     def predict(self, pos: torch.Tensor) -> torch.Tensor:
         """Run the MLP on positions ``(M, P)`` → weights ``(M, k·k·Cin·Cout)``."""
         return F.linear(F.relu(F.linear(pos, self.w1, self.b1)), self.w2, self.b2)
+
+
+def needs_grad(x: torch.Tensor, params: MLPParams) -> bool:
+    """Whether autograd will record this call (the backends' memory estimates depend on it)."""
+    return torch.is_grad_enabled() and (
+        x.requires_grad
+        or any(p.requires_grad for p in (params.w1, params.b1, params.w2, params.b2))
+    )
 
 
 def features_first_weight(params: MLPParams) -> torch.Tensor:

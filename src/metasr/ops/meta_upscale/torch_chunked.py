@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ...geometry import Geometry
 from .. import memory
-from .params import MLPParams, features_first_z, separable_first_layer
+from .params import MLPParams, features_first_z, needs_grad, separable_first_layer
 from .tables import as_float, as_index, phases
 
 #: (rtol, atol) against the float64 spec, as :data:`.naive.TOLERANCES` (float32 on CUDA: with
@@ -77,6 +77,50 @@ def meta_upscale_torch(
     else:
         raise ValueError(f"order must be 'auto', 'per_phase' or 'features_first', got {order!r}")
     return y.to(in_dtype)
+
+
+def estimate_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry) -> int:
+    """Peak bytes of :func:`meta_upscale_torch` (order ``"auto"``), host and device together.
+
+    Counts the output, the LR-resolution tensor of the chosen order (the per-phase convolution
+    ``N·Dv·Dh·Cout·h·w`` with the int64 gather index ``Cout·H·W`` and its broadcast temporaries;
+    or ``Z`` ``N·h·w·Cout·(hid+1)`` with the largest strip temporaries), and under autograd the
+    gradients of both.
+
+    Args:
+        x: ``(N, Cin, h, w)`` (only its shape, dtype, device and ``requires_grad`` are read).
+    """
+    N, C, h, w = x.shape
+    O, hid = params.out_channels, params.hidden
+    H, W = geom.H, geom.W
+    out = N * O * H * W
+    item = x.element_size()
+    half_on_cpu = x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16)
+    cs = 4 if half_on_cpu else item  # compute dtype's size
+    grad = needs_grad(x, params)
+    Dv, Dh = len(phases(geom.row_off)[0]), len(phases(geom.col_off)[0])
+    total = N * C * h * w * cs if half_on_cpu else 0  # float32 copy of x
+    total += out * (item if half_on_cpu else 0)  # the final cast back
+    if Dv * Dh <= hid + 1:  # per-phase
+        lr = N * Dv * Dh * O * h * w * cs
+        index = 8 * (2 * O * H * W + 2 * H * W)  # int64 flat index, broadcast temporaries
+        total += lr + index + out * cs
+        if grad:
+            total += 2 * lr + out * cs  # index_select's zero-filled gradient, then conv's
+    else:  # features-first
+        K = hid + 1
+        z = N * h * w * O * K * cs
+        m = int(np.max(np.diff(np.flatnonzero(np.r_[True, np.diff(geom.row_idx) != 0, True]))))
+        # hid of a strip exists three times over at the peak (its pre-activation, ReLU, concat).
+        if Dh * w <= 2 * W:  # phase mode
+            strip = 3 * m * Dh * K + N * m * Dh * w * O + N * m * W * O
+        else:
+            strip = 3 * m * W * K + N * W * O * K + N * W * O * m
+        total += z + N * C * h * w * cs + (H + Dh) * hid * cs + strip * cs + out * cs
+        if grad:
+            # dZ and its contiguous copy for the convolution's backward, dy, strip, dA
+            total += 2 * z + out * cs + strip * cs + H * hid * cs
+    return total
 
 
 def _per_phase(

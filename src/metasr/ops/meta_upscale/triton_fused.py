@@ -54,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - the dispatcher checks for trito
 
 from ...geometry import Geometry
 from .. import memory
-from .params import MLPParams, features_first_z, separable_first_layer
+from .params import MLPParams, features_first_z, needs_grad, separable_first_layer
 from .tables import phases
 
 __all__ = ["TOLERANCES", "meta_upscale_triton"]
@@ -865,6 +865,30 @@ def grid_limit_reasons(x: torch.Tensor, params: MLPParams, geom: Geometry) -> li
             "use a smaller batch or backend='torch'"
         )
     return reasons
+
+
+def estimate_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry) -> int:
+    """Peak bytes of :func:`meta_upscale_triton`: the channels-last copy of ``x``, ``Z``
+    ``N·h·w·Cout·(hid+1)``, the output, the float32 first-layer tables and index maps; under
+    autograd also ``dy``, ``dZ`` and the float32 partial sums of ``dpre``.
+
+    Args:
+        x: ``(N, Cin, h, w)`` (only its shape, dtype, device and ``requires_grad`` are read).
+    """
+    N, C, h, w = x.shape
+    O, hid = params.out_channels, params.hidden
+    H, W = geom.H, geom.W
+    item = x.element_size()
+    z = N * h * w * O * (hid + 1) * item
+    out = N * O * H * W * item
+    tables = 4 * (H * (hid + geom.num_pos + 1) + W * (hid + 4) + 2 * (h + w))
+    total = N * C * h * w * item + z + out + tables
+    if needs_grad(x, params):
+        n_jb = triton.cdiv(W, _DPRE_BLOCK_J)
+        n_kb = triton.cdiv(hid, min(_pow2(hid), _DPRE_MAX_BLOCK_K))
+        n_groups = max(1, min(h, triton.cdiv(_num_programs_target(x.device), n_jb * n_kb)))
+        total += out + z + 4 * hid * (n_jb * H + n_groups * W + H)  # dy, dZ, dpre partials
+    return total
 
 
 def meta_upscale_triton(x: torch.Tensor, params: MLPParams, geom: Geometry) -> torch.Tensor:
