@@ -169,6 +169,7 @@ def check_upscale_memory(
                 break
     raise ValueError(msg)
 
+
 #: Sample types an image raster can have (fields keep any numeric type).
 _IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
