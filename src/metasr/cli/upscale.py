@@ -322,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
             if not isinstance(exc, OutOfMemoryError) and "allocate" not in str(exc):
                 raise
-            raise CLIError(
+            # Exit 1 like every other out-of-memory end (docs/usage.md, Limits).
+            raise ValueError(
                 f"{src}: out of {device.type} memory; {_out_of_memory_hint(args.tile)}"
             ) from None
         except ValueError as exc:
