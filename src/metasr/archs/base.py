@@ -192,6 +192,10 @@ class MetaSRNet(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            # Under torch.compile the host-side geometry is built (and checked) inside the
+            # Meta-Upscale op's graph node, not traced here.
+            return
         # Raises ValueError for a bad scale/size, an asymmetric scale with "official", or a
         # region that does not fit x or the request.
         build_geometry(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["CLIError", "main"]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
-_SUBCOMMAND_MODULES = ("upscale", "train", "eval", "bench", "info")
+_SUBCOMMAND_MODULES = ("upscale", "train", "eval", "bench", "export", "info")
 
 
 class CLIError(Exception):

@@ -97,6 +97,22 @@ def meta_upscale(
         )
     if lin1.weight.device != x.device:
         raise ValueError(f"x is on {x.device} but phi's parameters are on {lin1.weight.device}")
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        # torch.compile: one opaque graph node; the geometry is built inside it (custom_op.py).
+        from .custom_op import meta_upscale_custom_op
+
+        dtype = _autocast_dtype(x.device.type) or x.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return meta_upscale_custom_op(
+                x.to(dtype),
+                MLPParams.from_module(phi, dtype),
+                scale,
+                size,
+                phi.pos_encoding,
+                arithmetic,
+                region,
+                backend,
+            )
     geom = build_geometry(
         x.shape[2],
         x.shape[3],
@@ -112,5 +128,10 @@ def meta_upscale(
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(dtype)
         params = MLPParams.from_module(phi, dtype)
+        if torch.compiler.is_exporting():
+            # torch.export / ONNX: standard ops with the geometry as constants (static.py).
+            from .static import meta_upscale_static
+
+            return meta_upscale_static(x, params, geom)
         chosen = select_backend(backend, x, params, geom)
         return chosen.load()(x, params, geom)
