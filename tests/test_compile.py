@@ -19,7 +19,12 @@ TINY: dict[str, dict] = {
     "meta_rdn": dict(G0=8, D=2, C=2, G=4, hidden=16),
     "meta_edsr": dict(n_resblocks=1, n_feats=8, hidden=16, bicubic_residual=True),
     "meta_swinir": dict(
-        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16,
+        img_size=16,
+        embed_dim=8,
+        depths=(2,),
+        num_heads=(2,),
+        window_size=4,
+        hidden=16,
         drop_path_rate=0.0,
     ),
 }

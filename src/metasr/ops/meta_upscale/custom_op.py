@@ -155,7 +155,11 @@ def _meta_upscale_op(
     region: list[int] | None,
     backend: str,
 ) -> torch.Tensor:
-    """``(N, Cin, h, w)`` → ``(N, Cout, out_height, out_width)``; see :func:`meta_upscale_custom_op`."""
+    """``(N, Cin, h, w)`` → ``(N, Cout, out_height, out_width)``.
+
+    See :func:`meta_upscale_custom_op`; ``out_height``/``out_width`` give the fake kernel the
+    output size without the geometry.
+    """
     y = _run(
         x, w1, b1, w2, b2, kernel_size, out_channels, scale, size, pos_encoding, arithmetic,
         region, backend,
@@ -233,7 +237,9 @@ def _meta_upscale_backward_op(
         )  # fmt: skip
         wanted = [t for t in leaves if t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, grad) if wanted else ())
-    return [next(grads) if n else torch.zeros_like(t) for t, n in zip(inputs, needs_grad, strict=True)]
+    return [
+        next(grads) if n else torch.zeros_like(t) for t, n in zip(inputs, needs_grad, strict=True)
+    ]
 
 
 @_meta_upscale_backward_op.register_fake
