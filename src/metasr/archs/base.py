@@ -20,6 +20,7 @@ from torch import nn
 from ..geometry import POS_ENCODINGS, Region, build_geometry
 from ..modules import Pos2Weight
 from ..ops.meta_upscale import meta_upscale
+from ..ops.meta_upscale._tracing import tracing_mode
 from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
 
 __all__ = [
@@ -192,7 +193,7 @@ class MetaSRNet(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        if tracing_mode() == "compile":
             # Under torch.compile the host-side geometry is built (and checked) inside the
             # Meta-Upscale op's graph node, not traced here.
             return
