@@ -27,6 +27,8 @@ STANDARD_OPS = {
     "Add", "Cast", "Concat", "Constant", "Conv", "Div", "Expand", "Gather", "Gemm", "MatMul",
     "Mul", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Slice", "Sub", "Transpose",
     "Unsqueeze", "Squeeze", "Where",
+    # the SwinIR backbone: attention, LayerNorm, GELU, window padding
+    "Erf", "LayerNormalization", "LeakyRelu", "Pad", "Softmax",
 }  # fmt: skip
 
 
@@ -39,6 +41,14 @@ def _field_model() -> torch.nn.Module:
     ).eval()  # fmt: skip
 
 
+def _swinir_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return metasr.create_model(
+        "meta_swinir", img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4,
+        hidden=16,
+    ).eval()  # fmt: skip
+
+
 CASES = {
     # name: (model factory, input size, scale, size)
     "photo-x2": (lambda: load_model("default").model, (12, 10), 2, None),
@@ -46,6 +56,8 @@ CASES = {
     "field-x3": (_field_model, (9, 14), 3, None),
     # 9x14 -> 22x37: 2.44 x 2.64, many phases: the gathered features-first form.
     "field-size": (_field_model, (9, 14), None, (22, 37)),
+    # window attention with padding to the window size (10x9 is not a multiple of 4)
+    "swinir-2.5x1.5": (_swinir_model, (10, 9), (2.5, 1.5), None),
 }
 
 

@@ -148,7 +148,7 @@ def export_onnx(
 
     path = Path(path)
     net = net.eval()
-    x, (H, W) = _example(net, input_size, scale, size)
+    x, (H, W) = _example(net, input_size, scale, size, batch=2)
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(f"export a float32 CPU model, got {x.dtype} on {x.device}")
     size = None if size is None else (int(size[0]), int(size[1]))
