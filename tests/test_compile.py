@@ -120,3 +120,20 @@ def test_compiled_call_still_rejects_bad_requests():
     compiled = torch.compile(up, backend="aot_eager", fullgraph=True)
     with pytest.raises(ValueError, match="official"):
         compiled(torch.randn(1, 2, 4, 4), scale=(2.0, 3.0))
+
+
+def test_changing_input_sizes_share_a_dynamic_graph():
+    """After the first change of input size Dynamo marks it dynamic: the op's fake kernel takes
+    symbolic output sizes, so further sizes reuse that graph (at most 2 graphs per request)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    up = MetaUpsample(4, 3, hidden=16)
+    compiled = torch.compile(up, backend="aot_eager", fullgraph=True)
+    for request in ({"scale": 2.5}, {"size": None}):
+        counters.clear()
+        for h, w in [(5, 6), (7, 8), (9, 5), (6, 11)]:
+            x = torch.randn(1, 4, h, w)
+            req = request if "scale" in request else {"size": (2 * h + 1, 3 * w)}
+            torch.testing.assert_close(compiled(x, **req), up(x, **req))
+        assert counters["stats"]["unique_graphs"] <= 2
