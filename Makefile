@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-EXTRAS ?= dev,train,climate
+EXTRAS ?= dev,train,climate,export
 
 .PHONY: venv test lint bench demo default-model photos climate-data clean
 

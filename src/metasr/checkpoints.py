@@ -77,7 +77,7 @@ NETWORK_KEY = "metasr_network"
 _OFFICIAL_KEYS = ("SFENet1.weight", "P2W.meta_block.0.weight")
 
 #: How :func:`load_model` obtained the model.
-ModelFormat = Literal["metasr", "basicsr", "official", "registry"]
+ModelFormat = Literal["metasr", "basicsr", "official", "registry", "onnx"]
 
 
 @dataclass
@@ -539,9 +539,38 @@ def _load_file(
         return load_checkpoint(path)
     if path.suffix.lower() == ".safetensors":
         raise ValueError(f"{path}: not a readable safetensors file (no safetensors header)")
+    if _looks_like_onnx(path):
+        return _load_onnx(path)
     raise ValueError(
         f"{path}: not a model checkpoint (expected a metasr .safetensors file, a BasicSR "
         "net_g_*.pth, or the official Meta-SR model_1000.pt)"
+    )
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """An ONNX ``ModelProto`` starts with its field 1 (``ir_version``, a varint): byte 0x08."""
+    with open(path, "rb") as fh:
+        return fh.read(1) == b"\x08" or path.suffix.lower() == ".onnx"
+
+
+def _load_onnx(path: Path) -> LoadedModel:
+    """An ONNX file written by ``metasr export``, run by onnxruntime (:class:`~.export.OnnxModel`).
+
+    Its ``model`` takes only the input size and request it was exported for.
+    """
+    from .export import OnnxModel
+
+    model = OnnxModel(path)
+    meta = {"request": model.request, "input_size": "{}x{}".format(*model.input_size)}
+    return LoadedModel(
+        model=model,
+        name=str(path),
+        arch="onnx",
+        in_channels=model.in_channels,
+        out_channels=model.out_channels,
+        value_range=model.value_range,
+        metadata=meta,
+        format="onnx",
     )
 
 

@@ -21,6 +21,7 @@ from ..geometry import POS_ENCODINGS, Geometry, Region, build_geometry
 from ..modules import Pos2Weight
 from ..ops.meta_upscale import _autocast_dtype, meta_upscale
 from ..ops.meta_upscale._dispatch import select_backend
+from ..ops.meta_upscale._tracing import tracing_mode
 from ..ops.meta_upscale.params import MLPParams
 from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
 
@@ -194,6 +195,10 @@ class MetaSRNet(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+        if tracing_mode() == "compile":
+            # Under torch.compile the host-side geometry is built (and checked) inside the
+            # Meta-Upscale op's graph node, not traced here.
+            return
         # Raises ValueError for a bad scale/size (an output over the pixel cap included), an
         # asymmetric scale with "official", or a region that does not fit x or the request.
         geom = build_geometry(

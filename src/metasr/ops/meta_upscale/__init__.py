@@ -7,6 +7,7 @@ from torch import nn
 
 from ...geometry import Arithmetic, Region, build_geometry
 from ._dispatch import select_backend
+from ._tracing import tracing_mode
 from .params import MLPParams
 
 __all__ = ["meta_upscale"]
@@ -45,6 +46,11 @@ def meta_upscale(
         Wt = phi(pos.to(x.dtype)).view(H, W, Cin, k, k, Cout)
         xpad = F.pad(x, [k // 2] * 4)
         y[:, :, i, j] = einsum("ncyx,cyxo->no", xpad[:, :, i':i'+k, j':j'+k], Wt[i, j])
+
+    Under ``torch.compile`` the call is one graph node, the custom op ``metasr::meta_upscale``
+    (:mod:`.custom_op`: same geometry, dispatch and backends, run inside the node); under
+    ``torch.export`` (and the ONNX exporter) it is traced as standard ops with the geometry as
+    constants (:mod:`.static`).
 
     Args:
         x: ``(N, Cin, h, w)`` floating-point features.
@@ -97,6 +103,23 @@ def meta_upscale(
         )
     if lin1.weight.device != x.device:
         raise ValueError(f"x is on {x.device} but phi's parameters are on {lin1.weight.device}")
+    mode = tracing_mode()
+    if mode == "compile":
+        # torch.compile: one opaque graph node; the geometry is built inside it (custom_op.py).
+        from .custom_op import meta_upscale_custom_op
+
+        dtype = _autocast_dtype(x.device.type) or x.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return meta_upscale_custom_op(
+                x.to(dtype),
+                MLPParams.from_module(phi, dtype),
+                scale,
+                size,
+                phi.pos_encoding,
+                arithmetic,
+                region,
+                backend,
+            )
     geom = build_geometry(
         x.shape[2],
         x.shape[3],
@@ -112,5 +135,10 @@ def meta_upscale(
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(dtype)
         params = MLPParams.from_module(phi, dtype)
+        if mode == "export":
+            # torch.export / ONNX: standard ops with the geometry as constants (static.py).
+            from .static import meta_upscale_static
+
+            return meta_upscale_static(x, params, geom)
         chosen = select_backend(backend, x, params, geom)
         return chosen.load()(x, params, geom)

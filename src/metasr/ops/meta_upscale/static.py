@@ -1,0 +1,58 @@
+"""Meta-Upscale in plain tensor ops with the geometry baked in, for ``torch.export`` and ONNX.
+
+An exported graph cannot call back into Python for the geometry or loop over LR rows, so this
+form uses only convolution, gather (``index_select``), elementwise ops and a reduction, with the
+index maps and position encodings as constants of the graph (the input size and the request are
+fixed at export time):
+
+* **per-phase** (few distinct offsets, e.g. integer and simple rational scales): the weights of
+  the ``Dv·Dh`` distinct ``(Δv, Δh)`` pairs, one LR convolution with ``Dv·Dh·Cout`` channels, one
+  gather (the ``torch`` backend's per-phase order, reused as is);
+* **features-first, gathered** (any scale): ``Z = conv(x, [W2|b2])`` at LR resolution, gathered
+  to the output grid and contracted with ``[ReLU(W1·pos + b1), 1]`` per output pixel. It holds
+  ``N·Cout·(hidden+1)·H·W`` values, so it suits the moderate sizes one exports for; the eager
+  ``torch`` backend avoids that tensor by working one LR row at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...geometry import Geometry
+from .params import MLPParams, features_first_z
+from .tables import as_float, as_index, phases
+from .torch_chunked import _per_phase
+
+__all__ = ["meta_upscale_static"]
+
+
+def meta_upscale_static(x: torch.Tensor, params: MLPParams, geom: Geometry) -> torch.Tensor:
+    """Meta-Upscale as one static graph of standard ops.
+
+    Args:
+        x: ``(N, Cin, h, w)``; ``h, w`` must be the geometry's (fixed at export).
+        params: the MLP tensors in ``x``'s dtype.
+        geom: the output geometry (becomes constants of the graph).
+
+    Returns:
+        ``(N, Cout, H, W)``.
+    """
+    row_first, row_phase = phases(geom.row_off)
+    col_first, col_phase = phases(geom.col_off)
+    if len(row_first) * len(col_first) <= params.hidden + 1:
+        return _per_phase(x, params, geom, row_first, row_phase, col_first, col_phase)
+    return _features_first_gathered(x, params, geom)
+
+
+def _features_first_gathered(x: torch.Tensor, params: MLPParams, geom: Geometry) -> torch.Tensor:
+    """``y[n,o,i,j] = Σ_k [ReLU(pre(i,j)), 1][k] · Z[n, o, k, i', j']`` with ``Z`` gathered."""
+    N, _, h, w = x.shape
+    O, K = params.out_channels, params.hidden + 1
+    z = features_first_z(x, params).contiguous().view(N, O * K, h * w)  # (N, O·K, h·w)
+    lin = geom.row_idx[:, None] * w + geom.col_idx[None, :]  # (H, W) flat LR index
+    zg = z.index_select(2, as_index(lin.reshape(-1), x.device))  # (N, O·K, H·W)
+    pre = F.linear(as_float(geom.positions(), x), params.w1, params.b1)  # (H·W, hid)
+    hx = torch.cat([F.relu(pre), pre.new_ones(pre.shape[0], 1)], dim=1)  # (H·W, K)
+    y = (zg.view(N, O, K, -1) * hx.t()[None, None]).sum(2)  # (N, O, H·W)
+    return y.view(N, O, geom.H, geom.W)
