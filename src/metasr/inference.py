@@ -121,20 +121,24 @@ def check_upscale_memory(
     size: object = None,
     tile: int = 0,
     overlap: int = DEFAULT_OVERLAP,
-) -> UpscaleEstimate:
+) -> UpscaleEstimate | None:
     """Refuse, before any work, an :func:`upscale_array` call that cannot fit in free memory.
 
     Tiling is suggested only when a smaller tile would fit: not when the result alone is too
     large for the host, nor when the tile is already as small as the suggestions go (64).
 
     Returns:
-        The :func:`estimate_upscale` of the call, when it fits (or free memory is unknown).
+        The :func:`estimate_upscale` of the call, when it fits (or free memory is unknown);
+        ``None`` for an exported (ONNX) model, whose runtime plans its own memory and which
+        checks its one input size and request itself.
 
     Raises:
         ValueError: one line with the estimate and the free memory, as :func:`estimate_upscale`.
     """
     from .ops.memory import available_memory_bytes, gib
 
+    if loaded.format == "onnx":
+        return None
     est = estimate_upscale(loaded, in_shape, scale, size, tile, overlap)
     cpu = torch.device("cpu")
     on_host = est.device.type == "cpu"

@@ -195,7 +195,8 @@ class MetaSRNet(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-        if tracing_mode() == "compile":
+        mode = tracing_mode()
+        if mode == "compile":
             # Under torch.compile the host-side geometry is built (and checked) inside the
             # Meta-Upscale op's graph node, not traced here.
             return
@@ -213,7 +214,10 @@ class MetaSRNet(nn.Module):
         if region is not None and self.bicubic_residual:
             # Fails here, before the backbone, when the window lacks a bicubic tap.
             check_bicubic_region(region)
-        self._check_head(x, geom)
+        if mode is None:
+            # Eager only: the memory estimate reads concrete sizes, and under torch.export it
+            # would specialise the batch dimension that the exported graph keeps dynamic.
+            self._check_head(x, geom)
 
     def _check_head(self, x: torch.Tensor, geom: Geometry) -> None:
         """Refuse, before the backbone, a head call no backend can run (memory included).
