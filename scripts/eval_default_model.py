@@ -10,27 +10,37 @@ BT.601 Y channel after shaving ``ceil(r_v)`` rows and ``ceil(r_h)`` columns on e
 Prints a Markdown table (model − bicubic in dB per scale, and both PSNRs). The photographs are
 the validation split of ``metasr.data.samples`` (``SKIMAGE_VAL``), never seen in training.
 
+With ``--tta`` it also scores the model's test-time self-ensemble
+(:func:`metasr.inference.self_ensemble`, ``tta=True``: the grid-exact ones of the 8 flips and
+transposes), the mean over all 8 even where a flip moves the output grid (for comparison), and
+times the plain and the ensembled call side by side (median of ``--repeat`` alternating runs
+per image and scale, on the same LR).
+
 Usage::
 
     python scripts/eval_default_model.py                      # bundled default model
     python scripts/eval_default_model.py --model my.safetensors --scales 2 3 4 1.5x4 3.5x2
+    python scripts/eval_default_model.py --tta --repeat 5     # gain and cost of --tta
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from metasr.checkpoints import LoadedModel, load_model
+from metasr.data.datasets import bicubic_pair
 from metasr.data.samples import SKIMAGE_VAL
 from metasr.data.scales import format_scale, parse_scale_spec
 from metasr.evaluate import evaluate
-from metasr.inference import upscale_array
+from metasr.inference import DIHEDRAL, self_ensemble, tta_transforms, upscale_array
 from metasr.io import read_raster
 from metasr.metrics import quantize_8bit
 
@@ -51,14 +61,54 @@ def load_photo(name: str) -> torch.Tensor:
     return quantize_8bit(torch.from_numpy(raster.data).double())
 
 
-def model_upscaler(loaded: LoadedModel):
+def model_upscaler(loaded: LoadedModel, tta: bool = False):
     """The model as an evaluation callable, through :func:`metasr.inference.upscale_array`."""
 
     def fn(lq: torch.Tensor, scale: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
-        sr = upscale_array(loaded, lq[0].float().numpy(), scale=scale)
+        sr = upscale_array(loaded, lq[0].float().numpy(), scale=scale, tta=tta)
         return torch.from_numpy(sr).double()[None]
 
     return fn
+
+
+def all_eight_upscaler(loaded: LoadedModel):
+    """The mean over all 8 transforms, flips that move the output grid included."""
+    plain = model_upscaler(loaded)
+
+    def fn(lq: torch.Tensor, scale: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
+        return self_ensemble(lambda x, s, z: plain(x, s, None), lq, scale, None, DIHEDRAL)
+
+    return fn
+
+
+def time_tta(
+    loaded: LoadedModel, photos: list[torch.Tensor], scales: list, repeat: int
+) -> dict[str, tuple[float, float, int]]:
+    """Per scale: (plain seconds, TTA seconds, transforms used), summed over the photos.
+
+    Each is the median of ``repeat`` runs; plain and TTA alternate on the same LR, so both see
+    the same machine load.
+    """
+    out = {}
+    for scale in scales:
+        plain_s = tta_s = 0.0
+        used = set()
+        for hr in photos:
+            lq, _ = bicubic_pair(hr, scale)
+            x = quantize_8bit(lq).float().numpy()
+            used.add(len(tta_transforms(True, x.shape[1], x.shape[2], scale)))
+            runs: dict[bool, list[float]] = {False: [], True: []}
+            # Warm-up: the first call of each input shape (a transposed one included) is slower.
+            upscale_array(loaded, x, scale=scale, tta=True)
+            for _ in range(repeat):
+                for tta in (False, True):
+                    t0 = time.perf_counter()
+                    upscale_array(loaded, x, scale=scale, tta=tta)
+                    runs[tta].append(time.perf_counter() - t0)
+            plain_s += statistics.median(runs[False])
+            tta_s += statistics.median(runs[True])
+        out[format_scale(scale)] = (plain_s, tta_s, min(used))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", nargs="+", default=list(SCALES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.add_argument(
+        "--tta", action="store_true", help="also score and time the test-time self-ensemble"
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs for --tta (median)")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
 
     loaded = load_model(args.model, device=args.device)
     photos = [load_photo(name) for name in args.images]
@@ -97,18 +153,65 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} (model / bicubic, Δ) | " + " | ".join(line) + " |")
     mean = [np.mean([rows[n][s][0] - rows[n][s][1] for n in rows]) for s in labels]
     print("| **mean Δ dB** | " + " | ".join(f"**{d:+.2f}**" for d in mean) + " |")
+    payload: dict = {
+        "model": loaded.name,
+        "psnr": rows,
+        "mean_delta_db": dict(zip(labels, mean, strict=True)),
+    }
+    if args.tta:
+        payload["tta"] = report_tta(loaded, photos, scales, labels, args, rows)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(
-                {
-                    "model": loaded.name,
-                    "psnr": rows,
-                    "mean_delta_db": dict(zip(labels, mean, strict=True)),
-                },
-                fh,
-                indent=2,
-            )
+            json.dump(payload, fh, indent=2)
     return 0
+
+
+def report_tta(loaded, photos, scales, labels, args, rows) -> dict:
+    """Score and time ``tta=True`` (and the all-8 mean) against the plain rows; print a table."""
+    variants = {"tta": model_upscaler(loaded, tta=True), "all8": all_eight_upscaler(loaded)}
+    psnr: dict[str, dict[str, dict[str, float]]] = {}
+    for key, fn in variants.items():
+        table = evaluate(fn, photos, scales, names=args.images, metric_names=("psnr",))
+        psnr[key] = {name: {} for name in args.images}
+        for r in table:
+            psnr[key][r["image"]][r["scale"]] = r["psnr"]
+    times = time_tta(loaded, photos, scales, args.repeat)
+    torch_threads = torch.get_num_threads()
+    print()
+    print(
+        f"self-ensemble: Y-PSNR gain over the plain model (mean over {len(photos)} photos); "
+        f"time: median of {args.repeat} alternating runs, summed over the photos, "
+        f"{torch_threads} torch threads"
+    )
+    print()
+    print(
+        "| scale | plain Δ vs bicubic | --tta Δ vs bicubic | gain of --tta | transforms "
+        "| gain of all 8 | plain time | --tta time | time ratio |"
+    )
+    print("|---" * 9 + "|")
+    out = {}
+    for label in labels:
+        plain = np.mean([rows[n][label][0] for n in rows])
+        bic = np.mean([rows[n][label][1] for n in rows])
+        tta = np.mean([psnr["tta"][n][label] for n in rows])
+        all8 = np.mean([psnr["all8"][n][label] for n in rows])
+        t_plain, t_tta, used = times[label]
+        print(
+            f"| ×{label} | {plain - bic:+.2f} dB | {tta - bic:+.2f} dB | **{tta - plain:+.2f} dB** "
+            f"| {used if used == 8 else f'{used}–8'} | {all8 - plain:+.2f} dB "
+            f"| {t_plain:.3f} s | {t_tta:.3f} s | {t_tta / t_plain:.1f}× |"
+        )
+        out[label] = {
+            "plain_psnr": plain,
+            "tta_psnr": tta,
+            "all8_psnr": all8,
+            "bicubic_psnr": bic,
+            "plain_s": t_plain,
+            "tta_s": t_tta,
+            "per_image_tta_psnr": {n: psnr["tta"][n][label] for n in rows},
+            "per_image_all8_psnr": {n: psnr["all8"][n][label] for n in rows},
+        }
+    return out
 
 
 if __name__ == "__main__":

@@ -195,6 +195,7 @@ def evaluate(
     metric_names: Sequence[str] = ("psnr", "ssim"),
     device: str | torch.device = "cpu",
     progress: bool = False,
+    tta: bool | int = False,
 ) -> list[dict[str, Any]]:
     """Score ``model`` on every HR image at every scale (scale-major order).
 
@@ -210,16 +211,23 @@ def evaluate(
         metric_names: metrics to compute.
         device: where a network runs.
         progress: show a progress bar.
+        tta: score the model's test-time self-ensemble instead
+            (:func:`metasr.inference.self_ensemble`: ``True`` or 2, 4, 8 transforms, grid-exact
+            ones only); the bicubic baseline stays plain.
 
     Returns:
         One dict per (scale, image): ``scale`` (label), ``image``, ``r_v``, ``r_h``, the metrics
         and, with ``bicubic``, ``bicubic_<metric>``.
 
     Raises:
-        ValueError: a bad scale, an image too small for it, or an output of the wrong size.
+        ValueError: a bad scale, an image too small for it, a bad ``tta``, or an output of the
+            wrong size.
     """
     from tqdm import tqdm
 
+    from .inference import self_ensemble, tta_count
+
+    n_tta = tta_count(tta)
     up = as_upscaler(model, device)
     settings = [_setting(s) for s in scales]
     if not settings:
@@ -248,7 +256,11 @@ def evaluate(
             lq = metrics.quantize_8bit(lq)
         size = (gt.shape[-2], gt.shape[-1])
         row: dict[str, Any] = {"scale": label, "image": name, "r_v": scale[0], "r_h": scale[1]}
-        row.update(score(up.fn(lq[None], scale, size)[0], gt, scale, kind, metric_names))
+        if n_tta == 1:
+            sr = up.fn(lq[None], scale, size)
+        else:
+            sr = self_ensemble(up.fn, lq[None], scale, size, n_tta)
+        row.update(score(sr[0], gt, scale, kind, metric_names))
         if bicubic:
             base = score(_bicubic(lq, scale, size), gt, scale, kind, metric_names)
             row.update({f"bicubic_{k}": v for k, v in base.items()})

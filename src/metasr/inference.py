@@ -6,6 +6,8 @@
 * :func:`upscale_alpha`: the alpha plane alone.
 * :func:`estimate_upscale` / :func:`check_upscale_memory`: the memory a call of
   :func:`upscale_array` needs, and its refusal before any work when that is more than is free.
+* :func:`self_ensemble` (``tta=`` of :func:`upscale_array`): test-time self-ensemble over the
+  flips and transposes of the input (:data:`DIHEDRAL`, :func:`tta_transforms`).
 
 Models come from :func:`metasr.checkpoints.load_model`. The conventions are listed in
 ``docs/usage.md``. Every public function checks its arguments (array type and layout, ``kind``,
@@ -15,6 +17,7 @@ offending value.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,9 +30,14 @@ from .io import Raster
 from .tiling import DEFAULT_OVERLAP, upscale
 
 __all__ = [
+    "DIHEDRAL",
+    "Dihedral",
     "UpscaleEstimate",
     "check_upscale_memory",
     "estimate_upscale",
+    "self_ensemble",
+    "tta_count",
+    "tta_transforms",
     "upscale_alpha",
     "upscale_array",
     "upscale_raster",
@@ -174,6 +182,213 @@ def check_upscale_memory(
     raise ValueError(msg)
 
 
+# --------------------------------------------------------------------------------------------
+# test-time self-ensemble
+
+
+@dataclass(frozen=True)
+class Dihedral:
+    """One of the 8 flips/transposes of an image, and how a request and an output follow it.
+
+    The input ``(..., h, w)`` is flipped first (``flip_rows``: upside down, ``flip_cols``: left
+    to right, both along the *original* axes), then transposed. The model's output for it is
+    brought back by the inverse: transposed back, then flipped again.
+
+    Attributes:
+        transpose: swap rows and columns (the request's two scales and two sizes swap too).
+        flip_rows: reverse the order of the rows (a vertical flip).
+        flip_cols: reverse the order of the columns (a horizontal flip).
+    """
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(..., h, w)`` transformed: ``(..., h, w)``, or ``(..., w, h)`` transposed."""
+        dims = [d for d, on in ((-2, self.flip_rows), (-1, self.flip_cols)) if on]
+        if dims:
+            x = x.flip(dims)
+        return x.transpose(-2, -1) if self.transpose else x
+
+    def invert(self, y: torch.Tensor) -> torch.Tensor:
+        """An output ``(..., H', W')`` of a transformed input, brought back to the input's frame."""
+        if self.transpose:
+            y = y.transpose(-2, -1)
+        dims = [d for d, on in ((-2, self.flip_rows), (-1, self.flip_cols)) if on]
+        return y.flip(dims) if dims else y
+
+    def request(self, scale: object, size: object) -> tuple[object, object]:
+        """The request for the transformed input: ``(r_v, r_h)`` → ``(r_h, r_v)`` and
+        ``(H, W)`` → ``(W, H)`` when transposed; unchanged otherwise (``None`` stays ``None``)."""
+        if not self.transpose:
+            return scale, size
+        if scale is not None:
+            from .geometry import parse_scale
+
+            r_v, r_h = parse_scale(scale)
+            scale = (r_h, r_v)
+        if size is not None:
+            from .geometry import _as_size_pair
+
+            H, W = _as_size_pair(size)
+            size = (W, H)
+        return scale, size
+
+
+#: The 8 transforms of the dihedral group of the square, in the order ``tta=n`` takes them:
+#: identity, horizontal flip, vertical flip, both (= 180° rotation), then the transposes of
+#: these four. ``tta=2`` is the identity and the horizontal flip, ``tta=4`` the four flips.
+DIHEDRAL: tuple[Dihedral, ...] = tuple(
+    Dihedral(transpose=t, flip_rows=v, flip_cols=c)
+    for t in (False, True)
+    for v, c in ((False, False), (False, True), (True, False), (True, True))
+)
+
+#: Transform counts ``tta=`` accepts (``True`` is 8, ``False`` is 1: no ensemble).
+TTA_COUNTS = (1, 2, 4, 8)
+
+
+def tta_count(tta: object) -> int:
+    """``tta`` (a bool or one of :data:`TTA_COUNTS`) as a number of transforms.
+
+    Raises:
+        ValueError: anything else (``3``, ``"yes"``, ``2.0``, ``-1``).
+    """
+    if isinstance(tta, bool):
+        return 8 if tta else 1
+    if isinstance(tta, (int, np.integer)) and int(tta) in TTA_COUNTS:
+        return int(tta)
+    raise ValueError(
+        f"tta must be True, False or a number of transforms in {TTA_COUNTS}, got {tta!r}"
+    )
+
+
+def _grid_exact_axes(h: int, w: int, scale: object, size: object) -> tuple[bool, bool]:
+    """Whether a flip along rows / columns maps the output grid onto itself: ``h·r_v == H``.
+
+    With ``size`` alone ``r_v = H/h``, so this always holds; with a scale ``H = floor(h·r_v)``
+    and a flip moves the output grid by ``h·r_v − H`` output rows (see :func:`self_ensemble`).
+    """
+    from .geometry import EPS, parse_scale, resolve_output_size
+
+    if scale is None:
+        return True, True
+    r_v, r_h = parse_scale(scale)
+    if size is None:
+        H, W, _, _ = resolve_output_size(h, w, scale=scale)
+    else:
+        H, W, _, _ = resolve_output_size(h, w, size=size)
+    return abs(h * r_v - H) <= EPS, abs(w * r_h - W) <= EPS
+
+
+def tta_transforms(
+    tta: bool | int, h: int, w: int, scale: object = None, size: object = None
+) -> list[Dihedral]:
+    """The transforms ``tta=`` averages for an ``h × w`` input and this request.
+
+    The first ``n`` of :data:`DIHEDRAL` (``n`` = 8 for ``True``), less those that flip an axis
+    whose output grid a flip would move (``h·r_v`` not a whole number of rows, likewise
+    columns; :func:`self_ensemble` explains why). Transposes never move the grid.
+
+    Args:
+        tta: ``True`` (8), ``False`` (1), or 1, 2, 4 or 8.
+        h, w: input size.
+        scale, size: the request (``scale``, ``size`` or both, as an evaluator gives both).
+
+    Returns:
+        At least the identity, in :data:`DIHEDRAL` order.
+
+    Raises:
+        ValueError: a bad ``tta`` or request.
+    """
+    n = tta_count(tta)
+    if scale is None and size is None:
+        raise ValueError("give scale=... or size=(H, W)")
+    rows_ok, cols_ok = _grid_exact_axes(h, w, scale, size)
+    return [
+        t for t in DIHEDRAL[:n] if (rows_ok or not t.flip_rows) and (cols_ok or not t.flip_cols)
+    ]
+
+
+#: ``run(x (N, C, h, w), scale, size) -> (N, C', H, W)``: one model call for :func:`self_ensemble`.
+ModelCall = Callable[[torch.Tensor, object, object], torch.Tensor]
+
+
+def self_ensemble(
+    run: ModelCall,
+    x: torch.Tensor,
+    scale: object = None,
+    size: object = None,
+    transforms: bool | int | Sequence[Dihedral] = 8,
+) -> torch.Tensor:
+    """Test-time self-ensemble: the mean of the model's outputs for flipped/transposed inputs.
+
+    For each transform ``t``: ``t.invert(run(t.apply(x), *t.request(scale, size)))``; a
+    transposed input gets the transposed request (scales ``(r_v, r_h)`` → ``(r_h, r_v)``,
+    size ``(H, W)`` → ``(W, H)``), so every term has the shape of the plain output.
+
+    **What is averaged.** Each term is an estimate of the same output pixels only if the
+    transform maps the output grid onto itself. The model is trained on LR images made by
+    bicubic with the nominal factor ``1/r`` (:func:`metasr.data.bicubic_pair`), so output row
+    ``i`` (LR row ``floor(i/r)``, offset ``frac(i/r)``) stands for the LR position
+    ``(i + 0.5)/r − 0.5`` (pixel centres). Flip the ``h`` LR rows, run, flip the ``H`` output
+    rows back: row ``i`` then stands for ``(i + 0.5)/r − 0.5 + (h − H/r)``, i.e. the grid
+    moves by ``h·r − H`` output rows. That is zero at integer scales and whenever ``h·r`` is a
+    whole number (and always for a ``size=`` request, where ``r = H/h``), and up to one output
+    row otherwise (e.g. 85 rows at ×3.5: 297 rows, shifted by half a row). Transposes move
+    nothing. With an integer ``transforms`` only grid-exact transforms are averaged
+    (:func:`tta_transforms`); an explicit sequence is averaged as given.
+
+    **Why the mean.** The terms are estimates of the same pixels whose errors differ with the
+    orientation; their mean is the estimate with the least squared error when those errors are
+    alike and independent, which is what PSNR scores; a median of 8 (the mean of the middle two)
+    would throw away most of them. A model equivariant under the transforms (bicubic, or a
+    network reduced to its bicubic residual) gives back its plain output exactly.
+
+    Args:
+        run: one model call, ``run(x, scale, size)`` (e.g. :func:`metasr.tiling.upscale` of a
+            model, so that each transform is tiled on its own).
+        x: ``(N, C, h, w)``.
+        scale, size: the request for ``x``, passed to ``run`` (one of them, or both).
+        transforms: ``True``/``False``/1/2/4/8 (:func:`tta_transforms`), or the
+            :class:`Dihedral` transforms to average.
+
+    Returns:
+        ``(N, C', H, W)``: the mean of the terms, on the device of the first term, float32
+        (float64 when the terms are).
+
+    Raises:
+        ValueError: a bad ``transforms``, an empty sequence, or a term of another shape than
+            the first (a ``run`` that does not follow the request).
+    """
+    if isinstance(transforms, (bool, int, np.integer)):
+        ts = tta_transforms(transforms, x.shape[-2], x.shape[-1], scale, size)
+    else:
+        ts = list(transforms)
+        if not ts or not all(isinstance(t, Dihedral) for t in ts):
+            raise ValueError(
+                f"transforms must be a number of transforms or Dihedral transforms, "
+                f"got {transforms!r}"
+            )
+    acc: torch.Tensor | None = None
+    for t in ts:
+        s, z = t.request(scale, size)
+        y = t.invert(run(t.apply(x), s, z))
+        if acc is None:
+            # float32 at least (float64 terms stay float64); a copy, never the model's buffer.
+            acc = y.to(torch.promote_types(y.dtype, torch.float32), copy=True)
+        elif y.shape != acc.shape:
+            raise ValueError(
+                f"self-ensemble: transform {t} gave {tuple(y.shape)} after inversion, the first "
+                f"gave {tuple(acc.shape)}; run must honour the transformed request"
+            )
+        else:
+            acc += y.to(acc.device, acc.dtype)
+    assert acc is not None
+    return acc.div_(len(ts))
+
+
 #: Sample types an image raster can have (fields keep any numeric type).
 _IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
@@ -222,6 +437,7 @@ def upscale_array(
     tile: int = 0,
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
+    tta: bool | int = False,
 ) -> np.ndarray:
     """Upscale ``data`` ``(C, h, w)`` with a loaded model.
 
@@ -237,16 +453,22 @@ def upscale_array(
     on the way in and divided on the way out (not clamped here); ``kind="field"`` data is passed
     through as it is: a model for fields expects its own normalisation.
 
+    Self-ensemble: ``tta=True`` (or 2, 4, 8 transforms) averages the outputs for the flipped
+    and transposed input (:func:`self_ensemble`; grid-exact transforms only, see
+    :func:`tta_transforms`), each run whole or tiled like the plain call; it costs one model
+    call per transform and one more output-sized buffer.
+
     Returns:
         ``(C, H, W)`` float32.
 
     Raises:
-        ValueError: ``data`` is not a numeric ``(C, h, w)`` array, ``kind`` is unknown, or the
-            channels cannot be fed to the model.
+        ValueError: ``data`` is not a numeric ``(C, h, w)`` array, ``kind`` is unknown, ``tta``
+            is not a bool or 1, 2, 4 or 8, or the channels cannot be fed to the model.
     """
     _check_chw(data, "data")
     if kind not in ("image", "field"):
         raise ValueError(f"kind must be 'image' or 'field', got {kind!r}")
+    n_tta = tta_count(tta)
     model = loaded.model
     p = next(model.parameters())  # the device and dtype the model runs in
     C, h, w = data.shape
@@ -269,8 +491,12 @@ def upscale_array(
         )
     gain = loaded.value_range if kind == "image" else 1.0
     x = (x * gain).to(device=p.device, dtype=p.dtype)
+
+    def run(xt: torch.Tensor, s: object, z: object) -> torch.Tensor:
+        return upscale(model, xt, scale=s, size=z, tile=tile, overlap=overlap, progress=progress)
+
     with torch.inference_mode():
-        y = upscale(model, x, scale=scale, size=size, tile=tile, overlap=overlap, progress=progress)
+        y = run(x, scale, size) if n_tta == 1 else self_ensemble(run, x, scale, size, n_tta)
     y = y.float().cpu() / gain
     y = y.mean(dim=1) if per_channel else y[0]  # (C, H, W)
     return y.numpy()
@@ -309,6 +535,7 @@ def upscale_raster(
     overlap: int = DEFAULT_OVERLAP,
     normalize: Literal["none", "minmax"] = "none",
     progress: bool = False,
+    tta: bool | int = False,
 ) -> Raster:
     """Upscale a whole :class:`metasr.io.Raster` (colour through the model, alpha bicubic).
 
@@ -316,17 +543,19 @@ def upscale_raster(
         normalize: for fields, ``"minmax"`` maps each channel's range to 0..1 before the model
             and back after it (for models trained on images); ``"none"`` passes values as they
             are. Images are always in 0..1.
+        tta: test-time self-ensemble, as in :func:`upscale_array`.
 
     Returns:
         A raster of the same kind and dtype, ``(C, H, W)``.
 
     Raises:
-        ValueError: ``normalize`` is unknown, or the raster is inconsistent: ``data`` not a
+        ValueError: ``normalize`` or ``tta`` is bad, or the raster is inconsistent: ``data`` not a
             numeric ``(C, h, w)`` array, an image whose sample type is not uint8/uint16, or an
             ``alpha`` of another size than the data.
     """
     if normalize not in ("none", "minmax"):
         raise ValueError(f"normalize must be 'none' or 'minmax', got {normalize!r}")
+    tta_count(tta)
     _check_raster(raster)
     data = raster.data
     kind = raster.kind
@@ -334,10 +563,12 @@ def upscale_raster(
         lo = data.min(axis=(1, 2), keepdims=True)
         span = data.max(axis=(1, 2), keepdims=True) - lo
         span = np.where(span > 0, span, 1.0)  # a constant channel stays constant
-        y = upscale_array(loaded, (data - lo) / span, scale, size, "image", tile, overlap, progress)
+        y = upscale_array(
+            loaded, (data - lo) / span, scale, size, "image", tile, overlap, progress, tta
+        )
         out = y.astype(np.float64) * span + lo
     else:
-        out = upscale_array(loaded, data, scale, size, kind, tile, overlap, progress)
+        out = upscale_array(loaded, data, scale, size, kind, tile, overlap, progress, tta)
     alpha = None
     if raster.alpha is not None:
         alpha = upscale_alpha(raster.alpha, (out.shape[1], out.shape[2]))

@@ -57,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--opt", help="option YAML whose network_g describes a .pth checkpoint")
     e.add_argument("--bicubic", action="store_true", help="add bicubic-baseline columns")
+    e.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time self-ensemble of the model: the mean over the 8 flips and transposes",
+    )
     e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     e.add_argument(
         "--backend",
@@ -204,13 +209,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model = load_eval_model(args.model, args.opt, args.device, args.backend)
     images, names, kind = _read_data(args.data, model.in_channels)
     per_image = evaluate(
-        model, images, settings, kind=kind, bicubic=args.bicubic, names=names, progress=True
+        model,
+        images,
+        settings,
+        kind=kind,
+        bicubic=args.bicubic,
+        names=names,
+        progress=True,
+        tta=args.tta,
     )
     rows = summarize(per_image)
     cols = ["scale", "images", "psnr", "ssim"]
     if args.bicubic:
         cols += ["bicubic_psnr", "bicubic_ssim", "delta_psnr"]
-    print(f"model: {model.name}   data: {args.data}")
+    print(f"model: {model.name}{' (self-ensemble)' if args.tta else ''}   data: {args.data}")
     print(format_table(rows, cols))
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)

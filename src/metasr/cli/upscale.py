@@ -111,6 +111,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="refuse inputs larger than N pixels (height x width), checked on the file header "
         "before decoding (default: metasr.io.MAX_PIXELS, 178956970)",
     )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time self-ensemble: average the outputs for the 8 flips and transposes of "
+        "the input (about 8x the time; see docs/usage.md)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or file list")
     p.set_defaults(func=run)
 
@@ -318,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
                 overlap=overlap,
                 normalize=args.normalize,
                 progress=show,
+                tta=args.tta,
             )
         except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
             if not isinstance(exc, OutOfMemoryError) and "allocate" not in str(exc):
