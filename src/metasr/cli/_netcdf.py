@@ -189,10 +189,9 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             da = mc.read_field(src, args.var)
             grid = mc.grid_of(da)
             mc.check_finer(grid, dst)
-            if args.max_pixels is not None and dst.shape[0] * dst.shape[1] > args.max_pixels:
-                raise ValueError(
-                    f"output {dst.shape[0]}x{dst.shape[1]} is over --max-pixels {args.max_pixels}"
-                )
+            if args.max_pixels is not None and grid.shape[0] * grid.shape[1] > args.max_pixels:
+                h, w = grid.shape
+                raise ValueError(f"{h}x{w} grid is over --max-pixels {args.max_pixels}")
             if not isinstance(method, str):
                 units = da.attrs.get("units")
                 mc.check_units(
