@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 __all__ = ["CLIError", "main", "one_line"]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
-_SUBCOMMAND_MODULES = ("upscale", "train", "eval", "bench", "export", "info")
+_SUBCOMMAND_MODULES = ("upscale", "train", "eval", "climate_stats", "bench", "export", "info")
 
 
 class CLIError(Exception):

@@ -72,6 +72,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--csv", type=Path, help="write the table as CSV")
     e.add_argument("--json", type=Path, help="write the table as JSON")
     e.add_argument("--plot", type=Path, help="plot PSNR per scale to a PNG (needs matplotlib)")
+    nc = e.add_argument_group(
+        "netCDF fields (--data with .nc files; climate metrics; needs pip install metasr[climate])"
+    )
+    nc.add_argument("--var", metavar="NAME", help="the variable to score")
+    nc.add_argument(
+        "--baselines",
+        default="nearest,bilinear,bicubic,conservative",
+        help="comma-separated regridding baselines (default: all four; '' for none)",
+    )
+    nc.add_argument(
+        "--stats", metavar="MEAN,STD|FILE", help="normalisation for a model without statistics"
+    )
+    nc.add_argument(
+        "--weights",
+        choices=("coslat", "area"),
+        default="coslat",
+        help="latitude weights of the scores (default coslat)",
+    )
     e.set_defaults(func=_cmd_eval)
 
 
@@ -196,6 +214,20 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from ._netcdf import field_data, run_eval_fields
+
+    if field_data(args):  # netCDF fields: climate metrics against regridding baselines
+        _check_backend(args.backend)
+        _check_device(args.device)
+        for path, flag in ((args.csv, "--csv"), (args.json, "--json")):
+            _check_output(path, flag)
+        return run_eval_fields(args)
+    if args.var is not None or args.stats is not None:
+        raise CLIError("--var and --stats are for netCDF (.nc) data")
+    return _eval_images(args)
+
+
+def _eval_images(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate, finite_or_none, summarize
     from ..metrics import format_table
 

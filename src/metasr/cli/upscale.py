@@ -6,6 +6,10 @@ Examples::
     metasr upscale scans/ -o big/ --scale 3.5x2          # vertical 3.5, horizontal 2
     metasr upscale 't2m_*.npy' -o hires/ --size 721x1440 --model climate.safetensors
     metasr upscale huge.tif -o out.tif --scale 4 --tile 256 --device cuda --half
+    metasr upscale t2m.nc --var t2m --target-grid era5 -o t2m_era5.nc --model t2m.safetensors
+    metasr upscale t2m.nc --var t2m --target-grid era5 -o t2m_era5_cons.nc --baseline conservative
+
+netCDF inputs go through :mod:`metasr.cli._netcdf` (docs/climate.md).
 """
 
 from __future__ import annotations
@@ -63,11 +67,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="OUT",
         help="output file (one input) or existing folder (files keep their names)",
     )
-    what = p.add_mutually_exclusive_group(required=True)
+    # One of them is required; which one depends on the input (checked in run()).
+    what = p.add_mutually_exclusive_group()
     what.add_argument(
         "--scale", type=str, help="factor (2.5) or VERTICALxHORIZONTAL factors (3.5x2), >= 1"
     )
     what.add_argument("--size", type=str, help="output HEIGHTxWIDTH (721x1440)")
+    what.add_argument(
+        "--target-grid",
+        metavar="GRID",
+        help="netCDF input: the output grid, 'era5', 'n96', HxW (regular, pole rows) or a "
+        "netCDF file whose 1-D lat/lon define it",
+    )
     p.add_argument(
         "--model",
         default="default",
@@ -118,6 +129,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the input (about 8x the time; see docs/usage.md)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or file list")
+    nc = p.add_argument_group("netCDF fields (.nc input; needs pip install metasr[climate])")
+    nc.add_argument("--var", metavar="NAME", help="the variable to downscale")
+    nc.add_argument(
+        "--baseline",
+        choices=("nearest", "bilinear", "bicubic", "conservative"),
+        help="write this regridding instead of running a model",
+    )
+    nc.add_argument(
+        "--stats",
+        metavar="MEAN,STD|FILE",
+        help="normalisation for a model without statistics in its checkpoint: MEAN,STD in the "
+        "field's units, or a JSON file from 'metasr climate-stats'",
+    )
+    nc.add_argument(
+        "--batch-size", type=int, default=8, metavar="N", help="fields per forward pass (8)"
+    )
     p.set_defaults(func=run)
 
 
@@ -265,6 +292,19 @@ def _nonfinite_hint(loaded, raster) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._netcdf import netcdf_inputs, run_upscale_netcdf
+
+    if netcdf_inputs(args.inputs):  # fields on lat/lon grids: a branch of their own
+        return run_upscale_netcdf(args)
+    for flag in ("target_grid", "var", "baseline", "stats"):
+        if getattr(args, flag) is not None:
+            raise CLIError(f"--{flag.replace('_', '-')} is for netCDF (.nc) inputs")
+    if args.scale is None and args.size is None:
+        raise CLIError("give --scale or --size")
+    return _run_rasters(args)
+
+
+def _run_rasters(args: argparse.Namespace) -> int:
     import torch
 
     import metasr

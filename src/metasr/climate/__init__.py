@@ -12,13 +12,19 @@
 * :mod:`~metasr.climate.io`: netCDF as ``xarray.DataArray`` (needs ``pip install metasr[climate]``;
   xarray is imported only when these functions are called).
 * :mod:`~metasr.climate.datasets`: ``make climate-data`` (relief and GloSea4 temperatures).
+* :mod:`~metasr.climate.stats`: per-variable normalisation statistics (:class:`FieldStats`).
+* :mod:`~metasr.climate.model`: :func:`downscale_with_model`, a loaded network on fields
+  (normalise → model → de-normalise, batched, fill-and-remask).
+* :mod:`~metasr.climate.evaluate`: climate scores of a model against regridding baselines.
 
-Everything but :mod:`~metasr.climate.io` needs only numpy (and torch for tensor input).
+Only :mod:`~metasr.climate.io` (and what calls it) needs the ``climate`` extra; the rest needs
+numpy and torch.
 """
 
 from __future__ import annotations
 
 from .data import coarse_size, coarsen, latitude_channel, static_predictors, with_static_channels
+from .evaluate import FIELD_COLUMNS, LRSize, evaluate_fields, score_field, summarize_fields
 from .grids import Grid, coarse_grid, gaussian_grid, named_grid, regular_grid
 from .io import as_field, downscale, grid_of, read_field, resolve_grid, write_field
 from .metrics import (
@@ -33,26 +39,40 @@ from .metrics import (
     weighted_rmse,
     zonal_power_spectrum,
 )
+from .model import ModelDownscaler, check_finer, downscale_with_model, model_stats
 from .pp import PPField, read_pp
-from .regrid import METHODS, axis_weights, fill_missing, regrid, regrid_mask
+from .regrid import METHODS, apply_downscaler, axis_weights, fill_missing, regrid, regrid_mask
+from .stats import FieldStats, check_units, compute_stats, describe_grid, same_units
 
 __all__ = [
+    "FIELD_COLUMNS",
     "METHODS",
+    "FieldStats",
     "Grid",
+    "LRSize",
+    "ModelDownscaler",
     "PPField",
     "anomaly_correlation",
+    "apply_downscaler",
     "as_field",
     "axis_weights",
+    "check_finer",
+    "check_units",
     "coarse_grid",
     "coarse_size",
     "coarsen",
+    "compute_stats",
     "conservation_error",
+    "describe_grid",
     "downscale",
+    "downscale_with_model",
+    "evaluate_fields",
     "fill_missing",
     "gaussian_grid",
     "global_mean",
     "grid_of",
     "latitude_channel",
+    "model_stats",
     "named_grid",
     "pearson_correlation",
     "plot_zonal_spectra",
@@ -62,8 +82,11 @@ __all__ = [
     "regrid_mask",
     "regular_grid",
     "resolve_grid",
+    "same_units",
+    "score_field",
     "spatial_weights",
     "static_predictors",
+    "summarize_fields",
     "weighted_bias",
     "weighted_mae",
     "weighted_rmse",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .grids import Grid, named_grid
-from .regrid import METHODS, fill_missing, regrid, regrid_mask
+from .regrid import METHODS, apply_downscaler, regrid
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -193,22 +193,13 @@ def downscale(
     da = as_field(da)
     src, dst = grid_of(da), resolve_grid(target)
     values = da.values.astype(np.float64)
-    lead = values.shape[:-2]
     if isinstance(method, str):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS} or a function")
         out = regrid(values, src, dst, method)
         how = f"{method} regridding"
     else:
-        filled, valid = fill_missing(values.reshape(-1, *src.shape), src)
-        out = np.asarray(method(filled, src, dst), dtype=np.float64)
-        if out.shape != (filled.shape[0], *dst.shape):
-            raise ValueError(
-                f"downscaler returned {out.shape}, expected {(filled.shape[0], *dst.shape)}"
-            )
-        if not valid.all():
-            out = np.where(regrid_mask(valid, src, dst, mask_threshold), out, np.nan)
-        out = out.reshape(*lead, *dst.shape)
+        out = apply_downscaler(method, values, src, dst, mask_threshold)
         how = getattr(method, "__name__", "a downscaling function")
     coords = {d: da.coords[d] for d in da.dims[:-2] if d in da.coords}
     coords.update({"lat": dst.lat, "lon": dst.lon})

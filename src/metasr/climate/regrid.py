@@ -28,6 +28,7 @@ renormalising them is unstable). With NaNs, conservative remapping preserves the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -263,3 +264,38 @@ def regrid_mask(valid: np.ndarray, src: Grid, dst: Grid, threshold: float = 0.5)
     """
     frac = regrid(np.asarray(valid, dtype=np.float64), src, dst, "conservative")
     return np.nan_to_num(frac, nan=0.0) >= threshold
+
+
+def apply_downscaler(
+    fn: Callable[[np.ndarray, Grid, Grid], np.ndarray],
+    field: Any,
+    src: Grid,
+    dst: Grid,
+    mask_threshold: float = 0.5,
+) -> np.ndarray:
+    """Run a downscaling function with fill-and-remask of missing values.
+
+    Args:
+        fn: ``fn(filled, src, dst)``: ``(N, h, w)`` finite float64 → ``(N, H, W)`` on ``dst``.
+        field: ``(..., h, w)`` on ``src``; NaN marks missing values.
+        src: source grid.
+        dst: target grid.
+        mask_threshold: a target cell is NaN where less than this fraction of its area is
+            valid (:func:`regrid_mask`).
+
+    Returns:
+        ``(..., H, W)`` float64.
+
+    Raises:
+        ValueError: ``fn`` returned another shape.
+    """
+    values = np.asarray(field, dtype=np.float64)
+    lead = values.shape[:-2]
+    filled, valid = fill_missing(values.reshape(-1, *src.shape), src)
+    out = np.asarray(fn(filled, src, dst), dtype=np.float64)
+    if out.shape != (filled.shape[0], *dst.shape):
+        expected = (filled.shape[0], *dst.shape)
+        raise ValueError(f"downscaler returned {out.shape}, expected {expected}")
+    if not valid.all():
+        out = np.where(regrid_mask(valid, src, dst, mask_threshold), out, np.nan)
+    return out.reshape(*lead, *dst.shape)

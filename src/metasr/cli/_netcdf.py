@@ -1,0 +1,311 @@
+"""The netCDF branches of ``metasr upscale`` and ``metasr eval`` (fields on lat/lon grids).
+
+``metasr upscale in.nc --var t2m --target-grid era5 -o out.nc`` reads one variable with its
+coordinates (:func:`metasr.climate.read_field`), downscales every time step and other leading
+index, with a model (normalised by the checkpoint's statistics, or ``--stats``) or a
+``--baseline`` regridding, and writes CF-style netCDF (:func:`metasr.climate.write_field`).
+``metasr eval --data fields.nc --var t2m`` scores a model against regridding baselines with the
+climate metrics (:mod:`metasr.climate.evaluate`).
+
+Everything is read and checked before anything is written: a bad variable, grid, unit, model or
+statistic ends in one line and no output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import CLIError
+
+__all__ = [
+    "NETCDF_SUFFIXES",
+    "is_netcdf",
+    "netcdf_inputs",
+    "parse_stats_arg",
+    "run_eval_fields",
+    "run_upscale_netcdf",
+]
+
+#: Suffixes read as netCDF by ``upscale`` and ``eval``.
+NETCDF_SUFFIXES = (".nc", ".nc4", ".cdf", ".netcdf")
+
+
+def is_netcdf(path: str | os.PathLike) -> bool:
+    """Whether a name has a netCDF suffix."""
+    return Path(path).suffix.lower() in NETCDF_SUFFIXES
+
+
+def netcdf_inputs(items: list[str]) -> bool:
+    """Whether the ``upscale`` inputs are netCDF files (all of them).
+
+    Raises:
+        CLIError: netCDF files mixed with images or arrays.
+    """
+    flags = [is_netcdf(item) for item in items]
+    if any(flags) and not all(flags):
+        raise CLIError("netCDF inputs cannot be mixed with images or arrays in one command")
+    return bool(flags) and all(flags)
+
+
+def _expand(items: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in items:
+        if any(c in item for c in "*?["):
+            found = sorted(Path(f) for f in glob.glob(item) if Path(f).is_file())
+            if not found:
+                raise FileNotFoundError(f"{item}: no files match")
+            files.extend(found)
+        elif Path(item).is_file():
+            files.append(Path(item))
+        else:
+            from .upscale import missing_reason
+
+            raise FileNotFoundError(f"{item}: {missing_reason(Path(item))}")
+    return list(dict.fromkeys(files))
+
+
+def _outputs(files: list[Path], output: str) -> list[Path]:
+    out = Path(output)
+    if out.is_dir():
+        targets = [out / f.name for f in files]
+    elif len(files) > 1:
+        raise CLIError(f"several inputs need an existing output folder; {output} is not one")
+    else:
+        if not out.parent.is_dir():
+            raise CLIError(f"output folder {out.parent} does not exist")
+        if not is_netcdf(out):
+            raise CLIError(f"output {output}: netCDF input is written as netCDF; name it .nc")
+        targets = [out]
+    for src, dst in zip(files, targets, strict=True):
+        if dst.exists() and dst.resolve() == src.resolve():
+            raise CLIError(f"{dst}: output would overwrite its input; choose another -o")
+    return targets
+
+
+def parse_stats_arg(text: str):
+    """``--stats``: ``MEAN,STD`` (units unknown: not checked) or a JSON file written by
+    ``metasr climate-stats``."""
+    from ..checkpoints import FieldStats
+
+    path = Path(text)
+    if path.is_file():
+        try:
+            return FieldStats.from_json(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CLIError(f"bad --stats file {text}: {exc}") from None
+    parts = text.split(",")
+    try:
+        mean, std = (float(p) for p in parts)
+        return FieldStats(("field",), ("",), (mean,), (std,), "given with --stats")
+    except ValueError as exc:
+        detail = "" if len(parts) != 2 else f": {exc}"
+        raise CLIError(
+            f"bad --stats {text!r}: give MEAN,STD (std > 0) or a stats file{detail}"
+        ) from None
+
+
+def _naming(exc: ValueError, path: Path) -> ValueError:
+    """``exc`` with the file name in front (once)."""
+    text = str(exc)
+    return ValueError(text if text.startswith(str(path)) else f"{path}: {text}")
+
+
+def _command_line(args: argparse.Namespace, src: Path) -> str:
+    """The ``history`` line: this input's command (the process's argv may be another program's)."""
+    words = [str(src), "--var", args.var, "--target-grid", args.target_grid, "-o", args.output]
+    words += ["--baseline", args.baseline] if args.baseline else ["--model", args.model]
+    if args.stats is not None and not args.baseline:
+        words += ["--stats", args.stats]
+    return "metasr upscale " + " ".join(shlex.quote(str(w)) for w in words)
+
+
+def _refuse_image_options(args: argparse.Namespace) -> None:
+    if args.scale is not None or args.size is not None:
+        raise CLIError(
+            "netCDF input takes --target-grid (a grid name, HxW or a .nc file), not --scale/--size"
+        )
+    if args.normalize != "none":
+        raise CLIError("--normalize is for arrays; netCDF fields use the model's statistics")
+
+
+def run_upscale_netcdf(args: argparse.Namespace) -> int:
+    """``metasr upscale`` on netCDF inputs (see the module docstring)."""
+    import torch
+
+    from .. import climate as mc
+    from ..checkpoints import load_model
+    from ..tiling import DEFAULT_OVERLAP
+    from .upscale import _device
+
+    _refuse_image_options(args)
+    if not args.var:
+        raise CLIError("netCDF input needs --var NAME (the variable to downscale)")
+    if args.target_grid is None:
+        raise CLIError("netCDF input needs --target-grid (era5, n96, HxW or a .nc file)")
+    if args.batch_size < 1:
+        raise CLIError(f"bad --batch-size {args.batch_size}: must be >= 1")
+    if args.tile < 0:
+        raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
+    overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
+    stats = parse_stats_arg(args.stats) if args.stats is not None else None
+    if args.baseline is not None and args.stats is not None:
+        raise CLIError("--stats is for a model; a --baseline needs no statistics")
+    try:
+        dst = mc.resolve_grid(args.target_grid)
+    except ValueError as exc:
+        raise CLIError(f"bad --target-grid: {exc}") from None
+    files = _expand(args.inputs)
+    targets = _outputs(files, args.output)
+    method: Any = args.baseline
+    if method is None:
+        device = _device(args.device)
+        if args.half and device.type != "cuda":
+            raise CLIError("--half needs a CUDA device")
+        loaded = load_model(
+            args.model,
+            device=device,
+            dtype=torch.float16 if args.half else torch.float32,
+            backend=args.backend,
+        )
+        chosen = mc.model_stats(loaded, stats)
+        method = mc.ModelDownscaler(
+            loaded,
+            chosen,
+            batch_size=args.batch_size,
+            tile=args.tile,
+            overlap=overlap,
+            progress=not args.quiet,
+        )
+    # Read and check every input first: a bad one must not leave the others half written.
+    jobs = []
+    for src in files:
+        try:
+            da = mc.read_field(src, args.var)
+            grid = mc.grid_of(da)
+            mc.check_finer(grid, dst)
+            if args.max_pixels is not None and grid.shape[0] * grid.shape[1] > args.max_pixels:
+                h, w = grid.shape
+                raise ValueError(f"{h}x{w} grid is over --max-pixels {args.max_pixels}")
+            if not isinstance(method, str):
+                units = da.attrs.get("units")
+                mc.check_units(
+                    method.stats, None if units is None else str(units), f"variable {args.var!r}"
+                )
+        except ValueError as exc:
+            raise _naming(exc, src) from None
+        jobs.append((src, da, grid))
+    for (src, da, grid), dst_path in zip(jobs, targets, strict=True):
+        try:
+            out = mc.downscale(da, dst, method)
+        except ValueError as exc:
+            raise _naming(exc, src) from None
+        mc.write_field(out, dst_path, history=_command_line(args, src))
+        if not args.quiet:
+            (h, w), (H, W) = grid.shape, dst.shape
+            n = int(da.size // (h * w))
+            what = f"{args.baseline} regridding" if args.baseline else "model"
+            print(f"{src} -> {dst_path} ({n} x {h}x{w} -> {H}x{W}, {what})", file=sys.stdout)
+    return 0
+
+
+def field_data(args: argparse.Namespace) -> bool:
+    """Whether ``metasr eval`` scores netCDF fields: ``--var`` given or ``--data`` netCDF."""
+    data = Path(args.data)
+    if data.is_dir():
+        return args.var is not None or any(is_netcdf(p) for p in data.iterdir())
+    return args.var is not None or is_netcdf(data)
+
+
+def run_eval_fields(args: argparse.Namespace) -> int:
+    """``metasr eval`` on netCDF fields: climate metrics against regridding baselines."""
+    import csv
+    import json
+
+    from .. import climate as mc
+    from ..checkpoints import load_model
+    from ..data.scales import parse_scale_list, parse_size_list
+    from ..metrics import format_table
+
+    if not args.var:
+        raise CLIError("netCDF data needs --var NAME (the variable to score)")
+    if args.opt or args.plot:
+        raise CLIError("--opt and --plot are for image data, not netCDF fields")
+    baselines = [b for b in (args.baselines or "").split(",") if b]
+    if args.bicubic and "bicubic" not in baselines:
+        baselines.append("bicubic")
+    for b in baselines:
+        if b not in mc.METHODS:
+            raise CLIError(
+                f"unknown baseline {b!r} in --baselines; choose from {', '.join(mc.METHODS)}"
+            )
+    settings: list[object] = []
+    try:
+        if args.scales is not None or args.lq_size is None:
+            settings += parse_scale_list(args.scales if args.scales is not None else "2,3,4")
+        if args.lq_size is not None:
+            settings += [mc.LRSize(h, w) for h, w in parse_size_list(args.lq_size)]
+    except ValueError as exc:
+        raise CLIError(f"bad --scales/--lq-size: {exc}") from None
+    stats = parse_stats_arg(args.stats) if args.stats is not None else None
+    model = None
+    name = args.model
+    if args.model in mc.METHODS:
+        if args.model not in baselines:
+            baselines.insert(0, args.model)
+    else:
+        loaded = load_model(args.model, device=args.device, backend=args.backend)
+        model = mc.ModelDownscaler(loaded, mc.model_stats(loaded, stats))
+    data = Path(args.data)
+    if data.is_dir():
+        files = sorted(p for p in data.iterdir() if is_netcdf(p) and not p.name.startswith("."))
+        if not files:
+            raise FileNotFoundError(
+                f"--data {data}: no netCDF files ({', '.join(NETCDF_SUFFIXES)})"
+            )
+    elif data.is_file():
+        files = [data]
+    else:
+        raise FileNotFoundError(f"--data {data}: no such file or folder")
+    fields = []
+    for path in files:
+        try:
+            da = mc.read_field(path, args.var)
+            if model is not None:
+                units = da.attrs.get("units")
+                mc.check_units(
+                    model.stats, None if units is None else str(units), f"variable {args.var!r}"
+                )
+        except ValueError as exc:
+            raise _naming(exc, path) from None
+        fields.append((path.name, da.values, mc.grid_of(da)))
+    per_field = mc.evaluate_fields(
+        fields, settings, model, baselines, model_name=name, weights=args.weights
+    )
+    rows = mc.summarize_fields(per_field)
+    cols = ["setting", "method", "lr_size", "fields", *mc.FIELD_COLUMNS]
+    print(f"model: {name}   data: {args.data}   variable: {args.var}   weights: {args.weights}")
+    print(format_table(rows, cols))
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=cols)
+            writer.writeheader()
+            writer.writerows(rows)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "model": name,
+            "data": str(args.data),
+            "variable": args.var,
+            "weights": args.weights,
+            "results": rows,
+            "per_field": per_field,
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0

@@ -1,0 +1,192 @@
+"""Downscale fields with a loaded network: normalise → model → de-normalise, in batches.
+
+:class:`ModelDownscaler` is a :data:`~metasr.climate.io.Downscaler` (``fn(filled, src_grid,
+dst_grid)``), so it plugs into :func:`~metasr.climate.io.downscale` (fill-and-remask, attributes,
+history) like any other function; :func:`downscale_with_model` is that call with the checks a
+physical field needs (statistics present, units, variable count, a finer target grid).
+
+The network runs at ``size=dst_grid.shape``: output rows and columns are placed by index ratio,
+as for images. The grids are handed to :meth:`ModelDownscaler.__call__` already, so the
+coordinate-aware geometry and periodic longitude of a later release (issue 12, parts 1–2) will
+be passed to the network from there, without changing this API.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..checkpoints import FieldStats, LoadedModel, checkpoint_stats
+from ..inference import upscale_array
+from ..tiling import DEFAULT_OVERLAP
+from .grids import Grid
+from .stats import check_units
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+__all__ = ["ModelDownscaler", "check_finer", "downscale_with_model", "model_stats"]
+
+
+def model_stats(loaded: LoadedModel, stats: FieldStats | None = None) -> FieldStats:
+    """The statistics a field model runs with: ``stats`` if given, else the checkpoint's.
+
+    Raises:
+        ValueError: none at all (a model without statistics is refused for physical fields),
+            a network that does not map one variable to one, or statistics for another number
+            of variables.
+    """
+    if loaded.in_channels != 1 or loaded.out_channels != 1:
+        raise ValueError(
+            f"model {loaded.name} maps {loaded.in_channels} to {loaded.out_channels} channels; "
+            "fields are downscaled one variable at a time by a 1-variable (1 → 1 channel) model"
+        )
+    chosen = stats if stats is not None else checkpoint_stats(loaded)
+    if chosen is None:
+        raise ValueError(
+            f"model {loaded.name} has no normalisation statistics for physical fields; give "
+            "them (CLI: --stats MEAN,STD or a file from 'metasr climate-stats'; Python: "
+            "stats=FieldStats(...)) or store them in the checkpoint (metasr climate-stats "
+            "--checkpoint)"
+        )
+    if len(chosen.variables) != 1:
+        raise ValueError(
+            f"statistics for {len(chosen.variables)} variables "
+            f"({', '.join(chosen.variables)}); a field is one variable"
+        )
+    return chosen
+
+
+def check_finer(src: Grid, dst: Grid) -> None:
+    """Refuse a target grid coarser than the source on either axis (this is downscaling)."""
+    if dst.shape[0] < src.shape[0] or dst.shape[1] < src.shape[1]:
+        raise ValueError(
+            f"target grid {dst.shape[0]}x{dst.shape[1]} is coarser than the source "
+            f"{src.shape[0]}x{src.shape[1]} on some axis; metasr upscale only refines "
+            "(coarsen with metasr.climate.coarsen)"
+        )
+
+
+class ModelDownscaler:
+    """A network as a :data:`~metasr.climate.io.Downscaler`.
+
+    Args:
+        loaded: a 1 → 1 channel model from :func:`metasr.checkpoints.load_model`.
+        stats: its normalisation (:func:`model_stats`).
+        batch_size: fields per forward pass.
+        tile: LR tile size (0: whole fields), as ``metasr upscale --tile``.
+        overlap: LR context around a tile.
+        progress: tqdm bar over the tiles.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        stats: FieldStats,
+        *,
+        batch_size: int = 8,
+        tile: int = 0,
+        overlap: int = DEFAULT_OVERLAP,
+        progress: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.loaded = loaded
+        self.stats = model_stats(loaded, stats)
+        self.batch_size = batch_size
+        self.tile = tile
+        self.overlap = overlap
+        self.progress = progress
+        self.__name__ = f"model {loaded.arch} ({Path(loaded.name).name})"
+
+    def __call__(self, filled: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+        """Downscale finite fields.
+
+        Args:
+            filled: ``(N, h, w)`` finite values on ``src``, in the statistics' units.
+            src: source grid.
+            dst: target grid (the network runs at ``size=dst.shape``).
+
+        Returns:
+            ``(N, H, W)`` float64 on ``dst``.
+        """
+        mean, std = self.stats.mean[0], self.stats.std[0]
+        out = np.empty((filled.shape[0], *dst.shape), dtype=np.float64)
+        for start in range(0, filled.shape[0], self.batch_size):
+            z = (filled[start : start + self.batch_size] - mean) / std
+            # (B, h, w) go through a 1-channel model as one batch of B one-channel fields.
+            y = upscale_array(
+                self.loaded,
+                z.astype(np.float32),
+                size=dst.shape,
+                kind="field",
+                tile=self.tile,
+                overlap=self.overlap,
+                progress=self.progress,
+            )
+            out[start : start + y.shape[0]] = y.astype(np.float64) * std + mean
+        if not np.all(np.isfinite(out)):
+            raise ValueError(
+                f"model {self.loaded.name} produced NaN or infinite values (its weights, or "
+                "statistics that do not fit the field?)"
+            )
+        return out
+
+
+def downscale_with_model(
+    da: xr.DataArray,
+    loaded: LoadedModel,
+    target: Grid | str | Path,
+    *,
+    stats: FieldStats | None = None,
+    batch_size: int = 8,
+    tile: int = 0,
+    overlap: int = DEFAULT_OVERLAP,
+    mask_threshold: float = 0.5,
+    progress: bool = False,
+) -> xr.DataArray:
+    """Downscale a field with a network onto ``target``.
+
+    Every leading index (time step, member…) is done, ``batch_size`` at a time; missing values
+    are filled for the network and re-masked in the output (:func:`~metasr.climate.io.downscale`).
+
+    Args:
+        da: ``(..., lat, lon)`` DataArray with 1-D coordinates (as from
+            :func:`~metasr.climate.io.read_field`).
+        loaded: a 1 → 1 channel model.
+        target: :class:`Grid`, grid name (``"era5"``, ``"n96"``, ``"HxW"``) or netCDF file.
+        stats: normalisation; default the checkpoint's
+            (:func:`metasr.checkpoints.checkpoint_stats`).
+        batch_size, tile, overlap, progress: see :class:`ModelDownscaler`.
+        mask_threshold: see :func:`~metasr.climate.io.downscale`.
+
+    Returns:
+        ``(..., H, W)`` DataArray on the target grid with ``da``'s name, attributes, leading
+        coordinates and a new ``history`` line.
+
+    Raises:
+        ValueError: no statistics, units that differ from the statistics', another variable
+            count, a target grid coarser than the source, and every bad field of
+            :func:`~metasr.climate.io.as_field`.
+    """
+    from .io import as_field, downscale, grid_of, resolve_grid
+
+    da = as_field(da)
+    src, dst = grid_of(da), resolve_grid(target)
+    check_finer(src, dst)
+    chosen = model_stats(loaded, stats)
+    units = da.attrs.get("units")
+    if units is None and chosen.units[0]:
+        warnings.warn(
+            f"variable {da.name!r} has no units attribute; assuming the statistics' "
+            f"{chosen.units[0]!r}",
+            stacklevel=2,
+        )
+    check_units(chosen, None if units is None else str(units), f"variable {da.name!r}")
+    fn = ModelDownscaler(
+        loaded, chosen, batch_size=batch_size, tile=tile, overlap=overlap, progress=progress
+    )
+    return downscale(da, dst, fn, mask_threshold=mask_threshold)
