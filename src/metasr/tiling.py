@@ -24,6 +24,10 @@ bicubic residual to it. The network also says how tiles must be placed
 (:attr:`metasr.archs.base.MetaSRNet.tile_alignment`: MetaSwinIR's tiles start at multiples of
 its effective attention window) and how much context a region needs at least
 (:attr:`~metasr.archs.base.MetaSRNet.min_tile_overlap`: the bicubic residual's taps).
+
+A network periodic in longitude (``model.periodic_lon``) wraps its convolutions, windows and
+residual around the width, so every column can depend on every other: its tiles are bands of
+rows spanning the whole width, and ``tile`` bounds the rows only.
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ def upscale(
         x: ``(N, C, h, w)``, on the model's device and in its dtype.
         scale: a number or ``(r_v, r_h)``; or ``size=(H, W)``.
         tile: core size of a tile in LR pixels; 0 (or ≥ the input) runs the whole input at once.
+            For a model with ``periodic_lon`` only the rows are cut (full-width bands).
         overlap: LR pixels of context on each side of a tile's core (raised to the model's
             ``min_tile_overlap`` when smaller).
         progress: show a tqdm bar over the tiles (when there are several).
@@ -159,7 +164,9 @@ def upscale(
         ValueError: for a bad ``tile`` or ``overlap``, or a model that cannot run on regions.
     """
     h, w = x.shape[-2:]
-    if not tile or (tile >= h and tile >= w):
+    # A periodic model's columns wrap, so it is cut into full-width bands of rows only.
+    periodic = bool(getattr(model, "periodic_lon", False))
+    if not tile or (tile >= h and (periodic or tile >= w)):
         return model(x, scale=scale, size=size)
     if not isinstance(model, MetaSRNet):
         raise ValueError(
@@ -170,7 +177,10 @@ def upscale(
     geom = build_geometry(h, w, scale=scale, size=size, arithmetic=model.arithmetic)
     overlap = overlap if overlap < 0 else max(overlap, model.min_tile_overlap)
     row_tiles = plan_axis(geom.row_idx, h, tile, overlap, model.tile_alignment)
-    col_tiles = plan_axis(geom.col_idx, w, tile, overlap, model.tile_alignment)
+    if periodic:
+        col_tiles = [AxisTile(0, w, 0, w, 0, geom.W)]
+    else:
+        col_tiles = plan_axis(geom.col_idx, w, tile, overlap, model.tile_alignment)
     jobs = [(rt, ct) for rt in row_tiles for ct in col_tiles]
     if progress and len(jobs) > 1:
         from tqdm.auto import tqdm

@@ -262,11 +262,6 @@ class MetaSRNet(nn.Module):
     def _check_periodic(self, x: torch.Tensor, region: Region | None) -> None:
         """Refuse what a periodic-longitude network cannot compute: a region narrower than the
         whole width (wrapped neighbours would be missing), or a head op without wrapping."""
-        if not _OP_WRAPS_LON:
-            raise ValueError(
-                "periodic_lon=True needs metasr.meta_upscale with periodic_lon support, which "
-                "this installation lacks"
-            )
         if region is not None:
             w, W = region.image_size[1], region.output_size[1]
             if region.in_cols != (0, w) or region.out_cols != (0, W):
@@ -275,6 +270,11 @@ class MetaSRNet(nn.Module):
                     f"(0, {w}), output columns (0, {W})), got input columns {region.in_cols} "
                     f"and output columns {region.out_cols}: tile rows only"
                 )
+        if not _OP_WRAPS_LON:
+            raise ValueError(
+                "periodic_lon=True needs metasr.meta_upscale with periodic_lon support, which "
+                "this installation lacks"
+            )
 
     def _check_head(self, x: torch.Tensor, geom: Geometry) -> None:
         """Refuse, before the backbone, a head call no backend can run (memory included).
