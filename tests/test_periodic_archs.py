@@ -24,7 +24,7 @@ from metasr.archs.bicubic import bicubic_upsample
 from metasr.archs.periodic import PeriodicLonConv2d, wrap_longitude
 from metasr.archs.swin_blocks import shift_attn_mask
 from metasr.geometry import Region
-from metasr.tiling import upscale
+from metasr.tiling import AxisTile, plan_tiles, upscale
 
 OP_WRAPS = "periodic_lon" in inspect.signature(metasr.meta_upscale).parameters
 needs_periodic_op = pytest.mark.skipif(
@@ -292,3 +292,15 @@ def test_periodic_tiles_equal_the_whole_image(name):
         whole = model(x, scale=(2.5, 2.0))
         tiled = upscale(model, x, scale=(2.5, 2.0), tile=8, overlap=16)
     torch.testing.assert_close(tiled, whole.float(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_plan_tiles_keeps_a_periodic_models_width_whole(periodic):
+    model = _model("meta_swinir", periodic_lon=periodic)
+    geom = metasr.build_geometry(24, 32, scale=(2.0, 1.5))
+    rows, cols = plan_tiles(model, geom, tile=8, overlap=2)
+    assert [(t.in_lo, t.core_lo, t.core_hi) for t in rows] == [(0, 0, 8), (4, 8, 16), (12, 16, 24)]
+    if periodic:
+        assert cols == [AxisTile(0, 32, 0, 32, 0, 48)]
+    else:
+        assert len(cols) == 4 and cols[-1].out_hi == 48

@@ -41,7 +41,15 @@ import torch
 from .archs.base import MetaSRNet
 from .geometry import Geometry, Region, build_geometry
 
-__all__ = ["DEFAULT_OVERLAP", "AxisTile", "plan_axis", "tile_geometry", "tile_region", "upscale"]
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "AxisTile",
+    "plan_axis",
+    "plan_tiles",
+    "tile_geometry",
+    "tile_region",
+    "upscale",
+]
 
 #: Default overlap in LR pixels on each side of a tile's core.
 DEFAULT_OVERLAP = 16
@@ -111,6 +119,28 @@ def plan_axis(
     return tiles
 
 
+def plan_tiles(
+    model: MetaSRNet, geom: Geometry, tile: int, overlap: int
+) -> tuple[list[AxisTile], list[AxisTile]]:
+    """Row and column tiles of ``geom`` for ``model``: :func:`plan_axis` on each axis with the
+    model's :attr:`~metasr.archs.base.MetaSRNet.tile_alignment`, and ``overlap`` raised to its
+    :attr:`~metasr.archs.base.MetaSRNet.min_tile_overlap`.
+
+    A model with ``periodic_lon`` wraps around the width, so its columns are one full-width
+    tile and only the rows are cut.
+
+    Returns:
+        ``(row_tiles, col_tiles)``; the tiles are their product.
+    """
+    overlap = overlap if overlap < 0 else max(overlap, model.min_tile_overlap)
+    rows = plan_axis(geom.row_idx, geom.h, tile, overlap, model.tile_alignment)
+    if model.periodic_lon:
+        cols = [AxisTile(0, geom.w, 0, geom.w, 0, geom.W)]
+    else:
+        cols = plan_axis(geom.col_idx, geom.w, tile, overlap, model.tile_alignment)
+    return rows, cols
+
+
 def tile_region(geom: Geometry, rows: AxisTile, cols: AxisTile) -> Region:
     """The :class:`~metasr.geometry.Region` of the tile ``rows × cols`` of the whole ``geom``."""
     return Region(
@@ -175,12 +205,7 @@ def upscale(
         )
     # Only the index maps matter for planning; the encoding is irrelevant to them.
     geom = build_geometry(h, w, scale=scale, size=size, arithmetic=model.arithmetic)
-    overlap = overlap if overlap < 0 else max(overlap, model.min_tile_overlap)
-    row_tiles = plan_axis(geom.row_idx, h, tile, overlap, model.tile_alignment)
-    if periodic:
-        col_tiles = [AxisTile(0, w, 0, w, 0, geom.W)]
-    else:
-        col_tiles = plan_axis(geom.col_idx, w, tile, overlap, model.tile_alignment)
+    row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap)
     jobs = [(rt, ct) for rt in row_tiles for ct in col_tiles]
     if progress and len(jobs) > 1:
         from tqdm.auto import tqdm
