@@ -172,6 +172,15 @@ def test_periodic_conv_pads_width_circularly_and_height_with_zeros():
         PeriodicLonConv2d.from_conv(torch.nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"))
 
 
+def test_periodic_conv_gradcheck():
+    torch.manual_seed(0)
+    conv = PeriodicLonConv2d.from_conv(torch.nn.Conv2d(2, 2, 3, padding=(1, 2), dilation=(1, 2)))
+    conv = conv.double()
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: conv(t), (x,))
+    assert conv(x).shape == x.shape
+
+
 def test_periodic_option_errors():
     with pytest.raises(ValueError, match="periodic_lon must be a bool"):
         _edsr(periodic_lon="yes")
