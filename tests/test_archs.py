@@ -219,6 +219,18 @@ def test_metardn_config_b_keys_equal_official_model_1000():
     assert expected[-1] == ("P2W.meta_block.2.bias", (1728,))
 
 
+def test_periodic_metardn_keeps_the_official_keys_and_loads_model_1000_layout():
+    # periodic_lon swaps the convolutions' class, not their names: official weights still load.
+    with torch.device("meta"):
+        model = MetaRDN(pos_encoding="official", periodic_lon=True)
+    assert _key_shapes(model) == official_metardn_keys()
+    src = _official_like_model()
+    periodic = load_official_metardn(src.state_dict(), periodic_lon=True)
+    assert periodic.periodic_lon
+    for k, v in src.state_dict().items():
+        assert torch.equal(periodic.state_dict()[k], v), k
+
+
 def test_metardn_config_a_and_small_keys():
     with torch.device("meta"):
         a = MetaRDN(D=20, C=6, G=32, pos_encoding="official")

@@ -24,6 +24,10 @@ bicubic residual to it. The network also says how tiles must be placed
 (:attr:`metasr.archs.base.MetaSRNet.tile_alignment`: MetaSwinIR's tiles start at multiples of
 its effective attention window) and how much context a region needs at least
 (:attr:`~metasr.archs.base.MetaSRNet.min_tile_overlap`: the bicubic residual's taps).
+
+A network periodic in longitude (``model.periodic_lon``) wraps its convolutions, windows and
+residual around the width, so every column can depend on every other: its tiles are bands of
+rows spanning the whole width, and ``tile`` bounds the rows only.
 """
 
 from __future__ import annotations
@@ -37,7 +41,15 @@ import torch
 from .archs.base import MetaSRNet
 from .geometry import Geometry, Region, build_geometry
 
-__all__ = ["DEFAULT_OVERLAP", "AxisTile", "plan_axis", "tile_geometry", "tile_region", "upscale"]
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "AxisTile",
+    "plan_axis",
+    "plan_tiles",
+    "tile_geometry",
+    "tile_region",
+    "upscale",
+]
 
 #: Default overlap in LR pixels on each side of a tile's core.
 DEFAULT_OVERLAP = 16
@@ -107,6 +119,28 @@ def plan_axis(
     return tiles
 
 
+def plan_tiles(
+    model: MetaSRNet, geom: Geometry, tile: int, overlap: int
+) -> tuple[list[AxisTile], list[AxisTile]]:
+    """Row and column tiles of ``geom`` for ``model``: :func:`plan_axis` on each axis with the
+    model's :attr:`~metasr.archs.base.MetaSRNet.tile_alignment`, and ``overlap`` raised to its
+    :attr:`~metasr.archs.base.MetaSRNet.min_tile_overlap`.
+
+    A model with ``periodic_lon`` wraps around the width, so its columns are one full-width
+    tile and only the rows are cut.
+
+    Returns:
+        ``(row_tiles, col_tiles)``; the tiles are their product.
+    """
+    overlap = overlap if overlap < 0 else max(overlap, model.min_tile_overlap)
+    rows = plan_axis(geom.row_idx, geom.h, tile, overlap, model.tile_alignment)
+    if model.periodic_lon:
+        cols = [AxisTile(0, geom.w, 0, geom.w, 0, geom.W)]
+    else:
+        cols = plan_axis(geom.col_idx, geom.w, tile, overlap, model.tile_alignment)
+    return rows, cols
+
+
 def tile_region(geom: Geometry, rows: AxisTile, cols: AxisTile) -> Region:
     """The :class:`~metasr.geometry.Region` of the tile ``rows × cols`` of the whole ``geom``."""
     return Region(
@@ -147,6 +181,7 @@ def upscale(
         x: ``(N, C, h, w)``, on the model's device and in its dtype.
         scale: a number or ``(r_v, r_h)``; or ``size=(H, W)``.
         tile: core size of a tile in LR pixels; 0 (or ≥ the input) runs the whole input at once.
+            For a model with ``periodic_lon`` only the rows are cut (full-width bands).
         overlap: LR pixels of context on each side of a tile's core (raised to the model's
             ``min_tile_overlap`` when smaller).
         progress: show a tqdm bar over the tiles (when there are several).
@@ -159,7 +194,9 @@ def upscale(
         ValueError: for a bad ``tile`` or ``overlap``, or a model that cannot run on regions.
     """
     h, w = x.shape[-2:]
-    if not tile or (tile >= h and tile >= w):
+    # A periodic model's columns wrap, so it is cut into full-width bands of rows only.
+    periodic = bool(getattr(model, "periodic_lon", False))
+    if not tile or (tile >= h and (periodic or tile >= w)):
         return model(x, scale=scale, size=size)
     if not isinstance(model, MetaSRNet):
         raise ValueError(
@@ -168,9 +205,7 @@ def upscale(
         )
     # Only the index maps matter for planning; the encoding is irrelevant to them.
     geom = build_geometry(h, w, scale=scale, size=size, arithmetic=model.arithmetic)
-    overlap = overlap if overlap < 0 else max(overlap, model.min_tile_overlap)
-    row_tiles = plan_axis(geom.row_idx, h, tile, overlap, model.tile_alignment)
-    col_tiles = plan_axis(geom.col_idx, w, tile, overlap, model.tile_alignment)
+    row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap)
     jobs = [(rt, ct) for rt in row_tiles for ct in col_tiles]
     if progress and len(jobs) > 1:
         from tqdm.auto import tqdm

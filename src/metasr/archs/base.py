@@ -6,12 +6,20 @@ Every network has ``forward(x, scale=None, size=None, region=None)``. ``region``
 part's LR window: the network passes it down to :func:`metasr.meta_upscale` and restricts its
 bicubic residual to it. Tiled inference (:mod:`metasr.tiling`) relies on that, and on
 :attr:`MetaSRNet.tile_alignment` and :attr:`MetaSRNet.min_tile_overlap`.
+
+``periodic_lon=True`` makes a network periodic in longitude (the width of a global lat/lon
+field): every padded convolution of its backbone wraps along the width
+(:mod:`metasr.archs.periodic`), the bicubic residual's taps wrap, and the Meta-Upscale head is
+asked to wrap its window. Its regions must then span the whole width, so tiled inference cuts
+rows only.
 """
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +32,10 @@ from ..ops.meta_upscale._dispatch import select_backend
 from ..ops.meta_upscale._tracing import tracing_mode
 from ..ops.meta_upscale.params import MLPParams
 from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
+from .periodic import wrap_longitude
+
+#: Whether this installation's Meta-Upscale op can wrap its window along the width.
+_OP_WRAPS_LON = "periodic_lon" in inspect.signature(meta_upscale).parameters
 
 __all__ = [
     "DIV2K_RGB_MEAN",
@@ -111,7 +123,8 @@ class MetaSRNet(nn.Module):
     optional bicubic global residual, and what tiled inference needs to know.
 
     Subclasses set ``in_channels``, ``out_channels``, ``bicubic_residual``, ``pos_encoding``,
-    ``arithmetic`` and expose their weight-prediction MLP as :attr:`pos2weight`.
+    ``arithmetic``, ``periodic_lon``, expose their weight-prediction MLP as :attr:`pos2weight`
+    and the features their head reads as :meth:`head_features`.
     """
 
     in_channels: int
@@ -119,10 +132,21 @@ class MetaSRNet(nn.Module):
     bicubic_residual: bool
     pos_encoding: str
     arithmetic: str
+    #: Periodic in the width (longitude); read by tiled inference, which then cuts rows only.
+    periodic_lon: bool = False
 
     @property
     def pos2weight(self) -> Pos2Weight:
         """The :class:`metasr.Pos2Weight` of the Meta-Upscale head."""
+        raise NotImplementedError
+
+    def head_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone: the feature map the Meta-Upscale head reads for the network's input.
+
+        Shape:
+            ``x (N, in_channels, h, w)`` (the network's input convention) →
+            ``(N, F, h, w)``.
+        """
         raise NotImplementedError
 
     @property
@@ -152,6 +176,7 @@ class MetaSRNet(nn.Module):
         pos_encoding: str,
         arithmetic: str,
         bicubic_residual: bool,
+        periodic_lon: bool = False,
     ) -> None:
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
@@ -168,9 +193,22 @@ class MetaSRNet(nn.Module):
                 "bicubic_residual adds the upsampled input to the output and needs "
                 f"in_channels == out_channels, got {in_channels} and {out_channels}"
             )
+        if not isinstance(periodic_lon, bool):
+            raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
         self.pos_encoding = pos_encoding
         self.arithmetic = arithmetic
         self.bicubic_residual = bicubic_residual
+        self.periodic_lon = periodic_lon
+
+    def _wrap_backbone_longitude(self) -> None:
+        """With ``periodic_lon``, make every padded convolution wrap along the width (call once
+        the backbone is built; parameter names stay, so checkpoints load either way)."""
+        if self.periodic_lon:
+            wrap_longitude(self)
+
+    def _head_periodic_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that ask the Meta-Upscale head to wrap along the width."""
+        return {"periodic_lon": True} if self.periodic_lon else {}
 
     def _scale_head_for_residual(self) -> None:
         # With the bicubic residual the head only has to predict a correction; starting it
@@ -195,6 +233,8 @@ class MetaSRNet(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+        if self.periodic_lon:
+            self._check_periodic(x, region)
         mode = tracing_mode()
         if mode == "compile":
             # Under torch.compile the host-side geometry is built (and checked) inside the
@@ -213,11 +253,28 @@ class MetaSRNet(nn.Module):
         )
         if region is not None and self.bicubic_residual:
             # Fails here, before the backbone, when the window lacks a bicubic tap.
-            check_bicubic_region(region)
+            check_bicubic_region(region, self.periodic_lon)
         if mode is None:
             # Eager only: the memory estimate reads concrete sizes, and under torch.export it
             # would specialise the batch dimension that the exported graph keeps dynamic.
             self._check_head(x, geom)
+
+    def _check_periodic(self, x: torch.Tensor, region: Region | None) -> None:
+        """Refuse what a periodic-longitude network cannot compute: a region narrower than the
+        whole width (wrapped neighbours would be missing), or a head op without wrapping."""
+        if region is not None:
+            w, W = region.image_size[1], region.output_size[1]
+            if region.in_cols != (0, w) or region.out_cols != (0, W):
+                raise ValueError(
+                    f"periodic_lon=True needs regions spanning the whole width (input columns "
+                    f"(0, {w}), output columns (0, {W})), got input columns {region.in_cols} "
+                    f"and output columns {region.out_cols}: tile rows only"
+                )
+        if not _OP_WRAPS_LON:
+            raise ValueError(
+                "periodic_lon=True needs metasr.meta_upscale with periodic_lon support, which "
+                "this installation lacks"
+            )
 
     def _check_head(self, x: torch.Tensor, geom: Geometry) -> None:
         """Refuse, before the backbone, a head call no backend can run (memory included).
@@ -251,9 +308,9 @@ class MetaSRNet(nn.Module):
         if not self.bicubic_residual:
             return y
         if region is None:
-            up = bicubic_upsample(x, size=tuple(y.shape[-2:]))
+            up = bicubic_upsample(x, size=tuple(y.shape[-2:]), periodic_lon=self.periodic_lon)
         else:
-            up = bicubic_upsample(x, region=region)
+            up = bicubic_upsample(x, region=region, periodic_lon=self.periodic_lon)
         return y + up.to(y.dtype)
 
 
@@ -285,6 +342,10 @@ class MeanShiftMetaSRNet(MetaSRNet):
         """Backbone features of the mean-shifted input: ``(N, Cin, h, w)`` → ``(N, F, h, w)``."""
         raise NotImplementedError
 
+    def head_features(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_features` of ``sub_mean(x)``: ``(N, Cin, h, w)`` → ``(N, F, h, w)``."""
+        return self.forward_features(self.sub_mean(x))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -314,6 +375,7 @@ class MeanShiftMetaSRNet(MetaSRNet):
             backend=self.backend,
             arithmetic=self.arithmetic,
             region=region,
+            **self._head_periodic_kwargs(),
         )
         # The residual is added in the mean-shifted domain, so the mean is added back only once.
         return self.add_mean(self._add_bicubic(y, x, region))

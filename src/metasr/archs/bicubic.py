@@ -8,6 +8,11 @@ the term must be the *whole image's* bicubic upsampling restricted to the region
 image's. :func:`bicubic_upsample` computes the whole image's term from the window alone, as
 two small interpolation matrices, which needs the window to hold the taps: up to
 :data:`BICUBIC_CONTEXT` LR pixels on each side of the LR pixels the region's outputs belong to.
+
+With ``periodic_lon`` the columns are a circle (longitude): the taps left of column 0 and right
+of column ``w − 1`` wrap around instead of clamping, which equals ``F.interpolate`` of the input
+circularly padded along the width, cropped. A wrapped tap can be anywhere in the row, so a
+periodic region must span the whole width (tiled inference then cuts rows only).
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ __all__ = ["BICUBIC_CONTEXT", "bicubic_upsample", "check_bicubic_region"]
 BICUBIC_CONTEXT = 3
 
 
-def _bicubic_matrix(out_lo: int, out_hi: int, n_in: int, n_out: int) -> tuple[np.ndarray, int]:
+def _bicubic_matrix(
+    out_lo: int, out_hi: int, n_in: int, n_out: int, periodic: bool = False
+) -> tuple[np.ndarray, int]:
     """Rows ``[out_lo, out_hi)`` of PyTorch's bicubic interpolation matrix along one axis.
 
     Matches ``F.interpolate(mode="bicubic", align_corners=False, size=...)``: output ``i``
     samples ``(i + 0.5)·n_in/n_out − 0.5`` with Keys' cubic convolution (A = −0.75) and taps
-    clamped to ``[0, n_in)``, as ATen computes them.
+    clamped to ``[0, n_in)``, as ATen computes them; with ``periodic`` the taps wrap modulo
+    ``n_in`` instead (and the matrix spans all ``n_in`` inputs).
 
     Returns:
         ``(m, lo)``: ``m`` ``(out_hi − out_lo, hi − lo)`` float64 over the input rows
@@ -53,23 +61,34 @@ def _bicubic_matrix(out_lo: int, out_hi: int, n_in: int, n_out: int) -> tuple[np
         ],
         axis=1,
     )
-    taps = np.clip(base.astype(np.int64)[:, None] + np.arange(-1, 3), 0, n_in - 1)
-    lo, hi = int(taps.min()), int(taps.max()) + 1
+    taps = base.astype(np.int64)[:, None] + np.arange(-1, 3)
+    if periodic:
+        taps = np.mod(taps, n_in)
+        lo, hi = 0, n_in
+    else:
+        taps = np.clip(taps, 0, n_in - 1)
+        lo, hi = int(taps.min()), int(taps.max()) + 1
     m = np.zeros((len(src), hi - lo))
     rows = np.repeat(np.arange(len(src))[:, None], 4, axis=1)
-    np.add.at(m, (rows, taps - lo), weights)  # clamped taps add up on the edge pixel
+    # Clamped taps add up on the edge pixel; wrapped ones on a pixel hit twice when n_in < 4.
+    np.add.at(m, (rows, taps - lo), weights)
     return m, lo
 
 
 def _window_matrix(
-    axis: str, out: tuple[int, int], win: tuple[int, int], n_in: int, n_out: int
+    axis: str,
+    out: tuple[int, int],
+    win: tuple[int, int],
+    n_in: int,
+    n_out: int,
+    periodic: bool = False,
 ) -> np.ndarray:
     """:func:`_bicubic_matrix` over the window ``win = [lo, hi)``: ``(out_hi − out_lo, hi − lo)``.
 
     Raises:
         ValueError: if a tap falls outside the window.
     """
-    m, lo = _bicubic_matrix(out[0], out[1], n_in, n_out)
+    m, lo = _bicubic_matrix(out[0], out[1], n_in, n_out, periodic)
     hi = lo + m.shape[1]
     if lo < win[0] or hi > win[1]:
         raise ValueError(
@@ -82,23 +101,31 @@ def _window_matrix(
     return full
 
 
-def _region_matrices(region: Region) -> tuple[np.ndarray, np.ndarray]:
+def _region_matrices(region: Region, periodic_lon: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Row and column matrices ``(H_t, h_t)``, ``(W_t, w_t)`` of the region's bicubic term."""
     (h, w), (H, W) = region.image_size, region.output_size
+    if periodic_lon and (region.in_cols != (0, w) or region.out_cols != (0, W)):
+        raise ValueError(
+            f"a periodic-longitude bicubic residual needs regions spanning the whole width "
+            f"(input columns (0, {w}), output columns (0, {W})), got input columns "
+            f"{region.in_cols} and output columns {region.out_cols}: tile rows only"
+        )
     mv = _window_matrix("rows", region.out_rows, region.in_rows, h, H)
-    mh = _window_matrix("columns", region.out_cols, region.in_cols, w, W)
+    mh = _window_matrix("columns", region.out_cols, region.in_cols, w, W, periodic_lon)
     return mv, mh
 
 
-def check_bicubic_region(region: Region) -> None:
-    """Raise the ``ValueError`` of :func:`bicubic_upsample` if ``region``'s window lacks a tap."""
-    _region_matrices(region)
+def check_bicubic_region(region: Region, periodic_lon: bool = False) -> None:
+    """Raise the ``ValueError`` of :func:`bicubic_upsample` if ``region``'s window lacks a tap
+    (or, with ``periodic_lon``, does not span the whole width)."""
+    _region_matrices(region, periodic_lon)
 
 
 def bicubic_upsample(
     x: torch.Tensor,
     size: tuple[int, int] | None = None,
     region: Region | None = None,
+    periodic_lon: bool = False,
 ) -> torch.Tensor:
     """PyTorch's bicubic upsampling (``align_corners=False``) to ``size``, or a region of it.
 
@@ -108,6 +135,8 @@ def bicubic_upsample(
         size: ``(H, W)``, the output size; give exactly one of ``size`` and ``region``.
         region: the whole image's ``F.interpolate(size=region.output_size)`` restricted to
             ``region.out_rows × region.out_cols``, computed from the window ``x``.
+        periodic_lon: wrap the column taps around the width (longitude) instead of clamping
+            them; a region must then span the whole width.
 
     Returns:
         ``(N, C, H, W)``, or ``(N, C, *region.out_shape)``, in ``x``'s dtype.
@@ -118,12 +147,17 @@ def bicubic_upsample(
     if (size is None) == (region is None):
         raise ValueError("give exactly one of size=(H, W) or region=...")
     if region is None:
-        return F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False)
+        if not periodic_lon:
+            return F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False)
+        # The whole image is the region covering everything; the matrices wrap the columns.
+        h, w = x.shape[-2:]
+        H, W = (int(n) for n in size)
+        region = Region((h, w), (H, W), (0, h), (0, w), (0, H), (0, W))
     if tuple(x.shape[-2:]) != region.in_shape:
         raise ValueError(
             f"the input is {tuple(x.shape[-2:])} but the region's input window is {region.in_shape}"
         )
-    mv, mh = _region_matrices(region)
+    mv, mh = _region_matrices(region, periodic_lon)
     # Half precision would round the interpolation weights; compute in float32 at least.
     dtype = x.dtype if x.dtype == torch.float64 else torch.float32
     mv_t = torch.as_tensor(mv, dtype=dtype, device=x.device)

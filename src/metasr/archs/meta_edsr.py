@@ -84,6 +84,9 @@ class MetaEDSR(MeanShiftMetaSRNet):
         backend: Meta-Upscale backend.
         arithmetic: ``"exact"`` or ``"official"`` output grid.
         bicubic_residual: add ``bicubic(x)`` to the output; the head's last layer starts ×0.1.
+        periodic_lon: periodic in longitude (the width): every padded convolution wraps along
+            the width (zero padding along the height), and so do the bicubic residual and the
+            head's window. State_dict keys are those of the non-periodic network.
 
     Shape:
         forward: ``x (N, in_channels, h, w)`` → ``(N, out_channels, H, W)``.
@@ -105,10 +108,11 @@ class MetaEDSR(MeanShiftMetaSRNet):
         backend: str = "auto",
         arithmetic: Arithmetic = "exact",
         bicubic_residual: bool = False,
+        periodic_lon: bool = False,
     ) -> None:
         super().__init__()
         self._init_meta_options(
-            in_channels, out_channels, pos_encoding, arithmetic, bicubic_residual
+            in_channels, out_channels, pos_encoding, arithmetic, bicubic_residual, periodic_lon
         )
         self.n_resblocks = check_positive_int("n_resblocks", n_resblocks)
         self.n_feats = check_positive_int("n_feats", n_feats)
@@ -133,6 +137,7 @@ class MetaEDSR(MeanShiftMetaSRNet):
         )
         self.P2W = Pos2Weight(n_feats, out_channels, meta_kernel_size, hidden, pos_encoding)
         self._scale_head_for_residual()
+        self._wrap_backbone_longitude()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """EDSR features of the mean-shifted input: ``(N, Cin, h, w)`` → ``(N, F, h, w)``."""
@@ -144,5 +149,5 @@ class MetaEDSR(MeanShiftMetaSRNet):
             f"n_resblocks={self.n_resblocks}, n_feats={self.n_feats}, "
             f"res_scale={self.res_scale:g}, img_range={self.img_range:g}, "
             f"pos_encoding={self.pos_encoding!r}, backend={self.backend!r}, "
-            f"bicubic_residual={self.bicubic_residual}"
+            f"bicubic_residual={self.bicubic_residual}, periodic_lon={self.periodic_lon}"
         )

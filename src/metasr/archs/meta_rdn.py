@@ -101,6 +101,9 @@ class MetaRDN(MeanShiftMetaSRNet):
         arithmetic: ``"exact"`` geometry or the official float32 grid (``"official"``).
         bicubic_residual: add ``bicubic(x)`` to the output (global residual; the head's last
             layer starts ×0.1). Off for the paper model.
+        periodic_lon: periodic in longitude (the width): every padded convolution wraps along
+            the width (zero padding along the height), and so do the bicubic residual and the
+            head's window. State_dict keys are those of the non-periodic network.
 
     Shape:
         forward: ``x (N, in_channels, h, w)`` → ``(N, out_channels, H, W)``.
@@ -123,10 +126,11 @@ class MetaRDN(MeanShiftMetaSRNet):
         backend: str = "auto",
         arithmetic: Arithmetic = "exact",
         bicubic_residual: bool = False,
+        periodic_lon: bool = False,
     ) -> None:
         super().__init__()
         self._init_meta_options(
-            in_channels, out_channels, pos_encoding, arithmetic, bicubic_residual
+            in_channels, out_channels, pos_encoding, arithmetic, bicubic_residual, periodic_lon
         )
         G0, D, C, G = (
             check_positive_int(n, v) for n, v in (("G0", G0), ("D", D), ("C", C), ("G", G))
@@ -151,6 +155,7 @@ class MetaRDN(MeanShiftMetaSRNet):
         self.GFF = nn.Sequential(nn.Conv2d(D * G0, G0, 1), nn.Conv2d(G0, G0, k, padding=k // 2))
         self.P2W = Pos2Weight(G0, out_channels, meta_kernel_size, hidden, pos_encoding)
         self._scale_head_for_residual()
+        self._wrap_backbone_longitude()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """RDN features of the mean-shifted input: ``(N, Cin, h, w)`` → ``(N, G0, h, w)``."""
@@ -166,7 +171,8 @@ class MetaRDN(MeanShiftMetaSRNet):
         return (
             f"G0={self.G0}, D={self.D}, C={self.C}, G={self.G}, img_range={self.img_range:g}, "
             f"pos_encoding={self.pos_encoding!r}, backend={self.backend!r}, "
-            f"arithmetic={self.arithmetic!r}, bicubic_residual={self.bicubic_residual}"
+            f"arithmetic={self.arithmetic!r}, bicubic_residual={self.bicubic_residual}, "
+            f"periodic_lon={self.periodic_lon}"
         )
 
 

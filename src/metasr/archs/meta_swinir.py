@@ -20,10 +20,19 @@ RGB mean for 3 channels and 0 otherwise (SwinIR's rule); it is not part of the s
 Any input size works: the input is reflect-padded to a multiple of the window size, and the
 head runs on the features cropped back to the input size, so the output has exactly the
 requested size.
+
+With ``periodic_lon=True`` (global lat/lon fields) the width is a circle: the convolutions wrap
+along it, the shifted windows attend across the seam (the cyclic shift along the width is then
+exact; only latitude is masked), and the width is not padded: it must be a multiple of the
+effective window, because padding columns would break the circle (a padded map wraps with the
+wrong period). The backbone is then equivariant to rolls of the input by multiples of the
+window; a roll by other amounts moves the window partition relative to the content, so the
+features change (as they do for any Swin model).
 """
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Sequence
 
@@ -97,6 +106,9 @@ class MetaSwinIR(MetaSRNet):
         backend: Meta-Upscale backend; settable later as ``model.backend``.
         arithmetic: ``"exact"`` or ``"official"`` output grid.
         bicubic_residual: add ``bicubic(x)`` to the output; the head's last layer starts ×0.1.
+        periodic_lon: periodic in longitude (the width): convolutions, shifted windows, the
+            bicubic residual and the head's window wrap along the width, whose size must then
+            be a multiple of the effective window. State_dict keys are unchanged.
 
     Shape:
         forward: ``x (N, in_chans, h, w)`` → ``(N, out_chans, H, W)``.
@@ -131,6 +143,7 @@ class MetaSwinIR(MetaSRNet):
         backend: str = "auto",
         arithmetic: Arithmetic = "exact",
         bicubic_residual: bool = False,
+        periodic_lon: bool = False,
         in_channels: int | None = None,
         out_channels: int | None = None,
     ) -> None:
@@ -146,7 +159,9 @@ class MetaSwinIR(MetaSRNet):
             out_chans = out_channels
         in_chans = check_positive_int("in_chans", in_chans)
         out_chans = in_chans if out_chans is None else check_positive_int("out_chans", out_chans)
-        self._init_meta_options(in_chans, out_chans, pos_encoding, arithmetic, bicubic_residual)
+        self._init_meta_options(
+            in_chans, out_chans, pos_encoding, arithmetic, bicubic_residual, periodic_lon
+        )
 
         if patch_size != 1:
             raise ValueError(f"patch_size must be 1 (as in SwinIR's SR models), got {patch_size!r}")
@@ -220,6 +235,7 @@ class MetaSwinIR(MetaSRNet):
                     attn_drop=attn_drop_rate,
                     drop_path=dpr[start : start + depth],
                     use_checkpoint=use_checkpoint,
+                    periodic_lon=periodic_lon,
                 )
             )
         self.norm = nn.LayerNorm(embed_dim)
@@ -228,7 +244,15 @@ class MetaSwinIR(MetaSRNet):
             nn.Conv2d(embed_dim, self.num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True)
         )
         self.apply(_swinir_init)  # before the head exists: the head keeps PyTorch's init
+        self._wrap_backbone_longitude()
         # --- head ---
+        # Until the Meta-Upscale op can wrap, a periodic model still builds (its backbone
+        # works) and its forward refuses (MetaSRNet._check_periodic).
+        head_kwargs = (
+            self._head_periodic_kwargs()
+            if "periodic_lon" in inspect.signature(MetaUpsample).parameters
+            else {}
+        )
         self.upsample = MetaUpsample(
             self.num_feat,
             out_chans,
@@ -237,6 +261,7 @@ class MetaSwinIR(MetaSRNet):
             pos_encoding,
             backend=backend,
             arithmetic=arithmetic,
+            **head_kwargs,
         )
         self._scale_head_for_residual()
 
@@ -266,14 +291,25 @@ class MetaSwinIR(MetaSRNet):
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         """Reflect-pad ``(N, C, h, w)`` on the bottom/right to a multiple of the window size
-        (replicate where the input is too small to reflect)."""
+        (replicate where the input is too small to reflect); with ``periodic_lon`` the width is
+        never padded (:meth:`_check_periodic_width` ensures it needs none)."""
         ws = self.effective_window_size
         h, w = x.shape[-2:]
-        ph, pw = (-h) % ws, (-w) % ws
+        ph, pw = (-h) % ws, 0 if self.periodic_lon else (-w) % ws
         if ph == 0 and pw == 0:
             return x
         mode = "reflect" if ph < h and pw < w else "replicate"
         return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+    def _check_periodic_width(self, x: torch.Tensor) -> None:
+        """With ``periodic_lon``: refuse a width that is not a multiple of the window."""
+        ws = self.effective_window_size
+        if self.periodic_lon and x.shape[-1] % ws:
+            raise ValueError(
+                f"periodic_lon=True needs an input width that is a multiple of the window size "
+                f"{ws} (padding columns would break the longitude circle), got width "
+                f"{x.shape[-1]}"
+            )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Transformer body on a window-aligned map: ``(N, C, Hp, Wp)`` → ``(N, C, Hp, Wp)``."""
@@ -292,7 +328,7 @@ class MetaSwinIR(MetaSRNet):
         mask = None
         if x_size != blk.mask_size and blk.window_size == self.window_size:
             ws = blk.window_size
-            mask = shift_attn_mask(H, W, ws, ws // 2).to(x.device)
+            mask = shift_attn_mask(H, W, ws, ws // 2, self.periodic_lon).to(x.device)
         for layer in self.layers:
             t = layer(t, x_size, mask)
         t = self.norm(t)
@@ -319,16 +355,28 @@ class MetaSwinIR(MetaSRNet):
             ``(N, out_chans, H, W)``, or ``(N, out_chans, *region.out_shape)``.
         """
         self._check_call(x, scale, size, region)
+        y = self.upsample(self.head_features(x), scale=scale, size=size, region=region)
+        y = self._add_bicubic(y, self._normalize(x), region)
+        return y / self.img_range + self.out_mean.to(y.dtype)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x − mean) · img_range``: what the backbone and the bicubic residual work on."""
+        return (x - self.mean.to(x.dtype)) * self.img_range
+
+    def head_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise, pad to whole windows, run the SwinIR backbone up to
+        ``conv_before_upsample`` and crop back: ``(N, in_chans, h, w)`` → ``(N, num_feat, h, w)``.
+
+        Raises:
+            ValueError: with ``periodic_lon``, for a width that is not a multiple of the window.
+        """
+        self._check_periodic_width(x)
         h, w = x.shape[-2:]
-        x = (x - self.mean.to(x.dtype)) * self.img_range
-        f = self.conv_first(self._pad(x))
+        f = self.conv_first(self._pad(self._normalize(x)))
         f = self.conv_after_body(self.forward_features(f)) + f
         # Crop before the head: its geometry is that of the true input, so the output has exactly
         # the requested size (and no padded-border pixels are ever upsampled).
-        f = self.conv_before_upsample(f)[..., :h, :w]
-        y = self.upsample(f, scale=scale, size=size, region=region)
-        y = self._add_bicubic(y, x, region)
-        return y / self.img_range + self.out_mean.to(y.dtype)
+        return self.conv_before_upsample(f)[..., :h, :w]
 
 
 def _swinir_init(m: nn.Module) -> None:

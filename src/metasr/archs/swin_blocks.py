@@ -55,14 +55,20 @@ def relative_position_index(ws: int) -> torch.Tensor:
     return rel[0] * (2 * ws - 1) + rel[1]
 
 
-def shift_attn_mask(H: int, W: int, ws: int, shift: int) -> torch.Tensor:
+def shift_attn_mask(
+    H: int, W: int, ws: int, shift: int, periodic_lon: bool = False
+) -> torch.Tensor:
     """Additive mask ``(nW, ws², ws²)`` of shifted-window attention: −100 between tokens that
-    came from different regions of the cyclically shifted map, 0 otherwise."""
+    came from different regions of the cyclically shifted map, 0 otherwise.
+
+    With ``periodic_lon`` the width is a circle, so the cyclic shift along it brings true
+    neighbours together across the seam: only the height (latitude) is cut into regions.
+    """
     label = torch.zeros(1, H, W, 1)
     cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
     region = 0
     for hs in cuts:
-        for wsl in cuts:
+        for wsl in (slice(None),) if periodic_lon else cuts:
             label[:, hs, wsl, :] = region
             region += 1
     lw = window_partition(label, ws).squeeze(-1)  # (nW, ws²)
@@ -176,7 +182,8 @@ class SwinBlock(nn.Module):
     """Swin Transformer block: (shifted) window attention and MLP, both pre-norm residual.
 
     As in SwinIR, a window no smaller than the training resolution ``input_resolution`` is
-    shrunk to it and the shift is dropped.
+    shrunk to it and the shift is dropped. With ``periodic_lon`` the shifted windows are not
+    masked across the width's seam (see :func:`shift_attn_mask`).
 
     Shape:
         forward: ``x (B, H·W, C)`` with ``x_size = (H, W)`` → ``(B, H·W, C)``.
@@ -195,10 +202,12 @@ class SwinBlock(nn.Module):
         drop: float,
         attn_drop: float,
         drop_path: float,
+        periodic_lon: bool = False,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
+        self.periodic_lon = periodic_lon
         if min(input_resolution) <= window_size:
             shift_size, window_size = 0, min(input_resolution)
         self.window_size = window_size
@@ -213,7 +222,11 @@ class SwinBlock(nn.Module):
         # Inputs are padded to whole windows, so the mask is precomputed for img_size rounded up
         # to a multiple of the window (equal to img_size in SwinIR, which requires that).
         self.mask_size = round_up(input_resolution, window_size)
-        mask = shift_attn_mask(*self.mask_size, window_size, shift_size) if shift_size else None
+        mask = (
+            shift_attn_mask(*self.mask_size, window_size, shift_size, periodic_lon)
+            if shift_size
+            else None
+        )
         self.register_buffer("attn_mask", mask)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -258,6 +271,7 @@ class BasicLayer(nn.Module):
         attn_drop: float,
         drop_path: Sequence[float],
         use_checkpoint: bool,
+        periodic_lon: bool = False,
     ) -> None:
         super().__init__()
         self.use_checkpoint = use_checkpoint
@@ -275,6 +289,7 @@ class BasicLayer(nn.Module):
                     drop,
                     attn_drop,
                     drop_path[i],
+                    periodic_lon,
                 )
                 for i in range(depth)
             ]
