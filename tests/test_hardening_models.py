@@ -401,3 +401,15 @@ def test_paired_lr_tolerance_accepts_every_usual_convention(tmp_path):
         else:
             with pytest.raises(ValueError, match="needs about 26x31"):
                 ds[0]
+
+
+@pytest.mark.parametrize("option", [{"periodic_lon": True}, {"bicubic_residual": True}])
+def test_save_checkpoint_refuses_kwargs_missing_a_behaviour_option(tmp_path, option):
+    # These options leave every weight name and shape as they are, so only a comparison of the
+    # options themselves catches kwargs that would rebuild another function.
+    kwargs = {"n_resblocks": 1, "n_feats": 8, "hidden": 8}
+    model = metasr.create_model("meta_edsr", **kwargs, **option)
+    with pytest.raises(ValueError, match=next(iter(option))):
+        save_checkpoint(tmp_path / "m.safetensors", model, "meta_edsr", kwargs)
+    assert not (tmp_path / "m.safetensors").exists()
+    save_checkpoint(tmp_path / "m.safetensors", model, "meta_edsr", {**kwargs, **option})

@@ -290,6 +290,19 @@ def _require_safetensors():
         ) from None
 
 
+#: Network options that leave the state dict's names and shapes unchanged but change what the
+#: network computes; :func:`save_checkpoint` checks that ``kwargs`` rebuild them.
+_BEHAVIOUR_OPTIONS = (
+    "periodic_lon",
+    "bicubic_residual",
+    "pos_encoding",
+    "arithmetic",
+    "input_range",
+    "in_channels",
+    "out_channels",
+)
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -337,6 +350,15 @@ def save_checkpoint(
             f"{path}: create_model({entry.name!r}, **kwargs) does not rebuild this "
             f"{type(model).__name__} (the file would never load): {mismatch}"
         )
+    # Options that change the function but not the weights' names or shapes: a file that
+    # loads but computes something else is worse than one that does not load.
+    for attr in _BEHAVIOUR_OPTIONS:
+        want, got = getattr(model, attr, None), getattr(rebuilt, attr, None)
+        if want != got:
+            raise ValueError(
+                f"{path}: create_model({entry.name!r}, **kwargs) rebuilds {attr}={got!r} but "
+                f"the network has {attr}={want!r}; pass {attr} in kwargs"
+            )
     _check_finite(model, f"for {path}")
 
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}

@@ -86,7 +86,7 @@ def estimate_upscale(
     from .ops.meta_upscale import _autocast_dtype
     from .ops.meta_upscale._dispatch import select_backend
     from .ops.meta_upscale.params import MLPParams
-    from .tiling import plan_axis, tile_region
+    from .tiling import plan_tiles, tile_region
 
     C, h, w = in_shape
     model = loaded.model
@@ -99,13 +99,13 @@ def estimate_upscale(
         h, w, scale=scale, size=size, pos_encoding=model.pos_encoding, arithmetic=model.arithmetic
     )
     if tile and (tile < h or tile < w):
-        overlap = max(overlap, model.min_tile_overlap)
 
         def largest(tiles):
             return max(tiles, key=lambda t: (t.out_hi - t.out_lo, t.in_hi - t.in_lo))
 
-        rt = largest(plan_axis(geom.row_idx, h, tile, overlap, model.tile_alignment))
-        ct = largest(plan_axis(geom.col_idx, w, tile, overlap, model.tile_alignment))
+        # The tiles tiling.upscale will run (a periodic model's are full-width row bands).
+        row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap)
+        rt, ct = largest(row_tiles), largest(col_tiles)
         geom = geom.cut(tile_region(geom, rt, ct))
     else:
         host -= n * cout * H * W * 4  # the whole-image result is the device's output, moved
