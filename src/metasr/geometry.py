@@ -283,6 +283,8 @@ class Geometry:
         col_pos: ``(W, P)`` float64, column part.
         const_pos: ``(P,)`` float64, the part shared by all pixels (``1/r`` terms).
         pos_encoding: ``"asymmetric"`` or ``"official"``.
+        periodic_lon: the LR window wraps along width (column ``(j' + dx) mod w``) instead of
+            reading zero padding; rows are zero-padded either way.
     """
 
     h: int
@@ -299,6 +301,7 @@ class Geometry:
     col_pos: np.ndarray
     const_pos: np.ndarray
     pos_encoding: str
+    periodic_lon: bool = False
 
     @property
     def num_pos(self) -> int:
@@ -362,6 +365,7 @@ def build_geometry(
     pos_encoding: str = "asymmetric",
     arithmetic: Arithmetic = "exact",
     region: Region | None = None,
+    periodic_lon: bool = False,
 ) -> Geometry:
     """Validate the request and compute the :class:`Geometry` of one call.
 
@@ -377,10 +381,16 @@ def build_geometry(
         arithmetic: ``"exact"`` or the official code's float32 grid (:func:`axis_map`).
         region: compute only this part of the whole image's grid (:meth:`Geometry.cut`);
             ``(h, w)`` must then be ``region.in_shape``.
+        periodic_lon: wrap the LR window along width (global longitude grids). With a
+            ``region``, its LR window must span the whole width (tiles along rows only): the
+            wrap needs the columns on the other side of the seam.
 
     Raises:
         ValueError: for a bad request, or a region that does not fit it or the feature map.
     """
+    if not isinstance(periodic_lon, (bool, np.bool_)):
+        raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
+    periodic_lon = bool(periodic_lon)
     if region is not None:
         if not isinstance(region, Region):
             raise ValueError(f"region must be a metasr.geometry.Region, got {region!r}")
@@ -396,7 +406,14 @@ def build_geometry(
             size=size,
             pos_encoding=pos_encoding,
             arithmetic=arithmetic,
+            periodic_lon=periodic_lon,
         )
+        if periodic_lon and region.in_cols != (0, region.image_size[1]):
+            raise ValueError(
+                f"periodic_lon needs the whole width in every tile, but the region's LR columns "
+                f"are [{region.in_cols[0]}, {region.in_cols[1]}) of {region.image_size[1]}; "
+                "tile along rows only"
+            )
         return whole.cut(region)
     if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
         raise ValueError(
@@ -445,4 +462,5 @@ def build_geometry(
         col_pos=col_pos,
         const_pos=const_pos,
         pos_encoding=pos_encoding,
+        periodic_lon=periodic_lon,
     )

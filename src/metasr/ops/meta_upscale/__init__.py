@@ -34,6 +34,7 @@ def meta_upscale(
     backend: str | None = None,
     arithmetic: Arithmetic = "exact",
     region: Region | None = None,
+    periodic_lon: bool = False,
 ) -> torch.Tensor:
     """Meta-Upscale ``x`` by ``scale`` (or to ``size``) with the weight-prediction MLP ``phi``.
 
@@ -44,7 +45,7 @@ def meta_upscale(
 
         pos = geometry.positions()                                  # (H·W, P), float64
         Wt = phi(pos.to(x.dtype)).view(H, W, Cin, k, k, Cout)
-        xpad = F.pad(x, [k // 2] * 4)
+        xpad = F.pad(x, [k // 2] * 4)   # periodic_lon: columns wrapped, rows zero-padded
         y[:, :, i, j] = einsum("ncyx,cyxo->no", xpad[:, :, i':i'+k, j':j'+k], Wt[i, j])
 
     Under ``torch.compile`` the call is one graph node, the custom op ``metasr::meta_upscale``
@@ -64,6 +65,10 @@ def meta_upscale(
             then the features of the LR window ``region.in_rows × region.in_cols`` (so of size
             ``region.in_shape``), ``scale``/``size`` is the whole image's request, and the
             result is the ``region.out_rows × region.out_cols`` block of the whole output.
+        periodic_lon: the LR window wraps along width (column ``(j' + dx) mod w``) instead of
+            reading zero padding, for global longitude grids (rows keep zero padding). Every
+            backend supports it; with a ``region``, the region's LR window must span the whole
+            width (tile along rows only).
 
     Returns:
         ``(N, Cout, H, W)`` (``region.out_shape`` with a region), in ``x``'s dtype (or the
@@ -103,6 +108,8 @@ def meta_upscale(
         )
     if lin1.weight.device != x.device:
         raise ValueError(f"x is on {x.device} but phi's parameters are on {lin1.weight.device}")
+    if not isinstance(periodic_lon, bool):
+        raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
     mode = tracing_mode()
     if mode == "compile":
         # torch.compile: one opaque graph node; the geometry is built inside it (custom_op.py).
@@ -119,6 +126,7 @@ def meta_upscale(
                 arithmetic,
                 region,
                 backend,
+                bool(periodic_lon),
             )
     geom = build_geometry(
         x.shape[2],
@@ -128,6 +136,7 @@ def meta_upscale(
         pos_encoding=phi.pos_encoding,
         arithmetic=arithmetic,
         region=region,
+        periodic_lon=periodic_lon,
     )
     dtype = _autocast_dtype(x.device.type) or x.dtype
     # Autocast is handled here once: everything runs in `dtype`, with autocast off inside, so

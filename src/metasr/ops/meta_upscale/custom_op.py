@@ -45,6 +45,7 @@ def cached_geometry(
     pos_encoding: str,
     arithmetic: Arithmetic,
     region: Region | None,
+    periodic_lon: bool = False,
 ) -> Geometry:
     """:func:`metasr.geometry.build_geometry`, memoised on its (hashable) arguments.
 
@@ -58,6 +59,7 @@ def cached_geometry(
         pos_encoding=pos_encoding,
         arithmetic=arithmetic,
         region=region,
+        periodic_lon=periodic_lon,
     )
 
 
@@ -121,6 +123,7 @@ def _run(
     arithmetic: str,
     region: list[int] | None,
     backend: str,
+    periodic_lon: bool,
 ) -> torch.Tensor:
     """Build the (cached) geometry, choose a backend and run it: the eager path's last steps."""
     geom = cached_geometry(
@@ -131,6 +134,7 @@ def _run(
         pos_encoding,
         arithmetic,
         _region_from_list(region),
+        periodic_lon,
     )
     params = MLPParams(w1, b1, w2, b2, kernel_size, x.shape[1], out_channels)
     chosen = select_backend(backend or None, x, params, geom)
@@ -154,6 +158,7 @@ def _meta_upscale_op(
     arithmetic: str,
     region: list[int] | None,
     backend: str,
+    periodic_lon: bool = False,
 ) -> torch.Tensor:
     """``(N, Cin, h, w)`` → ``(N, Cout, out_height, out_width)``.
 
@@ -162,7 +167,7 @@ def _meta_upscale_op(
     """
     y = _run(
         x, w1, b1, w2, b2, kernel_size, out_channels, scale, size, pos_encoding, arithmetic,
-        region, backend,
+        region, backend, periodic_lon,
     )  # fmt: skip
     if tuple(y.shape[2:]) != (out_height, out_width):
         raise ValueError(
@@ -221,6 +226,7 @@ def _meta_upscale_backward_op(
     arithmetic: str,
     region: list[int] | None,
     backend: str,
+    periodic_lon: bool,
 ) -> list[torch.Tensor]:
     """Gradients of ``(x, w1, b1, w2, b2)`` (zeros where ``needs_grad`` is False).
 
@@ -233,7 +239,7 @@ def _meta_upscale_backward_op(
         leaves = [t.detach().requires_grad_(n) for t, n in zip(inputs, needs_grad, strict=True)]
         y = _run(
             *leaves, kernel_size, out_channels, scale, size, pos_encoding, arithmetic, region,
-            backend,
+            backend, periodic_lon,
         )  # fmt: skip
         wanted = [t for t in leaves if t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, grad) if wanted else ())
@@ -250,15 +256,15 @@ def _meta_upscale_backward_fake(grad, x, w1, b1, w2, b2, *rest) -> list[torch.Te
 def _setup_context(ctx, inputs, output) -> None:
     x, w1, b1, w2, b2, *scalars = inputs
     ctx.save_for_backward(x, w1, b1, w2, b2)
-    k, o, _, _, scale, size, pos_encoding, arithmetic, region, backend = scalars
-    ctx.scalars = (k, o, scale, size, pos_encoding, arithmetic, region, backend)
+    k, o, _, _, scale, size, pos_encoding, arithmetic, region, backend, periodic = scalars
+    ctx.scalars = (k, o, scale, size, pos_encoding, arithmetic, region, backend, periodic)
 
 
 def _backward(ctx, grad):
     x, w1, b1, w2, b2 = ctx.saved_tensors
     needs = [bool(n) for n in ctx.needs_input_grad[:5]]
     grads = _meta_upscale_backward_op(grad.contiguous(), x, w1, b1, w2, b2, needs, *ctx.scalars)
-    return (*[g if n else None for g, n in zip(grads, needs, strict=True)], *([None] * 10))
+    return (*[g if n else None for g, n in zip(grads, needs, strict=True)], *([None] * 11))
 
 
 _meta_upscale_op.register_autograd(_backward, setup_context=_setup_context)
@@ -273,13 +279,15 @@ def meta_upscale_custom_op(
     arithmetic: Arithmetic,
     region: Region | None,
     backend: str | None,
+    periodic_lon: bool = False,
 ) -> torch.Tensor:
     """Run Meta-Upscale through ``metasr::meta_upscale`` (one graph node for ``torch.compile``).
 
     Args:
         x: ``(N, Cin, h, w)``, already in the compute dtype.
         params: the MLP tensors, in ``x``'s dtype.
-        scale, size, arithmetic, region, backend: as :func:`metasr.meta_upscale` (validated).
+        scale, size, arithmetic, region, backend, periodic_lon: as :func:`metasr.meta_upscale`
+            (validated).
         pos_encoding: ``phi.pos_encoding``.
 
     Returns:
@@ -304,4 +312,5 @@ def meta_upscale_custom_op(
         arithmetic,
         _region_list(region),
         backend or "auto",
+        periodic_lon,
     )
