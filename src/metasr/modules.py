@@ -7,7 +7,7 @@ import numbers
 import torch
 from torch import nn
 
-from .geometry import POS_ENCODINGS, Arithmetic, Region
+from .geometry import POS_ENCODINGS, Arithmetic, CoordinateGrid, Region
 from .ops.meta_upscale import meta_upscale
 from .ops.meta_upscale._dispatch import check_backend_name
 
@@ -145,11 +145,13 @@ class MetaUpsample(nn.Module):
         scale: float | tuple[float, float] | None = None,
         size: tuple[int, int] | None = None,
         region: Region | None = None,
+        coords: CoordinateGrid | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` by ``scale`` or to ``size``; see :func:`metasr.meta_upscale`.
 
         ``region`` computes only that part of the whole image's output from the features of
-        its LR window (tiled inference).
+        its LR window (tiled inference); ``coords`` places the output by latitude/longitude
+        instead of ``scale``/``size``.
         """
         return meta_upscale(
             x,
@@ -160,6 +162,7 @@ class MetaUpsample(nn.Module):
             arithmetic=self.arithmetic,
             region=region,
             periodic_lon=self.periodic_lon,
+            coords=coords,
         )
 
     def extra_repr(self) -> str:
