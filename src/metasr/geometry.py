@@ -381,8 +381,14 @@ class Geometry:
         )
 
 
-def _coordinate_array(name: str, values: object, min_len: int) -> np.ndarray:
-    """``values`` as a finite, strictly monotonic 1-D float64 array, or a ``ValueError``."""
+def _coordinate_array(
+    name: str, values: object, min_len: int, period: float | None = None
+) -> np.ndarray:
+    """``values`` as a finite, strictly monotonic 1-D float64 array, or a ``ValueError``.
+
+    With a ``period``, monotonic means: going once round the circle from ``values[0]`` in one
+    direction, less than a full turn in all (``[180, 270, 0, 90]`` is fine).
+    """
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     try:
@@ -398,6 +404,14 @@ def _coordinate_array(name: str, values: object, min_len: int) -> np.ndarray:
         raise ValueError(f"{name} must have at least {min_len} values, got {len(a)}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be finite")
+    if period is not None:
+        ups, downs = np.mod(a - a[0], period), np.mod(a[0] - a, period)
+        if not (np.all(np.diff(ups) > 0) or np.all(np.diff(downs) > 0)):
+            raise ValueError(
+                f"{name} must go round the circle once in one direction, less than {period:g} "
+                "degrees in all (no repeated column); pass wrap_lon=False for a regional grid"
+            )
+        return a
     d = np.diff(a)
     if len(a) > 1 and not (np.all(d > 0) or np.all(d < 0)):
         raise ValueError(f"{name} must be strictly increasing or strictly decreasing")
@@ -434,7 +448,9 @@ class CoordinateGrid:
             raise ValueError(f"wrap_lon must be a bool, got {self.wrap_lon!r}")
         object.__setattr__(self, "wrap_lon", bool(self.wrap_lon))
         for name in ("src_lat", "src_lon", "dst_lat", "dst_lon"):
-            a = _coordinate_array(name, getattr(self, name), 2 if name.startswith("src") else 1)
+            period = 360.0 if self.wrap_lon and name.endswith("lon") else None
+            min_len = 2 if name.startswith("src") else 1
+            a = _coordinate_array(name, getattr(self, name), min_len, period)
             object.__setattr__(self, name, tuple(a.tolist()))
         for src, dst, what in (("src_lat", "dst_lat", "rows"), ("src_lon", "dst_lon", "columns")):
             n_in, n_out = len(getattr(self, src)), len(getattr(self, dst))
@@ -443,15 +459,6 @@ class CoordinateGrid:
                     f"the target grid has {n_out} {what} but the source {n_in}; Meta-Upscale "
                     "only magnifies (the target grid must not be coarser than the source)"
                 )
-        if self.wrap_lon:
-            for name in ("src_lon", "dst_lon"):
-                a = np.asarray(getattr(self, name))
-                if abs(a[-1] - a[0]) >= 360.0:
-                    raise ValueError(
-                        f"{name} spans {abs(a[-1] - a[0]):g} degrees; periodic longitudes must "
-                        "span less than 360 (no repeated column); pass wrap_lon=False for a "
-                        "regional grid"
-                    )
 
     @property
     def in_shape(self) -> tuple[int, int]:
@@ -499,9 +506,8 @@ def coordinate_axis_map(
     index = np.arange(n_in, dtype=np.float64)
     if period is not None:
         # Distances from the first source coordinate along the source's direction, in [0, P).
-        rel_src = np.mod(sign * (src - src[0]), period)
-        if np.any(np.diff(rel_src) <= 0):
-            raise ValueError("source longitudes must not pass their first value again")
+        sign = 1.0 if np.all(np.diff(np.mod(src - src[0], period)) > 0) else -1.0
+        rel_src = np.mod(sign * (src - src[0]), period)  # strictly increasing (validated)
         xs = np.r_[rel_src, period]
         ts = np.r_[index, n_in]
         x = np.mod(sign * (dst - src[0]), period)
