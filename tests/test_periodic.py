@@ -287,3 +287,47 @@ def test_custom_op_with_the_flag_passes_opcheck():
     p = MLPParams.from_module(phi, torch.float32)
     args = (x, p.w1, p.b1, p.w2, p.b2, 3, 2, 10, 15, [2.5, 3.0], None, "asymmetric", "exact")
     torch.library.opcheck(custom_op._meta_upscale_op, (*args, None, "torch", True))
+
+
+def test_torch_export_wraps_and_reorders():
+    from metasr.geometry import CoordinateGrid
+
+    phi = make_phi(2, 3).float()
+    lat = [60.0, 0.0, -60.0]
+    coords = CoordinateGrid(lat, [45.0 * i for i in range(8)], [60, 30, 0, -30, -60],
+                            [-180 + 15.0 * i for i in range(24)])  # fmt: skip
+
+    class Up(torch.nn.Module):
+        def __init__(self, **call):
+            super().__init__()
+            self.phi, self.call = phi, call
+
+        def forward(self, x):
+            return metasr.meta_upscale(x, self.phi, periodic_lon=True, **self.call)
+
+    x = torch.randn(2, 2, 3, 8)
+    for call in ({"scale": (2, 3)}, {"scale": 2.5}, {"coords": coords}):
+        module = Up(**call)
+        program = torch.export.export(module, (x,))
+        want = metasr.meta_upscale(x, phi, backend="naive", periodic_lon=True, **call)
+        torch.testing.assert_close(program.module()(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton (CUDA or TRITON_INTERPRET)")
+def test_triton_with_coordinates_from_the_dateline():
+    from metasr.geometry import CoordinateGrid
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    phi = make_phi(2, 3).float().to(dev)
+    coords = CoordinateGrid([50.0, 10.0, -30.0], [0.0, 90.0, 180.0, 270.0], [50, 30, 10, -10, -30],
+                            [-180 + 30.0 * i for i in range(12)])  # fmt: skip
+    x = torch.randn(1, 2, 3, 4, device=dev, requires_grad=True)
+    kw = {"coords": coords, "periodic_lon": True}
+    got = metasr.meta_upscale(x, phi, backend="triton", **kw)
+    want = metasr.meta_upscale(x, phi, backend="naive", **kw)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    dy = torch.randn_like(want)
+    torch.testing.assert_close(
+        torch.autograd.grad(got, x, dy)[0], torch.autograd.grad(want, x, dy)[0],
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
