@@ -331,3 +331,28 @@ def test_triton_with_coordinates_from_the_dateline():
         torch.autograd.grad(got, x, dy)[0], torch.autograd.grad(want, x, dy)[0],
         rtol=1e-4, atol=1e-5,
     )  # fmt: skip
+
+
+def test_compiled_training_step_with_coordinates():
+    from metasr.geometry import CoordinateGrid
+    from metasr.ops.meta_upscale import custom_op
+
+    phi = make_phi(2, 3).float()
+    coords = CoordinateGrid([50.0, 10.0, -30.0], [0.0, 90.0, 180.0, 270.0], [50, 30, 10, -10, -30],
+                            [-180 + 30.0 * i for i in range(12)])  # fmt: skip
+    x = torch.randn(1, 2, 3, 4, requires_grad=True)
+    kw = {"coords": coords, "periodic_lon": True}
+    compiled = torch.compile(lambda t: metasr.meta_upscale(t, phi, **kw), backend="aot_eager",
+                             fullgraph=True)  # fmt: skip
+    got, want = compiled(x), metasr.meta_upscale(x, phi, backend="naive", **kw)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    dy = torch.randn_like(want)
+    params = [x, *phi.parameters()]
+    for g, r in zip(torch.autograd.grad(got, params, dy), torch.autograd.grad(want, params, dy),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    p = MLPParams.from_module(phi, torch.float32)
+    args = (x, p.w1, p.b1, p.w2, p.b2, 3, 3, 5, 12, None, None, "asymmetric", "exact", None)
+    torch.library.opcheck(
+        custom_op._meta_upscale_op, (*args, "torch", True, custom_op._coords_list(coords))
+    )
