@@ -382,3 +382,26 @@ def test_bad_coordinate_requests_are_refused():
     region = Region((2, 2), (3, 4), (0, 2), (0, 2), (0, 3), (0, 2))
     with pytest.raises(ValueError, match="reordered"):
         metasr.meta_upscale(x, phi, coords=coords, region=region)
+
+
+def test_regional_longitudes_without_wrap_are_placed_like_latitudes():
+    src_lon, dst_lon = np.array([10.0, 20.0, 30.0]), np.array([5.0, 12.5, 20.0, 27.5, 35.0])
+    lat = np.array([1.0, 0.0])
+    geom = build_geometry_from_coords(CoordinateGrid(lat, src_lon, lat, dst_lon, wrap_lon=False))
+    np.testing.assert_array_equal(geom.col_idx, [0, 0, 1, 1, 2])
+    # 5° lies before the first column: clamped to it; 35° past the last: offset 0.5 beyond it
+    np.testing.assert_allclose(geom.col_off, [0.0, 0.25, 0.0, 0.75, 0.5])
+
+
+def test_coordinate_region_along_rows_matches_the_whole_output():
+    phi = metasr.Pos2Weight(2, 3, hidden=8).double()
+    x = torch.randn(1, 2, 6, 4, dtype=torch.float64)
+    coords = CoordinateGrid(np.linspace(75, -75, 6), 90.0 * np.arange(4), np.linspace(90, -90, 13),
+                            22.5 * np.arange(16))  # fmt: skip
+    whole = metasr.meta_upscale(x, phi, coords=coords, periodic_lon=True)
+    geom = build_geometry(6, 4, coords=coords)
+    # output rows of LR rows 2..3; their 3x3 windows lie in the LR rows 1..4 the call receives
+    rows = np.flatnonzero((geom.row_idx >= 2) & (geom.row_idx < 4))
+    region = Region((6, 4), (13, 16), (1, 5), (0, 4), (int(rows[0]), int(rows[-1]) + 1), (0, 16))
+    part = metasr.meta_upscale(x[:, :, 1:5], phi, coords=coords, region=region, periodic_lon=True)
+    torch.testing.assert_close(part, whole[:, :, rows[0] : rows[-1] + 1])
