@@ -9,6 +9,13 @@ A :class:`Region` asks for one part of a whole image's grid (tiled inference): t
 the whole image's, cut to the region's outputs, with LR indices in the frame of the LR window
 the call receives (:meth:`Geometry.cut`).
 
+A :class:`CoordinateGrid` places the output by coordinates instead (global latitude/longitude
+grids, :func:`coordinate_axis_map`): each target row and column gets its source index and
+offset from where its latitude/longitude lies among the source's. The index-ratio geometry
+(``scale``/``size``) stays the default; the two agree when the grids are index-ratio compatible
+(same first coordinate, target spacing = source spacing · n_in / n_out) and differ otherwise,
+e.g. 96 → 721 latitude rows that both include the poles.
+
 Limits: an output may have at most :data:`MAX_OUTPUT_PIXELS` pixels (``H·W``; the environment
 variable ``METASR_MAX_OUTPUT_PIXELS`` overrides it) and at most :data:`MAX_OUTPUT_SIDE` rows or
 columns. :func:`resolve_output_size` refuses larger requests before any per-row or per-column
@@ -28,6 +35,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CoordinateGrid",
     "MAX_OUTPUT_PIXELS",
     "MAX_OUTPUT_SIDE",
     "POS_ENCODINGS",
@@ -36,6 +44,8 @@ __all__ = [
     "ScaleLike",
     "axis_map",
     "build_geometry",
+    "build_geometry_from_coords",
+    "coordinate_axis_map",
     "max_output_pixels",
     "parse_scale",
     "resolve_output_size",
@@ -283,6 +293,14 @@ class Geometry:
         col_pos: ``(W, P)`` float64, column part.
         const_pos: ``(P,)`` float64, the part shared by all pixels (``1/r`` terms).
         pos_encoding: ``"asymmetric"`` or ``"official"``.
+        periodic_lon: the LR window wraps along width (column ``(j' + dx) mod w``) instead of
+            reading zero padding; rows are zero-padded either way.
+        row_order, col_order: ``None`` (the usual case), or ``(H,)``/``(W,)`` int64
+            permutations: the maps above are sorted so that ``row_idx``/``col_idx`` are
+            non-decreasing (every backend relies on that), and row ``i`` of the requested output
+            is row ``row_order[i]`` of the computed one (a coordinate grid whose target starts
+            elsewhere on the circle than the source, or runs the other way;
+            :func:`metasr.ops.meta_upscale.padding.restore_order` applies it).
     """
 
     h: int
@@ -299,6 +317,9 @@ class Geometry:
     col_pos: np.ndarray
     const_pos: np.ndarray
     pos_encoding: str
+    periodic_lon: bool = False
+    row_order: np.ndarray | None = None
+    col_order: np.ndarray | None = None
 
     @property
     def num_pos(self) -> int:
@@ -323,6 +344,12 @@ class Geometry:
             ValueError: if ``region`` was planned for another input or output size, or if an
                 output it computes belongs to an LR pixel outside its input window.
         """
+        if self.row_order is not None or self.col_order is not None:
+            raise ValueError(
+                "a region cannot cut a coordinate geometry whose target rows or columns are "
+                "reordered (target longitudes starting elsewhere than the source's first, or "
+                "coordinates running the other way); give the target in the source's order"
+            )
         if region.image_size != (self.h, self.w) or region.output_size != (self.H, self.W):
             raise ValueError(
                 f"the region is part of a {region.image_size} -> {region.output_size} upscaling "
@@ -354,6 +381,232 @@ class Geometry:
         )
 
 
+def _coordinate_array(
+    name: str, values: object, min_len: int, period: float | None = None
+) -> np.ndarray:
+    """``values`` as a finite, strictly monotonic 1-D float64 array, or a ``ValueError``.
+
+    With a ``period``, monotonic means: going once round the circle from ``values[0]`` in one
+    direction, less than a full turn in all (``[180, 270, 0, 90]`` is fine).
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    try:
+        a = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 1-D array of numbers, got {values!r}") from None
+    if a.ndim != 1:
+        raise ValueError(
+            f"{name} must be 1-D, got shape {a.shape} (2-D, curvilinear grids are not supported "
+            "yet)"
+        )
+    if len(a) < min_len:
+        raise ValueError(f"{name} must have at least {min_len} values, got {len(a)}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite")
+    if period is not None:
+        ups, downs = np.mod(a - a[0], period), np.mod(a[0] - a, period)
+        if not (np.all(np.diff(ups) > 0) or np.all(np.diff(downs) > 0)):
+            raise ValueError(
+                f"{name} must go round the circle once in one direction, less than {period:g} "
+                "degrees in all (no repeated column); pass wrap_lon=False for a regional grid"
+            )
+        return a
+    d = np.diff(a)
+    if len(a) > 1 and not (np.all(d > 0) or np.all(d < 0)):
+        raise ValueError(f"{name} must be strictly increasing or strictly decreasing")
+    return a
+
+
+@dataclass(frozen=True)
+class CoordinateGrid:
+    """Source and target latitude/longitude of a coordinate-placed upscaling (1-D, degrees).
+
+    The source is the grid of the input ``x`` (``h = len(src_lat)`` rows, ``w = len(src_lon)``
+    columns); the target is the output's (``H = len(dst_lat)``, ``W = len(dst_lon)``). Each axis
+    may ascend or descend; regular grids with or without pole rows, cell-centred and Gaussian
+    latitudes all work, since only the coordinates' positions matter
+    (:func:`coordinate_axis_map`). Stored as tuples, so a grid is hashable (the compiled op
+    caches its geometry).
+
+    Attributes:
+        src_lat, src_lon, dst_lat, dst_lon: the coordinates.
+        wrap_lon: longitudes are periodic (a global grid; default): a target longitude is placed
+            modulo 360 and one past the last source column lies between it and the first. Use
+            with ``periodic_lon=True`` so the LR window wraps the same way. ``False`` treats
+            longitude like latitude (a regional grid).
+    """
+
+    src_lat: tuple[float, ...]
+    src_lon: tuple[float, ...]
+    dst_lat: tuple[float, ...]
+    dst_lon: tuple[float, ...]
+    wrap_lon: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.wrap_lon, (bool, np.bool_)):
+            raise ValueError(f"wrap_lon must be a bool, got {self.wrap_lon!r}")
+        object.__setattr__(self, "wrap_lon", bool(self.wrap_lon))
+        for name in ("src_lat", "src_lon", "dst_lat", "dst_lon"):
+            period = 360.0 if self.wrap_lon and name.endswith("lon") else None
+            min_len = 2 if name.startswith("src") else 1
+            a = _coordinate_array(name, getattr(self, name), min_len, period)
+            object.__setattr__(self, name, tuple(a.tolist()))
+        for src, dst, what in (("src_lat", "dst_lat", "rows"), ("src_lon", "dst_lon", "columns")):
+            n_in, n_out = len(getattr(self, src)), len(getattr(self, dst))
+            if n_out < n_in:
+                raise ValueError(
+                    f"the target grid has {n_out} {what} but the source {n_in}; Meta-Upscale "
+                    "only magnifies (the target grid must not be coarser than the source)"
+                )
+
+    @property
+    def in_shape(self) -> tuple[int, int]:
+        """``(h, w)`` of the source grid."""
+        return len(self.src_lat), len(self.src_lon)
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the target grid."""
+        return len(self.dst_lat), len(self.dst_lon)
+
+
+def coordinate_axis_map(
+    src: np.ndarray, dst: np.ndarray, period: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """LR index and offset of every target row (or column) from coordinates.
+
+    Definition: ``t`` is the fractional source index of the target coordinate, by linear
+    interpolation of the index ``0..n_in-1`` against the source coordinates (beyond the first or
+    last source coordinate, extrapolated with the end interval); then, as :func:`axis_map`,
+    ``i' = clamp(floor(t + 1e-6), 0, n_in - 1)`` and ``Δ = clamp(t - i', 0, 1)``. So ``i' + Δ``
+    mapped back through the source coordinates is the target coordinate (inside the source's
+    range). When the target is the source's first coordinate plus multiples of
+    ``spacing · n_in / n_out`` (index-ratio compatible grids), ``t = i · n_in / n_out`` and the
+    result is :func:`axis_map`'s.
+
+    With a ``period`` (longitude, 360), coordinates are taken relative to ``src[0]`` modulo the
+    period, in the source's direction, and the source is extended by its first coordinate one
+    period on: a target past the last source column gets ``i' = n_in - 1`` and ``Δ ∈ [0, 1]``
+    towards the wrapped first column (the window wraps the same way with ``periodic_lon``).
+
+    Args:
+        src: ``(n_in,)`` strictly monotonic source coordinates (``n_in ≥ 2``).
+        dst: ``(n_out,)`` target coordinates.
+        period: ``None`` or the period of the axis.
+
+    Returns:
+        ``(idx, off)``: int64 ``(n_out,)`` and float64 ``(n_out,)``, in the target's order (not
+        necessarily non-decreasing: see :func:`build_geometry_from_coords`).
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    n_in = len(src)
+    sign = 1.0 if src[-1] > src[0] else -1.0
+    index = np.arange(n_in, dtype=np.float64)
+    if period is not None:
+        # Distances from the first source coordinate along the source's direction, in [0, P).
+        sign = 1.0 if np.all(np.diff(np.mod(src - src[0], period)) > 0) else -1.0
+        rel_src = np.mod(sign * (src - src[0]), period)  # strictly increasing (validated)
+        xs = np.r_[rel_src, period]
+        ts = np.r_[index, n_in]
+        x = np.mod(sign * (dst - src[0]), period)
+        t = np.interp(x, xs, ts)
+    else:
+        xs, ts = sign * src, index  # ascending in xs
+        x = sign * dst
+        t = np.interp(x, xs, ts)
+        lo, hi = x < xs[0], x > xs[-1]
+        t[lo] = (x[lo] - xs[0]) / (xs[1] - xs[0])
+        t[hi] = n_in - 1 + (x[hi] - xs[-1]) / (xs[-1] - xs[-2])
+    idx = np.clip(np.floor(t + EPS), 0, n_in - 1)
+    off = np.clip(t - idx, 0.0, 1.0)
+    return idx.astype(np.int64), off
+
+
+def _sorted_axis(idx: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarray, object]:
+    """``(idx, off)`` sorted by ``idx + off`` and the permutation back to the target's order.
+
+    Returns:
+        ``(idx, off, order)``; ``order`` is ``None`` when already sorted, else ``(n,)`` int64
+        with ``target[i] = sorted[order[i]]``.
+    """
+    t = idx + off
+    if np.all(np.diff(idx) >= 0):
+        return idx, off, None
+    perm = np.lexsort((t, idx))  # stable: by idx, then by position inside the cell
+    order = np.empty_like(perm)
+    order[perm] = np.arange(len(perm))
+    return idx[perm], off[perm], order.astype(np.int64)
+
+
+def _region_image_size(region: object) -> tuple[int, int]:
+    if not isinstance(region, Region):
+        raise ValueError(f"region must be a metasr.geometry.Region, got {region!r}")
+    return region.image_size
+
+
+def _cut_checked(whole: Geometry, region: Region, h: int, w: int, periodic_lon: bool) -> Geometry:
+    """``whole.cut(region)`` for a call that receives an ``h×w`` feature map, with the checks
+    every request shares (the region's window is the feature map; a periodic wrap needs the
+    whole width)."""
+    _region_image_size(region)
+    if (h, w) != region.in_shape:
+        raise ValueError(
+            f"the feature map is {h}x{w} but the region's input window is "
+            f"{region.in_shape[0]}x{region.in_shape[1]} (LR rows [{region.in_rows[0]}, "
+            f"{region.in_rows[1]}), columns [{region.in_cols[0]}, {region.in_cols[1]}))"
+        )
+    if periodic_lon and region.in_cols != (0, region.image_size[1]):
+        raise ValueError(
+            f"periodic_lon needs the whole width in every tile, but the region's LR columns "
+            f"are [{region.in_cols[0]}, {region.in_cols[1]}) of {region.image_size[1]}; "
+            "tile along rows only"
+        )
+    return whole.cut(region)
+
+
+def build_geometry_from_coords(
+    coords: CoordinateGrid,
+    pos_encoding: str = "asymmetric",
+    periodic_lon: bool = False,
+) -> Geometry:
+    """The :class:`Geometry` of a coordinate-placed upscaling.
+
+    Rows: :func:`coordinate_axis_map` of the latitudes; columns: of the longitudes, periodic
+    (360°) when ``coords.wrap_lon``. The scale factors of the position encoding are
+    ``r_v = H / h`` and ``r_h = W / w`` (the mean magnification per axis, as a ``size=`` request
+    gives). Rows and columns are sorted so the LR maps are non-decreasing; when the target's
+    order differs (it starts elsewhere on the circle, or runs the other way) the geometry
+    carries ``row_order``/``col_order`` and the op returns the output in the target's order.
+
+    Args:
+        coords: the source and target coordinates.
+        pos_encoding: ``"asymmetric"`` or ``"official"``.
+        periodic_lon: wrap the LR window along width (see :func:`build_geometry`).
+
+    Raises:
+        ValueError: for bad coordinates or encodings.
+    """
+    if not isinstance(coords, CoordinateGrid):
+        raise ValueError(f"coords must be a metasr.geometry.CoordinateGrid, got {coords!r}")
+    h, w = coords.in_shape
+    H, W = coords.out_shape
+    _check_output_size(h, w, H, W)
+    row_idx, row_off = coordinate_axis_map(np.asarray(coords.src_lat), np.asarray(coords.dst_lat))
+    col_idx, col_off = coordinate_axis_map(
+        np.asarray(coords.src_lon),
+        np.asarray(coords.dst_lon),
+        period=360.0 if coords.wrap_lon else None,
+    )
+    row_idx, row_off, row_order = _sorted_axis(row_idx, row_off)
+    col_idx, col_off, col_order = _sorted_axis(col_idx, col_off)
+    geom = _assemble(
+        h, w, H, W, H / h, W / w, row_idx, row_off, col_idx, col_off, pos_encoding, periodic_lon
+    )
+    return replace(geom, row_order=row_order, col_order=col_order)
+
+
 def build_geometry(
     h: int,
     w: int,
@@ -362,6 +615,8 @@ def build_geometry(
     pos_encoding: str = "asymmetric",
     arithmetic: Arithmetic = "exact",
     region: Region | None = None,
+    periodic_lon: bool = False,
+    coords: CoordinateGrid | None = None,
 ) -> Geometry:
     """Validate the request and compute the :class:`Geometry` of one call.
 
@@ -377,27 +632,44 @@ def build_geometry(
         arithmetic: ``"exact"`` or the official code's float32 grid (:func:`axis_map`).
         region: compute only this part of the whole image's grid (:meth:`Geometry.cut`);
             ``(h, w)`` must then be ``region.in_shape``.
+        periodic_lon: wrap the LR window along width (global longitude grids). With a
+            ``region``, its LR window must span the whole width (tiles along rows only): the
+            wrap needs the columns on the other side of the seam.
+        coords: place the output by coordinates instead of ``scale``/``size``
+            (:func:`build_geometry_from_coords`); ``(h, w)`` must be the source grid's.
 
     Raises:
         ValueError: for a bad request, or a region that does not fit it or the feature map.
     """
-    if region is not None:
-        if not isinstance(region, Region):
-            raise ValueError(f"region must be a metasr.geometry.Region, got {region!r}")
-        if (h, w) != region.in_shape:
+    if not isinstance(periodic_lon, (bool, np.bool_)):
+        raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
+    periodic_lon = bool(periodic_lon)
+    if coords is not None:
+        if scale is not None or size is not None:
+            raise ValueError("give either coords=... or scale=/size=, not both")
+        if arithmetic != "exact":
+            raise ValueError("arithmetic='official' applies to scale=/size= requests, not coords")
+        if not isinstance(coords, CoordinateGrid):
+            raise ValueError(f"coords must be a metasr.geometry.CoordinateGrid, got {coords!r}")
+        whole = build_geometry_from_coords(coords, pos_encoding, periodic_lon)
+        if region is not None:
+            return _cut_checked(whole, region, h, w, periodic_lon)
+        if (h, w) != coords.in_shape:
             raise ValueError(
-                f"the feature map is {h}x{w} but the region's input window is "
-                f"{region.in_shape[0]}x{region.in_shape[1]} (LR rows [{region.in_rows[0]}, "
-                f"{region.in_rows[1]}), columns [{region.in_cols[0]}, {region.in_cols[1]}))"
+                f"the feature map is {h}x{w} but the source grid of coords is "
+                f"{coords.in_shape[0]}x{coords.in_shape[1]} (len(src_lat) x len(src_lon))"
             )
+        return whole
+    if region is not None:
         whole = build_geometry(
-            *region.image_size,
+            *_region_image_size(region),
             scale=scale,
             size=size,
             pos_encoding=pos_encoding,
             arithmetic=arithmetic,
+            periodic_lon=periodic_lon,
         )
-        return whole.cut(region)
+        return _cut_checked(whole, region, h, w, periodic_lon)
     if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
         raise ValueError(
             f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
@@ -412,6 +684,30 @@ def build_geometry(
             raise ValueError("official arithmetic produced an output smaller than the input")
     row_idx, row_off = axis_map(H, h, r_v, arithmetic)
     col_idx, col_off = axis_map(W, w, r_h, arithmetic)
+    return _assemble(
+        h, w, H, W, r_v, r_h, row_idx, row_off, col_idx, col_off, pos_encoding, periodic_lon
+    )
+
+
+def _assemble(
+    h: int,
+    w: int,
+    H: int,
+    W: int,
+    r_v: float,
+    r_h: float,
+    row_idx: np.ndarray,
+    row_off: np.ndarray,
+    col_idx: np.ndarray,
+    col_off: np.ndarray,
+    pos_encoding: str,
+    periodic_lon: bool,
+) -> Geometry:
+    """A :class:`Geometry` from the axis maps: the position encoding's parts added."""
+    if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
+        raise ValueError(
+            f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
+        )
     P = POS_ENCODINGS[pos_encoding]
     row_pos = np.zeros((H, P))
     col_pos = np.zeros((W, P))
@@ -445,4 +741,5 @@ def build_geometry(
         col_pos=col_pos,
         const_pos=const_pos,
         pos_encoding=pos_encoding,
+        periodic_lon=periodic_lon,
     )

@@ -7,7 +7,7 @@ import numbers
 import torch
 from torch import nn
 
-from .geometry import POS_ENCODINGS, Arithmetic, Region
+from .geometry import POS_ENCODINGS, Arithmetic, CoordinateGrid, Region
 from .ops.meta_upscale import meta_upscale
 from .ops.meta_upscale._dispatch import check_backend_name
 
@@ -104,6 +104,8 @@ class MetaUpsample(nn.Module):
         backend: ``"auto"`` or a backend name (see :func:`metasr.backends`).
         arithmetic: ``"exact"`` (default) or ``"official"`` float32 grid arithmetic of the
             published code (only for reproducing official checkpoints bit for bit).
+        periodic_lon: wrap the LR window along width (global longitude grids); see
+            :func:`metasr.meta_upscale`. A plain attribute, so a network may set it later.
 
     Shape:
         forward: ``x (N, Cin, h, w)`` → ``(N, Cout, H, W)``; with ``region``,
@@ -124,6 +126,7 @@ class MetaUpsample(nn.Module):
         pos_encoding: str = "asymmetric",
         backend: str = "auto",
         arithmetic: Arithmetic = "exact",
+        periodic_lon: bool = False,
     ) -> None:
         super().__init__()
         self.phi = Pos2Weight(in_channels, out_channels, kernel_size, hidden, pos_encoding)
@@ -132,6 +135,9 @@ class MetaUpsample(nn.Module):
             raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
         self.backend = backend
         self.arithmetic = arithmetic
+        if not isinstance(periodic_lon, bool):
+            raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
+        self.periodic_lon = periodic_lon
 
     def forward(
         self,
@@ -139,11 +145,13 @@ class MetaUpsample(nn.Module):
         scale: float | tuple[float, float] | None = None,
         size: tuple[int, int] | None = None,
         region: Region | None = None,
+        coords: CoordinateGrid | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` by ``scale`` or to ``size``; see :func:`metasr.meta_upscale`.
 
         ``region`` computes only that part of the whole image's output from the features of
-        its LR window (tiled inference).
+        its LR window (tiled inference); ``coords`` places the output by latitude/longitude
+        instead of ``scale``/``size``.
         """
         return meta_upscale(
             x,
@@ -153,7 +161,10 @@ class MetaUpsample(nn.Module):
             backend=self.backend,
             arithmetic=self.arithmetic,
             region=region,
+            periodic_lon=self.periodic_lon,
+            coords=coords,
         )
 
     def extra_repr(self) -> str:
-        return f"backend={self.backend!r}"
+        extra = ", periodic_lon=True" if self.periodic_lon else ""
+        return f"backend={self.backend!r}{extra}"

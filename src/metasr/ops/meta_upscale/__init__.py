@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...geometry import Arithmetic, Region, build_geometry
+from ...geometry import Arithmetic, CoordinateGrid, Region, build_geometry
 from ._dispatch import select_backend
 from ._tracing import tracing_mode
 from .params import MLPParams
+from .tables import restore_order
 
 __all__ = ["meta_upscale"]
 
@@ -34,6 +35,8 @@ def meta_upscale(
     backend: str | None = None,
     arithmetic: Arithmetic = "exact",
     region: Region | None = None,
+    periodic_lon: bool = False,
+    coords: CoordinateGrid | None = None,
 ) -> torch.Tensor:
     """Meta-Upscale ``x`` by ``scale`` (or to ``size``) with the weight-prediction MLP ``phi``.
 
@@ -44,7 +47,7 @@ def meta_upscale(
 
         pos = geometry.positions()                                  # (H·W, P), float64
         Wt = phi(pos.to(x.dtype)).view(H, W, Cin, k, k, Cout)
-        xpad = F.pad(x, [k // 2] * 4)
+        xpad = F.pad(x, [k // 2] * 4)   # periodic_lon: columns wrapped, rows zero-padded
         y[:, :, i, j] = einsum("ncyx,cyxo->no", xpad[:, :, i':i'+k, j':j'+k], Wt[i, j])
 
     Under ``torch.compile`` the call is one graph node, the custom op ``metasr::meta_upscale``
@@ -64,6 +67,14 @@ def meta_upscale(
             then the features of the LR window ``region.in_rows × region.in_cols`` (so of size
             ``region.in_shape``), ``scale``/``size`` is the whole image's request, and the
             result is the ``region.out_rows × region.out_cols`` block of the whole output.
+        periodic_lon: the LR window wraps along width (column ``(j' + dx) mod w``) instead of
+            reading zero padding, for global longitude grids (rows keep zero padding). Every
+            backend supports it; with a ``region``, the region's LR window must span the whole
+            width (tile along rows only).
+        coords: place the output by latitude/longitude instead of ``scale``/``size``
+            (:class:`metasr.geometry.CoordinateGrid`; ``x``'s ``h×w`` is its source grid, the
+            output its target grid, in the target's row and column order). Give it with
+            ``periodic_lon=True`` for a global grid.
 
     Returns:
         ``(N, Cout, H, W)`` (``region.out_shape`` with a region), in ``x``'s dtype (or the
@@ -103,6 +114,10 @@ def meta_upscale(
         )
     if lin1.weight.device != x.device:
         raise ValueError(f"x is on {x.device} but phi's parameters are on {lin1.weight.device}")
+    if not isinstance(periodic_lon, bool):
+        raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
+    if coords is not None and (scale is not None or size is not None):
+        raise ValueError("give either coords=... or scale=/size=, not both")
     mode = tracing_mode()
     if mode == "compile":
         # torch.compile: one opaque graph node; the geometry is built inside it (custom_op.py).
@@ -119,6 +134,8 @@ def meta_upscale(
                 arithmetic,
                 region,
                 backend,
+                periodic_lon,
+                coords,
             )
     geom = build_geometry(
         x.shape[2],
@@ -128,6 +145,8 @@ def meta_upscale(
         pos_encoding=phi.pos_encoding,
         arithmetic=arithmetic,
         region=region,
+        periodic_lon=periodic_lon,
+        coords=coords,
     )
     dtype = _autocast_dtype(x.device.type) or x.dtype
     # Autocast is handled here once: everything runs in `dtype`, with autocast off inside, so
@@ -139,6 +158,6 @@ def meta_upscale(
             # torch.export / ONNX: standard ops with the geometry as constants (static.py).
             from .static import meta_upscale_static
 
-            return meta_upscale_static(x, params, geom)
+            return restore_order(meta_upscale_static(x, params, geom), geom)
         chosen = select_backend(backend, x, params, geom)
-        return chosen.load()(x, params, geom)
+        return restore_order(chosen.load()(x, params, geom), geom)

@@ -22,13 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections.abc import Iterator
 
 import torch
 
-from ...geometry import Arithmetic, Geometry, Region, build_geometry, parse_scale
+from ...geometry import (
+    Arithmetic,
+    CoordinateGrid,
+    Geometry,
+    Region,
+    build_geometry,
+    parse_scale,
+)
 from ._dispatch import select_backend
 from .params import MLPParams
+from .tables import restore_order
 
 __all__ = ["cached_geometry", "meta_upscale_custom_op", "request_output_size"]
 
@@ -45,6 +54,8 @@ def cached_geometry(
     pos_encoding: str,
     arithmetic: Arithmetic,
     region: Region | None,
+    periodic_lon: bool = False,
+    coords: CoordinateGrid | None = None,
 ) -> Geometry:
     """:func:`metasr.geometry.build_geometry`, memoised on its (hashable) arguments.
 
@@ -58,6 +69,8 @@ def cached_geometry(
         pos_encoding=pos_encoding,
         arithmetic=arithmetic,
         region=region,
+        periodic_lon=periodic_lon,
+        coords=coords,
     )
 
 
@@ -68,6 +81,7 @@ def request_output_size(
     size: tuple[int, int] | None,
     arithmetic: Arithmetic,
     region: Region | None,
+    coords: CoordinateGrid | None = None,
 ) -> tuple[int, int]:
     """``(H, W)`` of a call, in plain Python arithmetic (traceable, symbolic sizes allowed).
 
@@ -76,6 +90,8 @@ def request_output_size(
     """
     if region is not None:
         return region.out_shape
+    if coords is not None:
+        return coords.out_shape
     if size is not None:
         return size
     r_v, r_h = scale
@@ -107,6 +123,27 @@ def _region_from_list(values: list[int] | None) -> Region | None:
     )
 
 
+def _coords_list(coords: CoordinateGrid | None) -> list[float] | None:
+    """``coords`` as one list of floats (a custom op's arguments are tensors and scalars):
+    ``[wrap_lon, h, w, H, W, *src_lat, *src_lon, *dst_lat, *dst_lon]``."""
+    if coords is None:
+        return None
+    (h, w), (H, W) = coords.in_shape, coords.out_shape
+    return [
+        float(coords.wrap_lon), h, w, H, W,
+        *coords.src_lat, *coords.src_lon, *coords.dst_lat, *coords.dst_lon,
+    ]  # fmt: skip
+
+
+def _coords_from_list(values: list[float] | None) -> CoordinateGrid | None:
+    if values is None:
+        return None
+    wrap, h, w, H, W = (int(v) for v in values[:5])
+    cuts = list(itertools.accumulate([5, h, w, H, W]))
+    parts = [tuple(values[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    return CoordinateGrid(*parts, wrap_lon=bool(wrap))
+
+
 def _run(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -121,6 +158,8 @@ def _run(
     arithmetic: str,
     region: list[int] | None,
     backend: str,
+    periodic_lon: bool,
+    coords: list[float] | None,
 ) -> torch.Tensor:
     """Build the (cached) geometry, choose a backend and run it: the eager path's last steps."""
     geom = cached_geometry(
@@ -131,10 +170,12 @@ def _run(
         pos_encoding,
         arithmetic,
         _region_from_list(region),
+        periodic_lon,
+        _coords_from_list(coords),
     )
     params = MLPParams(w1, b1, w2, b2, kernel_size, x.shape[1], out_channels)
     chosen = select_backend(backend or None, x, params, geom)
-    return chosen.load()(x, params, geom)
+    return restore_order(chosen.load()(x, params, geom), geom)
 
 
 @torch.library.custom_op("metasr::meta_upscale", mutates_args=())
@@ -154,6 +195,8 @@ def _meta_upscale_op(
     arithmetic: str,
     region: list[int] | None,
     backend: str,
+    periodic_lon: bool = False,
+    coords: list[float] | None = None,
 ) -> torch.Tensor:
     """``(N, Cin, h, w)`` → ``(N, Cout, out_height, out_width)``.
 
@@ -162,7 +205,7 @@ def _meta_upscale_op(
     """
     y = _run(
         x, w1, b1, w2, b2, kernel_size, out_channels, scale, size, pos_encoding, arithmetic,
-        region, backend,
+        region, backend, periodic_lon, coords,
     )  # fmt: skip
     if tuple(y.shape[2:]) != (out_height, out_width):
         raise ValueError(
@@ -221,6 +264,8 @@ def _meta_upscale_backward_op(
     arithmetic: str,
     region: list[int] | None,
     backend: str,
+    periodic_lon: bool,
+    coords: list[float] | None,
 ) -> list[torch.Tensor]:
     """Gradients of ``(x, w1, b1, w2, b2)`` (zeros where ``needs_grad`` is False).
 
@@ -233,7 +278,7 @@ def _meta_upscale_backward_op(
         leaves = [t.detach().requires_grad_(n) for t, n in zip(inputs, needs_grad, strict=True)]
         y = _run(
             *leaves, kernel_size, out_channels, scale, size, pos_encoding, arithmetic, region,
-            backend,
+            backend, periodic_lon, coords,
         )  # fmt: skip
         wanted = [t for t in leaves if t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, grad) if wanted else ())
@@ -250,15 +295,15 @@ def _meta_upscale_backward_fake(grad, x, w1, b1, w2, b2, *rest) -> list[torch.Te
 def _setup_context(ctx, inputs, output) -> None:
     x, w1, b1, w2, b2, *scalars = inputs
     ctx.save_for_backward(x, w1, b1, w2, b2)
-    k, o, _, _, scale, size, pos_encoding, arithmetic, region, backend = scalars
-    ctx.scalars = (k, o, scale, size, pos_encoding, arithmetic, region, backend)
+    k, o, _, _, scale, size, pos_encoding, arithmetic, region, backend, *last = scalars
+    ctx.scalars = (k, o, scale, size, pos_encoding, arithmetic, region, backend, *last)
 
 
 def _backward(ctx, grad):
     x, w1, b1, w2, b2 = ctx.saved_tensors
     needs = [bool(n) for n in ctx.needs_input_grad[:5]]
     grads = _meta_upscale_backward_op(grad.contiguous(), x, w1, b1, w2, b2, needs, *ctx.scalars)
-    return (*[g if n else None for g, n in zip(grads, needs, strict=True)], *([None] * 10))
+    return (*[g if n else None for g, n in zip(grads, needs, strict=True)], *([None] * 12))
 
 
 _meta_upscale_op.register_autograd(_backward, setup_context=_setup_context)
@@ -273,13 +318,16 @@ def meta_upscale_custom_op(
     arithmetic: Arithmetic,
     region: Region | None,
     backend: str | None,
+    periodic_lon: bool = False,
+    coords: CoordinateGrid | None = None,
 ) -> torch.Tensor:
     """Run Meta-Upscale through ``metasr::meta_upscale`` (one graph node for ``torch.compile``).
 
     Args:
         x: ``(N, Cin, h, w)``, already in the compute dtype.
         params: the MLP tensors, in ``x``'s dtype.
-        scale, size, arithmetic, region, backend: as :func:`metasr.meta_upscale` (validated).
+        scale, size, arithmetic, region, backend, periodic_lon, coords: as
+            :func:`metasr.meta_upscale` (validated).
         pos_encoding: ``phi.pos_encoding``.
 
     Returns:
@@ -287,7 +335,9 @@ def meta_upscale_custom_op(
     """
     scale_pair = None if scale is None else parse_scale(scale)
     size_pair = None if size is None else (size[0], size[1])
-    H, W = request_output_size(x.shape[2], x.shape[3], scale_pair, size_pair, arithmetic, region)
+    H, W = request_output_size(
+        x.shape[2], x.shape[3], scale_pair, size_pair, arithmetic, region, coords
+    )
     return _meta_upscale_op(
         x,
         params.w1,
@@ -304,4 +354,6 @@ def meta_upscale_custom_op(
         arithmetic,
         _region_list(region),
         backend or "auto",
+        periodic_lon,
+        _coords_list(coords),
     )

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ...geometry import Geometry
+from .padding import pad_window
 from .params import MLPParams, needs_grad
 from .tables import lr_linear_index, positions_tensor
 
@@ -55,7 +56,10 @@ def meta_upscale_im2col(x: torch.Tensor, params: MLPParams, geom: Geometry) -> t
     N = x.shape[0]
     k, C, O = params.kernel_size, params.in_channels, params.out_channels
     weights = params.predict(positions_tensor(geom, x)).view(geom.H * geom.W, C * k * k, O)
-    cols = F.unfold(x, k, padding=k // 2)  # (N, C·k·k, h·w), LR resolution
+    if geom.periodic_lon:
+        cols = F.unfold(pad_window(x, k, True), k)  # (N, C·k·k, h·w), columns wrapped
+    else:
+        cols = F.unfold(x, k, padding=k // 2)  # (N, C·k·k, h·w), LR resolution
     # Pixel-major at LR resolution first, so the gather yields a contiguous (H·W, N, C·k·k):
     # CPU bmm with a permuted (batch-stride-1) operand is ~1000x slower than with a
     # contiguous one, and the official code also feeds matmul contiguous operands.

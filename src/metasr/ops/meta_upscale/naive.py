@@ -4,14 +4,17 @@ Every other backend is tested against this file. It follows ``DESIGN.md`` §1 li
 
     W(i, j) = Linear2(ReLU(Linear1(pos(i, j))))          # (Cin·k·k·Cout,) per output pixel
     y[n, o, i, j] = Σ_{c,ky,kx} xpad[n, c, i'+ky, j'+kx] · W(i, j)[c, ky, kx, o]
+
+``xpad`` is ``x`` zero-padded by ``k // 2``; with ``geom.periodic_lon`` its columns wrap instead
+(``xpad[..., j'+kx]`` is ``x[..., (j' + kx - k//2) mod w]``) and only the rows are zero-padded.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ...geometry import Geometry
+from .padding import pad_window
 from .params import MLPParams, needs_grad
 from .tables import positions_tensor
 
@@ -52,7 +55,7 @@ def meta_upscale_naive(x: torch.Tensor, params: MLPParams, geom: Geometry) -> to
     """
     k, C, O = params.kernel_size, params.in_channels, params.out_channels
     weights = params.predict(positions_tensor(geom, x)).view(geom.H, geom.W, C, k, k, O)
-    xpad = F.pad(x, [k // 2] * 4)
+    xpad = pad_window(x, k, geom.periodic_lon)  # zeros, or columns wrapped (j' + dx) mod w
     rows = []
     for i in range(geom.H):
         ii = int(geom.row_idx[i])

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .padding import lr_conv2d
+
 __all__ = [
     "MLPParams",
     "features_first_weight",
@@ -106,8 +108,14 @@ def features_first_weight(params: MLPParams) -> torch.Tensor:
     return torch.cat([wz, wb], dim=1).reshape(O * (hid + 1), C, k, k)
 
 
-def features_first_z(x: torch.Tensor, params: MLPParams) -> torch.Tensor:
+def features_first_z(
+    x: torch.Tensor, params: MLPParams, periodic_lon: bool = False
+) -> torch.Tensor:
     """``Z = conv2d(x, features_first_weight(params))`` with channels-last strides.
+
+    With ``periodic_lon`` the convolution wraps along width (:func:`.padding.lr_conv2d`); the
+    contractions read ``Z`` only at LR pixels ``(i', j')`` inside the image, so this is the only
+    place where the features-first backends see the padding.
 
     Channels-last operands make the convolution write ``Z`` as ``(N, h, w, Cout·(hid+1))`` in
     memory directly, the layout both contractions read (one LR pixel's ``Cout·(hid+1)`` values
@@ -116,15 +124,15 @@ def features_first_z(x: torch.Tensor, params: MLPParams) -> torch.Tensor:
     Args:
         x: ``(N, Cin, h, w)``.
         params: the MLP, in ``x``'s dtype.
+        periodic_lon: wrap the window along width instead of zero padding.
 
     Returns:
         ``(N, Cout·(hid+1), h, w)``, channels-last strides.
     """
-    k = params.kernel_size
-    z = F.conv2d(
+    z = lr_conv2d(
         x.contiguous(memory_format=torch.channels_last),
         features_first_weight(params).contiguous(memory_format=torch.channels_last),
-        padding=k // 2,
+        periodic_lon,
     )
     return z.contiguous(memory_format=torch.channels_last)
 

@@ -49,7 +49,8 @@ def _features_first_gathered(x: torch.Tensor, params: MLPParams, geom: Geometry)
     """``y[n,o,i,j] = Σ_k [ReLU(pre(i,j)), 1][k] · Z[n, o, k, i', j']`` with ``Z`` gathered."""
     N, _, h, w = x.shape
     O, K = params.out_channels, params.hidden + 1
-    z = features_first_z(x, params).contiguous().view(N, O * K, h * w)  # (N, O·K, h·w)
+    z = features_first_z(x, params, geom.periodic_lon).contiguous()
+    z = z.view(N, O * K, h * w)  # (N, O·K, h·w)
     lin = geom.row_idx[:, None] * w + geom.col_idx[None, :]  # (H, W) flat LR index
     zg = z.index_select(2, as_index(lin.reshape(-1), x.device))  # (N, O·K, H·W)
     pre = F.linear(as_float(geom.positions(), x), params.w1, params.b1)  # (H·W, hid)

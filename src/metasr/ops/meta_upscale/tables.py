@@ -18,6 +18,7 @@ __all__ = [
     "lr_linear_index",
     "phases",
     "positions_tensor",
+    "restore_order",
 ]
 
 #: Offsets closer than this are the same phase. Offsets of rational scales computed as
@@ -62,3 +63,18 @@ def lr_linear_index(geom: Geometry, device: torch.device) -> torch.Tensor:
     """``(H·W,)`` flat LR index ``i'·w + j'`` of every output pixel, row-major."""
     lin = geom.row_idx[:, None] * geom.w + geom.col_idx[None, :]
     return as_index(lin.reshape(-1), device)
+
+
+def restore_order(y: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """The computed output ``(N, Cout, H, W)`` in the request's row and column order.
+
+    Backends compute rows and columns sorted by LR index; a coordinate geometry whose target
+    starts elsewhere on the circle, or runs the other way, carries the permutation back
+    (:attr:`metasr.geometry.Geometry.row_order`/``col_order``). Without one, ``y`` is returned
+    as is. Differentiable (a gather).
+    """
+    if geom.row_order is not None:
+        y = y.index_select(2, as_index(geom.row_order, y.device))
+    if geom.col_order is not None:
+        y = y.index_select(3, as_index(geom.col_order, y.device))
+    return y

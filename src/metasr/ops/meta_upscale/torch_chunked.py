@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ...geometry import Geometry
 from .. import memory
+from .padding import lr_conv2d
 from .params import MLPParams, features_first_z, needs_grad, separable_first_layer
 from .tables import as_float, as_index, phases
 
@@ -141,7 +142,7 @@ def _per_phase(
     )  # (Dv, Dh, P), float64
     weights = params.predict(as_float(pos.reshape(Dv * Dh, -1), x))  # (Dv·Dh, C·k·k·O)
     weights = weights.view(Dv * Dh, C, k, k, O).permute(0, 4, 1, 2, 3)
-    r = F.conv2d(x, weights.reshape(Dv * Dh * O, C, k, k), padding=k // 2)  # (N, Dv·Dh·O, h, w)
+    r = lr_conv2d(x, weights.reshape(Dv * Dh * O, C, k, k), geom.periodic_lon)  # (N, Dv·Dh·O, h, w)
     # Flat index of y[n, o, i, j] in r[n]: ((pv·Dh + ph)·O + o)·h·w + i'·w + j'.
     phase = row_phase[:, None] * Dh + col_phase[None, :]  # (H, W)
     lr = geom.row_idx[:, None] * w + geom.col_idx[None, :]  # (H, W)
@@ -162,7 +163,7 @@ def _features_first(
     O, hid = params.out_channels, params.hidden
     K = hid + 1  # hid channels of Z plus the bias map B, contracted with a constant 1
     # Channels-last Z: one LR row of it is a contiguous (w·O, K) matrix per sample.
-    z = features_first_z(x, params).permute(0, 2, 3, 1).reshape(N, h, w, O, K)
+    z = features_first_z(x, params, geom.periodic_lon).permute(0, 2, 3, 1).reshape(N, h, w, O, K)
     # First MLP layer, separably: W1·(row_pos[i] + col_pos[j] + const) + b1 = A[i] + Bc[j] + c.
     a, bc, c = separable_first_layer(  # (H, hid), (Dc, hid), (hid,)
         params,

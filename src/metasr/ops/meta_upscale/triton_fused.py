@@ -903,7 +903,7 @@ def meta_upscale_triton(x: torch.Tensor, params: MLPParams, geom: Geometry) -> t
     Returns:
         ``(N, Cout, H, W)`` in ``x``'s dtype.
     """
-    z = features_first_z(x, params)
+    z = features_first_z(x, params, geom.periodic_lon)
     ac, bc, maps = _first_layer(params, geom, x.device)
     return _FusedContraction.apply(z, ac, bc, maps, params.hidden, params.out_channels)
 
