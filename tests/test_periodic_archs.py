@@ -12,8 +12,6 @@ The whole-network roll tests (output rolled by ``r_h·s`` columns) need the Meta
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,11 +23,6 @@ from metasr.archs.periodic import PeriodicLonConv2d, wrap_longitude
 from metasr.archs.swin_blocks import shift_attn_mask
 from metasr.geometry import Region
 from metasr.tiling import AxisTile, plan_tiles, upscale
-
-OP_WRAPS = "periodic_lon" in inspect.signature(metasr.meta_upscale).parameters
-needs_periodic_op = pytest.mark.skipif(
-    not OP_WRAPS, reason="metasr.meta_upscale has no periodic_lon yet"
-)
 
 WINDOW = 4
 
@@ -280,7 +273,6 @@ def test_periodic_network_refuses_a_narrow_region(name):
 # --------------------------------------------------------------------------------------------
 
 
-@needs_periodic_op
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_periodic_network_output_rolls_with_the_input(name):
     model = _model(name, periodic_lon=True, bicubic_residual=True)
@@ -292,7 +284,6 @@ def test_periodic_network_output_rolls_with_the_input(name):
     torch.testing.assert_close(y_rolled, torch.roll(y, rh * s, dims=-1), rtol=0, atol=1e-10)
 
 
-@needs_periodic_op
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_periodic_tiles_equal_the_whole_image(name):
     model = _model(name, periodic_lon=True, bicubic_residual=True)

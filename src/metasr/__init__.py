@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .geometry import build_geometry, resolve_output_size
+from .geometry import CoordinateGrid, build_geometry, resolve_output_size
 from .modules import MetaUpsample, Pos2Weight
 from .ops.meta_upscale import meta_upscale
 from .ops.meta_upscale._dispatch import BackendUnavailableError, backends
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "CoordinateGrid",
     "MetaUpsample",
     "Pos2Weight",
     "__version__",

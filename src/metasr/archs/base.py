@@ -16,10 +16,8 @@ rows only.
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +31,6 @@ from ..ops.meta_upscale._tracing import tracing_mode
 from ..ops.meta_upscale.params import MLPParams
 from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
 from .periodic import wrap_longitude
-
-#: Whether this installation's Meta-Upscale op can wrap its window along the width.
-_OP_WRAPS_LON = "periodic_lon" in inspect.signature(meta_upscale).parameters
 
 __all__ = [
     "DIV2K_RGB_MEAN",
@@ -206,10 +201,6 @@ class MetaSRNet(nn.Module):
         if self.periodic_lon:
             wrap_longitude(self)
 
-    def _head_periodic_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments that ask the Meta-Upscale head to wrap along the width."""
-        return {"periodic_lon": True} if self.periodic_lon else {}
-
     def _scale_head_for_residual(self) -> None:
         # With the bicubic residual the head only has to predict a correction; starting it
         # 10x smaller keeps the initial output close to bicubic (DESIGN.md §7).
@@ -270,11 +261,6 @@ class MetaSRNet(nn.Module):
                     f"(0, {w}), output columns (0, {W})), got input columns {region.in_cols} "
                     f"and output columns {region.out_cols}: tile rows only"
                 )
-        if not _OP_WRAPS_LON:
-            raise ValueError(
-                "periodic_lon=True needs metasr.meta_upscale with periodic_lon support, which "
-                "this installation lacks"
-            )
 
     def _check_head(self, x: torch.Tensor, geom: Geometry) -> None:
         """Refuse, before the backbone, a head call no backend can run (memory included).
@@ -375,7 +361,7 @@ class MeanShiftMetaSRNet(MetaSRNet):
             backend=self.backend,
             arithmetic=self.arithmetic,
             region=region,
-            **self._head_periodic_kwargs(),
+            periodic_lon=self.periodic_lon,
         )
         # The residual is added in the mean-shifted domain, so the mean is added back only once.
         return self.add_mean(self._add_bicubic(y, x, region))

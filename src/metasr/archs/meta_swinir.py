@@ -32,7 +32,6 @@ features change (as they do for any Swin model).
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from collections.abc import Sequence
 
@@ -246,13 +245,6 @@ class MetaSwinIR(MetaSRNet):
         self.apply(_swinir_init)  # before the head exists: the head keeps PyTorch's init
         self._wrap_backbone_longitude()
         # --- head ---
-        # Until the Meta-Upscale op can wrap, a periodic model still builds (its backbone
-        # works) and its forward refuses (MetaSRNet._check_periodic).
-        head_kwargs = (
-            self._head_periodic_kwargs()
-            if "periodic_lon" in inspect.signature(MetaUpsample).parameters
-            else {}
-        )
         self.upsample = MetaUpsample(
             self.num_feat,
             out_chans,
@@ -261,7 +253,7 @@ class MetaSwinIR(MetaSRNet):
             pos_encoding,
             backend=backend,
             arithmetic=arithmetic,
-            **head_kwargs,
+            periodic_lon=self.periodic_lon,
         )
         self._scale_head_for_residual()
 
