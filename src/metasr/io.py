@@ -54,6 +54,7 @@ __all__ = [
     "format_of",
     "is_temporary_name",
     "list_files",
+    "missing_reason",
     "read_array",
     "read_image",
     "read_raster",
@@ -789,3 +790,15 @@ def write_image(path: str | os.PathLike, img: torch.Tensor) -> None:
     else:
         raster = Raster(data=data, kind="image", dtype=np.dtype(np.uint8))
     write_raster(path, raster)
+
+
+def missing_reason(path: Path) -> str:
+    """Why ``path`` cannot be opened: ``no such file or folder``, or what is in the way."""
+    for parent in reversed(path.parents):  # the first existing non-folder on the way down
+        if parent != Path(".") and parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+    if path.exists() or path.is_symlink():
+        if path.is_symlink() and not path.exists():
+            return "broken symbolic link"
+        return "not a regular file or folder"  # a FIFO, socket or device
+    return "no such file or folder"

@@ -26,6 +26,27 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+def device_arg(name: str | None):
+    """``--device``: ``cpu`` or ``cuda[:N]`` (default: CUDA when available, else the CPU).
+
+    Raises:
+        CLIError: a device this machine does not have, or one metasr does not run on.
+    """
+    import torch
+
+    from ..checkpoints import resolve_device
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = resolve_device(name)
+    except ValueError as exc:
+        raise CLIError(f"bad --device: {exc}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"bad --device {name!r}: use cpu or cuda[:N]")
+    return dev
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metasr",

@@ -64,7 +64,7 @@ def _expand(items: list[str]) -> list[Path]:
         elif Path(item).is_file():
             files.append(Path(item))
         else:
-            from .upscale import missing_reason
+            from ..io import missing_reason
 
             raise FileNotFoundError(f"{item}: {missing_reason(Path(item))}")
     return list(dict.fromkeys(files))
@@ -141,7 +141,7 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     from .. import climate as mc
     from ..checkpoints import load_model
     from ..tiling import DEFAULT_OVERLAP
-    from .upscale import _device
+    from . import device_arg
 
     _refuse_image_options(args)
     if not args.var:
@@ -164,7 +164,7 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     targets = _outputs(files, args.output)
     method: Any = args.baseline
     if method is None:
-        device = _device(args.device)
+        device = device_arg(args.device)
         if args.half and device.type != "cuda":
             raise CLIError("--half needs a CUDA device")
         loaded = load_model(

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, device_arg
 
 __all__ = ["parse_scale_arg", "parse_size_arg", "register"]
 
@@ -161,18 +161,6 @@ def _is_input(path: Path) -> bool:
     return not hidden and path.suffix.lower() in SUFFIXES and path.is_file()
 
 
-def missing_reason(path: Path) -> str:
-    """Why ``path`` cannot be opened: ``no such file or folder``, or what is in the way."""
-    for parent in reversed(path.parents):  # the first existing non-folder on the way down
-        if parent != Path(".") and parent.exists() and not parent.is_dir():
-            return f"{parent} is a file, not a folder"
-    if path.exists() or path.is_symlink():
-        if path.is_symlink() and not path.exists():
-            return "broken symbolic link"
-        return "not a regular file or folder"  # a FIFO, socket or device
-    return "no such file or folder"
-
-
 def expand_inputs(items: list[str]) -> list[Path]:
     """Files from file names, folders (their supported files) and glob patterns, in order.
 
@@ -184,7 +172,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
         FileNotFoundError: a name that is missing, a folder or glob without supported files.
         ValueError: a file named explicitly with an unsupported suffix.
     """
-    from ..io import SUFFIXES, format_of
+    from ..io import SUFFIXES, format_of, missing_reason
 
     files: list[Path] = []
     for item in items:
@@ -245,22 +233,6 @@ def plan_outputs(files: list[Path], output: str) -> list[Path]:
         if dst.exists() and dst.resolve() == src.resolve():
             raise CLIError(f"{dst}: output would overwrite its input; choose another -o")
     return targets
-
-
-def _device(name: str | None):
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise CLIError(f"bad --device {name!r}: use cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: no CUDA device is available (use --device cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise CLIError(f"bad --device {name!r}: use cpu or cuda[:N]")
-    return dev
 
 
 def _out_of_memory_hint(tile: int) -> str:
@@ -330,7 +302,7 @@ def _run_rasters(args: argparse.Namespace) -> int:
         raise CLIError(
             f"unknown --backend {args.backend!r}; choose from auto, {', '.join(metasr.backends())}"
         )
-    device = _device(args.device)
+    device = device_arg(args.device)
     if args.half and device.type != "cuda":
         raise CLIError("--half needs a CUDA device (half precision on CPU is slower than float32)")
     files = expand_inputs(args.inputs)
