@@ -32,6 +32,7 @@ Example::
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -307,8 +308,39 @@ def summarize(
 
 
 def finite_or_none(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with infinite values (PSNR of identical images) as ``None``, for JSON."""
+    """Rows with infinite or NaN values (PSNR of identical images) as ``None``, for JSON."""
     return [
-        {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()}
+        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
         for r in rows
     ]
+
+
+def write_results(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    csv_path: str | os.PathLike | None = None,
+    json_path: str | os.PathLike | None = None,
+    header: Mapping[str, Any] | None = None,
+    **row_lists: Sequence[Mapping[str, Any]],
+) -> None:
+    """Write a results table as CSV (``columns`` only) and/or JSON (``header`` entries, the
+    rows under ``"results"`` and each of ``row_lists`` under its name), creating folders.
+
+    JSON has no infinity or NaN: such values are written as ``null``.
+    """
+    import csv
+    import json
+    from pathlib import Path
+
+    if csv_path:
+        Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(csv_path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        payload: dict[str, Any] = dict(header or {})
+        payload["results"] = finite_or_none(rows)
+        payload.update({name: finite_or_none(r) for name, r in row_lists.items()})
+        Path(json_path).write_text(json.dumps(payload, indent=2))

@@ -224,12 +224,11 @@ def field_data(args: argparse.Namespace) -> bool:
 
 def run_eval_fields(args: argparse.Namespace) -> int:
     """``metasr eval`` on netCDF fields: climate metrics against regridding baselines."""
-    import csv
-    import json
 
     from .. import climate as mc
     from ..checkpoints import load_model
     from ..data.scales import parse_scale_list, parse_size_list
+    from ..evaluate import write_results
     from ..metrics import format_table
 
     if not args.var:
@@ -291,21 +290,7 @@ def run_eval_fields(args: argparse.Namespace) -> int:
     cols = ["setting", "method", "lr_size", "fields", *mc.FIELD_COLUMNS]
     print(f"model: {name}   data: {args.data}   variable: {args.var}   weights: {args.weights}")
     print(format_table(rows, cols))
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=cols)
-            writer.writeheader()
-            writer.writerows(rows)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "model": name,
-            "data": str(args.data),
-            "variable": args.var,
-            "weights": args.weights,
-            "results": rows,
-            "per_field": per_field,
-        }
-        args.json.write_text(json.dumps(payload, indent=2))
+    header = {"model": name, "data": str(args.data), "variable": args.var}
+    header["weights"] = args.weights
+    write_results(rows, cols, args.csv, args.json, header, per_field=per_field)
     return 0

@@ -16,8 +16,6 @@ scales, ``--backend``, ``--device`` (a device this machine has), and the ``--csv
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -228,7 +226,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_images(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, finite_or_none, summarize
+    from ..evaluate import evaluate, summarize, write_results
     from ..metrics import format_table
 
     settings = _settings(args)
@@ -256,22 +254,8 @@ def _eval_images(args: argparse.Namespace) -> int:
         cols += ["bicubic_psnr", "bicubic_ssim", "delta_psnr"]
     print(f"model: {model.name}{' (self-ensemble)' if args.tta else ''}   data: {args.data}")
     print(format_table(rows, cols))
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=cols)
-            writer.writeheader()
-            writer.writerows(rows)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        # JSON has no infinity (identical images give PSNR inf): write null.
-        payload = {
-            "model": model.name,
-            "data": str(args.data),
-            "results": finite_or_none(rows),
-            "per_image": finite_or_none(per_image),
-        }
-        args.json.write_text(json.dumps(payload, indent=2))
+    header = {"model": model.name, "data": str(args.data)}
+    write_results(rows, cols, args.csv, args.json, header, per_image=per_image)
     if args.plot:
         _plot(rows, args.plot, model.name)
     return 0
