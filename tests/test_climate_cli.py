@@ -20,6 +20,7 @@ from metasr.checkpoints import (
     stats_metadata,
 )
 from metasr.cli import main
+from metasr.climate.model import coordinate_grid
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("netCDF4")
@@ -116,7 +117,7 @@ def test_model_round_trip_keeps_coordinates_attributes_and_nans(files, tmp_path,
     with torch.no_grad():
         z = torch.from_numpy(((filled - 280.0) / 2.0).astype(np.float32))[:, None]
         # The network places the target rows and columns by latitude/longitude.
-        coords = mc.model.coordinate_grid(mc.grid_of(src), grid)
+        coords = coordinate_grid(mc.grid_of(src), grid)
         ref = loaded.model(z, coords=coords)[:, 0].numpy() * 2.0 + 280.0
     np.testing.assert_allclose(api.values[keep], ref[keep], rtol=0, atol=1e-4)
 
