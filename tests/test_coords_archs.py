@@ -125,3 +125,19 @@ def test_model_downscaler_passes_coords() -> None:
     tiled = mc.ModelDownscaler(loaded, stats, tile=4)(fields, src, dst)
     assert "coords" not in seen[0]
     assert np.abs(out - tiled).max() > 1e-4
+
+
+def test_model_downscaler_official_arithmetic_keeps_size() -> None:
+    # arithmetic="official" is an index-ratio grid (coords are refused with it): size= is used.
+    torch.manual_seed(0)
+    net = MetaRDN(
+        in_channels=1, out_channels=1, G0=8, D=2, C=2, G=4, hidden=16, arithmetic="official"
+    ).eval()
+    seen: list[dict] = []
+    net.register_forward_pre_hook(lambda m, a, kw: seen.append(dict(kw)), with_kwargs=True)
+    loaded = LoadedModel(net, "tiny", "meta_rdn", in_channels=1, out_channels=1)
+    stats = FieldStats(("t2m",), ("K",), (280.0,), (2.0,), "13x8")
+    fields = 280.0 + np.random.default_rng(0).standard_normal((1, 13, 8))
+    out = mc.ModelDownscaler(loaded, stats)(fields, regular_grid(13, 8), regular_grid(26, 16))
+    assert out.shape == (1, 26, 16)
+    assert "coords" not in seen[0] and seen[0]["size"] == (26, 16)

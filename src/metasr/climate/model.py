@@ -8,7 +8,8 @@ physical field needs (statistics present, units, variable count, a finer target 
 A network whose ``forward`` takes ``coords`` (MetaRDN, MetaEDSR, MetaSwinIR) runs whole fields
 with ``coords=CoordinateGrid(src.lat, src.lon, dst.lat, dst.lon)``: output rows and columns are
 placed by latitude and longitude (an ERA5 target with pole rows gets its rows where they lie, not
-by index ratio). Tiled runs (``tile > 0``) and networks without ``coords`` run at
+by index ratio). Tiled runs (``tile > 0``), networks without ``coords`` and networks with the
+official code's arithmetic (``arithmetic="official"``) run at
 ``size=dst_grid.shape``, placed by index ratio as for images.
 """
 
@@ -147,8 +148,14 @@ class ModelDownscaler:
         """
         mean, std = self.stats.mean[0], self.stats.std[0]
         model = self.loaded.model
-        # Regions (tiles) are cut from an index-ratio request; coords run whole fields only.
-        coords = coordinate_grid(src, dst) if not self.tile and accepts_coords(model) else None
+        # Regions (tiles) are cut from an index-ratio request, and the official code's float32
+        # arithmetic is an index-ratio grid: coords run whole fields with exact arithmetic only.
+        by_coords = (
+            not self.tile
+            and accepts_coords(model)
+            and getattr(model, "arithmetic", "exact") == "exact"
+        )
+        coords = coordinate_grid(src, dst) if by_coords else None
         out = np.empty((filled.shape[0], *dst.shape), dtype=np.float64)
         for start in range(0, filled.shape[0], self.batch_size):
             z = ((filled[start : start + self.batch_size] - mean) / std).astype(np.float32)
