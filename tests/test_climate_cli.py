@@ -20,6 +20,7 @@ from metasr.checkpoints import (
     stats_metadata,
 )
 from metasr.cli import main
+from metasr.climate.model import coordinate_grid
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("netCDF4")
@@ -115,7 +116,9 @@ def test_model_round_trip_keeps_coordinates_attributes_and_nans(files, tmp_path,
     filled, valid = mc.fill_missing(src.values, mc.grid_of(src))
     with torch.no_grad():
         z = torch.from_numpy(((filled - 280.0) / 2.0).astype(np.float32))[:, None]
-        ref = loaded.model(z, size=(16, 32))[:, 0].numpy() * 2.0 + 280.0
+        # The network places the target rows and columns by latitude/longitude.
+        coords = coordinate_grid(mc.grid_of(src), grid)
+        ref = loaded.model(z, coords=coords)[:, 0].numpy() * 2.0 + 280.0
     np.testing.assert_allclose(api.values[keep], ref[keep], rtol=0, atol=1e-4)
 
 

@@ -1,7 +1,11 @@
 """Base classes of the Meta-SR networks (:class:`MetaSRNet`, :class:`MeanShiftMetaSRNet`),
 ``MeanShift`` and the argument checks they share.
 
-Every network has ``forward(x, scale=None, size=None, region=None)``. ``region`` (a
+Every network has ``forward(x, scale=None, size=None, region=None, coords=None)``. ``coords``
+(a :class:`metasr.geometry.CoordinateGrid`) places the output rows and columns by latitude and
+longitude instead of ``scale``/``size``: the network passes it to its Meta-Upscale head; its
+bicubic residual is the index-ratio bicubic upsampling to the target grid's shape (a smooth
+base the head corrects, not an interpolation at the coordinates). ``region`` (a
 :class:`metasr.geometry.Region`) makes it compute one part of a whole image's output from that
 part's LR window: the network passes it down to :func:`metasr.meta_upscale` and restricts its
 bicubic residual to it. Tiled inference (:mod:`metasr.tiling`) relies on that, and on
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import POS_ENCODINGS, Geometry, Region, build_geometry
+from ..geometry import POS_ENCODINGS, CoordinateGrid, Geometry, Region, build_geometry
 from ..modules import Pos2Weight
 from ..ops.meta_upscale import _autocast_dtype, meta_upscale
 from ..ops.meta_upscale._dispatch import select_backend
@@ -211,9 +215,14 @@ class MetaSRNet(nn.Module):
                 last.bias.mul_(0.1)
 
     def _check_call(
-        self, x: torch.Tensor, scale: object, size: object, region: Region | None
+        self,
+        x: torch.Tensor,
+        scale: object,
+        size: object,
+        region: Region | None,
+        coords: CoordinateGrid | None = None,
     ) -> None:
-        """Validate input, scale/size and region before the (expensive) backbone runs."""
+        """Validate input, scale/size/coords and region before the (expensive) backbone runs."""
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
@@ -224,6 +233,10 @@ class MetaSRNet(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+        if coords is not None and region is not None:
+            # Tiled inference cuts a whole image's index-ratio request; coordinate-placed
+            # regions are not supported yet.
+            raise ValueError("coords=... cannot be combined with region=...: run whole fields")
         if self.periodic_lon:
             self._check_periodic(x, region)
         mode = tracing_mode()
@@ -241,6 +254,8 @@ class MetaSRNet(nn.Module):
             pos_encoding=self.pos_encoding,
             arithmetic=self.arithmetic,
             region=region,
+            periodic_lon=self.periodic_lon,
+            coords=coords,
         )
         if region is not None and self.bicubic_residual:
             # Fails here, before the backbone, when the window lacks a bicubic tap.
@@ -285,7 +300,8 @@ class MetaSRNet(nn.Module):
     ) -> torch.Tensor:
         """``y`` plus the bicubic upsampling of ``x`` when ``bicubic_residual`` is on, else ``y``.
 
-        Without a region the upsampling is to ``y``'s size; with one it is the whole image's
+        Without a region the upsampling is to ``y``'s size (with ``coords`` too: the
+        index-ratio bicubic to the target grid's shape); with one it is the whole image's
         upsampling restricted to the region (:func:`~metasr.archs.bicubic.bicubic_upsample`).
 
         Shape:
@@ -338,8 +354,10 @@ class MeanShiftMetaSRNet(MetaSRNet):
         scale: float | tuple[float, float] | None = None,
         size: tuple[int, int] | None = None,
         region: Region | None = None,
+        coords: CoordinateGrid | None = None,
     ) -> torch.Tensor:
-        """Upscale ``x`` (values in ``[0, img_range]``) by ``scale`` or to ``size``.
+        """Upscale ``x`` (values in ``[0, img_range]``) by ``scale``, to ``size`` or onto
+        ``coords``' target grid.
 
         Args:
             x: ``(N, in_channels, h, w)``; with ``region``, the region's LR window.
@@ -347,11 +365,13 @@ class MeanShiftMetaSRNet(MetaSRNet):
             size: ``(H, W)`` instead of ``scale``.
             region: compute only this part of the whole image's output (tiled inference);
                 ``scale``/``size`` is then the whole image's request.
+            coords: place the output by latitude/longitude instead of ``scale``/``size``
+                (``x``'s grid is ``coords``' source grid); not with ``region``.
 
         Returns:
             ``(N, out_channels, H, W)``, or ``(N, out_channels, *region.out_shape)``.
         """
-        self._check_call(x, scale, size, region)
+        self._check_call(x, scale, size, region, coords)
         x = self.sub_mean(x)
         y = meta_upscale(
             self.forward_features(x),
@@ -362,6 +382,7 @@ class MeanShiftMetaSRNet(MetaSRNet):
             arithmetic=self.arithmetic,
             region=region,
             periodic_lon=self.periodic_lon,
+            coords=coords,
         )
         # The residual is added in the mean-shifted domain, so the mean is added back only once.
         return self.add_mean(self._add_bicubic(y, x, region))

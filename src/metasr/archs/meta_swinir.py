@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import Arithmetic, Region
+from ..geometry import Arithmetic, CoordinateGrid, Region
 from ..modules import MetaUpsample, Pos2Weight
 from ._registry import register_model
 from .base import MetaSRNet, check_positive_float, check_positive_int, resolve_mean
@@ -332,8 +332,10 @@ class MetaSwinIR(MetaSRNet):
         scale: float | tuple[float, float] | None = None,
         size: tuple[int, int] | None = None,
         region: Region | None = None,
+        coords: CoordinateGrid | None = None,
     ) -> torch.Tensor:
-        """Upscale ``x`` (values in ``[0, 1]``) by ``scale`` or to ``size``.
+        """Upscale ``x`` (values in ``[0, 1]``) by ``scale``, to ``size`` or onto ``coords``'
+        target grid.
 
         Args:
             x: ``(N, in_chans, h, w)``, any ``h, w``; with ``region``, the region's LR window
@@ -342,12 +344,17 @@ class MetaSwinIR(MetaSRNet):
             size: ``(H, W)`` instead of ``scale``.
             region: compute only this part of the whole image's output (tiled inference);
                 ``scale``/``size`` is then the whole image's request.
+            coords: place the output by latitude/longitude instead of ``scale``/``size``
+                (``x``'s grid is ``coords``' source grid); not with ``region``. The bicubic
+                residual is then the index-ratio bicubic to the target grid's shape.
 
         Returns:
             ``(N, out_chans, H, W)``, or ``(N, out_chans, *region.out_shape)``.
         """
-        self._check_call(x, scale, size, region)
-        y = self.upsample(self.head_features(x), scale=scale, size=size, region=region)
+        self._check_call(x, scale, size, region, coords)
+        y = self.upsample(
+            self.head_features(x), scale=scale, size=size, region=region, coords=coords
+        )
         y = self._add_bicubic(y, self._normalize(x), region)
         return y / self.img_range + self.out_mean.to(y.dtype)
 

@@ -5,21 +5,26 @@ dst_grid)``), so it plugs into :func:`~metasr.climate.io.downscale` (fill-and-re
 history) like any other function; :func:`downscale_with_model` is that call with the checks a
 physical field needs (statistics present, units, variable count, a finer target grid).
 
-The network runs at ``size=dst_grid.shape``: output rows and columns are placed by index ratio,
-as for images. The grids are handed to :meth:`ModelDownscaler.__call__` already, so the
-coordinate-aware geometry and periodic longitude of a later release (issue 12, parts 1–2) will
-be passed to the network from there, without changing this API.
+A network whose ``forward`` takes ``coords`` (MetaRDN, MetaEDSR, MetaSwinIR) runs whole fields
+with ``coords=CoordinateGrid(src.lat, src.lon, dst.lat, dst.lon)``: output rows and columns are
+placed by latitude and longitude (an ERA5 target with pole rows gets its rows where they lie, not
+by index ratio). Tiled runs (``tile > 0``), networks without ``coords`` and networks with the
+official code's arithmetic (``arithmetic="official"``) run at
+``size=dst_grid.shape``, placed by index ratio as for images.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from ..checkpoints import FieldStats, LoadedModel, checkpoint_stats
+from ..geometry import CoordinateGrid
 from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP
 from .grids import Grid
@@ -28,7 +33,14 @@ from .stats import check_units
 if TYPE_CHECKING:
     import xarray as xr
 
-__all__ = ["ModelDownscaler", "check_finer", "downscale_with_model", "model_stats"]
+__all__ = [
+    "ModelDownscaler",
+    "accepts_coords",
+    "check_finer",
+    "coordinate_grid",
+    "downscale_with_model",
+    "model_stats",
+]
 
 
 def model_stats(loaded: LoadedModel, stats: FieldStats | None = None) -> FieldStats:
@@ -70,6 +82,26 @@ def check_finer(src: Grid, dst: Grid) -> None:
         )
 
 
+def accepts_coords(model: torch.nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``coords=`` (a :class:`~metasr.geometry.CoordinateGrid`)."""
+    try:
+        return "coords" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature (a C++ extension)
+        return False
+
+
+def coordinate_grid(src: Grid, dst: Grid) -> CoordinateGrid:
+    """The :class:`~metasr.geometry.CoordinateGrid` from ``src`` to ``dst``; longitude wraps
+    when the source grid is periodic (global)."""
+    return CoordinateGrid(
+        tuple(src.lat.tolist()),
+        tuple(src.lon.tolist()),
+        tuple(dst.lat.tolist()),
+        tuple(dst.lon.tolist()),
+        wrap_lon=src.periodic,
+    )
+
+
 class ModelDownscaler:
     """A network as a :data:`~metasr.climate.io.Downscaler`.
 
@@ -108,25 +140,38 @@ class ModelDownscaler:
         Args:
             filled: ``(N, h, w)`` finite values on ``src``, in the statistics' units.
             src: source grid.
-            dst: target grid (the network runs at ``size=dst.shape``).
+            dst: target grid (the network runs with ``coords`` from ``src`` to ``dst`` when it
+                takes them and the fields are whole, else at ``size=dst.shape``).
 
         Returns:
             ``(N, H, W)`` float64 on ``dst``.
         """
         mean, std = self.stats.mean[0], self.stats.std[0]
+        model = self.loaded.model
+        # Regions (tiles) are cut from an index-ratio request, and the official code's float32
+        # arithmetic is an index-ratio grid: coords run whole fields with exact arithmetic only.
+        by_coords = (
+            not self.tile
+            and accepts_coords(model)
+            and getattr(model, "arithmetic", "exact") == "exact"
+        )
+        coords = coordinate_grid(src, dst) if by_coords else None
         out = np.empty((filled.shape[0], *dst.shape), dtype=np.float64)
         for start in range(0, filled.shape[0], self.batch_size):
-            z = (filled[start : start + self.batch_size] - mean) / std
+            z = ((filled[start : start + self.batch_size] - mean) / std).astype(np.float32)
             # (B, h, w) go through a 1-channel model as one batch of B one-channel fields.
-            y = upscale_array(
-                self.loaded,
-                z.astype(np.float32),
-                size=dst.shape,
-                kind="field",
-                tile=self.tile,
-                overlap=self.overlap,
-                progress=self.progress,
-            )
+            if coords is None:
+                y = upscale_array(
+                    self.loaded,
+                    z,
+                    size=dst.shape,
+                    kind="field",
+                    tile=self.tile,
+                    overlap=self.overlap,
+                    progress=self.progress,
+                )
+            else:
+                y = self._run_coords(z, coords)
             out[start : start + y.shape[0]] = y.astype(np.float64) * std + mean
         if not np.all(np.isfinite(out)):
             raise ValueError(
@@ -134,6 +179,18 @@ class ModelDownscaler:
                 "statistics that do not fit the field?)"
             )
         return out
+
+    def _run_coords(self, z: np.ndarray, coords: CoordinateGrid) -> np.ndarray:
+        """The model on ``z`` ``(B, h, w)`` with ``coords``: ``(B, H, W)`` float32.
+
+        The network checks the head's memory before its backbone runs (as with ``size=``).
+        """
+        model = self.loaded.model
+        p = next(model.parameters())  # the device and dtype the model runs in
+        x = torch.from_numpy(np.ascontiguousarray(z))[:, None].to(device=p.device, dtype=p.dtype)
+        with torch.inference_mode():
+            y = model(x, coords=coords)
+        return y[:, 0].float().cpu().numpy()
 
 
 def downscale_with_model(
