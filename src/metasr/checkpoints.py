@@ -90,7 +90,8 @@ class LoadedModel:
     """A model ready for inference and what is needed to feed it.
 
     Attributes:
-        model: the network, in eval mode, ``forward(x, scale=None, size=None)``.
+        model: the network, in eval mode,
+            ``forward(x, scale=None, size=None, region=None, coords=None)``.
         name: what was asked for (``"default"``, a path or a registry name).
         arch: registry name of the architecture (``"official"`` for the Meta-SR checkpoint).
         kwargs: constructor arguments.
