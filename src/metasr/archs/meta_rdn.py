@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._state_dict import clean_state_dict
+from .._state_dict import clean_state_dict, describe_mismatch
 from ..geometry import Arithmetic
 from ..modules import Pos2Weight
 from ._registry import register_model
@@ -245,25 +245,11 @@ def load_official_metardn(
         if key in kwargs:
             raise ValueError(f"load_official_metardn: {key!r} is fixed by the checkpoint")
     model = MetaRDN(**config, pos_encoding="official", **kwargs)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    mismatched = [
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if mismatched:
-            parts.append(f"shape mismatches {mismatched[:8]}")
+    mismatch = describe_mismatch(model.state_dict(), sd)
+    if mismatch is not None:
         raise ValueError(
             f"checkpoint does not match MetaRDN(G0={config['G0']}, D={config['D']}, "
-            f"C={config['C']}, G={config['G']}): " + "; ".join(parts)
+            f"C={config['C']}, G={config['G']}): {mismatch}"
         )
     model.load_state_dict(sd, strict=True)
     return model
