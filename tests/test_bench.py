@@ -20,7 +20,7 @@ def tiny_config(monkeypatch):
 
 
 def test_worker_measures_every_backend(tiny_config):
-    for backend in ("im2col", "torch", "torch:features_first", "naive"):
+    for backend in ("im2col", "torch", "torch:features_first", "naive", "compiled:torch"):
         for mode in ("fwd", "fwdbwd"):
             spec = {
                 "config": "tiny",
@@ -85,6 +85,7 @@ def test_cli_bench_subprocess_and_outputs(tmp_path, capsys):
     [
         ["bench", "--config", "nope"],
         ["bench", "--backends", "magic"],
+        ["bench", "--backends", "compiled:magic"],
         ["bench", "--device", "tpu"],
         ["bench", "--dtype", "int8"],
         ["bench", "--timeout", "-1"],
@@ -126,3 +127,11 @@ def test_worker_peak_memory_reflects_the_allocation():
     weights_mib = 128 * 128 * 9 * 16 * 3 * 4 / 2**20
     assert peaks["im2col"] >= 0.9 * weights_mib, peaks
     assert peaks["torch"] < peaks["im2col"] / 3, peaks
+
+
+def test_known_variants():
+    names = ("naive", "im2col", "torch")
+    assert bench.is_known_variant("compiled:torch", names)
+    assert bench.is_known_variant("torch:per_phase", names)
+    assert not bench.is_known_variant("compiled:torch:per_phase", names)
+    assert not bench.is_known_variant("compiled:", names)

@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,6 +66,19 @@ CONFIGS: dict[str, BenchConfig] = {
 
 #: Benchmark-only variants of the torch backend with its evaluation order forced.
 TORCH_ORDERS = {"torch:features_first": "features_first", "torch:per_phase": "per_phase"}
+
+#: Prefix of a benchmark-only variant that runs a backend through ``torch.compile`` (the
+#: ``metasr::meta_upscale`` custom op): ``compiled:torch`` next to ``torch`` gives compiled vs
+#: eager in one run. The warm-up run holds the compilation.
+COMPILED_PREFIX = "compiled:"
+
+
+def is_known_variant(name: str, backends: Iterable[str]) -> bool:
+    """Whether ``name`` is a backend, a :data:`TORCH_ORDERS` variant or ``compiled:<backend>``."""
+    known = set(backends)
+    if name.startswith(COMPILED_PREFIX):
+        return name[len(COMPILED_PREFIX) :] in known
+    return name in known or name in TORCH_ORDERS
 
 
 @dataclass
@@ -137,13 +151,21 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     geom = build_geometry(x.shape[2], x.shape[3], **cfg.call)
     dy = torch.randn(cfg.x_shape[0], cfg.out_channels, geom.H, geom.W, device=device, dtype=dtype)
 
+    def eager_op(inp: torch.Tensor) -> torch.Tensor:
+        return metasr.meta_upscale(inp, phi, backend=op_backend, **cfg.call)
+
+    op_backend = backend.removeprefix(COMPILED_PREFIX)
+    op = (
+        torch.compile(eager_op, fullgraph=True) if backend.startswith(COMPILED_PREFIX) else eager_op
+    )
+
     def step() -> None:
         with torch.set_grad_enabled(train):
             if backend in TORCH_ORDERS:
                 params = MLPParams.from_module(phi, dtype)
                 y = meta_upscale_torch(x, params, geom, order=TORCH_ORDERS[backend])
             else:
-                y = metasr.meta_upscale(x, phi, backend=backend, **cfg.call)
+                y = op(x)
             if train:
                 y.backward(dy)
                 x.grad = None

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--backends",
         default=None,
         help="comma-separated backends (default: im2col,torch,torch:features_first "
-        "and triton on CUDA)",
+        "and triton on CUDA); compiled:NAME runs NAME through torch.compile",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16,float16")
@@ -48,7 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import CONFIGS, TORCH_ORDERS, format_table, plot, run_benchmarks, write_csv
+    from ..bench import (
+        CONFIGS,
+        TORCH_ORDERS,
+        format_table,
+        is_known_variant,
+        plot,
+        run_benchmarks,
+        write_csv,
+    )
     from ..ops.meta_upscale._dispatch import BACKENDS
 
     configs = list(CONFIGS) if args.config == "all" else args.config.split(",")
@@ -62,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
         if args.device.startswith("cuda"):
             backends.append("triton")
     for b in backends:
-        if b not in BACKENDS and b not in TORCH_ORDERS:
+        if not is_known_variant(b, BACKENDS):
             raise CLIError(
                 f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}, "
-                f"{', '.join(TORCH_ORDERS)}"
+                f"{', '.join(TORCH_ORDERS)}, or compiled:NAME"
             )
     if args.device.startswith("cuda"):
         import torch
