@@ -137,3 +137,19 @@ def test_changing_input_sizes_share_a_dynamic_graph():
             req = request if "scale" in request else {"size": (2 * h + 1, 3 * w)}
             torch.testing.assert_close(compiled(x, **req), up(x, **req))
         assert counters["stats"]["unique_graphs"] <= 2
+
+
+def test_inductor_training_step_on_the_features_first_path():
+    # Inductor checks the strides the fake kernels promise. The features-first order returns
+    # dx channels-last; before the backward op restored x's layout, this step failed with
+    # "expected ... stride" (found by `metasr bench --backends compiled:torch`, seed-t2m).
+    torch.manual_seed(0)
+    up = MetaUpsample(4, 2, hidden=8, backend="torch")
+    x = torch.randn(1, 4, 5, 7, requires_grad=True)
+    compiled = torch.compile(up, fullgraph=True)
+    y, y_ref = compiled(x, size=(23, 31)), up(x, size=(23, 31))
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, [x], g)
+    (dx_ref,) = torch.autograd.grad(y_ref, [x], g)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-5)

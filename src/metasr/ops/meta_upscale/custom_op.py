@@ -212,7 +212,8 @@ def _meta_upscale_op(
             f"meta_upscale: traced output size {out_height}x{out_width} differs from the "
             f"geometry's {y.shape[2]}x{y.shape[3]}"
         )
-    return y
+    # The fake kernel promises a contiguous output (new_empty); keep that promise.
+    return y.contiguous()
 
 
 @_meta_upscale_op.register_fake
@@ -283,8 +284,19 @@ def _meta_upscale_backward_op(
         wanted = [t for t in leaves if t.requires_grad]
         grads = iter(torch.autograd.grad(y, wanted, grad) if wanted else ())
     return [
-        next(grads) if n else torch.zeros_like(t) for t, n in zip(inputs, needs_grad, strict=True)
+        _laid_out_like(next(grads), t) if n else torch.zeros_like(t)
+        for t, n in zip(inputs, needs_grad, strict=True)
     ]
+
+
+def _laid_out_like(g: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``g`` with ``t``'s strides, as the fake kernel (``empty_like(t)``) promises.
+
+    The backends may return a gradient in another memory layout (the features-first path gives
+    ``dx`` channels-last); compiled code trusts the fake kernel's strides, so a mismatch fails
+    there (seen: a compiled training step at 96x144 -> 721x1440).
+    """
+    return g if g.stride() == t.stride() else torch.empty_like(t).copy_(g)
 
 
 @_meta_upscale_backward_op.register_fake
