@@ -135,3 +135,10 @@ def test_known_variants():
     assert bench.is_known_variant("torch:per_phase", names)
     assert not bench.is_known_variant("compiled:torch:per_phase", names)
     assert not bench.is_known_variant("compiled:", names)
+
+
+def test_memory_ratio_reads_both_ways():
+    # A backend that needs more memory than the baseline was shown as "1/0".
+    assert bench._fmt_memory_ratio(34, 2352) == "1/69"
+    assert bench._fmt_memory_ratio(88, 34) == "2.6×"
+    assert bench._fmt_memory_ratio(0, 34) == ""

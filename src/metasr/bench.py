@@ -351,13 +351,22 @@ def format_table(report: dict[str, Any], baseline: str = "im2col") -> str:
         speed = mem = ""
         if b is not None and r is not b:
             speed = f"{b['median_ms'] / r['median_ms']:.1f}×"
-            mem = f"1/{b['peak_mib'] / max(r['peak_mib'], 1e-3):.0f}"
+            mem = _fmt_memory_ratio(r["peak_mib"], b["peak_mib"])
         out.append(
             f"| {r['config']} | {r['mode']} | {r['dtype']} | {r['backend']} | "
             f"{_fmt_ms(r['median_ms'])} (n={r['runs']}) | {r['peak_mib']:.0f} MiB | "
             f"{speed} | {mem} |"
         )
     return "\n".join(out)
+
+
+def _fmt_memory_ratio(peak_mib: float, base_mib: float) -> str:
+    """``1/N`` when ``peak_mib`` is N times smaller than the baseline's, ``N×`` when larger."""
+    if peak_mib <= 0 or base_mib <= 0:
+        return ""
+    if peak_mib <= base_mib:
+        return f"1/{base_mib / peak_mib:.0f}"
+    return f"{peak_mib / base_mib:.1f}×"
 
 
 def _fmt_ms(ms: float) -> str:
