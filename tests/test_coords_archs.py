@@ -87,7 +87,7 @@ def test_coords_pole_rows_follow_latitude(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_coords_refused_with_scale_size_region(name: str) -> None:
+def test_coords_refused_with_scale_size(name: str) -> None:
     net = _net(name)
     x = torch.rand(1, 3, 6, 8)
     c = _ratio_grid(6, 8, 12, 16)
@@ -97,9 +97,11 @@ def test_coords_refused_with_scale_size_region(name: str) -> None:
         net(x, size=(12, 16), coords=c)
     from metasr.geometry import Region
 
+    # A region of a coordinate request is a block of it (tiled inference: test_coords_tiling).
     region = Region((6, 8), (12, 16), (0, 6), (0, 8), (0, 12), (0, 16))
-    with pytest.raises(ValueError, match="region"):
-        net(x, coords=c, region=region)
+    with torch.no_grad():
+        y = net(x, coords=c, region=region)
+        torch.testing.assert_close(y, net(x, coords=c), rtol=1e-4, atol=1e-4)  # float32
     with pytest.raises(ValueError, match="source grid"):
         net(torch.rand(1, 3, 5, 8), coords=c)
 
@@ -120,11 +122,15 @@ def test_model_downscaler_passes_coords() -> None:
     c = seen[0]["coords"]
     assert isinstance(c, CoordinateGrid) and c.wrap_lon is src.periodic
     assert np.allclose(c.dst_lat, dst.lat) and np.allclose(c.src_lon, src.lon)
-    # The same model through the index-ratio path gives another field (the rows move).
+    # Tiled runs keep the coordinates (each tile gets them and its region).
     seen.clear()
     tiled = mc.ModelDownscaler(loaded, stats, tile=4)(fields, src, dst)
-    assert "coords" not in seen[0]
-    assert np.abs(out - tiled).max() > 1e-4
+    assert seen[0]["coords"] == c and seen[0]["region"] is not None
+    np.testing.assert_allclose(tiled, out, rtol=0, atol=1e-4)
+    # The same model through the index-ratio path gives another field (the rows move).
+    with torch.no_grad():
+        by_size = net(torch.from_numpy(((fields - 280.0) / 2.0)[:, None]).float(), size=(25, 16))
+    assert np.abs(out - (by_size[:, 0].numpy() * 2.0 + 280.0)).max() > 1e-4
 
 
 def test_model_downscaler_official_arithmetic_keeps_size() -> None:

@@ -28,6 +28,19 @@ its effective attention window) and how much context a region needs at least
 A network periodic in longitude (``model.periodic_lon``) wraps its convolutions, windows and
 residual around the width, so every column can depend on every other: its tiles are bands of
 rows spanning the whole width, and ``tile`` bounds the rows only.
+
+Coordinate-placed requests (``coords=``, a :class:`metasr.geometry.CoordinateGrid`) are tiled
+the same way on the coordinate geometry (:func:`metasr.geometry.build_geometry_from_coords`):
+each output row goes to the tile whose core holds its LR row by latitude. Two things differ
+from ``scale``/``size``:
+
+* the bicubic residual of such a network is the index-ratio bicubic to the target's shape,
+  whose taps can sit up to about one LR row away from the coordinate row (96 → 721 rows with
+  pole rows), so a tile's window also covers the index-ratio rows of its outputs
+  (:func:`plan_axis`'s ``also``);
+* a target in another order than the source (latitudes running the other way, longitudes
+  starting elsewhere on the circle) is tiled in the source's order and the assembled output
+  put back in the target's order (a region cannot carry the permutation).
 """
 
 from __future__ import annotations
@@ -39,13 +52,20 @@ import numpy as np
 import torch
 
 from .archs.base import MetaSRNet
-from .geometry import Geometry, Region, build_geometry
+from .geometry import (
+    CoordinateGrid,
+    Geometry,
+    Region,
+    build_geometry,
+    build_geometry_from_coords,
+)
 
 __all__ = [
     "DEFAULT_OVERLAP",
     "AxisTile",
     "plan_axis",
     "plan_tiles",
+    "source_ordered_coords",
     "tile_geometry",
     "tile_region",
     "upscale",
@@ -75,7 +95,12 @@ class AxisTile:
 
 
 def plan_axis(
-    lr_index: np.ndarray, n_in: int, tile: int, overlap: int, align: int = 1
+    lr_index: np.ndarray,
+    n_in: int,
+    tile: int,
+    overlap: int,
+    align: int = 1,
+    also: np.ndarray | None = None,
 ) -> list[AxisTile]:
     """Split one axis into tiles.
 
@@ -88,6 +113,9 @@ def plan_axis(
         align: the start of each tile's input is moved down to a multiple of ``align``, so that
             a model with window attention (its ``tile_alignment``) partitions a tile as it
             partitions the whole image.
+        also: ``(n_out,)`` int64, another LR index each output reads around (the index-ratio
+            row of a coordinate-placed network's bicubic residual); a tile's input then spans
+            ``overlap`` rows beyond the core and beyond these indices of its outputs.
 
     Returns:
         Tiles in order; their cores partition the LR rows that own outputs and their outputs
@@ -106,10 +134,14 @@ def plan_axis(
         core_hi = min(core_lo + tile, n_in)
         out_lo, out_hi = np.searchsorted(lr_index, [core_lo, core_hi], side="left")
         if out_hi > out_lo:
+            lo, hi = core_lo, core_hi
+            if also is not None:
+                lo = min(lo, int(also[out_lo:out_hi].min()))
+                hi = max(hi, int(also[out_lo:out_hi].max()) + 1)
             tiles.append(
                 AxisTile(
-                    in_lo=max(core_lo - overlap, 0) // align * align,
-                    in_hi=min(core_hi + overlap, n_in),
+                    in_lo=max(lo - overlap, 0) // align * align,
+                    in_hi=min(hi + overlap, n_in),
                     core_lo=core_lo,
                     core_hi=core_hi,
                     out_lo=int(out_lo),
@@ -120,7 +152,7 @@ def plan_axis(
 
 
 def plan_tiles(
-    model: MetaSRNet, geom: Geometry, tile: int, overlap: int
+    model: MetaSRNet, geom: Geometry, tile: int, overlap: int, by_coords: bool = False
 ) -> tuple[list[AxisTile], list[AxisTile]]:
     """Row and column tiles of ``geom`` for ``model``: :func:`plan_axis` on each axis with the
     model's :attr:`~metasr.archs.base.MetaSRNet.tile_alignment`, and ``overlap`` raised to its
@@ -129,16 +161,55 @@ def plan_tiles(
     A model with ``periodic_lon`` wraps around the width, so its columns are one full-width
     tile and only the rows are cut.
 
+    Args:
+        by_coords: ``geom`` is a coordinate geometry (in the source's order): the windows also
+            hold the taps of the model's index-ratio bicubic residual, when it has one.
+
     Returns:
         ``(row_tiles, col_tiles)``; the tiles are their product.
     """
     overlap = overlap if overlap < 0 else max(overlap, model.min_tile_overlap)
-    rows = plan_axis(geom.row_idx, geom.h, tile, overlap, model.tile_alignment)
+    also_rows = also_cols = None
+    if by_coords and model.bicubic_residual:
+        ratio = build_geometry(geom.h, geom.w, size=(geom.H, geom.W))
+        also_rows, also_cols = ratio.row_idx, ratio.col_idx
+    rows = plan_axis(geom.row_idx, geom.h, tile, overlap, model.tile_alignment, also_rows)
     if model.periodic_lon:
         cols = [AxisTile(0, geom.w, 0, geom.w, 0, geom.W)]
     else:
-        cols = plan_axis(geom.col_idx, geom.w, tile, overlap, model.tile_alignment)
+        cols = plan_axis(geom.col_idx, geom.w, tile, overlap, model.tile_alignment, also_cols)
     return rows, cols
+
+
+def _inverse(order: np.ndarray) -> np.ndarray:
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order))
+    return inv
+
+
+def source_ordered_coords(
+    coords: CoordinateGrid, periodic_lon: bool = False
+) -> tuple[CoordinateGrid, np.ndarray | None, np.ndarray | None]:
+    """``coords`` with the target rows and columns in the source's order, and the way back.
+
+    A region cannot cut a geometry whose target is reordered (:meth:`Geometry.cut`), so tiles
+    are run on this grid, whose geometry has the same rows and columns sorted by LR index.
+
+    Returns:
+        ``(sorted_coords, row_order, col_order)``: row ``i`` of the requested output is row
+        ``row_order[i]`` of the output on ``sorted_coords`` (``None``: already in order; the
+        columns likewise).
+    """
+    geom = build_geometry_from_coords(coords, periodic_lon=periodic_lon)
+    if geom.row_order is None and geom.col_order is None:
+        return coords, None, None
+    lat, lon = np.asarray(coords.dst_lat), np.asarray(coords.dst_lon)
+    if geom.row_order is not None:
+        lat = lat[_inverse(geom.row_order)]
+    if geom.col_order is not None:
+        lon = lon[_inverse(geom.col_order)]
+    ordered = CoordinateGrid(coords.src_lat, coords.src_lon, lat, lon, wrap_lon=coords.wrap_lon)
+    return ordered, geom.row_order, geom.col_order
 
 
 def tile_region(geom: Geometry, rows: AxisTile, cols: AxisTile) -> Region:
@@ -172,19 +243,23 @@ def upscale(
     tile: int = 0,
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
+    coords: CoordinateGrid | None = None,
 ) -> torch.Tensor:
     """Upscale ``x`` with ``model``, whole (``tile=0``) or in tiles of ``tile`` LR pixels.
 
     Args:
         model: a metasr network in eval mode; tiling needs a
-            :class:`~metasr.archs.base.MetaSRNet` (``forward(x, scale, size, region)``).
+            :class:`~metasr.archs.base.MetaSRNet` (``forward(x, scale, size, region, coords)``).
         x: ``(N, C, h, w)``, on the model's device and in its dtype.
-        scale: a number or ``(r_v, r_h)``; or ``size=(H, W)``.
+        scale: a number or ``(r_v, r_h)``; or ``size=(H, W)``; or ``coords``.
         tile: core size of a tile in LR pixels; 0 (or ≥ the input) runs the whole input at once.
             For a model with ``periodic_lon`` only the rows are cut (full-width bands).
         overlap: LR pixels of context on each side of a tile's core (raised to the model's
             ``min_tile_overlap`` when smaller).
         progress: show a tqdm bar over the tiles (when there are several).
+        coords: place the output by latitude/longitude (``x``'s grid is the source grid) instead
+            of ``scale``/``size``; tiled, every tile runs with ``coords`` and its region of the
+            coordinate geometry.
 
     Returns:
         ``(N, Cout, H, W)``: the whole-image result on ``x``'s device; the tiled result as
@@ -196,16 +271,29 @@ def upscale(
     h, w = x.shape[-2:]
     # A periodic model's columns wrap, so it is cut into full-width bands of rows only.
     periodic = bool(getattr(model, "periodic_lon", False))
+    request = {"scale": scale, "size": size} if coords is None else {"coords": coords}
     if not tile or (tile >= h and (periodic or tile >= w)):
-        return model(x, scale=scale, size=size)
+        return model(x, **request)
     if not isinstance(model, MetaSRNet):
         raise ValueError(
             f"tiling needs a metasr network (a MetaSRNet, whose forward takes region=), got "
             f"{type(model).__name__}; run without tiles"
         )
-    # Only the index maps matter for planning; the encoding is irrelevant to them.
-    geom = build_geometry(h, w, scale=scale, size=size, arithmetic=model.arithmetic)
-    row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap)
+    row_order = col_order = None
+    if coords is None:
+        # Only the index maps matter for planning; the encoding is irrelevant to them.
+        geom = build_geometry(h, w, scale=scale, size=size, arithmetic=model.arithmetic)
+    else:
+        if scale is not None or size is not None:
+            raise ValueError("give either coords=... or scale=/size=, not both")
+        coords, row_order, col_order = source_ordered_coords(coords, model.periodic_lon)
+        request = {"coords": coords}
+        geom = build_geometry_from_coords(coords, periodic_lon=model.periodic_lon)
+        if (h, w) != (geom.h, geom.w):
+            raise ValueError(
+                f"the input is {h}x{w} but the source grid of coords is {geom.h}x{geom.w}"
+            )
+    row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap, by_coords=coords is not None)
     jobs = [(rt, ct) for rt in row_tiles for ct in col_tiles]
     if progress and len(jobs) > 1:
         from tqdm.auto import tqdm
@@ -215,7 +303,7 @@ def upscale(
     for rt, ct in jobs:
         region = tile_region(geom, rt, ct)
         xt = x[..., rt.in_lo : rt.in_hi, ct.in_lo : ct.in_hi]
-        yt = model(xt, scale=scale, size=size, region=region)
+        yt = model(xt, **request, region=region)
         if tuple(yt.shape[-2:]) != region.out_shape:
             raise ValueError(
                 f"tiling: {type(model).__name__} gave a {tuple(yt.shape[-2:])} tile instead of "
@@ -225,4 +313,8 @@ def upscale(
             out = torch.empty((x.shape[0], yt.shape[1], geom.H, geom.W), dtype=torch.float32)
         out[..., rt.out_lo : rt.out_hi, ct.out_lo : ct.out_hi] = yt.float().cpu()
     assert out is not None  # plan_axis covers every output row and column
+    if row_order is not None:
+        out = out[..., torch.from_numpy(row_order), :]
+    if col_order is not None:
+        out = out[..., torch.from_numpy(col_order)]
     return out

@@ -5,7 +5,9 @@ Every network has ``forward(x, scale=None, size=None, region=None, coords=None)`
 (a :class:`metasr.geometry.CoordinateGrid`) places the output rows and columns by latitude and
 longitude instead of ``scale``/``size``: the network passes it to its Meta-Upscale head; its
 bicubic residual is the index-ratio bicubic upsampling to the target grid's shape (a smooth
-base the head corrects, not an interpolation at the coordinates). ``region`` (a
+base the head corrects, not an interpolation at the coordinates), in the target's row and
+column order. ``coords`` and ``region`` combine (tiled coordinate-placed inference), as long as
+the target is in the source's order (:meth:`metasr.geometry.Geometry.cut`). ``region`` (a
 :class:`metasr.geometry.Region`) makes it compute one part of a whole image's output from that
 part's LR window: the network passes it down to :func:`metasr.meta_upscale` and restricts its
 bicubic residual to it. Tiled inference (:mod:`metasr.tiling`) relies on that, and on
@@ -27,12 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import POS_ENCODINGS, CoordinateGrid, Geometry, Region, build_geometry
+from ..geometry import (
+    POS_ENCODINGS,
+    CoordinateGrid,
+    Geometry,
+    Region,
+    build_geometry,
+    build_geometry_from_coords,
+)
 from ..modules import Pos2Weight
 from ..ops.meta_upscale import _autocast_dtype, meta_upscale
 from ..ops.meta_upscale._dispatch import select_backend
 from ..ops.meta_upscale._tracing import tracing_mode
 from ..ops.meta_upscale.params import MLPParams
+from ..ops.meta_upscale.tables import restore_order
 from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
 from .periodic import wrap_longitude
 
@@ -233,10 +243,6 @@ class MetaSRNet(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-        if coords is not None and region is not None:
-            # Tiled inference cuts a whole image's index-ratio request; coordinate-placed
-            # regions are not supported yet.
-            raise ValueError("coords=... cannot be combined with region=...: run whole fields")
         if self.periodic_lon:
             self._check_periodic(x, region)
         mode = tracing_mode()
@@ -296,13 +302,20 @@ class MetaSRNet(nn.Module):
         select_backend(getattr(self, "backend", "auto"), probe, params, geom, extra_bytes=extra)
 
     def _add_bicubic(
-        self, y: torch.Tensor, x: torch.Tensor, region: Region | None = None
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        region: Region | None = None,
+        coords: CoordinateGrid | None = None,
     ) -> torch.Tensor:
         """``y`` plus the bicubic upsampling of ``x`` when ``bicubic_residual`` is on, else ``y``.
 
         Without a region the upsampling is to ``y``'s size (with ``coords`` too: the
-        index-ratio bicubic to the target grid's shape); with one it is the whole image's
-        upsampling restricted to the region (:func:`~metasr.archs.bicubic.bicubic_upsample`).
+        index-ratio bicubic to the target grid's shape, in the source's row and column order,
+        then put in the target's order as the head's output is, so that a target running the
+        other way or starting elsewhere on the circle gets its residual at the same latitude and
+        longitude); with one it is the whole image's upsampling restricted to the region
+        (:func:`~metasr.archs.bicubic.bicubic_upsample`).
 
         Shape:
             y: ``(N, Cout, H, W)``, x: ``(N, Cin, h, w)`` with ``Cin == Cout``.
@@ -311,6 +324,11 @@ class MetaSRNet(nn.Module):
             return y
         if region is None:
             up = bicubic_upsample(x, size=tuple(y.shape[-2:]), periodic_lon=self.periodic_lon)
+            if coords is not None:
+                # Same permutation as the head's (a region never carries one: Geometry.cut).
+                up = restore_order(
+                    up, build_geometry_from_coords(coords, self.pos_encoding, self.periodic_lon)
+                )
         else:
             up = bicubic_upsample(x, region=region, periodic_lon=self.periodic_lon)
         return y + up.to(y.dtype)
@@ -366,7 +384,8 @@ class MeanShiftMetaSRNet(MetaSRNet):
             region: compute only this part of the whole image's output (tiled inference);
                 ``scale``/``size`` is then the whole image's request.
             coords: place the output by latitude/longitude instead of ``scale``/``size``
-                (``x``'s grid is ``coords``' source grid); not with ``region``.
+                (``x``'s grid is ``coords``' source grid; with ``region``, the target must be in
+                the source's order).
 
         Returns:
             ``(N, out_channels, H, W)``, or ``(N, out_channels, *region.out_shape)``.
@@ -385,4 +404,4 @@ class MeanShiftMetaSRNet(MetaSRNet):
             coords=coords,
         )
         # The residual is added in the mean-shifted domain, so the mean is added back only once.
-        return self.add_mean(self._add_bicubic(y, x, region))
+        return self.add_mean(self._add_bicubic(y, x, region, coords))

@@ -345,8 +345,9 @@ class MetaSwinIR(MetaSRNet):
             region: compute only this part of the whole image's output (tiled inference);
                 ``scale``/``size`` is then the whole image's request.
             coords: place the output by latitude/longitude instead of ``scale``/``size``
-                (``x``'s grid is ``coords``' source grid); not with ``region``. The bicubic
-                residual is then the index-ratio bicubic to the target grid's shape.
+                (``x``'s grid is ``coords``' source grid; with ``region``, the target must be in
+                the source's order). The bicubic residual is then the index-ratio bicubic to
+                the target grid's shape, in the target's order.
 
         Returns:
             ``(N, out_chans, H, W)``, or ``(N, out_chans, *region.out_shape)``.
@@ -355,7 +356,7 @@ class MetaSwinIR(MetaSRNet):
         y = self.upsample(
             self.head_features(x), scale=scale, size=size, region=region, coords=coords
         )
-        y = self._add_bicubic(y, self._normalize(x), region)
+        y = self._add_bicubic(y, self._normalize(x), region, coords)
         return y / self.img_range + self.out_mean.to(y.dtype)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,10 @@ physical field needs (statistics present, units, variable count, a finer target 
 A network whose ``forward`` takes ``coords`` (MetaRDN, MetaEDSR, MetaSwinIR) runs whole fields
 with ``coords=CoordinateGrid(src.lat, src.lon, dst.lat, dst.lon)``: output rows and columns are
 placed by latitude and longitude (an ERA5 target with pole rows gets its rows where they lie, not
-by index ratio). Tiled runs (``tile > 0``), networks without ``coords`` and networks with the
-official code's arithmetic (``arithmetic="official"``) run at
-``size=dst_grid.shape``, placed by index ratio as for images.
+by index ratio), whole or tiled (``tile > 0``: bands of rows of the coordinate geometry,
+:func:`metasr.tiling.upscale` with ``coords``; the same output to float rounding). Networks
+without ``coords`` and networks with the official code's arithmetic
+(``arithmetic="official"``) run at ``size=dst_grid.shape``, placed by index ratio as for images.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from ..checkpoints import FieldStats, LoadedModel, checkpoint_stats
 from ..geometry import CoordinateGrid
 from ..inference import upscale_array
-from ..tiling import DEFAULT_OVERLAP
+from ..tiling import DEFAULT_OVERLAP, upscale
 from .grids import Grid
 from .stats import check_units
 
@@ -141,20 +142,16 @@ class ModelDownscaler:
             filled: ``(N, h, w)`` finite values on ``src``, in the statistics' units.
             src: source grid.
             dst: target grid (the network runs with ``coords`` from ``src`` to ``dst`` when it
-                takes them and the fields are whole, else at ``size=dst.shape``).
+                takes them, else at ``size=dst.shape``).
 
         Returns:
             ``(N, H, W)`` float64 on ``dst``.
         """
         mean, std = self.stats.mean[0], self.stats.std[0]
         model = self.loaded.model
-        # Regions (tiles) are cut from an index-ratio request, and the official code's float32
-        # arithmetic is an index-ratio grid: coords run whole fields with exact arithmetic only.
-        by_coords = (
-            not self.tile
-            and accepts_coords(model)
-            and getattr(model, "arithmetic", "exact") == "exact"
-        )
+        # The official code's float32 arithmetic is an index-ratio grid: coords need exact
+        # arithmetic.
+        by_coords = accepts_coords(model) and getattr(model, "arithmetic", "exact") == "exact"
         coords = coordinate_grid(src, dst) if by_coords else None
         out = np.empty((filled.shape[0], *dst.shape), dtype=np.float64)
         for start in range(0, filled.shape[0], self.batch_size):
@@ -181,7 +178,8 @@ class ModelDownscaler:
         return out
 
     def _run_coords(self, z: np.ndarray, coords: CoordinateGrid) -> np.ndarray:
-        """The model on ``z`` ``(B, h, w)`` with ``coords``: ``(B, H, W)`` float32.
+        """The model on ``z`` ``(B, h, w)`` with ``coords``, whole or tiled: ``(B, H, W)``
+        float32.
 
         The network checks the head's memory before its backbone runs (as with ``size=``).
         """
@@ -189,7 +187,14 @@ class ModelDownscaler:
         p = next(model.parameters())  # the device and dtype the model runs in
         x = torch.from_numpy(np.ascontiguousarray(z))[:, None].to(device=p.device, dtype=p.dtype)
         with torch.inference_mode():
-            y = model(x, coords=coords)
+            y = upscale(
+                model,
+                x,
+                coords=coords,
+                tile=self.tile,
+                overlap=self.overlap,
+                progress=self.progress,
+            )
         return y[:, 0].float().cpu().numpy()
 
 
