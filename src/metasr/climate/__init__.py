@@ -24,7 +24,14 @@ numpy and torch.
 from __future__ import annotations
 
 from .data import coarse_size, coarsen, latitude_channel, static_predictors, with_static_channels
-from .evaluate import FIELD_COLUMNS, LRSize, evaluate_fields, score_field, summarize_fields
+from .evaluate import (
+    FIELD_COLUMNS,
+    LRSize,
+    evaluate_fields,
+    latitude_band_mask,
+    score_field,
+    summarize_fields,
+)
 from .grids import Grid, coarse_grid, gaussian_grid, named_grid, regular_grid
 from .io import as_field, downscale, grid_of, read_field, resolve_grid, write_field
 from .metrics import (
@@ -71,6 +78,7 @@ __all__ = [
     "gaussian_grid",
     "global_mean",
     "grid_of",
+    "latitude_band_mask",
     "latitude_channel",
     "model_stats",
     "named_grid",

@@ -9,6 +9,10 @@ latitude-weighted RMSE, MAE and bias, Pearson correlation
 coarsened back onto the LR grid minus the LR input), reported as its weighted RMS on the LR
 grid. Missing values are filled for the model and re-masked
 (:func:`~metasr.climate.regrid.apply_downscaler`); the baselines are NaN-aware themselves.
+
+A ``mask`` restricts the scores on the target grid to some points (e.g. the latitude bands a
+model was not trained on, :func:`latitude_band_mask`); the conservation error stays a score of
+the whole coarse grid.
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ from .metrics import (
 )
 from .regrid import METHODS, apply_downscaler, regrid
 
-__all__ = ["FIELD_COLUMNS", "LRSize", "evaluate_fields", "score_field", "summarize_fields"]
+__all__ = [
+    "FIELD_COLUMNS",
+    "LRSize",
+    "evaluate_fields",
+    "latitude_band_mask",
+    "score_field",
+    "summarize_fields",
+]
 
 FIELD_COLUMNS = ("rmse", "mae", "bias", "pearson", "conservation_rmse")
 """Scores of each row, in table order."""
@@ -50,8 +61,35 @@ class LRSize:
         return f"lr{self.h}x{self.w}"
 
 
+def latitude_band_mask(grid: Grid, bands: Sequence[tuple[float, float]]) -> np.ndarray:
+    """``(H, 1)`` bool: the rows of ``grid`` whose latitude lies in any ``[lat0, lat1]`` of
+    ``bands`` (ends included, either order), e.g. held-out latitude bands.
+
+    Raises:
+        ValueError: no band, a band that is not two finite latitudes, or no row in any band.
+    """
+    pairs = [tuple(b) for b in bands]
+    if not pairs:
+        raise ValueError("give at least one latitude band [lat0, lat1]")
+    rows = np.zeros(grid.shape[0], dtype=bool)
+    for band in pairs:
+        if len(band) != 2 or not all(np.isfinite(float(v)) for v in band):
+            raise ValueError(f"a latitude band is two finite latitudes [lat0, lat1], got {band!r}")
+        lo, hi = sorted(float(v) for v in band)
+        rows |= (grid.lat >= lo - 1e-9) & (grid.lat <= hi + 1e-9)
+    if not rows.any():
+        raise ValueError(f"latitude bands {pairs} contain no row of the {grid.shape} grid")
+    return rows[:, None]
+
+
 def score_field(
-    pred: Any, target: Any, grid: Grid, lr: Any, lr_grid: Grid, weights: str = "coslat"
+    pred: Any,
+    target: Any,
+    grid: Grid,
+    lr: Any,
+    lr_grid: Grid,
+    weights: str = "coslat",
+    mask: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Every score of :data:`FIELD_COLUMNS`, one value per leading index.
 
@@ -59,8 +97,12 @@ def score_field(
         pred, target: ``(N, H, W)`` on ``grid``.
         lr: ``(N, h, w)``: the coarse input on ``lr_grid``.
         weights: ``"coslat"`` or ``"area"`` (:func:`~metasr.climate.metrics.spatial_weights`).
+        mask: bool, broadcastable to ``(H, W)``: only these points are scored (the metrics
+            leave out NaN points); ``None``: all. Not applied to ``conservation_rmse``.
     """
     err = conservation_error(pred, grid, lr, lr_grid)
+    if mask is not None:
+        target = np.where(np.broadcast_to(mask, grid.shape), target, np.nan)
     return {
         "rmse": np.atleast_1d(weighted_rmse(pred, target, grid, weights)),
         "mae": np.atleast_1d(weighted_mae(pred, target, grid, weights)),
@@ -80,6 +122,9 @@ def evaluate_fields(
     *,
     model_name: str = "model",
     weights: str = "coslat",
+    mask: np.ndarray | None = None,
+    keep: dict[tuple[str, str], np.ndarray] | None = None,
+    sources: Sequence[tuple[np.ndarray, Grid] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-field scores of the model and the baselines at each setting.
 
@@ -92,6 +137,15 @@ def evaluate_fields(
         baselines: names of :data:`~metasr.climate.regrid.METHODS`.
         model_name: the model's ``method`` label.
         weights: ``"coslat"`` or ``"area"``.
+        mask: bool, broadcastable to every field's ``(H, W)``: only these points are scored
+            (e.g. :func:`latitude_band_mask` of held-out bands); see :func:`score_field`.
+        keep: if given, receives every prediction, ``(N, H, W)`` float64 under the key
+            ``(setting, method)``, and the coarse input ``(N, h, w)`` under
+            ``(setting, "input")`` (the last field's, when there are several), for figures.
+        sources: one entry per field: ``None``, or ``(values, grid)`` of a finer original the
+            field samples (ETOPO5's 1/12° relief for its every-3rd-point ERA5 field), which is
+            coarsened instead of the field, so a coarse cell is the area mean of the original.
+            The coarse grid is still the one the setting gives for the field's grid.
 
     Returns:
         One row per field × setting × method: ``name``, ``index`` (the flat leading index),
@@ -116,17 +170,26 @@ def evaluate_fields(
     if model is not None:
         methods.append((model_name, model))
     methods += [(b, b) for b in baselines]
+    if sources is not None and len(sources) != len(fields):
+        raise ValueError(f"{len(sources)} sources for {len(fields)} fields")
     rows: list[dict[str, Any]] = []
-    for name, values, grid in fields:
+    for n, (name, values, grid) in enumerate(fields):
         hr = np.asarray(values, dtype=np.float64).reshape(-1, *grid.shape)
+        source = sources[n] if sources is not None else None
         for label, how in parsed:
             lr, lr_grid = coarsen(hr, grid, **how)
+            if source is not None:
+                src_values = np.asarray(source[0], dtype=np.float64).reshape(-1, *source[1].shape)
+                lr, _ = coarsen(src_values, source[1], target=lr_grid)
             for method_name, method in methods:
                 if isinstance(method, str):
                     pred = regrid(lr, lr_grid, grid, method)
                 else:
                     pred = apply_downscaler(method, lr, lr_grid, grid)
-                scores = score_field(pred, hr, grid, lr, lr_grid, weights)
+                if keep is not None:
+                    keep[(label, method_name)] = pred
+                    keep[(label, "input")] = lr
+                scores = score_field(pred, hr, grid, lr, lr_grid, weights, mask)
                 for i in range(hr.shape[0]):
                     row: dict[str, Any] = {
                         "name": name,
