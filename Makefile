@@ -55,5 +55,17 @@ photos: venv
 climate-data: venv
 	$(PY) -m metasr.climate.datasets datasets/climate
 
+# Real fields onto ERA5's 721x1440 grid (issue 12, part 10): a GloSea4 temperature field of a
+# member held out of the t2m model's training (N96 -> ERA5, by --model t2m and by bicubic and
+# conservative regridding) and the ETOPO5 relief coarsened to 96x144 (by the baselines, and by
+# RELIEF_MODEL=checkpoint when given); netCDF files and comparison PNGs in demo_out/climate/.
+.PHONY: climate-demo
+T2M_MODEL ?= t2m
+RELIEF_MODEL ?=
+climate-demo: venv
+	test -f datasets/climate/etopo5.cdf -a -d datasets/climate/glosea4 || $(MAKE) climate-data
+	$(PY) scripts/climate_demo.py --data datasets/climate --out demo_out/climate \
+		--model $(T2M_MODEL) $(if $(RELIEF_MODEL),--relief-model $(RELIEF_MODEL))
+
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -156,7 +156,7 @@ def test_demo_core_writes_netcdf_and_png(tmp_path):
     ckpt = _checkpoint(tmp_path / "t2m.safetensors", "surface_temperature", "K", 278.0, 21.0)
     truth = profile(dst.lat, 48)
     done = demo.demo_field(da, dst, {"model": load_model(ckpt)}, tmp_path / "out", "t2m",
-                           truth=truth, zoom="-40,40,0,180", tile=4)  # fmt: skip
+                           truth=truth, zoom="-40,40,0,180")  # fmt: skip
     names = [p.name for p in done["files"]]
     assert names == ["t2m_input.nc", "t2m_bicubic.nc", "t2m_conservative.nc", "t2m_model.nc",
                      "t2m.png"]  # fmt: skip
