@@ -11,12 +11,15 @@ figure (input, truth, bicubic, conservative, model; globe and a zoomed region).
 
     python scripts/climate_results.py relief --data datasets/climate --figures docs/figures
     python scripts/climate_results.py relief --model relief.safetensors \\
-        --score-bands alt:15:odd --markdown relief.md
+        --score-bands not:alt:15:odd --markdown relief.md
 
 ``--score-bands``: ``lat0:lat1,lat0:lat1,...`` or ``alt:WIDTH[:even|odd]``, the bands
 ``[-90 + k·WIDTH, -90 + (k+1)·WIDTH]`` for even (or odd) ``k`` (``alt:15:even`` is
-−90…−75, −60…−45, …; ``alt:15:odd`` the others): the same pairs a training option's
-``hr_lat_bands`` takes, so a model trained on one parity is scored on the other.
+−90…−75, −60…−45, …; ``alt:15:odd`` the others), ends included: the same pairs a training
+option's ``hr_lat_bands`` takes. Prefixed with ``not:``, every latitude *outside* those bands is
+scored: ``--score-bands not:alt:15:odd`` scores exactly the rows a model trained with
+``hr_lat_bands`` = ``alt:15:odd`` never saw (``options/train/MetaEDSR_relief_era5.yml``), the
+band edges being training rows.
 """
 
 from __future__ import annotations
@@ -83,6 +86,14 @@ class Relief:
     units: str
 
 
+def parse_score_bands(spec: str) -> tuple[list[tuple[float, float]], bool]:
+    """``--score-bands``: the bands, and whether the latitudes *outside* them are scored
+    (``not:`` prefix)."""
+    text = spec.strip()
+    outside = text.startswith("not:")
+    return parse_bands(text[4:] if outside else text), outside
+
+
 def relief_on_era5(data: str | Path) -> Relief:
     """ETOPO5 relief on ERA5's 721×1440 grid (every 3rd point, north first) and at 1/12°.
 
@@ -125,6 +136,7 @@ def run_recipe(
     bands: list[tuple[float, float]] | None = None,
     weights: str = "coslat",
     source: tuple[np.ndarray, mc.Grid] | None = None,
+    outside: bool = False,
 ) -> Run:
     """Coarsen ``truth`` (or ``source``) to ``lr_size`` and score the model and the baselines
     on ``grid`` against ``truth``.
@@ -135,7 +147,8 @@ def run_recipe(
         source: a finer original ``truth`` samples, coarsened instead of it
             (:func:`metasr.climate.evaluate_fields`' ``sources``).
         model: a downscaler (e.g. :class:`metasr.climate.ModelDownscaler`) or ``None``.
-        bands: score only these latitude bands (:func:`metasr.climate.latitude_band_mask`).
+        bands: also score only these latitude bands (:func:`metasr.climate.latitude_band_mask`)
+            or, with ``outside``, only the latitudes outside them.
 
     Returns:
         A :class:`Run`: rows of :func:`metasr.climate.summarize_fields` (with ``scope``
@@ -159,6 +172,9 @@ def run_recipe(
         # The same predictions scored on the bands only (the protocol is deterministic; the
         # model is not run twice: its kept output stands in for it).
         mask = mc.latitude_band_mask(grid, bands)
+        mask = ~mask if outside else mask
+        if not mask.any():
+            raise ValueError(f"no latitude of the grid lies outside the bands {bands}")
         lr = keep[(setting.label, "input")]
         lr_grid = mc.coarse_grid(grid, lr_size)
         for name in [model_name] * (model is not None) + list(BASELINES):
@@ -202,7 +218,9 @@ def provenance() -> str:
     return f"{cpu}, {os.cpu_count()} cores; {date}; commit {commit}"
 
 
-def markdown(rows: list[dict[str, Any]], units: str, bands: list | None = None) -> str:
+def markdown(
+    rows: list[dict[str, Any]], units: str, bands: list | None = None, outside: bool = False
+) -> str:
     """The rows as markdown tables, one per scope."""
     out = []
     for scope in ("globe", "bands"):
@@ -212,7 +230,8 @@ def markdown(rows: list[dict[str, Any]], units: str, bands: list | None = None) 
         where = (
             "whole globe"
             if scope == "globe"
-            else "latitude bands " + ", ".join(f"{a:g}…{b:g}" for a, b in bands or [])
+            else ("latitudes outside the bands " if outside else "latitude bands ")
+            + ", ".join(f"{a:g}…{b:g}" for a, b in bands or [])
         )
         out.append(f"Scored on the {where} (cos-latitude weights):\n")
         out.append(
@@ -285,18 +304,20 @@ def cmd_relief(args: argparse.Namespace) -> int:
     relief = relief_on_era5(args.data)
     truth, grid, units = relief.truth, relief.grid, relief.units
     source = (relief.native, relief.native_grid) if args.coarsen_from == "native" else None
-    bands = parse_bands(args.score_bands) if args.score_bands else None
+    bands, outside = parse_score_bands(args.score_bands) if args.score_bands else (None, False)
     h, w = (int(v) for v in args.lr_size.lower().split("x"))
     model, name = (None, None)
     if args.model:
         model, name = load_downscaler(args.model, args.tile, args.device)
         mc.check_units(model.stats, units, "ETOPO5 relief")
-    run = run_recipe(truth, grid, (h, w), model, name or "model", bands, source=source)
+    run = run_recipe(
+        truth, grid, (h, w), model, name or "model", bands, source=source, outside=outside
+    )
     origin = "1/12° ETOPO5" if source is not None else "the ERA5-grid field"
     text = (
         f"ETOPO5 relief: {origin} conservatively coarsened to {h}x{w}, put back on ERA5's "
         f"{grid.shape[0]}x{grid.shape[1]} grid and compared with every 3rd ETOPO5 point"
-        f"\n\n{provenance()}\n\n{markdown(run.rows, 'm', bands)}"
+        f"\n\n{provenance()}\n\n{markdown(run.rows, 'm', bands, outside)}"
     )
     print(text)
     if args.markdown:

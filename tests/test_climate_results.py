@@ -96,6 +96,8 @@ def test_parse_bands():
     assert results.parse_bands("alt:30") == [(-90, -60), (-30, 0), (30, 60)]
     assert results.parse_bands("alt:30:odd") == [(-60, -30), (0, 30), (60, 90)]
     assert results.parse_bands("10:-20, 40:50") == [(-20, 10), (40, 50)]
+    assert results.parse_score_bands("not:alt:90") == ([(-90, 0)], True)
+    assert results.parse_score_bands("0:90") == ([(0, 90)], False)
     for bad in ("alt:0", "alt:15:third", "10", "a:b", "0:0", "-95:0"):
         with pytest.raises(ValueError):
             results.parse_bands(bad)
@@ -129,6 +131,14 @@ def test_run_recipe_scores_model_and_baselines_and_draws(tmp_path):
         assert a["rmse"] == pytest.approx(b["rmse"], rel=1e-6)
     text = results.markdown(run.rows, "m", bands)
     assert "| tiny |" in text and "latitude bands -60…-30" in text
+    # Outside the bands: the other rows (edges belong to the bands).
+    out = results.run_recipe(truth, grid, (9, 16), None, bands=bands, outside=True)
+    mask = ~mc.latitude_band_mask(grid, bands)
+    pred = out.fields["bicubic"]
+    want = mc.weighted_rmse(np.where(mask, pred, np.nan), truth, grid)
+    got = [r for r in out.rows if r["scope"] == "bands" and r["method"] == "bicubic"]
+    assert got[0]["rmse"] == pytest.approx(float(want))
+    assert "outside the bands" in results.markdown(out.rows, "m", bands, outside=True)
     paths = results.figures(run, truth, grid, tmp_path / "fig", "relief", zoom="-30,30,0,90",
                             model_name="tiny", units="m", cmap="terrain")  # fmt: skip
     assert [p.name for p in paths] == ["relief_spectra.png", "relief_maps.png"]
