@@ -319,6 +319,26 @@ def test_bad_input_is_one_line_and_writes_nothing(files, tmp_path, capsys, case)
     assert not out.exists() and not list(tmp_path.glob("*.part"))
 
 
+EVAL_BAD = {k: BAD[k] for k in ("missing variable", "no lat/lon", "2-D lat/lon", "non-monotonic",
+                                 "all NaN", "units", "no stats")}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(EVAL_BAD))
+def test_eval_bad_input_is_one_line_and_writes_nothing(files, tmp_path, capsys, case):
+    # metasr eval on netCDF refuses the bad inputs as upscale does, before any score.
+    make, extra, fragment = EVAL_BAD[case]
+    src = make(tmp_path / "bad.nc")
+    args = {"--var": "t2m", "--model": str(files["model"])}
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        args[flag] = str(files["bare"]) if value == "BARE" else value
+    out = tmp_path / "scores.json"
+    argv = ["eval", "--data", src, "--scales", "2", "--json", out]
+    assert run(*argv, *[x for kv in args.items() for x in kv]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err, err
+    assert not out.exists()
+
+
 def test_model_for_another_variable_count_is_refused(tmp_path, capsys):
     src = write(field(), tmp_path / "in.nc")
     two = FieldStats(("t2m", "sp"), ("K", "Pa"), (280.0, 1e5), (2.0, 1e3))
@@ -330,6 +350,9 @@ def test_model_for_another_variable_count_is_refused(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "maps 2 to 2 channels" in err and not out.exists()
+    assert run("eval", "--data", src, "--var", "t2m", "--scales", "2", "--model", ckpt) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "maps 2 to 2 channels" in err
 
 
 def test_checkpoint_stats_are_validated_on_load(tmp_path):
