@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="process the input in tiles of N×N input pixels (0: whole; default 0)",
+        help="process the input in tiles of N×N input pixels (0: whole; default 0); a periodic "
+        "model (netCDF fields) in full-width bands of N rows",
     )
     p.add_argument(
         "--tile-overlap",

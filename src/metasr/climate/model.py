@@ -5,7 +5,7 @@ dst_grid)``), so it plugs into :func:`~metasr.climate.io.downscale` (fill-and-re
 history) like any other function; :func:`downscale_with_model` is that call with the checks a
 physical field needs (statistics present, units, variable count, a finer target grid).
 
-A network whose ``forward`` takes ``coords`` (MetaRDN, MetaEDSR, MetaSwinIR) runs whole fields
+A network whose ``forward`` takes ``coords`` (MetaRDN, MetaEDSR, MetaSwinIR) runs
 with ``coords=CoordinateGrid(src.lat, src.lon, dst.lat, dst.lon)``: output rows and columns are
 placed by latitude and longitude (an ERA5 target with pole rows gets its rows where they lie, not
 by index ratio), whole or tiled (``tile > 0``: bands of rows of the coordinate geometry,
