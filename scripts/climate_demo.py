@@ -101,7 +101,6 @@ def demo_field(
         panels.append(("truth", truth, dst))
         rmse = {k: float(mc.weighted_rmse(v.values, truth, dst)) for k, v in results.items()}
     panels += [(label, res.values, dst) for label, res in results.items()]
-    ref = np.asarray(truth if truth is not None else da.values, dtype=np.float64)
     files.append(
         plot_field_maps(
             panels,
@@ -110,7 +109,7 @@ def demo_field(
             title=f"{da.name}: {da.shape[0]}x{da.shape[1]} → {dst.shape[0]}x{dst.shape[1]}",
             units=f"{da.name} ({units})",
             cmap=cmap,
-            limits=(float(np.nanpercentile(ref, 1)), float(np.nanpercentile(ref, 99.5))),
+            reference=1 if truth is not None else 0,  # the truth, else the input
         )
     )
     return {"files": files, "rmse": rmse}

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from metasr import climate as mc
+from metasr.cli import CLIError
 from metasr.climate.figures import plot_field_maps, zoom_box
 
 BASELINES = ("nearest", "bilinear", "bicubic", "conservative")
@@ -287,17 +288,22 @@ def figures(
         zoom=zoom_box(zoom),
         units=units,
         cmap=cmap,
-        limits=(float(np.percentile(truth, 1)), float(np.percentile(truth, 99.5))),
+        reference=1,  # the truth sets the colour scales
     )
     return [spec_path, map_path]
 
 
-def load_downscaler(path: str, tile: int, device: str) -> tuple[mc.ModelDownscaler, str]:
-    """A checkpoint (or registry name) as a downscaler with its statistics."""
+def load_downscaler(
+    path: str, tile: int, device: str, stats: str | None = None
+) -> tuple[mc.ModelDownscaler, str]:
+    """A checkpoint (or registry name) as a downscaler with its statistics, or with ``stats``
+    (``MEAN,STD`` or a JSON file, as ``metasr upscale --stats``)."""
     from metasr.checkpoints import load_model
+    from metasr.cli._netcdf import parse_stats_arg
 
     loaded = load_model(path, device=device)
-    return mc.ModelDownscaler(loaded, mc.model_stats(loaded), tile=tile), Path(path).stem
+    given = parse_stats_arg(stats) if stats is not None else None
+    return mc.ModelDownscaler(loaded, mc.model_stats(loaded, given), tile=tile), Path(path).stem
 
 
 def cmd_relief(args: argparse.Namespace) -> int:
@@ -308,7 +314,7 @@ def cmd_relief(args: argparse.Namespace) -> int:
     h, w = (int(v) for v in args.lr_size.lower().split("x"))
     model, name = (None, None)
     if args.model:
-        model, name = load_downscaler(args.model, args.tile, args.device)
+        model, name = load_downscaler(args.model, args.tile, args.device, args.stats)
         mc.check_units(model.stats, units, "ETOPO5 relief")
     run = run_recipe(
         truth, grid, (h, w), model, name or "model", bands, source=source, outside=outside
@@ -358,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--score-bands", help="also score only these latitude bands (see --help)")
     p.add_argument("--tile", type=int, default=0, help="LR rows per tile for the model")
+    p.add_argument("--stats", help="the model's MEAN,STD (m) or stats JSON, if not stored in it")
     p.add_argument("--device", default="cpu")
     p.add_argument("--markdown", help="write the tables here too")
     p.add_argument("--json", help="write the rows as JSON")
@@ -367,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return cmd_relief(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, CLIError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -70,6 +70,7 @@ def plot_field_maps(
     units: str = "",
     cmap: str = "viridis",
     limits: tuple[float, float] | None = None,
+    reference: int = 0,
     dpi: int = 80,
 ) -> Path:
     """Draw fields side by side (globe, and a zoomed row) into a PNG; needs matplotlib.
@@ -82,8 +83,11 @@ def plot_field_maps(
         title: figure title.
         units: colour-bar label.
         cmap: matplotlib colour map.
-        limits: ``(vmin, vmax)`` shared by every panel; default the 1st and 99th percentiles
-            of the first panel.
+        limits: ``(vmin, vmax)`` shared by every globe panel; default the 1st and 99.5th
+            percentiles of the ``reference`` panel. The zoomed row has its own colour scale:
+            those percentiles of the reference panel's zoomed part (so a mountain range is not
+            one saturated colour).
+        reference: index of the panel that sets the default colour scales (e.g. the truth).
         dpi: resolution of the PNG.
 
     Returns:
@@ -107,23 +111,31 @@ def plot_field_maps(
         if a.shape != grid.shape:
             raise ValueError(f"panel {label!r} is {a.shape}, its grid {grid.shape}")
         arrays.append(a)
+    if not 0 <= reference < len(panels):
+        raise ValueError(f"reference {reference} is not a panel index (0…{len(panels) - 1})")
+
+    def percentiles(a: np.ndarray) -> tuple[float, float]:
+        finite = a[np.isfinite(a)]
+        return float(np.percentile(finite, 1)), float(np.percentile(finite, 99.5))
+
     if limits is None:
-        finite = arrays[0][np.isfinite(arrays[0])]
-        limits = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99)))
+        limits = percentiles(arrays[reference])
+    row_limits = [limits]
+    if zoom is not None:
+        row_limits.append(percentiles(_cut(arrays[reference], panels[reference][2], zoom)[0]))
     n_rows = 2 if zoom is not None else 1
     fig, axes = plt.subplots(
         n_rows, len(panels), figsize=(3.2 * len(panels), 1.9 * n_rows + 0.6), squeeze=False
     )
-    mesh = None
+    meshes: list[Any] = [None] * n_rows
     for j, ((label, _, grid), a) in enumerate(zip(panels, arrays, strict=True)):
         views = [(a, grid.lat_bounds, grid.lon_bounds)]
         if zoom is not None:
             views.append(_cut(a, grid, zoom))
         for i, (v, lat_b, lon_b) in enumerate(views):
             ax = axes[i][j]
-            mesh = ax.pcolormesh(
-                lon_b, lat_b, v, cmap=cmap, vmin=limits[0], vmax=limits[1], rasterized=True
-            )
+            lo, hi = row_limits[i]
+            meshes[i] = ax.pcolormesh(lon_b, lat_b, v, cmap=cmap, vmin=lo, vmax=hi, rasterized=True)
             ax.set_xlim(min(lon_b[0], lon_b[-1]), max(lon_b[0], lon_b[-1]))
             ax.set_ylim(min(lat_b[0], lat_b[-1]), max(lat_b[0], lat_b[-1]))
             ax.set_aspect("equal")
@@ -133,8 +145,8 @@ def plot_field_maps(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    if mesh is not None:
-        bar = fig.colorbar(mesh, ax=axes.ravel().tolist(), shrink=0.8, pad=0.01)
+    for i, mesh in enumerate(meshes):
+        bar = fig.colorbar(mesh, ax=axes[i].tolist(), shrink=0.9, pad=0.01)
         bar.set_label(units, fontsize=7)
         bar.ax.tick_params(labelsize=6)
     path = Path(path)
