@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from metasr import climate as mc
-from metasr.cli import CLIError
 from metasr.climate.figures import plot_field_maps, zoom_box
 
 BASELINES = ("nearest", "bilinear", "bicubic", "conservative")
@@ -296,13 +295,12 @@ def figures(
 def load_downscaler(
     path: str, tile: int, device: str, stats: str | None = None
 ) -> tuple[mc.ModelDownscaler, str]:
-    """A checkpoint (or registry name) as a downscaler with its statistics, or with ``stats``
-    (``MEAN,STD`` or a JSON file, as ``metasr upscale --stats``)."""
-    from metasr.checkpoints import load_model
-    from metasr.cli._netcdf import parse_stats_arg
+    """A checkpoint (or registry name) as a downscaler with its statistics, or with those of
+    the JSON file ``stats`` (from ``metasr climate-stats -o``)."""
+    from metasr.checkpoints import FieldStats, load_model
 
     loaded = load_model(path, device=device)
-    given = parse_stats_arg(stats) if stats is not None else None
+    given = FieldStats.from_json(Path(stats).read_text()) if stats is not None else None
     return mc.ModelDownscaler(loaded, mc.model_stats(loaded, given), tile=tile), Path(path).stem
 
 
@@ -364,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--score-bands", help="also score only these latitude bands (see --help)")
     p.add_argument("--tile", type=int, default=0, help="LR rows per tile for the model")
-    p.add_argument("--stats", help="the model's MEAN,STD (m) or stats JSON, if not stored in it")
+    p.add_argument(
+        "--stats", help="statistics JSON (metasr climate-stats -o) for a model without them"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--markdown", help="write the tables here too")
     p.add_argument("--json", help="write the rows as JSON")
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return cmd_relief(args)
-    except (ValueError, FileNotFoundError, CLIError) as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
