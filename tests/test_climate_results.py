@@ -194,3 +194,24 @@ def test_demo_main_reports_a_missing_data_folder(tmp_path, capsys):
                       "--out", str(tmp_path / "o")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
+
+
+def test_zoom_boxes_and_map_errors(tmp_path):
+    from metasr.climate.figures import ZOOMS, plot_field_maps, zoom_box
+
+    assert zoom_box("andes") == ZOOMS["andes"]
+    assert zoom_box("10,20,30,40") == (10.0, 20.0, 30.0, 40.0)
+    for bad in ("atlantis", "20,10,0,10", "1,2,3", "a,b,c,d"):
+        with pytest.raises(ValueError, match="zoom"):
+            zoom_box(bad)
+    pytest.importorskip("matplotlib")
+    grid = mc.regular_grid(9, 16)
+    with pytest.raises(ValueError, match="no panels"):
+        plot_field_maps([], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="its grid"):
+        plot_field_maps([("a", np.zeros((8, 16)), grid)], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no cell centre"):
+        plot_field_maps([("a", _smooth(grid), grid)], tmp_path / "x.png", zoom=(1, 2, 1, 2))
+    with pytest.raises(ValueError, match="reference"):
+        plot_field_maps([("a", _smooth(grid), grid)], tmp_path / "x.png", reference=1)
+    assert not (tmp_path / "x.png").exists()
