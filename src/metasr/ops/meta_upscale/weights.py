@@ -1,0 +1,512 @@
+"""Meta-Upscale with per-pixel weights that are given, or predicted by any predictor.
+
+Two entry points share one contraction (:class:`_WeightsContraction`)::
+
+    y[n, o, i, j] = Σ_{c,ky,kx} xpad[n, c, i'+ky, j'+kx] · W[i, j, c, ky, kx, o]
+
+* :func:`meta_upscale_weights` (public): ``W`` is a tensor the caller already holds, e.g. from
+  code ported from another Meta-Upscale implementation.
+* :func:`weights_first`: ``W`` comes from any predictor ``(M, P) → (M, k·k·Cin·Cout)`` (one whose
+  last layer is not linear, so the features-first identity does not apply). Weights exist for
+  one block of output rows at a time and are recomputed in backward.
+
+Neither unfolds ``x`` at output resolution: for a block of output rows, the ``k×k`` windows are
+read straight from a strided view of the padded LR map (one window per LR cell, no copy) and
+gathered only for that block's pixels, then contracted with the block's weights by one batched
+matmul. The block size comes from the free memory (:func:`_rows_per_block`), at least one row.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ...geometry import Arithmetic, CoordinateGrid, Geometry, Region, build_geometry
+from .. import memory
+from .padding import pad_window
+from .tables import as_float, as_index
+
+__all__ = ["LAYOUTS", "MAX_BLOCK_BYTES", "TOLERANCES", "meta_upscale_weights", "weights_first"]
+
+#: Weight layouts :func:`meta_upscale_weights` accepts (both hold the same numbers):
+#:
+#: * ``"flat"``: ``(H·W, k·k·Cin·Cout)``, pixel ``i·W + j``, entry ``((c·k + ky)·k + kx)·Cout + o``:
+#:   what ``Pos2Weight`` and the official Meta-SR code produce.
+#: * ``"hwkkco"``: ``(H, W, k, k, Cin, Cout)``, entry ``[i, j, ky, kx, c, o]``, i.e.
+#:   ``flat.view(H, W, Cin, k, k, Cout).permute(0, 1, 3, 4, 2, 5)``.
+Layout = Literal["flat", "hwkkco"]
+LAYOUTS: tuple[str, ...] = ("flat", "hwkkco")
+
+#: (rtol, atol) against a float64 reference on the same (rounded) inputs, as
+#: :data:`.naive.TOLERANCES` (atol relative to the reference's largest magnitude). On CPU,
+#: float16/bfloat16 compute in float32 and round only the result.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-4, 1e-5),
+    torch.float16: (2e-2, 2e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
+
+#: Upper bound on the temporaries of one block. A block this size already keeps the batched
+#: matmul busy; larger ones would only take memory from the rest of the step (the output, the
+#: weight gradient, the caller's next layers).
+MAX_BLOCK_BYTES = 256 << 20
+
+
+# --------------------------------------------------------------------------- block planning
+
+
+def _rows_per_block(bytes_per_row: int, rows: int, device: torch.device) -> int:
+    """Output rows per block: a quarter of the free memory (so the output, the gradients and the
+    caller keep room), at most :data:`MAX_BLOCK_BYTES`, at least one row.
+
+    Args:
+        bytes_per_row: temporaries of one output row of a block.
+        rows: output rows to cover.
+        device: where the temporaries live.
+    """
+    free = memory.available_memory_bytes(device)
+    budget = MAX_BLOCK_BYTES if free is None else min(MAX_BLOCK_BYTES, free // 4)
+    return max(1, min(rows, budget // max(bytes_per_row, 1)))
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float32 for CPU float16/bfloat16 (slow, poorly accumulated GEMMs there), else ``t``'s."""
+    if t.device.type == "cpu" and t.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return t.dtype
+
+
+def _contraction_bytes_per_row(
+    W: int, N: int, kkc: int, O: int, k: int, item: int, *, cast_weights: bool
+) -> int:
+    """Temporaries of one output row of :class:`_WeightsContraction` (the larger of forward and
+    backward): gathered windows, their gradient and its transposed copy, ``dy``, the output
+    block, the weight-gradient block (and a float32 copy of the weights where they are cast),
+    the int64 scatter index."""
+    per_pixel = 3 * N * kkc + 2 * N * O + (2 if cast_weights else 1) * kkc * O
+    return W * (per_pixel * item + 8 * k * k)
+
+
+def _windows(xpad: torch.Tensor, k: int, layout: Layout) -> torch.Tensor:
+    """Every LR cell's ``k×k`` window as a strided view of ``xpad`` (nothing copied).
+
+    Args:
+        xpad: ``(N, C, h + k - 1, w + k - 1)``.
+
+    Returns:
+        ``(h, w, N, C, k, k)`` (``"flat"``: the window in the flat layout's ``(c, ky, kx)``
+        order) or ``(h, w, N, k, k, C)`` (``"hwkkco"``), so the windows of a block gather into
+        the order the weights contract with.
+    """
+    win = xpad.unfold(2, k, 1).unfold(3, k, 1)  # (N, C, h, w, ky, kx)
+    if layout == "flat":
+        return win.permute(2, 3, 0, 1, 4, 5)
+    return win.permute(2, 3, 0, 4, 5, 1)
+
+
+# --------------------------------------------------------------------------- the contraction
+
+
+class _WeightsContraction(torch.autograd.Function):
+    """``y[n,o,i,j] = Σ_q win[rows[i], cols[j]][n, q] · weight[i, j, q, o]``, block by block.
+
+    Inputs:
+        xpad: ``(N, Cin, h + k - 1, w + k - 1)``, the padded LR features (:func:`.pad_window`).
+        weight: the weights of the ``len(rows)×len(cols)`` output pixels, in ``layout``
+            (``(R·W, k·k·Cin·Cout)`` or ``(R, W, k, k, Cin, Cout)``).
+        rows: ``(R,)`` int64, LR row of each output row. cols: ``(W,)`` int64, LR column of
+            each output column (any order: the output is in the order of these maps).
+        k, cin, cout, layout: the weights' shape and layout.
+
+    Returns ``(N, Cout, R, W)``. Saves only ``xpad`` and ``weight`` (and the two index maps);
+    backward gathers each block's windows again rather than keeping them.
+    """
+
+    @staticmethod
+    def forward(ctx, xpad, weight, rows, cols, k, cin, cout, layout):
+        N = xpad.shape[0]
+        R, W = rows.shape[0], cols.shape[0]
+        kkc = k * k * cin
+        cdt = _compute_dtype(xpad)
+        xc = xpad.to(cdt)
+        win = _windows(xc, k, layout)
+        per_row = _contraction_bytes_per_row(
+            W, N, kkc, cout, k, xc.element_size(), cast_weights=weight.dtype != cdt
+        )
+        step = _rows_per_block(per_row, R, xpad.device)
+        y = memory.empty_output((N, cout, R, W), xpad)
+        for s in range(0, R, step):
+            e = min(s + step, R)
+            cols_b = win[rows[s:e, None], cols[None, :]].reshape((e - s) * W, N, kkc)
+            wb = _flat_block(weight, s, e, W, kkc, cout, layout).to(cdt)
+            yb = torch.bmm(cols_b, wb)  # (m·W, N, O)
+            y[:, :, s:e, :] = yb.view(e - s, W, N, cout).permute(2, 3, 0, 1)
+        ctx.save_for_backward(xpad, weight, rows, cols)
+        ctx.shape = (k, cin, cout, layout)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        xpad, weight, rows, cols = ctx.saved_tensors
+        k, cin, cout, layout = ctx.shape
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        N, _, Hp, Wp = xpad.shape
+        R, W = rows.shape[0], cols.shape[0]
+        kkc = k * k * cin
+        cdt = _compute_dtype(xpad)
+        xc = xpad.to(cdt)
+        win = _windows(xc, k, layout)
+        # dxpad pixel-major, (Hp·Wp, N, C): each window element is one index_add_ row.
+        dxp = torch.zeros((Hp * Wp, N, cin), dtype=cdt, device=xpad.device) if need_x else None
+        dweight = memory.empty_output(weight.shape, weight) if need_w else None
+        per_row = _contraction_bytes_per_row(
+            W, N, kkc, cout, k, xc.element_size(), cast_weights=weight.dtype != cdt
+        )
+        step = _rows_per_block(per_row, R, xpad.device)
+        tap = torch.arange(k, device=xpad.device)  # ky or kx
+        for s in range(0, R, step):
+            e = min(s + step, R)
+            m = e - s
+            dyb = dy[:, :, s:e, :].permute(2, 3, 0, 1).reshape(m * W, N, cout).to(cdt)
+            if need_w:
+                cols_b = win[rows[s:e, None], cols[None, :]].reshape(m * W, N, kkc)
+                dwb = torch.bmm(cols_b.transpose(1, 2), dyb)  # (m·W, k·k·C, O)
+                _flat_block(dweight, s, e, W, kkc, cout, layout).copy_(dwb)
+                del cols_b, dwb
+            if need_x:
+                wb = _flat_block(weight, s, e, W, kkc, cout, layout).to(cdt)
+                dcols = torch.bmm(dyb, wb.transpose(1, 2))  # (m·W, N, k·k·C)
+                if layout == "flat":  # (m, W, N, C, ky, kx) → (m, W, ky, kx, N, C)
+                    src = dcols.view(m, W, N, cin, k, k).permute(0, 1, 4, 5, 2, 3)
+                else:  # (m, W, N, ky, kx, C) → (m, W, ky, kx, N, C)
+                    src = dcols.view(m, W, N, k, k, cin).permute(0, 1, 3, 4, 2, 5)
+                # Flat padded index of window element (ky, kx) of output pixel (i, j).
+                r = (rows[s:e, None, None, None] + tap[None, None, :, None]) * Wp
+                c = cols[None, :, None, None] + tap[None, None, None, :]
+                dxp.index_add_(0, (r + c).reshape(-1), src.reshape(-1, N, cin))
+                del dcols, src
+        dxpad = None
+        if need_x:
+            dxpad = dxp.view(Hp, Wp, N, cin).permute(2, 3, 0, 1).to(xpad.dtype)
+        return dxpad, dweight, None, None, None, None, None, None
+
+
+def _flat_block(
+    weight: torch.Tensor, s: int, e: int, W: int, kkc: int, cout: int, layout: Layout
+) -> torch.Tensor:
+    """Output rows ``s..e-1`` of ``weight`` as ``(m·W, k·k·Cin, Cout)`` in the window order of
+    ``layout`` (a view when ``weight`` is contiguous, else a copy of the block only)."""
+    block = weight[s * W : e * W] if layout == "flat" else weight[s:e]
+    return block.reshape((e - s) * W, kkc, cout)
+
+
+def _contract(
+    xpad: torch.Tensor,
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    k: int,
+    cin: int,
+    cout: int,
+    layout: Layout,
+) -> torch.Tensor:
+    """:class:`_WeightsContraction` (the one contraction of this file); shapes as there."""
+    return _WeightsContraction.apply(xpad, weight, rows, cols, k, cin, cout, layout)
+
+
+# --------------------------------------------------------------------------- weights-first
+
+
+def _activation_width(predict: Callable[[torch.Tensor], torch.Tensor], out_width: int) -> int:
+    """Values per position that ``predict`` holds while it runs (an estimate): twice the widths
+    of its ``nn.Linear`` layers (pre-activation and activation of each) plus its output, or
+    three times its output for a predictor without ``nn.Linear`` layers."""
+    if isinstance(predict, nn.Module):
+        widths = [m.out_features for m in predict.modules() if isinstance(m, nn.Linear)]
+        if widths:
+            return 2 * sum(widths) + out_width
+    return 3 * out_width
+
+
+def weights_first(
+    x: torch.Tensor,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    geom: Geometry,
+    kernel_size: int,
+    in_channels: int,
+    out_channels: int,
+) -> torch.Tensor:
+    """Meta-Upscale with any weight predictor, one block of output rows at a time.
+
+    For each block: positions ``(m·W, P)`` from ``geom`` (``row_pos[i] + col_pos[j] +
+    const_pos``, cast to ``x``'s dtype as the spec does), ``W = predict(pos)``, the contraction
+    (:class:`_WeightsContraction`), then ``W`` is freed. Under autograd each block runs in
+    :func:`torch.utils.checkpoint.checkpoint`, so backward predicts the block's weights again
+    instead of keeping them: the gradients reach ``x`` and every parameter ``predict`` uses.
+    Peak memory is about one block's weights and ``predict``'s activations; the block size comes
+    from the free memory (at least one output row).
+
+    Equivalent plain PyTorch (the spec, :mod:`.naive`, with ``phi = predict``)::
+
+        W = predict(torch.as_tensor(geom.positions()).to(x.dtype))      # (H·W, k·k·Cin·Cout)
+        y = <the contraction of metasr.ops.meta_upscale.weights.meta_upscale_weights>(x, W)
+
+    ``predict`` must treat positions independently (no batch statistics, e.g. no BatchNorm in
+    training mode): it sees one block of positions per call.
+
+    Args:
+        x: ``(N, Cin, h, w)`` features in the compute dtype.
+        predict: ``(M, P)`` positions → ``(M, k·k·Cin·Cout)`` weights in the official layout
+            (``((c·k + ky)·k + kx)·Cout + o``), ``P = geom.num_pos``; its output is cast to
+            ``x``'s dtype (differentiably) when it differs.
+        geom: the output geometry (:func:`metasr.geometry.build_geometry`); its
+            ``periodic_lon`` chooses the padding.
+        kernel_size, in_channels, out_channels: ``k`` (odd), ``Cin`` (= ``x.shape[1]``),
+            ``Cout``.
+
+    Returns:
+        ``(N, Cout, H, W)`` in the geometry's computed row and column order, as every backend
+        returns it (:func:`.tables.restore_order` gives the request's order).
+
+    Raises:
+        ValueError: if ``predict`` returns another shape than ``(M, k·k·Cin·Cout)``.
+    """
+    N, k, C, O = x.shape[0], kernel_size, in_channels, out_channels
+    width = k * k * C * O
+    xpad = pad_window(x, k, geom.periodic_lon)
+    rows = as_index(geom.row_idx, x.device)
+    cols = as_index(geom.col_idx, x.device)
+    col_pos = geom.col_pos + geom.const_pos  # (W, P), float64
+    record = torch.is_grad_enabled()
+
+    def block(xp: torch.Tensor, s: int, e: int) -> torch.Tensor:
+        pos = as_float((geom.row_pos[s:e, None, :] + col_pos[None]).reshape(-1, geom.num_pos), xp)
+        wb = predict(pos)
+        if wb.shape != (pos.shape[0], width):
+            raise ValueError(
+                f"the predictor returned shape {tuple(wb.shape)} for {pos.shape[0]} positions, "
+                f"expected ({pos.shape[0]}, {width}) = k*k*Cin*Cout for k={k}, Cin={C}, Cout={O}"
+            )
+        return _contract(xp, wb.to(xp.dtype), rows[s:e], cols, k, C, O, "flat")
+
+    item = x.element_size()
+    act = _activation_width(predict, width) * (2 if record else 1)  # + gradients in backward
+    per_row = geom.W * act * item + _contraction_bytes_per_row(
+        geom.W, N, k * k * C, O, k, item, cast_weights=False
+    )
+    step = _rows_per_block(per_row, geom.H, x.device)
+    blocks = []
+    for s in range(0, geom.H, step):
+        e = min(s + step, geom.H)
+        if record:
+            # Non-reentrant: the gradients reach predict's parameters without being inputs.
+            blocks.append(checkpoint(block, xpad, s, e, use_reentrant=False))
+        else:
+            blocks.append(block(xpad, s, e))
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
+
+
+# --------------------------------------------------------------------------- public function
+
+
+def _optional_positive_int(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _flat_kernel_and_cout(
+    width: int, cin: int, kernel_size: int | None, out_channels: int | None
+) -> tuple[int, int]:
+    """``(k, Cout)`` of a flat weight of ``width = k·k·Cin·Cout`` values per pixel."""
+    if kernel_size is None and out_channels is None:
+        raise ValueError(
+            f"layout='flat': a width of {width} = k*k*Cin*Cout (Cin={cin}) does not tell k from "
+            "Cout (k=1 always fits); give out_channels= or kernel_size="
+        )
+    if width % cin:
+        raise ValueError(
+            f"layout='flat': weight width {width} is not a multiple of Cin={cin} "
+            "(expected k*k*Cin*Cout)"
+        )
+    if out_channels is not None:
+        kk, rem = divmod(width, cin * out_channels)
+        k = math.isqrt(kk)
+        if rem or k * k != kk:
+            raise ValueError(
+                f"layout='flat': weight width {width} is not k*k*Cin*Cout for any integer k with "
+                f"Cin={cin}, Cout={out_channels} ({width}/{cin * out_channels} = "
+                f"{width / (cin * out_channels):g})"
+            )
+        if kernel_size is not None and kernel_size != k:
+            raise ValueError(
+                f"layout='flat': weight width {width} = {k}*{k}*{cin}*{out_channels} means "
+                f"kernel_size={k}, but kernel_size={kernel_size} was given"
+            )
+        return k, out_channels
+    cout, rem = divmod(width, cin * kernel_size * kernel_size)
+    if rem or cout < 1:
+        raise ValueError(
+            f"layout='flat': weight width {width} is not k*k*Cin*Cout for k={kernel_size}, "
+            f"Cin={cin} and any integer Cout"
+        )
+    return kernel_size, cout
+
+
+def meta_upscale_weights(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: float | tuple[float, float] | None = None,
+    size: tuple[int, int] | None = None,
+    *,
+    layout: Layout = "flat",
+    out_channels: int | None = None,
+    kernel_size: int | None = None,
+    periodic_lon: bool = False,
+    coords: CoordinateGrid | None = None,
+    region: Region | None = None,
+    arithmetic: Arithmetic = "exact",
+) -> torch.Tensor:
+    """Meta-Upscale ``x`` with a given weight for every output pixel.
+
+    The contraction of Meta-SR's Meta-Upscale, for weights predicted elsewhere; the geometry
+    (``i'``, ``j'`` of each output pixel) is :func:`metasr.meta_upscale`'s, built by the same
+    :func:`metasr.geometry.build_geometry` call. Equivalent plain PyTorch::
+
+        Wt = weight.view(H, W, Cin, k, k, Cout)                   # layout="flat"
+        Wt = weight.permute(0, 1, 4, 2, 3, 5)                     # layout="hwkkco"
+        xpad = F.pad(x, [k // 2] * 4)   # periodic_lon: columns wrapped, rows zero-padded
+        y[:, :, i, j] = einsum("ncyx,cyxo->no", xpad[:, :, i':i'+k, j':j'+k], Wt[i, j])
+
+    With ``weight = phi(positions)`` of a :class:`metasr.Pos2Weight` ``phi`` (positions of the
+    request's pixels, row-major) the result is ``metasr.meta_upscale(x, phi, ...)``.
+
+    Memory: the output, and in backward the weight's gradient (as large as ``weight``), plus one
+    block of output rows at a time: its pixels' ``k×k·Cin`` windows (gathered from a strided view
+    of the padded LR map, never unfolded at output resolution) and the block's products. Autograd
+    keeps only ``x`` (padded) and ``weight``. The block size comes from the free memory (a
+    quarter of it, at most :data:`MAX_BLOCK_BYTES`, at least one row).
+
+    Args:
+        x: ``(N, Cin, h, w)`` floating-point features.
+        weight: the per-pixel weights, same dtype and device as ``x``, in ``layout``:
+
+            * ``"flat"`` (default): ``(H·W, k·k·Cin·Cout)``, pixel ``i·W + j``, entry
+              ``((c·k + ky)·k + kx)·Cout + o``, the layout of ``Pos2Weight`` and of the official
+              Meta-SR code. ``k`` and ``Cout`` cannot both be read off the width (``k = 1``
+              always fits): give ``out_channels=`` (``k`` is then inferred) or ``kernel_size=``.
+            * ``"hwkkco"``: ``(H, W, k, k, Cin, Cout)``, entry ``[i, j, ky, kx, c, o]``, the
+              same numbers as ``flat.view(H, W, Cin, k, k, Cout).permute(0, 1, 3, 4, 2, 5)``;
+              ``k`` and ``Cout`` are read off the shape.
+
+            ``(H, W)`` is the output size (``region.out_shape`` with a region), in the
+            request's row and column order. NaN is not looked for (a full pass over ``weight``);
+            it propagates to the pixels it belongs to.
+        scale: a number or ``(r_v, r_h)``, each finite and ≥ 1.
+        size: ``(H, W)`` instead of ``scale``.
+        layout: ``"flat"`` or ``"hwkkco"`` (:data:`LAYOUTS`).
+        out_channels: ``Cout``; checked against the weight's shape when given.
+        kernel_size: ``k`` (odd); checked against the weight's shape when given.
+        periodic_lon: wrap the LR window along width (global longitude grids); rows keep zero
+            padding.
+        coords: place the output by latitude/longitude instead of ``scale``/``size``
+            (:class:`metasr.geometry.CoordinateGrid`).
+        region: compute only this part of the whole image's output (tiled inference), as
+            :func:`metasr.meta_upscale`; ``weight`` then covers ``region.out_shape``.
+        arithmetic: ``"exact"`` geometry (default) or the official code's float32 grid.
+
+    Returns:
+        ``(N, Cout, H, W)`` in ``x``'s dtype. Under ``torch.autocast`` nothing is cast: pass
+        ``x`` and ``weight`` in the dtype to compute in.
+
+    Raises:
+        ValueError: for any invalid input (shapes, dtypes, devices, a width that is not
+            ``k·k·Cin·Cout`` for an odd integer ``k``, the request).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.numel() == 0:
+        raise ValueError(f"x must be a non-empty 4-D (N, C, h, w) tensor, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dtype != x.dtype:
+        raise ValueError(f"weight is {weight.dtype} but x is {x.dtype}; give both in one dtype")
+    if weight.device != x.device:
+        raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    out_channels = _optional_positive_int("out_channels", out_channels)
+    kernel_size = _optional_positive_int("kernel_size", kernel_size)
+    if kernel_size is not None and kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    # The position encoding is not used (the weights are given); "asymmetric" accepts every
+    # request, where "official" would refuse r_v != r_h.
+    geom = build_geometry(
+        x.shape[2],
+        x.shape[3],
+        scale=scale,
+        size=size,
+        pos_encoding="asymmetric",
+        arithmetic=arithmetic,
+        region=region,
+        periodic_lon=periodic_lon,
+        coords=coords,
+    )
+    H, W, C = geom.H, geom.W, x.shape[1]
+    if layout == "flat":
+        if weight.dim() != 2 or weight.shape[0] != H * W:
+            raise ValueError(
+                f"layout='flat': weight must be (H*W, k*k*Cin*Cout) = ({H * W}, ...) for the "
+                f"{H}x{W} output, got shape {tuple(weight.shape)}"
+            )
+        k, O = _flat_kernel_and_cout(weight.shape[1], C, kernel_size, out_channels)
+    else:
+        if weight.dim() != 6 or tuple(weight.shape[:2]) != (H, W) or weight.shape[4] != C:
+            raise ValueError(
+                f"layout='hwkkco': weight must be (H, W, k, k, Cin, Cout) = ({H}, {W}, k, k, "
+                f"{C}, Cout) for the {H}x{W} output of a {C}-channel x, got shape "
+                f"{tuple(weight.shape)}"
+            )
+        k, O = weight.shape[2], weight.shape[5]
+        if weight.shape[3] != k:
+            raise ValueError(
+                f"layout='hwkkco': the window must be square, got {k}x{weight.shape[3]}"
+            )
+        for name, given, actual in (
+            ("kernel_size", kernel_size, k),
+            ("out_channels", out_channels, O),
+        ):
+            if given is not None and given != actual:
+                raise ValueError(f"{name}={given} was given but weight's shape has {actual}")
+    if k % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got k={k} from weight's shape")
+    if weight.numel() == 0:
+        raise ValueError(f"weight must not be empty, got shape {tuple(weight.shape)}")
+    # Output pixels in the request's order: a coordinate geometry computes sorted rows/columns
+    # and carries the permutation back (row i of the request is computed row row_order[i]).
+    row_idx = geom.row_idx if geom.row_order is None else geom.row_idx[geom.row_order]
+    col_idx = geom.col_idx if geom.col_order is None else geom.col_idx[geom.col_order]
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xpad = pad_window(x, k, geom.periodic_lon)
+        return _contract(
+            xpad,
+            weight,
+            as_index(np.asarray(row_idx), x.device),
+            as_index(np.asarray(col_idx), x.device),
+            k,
+            C,
+            O,
+            layout,
+        )
