@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from ...geometry import Arithmetic, CoordinateGrid, Geometry, Region, build_geometry
 from .. import memory
@@ -115,90 +116,6 @@ def _windows(xpad: torch.Tensor, k: int, layout: Layout) -> torch.Tensor:
 # --------------------------------------------------------------------------- the contraction
 
 
-class _WeightsContraction(torch.autograd.Function):
-    """``y[n,o,i,j] = Σ_q win[rows[i], cols[j]][n, q] · weight[i, j, q, o]``, block by block.
-
-    Inputs:
-        xpad: ``(N, Cin, h + k - 1, w + k - 1)``, the padded LR features (:func:`.pad_window`).
-        weight: the weights of the ``len(rows)×len(cols)`` output pixels, in ``layout``
-            (``(R·W, k·k·Cin·Cout)`` or ``(R, W, k, k, Cin, Cout)``).
-        rows: ``(R,)`` int64, LR row of each output row. cols: ``(W,)`` int64, LR column of
-            each output column (any order: the output is in the order of these maps).
-        k, cin, cout, layout: the weights' shape and layout.
-
-    Returns ``(N, Cout, R, W)``. Saves only ``xpad`` and ``weight`` (and the two index maps);
-    backward gathers each block's windows again rather than keeping them.
-    """
-
-    @staticmethod
-    def forward(ctx, xpad, weight, rows, cols, k, cin, cout, layout):
-        N = xpad.shape[0]
-        R, W = rows.shape[0], cols.shape[0]
-        kkc = k * k * cin
-        cdt = _compute_dtype(xpad)
-        xc = xpad.to(cdt)
-        win = _windows(xc, k, layout)
-        per_row = _contraction_bytes_per_row(
-            W, N, kkc, cout, k, xc.element_size(), cast_weights=weight.dtype != cdt
-        )
-        step = _rows_per_block(per_row, R, xpad.device)
-        y = memory.empty_output((N, cout, R, W), xpad)
-        for s in range(0, R, step):
-            e = min(s + step, R)
-            cols_b = win[rows[s:e, None], cols[None, :]].reshape((e - s) * W, N, kkc)
-            wb = _flat_block(weight, s, e, W, kkc, cout, layout).to(cdt)
-            yb = torch.bmm(cols_b, wb)  # (m·W, N, O)
-            y[:, :, s:e, :] = yb.view(e - s, W, N, cout).permute(2, 3, 0, 1)
-        ctx.save_for_backward(xpad, weight, rows, cols)
-        ctx.shape = (k, cin, cout, layout)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        xpad, weight, rows, cols = ctx.saved_tensors
-        k, cin, cout, layout = ctx.shape
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        N, _, Hp, Wp = xpad.shape
-        R, W = rows.shape[0], cols.shape[0]
-        kkc = k * k * cin
-        cdt = _compute_dtype(xpad)
-        xc = xpad.to(cdt)
-        win = _windows(xc, k, layout)
-        # dxpad pixel-major, (Hp·Wp, N, C): each window element is one index_add_ row.
-        dxp = torch.zeros((Hp * Wp, N, cin), dtype=cdt, device=xpad.device) if need_x else None
-        dweight = memory.empty_output(weight.shape, weight) if need_w else None
-        per_row = _contraction_bytes_per_row(
-            W, N, kkc, cout, k, xc.element_size(), cast_weights=weight.dtype != cdt
-        )
-        step = _rows_per_block(per_row, R, xpad.device)
-        tap = torch.arange(k, device=xpad.device)  # ky or kx
-        for s in range(0, R, step):
-            e = min(s + step, R)
-            m = e - s
-            dyb = dy[:, :, s:e, :].permute(2, 3, 0, 1).reshape(m * W, N, cout).to(cdt)
-            if need_w:
-                cols_b = win[rows[s:e, None], cols[None, :]].reshape(m * W, N, kkc)
-                dwb = torch.bmm(cols_b.transpose(1, 2), dyb)  # (m·W, k·k·C, O)
-                _flat_block(dweight, s, e, W, kkc, cout, layout).copy_(dwb)
-                del cols_b, dwb
-            if need_x:
-                wb = _flat_block(weight, s, e, W, kkc, cout, layout).to(cdt)
-                dcols = torch.bmm(dyb, wb.transpose(1, 2))  # (m·W, N, k·k·C)
-                if layout == "flat":  # (m, W, N, C, ky, kx) → (m, W, ky, kx, N, C)
-                    src = dcols.view(m, W, N, cin, k, k).permute(0, 1, 4, 5, 2, 3)
-                else:  # (m, W, N, ky, kx, C) → (m, W, ky, kx, N, C)
-                    src = dcols.view(m, W, N, k, k, cin).permute(0, 1, 3, 4, 2, 5)
-                # Flat padded index of window element (ky, kx) of output pixel (i, j).
-                r = (rows[s:e, None, None, None] + tap[None, None, :, None]) * Wp
-                c = cols[None, :, None, None] + tap[None, None, None, :]
-                dxp.index_add_(0, (r + c).reshape(-1), src.reshape(-1, N, cin))
-                del dcols, src
-        dxpad = None
-        if need_x:
-            dxpad = dxp.view(Hp, Wp, N, cin).permute(2, 3, 0, 1).to(xpad.dtype)
-        return dxpad, dweight, None, None, None, None, None, None
-
-
 def _flat_block(
     weight: torch.Tensor, s: int, e: int, W: int, kkc: int, cout: int, layout: Layout
 ) -> torch.Tensor:
@@ -208,18 +125,136 @@ def _flat_block(
     return block.reshape((e - s) * W, kkc, cout)
 
 
-def _contract(
-    xpad: torch.Tensor,
+def _contract_forward(
+    win: torch.Tensor,
     weight: torch.Tensor,
     rows: torch.Tensor,
     cols: torch.Tensor,
-    k: int,
-    cin: int,
     cout: int,
     layout: Layout,
-) -> torch.Tensor:
-    """:class:`_WeightsContraction` (the one contraction of this file); shapes as there."""
-    return _WeightsContraction.apply(xpad, weight, rows, cols, k, cin, cout, layout)
+    y: torch.Tensor,
+) -> None:
+    """``y[n,o,i,j] = Σ_q win[rows[i], cols[j]][n, q] · weight[i, j, q, o]``, block by block.
+
+    Args:
+        win: :func:`_windows` of the padded LR map, in the compute dtype.
+        weight: ``R×W`` pixels' weights in ``layout`` (any dtype; cast per block).
+        rows: ``(R,)`` int64 LR row of each output row; cols: ``(W,)`` of each column (any
+            order: the output follows these maps).
+        cout: ``Cout``.
+        layout: ``"flat"`` or ``"hwkkco"``.
+        y: ``(N, Cout, R, W)``, written completely.
+    """
+    R, W, N = rows.shape[0], cols.shape[0], win.shape[2]
+    kkc = win[0, 0, 0].numel()
+    per_row = _contraction_bytes_per_row(
+        W, N, kkc, cout, win.shape[-1], win.element_size(), cast_weights=weight.dtype != win.dtype
+    )
+    step = _rows_per_block(per_row, R, win.device)
+    for s in range(0, R, step):
+        e = min(s + step, R)
+        cols_b = win[rows[s:e, None], cols[None, :]].reshape((e - s) * W, N, kkc)
+        wb = _flat_block(weight, s, e, W, kkc, cout, layout).to(win.dtype)
+        yb = torch.bmm(cols_b, wb)  # (m·W, N, O)
+        y[:, :, s:e, :] = yb.view(e - s, W, N, cout).permute(2, 3, 0, 1)
+
+
+def _contract_backward(
+    win: torch.Tensor,
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    dy: torch.Tensor,
+    cin: int,
+    layout: Layout,
+    dxp: torch.Tensor | None,
+    dweight: torch.Tensor | None,
+) -> None:
+    """Gradients of :func:`_contract_forward`, block by block (windows gathered again).
+
+    Args:
+        win, weight, rows, cols, layout: as :func:`_contract_forward`; ``win`` is ``(h, w, N,
+            ...)`` over a padded map of width ``Wp = w + k - 1``.
+        dy: ``(N, Cout, R, W)``.
+        cin: ``Cin``.
+        dxp: ``(Hp·Wp, N, Cin)`` in the compute dtype, the padded map's gradient pixel-major
+            (each window element is then one ``index_add_`` row); added to. None: not needed.
+        dweight: like ``weight``, written completely. None: not needed.
+    """
+    R, W, N, cout = rows.shape[0], cols.shape[0], win.shape[2], dy.shape[1]
+    k = win.shape[-2] if layout == "hwkkco" else win.shape[-1]
+    kkc = k * k * cin
+    Wp = win.shape[1] + k - 1
+    cdt = win.dtype
+    per_row = _contraction_bytes_per_row(
+        W, N, kkc, cout, k, win.element_size(), cast_weights=weight.dtype != cdt
+    )
+    step = _rows_per_block(per_row, R, win.device)
+    tap = torch.arange(k, device=win.device)  # ky or kx
+    for s in range(0, R, step):
+        e = min(s + step, R)
+        m = e - s
+        dyb = dy[:, :, s:e, :].permute(2, 3, 0, 1).reshape(m * W, N, cout).to(cdt)
+        if dweight is not None:
+            cols_b = win[rows[s:e, None], cols[None, :]].reshape(m * W, N, kkc)
+            dwb = torch.bmm(cols_b.transpose(1, 2), dyb)  # (m·W, k·k·C, O)
+            _flat_block(dweight, s, e, W, kkc, cout, layout).copy_(dwb)
+            del cols_b, dwb
+        if dxp is not None:
+            wb = _flat_block(weight, s, e, W, kkc, cout, layout).to(cdt)
+            dcols = torch.bmm(dyb, wb.transpose(1, 2))  # (m·W, N, k·k·C)
+            if layout == "flat":  # (m, W, N, C, ky, kx) → (m, W, ky, kx, N, C)
+                src = dcols.view(m, W, N, cin, k, k).permute(0, 1, 4, 5, 2, 3)
+            else:  # (m, W, N, ky, kx, C) → (m, W, ky, kx, N, C)
+                src = dcols.view(m, W, N, k, k, cin).permute(0, 1, 3, 4, 2, 5)
+            # Flat padded index of window element (ky, kx) of output pixel (i, j).
+            r = (rows[s:e, None, None, None] + tap[None, None, :, None]) * Wp
+            c = cols[None, :, None, None] + tap[None, None, None, :]
+            dxp.index_add_(0, (r + c).reshape(-1), src.reshape(-1, N, cin))
+            del dcols, src
+
+
+def _dxp_buffer(xpad: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+    """Zeros ``(Hp·Wp, N, Cin)``: the padded map's gradient, pixel-major."""
+    N, C, Hp, Wp = xpad.shape
+    return torch.zeros((Hp * Wp, N, C), dtype=cdt, device=xpad.device)
+
+
+def _dxp_to_nchw(dxp: torch.Tensor, xpad: torch.Tensor) -> torch.Tensor:
+    """The pixel-major gradient buffer as ``xpad``'s ``(N, Cin, Hp, Wp)``, in its dtype."""
+    N, C, Hp, Wp = xpad.shape
+    return dxp.view(Hp, Wp, N, C).permute(2, 3, 0, 1).to(xpad.dtype)
+
+
+class _WeightsContraction(torch.autograd.Function):
+    """The contraction with given weights (:func:`_contract_forward`) as one autograd node.
+
+    Inputs: ``xpad (N, Cin, h + k - 1, w + k - 1)`` (:func:`.pad_window`), ``weight`` (``R×W``
+    pixels in ``layout``), ``rows (R,)``, ``cols (W,)`` int64, then ``k, cin, cout, layout``.
+    Returns ``(N, Cout, R, W)``. Saves only ``xpad``, ``weight`` and the two index maps.
+    """
+
+    @staticmethod
+    def forward(ctx, xpad, weight, rows, cols, k, cin, cout, layout):
+        win = _windows(xpad.to(_compute_dtype(xpad)), k, layout)
+        y = memory.empty_output((xpad.shape[0], cout, rows.shape[0], cols.shape[0]), xpad)
+        _contract_forward(win, weight, rows, cols, cout, layout, y)
+        ctx.save_for_backward(xpad, weight, rows, cols)
+        ctx.shape = (k, cin, layout)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        xpad, weight, rows, cols = ctx.saved_tensors
+        k, cin, layout = ctx.shape
+        cdt = _compute_dtype(xpad)
+        win = _windows(xpad.to(cdt), k, layout)
+        dxp = _dxp_buffer(xpad, cdt) if ctx.needs_input_grad[0] else None
+        dweight = memory.empty_output(weight.shape, weight) if ctx.needs_input_grad[1] else None
+        _contract_backward(win, weight, rows, cols, dy, cin, layout, dxp, dweight)
+        dxpad = None if dxp is None else _dxp_to_nchw(dxp, xpad)
+        return dxpad, dweight, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------- weights-first
@@ -236,6 +271,104 @@ def _activation_width(predict: Callable[[torch.Tensor], torch.Tensor], out_width
     return 3 * out_width
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What :class:`_WeightsFirst` needs besides its tensor inputs."""
+
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    geom: Geometry
+    k: int
+    cin: int
+    cout: int
+    rows: torch.Tensor  # (H,) int64
+    cols: torch.Tensor  # (W,) int64
+    step: int  # output rows per block
+
+    def weights(self, s: int, e: int, like: torch.Tensor) -> torch.Tensor:
+        """``predict`` on the positions of output rows ``s..e-1``: ``(m·W, k·k·Cin·Cout)`` in
+        ``like``'s dtype (cast differentiably)."""
+        g = self.geom
+        pos = g.row_pos[s:e, None, :] + (g.col_pos + g.const_pos)[None]  # (m, W, P), float64
+        pos = as_float(pos.reshape(-1, g.num_pos), like)
+        wb = predict_checked(self.predict, pos, self.k * self.k * self.cin * self.cout)
+        return wb.to(like.dtype)
+
+
+def predict_checked(
+    predict: Callable[[torch.Tensor], torch.Tensor], pos: torch.Tensor, width: int
+) -> torch.Tensor:
+    """``predict(pos)``, refused with a ValueError unless it is ``(M, width)``."""
+    wb = predict(pos)
+    if not isinstance(wb, torch.Tensor) or wb.shape != (pos.shape[0], width):
+        got = tuple(wb.shape) if isinstance(wb, torch.Tensor) else type(wb).__name__
+        raise ValueError(
+            f"the predictor returned {got} for {pos.shape[0]} positions, expected "
+            f"({pos.shape[0]}, {width}) = (M, k*k*Cin*Cout)"
+        )
+    return wb
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """``a + b`` where None is zero (a parameter a block does not use)."""
+    return b if a is None else (a if b is None else a + b)
+
+
+class _WeightsFirst(torch.autograd.Function):
+    """Predict, contract and free the weights block by block; recompute them in backward.
+
+    Inputs: ``xpad`` (:func:`.pad_window` of ``x``), the :class:`_Plan`, then the tensors
+    ``predict`` differentiates through (its parameters). Forward runs without a graph, so
+    nothing of a block outlives it; backward predicts each block again with autograd on,
+    contracts ``dy`` into the block's weight gradient and ``xpad``'s, and pulls the weight
+    gradient back into the parameters (:func:`torch.autograd.grad`). Saves only ``xpad``.
+    """
+
+    @staticmethod
+    def forward(ctx, xpad, plan, *params):
+        cdt = _compute_dtype(xpad)
+        win = _windows(xpad.to(cdt), plan.k, "flat")
+        H, W = plan.rows.shape[0], plan.cols.shape[0]
+        y = memory.empty_output((xpad.shape[0], plan.cout, H, W), xpad)
+        for s in range(0, H, plan.step):
+            e = min(s + plan.step, H)
+            wb = plan.weights(s, e, xpad)
+            _contract_forward(win, wb, plan.rows[s:e], plan.cols, plan.cout, "flat", y[:, :, s:e])
+            del wb
+        ctx.save_for_backward(xpad, *params)
+        ctx.plan = plan
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        xpad, *all_params = ctx.saved_tensors
+        plan = ctx.plan
+        needs = ctx.needs_input_grad[2:]
+        params = [p for p, need in zip(all_params, needs, strict=True) if need]
+        cdt = _compute_dtype(xpad)
+        win = _windows(xpad.to(cdt), plan.k, "flat")
+        dxp = _dxp_buffer(xpad, cdt) if ctx.needs_input_grad[0] else None
+        grads = [None] * len(params)
+        H = plan.rows.shape[0]
+        for s in range(0, H, plan.step):
+            e = min(s + plan.step, H)
+            with torch.enable_grad():
+                wb = plan.weights(s, e, xpad)
+            dwb = torch.empty_like(wb) if params else None
+            rows = plan.rows[s:e]
+            _contract_backward(
+                win, wb.detach(), rows, plan.cols, dy[:, :, s:e], plan.cin, "flat", dxp, dwb
+            )
+            if params:
+                got = torch.autograd.grad(wb, params, dwb, allow_unused=True)
+                grads = [_add(a, g) for a, g in zip(grads, got, strict=True)]
+            del wb, dwb
+        it = iter(grads)
+        param_grads = [next(it) if need else None for need in needs]
+        dxpad = None if dxp is None else _dxp_to_nchw(dxp, xpad)
+        return (dxpad, None, *param_grads)
+
+
 def weights_first(
     x: torch.Tensor,
     predict: Callable[[torch.Tensor], torch.Tensor],
@@ -243,16 +376,17 @@ def weights_first(
     kernel_size: int,
     in_channels: int,
     out_channels: int,
+    params: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Meta-Upscale with any weight predictor, one block of output rows at a time.
 
     For each block: positions ``(m·W, P)`` from ``geom`` (``row_pos[i] + col_pos[j] +
     const_pos``, cast to ``x``'s dtype as the spec does), ``W = predict(pos)``, the contraction
-    (:class:`_WeightsContraction`), then ``W`` is freed. Under autograd each block runs in
-    :func:`torch.utils.checkpoint.checkpoint`, so backward predicts the block's weights again
-    instead of keeping them: the gradients reach ``x`` and every parameter ``predict`` uses.
-    Peak memory is about one block's weights and ``predict``'s activations; the block size comes
-    from the free memory (at least one output row).
+    (:func:`_contract_forward`, shared with :func:`meta_upscale_weights`), then ``W`` is freed.
+    One autograd node (:class:`_WeightsFirst`) covers the call: forward keeps no block, backward
+    predicts each block's weights again (with autograd on), so the gradients reach ``x`` and
+    ``params``. Peak memory is about one block's weights and ``predict``'s activations; the
+    block size comes from the free memory (at least one output row).
 
     Equivalent plain PyTorch (the spec, :mod:`.naive`, with ``phi = predict``)::
 
@@ -260,7 +394,8 @@ def weights_first(
         y = <the contraction of metasr.ops.meta_upscale.weights.meta_upscale_weights>(x, W)
 
     ``predict`` must treat positions independently (no batch statistics, e.g. no BatchNorm in
-    training mode): it sees one block of positions per call.
+    training mode: it sees one block of positions per call) and be deterministic (no dropout in
+    training mode: backward calls it again). Double backward is not supported.
 
     Args:
         x: ``(N, Cin, h, w)`` features in the compute dtype.
@@ -271,6 +406,10 @@ def weights_first(
             ``periodic_lon`` chooses the padding.
         kernel_size, in_channels, out_channels: ``k`` (odd), ``Cin`` (= ``x.shape[1]``),
             ``Cout``.
+        params: the tensors ``predict`` computes with that should get gradients; default
+            ``predict.parameters()`` for an ``nn.Module``, none for another callable (a tensor
+            it uses but that is not listed gets no gradient). Those without ``requires_grad``
+            are skipped.
 
     Returns:
         ``(N, Cout, H, W)`` in the geometry's computed row and column order, as every backend
@@ -280,38 +419,29 @@ def weights_first(
         ValueError: if ``predict`` returns another shape than ``(M, k·k·Cin·Cout)``.
     """
     N, k, C, O = x.shape[0], kernel_size, in_channels, out_channels
-    width = k * k * C * O
-    xpad = pad_window(x, k, geom.periodic_lon)
-    rows = as_index(geom.row_idx, x.device)
-    cols = as_index(geom.col_idx, x.device)
-    col_pos = geom.col_pos + geom.const_pos  # (W, P), float64
-    record = torch.is_grad_enabled()
-
-    def block(xp: torch.Tensor, s: int, e: int) -> torch.Tensor:
-        pos = as_float((geom.row_pos[s:e, None, :] + col_pos[None]).reshape(-1, geom.num_pos), xp)
-        wb = predict(pos)
-        if wb.shape != (pos.shape[0], width):
-            raise ValueError(
-                f"the predictor returned shape {tuple(wb.shape)} for {pos.shape[0]} positions, "
-                f"expected ({pos.shape[0]}, {width}) = k*k*Cin*Cout for k={k}, Cin={C}, Cout={O}"
-            )
-        return _contract(xp, wb.to(xp.dtype), rows[s:e], cols, k, C, O, "flat")
-
+    if params is None:
+        params = tuple(predict.parameters()) if isinstance(predict, nn.Module) else ()
+    params = tuple(p for p in params if p.requires_grad)
+    # Temporaries of one output row: predict's activations (and their gradients when
+    # backward will run) plus the contraction's.
     item = x.element_size()
-    act = _activation_width(predict, width) * (2 if record else 1)  # + gradients in backward
+    act = _activation_width(predict, k * k * C * O)
+    if torch.is_grad_enabled() and (x.requires_grad or params):
+        act *= 2
     per_row = geom.W * act * item + _contraction_bytes_per_row(
         geom.W, N, k * k * C, O, k, item, cast_weights=False
     )
-    step = _rows_per_block(per_row, geom.H, x.device)
-    blocks = []
-    for s in range(0, geom.H, step):
-        e = min(s + step, geom.H)
-        if record:
-            # Non-reentrant: the gradients reach predict's parameters without being inputs.
-            blocks.append(checkpoint(block, xpad, s, e, use_reentrant=False))
-        else:
-            blocks.append(block(xpad, s, e))
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
+    plan = _Plan(
+        predict,
+        geom,
+        k,
+        C,
+        O,
+        as_index(geom.row_idx, x.device),
+        as_index(geom.col_idx, x.device),
+        _rows_per_block(per_row, geom.H, x.device),
+    )
+    return _WeightsFirst.apply(pad_window(x, k, geom.periodic_lon), plan, *params)
 
 
 # --------------------------------------------------------------------------- public function
@@ -500,7 +630,7 @@ def meta_upscale_weights(
     col_idx = geom.col_idx if geom.col_order is None else geom.col_idx[geom.col_order]
     with torch.autocast(device_type=x.device.type, enabled=False):
         xpad = pad_window(x, k, geom.periodic_lon)
-        return _contract(
+        return _WeightsContraction.apply(
             xpad,
             weight,
             as_index(np.asarray(row_idx), x.device),
