@@ -495,3 +495,27 @@ def test_meta_upscale_weights_does_not_unfold_at_output_resolution():
     assert out["full"] > headroom  # the unfolded x could not even be allocated
     # Measured 53-87 MB (the weight gradient, 25 MB blocks and the allocator's slack).
     assert out["peak"] < out["full"] * 3 / 4, out
+
+
+# --------------------------------------------------------------------------- metasr bench
+
+
+def test_bench_deep_predictor_variants(monkeypatch):
+    from metasr import bench
+
+    cfg = bench.BenchConfig(
+        (2, 3, 6, 6), {"scale": (2.5, 3)}, 2, ("fwd", "fwdbwd"), "tiny deep", 3, 8, "deep"
+    )
+    monkeypatch.setitem(bench.CONFIGS, "tiny-deep", cfg)
+    assert bench.CONFIGS["deep-phi"].predictor == "deep"
+    for backend in ("im2col", "weights_first", "precomputed_weights", "torch:per_phase"):
+        assert bench.is_known_variant(backend, ("im2col", "torch"))
+        for mode in cfg.modes:
+            spec = {"config": "tiny-deep", "mode": mode, "backend": backend, "dtype": "float32",
+                    "device": "cpu", "min_runs": 1, "max_runs": 1, "min_time_s": 0.0,
+                    "slow_s": 1e9}  # fmt: skip
+            r = bench._worker(spec)
+            if backend == "torch:per_phase":  # needs a Pos2Weight: one line, no crash
+                assert not r["ok"] and "needs a Pos2Weight" in r["error"], r
+            else:
+                assert r["ok"] and r["median_ms"] > 0, r
