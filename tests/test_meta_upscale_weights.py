@@ -139,7 +139,7 @@ def test_block_size_does_not_change_the_result(budget_rows, monkeypatch):
     geom = build_geometry(6, 9, scale=(2.3, 1.7))
     weight = torch.randn(geom.H * geom.W, k * k * C * O, dtype=torch.float64, requires_grad=True)
     if budget_rows is not None:
-        per_row = wmod._contraction_bytes_per_row(geom.W, 3, k * k * C, O, k, 8, cast_weights=False)
+        per_row = wmod._contraction_bytes_per_row(geom.W, 3, k * k * C, O, 8, cast_weights=False)
         monkeypatch.setattr(wmod, "MAX_BLOCK_BYTES", budget_rows * per_row)
     got = meta_upscale_weights(x, weight, scale=(2.3, 1.7), out_channels=O)
     w6 = weight.detach().view(geom.H, geom.W, C, k, k, O).requires_grad_(True)

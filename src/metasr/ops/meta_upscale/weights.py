@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -86,14 +87,14 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _contraction_bytes_per_row(
-    W: int, N: int, kkc: int, O: int, k: int, item: int, *, cast_weights: bool
+    W: int, N: int, kkc: int, O: int, item: int, *, cast_weights: bool
 ) -> int:
-    """Temporaries of one output row of :class:`_WeightsContraction` (the larger of forward and
-    backward): gathered windows, their gradient and its transposed copy, ``dy``, the output
-    block, the weight-gradient block (and a float32 copy of the weights where they are cast),
-    the int64 scatter index."""
-    per_pixel = 3 * N * kkc + 2 * N * O + (2 if cast_weights else 1) * kkc * O
-    return W * (per_pixel * item + 8 * k * k)
+    """Temporaries of one output row of the contraction (the larger of forward and backward):
+    the LR cells' windows and their gradient (at most one per output pixel), the gathered
+    windows and their gradient, ``dy`` and the output block, the weight-gradient block (and a
+    copy of the weights where they are cast), the folded gradient, the int64 index."""
+    per_pixel = 5 * N * kkc + 2 * N * O + (2 if cast_weights else 1) * kkc * O
+    return W * (per_pixel * item + 16)
 
 
 def _windows(xpad: torch.Tensor, k: int, layout: Layout) -> torch.Tensor:
@@ -125,10 +126,44 @@ def _flat_block(
     return block.reshape((e - s) * W, kkc, cout)
 
 
+def _block_windows(
+    win: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, r0: int, r1: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows of one block's pixels, gathered through the block's LR rows.
+
+    Args:
+        win: :func:`_windows`, ``(h, w, N, ...)``.
+        rows: ``(m,)`` LR rows of the block's output rows, all in ``[r0, r1)``.
+        cols: ``(W,)`` LR columns of the output columns.
+        r0, r1: the LR rows the block reads.
+
+    Returns:
+        ``(cells, idx)``: the ``(r1-r0)·w`` LR cells' windows as a contiguous ``(cells, N,
+        k·k·Cin)`` (one copy per LR cell, about ``1/(r_v·r_h)`` of the block's gathered size),
+        and the ``(m·W,)`` index of each output pixel's cell in it: ``cells.index_select(0,
+        idx)`` is the block's ``(m·W, N, k·k·Cin)`` windows, gathered as contiguous rows (three
+        times faster on CPU than indexing the strided view per pixel).
+    """
+    w, N = win.shape[1], win.shape[2]
+    cells = win[r0:r1].reshape((r1 - r0) * w, N, -1)
+    idx = ((rows - r0)[:, None] * w + cols[None, :]).reshape(-1)
+    return cells, idx
+
+
+def _row_ranges(rows: np.ndarray, step: int) -> list[tuple[int, int, int, int]]:
+    """Blocks of ``step`` output rows: ``(s, e, r0, r1)``, output rows ``s..e-1`` reading LR rows
+    ``r0..r1-1``."""
+    out = []
+    for s in range(0, len(rows), step):
+        e = min(s + step, len(rows))
+        out.append((s, e, int(rows[s:e].min()), int(rows[s:e].max()) + 1))
+    return out
+
+
 def _contract_forward(
     win: torch.Tensor,
     weight: torch.Tensor,
-    rows: torch.Tensor,
+    rows: np.ndarray,
     cols: torch.Tensor,
     cout: int,
     layout: Layout,
@@ -139,21 +174,22 @@ def _contract_forward(
     Args:
         win: :func:`_windows` of the padded LR map, in the compute dtype.
         weight: ``R×W`` pixels' weights in ``layout`` (any dtype; cast per block).
-        rows: ``(R,)`` int64 LR row of each output row; cols: ``(W,)`` of each column (any
-            order: the output follows these maps).
+        rows: ``(R,)`` int64 (host) LR row of each output row; cols: ``(W,)`` int64 (on the
+            device) LR column of each output column. Any order: the output follows the maps.
         cout: ``Cout``.
         layout: ``"flat"`` or ``"hwkkco"``.
         y: ``(N, Cout, R, W)``, written completely.
     """
-    R, W, N = rows.shape[0], cols.shape[0], win.shape[2]
+    R, W, N = len(rows), cols.shape[0], win.shape[2]
     kkc = win[0, 0, 0].numel()
     per_row = _contraction_bytes_per_row(
-        W, N, kkc, cout, win.shape[-1], win.element_size(), cast_weights=weight.dtype != win.dtype
+        W, N, kkc, cout, win.element_size(), cast_weights=weight.dtype != win.dtype
     )
-    step = _rows_per_block(per_row, R, win.device)
-    for s in range(0, R, step):
-        e = min(s + step, R)
-        cols_b = win[rows[s:e, None], cols[None, :]].reshape((e - s) * W, N, kkc)
+    rows_t = as_index(rows, win.device)
+    for s, e, r0, r1 in _row_ranges(rows, _rows_per_block(per_row, R, win.device)):
+        cells, idx = _block_windows(win, rows_t[s:e], cols, r0, r1)
+        cols_b = cells.index_select(0, idx)  # (m·W, N, k·k·C)
+        del cells
         wb = _flat_block(weight, s, e, W, kkc, cout, layout).to(win.dtype)
         yb = torch.bmm(cols_b, wb)  # (m·W, N, O)
         y[:, :, s:e, :] = yb.view(e - s, W, N, cout).permute(2, 3, 0, 1)
@@ -162,98 +198,90 @@ def _contract_forward(
 def _contract_backward(
     win: torch.Tensor,
     weight: torch.Tensor,
-    rows: torch.Tensor,
+    rows: np.ndarray,
     cols: torch.Tensor,
     dy: torch.Tensor,
     cin: int,
     layout: Layout,
-    dxp: torch.Tensor | None,
+    dxpad: torch.Tensor | None,
     dweight: torch.Tensor | None,
 ) -> None:
     """Gradients of :func:`_contract_forward`, block by block (windows gathered again).
 
     Args:
-        win, weight, rows, cols, layout: as :func:`_contract_forward`; ``win`` is ``(h, w, N,
-            ...)`` over a padded map of width ``Wp = w + k - 1``.
+        win, weight, rows, cols, layout: as :func:`_contract_forward`.
         dy: ``(N, Cout, R, W)``.
         cin: ``Cin``.
-        dxp: ``(Hp·Wp, N, Cin)`` in the compute dtype, the padded map's gradient pixel-major
-            (each window element is then one ``index_add_`` row); added to. None: not needed.
+        dxpad: ``(N, Cin, Hp, Wp)`` in the compute dtype, the padded map's gradient; added to.
+            None: not needed.
         dweight: like ``weight``, written completely. None: not needed.
     """
-    R, W, N, cout = rows.shape[0], cols.shape[0], win.shape[2], dy.shape[1]
+    R, W, N, cout = len(rows), cols.shape[0], win.shape[2], dy.shape[1]
+    w = win.shape[1]
     k = win.shape[-2] if layout == "hwkkco" else win.shape[-1]
     kkc = k * k * cin
-    Wp = win.shape[1] + k - 1
     cdt = win.dtype
     per_row = _contraction_bytes_per_row(
-        W, N, kkc, cout, k, win.element_size(), cast_weights=weight.dtype != cdt
+        W, N, kkc, cout, win.element_size(), cast_weights=weight.dtype != cdt
     )
-    step = _rows_per_block(per_row, R, win.device)
-    tap = torch.arange(k, device=win.device)  # ky or kx
-    for s in range(0, R, step):
-        e = min(s + step, R)
+    rows_t = as_index(rows, win.device)
+    for s, e, r0, r1 in _row_ranges(rows, _rows_per_block(per_row, R, win.device)):
         m = e - s
         dyb = dy[:, :, s:e, :].permute(2, 3, 0, 1).reshape(m * W, N, cout).to(cdt)
+        cells, idx = _block_windows(win, rows_t[s:e], cols, r0, r1)
         if dweight is not None:
-            cols_b = win[rows[s:e, None], cols[None, :]].reshape(m * W, N, kkc)
+            cols_b = cells.index_select(0, idx)
             dwb = torch.bmm(cols_b.transpose(1, 2), dyb)  # (m·W, k·k·C, O)
             _flat_block(dweight, s, e, W, kkc, cout, layout).copy_(dwb)
             del cols_b, dwb
-        if dxp is not None:
+        if dxpad is not None:
             wb = _flat_block(weight, s, e, W, kkc, cout, layout).to(cdt)
             dcols = torch.bmm(dyb, wb.transpose(1, 2))  # (m·W, N, k·k·C)
-            if layout == "flat":  # (m, W, N, C, ky, kx) → (m, W, ky, kx, N, C)
-                src = dcols.view(m, W, N, cin, k, k).permute(0, 1, 4, 5, 2, 3)
-            else:  # (m, W, N, ky, kx, C) → (m, W, ky, kx, N, C)
-                src = dcols.view(m, W, N, k, k, cin).permute(0, 1, 3, 4, 2, 5)
-            # Flat padded index of window element (ky, kx) of output pixel (i, j).
-            r = (rows[s:e, None, None, None] + tap[None, None, :, None]) * Wp
-            c = cols[None, :, None, None] + tap[None, None, None, :]
-            dxp.index_add_(0, (r + c).reshape(-1), src.reshape(-1, N, cin))
-            del dcols, src
-
-
-def _dxp_buffer(xpad: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
-    """Zeros ``(Hp·Wp, N, Cin)``: the padded map's gradient, pixel-major."""
-    N, C, Hp, Wp = xpad.shape
-    return torch.zeros((Hp * Wp, N, C), dtype=cdt, device=xpad.device)
-
-
-def _dxp_to_nchw(dxp: torch.Tensor, xpad: torch.Tensor) -> torch.Tensor:
-    """The pixel-major gradient buffer as ``xpad``'s ``(N, Cin, Hp, Wp)``, in its dtype."""
-    N, C, Hp, Wp = xpad.shape
-    return dxp.view(Hp, Wp, N, C).permute(2, 3, 0, 1).to(xpad.dtype)
+            # Sum the pixels of each LR cell first (rows of N·k·k·C values: a fast scatter),
+            # then fold the cells' windows onto the padded map (the adjoint of unfold).
+            dcells = torch.zeros_like(cells).index_add_(0, idx, dcols)
+            del dcols
+            nr = r1 - r0
+            if layout == "flat":  # (nr, w, N, C·k·k) → (N, C·k·k, nr·w)
+                dcells = dcells.view(nr, w, N, kkc).permute(2, 3, 0, 1)
+            else:  # (nr, w, N, ky, kx, C) → (N, C, ky, kx, nr, w), fold's channel order
+                dcells = dcells.view(nr, w, N, k, k, cin).permute(2, 5, 3, 4, 0, 1)
+            dcells = dcells.reshape(N, kkc, nr * w)
+            dxpad[:, :, r0 : r1 + k - 1] += F.fold(dcells, (nr + k - 1, w + k - 1), k)
+            del dcells
+        del cells
 
 
 class _WeightsContraction(torch.autograd.Function):
     """The contraction with given weights (:func:`_contract_forward`) as one autograd node.
 
     Inputs: ``xpad (N, Cin, h + k - 1, w + k - 1)`` (:func:`.pad_window`), ``weight`` (``R×W``
-    pixels in ``layout``), ``rows (R,)``, ``cols (W,)`` int64, then ``k, cin, cout, layout``.
-    Returns ``(N, Cout, R, W)``. Saves only ``xpad``, ``weight`` and the two index maps.
+    pixels in ``layout``), ``rows (R,)`` int64 NumPy, ``cols (W,)`` int64 tensor, then ``k, cin,
+    cout, layout``. Returns ``(N, Cout, R, W)``. Saves only ``xpad`` and ``weight`` (and the
+    index maps).
     """
 
     @staticmethod
     def forward(ctx, xpad, weight, rows, cols, k, cin, cout, layout):
         win = _windows(xpad.to(_compute_dtype(xpad)), k, layout)
-        y = memory.empty_output((xpad.shape[0], cout, rows.shape[0], cols.shape[0]), xpad)
+        y = memory.empty_output((xpad.shape[0], cout, len(rows), cols.shape[0]), xpad)
         _contract_forward(win, weight, rows, cols, cout, layout, y)
-        ctx.save_for_backward(xpad, weight, rows, cols)
-        ctx.shape = (k, cin, layout)
+        ctx.save_for_backward(xpad, weight, cols)
+        ctx.shape = (rows, k, cin, layout)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        xpad, weight, rows, cols = ctx.saved_tensors
-        k, cin, layout = ctx.shape
+        xpad, weight, cols = ctx.saved_tensors
+        rows, k, cin, layout = ctx.shape
         cdt = _compute_dtype(xpad)
         win = _windows(xpad.to(cdt), k, layout)
-        dxp = _dxp_buffer(xpad, cdt) if ctx.needs_input_grad[0] else None
+        dxpad = torch.zeros(xpad.shape, dtype=cdt, device=xpad.device)
+        dxpad = dxpad if ctx.needs_input_grad[0] else None
         dweight = memory.empty_output(weight.shape, weight) if ctx.needs_input_grad[1] else None
-        _contract_backward(win, weight, rows, cols, dy, cin, layout, dxp, dweight)
-        dxpad = None if dxp is None else _dxp_to_nchw(dxp, xpad)
+        _contract_backward(win, weight, rows, cols, dy, cin, layout, dxpad, dweight)
+        dxpad = None if dxpad is None else dxpad.to(xpad.dtype)
         return dxpad, dweight, None, None, None, None, None, None
 
 
@@ -280,7 +308,7 @@ class _Plan:
     k: int
     cin: int
     cout: int
-    rows: torch.Tensor  # (H,) int64
+    rows: np.ndarray  # (H,) int64, host
     cols: torch.Tensor  # (W,) int64
     step: int  # output rows per block
 
@@ -327,7 +355,7 @@ class _WeightsFirst(torch.autograd.Function):
     def forward(ctx, xpad, plan, *params):
         cdt = _compute_dtype(xpad)
         win = _windows(xpad.to(cdt), plan.k, "flat")
-        H, W = plan.rows.shape[0], plan.cols.shape[0]
+        H, W = len(plan.rows), plan.cols.shape[0]
         y = memory.empty_output((xpad.shape[0], plan.cout, H, W), xpad)
         for s in range(0, H, plan.step):
             e = min(s + plan.step, H)
@@ -347,9 +375,10 @@ class _WeightsFirst(torch.autograd.Function):
         params = [p for p, need in zip(all_params, needs, strict=True) if need]
         cdt = _compute_dtype(xpad)
         win = _windows(xpad.to(cdt), plan.k, "flat")
-        dxp = _dxp_buffer(xpad, cdt) if ctx.needs_input_grad[0] else None
+        dxpad = torch.zeros(xpad.shape, dtype=cdt, device=xpad.device)
+        dxpad = dxpad if ctx.needs_input_grad[0] else None
         grads = [None] * len(params)
-        H = plan.rows.shape[0]
+        H = len(plan.rows)
         for s in range(0, H, plan.step):
             e = min(s + plan.step, H)
             with torch.enable_grad():
@@ -357,7 +386,7 @@ class _WeightsFirst(torch.autograd.Function):
             dwb = torch.empty_like(wb) if params else None
             rows = plan.rows[s:e]
             _contract_backward(
-                win, wb.detach(), rows, plan.cols, dy[:, :, s:e], plan.cin, "flat", dxp, dwb
+                win, wb.detach(), rows, plan.cols, dy[:, :, s:e], plan.cin, "flat", dxpad, dwb
             )
             if params:
                 got = torch.autograd.grad(wb, params, dwb, allow_unused=True)
@@ -365,7 +394,7 @@ class _WeightsFirst(torch.autograd.Function):
             del wb, dwb
         it = iter(grads)
         param_grads = [next(it) if need else None for need in needs]
-        dxpad = None if dxp is None else _dxp_to_nchw(dxp, xpad)
+        dxpad = None if dxpad is None else dxpad.to(xpad.dtype)
         return (dxpad, None, *param_grads)
 
 
@@ -429,7 +458,7 @@ def weights_first(
     if torch.is_grad_enabled() and (x.requires_grad or params):
         act *= 2
     per_row = geom.W * act * item + _contraction_bytes_per_row(
-        geom.W, N, k * k * C, O, k, item, cast_weights=False
+        geom.W, N, k * k * C, O, item, cast_weights=False
     )
     plan = _Plan(
         predict,
@@ -437,7 +466,7 @@ def weights_first(
         k,
         C,
         O,
-        as_index(geom.row_idx, x.device),
+        np.asarray(geom.row_idx, dtype=np.int64),
         as_index(geom.col_idx, x.device),
         _rows_per_block(per_row, geom.H, x.device),
     )
@@ -633,7 +662,7 @@ def meta_upscale_weights(
         return _WeightsContraction.apply(
             xpad,
             weight,
-            as_index(np.asarray(row_idx), x.device),
+            np.asarray(row_idx, dtype=np.int64),
             as_index(np.asarray(col_idx), x.device),
             k,
             C,
