@@ -391,6 +391,23 @@ def test_weights_first_float32_and_inference(one_row_blocks):
     assert_close_to(dw, dw_want, "d last-layer weight")
 
 
+def test_weights_first_float32_predictor_with_bfloat16_features(one_row_blocks):
+    # The predictor runs in its own dtype (positions in float32), the contraction in x's.
+    C, O, k = 3, 2, 3
+    torch.manual_seed(0)
+    phi = DeepPredictor(C, O, k)
+    x = torch.randn(1, C, 5, 4).bfloat16().requires_grad_(True)
+    geom = build_geometry(5, 4, scale=(2.3, 1.5))
+    got = weights_first(x, phi, geom, k, C, O)
+    assert got.dtype == torch.bfloat16
+    got.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and phi.net[0].weight.grad.dtype == torch.float32
+    phi64 = DeepPredictor(C, O, k).double()
+    phi64.load_state_dict(phi.state_dict())
+    w6 = phi64(torch.as_tensor(geom.positions())).view(geom.H, geom.W, C, k, k, O)
+    assert_close_to(got, reference(x.detach().double(), w6, geom, False), "output")
+
+
 def test_weights_first_predictor_with_the_wrong_width():
     phi = DeepPredictor(3, 2, 3)
     geom = build_geometry(4, 4, scale=2)

@@ -1,6 +1,6 @@
 """Meta-Upscale with per-pixel weights that are given, or predicted by any predictor.
 
-Two entry points share one contraction (:class:`_WeightsContraction`)::
+Two entry points share one contraction (:func:`_contract_forward`, :func:`_contract_backward`)::
 
     y[n, o, i, j] = Σ_{c,ky,kx} xpad[n, c, i'+ky, j'+kx] · W[i, j, c, ky, kx, o]
 
@@ -10,10 +10,11 @@ Two entry points share one contraction (:class:`_WeightsContraction`)::
   last layer is not linear, so the features-first identity does not apply). Weights exist for
   one block of output rows at a time and are recomputed in backward.
 
-Neither unfolds ``x`` at output resolution: for a block of output rows, the ``k×k`` windows are
-read straight from a strided view of the padded LR map (one window per LR cell, no copy) and
-gathered only for that block's pixels, then contracted with the block's weights by one batched
-matmul. The block size comes from the free memory (:func:`_rows_per_block`), at least one row.
+Neither unfolds ``x`` at output resolution: for a block of output rows, the ``k×k`` windows of
+the LR cells that the block reads are copied out of a strided view of the padded LR map (one per
+LR cell), gathered for the block's pixels, and contracted with the block's weights by one
+batched matmul; backward sums each cell's pixels before folding them back onto the LR map. The
+block size comes from the free memory (:func:`_rows_per_block`), at least one output row.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch.autograd.function import once_differentiable
 from ...geometry import Arithmetic, CoordinateGrid, Geometry, Region, build_geometry
 from .. import memory
 from .padding import pad_window
-from .tables import as_float, as_index
+from .tables import as_index
 
 __all__ = ["LAYOUTS", "MAX_BLOCK_BYTES", "TOLERANCES", "meta_upscale_weights", "weights_first"]
 
@@ -301,6 +302,15 @@ def _activation_width(predict: Callable[[torch.Tensor], torch.Tensor], out_width
     return 3 * out_width
 
 
+def _predictor_dtype(predict: Callable[[torch.Tensor], torch.Tensor], default: torch.dtype):
+    """The dtype of ``predict``'s first floating-point parameter, else ``default``."""
+    if isinstance(predict, nn.Module):
+        for p in predict.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return default
+
+
 @dataclass(frozen=True)
 class _Plan:
     """What :class:`_WeightsFirst` needs besides its tensor inputs."""
@@ -313,18 +323,19 @@ class _Plan:
     rows: np.ndarray  # (H,) int64, host
     cols: torch.Tensor  # (W,) int64
     step: int  # output rows per block
+    pos_dtype: torch.dtype  # what predict takes
 
     def weights(self, s: int, e: int, like: torch.Tensor) -> torch.Tensor:
         """``predict`` on the positions of output rows ``s..e-1``: ``(m·W, k·k·Cin·Cout)`` in
         ``like``'s dtype (cast differentiably)."""
         g = self.geom
         pos = g.row_pos[s:e, None, :] + (g.col_pos + g.const_pos)[None]  # (m, W, P), float64
-        pos = as_float(pos.reshape(-1, g.num_pos), like)
-        wb = predict_checked(self.predict, pos, self.k * self.k * self.cin * self.cout)
+        pos = torch.as_tensor(pos.reshape(-1, g.num_pos), device=like.device).to(self.pos_dtype)
+        wb = _predict_checked(self.predict, pos, self.k * self.k * self.cin * self.cout)
         return wb.to(like.dtype)
 
 
-def predict_checked(
+def _predict_checked(
     predict: Callable[[torch.Tensor], torch.Tensor], pos: torch.Tensor, width: int
 ) -> torch.Tensor:
     """``predict(pos)``, refused with a ValueError unless it is ``(M, width)``."""
@@ -350,7 +361,8 @@ class _WeightsFirst(torch.autograd.Function):
     ``predict`` differentiates through (its parameters). Forward runs without a graph, so
     nothing of a block outlives it; backward predicts each block again with autograd on,
     contracts ``dy`` into the block's weight gradient and ``xpad``'s, and pulls the weight
-    gradient back into the parameters (:func:`torch.autograd.grad`). Saves only ``xpad``.
+    gradient back into the parameters (:func:`torch.autograd.grad`). Saves only ``xpad`` and
+    the parameters.
     """
 
     @staticmethod
@@ -412,7 +424,7 @@ def weights_first(
     """Meta-Upscale with any weight predictor, one block of output rows at a time.
 
     For each block: positions ``(m·W, P)`` from ``geom`` (``row_pos[i] + col_pos[j] +
-    const_pos``, cast to ``x``'s dtype as the spec does), ``W = predict(pos)``, the contraction
+    const_pos``, float64 cast to the predictor's dtype), ``W = predict(pos)``, the contraction
     (:func:`_contract_forward`, shared with :func:`meta_upscale_weights`), then ``W`` is freed.
     One autograd node (:class:`_WeightsFirst`) covers the call: forward keeps no block, backward
     predicts each block's weights again (with autograd on), so the gradients reach ``x`` and
@@ -431,7 +443,9 @@ def weights_first(
     Args:
         x: ``(N, Cin, h, w)`` features in the compute dtype.
         predict: ``(M, P)`` positions → ``(M, k·k·Cin·Cout)`` weights in the official layout
-            (``((c·k + ky)·k + kx)·Cout + o``), ``P = geom.num_pos``; its output is cast to
+            (``((c·k + ky)·k + kx)·Cout + o``), ``P = geom.num_pos``. Positions come in the
+            dtype of its first floating-point parameter (an ``nn.Module``; else ``x``'s), so a
+            float32 predictor runs in float32 beside bfloat16 features; its output is cast to
             ``x``'s dtype (differentiably) when it differs.
         geom: the output geometry (:func:`metasr.geometry.build_geometry`); its
             ``periodic_lon`` chooses the padding.
@@ -471,6 +485,7 @@ def weights_first(
         np.asarray(geom.row_idx, dtype=np.int64),
         as_index(geom.col_idx, x.device),
         _rows_per_block(per_row, geom.H, x.device),
+        _predictor_dtype(predict, x.dtype),
     )
     return _WeightsFirst.apply(pad_window(x, k, geom.periodic_lon), plan, *params)
 
@@ -553,8 +568,8 @@ def meta_upscale_weights(
     request's pixels, row-major) the result is ``metasr.meta_upscale(x, phi, ...)``.
 
     Memory: the output, and in backward the weight's gradient (as large as ``weight``), plus one
-    block of output rows at a time: its pixels' ``k×k·Cin`` windows (gathered from a strided view
-    of the padded LR map, never unfolded at output resolution) and the block's products. Autograd
+    block of output rows at a time: its pixels' ``k×k·Cin`` windows (gathered through its LR
+    cells; ``x`` is never unfolded at output resolution) and the block's products. Autograd
     keeps only ``x`` (padded) and ``weight``. The block size comes from the free memory (a
     quarter of it, at most :data:`MAX_BLOCK_BYTES`, at least one row).
 
