@@ -131,6 +131,28 @@ def test_matches_the_naive_spec_float64(call, k, layout, periodic, one_row_block
     torch.testing.assert_close(dw, dw_want, rtol=1e-10, atol=1e-10)
 
 
+def test_seed_size_721x1440_from_96x144():
+    # The seed's 7.51 x 10 grid on one channel: geometry against the torch backend of
+    # meta_upscale, gradients against the einsum reference (float64).
+    phi = make_phi(1, 1, 3)
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 96, 144, dtype=torch.float64, requires_grad=True)
+    call = {"size": (721, 1440), "periodic_lon": True}
+    geom = build_geometry(96, 144, **call)
+    with torch.no_grad():
+        want = metasr.meta_upscale(x, phi, backend="torch", **call)
+        flat = phi(request_positions(geom))
+    weight = flat.clone().requires_grad_(True)
+    got = meta_upscale_weights(x, weight, out_channels=1, **call)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    dy = torch.randn_like(got)
+    dx, dw = torch.autograd.grad(got, (x, weight), dy)
+    w6 = flat.view(721, 1440, 1, 3, 3, 1).requires_grad_(True)
+    dx_want, dw_want = torch.autograd.grad(reference(x, w6, geom, True), (x, w6), dy)
+    torch.testing.assert_close(dx, dx_want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(dw, dw_want.reshape(dw.shape), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("budget_rows", [None, 1, 4], ids=["default", "1row", "4rows"])
 def test_block_size_does_not_change_the_result(budget_rows, monkeypatch):
     C, O, k = 4, 3, 3
