@@ -223,6 +223,24 @@ def test_low_precision_against_float64(dtype, layout, one_row_blocks):
     assert_close_to(dw, dw_want, "dweight")
 
 
+def test_non_contiguous_weight(one_row_blocks):
+    # hwkkco as a permuted view of a flat leaf: blocks are copied, gradients reach the leaf.
+    C, O, k = 3, 2, 3
+    torch.manual_seed(0)
+    x = torch.randn(2, C, 4, 5, dtype=torch.float64)
+    geom = build_geometry(4, 5, scale=(1.7, 2.2))
+    flat = torch.randn(geom.H * geom.W, k * k * C * O, dtype=torch.float64, requires_grad=True)
+    w6 = flat.view(geom.H, geom.W, C, k, k, O).permute(0, 1, 3, 4, 2, 5)
+    assert not w6.is_contiguous()
+    got = meta_upscale_weights(x, w6, scale=(1.7, 2.2), layout="hwkkco")
+    want = meta_upscale_weights(x, flat, scale=(1.7, 2.2), out_channels=O)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    dy = torch.randn_like(got)
+    (d_got,) = torch.autograd.grad(got, flat, dy)
+    (d_want,) = torch.autograd.grad(want, flat, dy)
+    torch.testing.assert_close(d_got, d_want, rtol=1e-12, atol=1e-12)
+
+
 def test_periodic_roll_equivariance(one_row_blocks):
     # At an integer r_h, rolling x by s columns (and the weights by r_h·s output columns) rolls
     # the output by r_h·s: the seam is like any other column.

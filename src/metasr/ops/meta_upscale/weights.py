@@ -217,7 +217,8 @@ def _contract_backward(
         cin: ``Cin``.
         dxpad: ``(N, Cin, Hp, Wp)`` in the compute dtype, the padded map's gradient; added to.
             None: not needed.
-        dweight: like ``weight``, written completely. None: not needed.
+        dweight: ``weight``'s shape, contiguous (written through views of its row blocks),
+            written completely. None: not needed.
     """
     R, W, N, cout = len(rows), cols.shape[0], win.shape[2], dy.shape[1]
     w = win.shape[1]
@@ -397,7 +398,8 @@ class _WeightsFirst(torch.autograd.Function):
             e = min(s + plan.step, H)
             with torch.enable_grad():
                 wb = plan.weights(s, e, xpad)
-            dwb = torch.empty_like(wb) if params else None
+            # Contiguous, as _contract_backward writes it through views of its row blocks.
+            dwb = torch.empty(wb.shape, dtype=wb.dtype, device=wb.device) if params else None
             rows = plan.rows[s:e]
             _contract_backward(
                 win, wb.detach(), rows, plan.cols, dy[:, :, s:e], plan.cin, "flat", dxpad, dwb
