@@ -2,7 +2,7 @@
 
 Public API::
 
-    from metasr import MetaUpsample, Pos2Weight, meta_upscale, backends
+    from metasr import MetaUpsample, Pos2Weight, meta_upscale, meta_upscale_weights, backends
     up = MetaUpsample(64, 3)
     y = up(features, scale=(2.5, 3.0))      # or scale=3.7, or size=(721, 1440)
 
@@ -17,6 +17,7 @@ from .geometry import CoordinateGrid, build_geometry, resolve_output_size
 from .modules import MetaUpsample, Pos2Weight
 from .ops.meta_upscale import meta_upscale
 from .ops.meta_upscale._dispatch import BackendUnavailableError, backends
+from .ops.meta_upscale.weights import meta_upscale_weights
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "create_model",
     "list_models",
     "meta_upscale",
+    "meta_upscale_weights",
     "resolve_output_size",
 ]
 

@@ -34,6 +34,9 @@ class BenchConfig:
         out_channels: ``Cout``.
         modes: ``"fwd"`` (inference, no autograd) and/or ``"fwdbwd"`` (forward + backward to the
             input and all MLP parameters).
+        predictor: ``"pos2weight"`` (:class:`metasr.Pos2Weight`, Linear-ReLU-Linear) or
+            ``"deep"`` (:func:`deep_predictor`: three linear layers and a non-linear last layer,
+            ``hidden`` wide, so only the weights-first paths apply).
     """
 
     x_shape: tuple[int, int, int, int]
@@ -43,6 +46,7 @@ class BenchConfig:
     description: str
     kernel_size: int = 3
     hidden: int = 256
+    predictor: str = "pos2weight"
 
 
 CONFIGS: dict[str, BenchConfig] = {
@@ -62,7 +66,64 @@ CONFIGS: dict[str, BenchConfig] = {
     "4k-x4": BenchConfig(
         (1, 64, 540, 960), {"scale": 4}, 3, ("fwd",), "x4 to 2160x3840 (GPU-sized)"
     ),
+    "deep-phi": BenchConfig(
+        (4, 32, 48, 48),
+        {"scale": (2.5, 3.5)},
+        3,
+        ("fwd", "fwdbwd"),
+        "3-layer predictor (Linear-ReLU-Linear-ReLU-Linear-Tanh, hidden 64), batch 4, 2.5x3.5",
+        hidden=64,
+        predictor="deep",
+    ),
 }
+
+#: Benchmark-only variants for any predictor (:mod:`metasr.ops.meta_upscale.weights`):
+#: ``weights_first`` predicts, contracts and frees the weights block by block;
+#: ``precomputed_weights`` predicts all ``H·W`` weights first, then contracts them with
+#: :func:`metasr.meta_upscale_weights` (no unfold, but the whole weight tensor). With a ``deep``
+#: predictor ``im2col`` runs the published algorithm on it (all weights, unfold, bmm).
+WEIGHTS_VARIANTS = ("weights_first", "precomputed_weights")
+
+
+def deep_predictor(in_channels: int, out_channels: int, kernel_size: int, hidden: int):
+    """A 3-layer weight predictor whose last layer is not linear (benchmarks only).
+
+    ``Linear(4, hidden), ReLU, Linear(hidden, hidden), ReLU, Linear(hidden, k·k·Cin·Cout), Tanh``
+    with the attributes of :class:`metasr.Pos2Weight` (``in_channels``, ``out_channels``,
+    ``kernel_size``, ``num_pos``, ``pos_encoding``), asymmetric position encoding.
+    """
+    from torch import nn
+
+    class DeepPredictor(nn.Sequential):
+        pos_encoding = "asymmetric"
+        num_pos = 4
+
+    k = kernel_size
+    phi = DeepPredictor(
+        nn.Linear(4, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, k * k * in_channels * out_channels),
+        nn.Tanh(),
+    )
+    phi.in_channels, phi.out_channels, phi.kernel_size = in_channels, out_channels, k
+    return phi
+
+
+@dataclass(frozen=True)
+class _ModuleParams:
+    """A predictor module seen as what :func:`.im2col.meta_upscale_im2col` reads of its
+    ``params`` (``predict`` and the three sizes), so the baseline runs any predictor unchanged."""
+
+    module: Any
+    kernel_size: int
+    in_channels: int
+    out_channels: int
+
+    def predict(self, pos):
+        return self.module(pos)
+
 
 #: Benchmark-only variants of the torch backend with its evaluation order forced.
 TORCH_ORDERS = {"torch:features_first": "features_first", "torch:per_phase": "per_phase"}
@@ -74,11 +135,12 @@ COMPILED_PREFIX = "compiled:"
 
 
 def is_known_variant(name: str, backends: Iterable[str]) -> bool:
-    """Whether ``name`` is a backend, a :data:`TORCH_ORDERS` variant or ``compiled:<backend>``."""
+    """Whether ``name`` is a backend, a :data:`TORCH_ORDERS` or :data:`WEIGHTS_VARIANTS`
+    variant, or ``compiled:<backend>``."""
     known = set(backends)
     if name.startswith(COMPILED_PREFIX):
         return name[len(COMPILED_PREFIX) :] in known
-    return name in known or name in TORCH_ORDERS
+    return name in known or name in TORCH_ORDERS or name in WEIGHTS_VARIANTS
 
 
 @dataclass
@@ -133,8 +195,11 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     import metasr
     from metasr.geometry import build_geometry
     from metasr.ops.memory import OutOfMemoryError
+    from metasr.ops.meta_upscale.im2col import meta_upscale_im2col
     from metasr.ops.meta_upscale.params import MLPParams
+    from metasr.ops.meta_upscale.tables import positions_tensor
     from metasr.ops.meta_upscale.torch_chunked import meta_upscale_torch
+    from metasr.ops.meta_upscale.weights import weights_first
 
     cfg = CONFIGS[spec["config"]]
     device = torch.device(spec["device"])
@@ -142,8 +207,13 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     mode, backend = spec["mode"], spec["backend"]
     res = Result(spec["config"], mode, backend, spec["dtype"], spec["device"], ok=False)
     torch.manual_seed(0)
-    phi = metasr.Pos2Weight(cfg.x_shape[1], cfg.out_channels, cfg.kernel_size, cfg.hidden)
+    C, O, k = cfg.x_shape[1], cfg.out_channels, cfg.kernel_size
+    deep = cfg.predictor == "deep"
+    phi = deep_predictor(C, O, k, cfg.hidden) if deep else metasr.Pos2Weight(C, O, k, cfg.hidden)
     phi = phi.to(device=device, dtype=dtype)
+    if deep and backend in TORCH_ORDERS:
+        res.error = f"{backend}: needs a Pos2Weight (Linear-ReLU-Linear) predictor"
+        return asdict(res)
     x = torch.randn(cfg.x_shape, device=device, dtype=dtype)
     train = mode == "fwdbwd"
     x.requires_grad_(train)
@@ -164,6 +234,13 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             if backend in TORCH_ORDERS:
                 params = MLPParams.from_module(phi, dtype)
                 y = meta_upscale_torch(x, params, geom, order=TORCH_ORDERS[backend])
+            elif backend == "weights_first":
+                y = weights_first(x, phi, geom, k, C, O)
+            elif backend == "precomputed_weights":
+                weight = phi(positions_tensor(geom, x))
+                y = metasr.meta_upscale_weights(x, weight, **cfg.call, out_channels=O)
+            elif backend == "im2col" and deep:
+                y = meta_upscale_im2col(x, _ModuleParams(phi, k, C, O), geom)
             else:
                 y = op(x)
             if train:
@@ -190,7 +267,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         reason = [ln for ln in str(exc).splitlines() if ln.strip().startswith(backend + ":")]
         res.error = reason[0].strip() if reason else str(exc).splitlines()[0]
         return asdict(res)
-    except (OutOfMemoryError, MemoryError, RuntimeError) as exc:
+    except (OutOfMemoryError, MemoryError, RuntimeError, ValueError) as exc:
+        # ValueError: e.g. a backend that refuses this config's predictor
         res.error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return asdict(res)
     times = [first]

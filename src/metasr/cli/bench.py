@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--backends",
         default=None,
         help="comma-separated backends (default: im2col,torch,torch:features_first "
-        "and triton on CUDA); compiled:NAME runs NAME through torch.compile",
+        "and triton on CUDA, plus weights_first,precomputed_weights for a deep-predictor "
+        "config); compiled:NAME runs NAME through torch.compile",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16,float16")
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import (
         CONFIGS,
         TORCH_ORDERS,
+        WEIGHTS_VARIANTS,
         format_table,
         is_known_variant,
         plot,
@@ -69,11 +71,13 @@ def run(args: argparse.Namespace) -> int:
         backends = ["im2col", "torch", "torch:features_first"]
         if args.device.startswith("cuda"):
             backends.append("triton")
+        if any(CONFIGS[c].predictor == "deep" for c in configs):
+            backends.extend(WEIGHTS_VARIANTS)
     for b in backends:
         if not is_known_variant(b, BACKENDS):
             raise CLIError(
                 f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}, "
-                f"{', '.join(TORCH_ORDERS)}, or compiled:NAME"
+                f"{', '.join(TORCH_ORDERS)}, {', '.join(WEIGHTS_VARIANTS)}, or compiled:NAME"
             )
     if args.device.startswith("cuda"):
         import torch
