@@ -160,9 +160,7 @@ def check_predictor(phi: object, x: torch.Tensor, probe: bool = True) -> Predict
                 f"expected {phi.num_pos} -> {k * k * C * O} (k*k*Cin*Cout)"
             )
         if lin1.weight.device != x.device:
-            raise ValueError(
-                f"x is on {x.device} but phi's parameters are on {lin1.weight.device}"
-            )
+            raise ValueError(f"x is on {x.device} but phi's parameters are on {lin1.weight.device}")
         return kind
     want = POS_ENCODINGS.get(phi.pos_encoding)
     if want is not None and phi.num_pos != want:

@@ -128,8 +128,7 @@ def meta_upscale_torch(
         y = _weights_first(x, params, geom)
     else:
         raise ValueError(
-            "order must be 'auto', 'per_phase', 'features_first' or 'weights_first', "
-            f"got {order!r}"
+            f"order must be 'auto', 'per_phase', 'features_first' or 'weights_first', got {order!r}"
         )
     return y.to(in_dtype)
 
