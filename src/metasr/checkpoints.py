@@ -353,8 +353,12 @@ def save_checkpoint(
         )
     # Options that change the function but not the weights' names or shapes: a file that
     # loads but computes something else is worse than one that does not load.
-    for attr in _BEHAVIOUR_OPTIONS:
-        want, got = getattr(model, attr, None), getattr(rebuilt, attr, None)
+    predictors = (getattr(m, "pos2weight", None) for m in (model, rebuilt))
+    for attr, (want, got) in (
+        *((a, (getattr(model, a, None), getattr(rebuilt, a, None))) for a in _BEHAVIOUR_OPTIONS),
+        # the weight predictor's activation: same names and shapes, another function
+        ("activation", tuple(getattr(p, "activation", None) for p in predictors)),
+    ):
         if want != got:
             raise ValueError(
                 f"{path}: create_model({entry.name!r}, **kwargs) rebuilds {attr}={got!r} but "

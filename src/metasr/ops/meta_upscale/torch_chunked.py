@@ -398,7 +398,9 @@ class _BodyHidden(_StripHidden):
     def recompute(self, s, e):
         if not self._need:
             return self.strip(s, e), None
-        with torch.enable_grad():
+        # Backward may run inside the caller's autocast (CPU runs it on the calling thread);
+        # the recomputation must see the forward's dtype, as the forward did.
+        with torch.enable_grad(), torch.autocast(self._row.device.type, enabled=False):
             g = self._features(s, e)
         return _with_one(g.detach()), g
 
