@@ -35,8 +35,15 @@ SCALES = [
     pytest.param({"scale": (1.5, 4)}, id="1.5x4"),
     pytest.param({"scale": (3.9, 2)}, id="3.9x2"),
     pytest.param({"size": (17, 31)}, id="size17x31"),
-    pytest.param({"size": (37, 60)}, id="seed721/96x10"),  # 5x6 at the seed's (721/96, 10)
+    pytest.param({"scale": (721 / 96, 10)}, id="seed721/96x10"),
 ]
+
+
+def lr_width(call: dict) -> int:
+    """LR width of the spec comparisons: narrower at the seed's ×10 columns (the loop spec's
+    cost grows with the output; the irregular rows are what matters there)."""
+    return 2 if call.get("scale") == (721 / 96, 10) else 6
+
 
 TORCH_ORDERS = {
     "torch-auto": {},
@@ -253,7 +260,7 @@ def test_default_pos2weight_takes_the_separable_fast_path(monkeypatch):
 @pytest.mark.parametrize("kind", LINEAR_HEAD_KINDS)
 def test_float64_forward_and_grads_match_spec(kind, call):
     phi = make(kind, 3, 2)
-    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 5, lr_width(call), dtype=torch.float64, requires_grad=True)
     check_all(LINEAR_HEAD_VARIANTS, x, phi, call)
 
 
@@ -268,8 +275,8 @@ def test_kernel_sizes_channels_batch(kind, k):
 @pytest.mark.parametrize("variant", ["torch-per_phase", "torch-ff"])
 @pytest.mark.parametrize("kind", LINEAR_HEAD_KINDS)
 def test_gradcheck_float64(kind, variant):
-    phi = make(kind, 2, 2, hidden=4)
-    x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    phi = make(kind, 1, 1, hidden=3)
+    x = torch.randn(1, 1, 3, 4, dtype=torch.float64, requires_grad=True)
     geom = build_geometry(3, 4, scale=(2.5, 1.5))
     base = predictor.predictor_params(phi, torch.float64)
     n_body = len(base.body.tensors)
@@ -329,7 +336,7 @@ def test_autocast_reaches_the_body_parameters():
 @pytest.mark.parametrize("kind", LINEAR_HEAD_KINDS)
 def test_periodic_lon_matches_spec(kind, call):
     phi = make(kind, 2, 3)
-    x = torch.randn(2, 2, 4, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 2, 4, lr_width(call), dtype=torch.float64, requires_grad=True)
     check_all(LINEAR_HEAD_VARIANTS, x, phi, {**call, "periodic_lon": True})
 
 
