@@ -547,3 +547,20 @@ def test_batch_dependent_body_is_refused(layer, match):
     ):
         phi.eval()  # running statistics / no dropout: a per-position function again
         check_all(["torch"], x.requires_grad_(), phi, {"scale": 2.3})
+
+
+def test_checkpoints_record_the_predictor_options(tmp_path):
+    pytest.importorskip("safetensors")
+    from metasr.checkpoints import load_checkpoint, save_checkpoint
+
+    kw = {"in_channels": 1, "out_channels": 1, "n_resblocks": 1, "n_feats": 8, "hidden": 8}
+    model = metasr.create_model("meta_edsr", activation="gelu", encoding="fourier", **kw)
+    path = tmp_path / "m.safetensors"
+    # activation changes no name or shape: without it the file would load as another function
+    with pytest.raises(ValueError, match="activation"):
+        save_checkpoint(path, model, "meta_edsr", {**kw, "encoding": "fourier"})
+    save_checkpoint(path, model, "meta_edsr", {**kw, "activation": "gelu", "encoding": "fourier"})
+    loaded = load_checkpoint(path).model
+    x = torch.rand(1, 1, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, scale=2.3), model(x, scale=2.3))

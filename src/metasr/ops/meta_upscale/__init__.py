@@ -65,8 +65,8 @@ def meta_upscale(
             (:mod:`metasr.ops.meta_upscale.predictor`; ``docs/design.md``, "Which phi takes
             which path"): Linear-ReLU-Linear the separable fast path, a linear last layer
             (``phi.head``/``phi.body`` or ``meta_block[-1]``) features-first with its body per
-            strip, anything else weights-first. Layers that depend on the batch (BatchNorm in
-            training mode, Dropout in training mode) are refused.
+            strip, anything else per phase (few distinct offsets) or weights-first. Layers
+            that depend on the batch (BatchNorm, Dropout in training mode) are refused.
         scale: a number or ``(r_v, r_h)``, each finite and ≥ 1.
         size: ``(H, W)`` instead of ``scale``, with ``H ≥ h``, ``W ≥ w``.
         backend: ``None``/``"auto"`` or one of :func:`metasr.backends`; ``METASR_BACKEND``
