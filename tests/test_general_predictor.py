@@ -378,6 +378,31 @@ def test_region_matches_the_whole_image():
 # --------------------------------------------------------------------------- other paths
 
 
+class BlockPredictor(nn.Module):
+    """The ``meta_block`` convention without ``head``/``body``: ``phi(p) = meta_block(p)``,
+    here with a last layer without bias."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3, hidden: int = 8) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = cin, cout, k
+        self.pos_encoding, self.num_pos = "asymmetric", 4
+        self.meta_block = nn.Sequential(
+            nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, k * k * cin * cout, bias=False)
+        )
+
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        return self.meta_block(pos)
+
+
+def test_meta_block_convention_and_a_head_without_bias():
+    torch.manual_seed(0)
+    phi = BlockPredictor(3, 2).double()
+    assert predictor.classify_predictor(phi) is PredictorKind.LINEAR_HEAD
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    for call in ({"scale": 2.3}, {"scale": (1.5, 4)}):
+        check_all(LINEAR_HEAD_VARIANTS, x, phi, call)
+
+
 def test_general_predictor_runs_in_the_spec_im2col_and_per_phase():
     phi = make("general", 3, 2)
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
