@@ -301,7 +301,15 @@ _BEHAVIOUR_OPTIONS = (
     "input_range",
     "in_channels",
     "out_channels",
+    "pos2weight.activation",  # the weight predictor's (Pos2Weight(activation=...))
 )
+
+
+def _option(model: nn.Module, path: str) -> object:
+    """``model``'s attribute at the dotted ``path`` (None where any part is missing)."""
+    for name in path.split("."):
+        model = getattr(model, name, None)
+    return model
 
 
 def save_checkpoint(
@@ -353,9 +361,10 @@ def save_checkpoint(
         )
     # Options that change the function but not the weights' names or shapes: a file that
     # loads but computes something else is worse than one that does not load.
-    for attr in _BEHAVIOUR_OPTIONS:
-        want, got = getattr(model, attr, None), getattr(rebuilt, attr, None)
+    for path_ in _BEHAVIOUR_OPTIONS:
+        want, got = _option(model, path_), _option(rebuilt, path_)
         if want != got:
+            attr = path_.rsplit(".", 1)[-1]
             raise ValueError(
                 f"{path}: create_model({entry.name!r}, **kwargs) rebuilds {attr}={got!r} but "
                 f"the network has {attr}={want!r}; pass {attr} in kwargs"

@@ -85,7 +85,7 @@ def estimate_upscale(
     from .geometry import build_geometry, resolve_output_size
     from .ops.meta_upscale import _autocast_dtype
     from .ops.meta_upscale._dispatch import select_backend
-    from .ops.meta_upscale.params import MLPParams
+    from .ops.meta_upscale.predictor import predictor_params
     from .tiling import plan_tiles, tile_region
 
     C, h, w = in_shape
@@ -112,7 +112,7 @@ def estimate_upscale(
     p2w = model.pos2weight
     dtype = _autocast_dtype(p.device.type) or p.dtype
     probe = torch.zeros(1, dtype=dtype, device=p.device).expand(n, p2w.in_channels, geom.h, geom.w)
-    params = MLPParams.from_module(p2w, dtype)
+    params = predictor_params(p2w, dtype)
     backend = select_backend(
         getattr(model, "backend", "auto"), probe, params, geom, check_memory=False
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -11,7 +12,28 @@ from .geometry import POS_ENCODINGS, Arithmetic, CoordinateGrid, Region
 from .ops.meta_upscale import meta_upscale
 from .ops.meta_upscale._dispatch import check_backend_name
 
-__all__ = ["MetaUpsample", "Pos2Weight"]
+__all__ = [
+    "ACTIVATIONS",
+    "ENCODINGS",
+    "FourierFeatures",
+    "MetaUpsample",
+    "Pos2Weight",
+    "predictor_options",
+]
+
+#: Activations of :class:`Pos2Weight`'s hidden layers, by name.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+#: Position encodings :class:`Pos2Weight` can put in front of its MLP (``None``: the raw vector).
+ENCODINGS = ("fourier",)
+
+#: Seed of :class:`FourierFeatures`' projection: the same options give the same module.
+FOURIER_SEED = 0
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -21,24 +43,107 @@ def _positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def _positive_float(name: str, value: object) -> float:
+    """``value`` (a real number, not a bool) as a finite ``float`` > 0, or ValueError."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def predictor_options(
+    hidden_layers: int = 1,
+    activation: str = "relu",
+    encoding: str | None = None,
+    fourier_features: int = 32,
+    fourier_scale: float = 1.0,
+) -> dict[str, object]:
+    """:class:`Pos2Weight`'s predictor options as keyword arguments (how the networks and
+    :class:`MetaUpsample` pass theirs through; validated by ``Pos2Weight``)."""
+    return {
+        "hidden_layers": hidden_layers,
+        "activation": activation,
+        "encoding": encoding,
+        "fourier_features": fourier_features,
+        "fourier_scale": fourier_scale,
+    }
+
+
+class FourierFeatures(nn.Module):
+    """Random Fourier features of a position: ``[sin(2π·B·p), cos(2π·B·p)]``.
+
+    ``B`` is a fixed ``(features, P)`` Gaussian matrix with standard deviation ``scale``, drawn
+    from a generator seeded with :data:`FOURIER_SEED` (the global RNG is untouched, so the same
+    arguments always give the same ``B``) and registered as the buffer ``projection``, so
+    checkpoints carry it. Tancik et al., "Fourier features let networks learn high frequency
+    functions in low dimensional domains" (NeurIPS 2020).
+
+    Args:
+        num_pos: ``P``, values per position.
+        features: rows of ``B``; the output has ``2·features`` values.
+        scale: standard deviation of ``B``'s entries (higher: finer detail in the offsets).
+
+    Shape:
+        forward: ``(M, P)`` → ``(M, 2·features)``.
+    """
+
+    def __init__(self, num_pos: int, features: int = 32, scale: float = 1.0) -> None:
+        super().__init__()
+        self.features = _positive_int("fourier_features", features)
+        self.scale = _positive_float("fourier_scale", scale)
+        gen = torch.Generator().manual_seed(FOURIER_SEED)
+        proj = torch.randn(self.features, num_pos, generator=gen, dtype=torch.float64) * self.scale
+        self.register_buffer("projection", proj.to(torch.get_default_dtype()))
+
+    @property
+    def out_features(self) -> int:
+        return 2 * self.features
+
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        angle = (2 * math.pi) * (pos @ self.projection.t())  # (M, features)
+        return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, scale={self.scale:g}"
+
+
 class Pos2Weight(nn.Module):
     """Weight-prediction MLP of Meta-SR: position → ``k·k·Cin·Cout`` filter weights.
 
-    ``meta_block = Sequential(Linear(P, hidden), ReLU, Linear(hidden, k·k·Cin·Cout))`` with
-    ``P = 4`` for ``pos_encoding="asymmetric"`` ``(Δv, Δh, 1/r_v, 1/r_h)`` and ``P = 3`` for
+    By default ``meta_block = Sequential(Linear(P, hidden), ReLU, Linear(hidden, k·k·Cin·Cout))``
+    with ``P = 4`` for ``pos_encoding="asymmetric"`` ``(Δv, Δh, 1/r_v, 1/r_h)`` and ``P = 3`` for
     ``"official"`` ``(1/r, Δv, Δh)``. The output vector of a position is laid out as
     ``index = ((c·k + ky)·k + kx)·Cout + o`` (``F.unfold`` channel order, output channel fastest),
     which is the layout of the official Meta-SR code, so its ``P2W.meta_block.*`` weights load.
+
+    The options build other predictors of the same interface: ``hidden_layers`` hidden layers
+    (each ``Linear`` + activation), another ``activation``, and ``encoding="fourier"``
+    (:class:`FourierFeatures` of the position in front of ``meta_block``, as the submodule
+    ``encoding``). ``meta_block`` always ends in an ``nn.Linear`` (:attr:`head`), so every such
+    predictor runs features-first (:func:`metasr.meta_upscale`); only the default is
+    Linear-ReLU-Linear, the separable fast path (and the only one Triton and ``torch.compile``
+    run). The defaults build exactly the paper's module (same state_dict keys).
 
     Args:
         in_channels: ``Cin``, channels of the LR feature map.
         out_channels: ``Cout``, channels of the output.
         kernel_size: ``k``, odd.
-        hidden: width of the hidden layer (256 in the paper).
+        hidden: width of the hidden layers (256 in the paper).
         pos_encoding: ``"asymmetric"`` (default) or ``"official"``.
+        hidden_layers: number of hidden layers (1 in the paper).
+        activation: ``"relu"`` (default), ``"gelu"``, ``"silu"`` or ``"tanh"``
+            (:data:`ACTIVATIONS`).
+        encoding: ``None`` (the raw position vector) or ``"fourier"``.
+        fourier_features: with ``encoding="fourier"``, rows of the projection (the MLP then
+            sees ``2·fourier_features`` values).
+        fourier_scale: with ``encoding="fourier"``, the projection's standard deviation.
 
     Shape:
-        forward: ``(M, P)`` → ``(M, k·k·Cin·Cout)``.
+        forward: ``(M, P)`` → ``(M, k·k·Cin·Cout)``; :meth:`body`: ``(M, P)`` → ``(M, hidden)``.
     """
 
     def __init__(
@@ -48,11 +153,27 @@ class Pos2Weight(nn.Module):
         kernel_size: int = 3,
         hidden: int = 256,
         pos_encoding: str = "asymmetric",
+        hidden_layers: int = 1,
+        activation: str = "relu",
+        encoding: str | None = None,
+        fourier_features: int = 32,
+        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
         in_channels = _positive_int("in_channels", in_channels)
         out_channels = _positive_int("out_channels", out_channels)
         hidden = _positive_int("hidden", hidden)
+        hidden_layers = _positive_int("hidden_layers", hidden_layers)
+        _positive_int("fourier_features", fourier_features)
+        _positive_float("fourier_scale", fourier_scale)
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
+            )
+        if encoding is not None and encoding not in ENCODINGS:
+            raise ValueError(
+                f"encoding must be None or one of {', '.join(ENCODINGS)}, got {encoding!r}"
+            )
         if (
             isinstance(kernel_size, bool)
             or not isinstance(kernel_size, numbers.Integral)
@@ -70,25 +191,52 @@ class Pos2Weight(nn.Module):
         self.kernel_size = kernel_size
         self.hidden = hidden
         self.pos_encoding = pos_encoding
+        self.hidden_layers = hidden_layers
+        self.activation = activation
         num_pos = POS_ENCODINGS[pos_encoding]
-        self.meta_block = nn.Sequential(
-            nn.Linear(num_pos, hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, kernel_size * kernel_size * in_channels * out_channels),
-        )
+        # Registered before meta_block only when present: the default's keys stay meta_block.*.
+        self.encoding: FourierFeatures | None = None
+        if encoding == "fourier":
+            self.encoding = FourierFeatures(num_pos, fourier_features, fourier_scale)
+        width = num_pos if self.encoding is None else self.encoding.out_features
+        layers: list[nn.Module] = []
+        for _ in range(hidden_layers):
+            act = nn.ReLU(inplace=True) if activation == "relu" else ACTIVATIONS[activation]()
+            layers += [nn.Linear(width, hidden), act]
+            width = hidden
+        layers.append(nn.Linear(hidden, kernel_size * kernel_size * in_channels * out_channels))
+        self.meta_block = nn.Sequential(*layers)
 
     @property
     def num_pos(self) -> int:
         return POS_ENCODINGS[self.pos_encoding]
 
+    @property
+    def head(self) -> nn.Linear:
+        """The last layer, ``meta_block[-1]``: ``(M, hidden)`` → ``(M, k·k·Cin·Cout)``."""
+        return self.meta_block[-1]
+
+    def body(self, pos: torch.Tensor) -> torch.Tensor:
+        """Everything before :attr:`head`: positions ``(M, P)`` → features ``(M, hidden)``."""
+        if self.encoding is not None:
+            pos = self.encoding(pos)
+        return self.meta_block[:-1](pos)
+
     def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        if self.encoding is not None:
+            pos = self.encoding(pos)
         return self.meta_block(pos)
 
     def extra_repr(self) -> str:
+        extra = ""
+        if self.hidden_layers != 1:
+            extra += f", hidden_layers={self.hidden_layers}"
+        if self.activation != "relu":
+            extra += f", activation={self.activation!r}"
         return (
             f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
             f"kernel_size={self.kernel_size}, hidden={self.hidden}, "
-            f"pos_encoding={self.pos_encoding!r}"
+            f"pos_encoding={self.pos_encoding!r}{extra}"
         )
 
 
@@ -106,6 +254,8 @@ class MetaUpsample(nn.Module):
             published code (only for reproducing official checkpoints bit for bit).
         periodic_lon: wrap the LR window along width (global longitude grids); see
             :func:`metasr.meta_upscale`. A plain attribute, so a network may set it later.
+        hidden_layers, activation, encoding, fourier_features, fourier_scale: the predictor's
+            options (:class:`Pos2Weight`).
 
     Shape:
         forward: ``x (N, Cin, h, w)`` → ``(N, Cout, H, W)``; with ``region``,
@@ -127,9 +277,23 @@ class MetaUpsample(nn.Module):
         backend: str = "auto",
         arithmetic: Arithmetic = "exact",
         periodic_lon: bool = False,
+        hidden_layers: int = 1,
+        activation: str = "relu",
+        encoding: str | None = None,
+        fourier_features: int = 32,
+        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self.phi = Pos2Weight(in_channels, out_channels, kernel_size, hidden, pos_encoding)
+        self.phi = Pos2Weight(
+            in_channels,
+            out_channels,
+            kernel_size,
+            hidden,
+            pos_encoding,
+            **predictor_options(
+                hidden_layers, activation, encoding, fourier_features, fourier_scale
+            ),
+        )
         check_backend_name(backend)
         if not isinstance(arithmetic, str) or arithmetic not in ("exact", "official"):
             raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")

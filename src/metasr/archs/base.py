@@ -41,7 +41,7 @@ from ..modules import Pos2Weight
 from ..ops.meta_upscale import _autocast_dtype, meta_upscale
 from ..ops.meta_upscale._dispatch import select_backend
 from ..ops.meta_upscale._tracing import tracing_mode
-from ..ops.meta_upscale.params import MLPParams
+from ..ops.meta_upscale.predictor import predictor_params
 from ..ops.meta_upscale.tables import restore_order
 from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
 from .periodic import wrap_longitude
@@ -219,7 +219,7 @@ class MetaSRNet(nn.Module):
         # With the bicubic residual the head only has to predict a correction; starting it
         # 10x smaller keeps the initial output close to bicubic (DESIGN.md §7).
         if self.bicubic_residual:
-            last = self.pos2weight.meta_block[2]
+            last = self.pos2weight.head
             with torch.no_grad():
                 last.weight.mul_(0.1)
                 last.bias.mul_(0.1)
@@ -298,7 +298,7 @@ class MetaSRNet(nn.Module):
         probe = probe.expand(x.shape[0], p2w.in_channels, x.shape[2], x.shape[3])
         out = x.shape[0] * self.out_channels * geom.H * geom.W * probe.element_size()
         extra = out * (3 if self.bicubic_residual else 1)
-        params = MLPParams.from_module(p2w, dtype)
+        params = predictor_params(p2w, dtype)
         select_backend(getattr(self, "backend", "auto"), probe, params, geom, extra_bytes=extra)
 
     def _add_bicubic(

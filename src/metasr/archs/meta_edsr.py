@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..geometry import Arithmetic
-from ..modules import Pos2Weight
+from ..modules import Pos2Weight, predictor_options
 from ._registry import register_model
 from .base import (
     MeanShift,
@@ -87,6 +87,9 @@ class MetaEDSR(MeanShiftMetaSRNet):
         periodic_lon: periodic in longitude (the width): every padded convolution wraps along
             the width (zero padding along the height), and so do the bicubic residual and the
             head's window. State_dict keys are those of the non-periodic network.
+        hidden_layers, activation, encoding, fourier_features, fourier_scale: the
+            weight-prediction MLP's options (:class:`metasr.Pos2Weight`); the defaults build
+            the paper's Linear-ReLU-Linear (the fast path, official checkpoints load).
 
     Shape:
         forward: ``x (N, in_channels, h, w)`` → ``(N, out_channels, H, W)``.
@@ -109,6 +112,11 @@ class MetaEDSR(MeanShiftMetaSRNet):
         arithmetic: Arithmetic = "exact",
         bicubic_residual: bool = False,
         periodic_lon: bool = False,
+        hidden_layers: int = 1,
+        activation: str = "relu",
+        encoding: str | None = None,
+        fourier_features: int = 32,
+        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self._init_meta_options(
@@ -135,7 +143,16 @@ class MetaEDSR(MeanShiftMetaSRNet):
         self.add_mean = MeanShift(
             out_channels, self.img_range, resolve_mean(mean, out_channels, "output"), 1
         )
-        self.P2W = Pos2Weight(n_feats, out_channels, meta_kernel_size, hidden, pos_encoding)
+        self.P2W = Pos2Weight(
+            n_feats,
+            out_channels,
+            meta_kernel_size,
+            hidden,
+            pos_encoding,
+            **predictor_options(
+                hidden_layers, activation, encoding, fourier_features, fourier_scale
+            ),
+        )
         self._scale_head_for_residual()
         self._wrap_backbone_longitude()
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from .._state_dict import clean_state_dict, describe_mismatch
 from ..geometry import Arithmetic
-from ..modules import Pos2Weight
+from ..modules import Pos2Weight, predictor_options
 from ._registry import register_model
 from .base import (
     MeanShift,
@@ -104,6 +104,9 @@ class MetaRDN(MeanShiftMetaSRNet):
         periodic_lon: periodic in longitude (the width): every padded convolution wraps along
             the width (zero padding along the height), and so do the bicubic residual and the
             head's window. State_dict keys are those of the non-periodic network.
+        hidden_layers, activation, encoding, fourier_features, fourier_scale: the
+            weight-prediction MLP's options (:class:`metasr.Pos2Weight`); the defaults build
+            the paper's Linear-ReLU-Linear (the fast path, official checkpoints load).
 
     Shape:
         forward: ``x (N, in_channels, h, w)`` → ``(N, out_channels, H, W)``.
@@ -127,6 +130,11 @@ class MetaRDN(MeanShiftMetaSRNet):
         arithmetic: Arithmetic = "exact",
         bicubic_residual: bool = False,
         periodic_lon: bool = False,
+        hidden_layers: int = 1,
+        activation: str = "relu",
+        encoding: str | None = None,
+        fourier_features: int = 32,
+        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self._init_meta_options(
@@ -153,7 +161,16 @@ class MetaRDN(MeanShiftMetaSRNet):
         self.SFENet2 = nn.Conv2d(G0, G0, k, padding=k // 2)
         self.RDBs = nn.ModuleList([_RDB(G0, G, C, k) for _ in range(D)])
         self.GFF = nn.Sequential(nn.Conv2d(D * G0, G0, 1), nn.Conv2d(G0, G0, k, padding=k // 2))
-        self.P2W = Pos2Weight(G0, out_channels, meta_kernel_size, hidden, pos_encoding)
+        self.P2W = Pos2Weight(
+            G0,
+            out_channels,
+            meta_kernel_size,
+            hidden,
+            pos_encoding,
+            **predictor_options(
+                hidden_layers, activation, encoding, fourier_features, fourier_scale
+            ),
+        )
         self._scale_head_for_residual()
         self._wrap_backbone_longitude()
 

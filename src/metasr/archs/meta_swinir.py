@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import Arithmetic, CoordinateGrid, Region
-from ..modules import MetaUpsample, Pos2Weight
+from ..modules import MetaUpsample, Pos2Weight, predictor_options
 from ._registry import register_model
 from .base import MetaSRNet, check_positive_float, check_positive_int, resolve_mean
 from .swin_blocks import RSTB, PatchEmbed, resi_conv, shift_attn_mask
@@ -108,6 +108,9 @@ class MetaSwinIR(MetaSRNet):
         periodic_lon: periodic in longitude (the width): convolutions, shifted windows, the
             bicubic residual and the head's window wrap along the width, whose size must then
             be a multiple of the effective window. State_dict keys are unchanged.
+        hidden_layers, activation, encoding, fourier_features, fourier_scale: the
+            weight-prediction MLP's options (:class:`metasr.Pos2Weight`); the defaults build
+            the paper's Linear-ReLU-Linear (the fast path, official checkpoints load).
 
     Shape:
         forward: ``x (N, in_chans, h, w)`` → ``(N, out_chans, H, W)``.
@@ -143,6 +146,11 @@ class MetaSwinIR(MetaSRNet):
         arithmetic: Arithmetic = "exact",
         bicubic_residual: bool = False,
         periodic_lon: bool = False,
+        hidden_layers: int = 1,
+        activation: str = "relu",
+        encoding: str | None = None,
+        fourier_features: int = 32,
+        fourier_scale: float = 1.0,
         in_channels: int | None = None,
         out_channels: int | None = None,
     ) -> None:
@@ -254,6 +262,9 @@ class MetaSwinIR(MetaSRNet):
             backend=backend,
             arithmetic=arithmetic,
             periodic_lon=self.periodic_lon,
+            **predictor_options(
+                hidden_layers, activation, encoding, fourier_features, fourier_scale
+            ),
         )
         self._scale_head_for_residual()
 

@@ -9,6 +9,7 @@ from ...geometry import Arithmetic, CoordinateGrid, Region, build_geometry
 from ._dispatch import select_backend
 from ._tracing import tracing_mode
 from .params import MLPParams
+from .predictor import PredictorKind, check_predictor, predictor_params
 from .tables import restore_order
 
 __all__ = ["meta_upscale"]
@@ -57,7 +58,15 @@ def meta_upscale(
 
     Args:
         x: ``(N, Cin, h, w)`` floating-point features.
-        phi: a :class:`metasr.Pos2Weight` (``meta_block`` = Linear, ReLU, Linear).
+        phi: the weight predictor: a :class:`metasr.Pos2Weight`, or any ``nn.Module`` with
+            ``in_channels``, ``out_channels``, ``kernel_size``, ``num_pos`` and
+            ``pos_encoding`` mapping positions ``(M, num_pos)`` to ``(M, k·k·Cin·Cout)`` in the
+            layout above. Its structure picks the evaluation path
+            (:mod:`metasr.ops.meta_upscale.predictor`; ``docs/design.md``, "Which phi takes
+            which path"): Linear-ReLU-Linear the separable fast path, a linear last layer
+            (``phi.head``/``phi.body`` or ``meta_block[-1]``) features-first with its body per
+            strip, anything else per phase (few distinct offsets) or weights-first. Layers
+            that depend on the batch (BatchNorm, Dropout in training mode) are refused.
         scale: a number or ``(r_v, r_h)``, each finite and ≥ 1.
         size: ``(H, W)`` instead of ``scale``, with ``H ≥ h``, ``W ≥ w``.
         backend: ``None``/``"auto"`` or one of :func:`metasr.backends`; ``METASR_BACKEND``
@@ -81,7 +90,9 @@ def meta_upscale(
         autocast dtype under ``torch.autocast``).
 
     Raises:
-        ValueError: for any invalid input (shape, scale, size, dtype, device, encoding);
+        ValueError: for any invalid input (shape, scale, size, dtype, device, encoding, a
+            ``phi`` without the attributes, of the wrong output width or batch-dependent;
+            under ``torch.compile``, a ``phi`` other than Linear-ReLU-Linear);
             :class:`metasr.BackendUnavailableError` (a ``ValueError``) when no backend can run.
     """
     if not isinstance(x, torch.Tensor):
@@ -92,34 +103,21 @@ def meta_upscale(
         raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-    block = getattr(phi, "meta_block", None)
-    if not (
-        isinstance(block, nn.Sequential)
-        and len(block) == 3
-        and isinstance(block[0], nn.Linear)
-        and isinstance(block[1], nn.ReLU)
-        and isinstance(block[2], nn.Linear)
-    ):
-        raise ValueError("phi must be a Pos2Weight whose meta_block is Linear, ReLU, Linear")
-    C, k, O = phi.in_channels, phi.kernel_size, phi.out_channels
-    if x.shape[1] != C:
-        raise ValueError(f"x has {x.shape[1]} channels but phi expects in_channels={C}")
-    if k % 2 == 0:
-        raise ValueError(f"kernel_size must be odd, got {k}")
-    lin1, lin2 = block[0], block[2]
-    if lin2.out_features != k * k * C * O or lin1.in_features != phi.num_pos:
-        raise ValueError(
-            f"phi.meta_block maps {lin1.in_features} -> {lin2.out_features} values, expected "
-            f"{phi.num_pos} -> {k * k * C * O} (k*k*Cin*Cout)"
-        )
-    if lin1.weight.device != x.device:
-        raise ValueError(f"x is on {x.device} but phi's parameters are on {lin1.weight.device}")
+    mode = tracing_mode()
+    # Validates phi (attributes, sizes, device, batch-dependent layers) and picks its path.
+    kind = check_predictor(phi, x, probe=mode is None)
     if not isinstance(periodic_lon, bool):
         raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
     if coords is not None and (scale is not None or size is not None):
         raise ValueError("give either coords=... or scale=/size=, not both")
-    mode = tracing_mode()
     if mode == "compile":
+        if kind is not PredictorKind.SEPARABLE:
+            raise ValueError(
+                "under torch.compile, meta_upscale supports only phi = Linear, ReLU, Linear "
+                f"(metasr.Pos2Weight's default); this phi is {kind.value} "
+                f"({type(phi).__name__}): call it outside the compiled region "
+                "(torch.compiler.disable) or eagerly"
+            )
         # torch.compile: one opaque graph node; the geometry is built inside it (custom_op.py).
         from .custom_op import meta_upscale_custom_op
 
@@ -153,7 +151,7 @@ def meta_upscale(
     # each backend sees one consistent dtype (the casts below are differentiable).
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(dtype)
-        params = MLPParams.from_module(phi, dtype)
+        params = predictor_params(phi, dtype, kind)
         if mode == "export":
             # torch.export / ONNX: standard ops with the geometry as constants (static.py).
             from .static import meta_upscale_static

@@ -22,7 +22,7 @@ import torch
 
 from ...geometry import Geometry
 from ..memory import available_memory_bytes, gib
-from .params import MLPParams
+from .params import MLPParams, PredictorParams
 
 __all__ = [
     "BACKENDS",
@@ -33,7 +33,7 @@ __all__ = [
     "select_backend",
 ]
 
-Estimate = Callable[[torch.Tensor, MLPParams, Geometry], int]
+Estimate = Callable[[torch.Tensor, PredictorParams, Geometry], int]
 
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
@@ -69,18 +69,18 @@ class Backend:
     description: str
     devices: tuple[str, ...]
     dtypes: tuple[torch.dtype, ...]
-    load: Callable[[], Callable[[torch.Tensor, MLPParams, Geometry], torch.Tensor]]
+    load: Callable[[], Callable[[torch.Tensor, PredictorParams, Geometry], torch.Tensor]]
     load_estimate: Callable[[], Estimate]
     extra_reasons: Callable[..., list[str]] = field(default=lambda *a, **k: [])
     environment_reasons: Callable[[str], list[str]] = field(default=lambda device_type: [])
     memory_hint: str = ""
 
-    def estimate_bytes(self, x: torch.Tensor, params: MLPParams, geom: Geometry) -> int:
+    def estimate_bytes(self, x: torch.Tensor, params: PredictorParams, geom: Geometry) -> int:
         """Peak bytes of the call (output included); ``x`` may be a stand-in of its shape."""
         return int(self.load_estimate()(x, params, geom))
 
     def memory_reasons(
-        self, x: torch.Tensor, params: MLPParams, geom: Geometry, extra_bytes: int = 0
+        self, x: torch.Tensor, params: PredictorParams, geom: Geometry, extra_bytes: int = 0
     ) -> list[str]:
         """Why the call cannot fit in ``x.device``'s free memory (empty list: it can).
 
@@ -102,7 +102,7 @@ class Backend:
     def not_supported_reasons(
         self,
         x: torch.Tensor | None = None,
-        params: MLPParams | None = None,
+        params: PredictorParams | None = None,
         geom: Geometry | None = None,
         device_type: str | None = None,
         dtype: torch.dtype | None = None,
@@ -147,7 +147,7 @@ def _load_torch():
     return meta_upscale_torch
 
 
-def _naive_reasons(x: torch.Tensor, params: MLPParams, geom: Geometry) -> list[str]:
+def _naive_reasons(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> list[str]:
     if geom.H * geom.W > NAIVE_MAX_PIXELS:
         return [
             f"is the loop spec for tiny outputs (≤ {NAIVE_MAX_PIXELS} pixels), "
@@ -175,7 +175,13 @@ def _estimate_of(module: str) -> Callable[[], Estimate]:
     return load
 
 
-def _triton_reasons(x: torch.Tensor, params: MLPParams, geom: Geometry) -> list[str]:
+def _triton_reasons(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> list[str]:
+    if not isinstance(params, MLPParams):
+        # The kernels fuse ReLU(A[i] + Bc[j] + c); any other body runs in the torch backend.
+        return [
+            "fuses only the Linear-ReLU-Linear predictor (metasr.Pos2Weight's default); this "
+            "phi has another body or last layer: use backend='torch'"
+        ]
     from .triton_fused import grid_limit_reasons
 
     return grid_limit_reasons(x, params, geom)
@@ -279,7 +285,7 @@ def _requested_name(backend: str | None) -> str:
 def select_backend(
     backend: str | None,
     x: torch.Tensor,
-    params: MLPParams,
+    params: PredictorParams,
     geom: Geometry,
     check_memory: bool = True,
     extra_bytes: int = 0,

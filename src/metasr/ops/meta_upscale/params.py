@@ -1,27 +1,43 @@
-"""The weight-prediction MLP's parameters and the features-first layout built from them.
+"""The weight predictor's parameters and the features-first layout built from them.
 
-``Pos2Weight.meta_block`` is ``Linear(P, hid) → ReLU → Linear(hid, k·k·Cin·Cout)``. The
-features-first backends (``torch_chunked``, ``triton_fused``; ``DESIGN.md`` §3) never run it per
-output pixel; they use two rearrangements of it, defined once here:
+Three kinds of predictor ``phi`` (classified in :mod:`.predictor`), one parameter object each,
+all in the compute dtype and all with ``predict(pos)`` (positions ``(M, P)`` → weights
+``(M, k·k·Cin·Cout)``), which is all the spec, im2col and the per-phase order need:
+
+* :class:`MLPParams`: ``Pos2Weight``'s default ``Linear(P, hid) → ReLU → Linear(hid, k²·Cin·Cout)``;
+* :class:`LinearHeadParams`: any body ``g`` then a linear head, ``W(p) = A·g(p) + b``;
+* :class:`ModuleParams`: anything else, run as a whole.
+
+The features-first backends (``torch_chunked``, ``triton_fused``; ``DESIGN.md`` §3) never run a
+linear-headed predictor per output pixel; they use two rearrangements of it, defined once here:
 
 * the second layer as one LR convolution (:func:`features_first_weight`, :func:`features_first_z`):
   ``Z = conv(x, [W2|b2])`` has ``Cout·(hid+1)`` channels, so
   ``y = Σ_k ReLU(pre)[k]·Z[..., k] + Z[..., hid]``;
-* the first layer separably (:func:`separable_first_layer`): positions are
+* the first layer separably (:func:`separable_first_layer`, ``MLPParams`` only): positions are
   ``row_pos[i] + col_pos[j] + const_pos``, so ``pre(i, j) = A[i] + Bc[phase(j)] + c``.
+
+``features_first_weight``/``features_first_z`` read only ``w2``, ``b2`` and the sizes, which
+:class:`MLPParams` and :class:`LinearHeadParams` both have, so one ``Z`` serves both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .padding import lr_conv2d
 
 __all__ = [
+    "FunctionalModule",
+    "LinearHeadParams",
     "MLPParams",
+    "ModuleParams",
+    "PredictorParams",
     "features_first_weight",
     "features_first_z",
     "needs_grad",
@@ -75,21 +91,176 @@ class MLPParams:
             self.out_channels,
         )
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor the weights depend on (what gradients flow to)."""
+        return (self.w1, self.b1, self.w2, self.b2)
+
+    def features(self, pos: torch.Tensor) -> torch.Tensor:
+        """The hidden layer ``ReLU(W1·pos + b1)``: positions ``(M, P)`` → ``(M, hid)``."""
+        return F.relu(F.linear(pos, self.w1, self.b1))
+
     def predict(self, pos: torch.Tensor) -> torch.Tensor:
         """Run the MLP on positions ``(M, P)`` → weights ``(M, k·k·Cin·Cout)``."""
         return F.linear(F.relu(F.linear(pos, self.w1, self.b1)), self.w2, self.b2)
 
 
-def needs_grad(x: torch.Tensor, params: MLPParams) -> bool:
+class _Bound(nn.Module):
+    """``fn`` (a module, or a method of ``owner``) as the forward of a module that holds
+    ``owner``, so that :func:`torch.func.functional_call` can swap ``owner``'s tensors."""
+
+    def __init__(self, owner: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.owner = owner
+        # Not registered as a submodule (it may be `owner` itself or one of its submodules,
+        # whose tensors are swapped through `owner`).
+        object.__setattr__(self, "fn", fn)
+
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        return self.fn(pos)
+
+
+@dataclass(frozen=True)
+class FunctionalModule:
+    """A callable of ``owner`` (``owner`` itself, a submodule or a method) run with given tensors.
+
+    ``names`` are ``owner``'s parameter and buffer names (``owner.named_parameters()`` style);
+    ``tensors`` hold their values in the compute dtype (differentiable casts of the
+    parameters), and :meth:`__call__` runs ``fn`` with them in place of ``owner``'s own (through
+    :func:`torch.func.functional_call`), so gradients reach the originals and a strip-wise
+    backward can pass its own leaves (:meth:`with_tensors`).
+    """
+
+    owner: nn.Module
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    names: tuple[str, ...]
+    tensors: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def of(
+        cls,
+        owner: nn.Module,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        dtype: torch.dtype,
+        skip: tuple[torch.Tensor, ...] = (),
+    ) -> FunctionalModule:
+        """``fn`` with ``owner``'s floating tensors cast (differentiably) to ``dtype``.
+
+        Args:
+            skip: parameters ``fn`` does not read (a linear head's), left out so they get no
+                (zero) gradient from this call.
+        """
+        skip_ids = {id(t) for t in skip}
+        names, tensors = [], []
+        for name, t in (*owner.named_parameters(), *owner.named_buffers()):
+            if id(t) in skip_ids:
+                continue
+            names.append(name)
+            tensors.append(t.to(dtype) if t.is_floating_point() else t)
+        return cls(owner, fn, tuple(names), tuple(tensors))
+
+    def with_tensors(self, tensors: tuple[torch.Tensor, ...]) -> FunctionalModule:
+        """The same callable reading ``tensors`` (same order as :attr:`tensors`)."""
+        return FunctionalModule(self.owner, self.fn, self.names, tuple(tensors))
+
+    def to(self, dtype: torch.dtype) -> FunctionalModule:
+        """Floating tensors cast (differentiably) to ``dtype``."""
+        return self.with_tensors(
+            tuple(t.to(dtype) if t.is_floating_point() else t for t in self.tensors)
+        )
+
+    def __call__(self, pos: torch.Tensor) -> torch.Tensor:
+        """``fn(pos)`` with :attr:`tensors` in place of ``owner``'s."""
+        mapping = {f"owner.{n}": t for n, t in zip(self.names, self.tensors, strict=True)}
+        return torch.func.functional_call(_Bound(self.owner, self.fn), mapping, (pos,))
+
+
+@dataclass(frozen=True)
+class LinearHeadParams:
+    """A predictor whose last layer is linear: ``W(p) = w2·g(p) + b2``, any body ``g``.
+
+    Shapes: ``body: (M, P) → (M, hid)``, ``w2 (k·k·Cin·Cout, hid)``, ``b2 (k·k·Cin·Cout,)``, rows
+    ordered ``(Cin, k, k, Cout)`` as :class:`MLPParams`'s. ``body_width`` is the sum of the
+    widths of the body's layers per position (its activation memory, for the estimates).
+    """
+
+    body: FunctionalModule
+    w2: torch.Tensor
+    b2: torch.Tensor
+    kernel_size: int
+    in_channels: int
+    out_channels: int
+    body_width: int
+
+    @property
+    def hidden(self) -> int:
+        return self.w2.shape[1]
+
+    def to(self, dtype: torch.dtype) -> LinearHeadParams:
+        """The same parameters cast (differentiably) to ``dtype``."""
+        return LinearHeadParams(
+            self.body.to(dtype),
+            self.w2.to(dtype),
+            self.b2.to(dtype),
+            self.kernel_size,
+            self.in_channels,
+            self.out_channels,
+            self.body_width,
+        )
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor the weights depend on (what gradients flow to)."""
+        return (*self.body.tensors, self.w2, self.b2)
+
+    def features(self, pos: torch.Tensor) -> torch.Tensor:
+        """The body's features ``g(pos)``: positions ``(M, P)`` → ``(M, hid)``."""
+        return self.body(pos)
+
+    def predict(self, pos: torch.Tensor) -> torch.Tensor:
+        """Positions ``(M, P)`` → weights ``(M, k·k·Cin·Cout)``."""
+        return F.linear(self.body(pos), self.w2, self.b2)
+
+
+@dataclass(frozen=True)
+class ModuleParams:
+    """Any other predictor, run as a whole: ``predict(pos) = phi(pos)``.
+
+    ``hidden`` is the widest layer's width per position (for the estimates only).
+    """
+
+    phi: FunctionalModule
+    kernel_size: int
+    in_channels: int
+    out_channels: int
+    hidden: int
+
+    def to(self, dtype: torch.dtype) -> ModuleParams:
+        """The same parameters cast (differentiably) to ``dtype``."""
+        return ModuleParams(
+            self.phi.to(dtype), self.kernel_size, self.in_channels, self.out_channels, self.hidden
+        )
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor the weights depend on (what gradients flow to)."""
+        return self.phi.tensors
+
+    def predict(self, pos: torch.Tensor) -> torch.Tensor:
+        """Positions ``(M, P)`` → weights ``(M, k·k·Cin·Cout)``."""
+        return self.phi(pos)
+
+
+#: What a backend receives as ``params``.
+PredictorParams = MLPParams | LinearHeadParams | ModuleParams
+
+
+def needs_grad(x: torch.Tensor, params: PredictorParams) -> bool:
     """Whether autograd will record this call (the backends' memory estimates depend on it)."""
     return torch.is_grad_enabled() and (
-        x.requires_grad
-        or any(p.requires_grad for p in (params.w1, params.b1, params.w2, params.b2))
+        x.requires_grad or any(p.requires_grad for p in params.tensors())
     )
 
 
-def features_first_weight(params: MLPParams) -> torch.Tensor:
-    """The second MLP layer as the weight of one LR convolution producing ``Z``.
+def features_first_weight(params: MLPParams | LinearHeadParams) -> torch.Tensor:
+    """The last (linear) layer as the weight of one LR convolution producing ``Z``.
 
     Output channel ``o·(hid+1) + kk`` holds the ``W2`` rows of hidden unit ``kk < hid`` for
     output channel ``o``; channel ``o·(hid+1) + hid`` holds ``b2`` (the "bias map", contracted
@@ -109,7 +280,7 @@ def features_first_weight(params: MLPParams) -> torch.Tensor:
 
 
 def features_first_z(
-    x: torch.Tensor, params: MLPParams, periodic_lon: bool = False
+    x: torch.Tensor, params: MLPParams | LinearHeadParams, periodic_lon: bool = False
 ) -> torch.Tensor:
     """``Z = conv2d(x, features_first_weight(params))`` with channels-last strides.
 

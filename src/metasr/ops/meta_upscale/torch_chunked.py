@@ -15,6 +15,14 @@ Two evaluation orders of the same function, chosen per call by counted cost:
 
 Per-phase costs ``Dv·Dh·Cout`` conv channels; features-first costs ``(hidden+1)·Cout`` conv
 channels plus the contraction, so per-phase is used when ``Dv·Dh ≤ hidden + 1``.
+
+The predictor decides what ``hid`` is (:mod:`.predictor`): ``ReLU(A[i] + Bc[j] + c)`` for
+Linear-ReLU-Linear (:class:`.params.MLPParams`, the first layer split by axis), or the body's
+features ``g(pos(i, j))`` for any predictor with a linear last layer
+(:class:`.params.LinearHeadParams`, ``g`` run per strip for its distinct positions and again in
+backward). A predictor without a linear last layer (:class:`.params.ModuleParams`) has no
+features-first order: it runs per phase while that costs at most twice the output, else
+**weights-first** (:func:`_weights_first`).
 """
 
 from __future__ import annotations
@@ -28,8 +36,18 @@ import torch.nn.functional as F
 from ...geometry import Geometry
 from .. import memory
 from .padding import lr_conv2d
-from .params import MLPParams, features_first_z, needs_grad, separable_first_layer
+from .params import (
+    FunctionalModule,
+    LinearHeadParams,
+    MLPParams,
+    ModuleParams,
+    PredictorParams,
+    features_first_z,
+    needs_grad,
+    separable_first_layer,
+)
 from .tables import as_float, as_index, phases
+from .weights import MAX_BLOCK_BYTES, weights_first
 
 #: (rtol, atol) against the float64 spec, as :data:`.naive.TOLERANCES` (float32 on CUDA: with
 #: cuDNN's TF32 off). On CPU, float16/bfloat16 compute in float32 and only round the inputs and
@@ -41,12 +59,40 @@ TOLERANCES = {
     torch.bfloat16: (5e-2, 5e-2),
 }
 
-Order = Literal["auto", "per_phase", "features_first"]
+Order = Literal["auto", "per_phase", "features_first", "weights_first"]
+
+
+def _auto_order(params: PredictorParams, geom: Geometry, Dv: int, Dh: int) -> str:
+    """The evaluation order ``"auto"`` picks for ``Dv × Dh`` distinct offsets."""
+    if isinstance(params, ModuleParams):
+        # Per phase suits any predictor; beyond twice the output its LR result is unbounded.
+        return "per_phase" if Dv * Dh * geom.h * geom.w <= 2 * geom.H * geom.W else "weights_first"
+    return "per_phase" if Dv * Dh <= params.hidden + 1 else "features_first"
+
+
+def _weights_first(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> torch.Tensor:
+    """The weights-first order: :func:`.weights.weights_first` with this predictor.
+
+    The per-pixel weights of a block of output rows are predicted, contracted and freed, and
+    predicted again in backward (any predictor; bounded memory, see :mod:`.weights`).
+
+    Returns:
+        ``(N, Cout, H, W)`` in the geometry's computed order, as the other orders.
+    """
+    return weights_first(
+        x,
+        params.predict,
+        geom,
+        params.kernel_size,
+        params.in_channels,
+        params.out_channels,
+        params=params.tensors(),
+    )
 
 
 def meta_upscale_torch(
     x: torch.Tensor,
-    params: MLPParams,
+    params: PredictorParams,
     geom: Geometry,
     order: Order = "auto",
 ) -> torch.Tensor:
@@ -54,12 +100,16 @@ def meta_upscale_torch(
 
     Args:
         x: ``(N, Cin, h, w)``.
-        params: MLP tensors in ``x``'s dtype.
+        params: the predictor's tensors in ``x``'s dtype (any kind, :mod:`.params`).
         geom: output geometry.
-        order: ``"auto"`` picks by cost; the others force one evaluation order (tests, benchmarks).
+        order: ``"auto"`` picks by cost; the others force one evaluation order (tests,
+            benchmarks); ``"features_first"`` needs a linear last layer.
 
     Returns:
         ``(N, Cout, H, W)`` in ``x``'s dtype.
+
+    Raises:
+        ValueError: an unknown ``order``, or ``"features_first"`` for a :class:`ModuleParams`.
     """
     in_dtype = x.dtype
     if x.device.type == "cpu" and in_dtype in (torch.float16, torch.bfloat16):
@@ -69,24 +119,31 @@ def meta_upscale_torch(
     row_first, row_phase = phases(geom.row_off)
     col_first, col_phase = phases(geom.col_off)
     if order == "auto":
-        few_phases = len(row_first) * len(col_first) <= params.hidden + 1
-        order = "per_phase" if few_phases else "features_first"
+        order = _auto_order(params, geom, len(row_first), len(col_first))
     if order == "per_phase":
         y = _per_phase(x, params, geom, row_first, row_phase, col_first, col_phase)
     elif order == "features_first":
+        if isinstance(params, ModuleParams):
+            raise ValueError("order='features_first' needs a predictor whose last layer is linear")
         y = _features_first(x, params, geom, col_first, col_phase)
+    elif order == "weights_first":
+        y = _weights_first(x, params, geom)
     else:
-        raise ValueError(f"order must be 'auto', 'per_phase' or 'features_first', got {order!r}")
+        raise ValueError(
+            f"order must be 'auto', 'per_phase', 'features_first' or 'weights_first', got {order!r}"
+        )
     return y.to(in_dtype)
 
 
-def estimate_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry) -> int:
+def estimate_bytes(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> int:
     """Peak bytes of :func:`meta_upscale_torch` (order ``"auto"``), host and device together.
 
     Counts the output, the LR-resolution tensor of the chosen order (the per-phase convolution
     ``N·Dv·Dh·Cout·h·w`` with the int64 gather index ``Cout·H·W`` and its broadcast temporaries;
-    or ``Z`` ``N·h·w·Cout·(hid+1)`` with the largest strip temporaries), and under autograd the
-    gradients of both.
+    or ``Z`` ``N·h·w·Cout·(hid+1)`` with the largest strip temporaries, a predictor body's
+    activations included), and under autograd the gradients of both. For the weights-first
+    order it counts ``x``, the output and their gradients plus one block of predicted weights at
+    its cap (:data:`.weights.MAX_BLOCK_BYTES`).
 
     Args:
         x: ``(N, Cin, h, w)`` (only its shape, dtype, device and ``requires_grad`` are read).
@@ -102,7 +159,10 @@ def estimate_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry) -> int:
     Dv, Dh = len(phases(geom.row_off)[0]), len(phases(geom.col_off)[0])
     total = N * C * h * w * cs if half_on_cpu else 0  # float32 copy of x
     total += out * (item if half_on_cpu else 0)  # the final cast back
-    if Dv * Dh <= hid + 1:  # per-phase
+    order = _auto_order(params, geom, Dv, Dh)
+    if order == "weights_first":
+        return total + (N * C * h * w + out) * cs * (2 if grad else 1) + MAX_BLOCK_BYTES
+    if order == "per_phase":
         lr = N * Dv * Dh * O * h * w * cs
         index = 8 * (2 * O * H * W + 2 * H * W)  # int64 flat index, broadcast temporaries
         total += lr + index + out * cs
@@ -112,11 +172,13 @@ def estimate_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry) -> int:
         K = hid + 1
         z = N * h * w * O * K * cs
         m = int(np.max(np.diff(np.flatnonzero(np.r_[True, np.diff(geom.row_idx) != 0, True]))))
-        # hid of a strip exists three times over at the peak (its pre-activation, ReLU, concat).
+        # hid of a strip exists three times over at the peak (its pre-activation, ReLU, concat);
+        # a body's activations (every layer's, kept for its backward) come on top of [g, 1].
+        per_pos = 3 * K if isinstance(params, MLPParams) else params.body_width + 2 * K
         if Dh * w <= 2 * W:  # phase mode
-            strip = 3 * m * Dh * K + N * m * Dh * w * O + N * m * W * O
+            strip = per_pos * m * Dh + N * m * Dh * w * O + N * m * W * O
         else:
-            strip = 3 * m * W * K + N * W * O * K + N * W * O * m
+            strip = per_pos * m * W + N * W * O * K + N * W * O * m
         total += z + N * C * h * w * cs + (H + Dh) * hid * cs + strip * cs + out * cs
         if grad:
             # dZ and its contiguous copy for the convolution's backward, dy, strip, dA
@@ -126,7 +188,7 @@ def estimate_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry) -> int:
 
 def _per_phase(
     x: torch.Tensor,
-    params: MLPParams,
+    params: PredictorParams,
     geom: Geometry,
     row_first: np.ndarray,
     row_phase: np.ndarray,
@@ -153,7 +215,7 @@ def _per_phase(
 
 def _features_first(
     x: torch.Tensor,
-    params: MLPParams,
+    params: MLPParams | LinearHeadParams,
     geom: Geometry,
     col_first: np.ndarray,
     col_phase: np.ndarray,
@@ -164,20 +226,25 @@ def _features_first(
     K = hid + 1  # hid channels of Z plus the bias map B, contracted with a constant 1
     # Channels-last Z: one LR row of it is a contiguous (w·O, K) matrix per sample.
     z = features_first_z(x, params, geom.periodic_lon).permute(0, 2, 3, 1).reshape(N, h, w, O, K)
-    # First MLP layer, separably: W1·(row_pos[i] + col_pos[j] + const) + b1 = A[i] + Bc[j] + c.
-    a, bc, c = separable_first_layer(  # (H, hid), (Dc, hid), (hid,)
-        params,
-        as_float(geom.row_pos, x),
-        as_float(geom.col_pos[col_first], x),
-        as_float(geom.const_pos, x),
-    )
+    if isinstance(params, MLPParams):
+        # First MLP layer, separably: W1·(row_pos[i] + col_pos[j] + const) + b1 = A[i] + Bc[j] + c.
+        tensors = separable_first_layer(  # (H, hid), (Dc, hid), (hid,)
+            params,
+            as_float(geom.row_pos, x),
+            as_float(geom.col_pos[col_first], x),
+            as_float(geom.const_pos, x),
+        )
+        hidden: _StripHidden = _SeparableHidden(geom.H, len(col_first), hid)
+    else:
+        hidden = _BodyHidden(params.body, geom, col_first, hid, x)
+        tensors = params.body.tensors
     # Output rows of one LR row form a contiguous run (the row map is non-decreasing).
     starts = np.flatnonzero(np.r_[True, np.diff(geom.row_idx) != 0])
     ends = np.r_[starts[1:], geom.H]
     cells = tuple(zip(geom.row_idx[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
     dev = x.device
     return _FeaturesFirstContraction.apply(
-        z, a, bc, c, as_index(geom.col_idx, dev), as_index(col_phase, dev), cells
+        z, as_index(geom.col_idx, dev), as_index(col_phase, dev), cells, hidden, *tensors
     )
 
 
@@ -186,14 +253,182 @@ def _hid_ext(pre: torch.Tensor) -> torch.Tensor:
     return torch.cat([F.relu(pre), pre.new_ones(pre.shape[:-1] + (1,))], dim=-1)
 
 
+def _with_one(g: torch.Tensor) -> torch.Tensor:
+    """``[g, 1]`` along the last axis: ``(..., hid)`` → ``(..., hid + 1)``."""
+    return torch.cat([g, g.new_ones(g.shape[:-1] + (1,))], dim=-1)
+
+
+class _StripHidden:
+    """The hidden features ``hid(i, j)`` of a strip of output rows, for the contraction.
+
+    The contraction passes the tensors they depend on to :meth:`bind` (its saved inputs) and
+    asks, per strip ``s..e`` of output rows, for ``[hid, 1]`` of shape ``(m, D, hid + 1)``, with
+    ``D`` the column phases (phase mode) or every output column (gather mode). Backward asks
+    again (:meth:`recompute`; nothing of output size is stored) and hands back ``d[hid, 1]``
+    (:meth:`accumulate`); :meth:`gradients` returns the bound tensors' gradients.
+
+    Attributes:
+        rows: ``H``, output rows.
+        col_phases: ``Dc``, distinct column offsets.
+        hidden: ``hid``.
+    """
+
+    rows: int
+    col_phases: int
+    hidden: int
+
+    def bind(
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        phase_mode: bool,
+        col_phase: torch.Tensor,
+        needs: tuple[bool, ...] | None = None,
+    ) -> None:
+        """Read ``tensors`` from now on; ``needs`` (backward only): which need a gradient."""
+        raise NotImplementedError
+
+    def unbind(self) -> None:
+        """Drop the references taken by :meth:`bind`."""
+        self.__dict__.update(dict.fromkeys(("_t", "_cols", "_acc", "_fn"), None))
+
+    def strip(self, s: int, e: int) -> torch.Tensor:
+        """``[hid, 1]`` of output rows ``s..e-1``: ``(m, D, hid + 1)``."""
+        raise NotImplementedError
+
+    def recompute(self, s: int, e: int) -> tuple[torch.Tensor, object]:
+        """:meth:`strip` again in backward, with what :meth:`accumulate` needs."""
+        raise NotImplementedError
+
+    def accumulate(self, s: int, e: int, saved: object, dhx: torch.Tensor) -> None:
+        """Add the gradient ``dhx (m, D, hid + 1)`` of the strip to the bound tensors'."""
+        raise NotImplementedError
+
+    def gradients(self) -> tuple[torch.Tensor | None, ...]:
+        """Gradients of the bound tensors (None where not needed)."""
+        raise NotImplementedError
+
+
+class _SeparableHidden(_StripHidden):
+    """``hid(i, j) = ReLU(A[i] + Bc[phase(j)] + c)``: Linear-ReLU-Linear's first layer split by
+    axis. Bound tensors: ``a (H, hid)``, ``bc (Dc, hid)``, ``c (hid,)``."""
+
+    def __init__(self, rows: int, col_phases: int, hidden: int) -> None:
+        self.rows, self.col_phases, self.hidden = rows, col_phases, hidden
+
+    def bind(self, tensors, phase_mode, col_phase, needs=None) -> None:
+        self._t = tensors
+        self._phase_mode, self._col_phase = phase_mode, col_phase
+        a, bc, _ = tensors
+        self._cols = bc if phase_mode else bc.index_select(0, col_phase)  # (Dc or W, hid)
+        self._need = needs is not None and any(needs)
+        if self._need:
+            self._acc = (torch.zeros_like(a), torch.zeros_like(self._cols))
+
+    def strip(self, s, e):
+        a, _, c = self._t
+        return _hid_ext(a[s:e, None, :] + self._cols[None] + c)
+
+    def recompute(self, s, e):
+        a, _, c = self._t
+        pre = a[s:e, None, :] + self._cols[None] + c  # (m, Dc or W, hid)
+        return _hid_ext(pre), pre
+
+    def accumulate(self, s, e, saved, dhx) -> None:
+        da, dbc_cols = self._acc
+        dpre = dhx[..., : self.hidden] * (saved > 0)
+        da[s:e] = dpre.sum(1)
+        dbc_cols += dpre.sum(0)
+
+    def gradients(self):
+        if not self._need:
+            return None, None, None
+        da, dbc_cols = self._acc
+        if self._phase_mode:
+            dbc = dbc_cols
+        else:
+            dbc = torch.zeros_like(self._t[1]).index_add_(0, self._col_phase, dbc_cols)
+        return da, dbc, da.sum(0)
+
+
+class _BodyHidden(_StripHidden):
+    """``hid(i, j) = g(pos(i, j))`` for a linear-headed predictor's body ``g``.
+
+    ``g`` runs once per distinct position of the strip, ``m`` rows × ``Dc`` column phases, on
+    positions summed in float64 and then cast (as the spec does); gather mode then picks each
+    output column's phase. Backward reruns ``g`` per strip with autograd on and passes
+    ``d hid`` to the body's tensors (storing ``g``'s activations would cost ``H·W·width``).
+    Bound tensors: the body's (:attr:`.params.FunctionalModule.tensors`).
+    """
+
+    def __init__(
+        self,
+        body: FunctionalModule,
+        geom: Geometry,
+        col_first: np.ndarray,
+        hidden: int,
+        like: torch.Tensor,
+    ) -> None:
+        self.rows, self.col_phases, self.hidden = geom.H, len(col_first), hidden
+        self._body, self._dtype = body, like.dtype
+        f64 = {"dtype": torch.float64, "device": like.device}
+        self._row = torch.as_tensor(geom.row_pos, **f64)  # (H, P)
+        self._col = torch.as_tensor(np.ascontiguousarray(geom.col_pos[col_first]), **f64)
+        self._const = torch.as_tensor(geom.const_pos, **f64)  # (P,)
+
+    def bind(self, tensors, phase_mode, col_phase, needs=None) -> None:
+        self._phase_mode, self._col_phase = phase_mode, col_phase
+        self._need = needs is not None and any(needs)
+        if self._need:
+            # Leaves of this backward; the strips' gradients are summed into _acc.
+            tensors = tuple(
+                t.detach().requires_grad_(n) for t, n in zip(tensors, needs, strict=True)
+            )
+            self._acc = [None] * len(tensors)
+        self._t = tensors
+        self._fn = self._body.with_tensors(tensors)
+
+    def _features(self, s: int, e: int) -> torch.Tensor:
+        """``g`` of the strip's distinct positions, per output column in gather mode."""
+        m, D = e - s, self.col_phases
+        pos = self._row[s:e, None, :] + self._col[None] + self._const  # (m, Dc, P), float64
+        g = self._fn(pos.to(self._dtype).reshape(m * D, -1)).view(m, D, self.hidden)
+        return g if self._phase_mode else g.index_select(1, self._col_phase)
+
+    def strip(self, s, e):
+        return _with_one(self._features(s, e))
+
+    def recompute(self, s, e):
+        if not self._need:
+            return self.strip(s, e), None
+        # Backward may run inside the caller's autocast (CPU runs it on the calling thread);
+        # the recomputation must see the forward's dtype, as the forward did.
+        with torch.enable_grad(), torch.autocast(self._row.device.type, enabled=False):
+            g = self._features(s, e)
+        return _with_one(g.detach()), g
+
+    def accumulate(self, s, e, saved, dhx) -> None:
+        wanted = [i for i, t in enumerate(self._t) if t.requires_grad]
+        got = torch.autograd.grad(
+            saved, [self._t[i] for i in wanted], dhx[..., : self.hidden], allow_unused=True
+        )
+        for i, g in zip(wanted, got, strict=True):
+            if g is not None:
+                self._acc[i] = g if self._acc[i] is None else self._acc[i].add_(g)
+
+    def gradients(self):
+        return tuple(self._acc) if self._need else (None,) * len(self._t)
+
+
 class _FeaturesFirstContraction(torch.autograd.Function):
     """``y[n,o,i,j] = Σ_k hidext(i,j)[k] · Z[n, i'(i), j'(j), o, k]``, one LR row at a time.
 
     Inputs:
         z: ``(N, h, w, O, K)`` contiguous, ``K = hid + 1`` (last channel: the bias map).
-        a: ``(H, hid)`` row term, ``bc: (Dc, hid)`` column term per column phase, ``c: (hid,)``.
         col_idx ``(W,)``, col_phase ``(W,)``: int64 column maps.
         cells: ``(r, s, e)`` per LR row ``r``: output rows ``s..e-1`` read it.
+        hidden: a :class:`_StripHidden` that computes ``hidext = [hid, 1]`` per strip from
+            ``*tensors`` (``a (H, hid)``, ``bc (Dc, hid)``, ``c (hid,)`` for Linear-ReLU-Linear,
+            or a predictor body's tensors).
 
     Work is done per LR row ``r`` and all of its ``m = e - s`` output rows together, so ``Z``
     is never gathered along rows and ``dZ[:, r]`` is written once, without any scatter. Temporary
@@ -211,16 +446,16 @@ class _FeaturesFirstContraction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, a, bc, c, col_idx, col_phase, cells):
+    def forward(ctx, z, col_idx, col_phase, cells, hidden, *tensors):
         N, h, w, O, K = z.shape
-        H, W, Dc = a.shape[0], col_idx.shape[0], bc.shape[0]
+        H, W, Dc = hidden.rows, col_idx.shape[0], hidden.col_phases
         phase_mode = Dc * w <= 2 * W
         flat_idx = col_phase * w + col_idx  # (W,) index into the (Dc·w) axis
-        bc_cols = bc if phase_mode else bc.index_select(0, col_phase)  # (Dc or W, hid)
+        hidden.bind(tensors, phase_mode, col_phase)
         y = memory.empty_output((N, O, H, W), z)
         for r, s, e in cells:
             m = e - s
-            hx = _hid_ext(a[s:e, None, :] + bc_cols[None] + c)  # (m, Dc or W, K)
+            hx = hidden.strip(s, e)  # (m, Dc or W, K)
             if phase_mode:
                 zr = z[:, r].view(N, w * O, K)
                 t = torch.matmul(hx.view(m * Dc, K), zr.transpose(1, 2))  # (N, m·Dc, w·O)
@@ -230,28 +465,29 @@ class _FeaturesFirstContraction(torch.autograd.Function):
                 zc = z[:, r].index_select(1, col_idx)  # (N, W, O, K)
                 yc = torch.matmul(zc, hx.permute(1, 2, 0))  # (N, W, O, m)
                 y[:, :, s:e, :] = yc.permute(0, 2, 3, 1)
-        ctx.save_for_backward(z, a, bc, c, col_idx, col_phase)
+        hidden.unbind()
+        ctx.save_for_backward(z, col_idx, col_phase, *tensors)
         ctx.phase_mode = phase_mode
         ctx.cells = cells
+        ctx.hidden = hidden
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        z, a, bc, c, col_idx, col_phase = ctx.saved_tensors
+        z, col_idx, col_phase, *tensors = ctx.saved_tensors
+        hidden = ctx.hidden
         N, h, w, O, K = z.shape
-        W, Dc, hid = col_idx.shape[0], bc.shape[0], a.shape[1]
+        W, Dc = col_idx.shape[0], hidden.col_phases
         need_z = ctx.needs_input_grad[0]
-        need_mlp = any(ctx.needs_input_grad[1:4])
+        needs = tuple(ctx.needs_input_grad[5:])
+        need_mlp = any(needs)
         # LR rows that no output row reads (none for scales >= 1) keep a zero gradient.
         dz = z.new_zeros(z.shape) if need_z else None
-        da = torch.zeros_like(a) if need_mlp else None
-        bc_cols = bc if ctx.phase_mode else bc.index_select(0, col_phase)
-        dbc_cols = torch.zeros_like(bc_cols) if need_mlp else None
+        hidden.bind(tuple(tensors), ctx.phase_mode, col_phase, needs)
         flat_idx = col_phase * w + col_idx
         for r, s, e in ctx.cells:
             m = e - s
-            pre = a[s:e, None, :] + bc_cols[None] + c  # (m, Dc or W, hid)
-            hx = _hid_ext(pre)
+            hx, saved = hidden.recompute(s, e)
             dyc = dy[:, :, s:e, :].permute(0, 2, 3, 1)  # (N, m, W, O)
             if ctx.phase_mode:
                 dt = dyc.new_zeros((N, m, Dc * w, O)).index_add_(2, flat_idx, dyc)
@@ -272,15 +508,7 @@ class _FeaturesFirstContraction(torch.autograd.Function):
                     dzc = dzc.view(W, N, O, K).transpose(0, 1)  # (N, W, O, K)
                     dz[:, r] = dz.new_zeros((N, w, O, K)).index_add_(1, col_idx, dzc)
             if need_mlp:
-                dpre = dhx[..., :hid] * (pre > 0)
-                da[s:e] = dpre.sum(1)
-                dbc_cols += dpre.sum(0)
-        if need_mlp:
-            if ctx.phase_mode:
-                dbc = dbc_cols
-            else:
-                dbc = torch.zeros_like(bc).index_add_(0, col_phase, dbc_cols)
-            dc = da.sum(0)
-        else:
-            dbc = dc = None
-        return dz, da, dbc, dc, None, None, None
+                hidden.accumulate(s, e, saved, dhx)
+        grads = hidden.gradients()
+        hidden.unbind()
+        return (dz, None, None, None, None, *grads)
