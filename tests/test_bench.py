@@ -142,3 +142,30 @@ def test_memory_ratio_reads_both_ways():
     assert bench._fmt_memory_ratio(34, 2352) == "1/69"
     assert bench._fmt_memory_ratio(88, 34) == "2.6×"
     assert bench._fmt_memory_ratio(0, 34) == ""
+
+
+@pytest.mark.parametrize("predictor", ["deep", "gelu3"])
+def test_worker_runs_other_predictors(monkeypatch, predictor):
+    cfg = bench.BenchConfig(
+        (1, 4, 8, 8), {"scale": (2.5, 3)}, 2, ("fwd", "fwdbwd"), "tiny", 3, 16, predictor
+    )
+    monkeypatch.setitem(bench.CONFIGS, "tiny-phi", cfg)
+    variants = ["im2col", "torch", "torch:per_phase", *bench.WEIGHTS_VARIANTS]
+    variants.append("torch:features_first")
+    for backend in variants:
+        spec = {
+            "config": "tiny-phi",
+            "mode": "fwdbwd",
+            "backend": backend,
+            "dtype": "float32",
+            "device": "cpu",
+            "min_runs": 1,
+            "max_runs": 1,
+            "min_time_s": 0.0,
+            "slow_s": 1e9,
+        }
+        r = bench._worker(spec)
+        if predictor == "deep" and backend == "torch:features_first":
+            assert not r["ok"] and "linear" in r["error"]
+        else:
+            assert r["ok"], r

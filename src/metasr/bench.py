@@ -34,9 +34,11 @@ class BenchConfig:
         out_channels: ``Cout``.
         modes: ``"fwd"`` (inference, no autograd) and/or ``"fwdbwd"`` (forward + backward to the
             input and all MLP parameters).
-        predictor: ``"pos2weight"`` (:class:`metasr.Pos2Weight`, Linear-ReLU-Linear) or
-            ``"deep"`` (:func:`deep_predictor`: three linear layers and a non-linear last layer,
-            ``hidden`` wide, so only the weights-first paths apply).
+        predictor: ``"pos2weight"`` (:class:`metasr.Pos2Weight`, Linear-ReLU-Linear),
+            ``"gelu3"`` (``Pos2Weight(hidden_layers=2, activation="gelu")``: three linear layers,
+            the last one linear, so the torch backend runs it features-first with its body per
+            strip) or ``"deep"`` (:func:`deep_predictor`: three linear layers and a non-linear
+            last layer, ``hidden`` wide, so only the weights-first paths apply).
     """
 
     x_shape: tuple[int, int, int, int]
@@ -74,6 +76,16 @@ CONFIGS: dict[str, BenchConfig] = {
         "3-layer predictor (Linear-ReLU-Linear-ReLU-Linear-Tanh, hidden 64), batch 4, 2.5x3.5",
         hidden=64,
         predictor="deep",
+    ),
+    "gelu3-phi": BenchConfig(
+        (4, 32, 48, 48),
+        {"scale": (2.5, 3.5)},
+        3,
+        ("fwd", "fwdbwd"),
+        "3-layer predictor with a linear last layer (Pos2Weight(hidden_layers=2, "
+        "activation='gelu'), hidden 64), batch 4, 2.5x3.5",
+        hidden=64,
+        predictor="gelu3",
     ),
 }
 
@@ -196,8 +208,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     from metasr.geometry import build_geometry
     from metasr.ops.memory import OutOfMemoryError
     from metasr.ops.meta_upscale.im2col import meta_upscale_im2col
-    from metasr.ops.meta_upscale.params import MLPParams
     from metasr.ops.meta_upscale.tables import positions_tensor
+    from metasr.ops.meta_upscale.predictor import predictor_params
     from metasr.ops.meta_upscale.torch_chunked import meta_upscale_torch
     from metasr.ops.meta_upscale.weights import weights_first
 
@@ -209,10 +221,15 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     C, O, k = cfg.x_shape[1], cfg.out_channels, cfg.kernel_size
     deep = cfg.predictor == "deep"
-    phi = deep_predictor(C, O, k, cfg.hidden) if deep else metasr.Pos2Weight(C, O, k, cfg.hidden)
+    if deep:
+        phi = deep_predictor(C, O, k, cfg.hidden)
+    elif cfg.predictor == "gelu3":
+        phi = metasr.Pos2Weight(C, O, k, cfg.hidden, hidden_layers=2, activation="gelu")
+    else:
+        phi = metasr.Pos2Weight(C, O, k, cfg.hidden)
     phi = phi.to(device=device, dtype=dtype)
-    if deep and backend in TORCH_ORDERS:
-        res.error = f"{backend}: needs a Pos2Weight (Linear-ReLU-Linear) predictor"
+    if deep and TORCH_ORDERS.get(backend) == "features_first":
+        res.error = f"{backend}: needs a predictor whose last layer is linear"
         return asdict(res)
     x = torch.randn(cfg.x_shape, device=device, dtype=dtype)
     train = mode == "fwdbwd"
@@ -232,7 +249,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     def step() -> None:
         with torch.set_grad_enabled(train):
             if backend in TORCH_ORDERS:
-                params = MLPParams.from_module(phi, dtype)
+                params = predictor_params(phi, dtype)
                 y = meta_upscale_torch(x, params, geom, order=TORCH_ORDERS[backend])
             elif backend == "weights_first":
                 y = weights_first(x, phi, geom, k, C, O)

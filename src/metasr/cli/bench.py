@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         backends = ["im2col", "torch", "torch:features_first"]
         if args.device.startswith("cuda"):
             backends.append("triton")
-        if any(CONFIGS[c].predictor == "deep" for c in configs):
+        if any(CONFIGS[c].predictor != "pos2weight" for c in configs):
             backends.extend(WEIGHTS_VARIANTS)
     for b in backends:
         if not is_known_variant(b, BACKENDS):
