@@ -453,8 +453,12 @@ def test_general_predictor_weights_first_float32_periodic_and_coords():
     out32 = mu.meta_upscale(x32, phi32, scale=2.7, backend="torch")
     assert out32.dtype == torch.float32
     assert_matches(out32, ref32, "torch", "float32 y")
-    coords = CoordinateGrid([50.0, 10.0, -30.0, -50.0, -70.0], [60.0 * i for i in range(6)],
-                            [50, 30, 10, -10, -30, -50, -60], [-180 + 30.0 * i for i in range(12)])  # fmt: skip
+    coords = CoordinateGrid(
+        [50.0, 10.0, -30.0, -50.0, -70.0],
+        [60.0 * i for i in range(6)],
+        [50, 30, 10, -10, -30, -50, -60],
+        [-180 + 30.0 * i for i in range(12)],
+    )
     ref_c = mu.meta_upscale(x, phi, coords=coords, backend="naive", periodic_lon=True)
     out_c = mu.meta_upscale(x, phi, coords=coords, backend="torch", periodic_lon=True)
     assert_matches(out_c, ref_c, "torch", "coords y")

@@ -208,8 +208,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     from metasr.geometry import build_geometry
     from metasr.ops.memory import OutOfMemoryError
     from metasr.ops.meta_upscale.im2col import meta_upscale_im2col
-    from metasr.ops.meta_upscale.tables import positions_tensor
     from metasr.ops.meta_upscale.predictor import predictor_params
+    from metasr.ops.meta_upscale.tables import positions_tensor
     from metasr.ops.meta_upscale.torch_chunked import meta_upscale_torch
     from metasr.ops.meta_upscale.weights import weights_first
 
