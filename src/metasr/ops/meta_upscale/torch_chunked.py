@@ -21,7 +21,7 @@ Linear-ReLU-Linear (:class:`.params.MLPParams`, the first layer split by axis), 
 features ``g(pos(i, j))`` for any predictor with a linear last layer
 (:class:`.params.LinearHeadParams`, ``g`` run per strip for its distinct positions and again in
 backward). A predictor without a linear last layer (:class:`.params.ModuleParams`) has no
-features-first order: it runs per phase while that costs at most twice the output, else
+features-first order: it runs per phase while that costs at most 8 times the output, else
 **weights-first** (:func:`_weights_first`).
 """
 
@@ -65,8 +65,12 @@ Order = Literal["auto", "per_phase", "features_first", "weights_first"]
 def _auto_order(params: PredictorParams, geom: Geometry, Dv: int, Dh: int) -> str:
     """The evaluation order ``"auto"`` picks for ``Dv × Dh`` distinct offsets."""
     if isinstance(params, ModuleParams):
-        # Per phase suits any predictor; beyond twice the output its LR result is unbounded.
-        return "per_phase" if Dv * Dh * geom.h * geom.w <= 2 * geom.H * geom.W else "weights_first"
+        # Per phase suits any predictor (one LR convolution, the predictor on Dv·Dh positions),
+        # but its LR result grows with the distinct offsets: weights-first past 8× the output.
+        # At 2.5×3.5 (35 phases, 4× the output, metasr bench deep-phi, 1 CPU thread, ad9d483)
+        # per phase ran 13-14× (forward) and 20-25× (training step) faster than weights-first, in
+        # less memory; at 2.3 (529 phases, 100×) it is the LR result that is out of bounds.
+        return "per_phase" if Dv * Dh * geom.h * geom.w <= 8 * geom.H * geom.W else "weights_first"
     return "per_phase" if Dv * Dh <= params.hidden + 1 else "features_first"
 
 
