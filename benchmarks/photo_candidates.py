@@ -162,7 +162,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     while (used := time.process_time() - t0) < args.cpu_seconds:
         # Cosine over the CPU budget, so every candidate ends at the same point of its schedule.
         for group in optim.param_groups:
-            group["lr"] = eta_min + (lr0 - eta_min) * 0.5 * (1 + math.cos(math.pi * used / args.cpu_seconds))
+            group["lr"] = eta_min + (lr0 - eta_min) * 0.5 * (
+                1 + math.cos(math.pi * used / args.cpu_seconds)
+            )
         spec = dataset.draw_spec(rng)
         items = [dataset.sample(rng.randrange(len(dataset)), spec, rng) for _ in range(batch)]
         lq = torch.stack([d["lq"] for d in items])
@@ -185,7 +187,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         names=names,
         metric_names=("psnr",),
     )
-    gain = {s: statistics.mean(r["psnr"] - r["bicubic_psnr"] for r in table if r["scale"] == s) for s in scales}
+    gain = {
+        s: statistics.mean(r["psnr"] - r["bicubic_psnr"] for r in table if r["scale"] == s)
+        for s in scales
+    }
     print(
         f"{args.name}: {it} iterations in {train_s:.0f} CPU-s ({train_s / it:.2f} s/it), "
         f"last-100 loss {statistics.mean(losses[-100:]):.4f}; gain over bicubic: "

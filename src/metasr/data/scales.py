@@ -24,7 +24,7 @@ samplers as dicts (:func:`build_scale_sampler`):
     continuous uniform; ``min``/``max`` may be pairs (per-axis ranges); ``p_symmetric`` as above.
 ``{type: choice, scales: [2, 3, [1.5, 4], [3.5, 2]], weights: [...]}``
     a list of scales (numbers or ``[r_v, r_h]`` pairs), uniformly or with weights.
-``{type: mixture, samplers: [{type: uniform, ...}, {type: uniform, min: 4, max: 6}], weights: [0.9, 0.1]}``
+``{type: mixture, samplers: [{type: uniform, ...}, {...}], weights: [0.95, 0.05]}``
     each batch draws one of the listed samplers (uniformly or with ``weights``), then its scale:
     e.g. mostly ×1.1…×4 with an occasional larger one.
 ``{type: fixed, scale: [7.5104166667, 10]}`` or ``{type: fixed, lq_size: [96, 144],
