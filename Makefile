@@ -32,15 +32,18 @@ bench: venv
 demo: venv
 	$(PY) scripts/demo.py --out demo_out
 
-# Retrain the bundled default model from scratch (CPU, ~30-60 min on 2 cores), export it into
-# the package and print its PSNR against bicubic on the held-out photos.
-DEFAULT_OPT := options/train/MetaEDSR_tiny_default.yml
+# Retrain the bundled photo model from scratch (CPU: about 70 min of one core, see
+# docs/benchmarks.md), export it into the package and score it against bicubic and the first
+# default model (default-v1) on the held-out whole photos. Interrupted? Run it again: the
+# training continues from its last state (--auto_resume).
+DEFAULT_OPT := options/train/MetaEDSR_photo_default.yml
+DEFAULT_NAME := $(basename $(notdir $(DEFAULT_OPT)))
 default-model: venv
-	$(PY) -m metasr.data.samples skimage datasets/skimage
-	$(VENV)/bin/metasr train -opt $(DEFAULT_OPT)
+	test -d datasets/photos/train || $(MAKE) photos
+	$(VENV)/bin/metasr train -opt $(DEFAULT_OPT) --auto_resume
 	$(PY) scripts/export_default_model.py --opt $(DEFAULT_OPT) \
-		--checkpoint experiments/MetaEDSR_tiny_default/models/net_g_latest.pth
-	$(PY) scripts/eval_default_model.py
+		--checkpoint experiments/$(DEFAULT_NAME)/models/net_g_latest.pth
+	$(PY) scripts/eval_default_model.py --data datasets/photos/val --baseline default-v1 --ssim
 
 # Training photos from Debian's wallpaper packages (apt-get download + dpkg -x, nothing
 # installed; run apt-get update first) and scikit-image: HR sub-images in datasets/photos/train,
