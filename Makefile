@@ -32,7 +32,7 @@ bench: venv
 demo: venv
 	$(PY) scripts/demo.py --out demo_out
 
-# Retrain the bundled photo model from scratch (CPU: about 70 min of one core, see
+# Retrain the bundled photo model from scratch (CPU: about 50 min of one core, see
 # docs/benchmarks.md), export it into the package and score it against bicubic and the first
 # default model (default-v1) on the held-out whole photos. Interrupted? Run it again: the
 # training continues from its last state (--auto_resume).
