@@ -242,7 +242,7 @@ def report_methods(methods, labels, metric_names, loaded, args) -> dict:
     print(f"mean over {n_images} images: {unit}; Δ: Y-PSNR gain over bicubic")
     print()
     extra = ["Δ baseline", "Δ model", "model − baseline"] if "baseline" in methods else []
-    print("| scale | " + " | ".join(heads[k] for k in keys) + " | " + " | ".join(extra) + " |")
+    print("| scale | " + " | ".join([heads[k] for k in keys] + extra) + " |")
     print("|---" * (1 + len(keys) + len(extra)) + "|")
     out: dict[str, dict[str, dict[str, float]]] = {k: {} for k in keys}
     for label in labels:
