@@ -5,9 +5,10 @@ written by ``scripts/export_default_model.py`` from a BasicSR training run:
 
 * ``"default"``: the model ``metasr upscale`` uses unless told otherwise (``default.safetensors``);
 * ``"default-v1"``: the first default model, a 6 × 32 Meta-EDSR with a bicubic residual trained
-  50 minutes on scikit-image's photographs (``options/train/MetaEDSR_tiny_default.yml``); kept so
-  that results made with it can be reproduced. While it is still the default, both names load
-  the same file.
+  50 minutes on scikit-image's photographs (``options/train/MetaEDSR_tiny_default.yml``). It is
+  still the default, so both names load the same file; when a new default replaces it, its file
+  moves to ``default_v1.safetensors`` and this name keeps loading it, so that results made with
+  it stay reproducible.
 
 Load them with ``metasr.checkpoints.load_model(name)``.
 """
@@ -26,7 +27,7 @@ DEFAULT_CHECKPOINT = _HERE / "default.safetensors"
 #: Bundled model names and their files.
 BUNDLED: dict[str, Path] = {
     "default": DEFAULT_CHECKPOINT,
-    "default-v1": _HERE / "default_v1.safetensors",
+    "default-v1": DEFAULT_CHECKPOINT,
 }
 
 
