@@ -33,7 +33,11 @@ from metasr.metrics import psnr, quantize_8bit
 
 
 def panels(
-    hr: torch.Tensor, scale: tuple[float, float], models: list[str], box: tuple[int, int, int, int]
+    hr: torch.Tensor,
+    scale: tuple[float, float],
+    models: list[str],
+    box: tuple[int, int, int, int],
+    labels: list[str] | None = None,
 ) -> list[tuple[str, torch.Tensor]]:
     """``(label, (3, h, w) crop in 0..1)`` for LR-nearest, bicubic, each model and HR.
 
@@ -42,6 +46,7 @@ def panels(
         scale: ``(r_v, r_h)``.
         models: model names or checkpoint paths, in panel order.
         box: ``(top, left, height, width)`` of the window on the HR grid.
+        labels: one caption per model (default: the names as given).
     """
     lq, hr = bicubic_pair(hr, scale)
     lq = quantize_8bit(lq)
@@ -59,10 +64,10 @@ def panels(
     out = [("LR (nearest)", crop(lq[:, rows][:, :, cols]))]
     bic = quantize_8bit(imresize(lq[None], scale=scale, size=(H, W))[0].clamp(0, 1))
     out.append(("bicubic", crop(bic)))
-    for name in models:
+    for name, label in zip(models, labels or models, strict=True):
         loaded = load_model(name)
         sr = upscale_array(loaded, lq.float().numpy(), scale=scale)
-        out.append((name, crop(quantize_8bit(torch.from_numpy(sr).double().clamp(0, 1)))))
+        out.append((label, crop(quantize_8bit(torch.from_numpy(sr).double().clamp(0, 1)))))
     out.append(("HR", crop(hr)))
     return out
 
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "--box", type=int, nargs=4, default=(120, 150, 128, 128), metavar=("TOP", "LEFT", "H", "W")
     )
     parser.add_argument("--models", nargs="+", default=["default-v1", "default"])
+    parser.add_argument("--labels", nargs="+", help="captions of the model panels")
     parser.add_argument("--zoom", type=int, default=2, help="nearest-neighbour display zoom")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -106,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.image} is not an RGB photograph")
     hr = quantize_8bit(torch.from_numpy(raster.data).double())
     scale = parse_scale_spec(args.scale)
-    items = panels(hr, scale, args.models, tuple(args.box))
+    if args.labels is not None and len(args.labels) != len(args.models):
+        parser.error(f"--labels needs {len(args.models)} captions, got {len(args.labels)}")
+    items = panels(hr, scale, args.models, tuple(args.box), args.labels)
     image = render(items, items[-1][1], args.zoom)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.output, optimize=True)
