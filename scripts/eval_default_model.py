@@ -111,38 +111,82 @@ def time_tta(
     return out
 
 
+def load_folder(folder: Path) -> tuple[list[torch.Tensor], list[str]]:
+    """Every image file of ``folder`` (sorted) as ``(3, H, W)`` float64 8-bit levels, and names."""
+    from metasr.io import list_files
+
+    photos, names = [], []
+    for path in list_files(folder):
+        raster = read_raster(path)
+        if raster.kind != "image" or raster.data.shape[0] != 3:
+            raise SystemExit(f"{path} is not an RGB photograph")
+        photos.append(quantize_8bit(torch.from_numpy(raster.data).double()))
+        names.append(path.stem)
+    if not photos:
+        raise SystemExit(f"{folder}: no images")
+    return photos, names
+
+
+def score(fn, photos, scales, names, metric_names, bicubic=False) -> dict:
+    """``{image: {scale label: {metric: value}}}`` (``bicubic_<metric>`` too with ``bicubic``)."""
+    table = evaluate(fn, photos, scales, bicubic=bicubic, names=names, metric_names=metric_names)
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in names}
+    for r in table:
+        out[r["image"]][r["scale"]] = {
+            k: r[k] for k in (*metric_names, *(f"bicubic_{m}" for m in metric_names)) if k in r
+        }
+    return out
+
+
+def mean_over(rows: dict, label: str, key: str) -> float:
+    """Mean of ``key`` at scale ``label`` over the images of ``rows``."""
+    return float(np.mean([rows[n][label][key] for n in rows]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="model name or checkpoint")
     parser.add_argument(
         "--images", nargs="+", default=list(SKIMAGE_VAL), help="file names in skimage/data"
     )
+    parser.add_argument(
+        "--data", type=Path, help="score the whole images of this folder instead of --images"
+    )
+    parser.add_argument(
+        "--baseline", help="also score this model (name or checkpoint), e.g. the previous default"
+    )
+    parser.add_argument("--ssim", action="store_true", help="SSIM (Y) beside Y-PSNR")
     parser.add_argument("--scales", nargs="+", default=list(SCALES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     parser.add_argument(
-        "--tta", action="store_true", help="also score and time the test-time self-ensemble"
+        "--tta",
+        action="store_true",
+        help="also score (and with --repeat > 0 time) the test-time self-ensemble",
     )
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs for --tta (median)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="timed runs for --tta (median); 0: score --tta without the timing and all-8 table",
+    )
     args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error(f"--repeat must be >= 1, got {args.repeat}")
+    if args.repeat < 0:
+        parser.error(f"--repeat must be >= 0, got {args.repeat}")
 
     loaded = load_model(args.model, device=args.device)
-    photos = [load_photo(name) for name in args.images]
+    if args.data is not None:
+        photos, names = load_folder(args.data)
+    else:
+        photos, names = [load_photo(name) for name in args.images], list(args.images)
     scales = [parse_scale_spec(s) for s in args.scales]
     labels = [format_scale(s) for s in scales]
-    table = evaluate(
-        model_upscaler(loaded),
-        photos,
-        scales,
-        bicubic=True,
-        names=args.images,
-        metric_names=("psnr",),
-    )
-    rows: dict[str, dict[str, tuple[float, float]]] = {name: {} for name in args.images}
-    for r in table:
-        rows[r["image"]][r["scale"]] = (r["psnr"], r["bicubic_psnr"])
+    metric_names = ("psnr", "ssim") if args.ssim else ("psnr",)
+    model_rows = score(model_upscaler(loaded), photos, scales, names, metric_names, bicubic=True)
+    rows = {
+        name: {s: (c["psnr"], c["bicubic_psnr"]) for s, c in cells.items()}
+        for name, cells in model_rows.items()
+    }
 
     print(f"model: {loaded.name} ({loaded.arch}); Y-PSNR, border ceil(r) per axis")
     print()
@@ -155,26 +199,78 @@ def main(argv: list[str] | None = None) -> int:
     print("| **mean Δ dB** | " + " | ".join(f"**{d:+.2f}**" for d in mean) + " |")
     payload: dict = {
         "model": loaded.name,
+        "images": names,
         "psnr": rows,
         "mean_delta_db": dict(zip(labels, mean, strict=True)),
     }
+    # The comparison table: one column per method, means over the images.
+    methods: dict[str, dict] = {"bicubic": {}, "model": model_rows}
+    for name, cells in model_rows.items():
+        methods["bicubic"][name] = {
+            s: {m: c[f"bicubic_{m}"] for m in metric_names} for s, c in cells.items()
+        }
+    if args.baseline:
+        base = load_model(args.baseline, device=args.device)
+        methods["baseline"] = score(model_upscaler(base), photos, scales, names, metric_names)
+        payload["baseline"] = base.name
     if args.tta:
-        payload["tta"] = report_tta(loaded, photos, scales, labels, args, rows)
+        methods["tta"] = score(
+            model_upscaler(loaded, tta=True), photos, scales, names, metric_names
+        )
+    if args.ssim or args.baseline or args.tta:
+        payload["methods"] = report_methods(methods, labels, metric_names, loaded, args)
+    if args.tta and args.repeat > 0:
+        payload["tta"] = report_tta(loaded, photos, scales, labels, args, rows, names, methods)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(payload, fh, indent=2)
     return 0
 
 
-def report_tta(loaded, photos, scales, labels, args, rows) -> dict:
-    """Score and time ``tta=True`` (and the all-8 mean) against the plain rows; print a table."""
-    variants = {"tta": model_upscaler(loaded, tta=True), "all8": all_eight_upscaler(loaded)}
-    psnr: dict[str, dict[str, dict[str, float]]] = {}
-    for key, fn in variants.items():
-        table = evaluate(fn, photos, scales, names=args.images, metric_names=("psnr",))
-        psnr[key] = {name: {} for name in args.images}
-        for r in table:
-            psnr[key][r["image"]][r["scale"]] = r["psnr"]
+def report_methods(methods, labels, metric_names, loaded, args) -> dict:
+    """Print and return the per-scale means of every method (bicubic, baseline, model, --tta)."""
+    heads = {
+        "bicubic": "bicubic",
+        "baseline": f"{args.baseline} (baseline)",
+        "model": loaded.name,
+        "tta": f"{loaded.name} --tta",
+    }
+    keys = [k for k in heads if k in methods]
+    unit = " / ".join({"psnr": "Y-PSNR dB", "ssim": "Y-SSIM"}[m] for m in metric_names)
+    n_images = len(methods["model"])
+    print()
+    print(f"mean over {n_images} images: {unit}; Δ: Y-PSNR gain over bicubic")
+    print()
+    extra = ["Δ baseline", "Δ model", "model − baseline"] if "baseline" in methods else []
+    print("| scale | " + " | ".join([heads[k] for k in keys] + extra) + " |")
+    print("|---" * (1 + len(keys) + len(extra)) + "|")
+    out: dict[str, dict[str, dict[str, float]]] = {k: {} for k in keys}
+    for label in labels:
+        cells = []
+        for k in keys:
+            vals = {m: mean_over(methods[k], label, m) for m in metric_names}
+            out[k][label] = vals
+            cells.append(
+                " / ".join(
+                    f"{vals[m]:.2f}" if m == "psnr" else f"{vals[m]:.4f}" for m in metric_names
+                )
+            )
+        if extra:
+            bic = out["bicubic"][label]["psnr"]
+            d_base = out["baseline"][label]["psnr"] - bic
+            d_model = out["model"][label]["psnr"] - bic
+            cells += [f"{d_base:+.2f}", f"{d_model:+.2f}", f"**{d_model - d_base:+.2f}**"]
+        print(f"| ×{label} | " + " | ".join(cells) + " |")
+    return out
+
+
+def report_tta(loaded, photos, scales, labels, args, rows, names, methods) -> dict:
+    """Score the all-8 mean and time ``tta=True`` against the plain rows; print a table."""
+    all8 = score(all_eight_upscaler(loaded), photos, scales, names, ("psnr",))
+    psnr = {
+        key: {n: {s: c["psnr"] for s, c in cells.items()} for n, cells in src.items()}
+        for key, src in (("tta", methods["tta"]), ("all8", all8))
+    }
     times = time_tta(loaded, photos, scales, args.repeat)
     torch_threads = torch.get_num_threads()
     print()

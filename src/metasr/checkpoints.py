@@ -2,7 +2,8 @@
 
 :func:`load_model` accepts
 
-* ``"default"``: the bundled model (``metasr/weights/default.safetensors``);
+* ``"default"``: the bundled model (``metasr/weights/default.safetensors``), and the other
+  bundled names of :data:`metasr.weights.BUNDLED` (``"default-v1"``: the first default model);
 * a **metasr checkpoint** (safetensors): the state dict plus, in the file's metadata, the
   registry name and constructor arguments of the architecture (written by
   :func:`save_checkpoint`), so the file alone rebuilds the model;
@@ -624,7 +625,7 @@ def load_model(
     """Load a model by name or path (see the module docstring) onto ``device``, in eval mode.
 
     Args:
-        spec: ``"default"``, a checkpoint path, or a registry name.
+        spec: ``"default"`` (or another bundled name), a checkpoint path, or a registry name.
         device: where the model runs.
         dtype: parameter dtype (``torch.float16`` for half precision).
         backend: Meta-Upscale backend for every head (:func:`set_backend`; ``None``: keep the
@@ -644,10 +645,10 @@ def load_model(
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     spec = str(spec)
     path = Path(spec)
-    if spec == "default":
-        from .weights import default_checkpoint
+    from .weights import BUNDLED, bundled_checkpoint
 
-        loaded = load_checkpoint(default_checkpoint(), name="default")
+    if spec in BUNDLED:
+        loaded = load_checkpoint(bundled_checkpoint(spec), name=spec)
     elif path.is_file():
         loaded = _load_file(path, network_opt, param_key)
     elif path.exists():
@@ -660,7 +661,7 @@ def load_model(
         if spec.lower() not in archs.list_models():
             raise ValueError(
                 f"model {spec!r}: no such file, and not 'default' or a registered architecture "
-                f"({', '.join(archs.list_models())})"
+                f"({', '.join(archs.list_models())}); bundled models: {', '.join(BUNDLED)}"
             )
         warnings.warn(
             f"model {spec!r} is built with random weights; its output is not a real upscaling",

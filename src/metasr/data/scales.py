@@ -24,6 +24,9 @@ samplers as dicts (:func:`build_scale_sampler`):
     continuous uniform; ``min``/``max`` may be pairs (per-axis ranges); ``p_symmetric`` as above.
 ``{type: choice, scales: [2, 3, [1.5, 4], [3.5, 2]], weights: [...]}``
     a list of scales (numbers or ``[r_v, r_h]`` pairs), uniformly or with weights.
+``{type: mixture, samplers: [{type: uniform, ...}, {...}], weights: [0.95, 0.05]}``
+    each batch draws one of the listed samplers (uniformly or with ``weights``), then its scale:
+    e.g. mostly ×1.1…×4 with an occasional larger one.
 ``{type: fixed, scale: [7.5104166667, 10]}`` or ``{type: fixed, lq_size: [96, 144],
 gt_size: [721, 1440]}``
     one pair, e.g. the 96×144 → 721×1440 climate setting (``r = gt/lq`` per axis).
@@ -46,6 +49,7 @@ __all__ = [
     "FixedScale",
     "GridScales",
     "META_SR_SCALES",
+    "MixtureScales",
     "Scale",
     "ScaleSampler",
     "UniformScales",
@@ -341,18 +345,55 @@ class FixedScale(ScaleSampler):
         return self._scale
 
 
+@dataclass
+class MixtureScales(ScaleSampler):
+    """Each draw picks one of ``samplers`` (uniformly or by ``weights``) and returns its scale.
+
+    ``samplers`` are :class:`ScaleSampler` objects or option dicts (:func:`build_scale_sampler`);
+    the usual mix is a main range plus a rarely drawn one of larger scales.
+    """
+
+    samplers: Sequence[object] = ()
+    weights: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        self._samplers = [build_scale_sampler(s) for s in self.samplers]
+        if not self._samplers:
+            raise ValueError("scale mixture needs a non-empty 'samplers' list")
+        if self.weights is not None:
+            if len(self.weights) != len(self._samplers) or min(self.weights) < 0:
+                raise ValueError("mixture 'weights' must be non-negative, one per sampler")
+            if sum(self.weights) <= 0:
+                raise ValueError("mixture 'weights' must not all be zero")
+
+    def sample(self, rng: random.Random | None = None) -> Scale:
+        rng = rng or random
+        if self.weights is None:
+            part = rng.choice(self._samplers)
+        else:
+            part = rng.choices(self._samplers, weights=list(self.weights), k=1)[0]
+        return part.sample(rng)
+
+    @property
+    def max_scale(self) -> Scale:
+        tops = [s.max_scale for s in self._samplers]
+        return max(t[0] for t in tops), max(t[1] for t in tops)
+
+
 _SAMPLERS: dict[str, type[ScaleSampler]] = {
     "grid": GridScales,
     "uniform": UniformScales,
     "choice": ChoiceScales,
     "fixed": FixedScale,
+    "mixture": MixtureScales,
 }
 
 
 def build_scale_sampler(spec: object) -> ScaleSampler:
     """A :class:`ScaleSampler` from an option value.
 
-    ``spec`` is a sampler, a dict with ``type`` (``grid``/``uniform``/``choice``/``fixed``) and
+    ``spec`` is a sampler, a dict with ``type`` (``grid``/``uniform``/``choice``/``fixed``/
+    ``mixture``) and
     that type's fields, a number or pair (fixed), a list of scales (choice), or a string such as
     ``"2,3,1.5x4"`` (choice).
     """
