@@ -2,7 +2,9 @@
 
 :func:`load_model` accepts
 
-* ``"default"``: the bundled model (``metasr/weights/default.safetensors``);
+* ``"default"``: the bundled photo model (``metasr/weights/default.safetensors``), and the
+  other bundled models of :data:`BUNDLED_MODELS` by name (``"t2m"``: near-surface temperature
+  in kelvin on lat/lon grids, with its normalisation statistics);
 * a **metasr checkpoint** (safetensors): the state dict plus, in the file's metadata, the
   registry name and constructor arguments of the architecture (written by
   :func:`save_checkpoint`), so the file alone rebuilds the model;
@@ -50,6 +52,7 @@ from ._state_dict import clean_state_dict, describe_mismatch, is_state_dict, non
 
 __all__ = [
     "ARCH_NAMES",
+    "BUNDLED_MODELS",
     "CHECKPOINT_FORMAT",
     "NETWORK_KEY",
     "STATS_KEY",
@@ -74,6 +77,9 @@ _FORMAT_VERSION = "1"
 
 #: The metasr networks that BasicSR option files can name (``network_g.type``).
 ARCH_NAMES = ("MetaRDN", "MetaEDSR", "MetaSwinIR")
+
+#: Names of the models shipped in ``metasr/weights`` (``<name>.safetensors``), for ``--model``.
+BUNDLED_MODELS = ("default", "t2m")
 
 #: BasicSR checkpoint entry (written by ``MetaSRModel``) holding the ``network_g`` options.
 NETWORK_KEY = "metasr_network"
@@ -485,6 +491,10 @@ def _from_basicsr(
     _load_state(net, state, path)
     kwargs = {k: v for k, v in opt.items() if k != "type"}
     metadata = {"param_key": key or "", "basicsr_type": str(opt["type"])}
+    # A field model trained by MetaSRModel records its normalisation statistics in the file.
+    if isinstance(obj.get(STATS_KEY), str):
+        metadata[STATS_KEY] = obj[STATS_KEY]
+        _stats_from_metadata(metadata, str(path), net.in_channels)
     return _finish(net, str(path), _registry_name(str(opt["type"])), kwargs, metadata, "basicsr")
 
 
@@ -615,7 +625,8 @@ def load_model(
     """Load a model by name or path (see the module docstring) onto ``device``, in eval mode.
 
     Args:
-        spec: ``"default"``, a checkpoint path, or a registry name.
+        spec: a bundled model's name (``"default"``, ``"t2m"``), a checkpoint path, or a
+            registry name.
         device: where the model runs.
         dtype: parameter dtype (``torch.float16`` for half precision).
         backend: Meta-Upscale backend for every head (:func:`set_backend`; ``None``: keep the
@@ -625,7 +636,8 @@ def load_model(
         param_key: BasicSR entry to load (default ``params_ema`` if present, else ``params``).
 
     Raises:
-        FileNotFoundError: a path that does not exist, or no bundled default model.
+        FileNotFoundError: a path that does not exist, or a bundled model missing from this
+            installation.
         ValueError: the file is not a model checkpoint, the name is not registered, the
             backend is unknown, ``device`` is not a device of this machine
             (:func:`resolve_device`), or ``dtype`` is not a floating-point dtype.
@@ -635,10 +647,10 @@ def load_model(
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     spec = str(spec)
     path = Path(spec)
-    if spec == "default":
-        from .weights import default_checkpoint
+    if spec in BUNDLED_MODELS:
+        from .weights import bundled_checkpoint
 
-        loaded = load_checkpoint(default_checkpoint(), name="default")
+        loaded = load_checkpoint(bundled_checkpoint(spec), name=spec)
     elif path.is_file():
         loaded = _load_file(path, network_opt, param_key)
     elif path.exists():
@@ -651,7 +663,7 @@ def load_model(
         if spec.lower() not in archs.list_models():
             raise ValueError(
                 f"model {spec!r}: no such file, and not 'default' or a registered architecture "
-                f"({', '.join(archs.list_models())})"
+                f"({', '.join(archs.list_models())}); bundled models: {', '.join(BUNDLED_MODELS)}"
             )
         warnings.warn(
             f"model {spec!r} is built with random weights; its output is not a real upscaling",
