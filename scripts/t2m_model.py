@@ -14,7 +14,8 @@ Usage::
 runs it once on the N96 → ERA5 coordinates, and writes a metasr safetensors file whose metadata
 holds the architecture, the statistics (units K, mean/std of the training members, grid), and
 the member split. ``heldout`` writes the validation members of the option file as one
-``(member, month, lat, lon)`` netCDF variable ``surface_temperature`` in K.
+``(member, month, lat, lon)`` netCDF variable ``surface_temperature`` in K. ``independent``
+writes the near-surface air temperature of other sources (HadGEM2, COADS) in K.
 """
 
 from __future__ import annotations
@@ -124,6 +125,65 @@ def heldout(args: argparse.Namespace) -> int:
     return 0
 
 
+#: HadGEM2 1.5 m air temperature (STASH m01s03i236), annual means on N96, in iris-sample-data.
+HADGEM2_FILES = {
+    "pre-industrial": "pre-industrial.pp",
+    "A1B 2098": "A1B.2098.pp",
+    "E1 2098": "E1.2098.pp",
+}
+
+
+def independent(args: argparse.Namespace) -> int:
+    """Near-surface air temperature the model never saw, as netCDF in K (see ``docs/climate.md``).
+
+    * ``hadgem2.nc``: HadGEM2 1.5 m air temperature (annual means; pre-industrial, A1B and E1
+      scenarios for 2098-12 … 2099-11), N96 like GloSea4 but another model configuration, another
+      variable (air at 1.5 m, not the surface) and annual instead of monthly means.
+    * ``coads_airt.nc``: COADS marine air temperature climatology (12 months, 2°, ships'
+      observations: no climate model at all), °C → K (+273.15), land missing (NaN).
+    """
+    import xarray as xr
+
+    from metasr.climate.io import write_field
+    from metasr.climate.pp import read_pp
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    if args.iris_dir is not None:
+        fields = [read_pp(args.iris_dir / f)[0] for f in HADGEM2_FILES.values()]
+        grid = fields[0].grid
+        if any(f.stash != 3236 or not f.grid.same_as(grid) for f in fields):
+            raise SystemExit("the HadGEM2 files are not 1.5 m temperature on one grid")
+        da = xr.DataArray(
+            np.stack([f.data for f in fields]).astype(np.float32),
+            dims=("run", "lat", "lon"),
+            coords={"run": list(HADGEM2_FILES), "lat": grid.lat, "lon": grid.lon},
+            name="air_temperature",
+            attrs={"units": "K", "long_name": "HadGEM2 1.5 m air temperature, annual mean"},
+        )
+        out = write_field(da, args.output / "hadgem2.nc", history="scripts/t2m_model.py")
+        print(f"wrote {out}: {', '.join(HADGEM2_FILES)}")
+    if args.coads is not None:
+        ds = xr.open_dataset(args.coads, decode_times=False)
+        airt = ds["AIRT"]
+        units = str(airt.attrs.get("units", "")).lower()
+        if units not in ("deg c", "degc"):
+            raise SystemExit(f"{args.coads}: AIRT is in {units!r}, expected deg C")
+        da = xr.DataArray(
+            (airt.values.astype(np.float64) + 273.15).astype(np.float32),  # NaN (land) stays
+            dims=("month", "lat", "lon"),
+            coords={
+                "month": np.arange(1, airt.shape[0] + 1),
+                "lat": ds["COADSY"].values,
+                "lon": ds["COADSX"].values,
+            },
+            name="air_temperature",
+            attrs={"units": "K", "long_name": "COADS marine air temperature climatology"},
+        )
+        out = write_field(da, args.output / "coads_airt.nc", history="scripts/t2m_model.py")
+        print(f"wrote {out}: {int(np.isfinite(da.values).mean() * 100)}% of points valid")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -136,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--opt", type=Path, required=True)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=heldout)
+    p = sub.add_parser("independent", help="HadGEM2 and COADS air temperature -> netCDF in K")
+    p.add_argument("--iris-dir", type=Path, help="iris-sample-data's sample_data folder")
+    p.add_argument("--coads", type=Path, help="ferret-datasets' coads_climatology.cdf")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.set_defaults(func=independent)
     args = parser.parse_args(argv)
     return args.func(args)
 
