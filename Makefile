@@ -56,9 +56,10 @@ climate-data: venv
 	$(PY) -m metasr.climate.datasets datasets/climate
 
 # The bundled temperature model `--model t2m` (issue 12, part 9): fetch the data if missing,
-# train options/train/MetaEDSR_t2m.yml on 10 GloSea4 members (CPU, 1 thread: ~45 min on a shared
-# 2-core machine, see docs/climate.md), export it to src/metasr/weights/t2m.safetensors with its
-# statistics, and score it on the 3 held-out members against the regridding baselines.
+# train options/train/MetaEDSR_t2m.yml on 10 GloSea4 members (CPU, 1 thread: the shipped run took
+# 49 min on a 2-core machine shared with four other jobs, see docs/climate.md), export it to
+# src/metasr/weights/t2m.safetensors with its statistics, and score it on the 3 held-out members
+# against the regridding baselines.
 T2M_OPT := options/train/MetaEDSR_t2m.yml
 T2M_DIR := experiments/MetaEDSR_t2m
 T2M_SCALES := 2,4,2x3,7.5104x10
