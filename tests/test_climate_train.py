@@ -330,3 +330,33 @@ def test_glosea4_member_split():
     assert s["lq"].shape == (1, 19, 19)  # the N96 analogue of 96x144 -> ERA5
     with pytest.raises(ValueError, match="member"):
         FieldDataset({"source": "glosea4", "dataroot_gt": str(GLOSEA4), "members": [6]})
+
+
+def test_field_training_under_torchrun(trained, tmp_path):
+    """Two CPU ranks (gloo): every rank trains the same ratio and band, replicas stay equal."""
+    import os
+    import socket
+
+    root, done = trained
+    assert done.returncode == 0, done.stderr[-3000:]
+    opt = yaml.safe_load((root / "train.yml").read_text())
+    opt["name"] = "fields_ddp"
+    opt["train"]["total_iter"] = 6
+    opt["val"]["val_freq"] = 6
+    opt["logger"]["save_checkpoint_freq"] = 6
+    path = tmp_path / "ddp.yml"
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "metasr", "train",
+           "-opt", str(path), "--launcher", "pytorch"]  # fmt: skip
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = next((tmp_path / "experiments" / "fields_ddp").glob("train_*.log")).read_text()
+    digests = re.findall(r"Parameters @ 6: sha256 per rank (\w+) (\w+)", log)
+    assert digests and digests[0][0] == digests[0][1]
+    assert (tmp_path / "experiments" / "fields_ddp" / "models" / "net_g_latest.pth").is_file()
