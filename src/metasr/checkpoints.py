@@ -2,8 +2,10 @@
 
 :func:`load_model` accepts
 
-* ``"default"``: the bundled model (``metasr/weights/default.safetensors``), and the other
-  bundled names of :data:`metasr.weights.BUNDLED` (``"default-v1"``: the first default model);
+* ``"default"``: the bundled photo model (``metasr/weights/default.safetensors``), and the
+  other bundled models of :data:`metasr.weights.BUNDLED` by name (``"default-v1"``: the first
+  default model; ``"t2m"``: near-surface temperature in kelvin on lat/lon grids, with its
+  normalisation statistics);
 * a **metasr checkpoint** (safetensors): the state dict plus, in the file's metadata, the
   registry name and constructor arguments of the architecture (written by
   :func:`save_checkpoint`), so the file alone rebuilds the model;
@@ -48,9 +50,11 @@ import torch
 from torch import nn
 
 from ._state_dict import clean_state_dict, describe_mismatch, is_state_dict, non_finite_tensors
+from .weights import BUNDLED
 
 __all__ = [
     "ARCH_NAMES",
+    "BUNDLED_MODELS",
     "CHECKPOINT_FORMAT",
     "NETWORK_KEY",
     "STATS_KEY",
@@ -75,6 +79,10 @@ _FORMAT_VERSION = "1"
 
 #: The metasr networks that BasicSR option files can name (``network_g.type``).
 ARCH_NAMES = ("MetaRDN", "MetaEDSR", "MetaSwinIR")
+
+#: Names of the models shipped in ``metasr/weights`` (:data:`metasr.weights.BUNDLED`), for
+#: ``--model``.
+BUNDLED_MODELS = tuple(BUNDLED)
 
 #: BasicSR checkpoint entry (written by ``MetaSRModel``) holding the ``network_g`` options.
 NETWORK_KEY = "metasr_network"
@@ -495,6 +503,10 @@ def _from_basicsr(
     _load_state(net, state, path)
     kwargs = {k: v for k, v in opt.items() if k != "type"}
     metadata = {"param_key": key or "", "basicsr_type": str(opt["type"])}
+    # A field model trained by MetaSRModel records its normalisation statistics in the file.
+    if isinstance(obj.get(STATS_KEY), str):
+        metadata[STATS_KEY] = obj[STATS_KEY]
+        _stats_from_metadata(metadata, str(path), net.in_channels)
     return _finish(net, str(path), _registry_name(str(opt["type"])), kwargs, metadata, "basicsr")
 
 
@@ -625,7 +637,8 @@ def load_model(
     """Load a model by name or path (see the module docstring) onto ``device``, in eval mode.
 
     Args:
-        spec: ``"default"`` (or another bundled name), a checkpoint path, or a registry name.
+        spec: a bundled model's name (``"default"``, ``"default-v1"``, ``"t2m"``), a checkpoint
+            path, or a registry name.
         device: where the model runs.
         dtype: parameter dtype (``torch.float16`` for half precision).
         backend: Meta-Upscale backend for every head (:func:`set_backend`; ``None``: keep the
@@ -635,7 +648,8 @@ def load_model(
         param_key: BasicSR entry to load (default ``params_ema`` if present, else ``params``).
 
     Raises:
-        FileNotFoundError: a path that does not exist, or no bundled default model.
+        FileNotFoundError: a path that does not exist, or a bundled model missing from this
+            installation.
         ValueError: the file is not a model checkpoint, the name is not registered, the
             backend is unknown, ``device`` is not a device of this machine
             (:func:`resolve_device`), or ``dtype`` is not a floating-point dtype.
@@ -645,9 +659,9 @@ def load_model(
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     spec = str(spec)
     path = Path(spec)
-    from .weights import BUNDLED, bundled_checkpoint
+    if spec in BUNDLED_MODELS:
+        from .weights import bundled_checkpoint
 
-    if spec in BUNDLED:
         loaded = load_checkpoint(bundled_checkpoint(spec), name=spec)
     elif path.is_file():
         loaded = _load_file(path, network_opt, param_key)
@@ -661,7 +675,7 @@ def load_model(
         if spec.lower() not in archs.list_models():
             raise ValueError(
                 f"model {spec!r}: no such file, and not 'default' or a registered architecture "
-                f"({', '.join(archs.list_models())}); bundled models: {', '.join(BUNDLED)}"
+                f"({', '.join(archs.list_models())}); bundled models: {', '.join(BUNDLED_MODELS)}"
             )
         warnings.warn(
             f"model {spec!r} is built with random weights; its output is not a real upscaling",

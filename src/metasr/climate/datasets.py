@@ -12,6 +12,10 @@
   (:mod:`metasr.climate.pp`); from the ``iris-sample-data`` wheel (``pip download --no-deps``,
   unzipped; iris itself is not installed). Licence: UK Open Government Licence, © British Crown
   copyright; the wheel's METADATA is copied to ``licences/iris-sample-data.METADATA``.
+- ``coads_climatology.cdf`` (ferret-datasets) and ``hadgem2/{pre-industrial,A1B.2098,E1.2098}.pp``
+  (iris-sample-data): near-surface air temperature from other sources, on which the t2m model
+  is scored (COADS marine air temperature climatology, 2°, °C; HadGEM2 1.5 m air temperature,
+  annual means, N96, K).
 - ``manifest.json``: package, version, licence, and size and SHA-256 of every file.
 
 Files already present are kept (delete ``DEST`` to fetch again).
@@ -43,6 +47,14 @@ FERRET_PACKAGE = "ferret-datasets"
 IRIS_SAMPLE_PACKAGE = "iris-sample-data"
 ETOPO5_MEMBER = "usr/share/ferret-vis/data/etopo5.cdf"
 GLOSEA4_PREFIX = "iris_sample_data/sample_data/GloSea4/"
+# Near-surface air temperature from other sources, to score the GloSea4-trained t2m model on
+# fields it never saw: the COADS marine air temperature climatology (ferret-datasets) and
+# HadGEM2 1.5 m air temperature (iris-sample-data). See docs/climate.md.
+COADS_MEMBER = "usr/share/ferret-vis/data/coads_climatology.cdf"
+HADGEM2_MEMBERS = tuple(
+    f"iris_sample_data/sample_data/{name}"
+    for name in ("pre-industrial.pp", "A1B.2098.pp", "E1.2098.pp")
+)
 
 
 ETOPO5_SHAPE = (2161, 4320)
@@ -120,6 +132,7 @@ def fetch_etopo5(dest: Path, work: Path) -> dict[str, object]:
     if not src.is_file():
         raise RuntimeError(f"{FERRET_PACKAGE} {tree.version} has no {ETOPO5_MEMBER}")
     shutil.copyfile(src, dest / "etopo5.cdf")
+    shutil.copyfile(tree.root / COADS_MEMBER, dest / "coads_climatology.cdf")
     (dest / "licences").mkdir(exist_ok=True)
     shutil.copyfile(
         tree.root / "usr/share/doc" / FERRET_PACKAGE / "copyright",
@@ -129,7 +142,7 @@ def fetch_etopo5(dest: Path, work: Path) -> dict[str, object]:
         "package": f"debian:{FERRET_PACKAGE}",
         "version": tree.version,
         "licence": "Ferret License Agreement (NOAA/PMEL; public domain, as is)",
-        "files": ["etopo5.cdf"],
+        "files": ["etopo5.cdf", "coads_climatology.cdf"],
     }
 
 
@@ -156,6 +169,11 @@ def fetch_glosea4(dest: Path, work: Path) -> dict[str, object]:
                 target = out / Path(info.filename).name
                 target.write_bytes(zf.read(info))
                 files.append(f"glosea4/{target.name}")
+            elif info.filename in HADGEM2_MEMBERS:
+                (dest / "hadgem2").mkdir(exist_ok=True)
+                target = dest / "hadgem2" / Path(info.filename).name
+                target.write_bytes(zf.read(info))
+                files.append(f"hadgem2/{target.name}")
             elif info.filename.endswith(".dist-info/METADATA"):
                 (dest / "licences").mkdir(exist_ok=True)
                 (dest / "licences" / f"{IRIS_SAMPLE_PACKAGE}.METADATA").write_bytes(zf.read(info))
@@ -182,10 +200,16 @@ def fetch_climate_data(dest: str | Path) -> Path:
     sources = {s["package"]: s for s in old.get("sources", [])}
     with tempfile.TemporaryDirectory(prefix="metasr-climate-") as tmp:
         work = Path(tmp)
-        if not (dest / "etopo5.cdf").is_file() or f"debian:{FERRET_PACKAGE}" not in sources:
+        ferret = [dest / "etopo5.cdf", dest / "coads_climatology.cdf"]
+        if not all(f.is_file() for f in ferret) or f"debian:{FERRET_PACKAGE}" not in sources:
             entry = fetch_etopo5(dest, work / "deb")
             sources[entry["package"]] = entry  # type: ignore[index]
-        if not any((dest / "glosea4").glob("*.pp")) or f"pypi:{IRIS_SAMPLE_PACKAGE}" not in sources:
+        hadgem2 = [dest / "hadgem2" / Path(m).name for m in HADGEM2_MEMBERS]
+        if (
+            not any((dest / "glosea4").glob("*.pp"))
+            or not all(f.is_file() for f in hadgem2)
+            or f"pypi:{IRIS_SAMPLE_PACKAGE}" not in sources
+        ):
             (work / "pip").mkdir()
             entry = fetch_glosea4(dest, work / "pip")
             sources[entry["package"]] = entry  # type: ignore[index]

@@ -72,10 +72,13 @@ PAIRED_LR_TOLERANCE = (2, 0.02)
 
 @dataclass(frozen=True)
 class BatchSpec:
-    """What one batch shares: the scale and the LR patch side (None: whole images)."""
+    """What one batch shares: the scale, the LR patch side (None: whole images) and, for
+    datasets that place every sample of a batch alike (the latitude band of
+    :class:`metasr.data.fields.FieldDataset`), a position ``offset`` in [0, 1)."""
 
     scale: Scale
     lq_patch: int | None
+    offset: float | None = None
 
 
 def bicubic_pair(gt: torch.Tensor, scale: Scale) -> tuple[torch.Tensor, torch.Tensor]:

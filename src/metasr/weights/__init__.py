@@ -1,14 +1,20 @@
 """Bundled model weights.
 
 The models that ship inside the package, by name (:data:`BUNDLED`), each a safetensors file
-written by ``scripts/export_default_model.py`` from a BasicSR training run:
+written from a BasicSR training run:
 
-* ``"default"``: the model ``metasr upscale`` uses unless told otherwise (``default.safetensors``);
+* ``"default"``: the photo model ``metasr upscale`` uses unless told otherwise
+  (``default.safetensors``, a Meta-EDSR with a bicubic residual, converted by
+  ``scripts/export_default_model.py``);
 * ``"default-v1"``: the first default model, a 6 × 32 Meta-EDSR with a bicubic residual trained
-  50 minutes on scikit-image's photographs (``options/train/MetaEDSR_tiny_default.yml``). It is
-  still the default, so both names load the same file; when a new default replaces it, its file
+  50 minutes on scikit-image's photographs (``options/train/MetaEDSR_tiny_default.yml``). While
+  it is the default, both names load the same file; when a new default replaces it, its file
   moves to ``default_v1.safetensors`` and this name keeps loading it, so that results made with
-  it stay reproducible.
+  it stay reproducible;
+* ``"t2m"``: the temperature model (``t2m.safetensors``): a periodic Meta-EDSR with a bicubic
+  residual and coordinate placement, trained on the GloSea4 sample ensemble (surface
+  temperature, K) by ``make t2m-model``, with its normalisation statistics (``field_stats``) in
+  the metadata; see ``docs/climate.md``.
 
 Load them with ``metasr.checkpoints.load_model(name)``.
 """
@@ -17,17 +23,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["BUNDLED", "DEFAULT_CHECKPOINT", "bundled_checkpoint", "default_checkpoint"]
+__all__ = [
+    "BUNDLED",
+    "DEFAULT_CHECKPOINT",
+    "T2M_CHECKPOINT",
+    "bundled_checkpoint",
+    "default_checkpoint",
+]
 
 _HERE = Path(__file__).resolve().parent
 
 #: Where the default model lives inside the installed package.
 DEFAULT_CHECKPOINT = _HERE / "default.safetensors"
+#: Where the temperature model lives inside the installed package.
+T2M_CHECKPOINT = _HERE / "t2m.safetensors"
 
 #: Bundled model names and their files.
 BUNDLED: dict[str, Path] = {
     "default": DEFAULT_CHECKPOINT,
     "default-v1": DEFAULT_CHECKPOINT,
+    "t2m": T2M_CHECKPOINT,
+}
+
+#: How to recreate each file when an installation lacks it.
+_HOW_TO_MAKE = {
+    "default": "scripts/export_default_model.py (make default-model)",
+    "default-v1": "scripts/export_default_model.py (make default-model)",
+    "t2m": "make t2m-model",
 }
 
 
@@ -43,14 +65,14 @@ def bundled_checkpoint(name: str) -> Path:
     path = BUNDLED[name]
     if not path.is_file():
         raise FileNotFoundError(
-            f"the bundled model {name!r} is missing from this installation ({path}); "
-            "pass --model with a checkpoint file, or create it with scripts/export_default_model.py"
+            f"the bundled model {name!r} is missing from this installation ({path}); pass "
+            f"--model with a checkpoint file, or create it with {_HOW_TO_MAKE[name]}"
         )
     return path
 
 
 def default_checkpoint() -> Path:
-    """Path of the bundled default model.
+    """Path of the bundled default model (:func:`bundled_checkpoint` ``("default")``).
 
     Raises:
         FileNotFoundError: this installation has no bundled default model.

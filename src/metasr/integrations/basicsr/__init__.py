@@ -2,7 +2,9 @@
 
 * ``ARCH_REGISTRY``: ``MetaRDN``, ``MetaEDSR``, ``MetaSwinIR`` (``network_g.type``);
 * ``DATASET_REGISTRY``: ``MetaSRTrainDataset`` (random crops, one scale per batch) and
-  ``MetaSRTestDataset`` (whole images × a list of scales);
+  ``MetaSRTestDataset`` (whole images × a list of scales); for lat/lon fields
+  ``MetaSRFieldDataset`` (conservatively coarsened pairs, whole fields or full-width latitude
+  bands, with coordinates) and ``MetaSRFieldTestDataset`` (whole fields × ratios);
 * ``MODEL_REGISTRY``: ``MetaSRModel`` (passes each batch's scale to the network; validation per
   scale);
 * ``METRIC_REGISTRY``: ``calculate_psnr_metasr``, ``calculate_ssim_metasr`` (per-axis border
@@ -32,7 +34,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["MetaSRModel", "MetaSRTestDataset", "MetaSRTrainDataset", "register"]
+__all__ = [
+    "MetaSRFieldDataset",
+    "MetaSRFieldTestDataset",
+    "MetaSRModel",
+    "MetaSRTestDataset",
+    "MetaSRTrainDataset",
+    "register",
+]
 
 
 def _install_torchvision_shim() -> None:
@@ -82,6 +91,7 @@ from basicsr.utils.registry import (  # noqa: E402
 
 from ...checkpoints import ARCH_NAMES, build_network  # noqa: E402
 from ...data.datasets import ArbitraryScaleDataset, ArbitraryScaleTestDataset  # noqa: E402
+from ...data.fields import FieldDataset, FieldTestDataset  # noqa: E402
 from . import distributed  # noqa: E402
 from .metrics import calculate_psnr_metasr, calculate_ssim_metasr  # noqa: E402
 from .model import MetaSRModel  # noqa: E402
@@ -143,6 +153,15 @@ class MetaSRTestDataset(ArbitraryScaleTestDataset):
     """BasicSR name of :class:`metasr.data.ArbitraryScaleTestDataset` (whole images × scales)."""
 
 
+class MetaSRFieldDataset(FieldDataset):
+    """BasicSR name of :class:`metasr.data.fields.FieldDataset` (field pairs with coordinates,
+    one ratio and band a batch; options in its module's docstring)."""
+
+
+class MetaSRFieldTestDataset(FieldTestDataset):
+    """BasicSR name of :class:`metasr.data.fields.FieldTestDataset` (whole fields × ratios)."""
+
+
 def _arch_factory(name: str):
     """A callable named ``name`` that builds the metasr network from BasicSR's ``**opt``."""
 
@@ -162,6 +181,8 @@ def register() -> None:
     for obj, registry in (
         (MetaSRTrainDataset, DATASET_REGISTRY),
         (MetaSRTestDataset, DATASET_REGISTRY),
+        (MetaSRFieldDataset, DATASET_REGISTRY),
+        (MetaSRFieldTestDataset, DATASET_REGISTRY),
         (MetaSRModel, MODEL_REGISTRY),
         (calculate_psnr_metasr, METRIC_REGISTRY),
         (calculate_ssim_metasr, METRIC_REGISTRY),

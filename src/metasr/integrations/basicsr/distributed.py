@@ -277,7 +277,9 @@ class IterationScaleSampler(EnlargedSampler):
 
     def __iter__(self) -> Iterator[Any]:
         indices = super().__iter__()
-        if not isinstance(self.dataset, ArbitraryScaleDataset):
+        # Any dataset that draws batch specs (ArbitraryScaleDataset, metasr.data.fields'
+        # FieldDataset) gets them; others get plain indices.
+        if not callable(getattr(self.dataset, "draw_spec", None)):
             return indices
         return self._tagged(indices, self.first_iteration(self.epoch))
 

@@ -15,6 +15,15 @@ Differences from ``SRModel``:
   as "best" is the mean over scales.
 * Checkpoints also store the ``network_g`` options (``"metasr_network"``), so
   ``metasr eval --model net_g_latest.pth`` rebuilds the network without the option file.
+* **Fields** (:mod:`metasr.data.fields`: batches carrying ``lq_lat``/``lq_lon``/``gt_lat``/
+  ``gt_lon``): the network is called with ``coords=CoordinateGrid(...)`` from the batch instead
+  of ``scale`` (training and validation), on values normalised with the model's
+  :class:`~metasr.checkpoints.FieldStats` (the ``field_stats`` option, else those of the
+  training :class:`~metasr.data.fields.FieldDataset`, else the pretrained checkpoint's), which
+  every saved checkpoint stores under ``"field_stats"`` so ``metasr upscale`` applies them.
+  Validation de-normalises the output and scores it in the field's units with the climate
+  metrics (``type: weighted_rmse | weighted_mae | weighted_bias | pearson_correlation``,
+  option ``weights: coslat | area``), per ratio.
 * Distributed (``--launcher pytorch|slurm``): DDP on CPU (gloo) as well as CUDA, every iteration
   checks that all ranks train the same scale and LR size, and every checkpoint that all ranks
   hold bit-identical parameters (:mod:`.distributed`).
@@ -29,6 +38,7 @@ from collections import OrderedDict
 from os import path as osp
 from typing import Any
 
+import numpy as np
 import torch
 from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
@@ -36,9 +46,10 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.dist_util import master_only
 from tqdm import tqdm
 
-from ...checkpoints import NETWORK_KEY, network_value_range
+from ...checkpoints import NETWORK_KEY, STATS_KEY, FieldStats, network_value_range
 from ...data.scales import Scale, format_scale, to_scale
 from ...evaluate import summarize
+from ...geometry import CoordinateGrid
 from ...io import write_image
 from ...metrics import format_table, quantize_8bit
 from .distributed import check_ranks_agree, check_replicas_identical, wrap_ddp
@@ -50,6 +61,54 @@ _OWN_METRICS = {
     "calculate_psnr_metasr": calculate_psnr_metasr,
     "calculate_ssim_metasr": calculate_ssim_metasr,
 }
+
+
+#: Climate metrics a field validation can name (``type``), from :mod:`metasr.climate.metrics`.
+FIELD_METRICS = ("weighted_rmse", "weighted_mae", "weighted_bias", "pearson_correlation")
+
+#: Keys of a batch that carries coordinates (:mod:`metasr.data.fields`).
+_COORD_KEYS = ("lq_lat", "lq_lon", "gt_lat", "gt_lon")
+
+
+def _batch_coords(data: dict[str, Any]) -> CoordinateGrid | None:
+    """The one :class:`CoordinateGrid` of a field batch (None without coordinates).
+
+    Raises:
+        ValueError: the samples of the batch have different coordinates.
+    """
+    if not all(k in data for k in _COORD_KEYS):
+        return None
+    axes = []
+    for k in _COORD_KEYS:
+        a = torch.as_tensor(data[k], dtype=torch.float64)
+        a = a.reshape(1, -1) if a.dim() == 1 else a
+        if not bool((a == a[0]).all()):
+            raise ValueError(
+                f"samples of one batch have different {k}; a batch shares one coordinate grid "
+                "(MetaSRFieldDataset places every sample of a batch alike)"
+            )
+        axes.append(tuple(a[0].tolist()))
+    wrap = data.get("wrap_lon", True)
+    wrap = bool(torch.as_tensor(wrap).reshape(-1)[0])
+    return CoordinateGrid(*axes, wrap_lon=wrap)
+
+
+def _stats_of_options(opt: dict[str, Any]) -> FieldStats | None:
+    """The model's field statistics from the options (see the module docstring), or None."""
+    from ...data.fields import field_stats_for, stats_from_option
+
+    given = stats_from_option(opt.get("field_stats"))
+    if given is not None:
+        return given
+    train = (opt.get("datasets") or {}).get("train") or {}
+    if train.get("type") == "MetaSRFieldDataset":
+        return field_stats_for(train)
+    pretrained = (opt.get("path") or {}).get("pretrain_network_g")
+    if pretrained and osp.isfile(pretrained):
+        obj = torch.load(pretrained, map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and isinstance(obj.get(STATS_KEY), str):
+            return FieldStats.from_json(obj[STATS_KEY])
+    return None
 
 
 def _batch_scale(data: dict[str, Any], fallback: object) -> Scale:
@@ -75,13 +134,46 @@ class MetaSRModel(SRModel):
     """SR model for arbitrary (asymmetric) scales; see the module docstring."""
 
     scale: Scale
+    coords: CoordinateGrid | None = None
+    field_stats: FieldStats | None = None
+
+    def __init__(self, opt: dict[str, Any]) -> None:
+        # Before SRModel's __init__, which may already validate (nothing runs a batch there).
+        self.field_stats = _stats_of_options(opt)
+        super().__init__(opt)
+        if self.field_stats is not None:
+            s = self.field_stats
+            get_root_logger().info(
+                f"Field statistics: {s.variables[0]} mean {s.mean[0]:.6g} std {s.std[0]:.6g} "
+                f"{s.units[0]} ({s.grid})"
+            )
 
     # -- data and forward ------------------------------------------------------------------
 
     def feed_data(self, data: dict[str, Any]) -> None:
-        """Move ``lq``/``gt`` to the device and record the batch's ``scale``."""
+        """Move ``lq``/``gt`` to the device and record the batch's ``scale`` (and coordinates).
+
+        A field batch (with coordinates) is normalised with the model's statistics here.
+        """
         super().feed_data(data)
         self.scale = _batch_scale(data, self.opt.get("scale"))
+        self.coords = _batch_coords(data)
+        if self.coords is not None:
+            if self.field_stats is None:
+                raise ValueError(
+                    "a field batch needs normalisation statistics: train with "
+                    "MetaSRFieldDataset, or set field_stats: {mean, std, units} in the options"
+                )
+            mean, std = self.field_stats.mean[0], self.field_stats.std[0]
+            self.lq = (self.lq - mean) / std
+            if hasattr(self, "gt"):
+                self.gt = (self.gt - mean) / std
+
+    def denormalize_field(self, x: torch.Tensor) -> torch.Tensor:
+        """Network units → the field's (identity without statistics)."""
+        if self.field_stats is None:
+            return x
+        return x * self.field_stats.std[0] + self.field_stats.mean[0]
 
     def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
         """BasicSR's, without its CUDA assumption (DDP on the CPU with gloo works too)."""
@@ -90,9 +182,11 @@ class MetaSRModel(SRModel):
     def _run(self, net: torch.nn.Module, lq: torch.Tensor) -> torch.Tensor:
         """``net`` at the batch's scale on 0..1 data, scaled to the network's value range."""
         gain = network_value_range(self.get_bare_model(net))
+        # A field batch places its output by latitude/longitude; photos by the scale.
+        where = {"scale": self.scale} if self.coords is None else {"coords": self.coords}
         if gain == 1.0:
-            return net(lq, scale=self.scale)
-        return net(lq * gain, scale=self.scale) / gain
+            return net(lq, **where)
+        return net(lq * gain, **where) / gain
 
     def optimize_parameters(self, current_iter: int) -> None:
         """One step of pixel (and optional perceptual) loss at the batch's scale."""
@@ -140,6 +234,18 @@ class MetaSRModel(SRModel):
         mopt = dict(mopt)
         mtype = mopt.pop("type")
         mopt.pop("better", None)
+        if mtype in FIELD_METRICS:
+            if kind != "field" or self.coords is None:
+                raise ValueError(f"metric {name!r} ({mtype}) scores lat/lon fields only")
+            from ...climate import metrics as cm
+            from ...climate.grids import Grid
+
+            grid = Grid.from_coords(self.coords.dst_lat, self.coords.dst_lon)
+            fn = getattr(cm, mtype)
+            # One field per item: the mean over channels of the (C,) per-channel scores.
+            return float(np.mean(fn(sr.double().numpy(), gt.double().numpy(), grid, **mopt)))
+        if kind == "field":
+            kind = "array"
         if mtype in _OWN_METRICS:
             if kind == "array":
                 mopt.setdefault("data_range", "gt")
@@ -175,7 +281,11 @@ class MetaSRModel(SRModel):
             label = format_scale(self.scale)
             sr = self.output.detach().float().cpu()[0]
             gt = self.gt.detach().float().cpu()[0] if hasattr(self, "gt") else None
-            if hasattr(dataset, "denormalize"):
+            if self.coords is not None:
+                # Scores in the field's units (K, m), as metasr eval gives them.
+                sr = self.denormalize_field(sr)
+                gt = self.denormalize_field(gt) if gt is not None else None
+            elif hasattr(dataset, "denormalize"):
                 sr = dataset.denormalize(sr)
                 gt = dataset.denormalize(gt) if gt is not None else None
             if kind == "image":
@@ -188,7 +298,7 @@ class MetaSRModel(SRModel):
                 w = min(sr.shape[-1], gt.shape[-1])
                 sr, gt = sr[..., :h, :w], gt[..., :h, :w]
             if save_img:
-                ext = "npy" if kind == "array" else "png"
+                ext = "png" if kind == "image" else "npy"
                 if self.opt["is_train"]:
                     out = osp.join(
                         self.opt["path"]["visualization"],
@@ -284,6 +394,8 @@ class MetaSRModel(SRModel):
                 (k.removeprefix("module."), v.detach().cpu()) for k, v in state.items()
             )
         save_dict[NETWORK_KEY] = _plain(self.opt["network_g"])
+        if self.field_stats is not None:
+            save_dict[STATS_KEY] = self.field_stats.to_json()
         torch.save(save_dict, save_path)
 
 
