@@ -523,6 +523,10 @@ def test_info(capsys):
     info = json.loads(out)
     assert rc == 0 and info["metasr"] == metasr.__version__
     assert set(info["backends"]["cpu"]) == set(metasr.backends("cpu"))
+    from metasr.weights import BUNDLED
+
+    assert set(info["bundled_models"]) == set(BUNDLED) >= {"default", "t2m"}
+    assert info["bundled_models"]["t2m"]["present"] == BUNDLED["t2m"].is_file()
 
 
 @pytest.mark.skipif(

@@ -39,7 +39,7 @@ def collect() -> dict:
     import torch
 
     import metasr
-    from metasr.weights import DEFAULT_CHECKPOINT
+    from metasr.weights import BUNDLED, DEFAULT_CHECKPOINT
 
     devices = [{"name": "cpu", "threads": torch.get_num_threads(), "processor": platform.machine()}]
     if torch.cuda.is_available():
@@ -68,6 +68,9 @@ def collect() -> dict:
             "path": str(DEFAULT_CHECKPOINT),
             "present": DEFAULT_CHECKPOINT.is_file(),
         },
+        "bundled_models": {
+            name: {"path": str(path), "present": path.is_file()} for name, path in BUNDLED.items()
+        },
     }
 
 
@@ -95,8 +98,9 @@ def _print(info: dict) -> None:
         print(f"backends on {device_type}:")
         for name, reason in table.items():
             print(f"  {name:<13}{'available' if reason is None else 'unavailable: ' + reason}")
-    dm = info["default_model"]
-    print(f"default model {'present' if dm['present'] else 'MISSING'}: {dm['path']}")
+    print("bundled models (--model NAME):")
+    for name, entry in info["bundled_models"].items():
+        print(f"  {name:<13}{'present' if entry['present'] else 'MISSING'}: {entry['path']}")
 
 
 def run(args: argparse.Namespace) -> int:
