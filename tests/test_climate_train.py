@@ -28,7 +28,7 @@ from metasr.data.datasets import BatchSpec
 xr = pytest.importorskip("xarray")
 pytest.importorskip("netCDF4")
 
-from metasr.data.fields import FieldDataset, FieldTestDataset, field_stats_for  # noqa: E402
+from metasr.climate.fields import FieldDataset, FieldTestDataset, field_stats_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOSEA4 = ROOT / "datasets" / "climate" / "glosea4"

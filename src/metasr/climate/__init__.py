@@ -16,6 +16,10 @@
 * :mod:`~metasr.climate.model`: :func:`downscale_with_model`, a loaded network on fields
   (normalise → model → de-normalise, batched, fill-and-remask).
 * :mod:`~metasr.climate.evaluate`: climate scores of a model against regridding baselines.
+* :mod:`~metasr.climate.fields`: training pairs of fields for ``metasr train``
+  (``MetaSRFieldDataset``/``MetaSRFieldTestDataset``: conservative coarsening at random per-axis
+  ratios, full-width latitude bands, coordinates in the batch); not imported here (it needs
+  torch's ``Dataset`` and the photo data's scale samplers).
 
 Only :mod:`~metasr.climate.io` (and what calls it) needs the ``climate`` extra; the rest needs
 numpy and torch.

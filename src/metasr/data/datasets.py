@@ -74,7 +74,7 @@ PAIRED_LR_TOLERANCE = (2, 0.02)
 class BatchSpec:
     """What one batch shares: the scale, the LR patch side (None: whole images) and, for
     datasets that place every sample of a batch alike (the latitude band of
-    :class:`metasr.data.fields.FieldDataset`), a position ``offset`` in [0, 1)."""
+    :class:`metasr.climate.fields.FieldDataset`), a position ``offset`` in [0, 1)."""
 
     scale: Scale
     lq_patch: int | None

@@ -90,8 +90,8 @@ from basicsr.utils.registry import (  # noqa: E402
 )
 
 from ...checkpoints import ARCH_NAMES, build_network  # noqa: E402
+from ...climate.fields import FieldDataset, FieldTestDataset  # noqa: E402
 from ...data.datasets import ArbitraryScaleDataset, ArbitraryScaleTestDataset  # noqa: E402
-from ...data.fields import FieldDataset, FieldTestDataset  # noqa: E402
 from . import distributed  # noqa: E402
 from .metrics import calculate_psnr_metasr, calculate_ssim_metasr  # noqa: E402
 from .model import MetaSRModel  # noqa: E402
@@ -154,12 +154,12 @@ class MetaSRTestDataset(ArbitraryScaleTestDataset):
 
 
 class MetaSRFieldDataset(FieldDataset):
-    """BasicSR name of :class:`metasr.data.fields.FieldDataset` (field pairs with coordinates,
+    """BasicSR name of :class:`metasr.climate.fields.FieldDataset` (field pairs with coordinates,
     one ratio and band a batch; options in its module's docstring)."""
 
 
 class MetaSRFieldTestDataset(FieldTestDataset):
-    """BasicSR name of :class:`metasr.data.fields.FieldTestDataset` (whole fields × ratios)."""
+    """BasicSR name of :class:`metasr.climate.fields.FieldTestDataset` (whole fields × ratios)."""
 
 
 def _arch_factory(name: str):

@@ -277,7 +277,7 @@ class IterationScaleSampler(EnlargedSampler):
 
     def __iter__(self) -> Iterator[Any]:
         indices = super().__iter__()
-        # Any dataset that draws batch specs (ArbitraryScaleDataset, metasr.data.fields'
+        # Any dataset that draws batch specs (ArbitraryScaleDataset, metasr.climate.fields'
         # FieldDataset) gets them; others get plain indices.
         if not callable(getattr(self.dataset, "draw_spec", None)):
             return indices

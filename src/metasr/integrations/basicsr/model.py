@@ -15,11 +15,11 @@ Differences from ``SRModel``:
   as "best" is the mean over scales.
 * Checkpoints also store the ``network_g`` options (``"metasr_network"``), so
   ``metasr eval --model net_g_latest.pth`` rebuilds the network without the option file.
-* **Fields** (:mod:`metasr.data.fields`: batches carrying ``lq_lat``/``lq_lon``/``gt_lat``/
+* **Fields** (:mod:`metasr.climate.fields`: batches carrying ``lq_lat``/``lq_lon``/``gt_lat``/
   ``gt_lon``): the network is called with ``coords=CoordinateGrid(...)`` from the batch instead
   of ``scale`` (training and validation), on values normalised with the model's
   :class:`~metasr.checkpoints.FieldStats` (the ``field_stats`` option, else those of the
-  training :class:`~metasr.data.fields.FieldDataset`, else the pretrained checkpoint's), which
+  training :class:`~metasr.climate.fields.FieldDataset`, else the pretrained checkpoint's), which
   every saved checkpoint stores under ``"field_stats"`` so ``metasr upscale`` applies them.
   Validation de-normalises the output and scores it in the field's units with the climate
   metrics (``type: weighted_rmse | weighted_mae | weighted_bias | pearson_correlation``,
@@ -66,7 +66,7 @@ _OWN_METRICS = {
 #: Climate metrics a field validation can name (``type``), from :mod:`metasr.climate.metrics`.
 FIELD_METRICS = ("weighted_rmse", "weighted_mae", "weighted_bias", "pearson_correlation")
 
-#: Keys of a batch that carries coordinates (:mod:`metasr.data.fields`).
+#: Keys of a batch that carries coordinates (:mod:`metasr.climate.fields`).
 _COORD_KEYS = ("lq_lat", "lq_lon", "gt_lat", "gt_lon")
 
 
@@ -95,7 +95,7 @@ def _batch_coords(data: dict[str, Any]) -> CoordinateGrid | None:
 
 def _stats_of_options(opt: dict[str, Any]) -> FieldStats | None:
     """The model's field statistics from the options (see the module docstring), or None."""
-    from ...data.fields import field_stats_for, stats_from_option
+    from ...climate.fields import field_stats_for, stats_from_option
 
     given = stats_from_option(opt.get("field_stats"))
     if given is not None:

@@ -52,11 +52,11 @@ import torch
 from torch.utils.data import Dataset
 
 from ..checkpoints import FieldStats
-from ..climate.data import COARSEN_METHODS, coarse_size, coarsen
-from ..climate.grids import Grid
-from ..climate.stats import compute_stats
-from .datasets import BatchSpec
-from .scales import Scale, build_scale_sampler, parse_scale_list, to_scale
+from ..data.datasets import BatchSpec
+from ..data.scales import Scale, build_scale_sampler, parse_scale_list, to_scale
+from .data import COARSEN_METHODS, coarse_size, coarsen
+from .grids import Grid
+from .stats import compute_stats
 
 __all__ = [
     "FIELD_SOURCES",
@@ -116,7 +116,7 @@ def _read_source(opt: Mapping[str, Any]) -> FieldSource:
     if not root:
         raise ValueError("field dataset option 'dataroot_gt' (file or folder) is required")
     if source == "glosea4":
-        from ..climate.datasets import read_glosea4
+        from .datasets import read_glosea4
 
         g = read_glosea4(root)
         wanted = opt.get("members")
@@ -126,8 +126,8 @@ def _read_source(opt: Mapping[str, Any]) -> FieldSource:
         labels = [f"{n}/{y:04d}-{m:02d}" for n in names for (y, m) in g.months]
         return FieldSource(fields, g.grid, "surface_temperature", "K", labels)
     if source == "etopo5":
-        from ..climate.datasets import read_etopo5
-        from ..climate.io import grid_of
+        from .datasets import read_etopo5
+        from .io import grid_of
 
         da = read_etopo5(root)
         which = opt.get("grid", "era5")
@@ -139,7 +139,7 @@ def _read_source(opt: Mapping[str, Any]) -> FieldSource:
         return FieldSource(
             np.asarray(da.values, dtype=np.float64)[None], grid_of(da), "relief", "m", ["etopo5"]
         )
-    from ..climate.io import grid_of, read_field
+    from .io import grid_of, read_field
 
     var = opt.get("var")
     if not var:
