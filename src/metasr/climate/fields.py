@@ -52,7 +52,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..checkpoints import FieldStats
-from ..data.datasets import BatchSpec
+from ..data.datasets import BatchSpec, SpecBatchedDataset
 from ..data.scales import Scale, build_scale_sampler, parse_scale_list, to_scale
 from .data import COARSEN_METHODS, coarse_size, coarsen
 from .grids import Grid
@@ -269,7 +269,7 @@ class _FieldBase(Dataset):
         return _sample_dict(lq, lq_grid, hr, self.grid, scale, self.source.names[index])
 
 
-class FieldDataset(_FieldBase):
+class FieldDataset(SpecBatchedDataset, _FieldBase):
     """Training pairs of fields, one ratio (and band) per batch; options in the module docstring.
 
     Options: ``source``, ``dataroot_gt``, ``var``, ``members``, ``grid`` (which fields);
@@ -318,19 +318,6 @@ class FieldDataset(_FieldBase):
         scale = self.scale_sampler.sample(rng)
         patch = None if self.patch_range is None else rng.randint(*self.patch_range)
         return BatchSpec(scale=scale, lq_patch=patch, offset=rng.random())
-
-    def __getitems__(self, indices: Sequence[object]) -> list[dict[str, Any]]:
-        # One spec for the whole batch (DataLoader's batched fetch), as ArbitraryScaleDataset.
-        if indices and isinstance(indices[0], tuple):
-            return [self[i] for i in indices]
-        spec = self.draw_spec()
-        return [self.sample(int(i), spec) for i in indices]  # type: ignore[arg-type]
-
-    def __getitem__(self, index: object) -> dict[str, Any]:
-        if isinstance(index, tuple):  # (index, spec) from a spec-giving sampler
-            idx, spec = index
-            return self.sample(int(idx), spec)
-        return self.sample(int(index), self.draw_spec())  # type: ignore[arg-type]
 
     def band_tops(self, hr_rows: int) -> list[int]:
         """First HR rows of every band of ``hr_rows`` rows inside the allowed rows."""

@@ -130,6 +130,37 @@ def _as_list(value: object) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+class SpecBatchedDataset(Dataset):
+    """A training dataset whose every batch shares one :class:`BatchSpec` (scale, patch size).
+
+    Subclasses define :meth:`draw_spec` and :meth:`sample`. DataLoader's batched fetch
+    (``__getitems__``) draws one spec for the whole batch; a spec-giving sampler
+    (:class:`ScaleBatchSampler`, the distributed one) passes ``(index, spec)`` pairs instead, so
+    that every process of a step uses the same spec.
+    """
+
+    def draw_spec(self, rng: random.Random | None = None) -> BatchSpec:
+        """The spec of one batch (``rng``: the caller's random stream; default the global one)."""
+        raise NotImplementedError
+
+    def sample(self, index: int, spec: BatchSpec) -> dict[str, Any]:
+        """Training sample ``index`` made under ``spec``."""
+        raise NotImplementedError
+
+    def __getitems__(self, indices: Sequence[object]) -> list[dict[str, Any]]:
+        # Called by DataLoader with a whole batch of indices: one spec for all of them.
+        if indices and isinstance(indices[0], tuple):
+            return [self[i] for i in indices]
+        spec = self.draw_spec()
+        return [self.sample(int(i), spec) for i in indices]  # type: ignore[arg-type]
+
+    def __getitem__(self, index: object) -> dict[str, Any]:
+        if isinstance(index, tuple):  # (index, spec) from a spec-giving sampler
+            idx, spec = index
+            return self.sample(int(idx), spec)
+        return self.sample(int(index), self.draw_spec())  # type: ignore[arg-type]
+
+
 class _ScaleDataBase(Dataset):
     """Shared loading, normalisation and LR generation of both datasets."""
 
@@ -241,7 +272,7 @@ class _ScaleDataBase(Dataset):
         return lq, gt, lq_path
 
 
-class ArbitraryScaleDataset(_ScaleDataBase):
+class ArbitraryScaleDataset(SpecBatchedDataset, _ScaleDataBase):
     """Training pairs: random HR crops, LR by per-axis bicubic (or paired LR), one scale a batch.
 
     Options (``opt`` dict or keyword arguments):
@@ -293,19 +324,6 @@ class ArbitraryScaleDataset(_ScaleDataBase):
         scale = self.scale_sampler.sample(rng)
         patch = None if self.patch_range is None else rng.randint(*self.patch_range)
         return BatchSpec(scale=scale, lq_patch=patch)
-
-    def __getitems__(self, indices: Sequence[object]) -> list[dict[str, Any]]:
-        # Called by DataLoader with a whole batch of indices: one spec for all of them.
-        if indices and isinstance(indices[0], tuple):
-            return [self[i] for i in indices]
-        spec = self.draw_spec()
-        return [self.sample(int(i), spec) for i in indices]  # type: ignore[arg-type]
-
-    def __getitem__(self, index: object) -> dict[str, Any]:
-        if isinstance(index, tuple):  # (index, spec) from ScaleBatchSampler
-            idx, spec = index
-            return self.sample(int(idx), spec)
-        return self.sample(int(index), self.draw_spec())  # type: ignore[arg-type]
 
     def sample(
         self, index: int, spec: BatchSpec, rng: random.Random | None = None
