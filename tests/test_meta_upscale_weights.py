@@ -565,14 +565,15 @@ def test_bench_deep_predictor_variants(monkeypatch):
     )
     monkeypatch.setitem(bench.CONFIGS, "tiny-deep", cfg)
     assert bench.CONFIGS["deep-phi"].predictor == "deep"
-    for backend in ("im2col", "weights_first", "precomputed_weights", "torch:per_phase"):
+    variants = ("im2col", "weights_first", "precomputed_weights", "torch:per_phase")
+    for backend in (*variants, "torch:features_first"):
         assert bench.is_known_variant(backend, ("im2col", "torch"))
         for mode in cfg.modes:
             spec = {"config": "tiny-deep", "mode": mode, "backend": backend, "dtype": "float32",
                     "device": "cpu", "min_runs": 1, "max_runs": 1, "min_time_s": 0.0,
                     "slow_s": 1e9}  # fmt: skip
             r = bench._worker(spec)
-            if backend == "torch:per_phase":  # needs a Pos2Weight: one line, no crash
-                assert not r["ok"] and "needs a Pos2Weight" in r["error"], r
+            if backend == "torch:features_first":  # needs a linear last layer: one line
+                assert not r["ok"] and "linear" in r["error"], r
             else:
                 assert r["ok"] and r["median_ms"] > 0, r
