@@ -52,7 +52,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..checkpoints import FieldStats
-from ..data.datasets import BatchSpec, SpecBatchedDataset
+from ..data.datasets import BatchSpec, SpecBatchedDataset, parse_patch_range
 from ..data.scales import Scale, build_scale_sampler, parse_scale_list, to_scale
 from .data import COARSEN_METHODS, coarse_size, coarsen
 from .grids import Grid
@@ -287,17 +287,11 @@ class FieldDataset(SpecBatchedDataset, _FieldBase):
         self.scale_sampler = build_scale_sampler(
             self.opt.get("scale_sampler", DEFAULT_FIELD_SCALES)
         )
-        patch = self.opt.get("lq_patch_size")
-        if patch is None:
-            self.patch_range: tuple[int, int] | None = None
-        else:
-            lo, hi = (patch, patch) if isinstance(patch, int) else tuple(patch)
-            if not (isinstance(lo, int) and isinstance(hi, int) and 2 <= lo <= hi):
-                raise ValueError(
-                    f"'lq_patch_size' (LR band rows) must be an integer >= 2, [min, max] or null, "
-                    f"got {patch!r}"
-                )
-            self.patch_range = (lo, hi)
+        self.patch_range = parse_patch_range(
+            self.opt.get("lq_patch_size"),
+            2,
+            "'lq_patch_size' (LR band rows) must be an integer >= 2, [min, max] or null",
+        )
         self.rows = _band_rows(self.grid, self.opt.get("hr_lat_bands"))
         if self.rows is not None and self.patch_range is None:
             raise ValueError(

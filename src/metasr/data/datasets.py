@@ -130,6 +130,28 @@ def _as_list(value: object) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def parse_patch_range(patch: object, minimum: int, expected: str) -> tuple[int, int] | None:
+    """An ``lq_patch_size`` option (``n``, ``[min, max]`` or ``None``) as ``(min, max)``.
+
+    Args:
+        patch: the option's value.
+        minimum: the smallest size allowed.
+        expected: the error message's start, saying what is allowed.
+
+    Returns:
+        ``(lo, hi)`` with ``minimum <= lo <= hi``, or ``None`` for ``None`` (whole images).
+
+    Raises:
+        ValueError: ``f"{expected}, got {patch!r}"`` for anything else.
+    """
+    if patch is None:
+        return None
+    lo, hi = (patch, patch) if isinstance(patch, int) else tuple(patch)  # type: ignore[arg-type]
+    if not (isinstance(lo, int) and isinstance(hi, int) and minimum <= lo <= hi):
+        raise ValueError(f"{expected}, got {patch!r}")
+    return lo, hi
+
+
 class SpecBatchedDataset(Dataset):
     """A training dataset whose every batch shares one :class:`BatchSpec` (scale, patch size).
 
@@ -301,16 +323,11 @@ class ArbitraryScaleDataset(SpecBatchedDataset, _ScaleDataBase):
         self.scale_sampler = build_scale_sampler(
             opt.get("scale_sampler", {"type": "grid", "min": 1.1, "max": 4.0, "step": 0.1})
         )
-        patch = opt.get("lq_patch_size", 50)
-        if patch is None:
-            self.patch_range: tuple[int, int] | None = None
-        else:
-            lo, hi = (patch, patch) if isinstance(patch, int) else tuple(patch)
-            if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
-                raise ValueError(
-                    f"'lq_patch_size' must be a positive integer or [min, max], got {patch!r}"
-                )
-            self.patch_range = (lo, hi)
+        self.patch_range = parse_patch_range(
+            opt.get("lq_patch_size", 50),
+            1,
+            "'lq_patch_size' must be a positive integer or [min, max]",
+        )
         self.use_hflip = bool(opt.get("use_hflip", True))
         self.use_vflip = bool(opt.get("use_vflip", True))
         self.use_rot = bool(opt.get("use_rot", True))
