@@ -264,3 +264,28 @@ def test_bad_size_is_a_value_error(size):
     up = metasr.MetaUpsample(2, 1, hidden=4)
     with pytest.raises(ValueError, match="size"):
         up(torch.randn(1, 2, 3, 4), size=size)
+
+
+def test_self_ensemble_is_counted_where_the_result_is(monkeypatch, tiny_checkpoint):
+    """--tta keeps an accumulator and an inverted term beside the result: two more results."""
+    loaded = load_model(str(tiny_checkpoint), device=torch.device("cpu"))
+    shape = (3, 200, 160)
+    result = 3 * 800 * 640 * 4  # float32 (3, H, W) at ×4
+    plain = inference.estimate_upscale(loaded, shape, scale=4)
+    ens = inference.estimate_upscale(loaded, shape, scale=4, tta=8)
+    assert (ens.host_bytes, ens.work_bytes) == (plain.host_bytes, plain.work_bytes + 2 * result)
+    assert inference.estimate_upscale(loaded, shape, scale=4, tta=1) == plain
+    plain_t = inference.estimate_upscale(loaded, shape, scale=4, tile=64)
+    ens_t = inference.estimate_upscale(loaded, shape, scale=4, tile=64, tta=True)
+    assert (ens_t.host_bytes, ens_t.work_bytes) == (
+        plain_t.host_bytes + 2 * result,
+        plain_t.work_bytes,
+    )
+    with pytest.raises(ValueError, match="tta must be"):
+        inference.estimate_upscale(loaded, shape, scale=4, tta=3)
+    # Memory that fits the plain call but not the ensemble refuses the ensemble only.
+    need = plain.host_bytes + plain.work_bytes
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda device: need)
+    assert inference.check_upscale_memory(loaded, shape, scale=4) == plain
+    with pytest.raises(ValueError, match="needs about"):
+        inference.check_upscale_memory(loaded, shape, scale=4, tta=8)

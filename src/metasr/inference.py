@@ -72,15 +72,20 @@ def estimate_upscale(
     size: object = None,
     tile: int = 0,
     overlap: int = DEFAULT_OVERLAP,
+    tta: bool | int = False,
 ) -> UpscaleEstimate:
     """Memory that :func:`upscale_array` of an input ``(C, h, w)`` needs, computed from shapes.
 
     Nothing of the output's size is allocated: the request is first checked against the pixel
     cap (:func:`metasr.geometry.resolve_output_size`), then only per-row/column tables exist.
 
+    With ``tta`` (:func:`self_ensemble`), two more float32 results are counted where the result
+    lives (the host when tiled, else the model's device): the accumulator, and the inverted
+    term beside the term that is being added.
+
     Raises:
-        ValueError: for a bad request or an output over the pixel cap, or when no backend can
-            run the head for reasons other than memory.
+        ValueError: for a bad request, ``tta`` or an output over the pixel cap, or when no
+            backend can run the head for reasons other than memory.
     """
     from .geometry import build_geometry, resolve_output_size
     from .ops.meta_upscale import _autocast_dtype
@@ -94,6 +99,7 @@ def estimate_upscale(
     H, W, _, _ = resolve_output_size(h, w, scale=scale, size=size)
     n = 1 if C == loaded.in_channels else C
     cout = loaded.out_channels
+    ensemble = 2 * n * cout * H * W * 4 if tta_count(tta) > 1 else 0
     host = 2 * n * cout * H * W * 4 + 3 * C * H * W * 4
     geom = build_geometry(
         h, w, scale=scale, size=size, pos_encoding=model.pos_encoding, arithmetic=model.arithmetic
@@ -107,6 +113,7 @@ def estimate_upscale(
         row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap)
         rt, ct = largest(row_tiles), largest(col_tiles)
         geom = geom.cut(tile_region(geom, rt, ct))
+        host += ensemble  # tiles are assembled on the host, so the ensemble's sums are there
     else:
         host -= n * cout * H * W * 4  # the whole-image result is the device's output, moved
     p2w = model.pos2weight
@@ -119,6 +126,8 @@ def estimate_upscale(
     out = n * cout * geom.H * geom.W * probe.element_size()
     features = n * p2w.in_channels * geom.h * geom.w * probe.element_size()
     work = backend.estimate_bytes(probe, params, geom) + out * (3 if model.bicubic_residual else 1)
+    if not (tile and (tile < h or tile < w)):
+        work += ensemble  # a whole-image result is summed on the model's device
     return UpscaleEstimate((H, W), host, work + 2 * features, p.device)
 
 
@@ -129,6 +138,7 @@ def check_upscale_memory(
     size: object = None,
     tile: int = 0,
     overlap: int = DEFAULT_OVERLAP,
+    tta: bool | int = False,
 ) -> UpscaleEstimate | None:
     """Refuse, before any work, an :func:`upscale_array` call that cannot fit in free memory.
 
@@ -147,7 +157,7 @@ def check_upscale_memory(
 
     if loaded.format == "onnx":
         return None
-    est = estimate_upscale(loaded, in_shape, scale, size, tile, overlap)
+    est = estimate_upscale(loaded, in_shape, scale, size, tile, overlap, tta)
     cpu = torch.device("cpu")
     on_host = est.device.type == "cpu"
 
@@ -176,7 +186,9 @@ def check_upscale_memory(
     if free_host is None or est.host_bytes <= free_host:
         current = tile if tile and (tile < h or tile < w) else max(h, w)
         for t in (512, 256, 128, 64):
-            if t < current and fits(estimate_upscale(loaded, in_shape, scale, size, t, overlap)):
+            if t < current and fits(
+                estimate_upscale(loaded, in_shape, scale, size, t, overlap, tta)
+            ):
                 msg += f"; tiles of {t} (--tile {t}) would fit"
                 break
     raise ValueError(msg)

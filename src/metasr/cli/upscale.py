@@ -327,7 +327,9 @@ def _run_rasters(args: argparse.Namespace) -> int:
         raster = read_raster(src, max_pixels=args.max_pixels)
         check_writable(raster, dst)  # before the work: a format that cannot hold the result
         try:
-            check_upscale_memory(loaded, raster.data.shape, scale, size, args.tile, overlap)
+            check_upscale_memory(
+                loaded, raster.data.shape, scale, size, args.tile, overlap, args.tta
+            )
             result = upscale_raster(
                 loaded,
                 raster,
