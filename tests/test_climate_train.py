@@ -178,6 +178,32 @@ def test_model_batch_coords_and_refusals():
         _batch_coords(bad)
 
 
+def test_pretrained_checkpoint_gives_its_stats(tmp_path):
+    """A continued field model keeps the statistics of the checkpoint it starts from."""
+    if importlib.util.find_spec("basicsr") is None:
+        pytest.skip("BasicSR is not installed (pip install 'metasr[train]')")
+    from metasr.checkpoints import FieldStats, training_checkpoint_stats
+    from metasr.integrations.basicsr.model import _stats_of_options
+
+    stats = FieldStats(("tas",), ("K",), (288.2,), (15.6,), "N96")
+    good, plain, corrupt = tmp_path / "g.pth", tmp_path / "p.pth", tmp_path / "c.pth"
+    torch.save({"params": {}, "field_stats": stats.to_json()}, good)
+    torch.save({"params": {}}, plain)
+    torch.save({"params": {}, "field_stats": "{not json"}, corrupt)
+    assert _stats_of_options({"path": {"pretrain_network_g": str(good)}}) == stats
+    assert _stats_of_options({"path": {"pretrain_network_g": str(plain)}}) is None
+    assert training_checkpoint_stats(good) == stats
+    with pytest.raises(ValueError, match=r"c\.pth: corrupt 'field_stats'"):
+        _stats_of_options({"path": {"pretrain_network_g": str(corrupt)}})
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth: not a readable training checkpoint"):
+        training_checkpoint_stats(tmp_path / "junk.pth")
+    # Options that name their statistics win over the checkpoint's.
+    given = {"mean": 1.0, "std": 2.0, "units": "m"}
+    opt = {"field_stats": given, "path": {"pretrain_network_g": str(good)}}
+    assert _stats_of_options(opt).mean == (1.0,)
+
+
 # ------------------------------------------------------------------------------------------
 # a real training run
 

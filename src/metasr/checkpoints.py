@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ __all__ = [
     "add_checkpoint_stats",
     "build_network",
     "checkpoint_stats",
+    "training_checkpoint_stats",
     "load_basicsr_checkpoint",
     "load_checkpoint",
     "load_model",
@@ -818,6 +820,25 @@ def checkpoint_stats(loaded: LoadedModel) -> FieldStats | None:
             network's input channels (already refused by :func:`load_checkpoint`).
     """
     return _stats_from_metadata(loaded.metadata, loaded.name, loaded.in_channels)
+
+
+def training_checkpoint_stats(path: str | os.PathLike) -> FieldStats | None:
+    """The statistics a BasicSR training checkpoint (``net_g_*.pth`` of ``MetaSRModel``) stores,
+    read without building its network (``None`` when it has none).
+
+    ``MetaSRModel`` continues a pretrained field model with them when the options name none.
+
+    Raises:
+        ValueError: the file is not a checkpoint ``torch.load`` reads safely, or its entry is
+            corrupt (the message names the file).
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path}: not a readable training checkpoint: {exc}") from None
+    if not isinstance(obj, Mapping) or not isinstance(obj.get(STATS_KEY), str):
+        return None
+    return _stats_from_metadata({STATS_KEY: obj[STATS_KEY]}, str(path), None)
 
 
 def add_checkpoint_stats(

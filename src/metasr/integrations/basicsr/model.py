@@ -52,7 +52,13 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.dist_util import master_only
 from tqdm import tqdm
 
-from ...checkpoints import NETWORK_KEY, STATS_KEY, FieldStats, network_value_range
+from ...checkpoints import (
+    NETWORK_KEY,
+    STATS_KEY,
+    FieldStats,
+    network_value_range,
+    training_checkpoint_stats,
+)
 from ...data.scales import Scale, format_scale, to_scale
 from ...evaluate import summarize
 from ...geometry import CoordinateGrid
@@ -130,9 +136,7 @@ def _stats_of_options(opt: dict[str, Any]) -> FieldStats | None:
         return field_stats_for(train)
     pretrained = (opt.get("path") or {}).get("pretrain_network_g")
     if pretrained and osp.isfile(pretrained):
-        obj = torch.load(pretrained, map_location="cpu", weights_only=True)
-        if isinstance(obj, dict) and isinstance(obj.get(STATS_KEY), str):
-            return FieldStats.from_json(obj[STATS_KEY])
+        return training_checkpoint_stats(pretrained)
     return None
 
 
