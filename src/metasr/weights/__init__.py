@@ -38,19 +38,16 @@ DEFAULT_CHECKPOINT = _HERE / "default.safetensors"
 #: Where the temperature model lives inside the installed package.
 T2M_CHECKPOINT = _HERE / "t2m.safetensors"
 
-#: Bundled model names and their files.
-BUNDLED: dict[str, Path] = {
-    "default": DEFAULT_CHECKPOINT,
-    "default-v1": DEFAULT_CHECKPOINT,
-    "t2m": T2M_CHECKPOINT,
+#: Each bundled model: its file, and how to recreate that file when an installation lacks it
+#: (one table, so a new model cannot be listed without its recipe).
+_MODELS: dict[str, tuple[Path, str]] = {
+    "default": (DEFAULT_CHECKPOINT, "scripts/export_default_model.py (make default-model)"),
+    "default-v1": (DEFAULT_CHECKPOINT, "scripts/export_default_model.py (make default-model)"),
+    "t2m": (T2M_CHECKPOINT, "make t2m-model"),
 }
 
-#: How to recreate each file when an installation lacks it.
-_HOW_TO_MAKE = {
-    "default": "scripts/export_default_model.py (make default-model)",
-    "default-v1": "scripts/export_default_model.py (make default-model)",
-    "t2m": "make t2m-model",
-}
+#: Bundled model names and their files.
+BUNDLED: dict[str, Path] = {name: path for name, (path, _) in _MODELS.items()}
 
 
 def bundled_checkpoint(name: str) -> Path:
@@ -66,7 +63,7 @@ def bundled_checkpoint(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"the bundled model {name!r} is missing from this installation ({path}); pass "
-            f"--model with a checkpoint file, or create it with {_HOW_TO_MAKE[name]}"
+            f"--model with a checkpoint file, or create it with {_MODELS[name][1]}"
         )
     return path
 
