@@ -42,25 +42,24 @@ default-model: venv
 		--checkpoint experiments/MetaEDSR_tiny_default/models/net_g_latest.pth
 	$(PY) scripts/eval_default_model.py
 
-# The photo model of issue 13 from scratch, in two stages (docs/benchmarks.md): stage 1
-# (options/train/MetaEDSR_photo_default.yml, 1500 iterations, 22 min of one shared CPU core) and
-# stage 2 (..._stage2.yml: its weights continued for 5000 iterations with a warm restart),
-# exported next to its run and scored against bicubic and the bundled default on the held-out
-# whole photos. It replaces the default only where it beats it at every scale: then export it
-# with -o src/metasr/weights/default.safetensors (the old file becomes default_v1.safetensors).
-# Interrupted? Run it again: each stage continues from its last state (--auto_resume).
-PHOTO_OPT := options/train/MetaEDSR_photo_default.yml
-PHOTO_OPT2 := options/train/MetaEDSR_photo_default_stage2.yml
-PHOTO_NAME := $(basename $(notdir $(PHOTO_OPT2)))
+# The photo model of issue 13 from scratch, in four stages (docs/training.md, "Shipped option
+# files"; times in docs/benchmarks.md): stage 1 (options/train/MetaEDSR_photo_default.yml,
+# 1500 iterations), stage 2 (..._stage2.yml, 5000 more, warm restart), stage 3 (..._stage3.yml,
+# 14000 at batch 16 on larger patches, bfloat16 forward, EMA) and stage 4 (..._stage4.yml, a
+# float32 finish), exported next to its run and scored against bicubic and the bundled default
+# on the held-out whole photos. Interrupted? Run it again: each stage continues from its last
+# state (--auto_resume).
+PHOTO_OPTS := $(addprefix options/train/MetaEDSR_photo_default,.yml _stage2.yml _stage3.yml _stage4.yml)
+PHOTO_LAST := $(lastword $(PHOTO_OPTS))
+PHOTO_NAME := $(basename $(notdir $(PHOTO_LAST)))
 photo-model: venv
 	test -d datasets/photos/train || $(MAKE) photos
-	$(VENV)/bin/metasr train -opt $(PHOTO_OPT) --auto_resume
-	$(VENV)/bin/metasr train -opt $(PHOTO_OPT2) --auto_resume
-	$(PY) scripts/export_default_model.py --opt $(PHOTO_OPT2) \
+	for opt in $(PHOTO_OPTS); do $(VENV)/bin/metasr train -opt $$opt --auto_resume || exit 1; done
+	$(PY) scripts/export_default_model.py --opt $(PHOTO_LAST) \
 		--checkpoint experiments/$(PHOTO_NAME)/models/net_g_latest.pth \
 		-o experiments/$(PHOTO_NAME)/$(PHOTO_NAME).safetensors
 	$(PY) scripts/eval_default_model.py --data datasets/photos/val --ssim \
-		--model experiments/$(PHOTO_NAME)/$(PHOTO_NAME).safetensors --baseline default
+		--model experiments/$(PHOTO_NAME)/$(PHOTO_NAME).safetensors --baseline default-v1
 
 # Training photos from Debian's wallpaper packages (apt-get download + dpkg -x, nothing
 # installed; run apt-get update first) and scikit-image: HR sub-images in datasets/photos/train,
