@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 EXTRAS ?= dev,train,climate,export
 
-.PHONY: venv test lint bench demo default-model photo-model photos climate-data t2m-model clean
+.PHONY: venv test lint bench demo default-model default-v1-model photo-model photos climate-data t2m-model clean
 
 # BasicSR 1.4.2 ships only as a source package whose build imports torch, so it is built
 # against the venv's torch (--no-build-isolation) after torch is installed.
@@ -32,15 +32,22 @@ bench: venv
 demo: venv
 	$(PY) scripts/demo.py --out demo_out
 
-# Retrain the bundled default model (default-v1) from scratch (CPU, ~30-60 min on 2 cores),
-# export it into the package and print its PSNR against bicubic on the held-out photos.
-DEFAULT_OPT := options/train/MetaEDSR_tiny_default.yml
-default-model: venv
+# The first default model (default-v1) from scratch (CPU, ~30-60 min on 2 cores), exported into
+# the package as default_v1.safetensors, with its PSNR against bicubic on the held-out photos.
+DEFAULT_V1_OPT := options/train/MetaEDSR_tiny_default.yml
+default-v1-model: venv
 	$(PY) -m metasr.data.samples skimage datasets/skimage
-	$(VENV)/bin/metasr train -opt $(DEFAULT_OPT)
-	$(PY) scripts/export_default_model.py --opt $(DEFAULT_OPT) \
-		--checkpoint experiments/MetaEDSR_tiny_default/models/net_g_latest.pth
-	$(PY) scripts/eval_default_model.py
+	$(VENV)/bin/metasr train -opt $(DEFAULT_V1_OPT)
+	$(PY) scripts/export_default_model.py --opt $(DEFAULT_V1_OPT) \
+		--checkpoint experiments/MetaEDSR_tiny_default/models/net_g_latest.pth \
+		-o src/metasr/weights/default_v1.safetensors
+	$(PY) scripts/eval_default_model.py --model default-v1
+
+# The bundled default model from scratch: the photo model's four stages (below), exported into
+# the package as default.safetensors (about 3 hours on 2 CPU cores, docs/benchmarks.md).
+default-model: photo-model
+	$(PY) scripts/export_default_model.py --opt $(PHOTO_LAST) \
+		--checkpoint experiments/$(PHOTO_NAME)/models/net_g_latest.pth
 
 # The photo model of issue 13 from scratch, in four stages (docs/training.md, "Shipped option
 # files"; times in docs/benchmarks.md): stage 1 (options/train/MetaEDSR_photo_default.yml,

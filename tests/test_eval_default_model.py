@@ -75,10 +75,11 @@ def test_bundled_names_resolve():
     old = load_model("default-v1")
     new = load_model("default")
     assert old.name == "default-v1" and new.name == "default"
-    # The first default model: 6 blocks of 32 features (still the default: the photo model of
-    # issue 13 did not beat it at every scale, docs/benchmarks.md).
+    # The first default model (6 blocks of 32 features) stays loadable under its own file; the
+    # default is the photo model of issue 13 (12 × 48), docs/benchmarks.md.
     assert old.kwargs["n_resblocks"] == 6 and old.kwargs["n_feats"] == 32
-    assert bundled_checkpoint("default") == bundled_checkpoint("default-v1")
+    assert new.kwargs["n_resblocks"] == 12 and new.kwargs["n_feats"] == 48
+    assert bundled_checkpoint("default") != bundled_checkpoint("default-v1")
     for name in BUNDLED:
         assert bundled_checkpoint(name).stat().st_size <= 20 * 2**20
     with pytest.raises(ValueError, match="no bundled model"):

@@ -4,13 +4,14 @@ The models that ship inside the package, by name (:data:`BUNDLED`), each a safet
 written from a BasicSR training run:
 
 * ``"default"``: the photo model ``metasr upscale`` uses unless told otherwise
-  (``default.safetensors``, a Meta-EDSR with a bicubic residual, converted by
-  ``scripts/export_default_model.py``);
-* ``"default-v1"``: the first default model, a 6 × 32 Meta-EDSR with a bicubic residual trained
-  50 minutes on scikit-image's photographs (``options/train/MetaEDSR_tiny_default.yml``). While
-  it is the default, both names load the same file; when a new default replaces it, its file
-  moves to ``default_v1.safetensors`` and this name keeps loading it, so that results made with
-  it stay reproducible;
+  (``default.safetensors``): a 12 × 48 Meta-EDSR with a bicubic residual, trained on Debian's
+  wallpaper photographs and scikit-image's photos in four stages (``make default-model``;
+  ``options/train/MetaEDSR_photo_default*.yml``), converted by
+  ``scripts/export_default_model.py``;
+* ``"default-v1"``: the first default model (``default_v1.safetensors``), a 6 × 32 Meta-EDSR
+  with a bicubic residual trained 50 minutes on scikit-image's photographs
+  (``options/train/MetaEDSR_tiny_default.yml``, ``make default-v1-model``), kept loadable by
+  name so that results made with it stay reproducible;
 * ``"t2m"``: the temperature model (``t2m.safetensors``): a periodic Meta-EDSR with a bicubic
   residual and coordinate placement, trained on the GloSea4 sample ensemble (surface
   temperature, K) by ``make t2m-model``, with its normalisation statistics (``field_stats``) in
@@ -26,6 +27,7 @@ from pathlib import Path
 __all__ = [
     "BUNDLED",
     "DEFAULT_CHECKPOINT",
+    "DEFAULT_V1_CHECKPOINT",
     "T2M_CHECKPOINT",
     "bundled_checkpoint",
     "default_checkpoint",
@@ -35,14 +37,16 @@ _HERE = Path(__file__).resolve().parent
 
 #: Where the default model lives inside the installed package.
 DEFAULT_CHECKPOINT = _HERE / "default.safetensors"
+#: Where the first default model (``"default-v1"``) lives inside the installed package.
+DEFAULT_V1_CHECKPOINT = _HERE / "default_v1.safetensors"
 #: Where the temperature model lives inside the installed package.
 T2M_CHECKPOINT = _HERE / "t2m.safetensors"
 
 #: Each bundled model: its file, and how to recreate that file when an installation lacks it
 #: (one table, so a new model cannot be listed without its recipe).
 _MODELS: dict[str, tuple[Path, str]] = {
-    "default": (DEFAULT_CHECKPOINT, "scripts/export_default_model.py (make default-model)"),
-    "default-v1": (DEFAULT_CHECKPOINT, "scripts/export_default_model.py (make default-model)"),
+    "default": (DEFAULT_CHECKPOINT, "make default-model"),
+    "default-v1": (DEFAULT_V1_CHECKPOINT, "make default-v1-model"),
     "t2m": (T2M_CHECKPOINT, "make t2m-model"),
 }
 
