@@ -185,6 +185,15 @@ def test_sigterm_sighup_clean_up_like_sigint(tmp_path, ckpt, capsys, monkeypatch
         time.sleep(5)  # not reached when the signal is handled as it must be
 
     monkeypatch.setattr(Image.Image, "save", killed_while_saving)
+    # Under nohup SIGHUP is ignored, and the CLI rightly keeps it so: test the default case.
+    previous = signal.signal(signum, signal.SIG_DFL)
+    try:
+        _check_signal_clean_up(tmp_path, out, ckpt, capsys, signum, signame)
+    finally:
+        signal.signal(signum, previous)
+
+
+def _check_signal_clean_up(tmp_path, out, ckpt, capsys, signum, signame) -> None:
     before = signal.getsignal(signum)
     start = time.perf_counter()
     rc, _, err = _run(["upscale", tmp_path / "a.png", "-o", out, "--scale", "2",
