@@ -46,8 +46,7 @@ default-v1-model: venv
 # The bundled default model from scratch: the photo model's four stages (below), exported into
 # the package as default.safetensors (about 3 hours on 2 CPU cores, docs/benchmarks.md).
 default-model: photo-model
-	$(PY) scripts/export_default_model.py --opt $(PHOTO_LAST) \
-		--checkpoint experiments/$(PHOTO_NAME)/models/net_g_latest.pth
+	cp experiments/$(PHOTO_NAME)/$(PHOTO_NAME).safetensors src/metasr/weights/default.safetensors
 
 # The photo model of issue 13 from scratch, in four stages (docs/training.md, "Shipped option
 # files"; times in docs/benchmarks.md): stage 1 (options/train/MetaEDSR_photo_default.yml,

@@ -65,6 +65,11 @@ class UpscaleEstimate:
     device: torch.device
 
 
+def _is_tiled(tile: int, h: int, w: int) -> bool:
+    """Whether ``tile`` splits an ``h × w`` input (0, or a tile covering it, runs it whole)."""
+    return bool(tile) and (tile < h or tile < w)
+
+
 def estimate_upscale(
     loaded: LoadedModel,
     in_shape: tuple[int, int, int],
@@ -104,7 +109,8 @@ def estimate_upscale(
     geom = build_geometry(
         h, w, scale=scale, size=size, pos_encoding=model.pos_encoding, arithmetic=model.arithmetic
     )
-    if tile and (tile < h or tile < w):
+    tiled = _is_tiled(tile, h, w)
+    if tiled:
 
         def largest(tiles):
             return max(tiles, key=lambda t: (t.out_hi - t.out_lo, t.in_hi - t.in_lo))
@@ -126,7 +132,7 @@ def estimate_upscale(
     out = n * cout * geom.H * geom.W * probe.element_size()
     features = n * p2w.in_channels * geom.h * geom.w * probe.element_size()
     work = backend.estimate_bytes(probe, params, geom) + out * (3 if model.bicubic_residual else 1)
-    if not (tile and (tile < h or tile < w)):
+    if not tiled:
         work += ensemble  # a whole-image result is summed on the model's device
     return UpscaleEstimate((H, W), host, work + 2 * features, p.device)
 
@@ -174,7 +180,8 @@ def check_upscale_memory(
     if fits(est):
         return est
     (H, W), (_, h, w) = est.output_size, in_shape
-    where = "per tile" if tile and (tile < h or tile < w) else "whole"
+    tiled = _is_tiled(tile, h, w)
+    where = "per tile" if tiled else "whole"
     msg = (
         f"upscaling {h}x{w} to {H}x{W} needs about {gib(est.host_bytes)} on the host for the "
         f"result and {gib(est.work_bytes)} on {est.device.type} to compute it ({where}), but "
@@ -184,7 +191,7 @@ def check_upscale_memory(
         msg += f" and the host {gib(available_memory_bytes(cpu) or 0)}"
     free_host = available_memory_bytes(cpu)
     if free_host is None or est.host_bytes <= free_host:
-        current = tile if tile and (tile < h or tile < w) else max(h, w)
+        current = tile if tiled else max(h, w)
         for t in (512, 256, 128, 64):
             if t < current and fits(
                 estimate_upscale(loaded, in_shape, scale, size, t, overlap, tta)

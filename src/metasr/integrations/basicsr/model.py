@@ -28,8 +28,9 @@ Differences from ``SRModel``:
   ``torch.autocast`` in bfloat16 (CPU and CUDA; no gradient scaler is needed for bfloat16) and
   takes the losses on the float32 cast of the output. Parameters, optimizer state, validation,
   ``metasr test`` and saved checkpoints stay float32. On a CPU with AMX/AVX512-BF16 a
-  MetaEDSR step takes about half the time; the output itself is rounded to bfloat16 (about 1/256
-  of its value), so a recipe ends with a float32 stage where that rounding would matter.
+  MetaEDSR step takes 0.5–0.8× its float32 time (docs/benchmarks.md); the output itself is
+  rounded to bfloat16 (about 1/256 of its value), so a recipe ends with a float32 stage where
+  that rounding would matter.
 * Distributed (``--launcher pytorch|slurm``): DDP on CPU (gloo) as well as CUDA, every iteration
   checks that all ranks train the same scale and LR size, and every checkpoint that all ranks
   hold bit-identical parameters (:mod:`.distributed`).
