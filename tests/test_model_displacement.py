@@ -1,0 +1,69 @@
+"""scripts/model_displacement.py: the sub-pixel displacement of a smooth blob."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "model_displacement", ROOT / "scripts" / "model_displacement.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("scale", [(2.0, 2.0), (1.5, 4.0), (3.5, 2.0)])
+def test_bicubic_puts_the_blob_back_and_a_known_shift_is_measured(scale):
+    m = _script()
+    for dy, dx in m.displacement(m.bicubic_upscaler, scale):
+        assert abs(dy) < 0.01 and abs(dx) < 0.01
+
+    def down_one_row_left_one(lq, s):
+        return torch.roll(m.bicubic_upscaler(lq, s), shifts=(1, -1), dims=(-2, -1))
+
+    # Within 2 % of the shift: the fixed window cuts a little more of a blob moved off its
+    # centre (the displacements of interest are tenths of a pixel, where that is < 0.002).
+    for dy, dx in m.displacement(down_one_row_left_one, scale):
+        assert dy == pytest.approx(1.0, rel=0.02) and dx == pytest.approx(-1.0, rel=0.02)
+
+
+def test_centroid_ignores_a_uniform_bias():
+    m = _script()
+    img = m.blob(40.3)[0]
+    y, x = m.centroid(img + 0.1, 40.3)
+    assert y == pytest.approx(40.3, abs=0.01) and x == pytest.approx(40.3, abs=0.01)
+
+
+def test_wrong_output_size_is_refused():
+    m = _script()
+    with pytest.raises(ValueError, match="the model gave"):
+        m.displacement(lambda lq, s: m.bicubic_upscaler(lq, s)[..., :-1, :], (2.0, 2.0))
+
+
+def test_main_prints_a_table_and_refuses_a_bad_scale(tmp_path, capsys):
+    from metasr.archs import create_model
+    from metasr.checkpoints import save_checkpoint
+
+    m = _script()
+    kwargs = {"n_resblocks": 1, "n_feats": 8, "hidden": 16, "img_range": 1.0}
+    kwargs["bicubic_residual"] = True
+    torch.manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, create_model("meta_edsr", **kwargs), "meta_edsr", kwargs)
+    assert m.main(["--model", str(path), "--scales", "2", "1.5x4"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    assert lines[0] == f"| scale | bicubic | {path} |" and len(lines) == 3  # header, 2 scales
+    assert m.main(["--model", str(path), "--scales", "zero"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
