@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import metasr
+from helpers import perturb_parameters, random_field
 from metasr.archs import MetaEDSR, MetaRDN, MetaSwinIR
 from metasr.checkpoints import FieldStats, LoadedModel
 from metasr.climate import model as mcm
@@ -55,17 +56,13 @@ NETS = {
 def _net(name: str, bicubic_residual: bool = True, periodic_lon: bool = True) -> torch.nn.Module:
     torch.manual_seed(0)
     build, _ = NETS[name]
-    model = build(bicubic_residual=bicubic_residual, periodic_lon=periodic_lon).double().eval()
-    # Perturb everything (zero biases, the x0.1 head) so no symmetry hides a misplaced row.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return perturb_parameters(
+        build(bicubic_residual=bicubic_residual, periodic_lon=periodic_lon).double().eval()
+    )
 
 
 def _field(h: int, w: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(2, 1, h, w, generator=g, dtype=torch.float64)
+    return random_field(2, 1, h, w, seed=seed)
 
 
 def _pole_rows() -> CoordinateGrid:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import metasr
+from helpers import randomize_parameters
 from metasr.geometry import CoordinateGrid, Region, build_geometry
 
 mu = importlib.import_module("metasr.ops.meta_upscale")
@@ -111,11 +112,7 @@ def make(kind: str, cin: int, cout: int, k: int = 3, hidden: int = 8, seed: int 
         phi = NonLinearLast(cin, cout, k, hidden)
     else:
         raise AssertionError(kind)
-    phi = phi.double()
-    with torch.no_grad():
-        for p in phi.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
-    return phi
+    return randomize_parameters(phi.double())
 
 
 LINEAR_HEAD_KINDS = ["gelu3", "fourier", "headed"]

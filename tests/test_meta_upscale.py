@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import metasr
+from helpers import randomize_parameters
 from metasr.geometry import build_geometry
 from metasr.ops import memory
 from metasr.ops.meta_upscale import im2col, naive, torch_chunked
@@ -67,12 +68,9 @@ def assert_matches_spec(
 
 def make_phi(cin: int, cout: int, k: int = 3, hidden: int = 16, enc: str = "asymmetric", seed=0):
     torch.manual_seed(seed)
-    phi = metasr.Pos2Weight(cin, cout, k, hidden=hidden, pos_encoding=enc).double()
-    # Random, not default, init: larger biases so ReLU patterns differ between positions.
-    with torch.no_grad():
-        for p in phi.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
-    return phi
+    return randomize_parameters(
+        metasr.Pos2Weight(cin, cout, k, hidden=hidden, pos_encoding=enc).double()
+    )
 
 
 def run(variant: str, x: torch.Tensor, phi, call: dict) -> torch.Tensor:

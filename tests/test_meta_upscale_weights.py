@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metasr
+from helpers import randomize_parameters
 from metasr.geometry import CoordinateGrid, Region, build_geometry
 
 # metasr.ops re-exports a function named meta_upscale; the op package itself:
@@ -48,11 +49,7 @@ def one_row_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def make_phi(cin: int, cout: int, k: int, seed: int = 0) -> metasr.Pos2Weight:
     torch.manual_seed(seed)
-    phi = metasr.Pos2Weight(cin, cout, k, hidden=8).double()
-    with torch.no_grad():
-        for p in phi.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
-    return phi
+    return randomize_parameters(metasr.Pos2Weight(cin, cout, k, hidden=8).double())
 
 
 def request_positions(geom) -> torch.Tensor:

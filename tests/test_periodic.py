@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import metasr
+from helpers import randomize_parameters
 from metasr.geometry import Region, build_geometry
 from metasr.ops.meta_upscale import im2col, torch_chunked
 from metasr.ops.meta_upscale.im2col import meta_upscale_im2col
@@ -54,11 +55,7 @@ VARIANTS = {
 
 def make_phi(cin: int, cout: int, k: int = 3, hidden: int = 8, seed: int = 0):
     torch.manual_seed(seed)
-    phi = metasr.Pos2Weight(cin, cout, k, hidden=hidden).double()
-    with torch.no_grad():  # random biases too, so ReLU patterns differ between positions
-        for p in phi.parameters():
-            p.copy_(torch.randn_like(p) * 0.5)
-    return phi
+    return randomize_parameters(metasr.Pos2Weight(cin, cout, k, hidden=hidden).double())
 
 
 def assert_close(actual, expected, tolerances, what: str) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import metasr
+from helpers import perturb_parameters, random_field
 from metasr.archs import MetaEDSR, MetaRDN, MetaSwinIR
 from metasr.archs.bicubic import bicubic_upsample
 from metasr.archs.periodic import PeriodicLonConv2d, wrap_longitude
@@ -59,18 +60,11 @@ CONV_REACH = {"meta_rdn": 2 + 2 * 2 + 1, "meta_edsr": 1 + 2 * 2 + 1}
 
 def _model(name: str, seed: int = 0, **kw) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = BUILDERS[name](**kw).double().eval()
-    # Random biases and mean shifts are zero at init; perturb everything so no symmetry hides a
-    # wrong column.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+    return perturb_parameters(BUILDERS[name](**kw).double().eval())
 
 
 def _field(h: int, w: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(1, 2, h, w, generator=g, dtype=torch.float64)
+    return random_field(1, 2, h, w, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,40 @@
+"""Set-up shared by several test modules (imported as ``helpers``: pytest puts ``tests/`` on the
+path). Random parameters and fields, so that no symmetry of a default initialisation (zero
+biases, a ×0.1 head, equal weights) hides a misplaced row, column or position.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ModuleT = torch.nn.Module
+
+
+def randomize_parameters(module: ModuleT, std: float = 0.5) -> ModuleT:
+    """Replace every parameter of ``module`` by N(0, std²) draws (from torch's global RNG).
+
+    For weight predictors: random biases too, so that ReLU patterns differ between positions.
+    Returns ``module``.
+    """
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * std)
+    return module
+
+
+def perturb_parameters(module: ModuleT, std: float = 0.05) -> ModuleT:
+    """Add N(0, std²) noise to every parameter of ``module`` (from torch's global RNG).
+
+    For whole networks, where replacing the trained-scale initialisation would blow up the
+    activations; biases and mean shifts that start at zero become non-zero. Returns ``module``.
+    """
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(std * torch.randn_like(p))
+    return module
+
+
+def random_field(*shape: int, seed: int = 1) -> torch.Tensor:
+    """A float64 tensor of ``shape`` with uniform [0, 1) values from its own seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(*shape, generator=g, dtype=torch.float64)
