@@ -160,3 +160,34 @@ def test_recipe_runs_stops_and_resumes_in_another_directory(tmp_path):
         expected = eta_min + (lr0 - eta_min) * 0.5 * (1 + math.cos(math.pi * (it - 1) / 12))
         assert steps[it] == pytest.approx(expected, rel=1e-3)
     assert (second / "experiments" / opt["name"] / "models" / "net_g_latest.pth").is_file()
+
+
+def _photo_stages() -> list[Path]:
+    """The option files ``make photo-model`` runs, in order (the Makefile's ``PHOTO_OPTS``)."""
+    text = (ROOT / "Makefile").read_text()
+    m = re.search(r"^PHOTO_OPTS := \$\(addprefix (\S+),([^)]*)\)", text, re.M)
+    assert m, "Makefile: PHOTO_OPTS := $(addprefix PREFIX,SUFFIXES) not found"
+    return [ROOT / (m.group(1) + suffix) for suffix in m.group(2).split()]
+
+
+def test_make_photo_model_chains_each_stage_to_the_last_weights_of_the_one_before():
+    stages = _photo_stages()
+    assert stages[0] == PHOTO_OPT and len(stages) >= 2
+    opts = [yaml.safe_load(p.read_text()) for p in stages]
+    assert opts[0]["path"]["pretrain_network_g"] is None
+    for path, opt in zip(stages, opts, strict=True):
+        train = opt["train"]
+        assert opt["name"] == path.stem
+        assert train["scheduler"]["periods"] == [train["total_iter"]]
+        # One network through the chain: strict loading of the previous stage's weights.
+        assert opt["network_g"] == opts[0]["network_g"]
+        assert opt["datasets"]["train"]["dataroot_gt"] == "datasets/photos/train"
+    for prev, opt in zip(opts, opts[1:], strict=False):
+        paths = opt["path"]
+        # The previous stage's final checkpoint, not an intermediate one...
+        final = f"experiments/{prev['name']}/models/net_g_{prev['train']['total_iter']}.pth"
+        assert paths["pretrain_network_g"] == final
+        assert paths["strict_load_g"] is True
+        # ...and its averaged weights where that stage kept an EMA.
+        want_key = "params_ema" if prev["train"].get("ema_decay", 0) > 0 else "params"
+        assert paths.get("param_key_g", "params") == want_key
