@@ -166,10 +166,25 @@ def test_bicubic_residual(name):
         last_on.weight.zero_()
         last_on.bias.zero_()
         x = _input(name, 2, 3, 6, 7)
-        for kw in (dict(scale=(2.5, 1.5)), dict(size=(13, 30))):
-            y = on(x, **kw)
-            ref = F.interpolate(x, size=y.shape[-2:], mode="bicubic", align_corners=False)
-            torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4 * x.abs().max().item())
+        tol = {"rtol": 1e-5, "atol": 1e-4 * x.abs().max().item()}
+        y = on(x, size=(13, 30))
+        ref = F.interpolate(x, size=(13, 30), mode="bicubic", align_corners=False)
+        torch.testing.assert_close(y, ref, **tol)
+        # By scale: sampled at (i + 0.5)/r - 0.5, where the head puts row i, also where the
+        # output size is rounded down (7 x 1.5 = 10.5 -> 10 columns), unlike F.interpolate
+        # to the rounded size, which would sample at (i + 0.5)·7/10 - 0.5.
+        y = on(x, scale=(2.5, 1.5))
+        assert y.shape[-2:] == (15, 10)
+        ref = F.interpolate(
+            x,
+            scale_factor=(2.5, 1.5),
+            mode="bicubic",
+            align_corners=False,
+            recompute_scale_factor=False,
+        )
+        torch.testing.assert_close(y, ref, **tol)
+        by_size = F.interpolate(x, size=(15, 10), mode="bicubic", align_corners=False)
+        assert not torch.allclose(y, by_size, **tol)
 
 
 def test_paper_models_default_to_no_residual():

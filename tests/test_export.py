@@ -29,6 +29,9 @@ STANDARD_OPS = {
     "Unsqueeze", "Squeeze", "Where",
     # the SwinIR backbone: attention, LayerNorm, GELU, window padding
     "Erf", "LayerNormalization", "LeakyRelu", "Pad", "Softmax",
+    # the bicubic residual at a scale whose output size is rounded down (h·r not whole):
+    # ATen's upsample_bicubic2d with explicit scales, which the exporter writes as gathers
+    "GatherND",
 }  # fmt: skip
 
 

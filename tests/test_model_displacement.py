@@ -67,3 +67,22 @@ def test_main_prints_a_table_and_refuses_a_bad_scale(tmp_path, capsys):
     assert m.main(["--model", str(path), "--scales", "zero"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
+
+
+@pytest.mark.parametrize("scale", [(3.5, 2.0), (2.3, 2.7)])
+def test_a_silent_head_puts_the_blob_where_bicubic_does(scale):
+    """The bicubic residual samples where the head puts each row: with the head silenced, a
+    network is its bicubic term, and that must not move the blob even where the output size is
+    rounded down (96 / 3.5 = 27 LR rows, 94 HR rows, not 94.5). Sampling at the sizes' ratio
+    instead (F.interpolate to the rounded size) moved it by 0.2 pixel here."""
+    from metasr.archs import create_model
+
+    m = _script()
+    net = create_model(
+        "meta_edsr", n_resblocks=1, n_feats=8, hidden=16, img_range=1.0, bicubic_residual=True
+    ).eval()
+    with torch.no_grad():
+        net.pos2weight.meta_block[2].weight.zero_()
+        net.pos2weight.meta_block[2].bias.zero_()
+    for dy, dx in m.displacement(lambda lq, s: net(lq, scale=s).detach(), scale):
+        assert abs(dy) < 0.01 and abs(dx) < 0.01

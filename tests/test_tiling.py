@@ -8,6 +8,8 @@ rounding. The networks are tiny and run in float64; ``tiling.upscale`` assembles
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -163,6 +165,63 @@ def test_region_bicubic_is_the_whole_images_bicubic(h, w, request_):
                 got = bicubic_upsample(xt, region=region)
                 want = whole[..., rt.out_lo : rt.out_hi, ct.out_lo : ct.out_hi]
                 torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "scale"),
+    # 50 x 2.3 = 114.99999999999999: the guarded floor gives 115 rows; 17 x 3.1 = 52.7 -> 52.
+    [(50, 17, (2.3, 3.1)), (21, 9, (1.5, 4.0)), (11, 7, (3.5, 2.0)), (12, 8, (2.0, 3.0))],
+)
+@pytest.mark.parametrize("periodic", [False, True])
+def test_bicubic_by_scale_samples_where_the_head_puts_each_row(h, w, scale, periodic):
+    x = _image(h, w).double()
+    geom = build_geometry(h, w, scale=scale)
+    H, W = geom.H, geom.W
+    whole = bicubic_upsample(x, size=(H, W), scale=scale, periodic_lon=periodic)
+
+    # The reference, written out: output i samples (i + 0.5)/r - 0.5 (Keys, A = -0.75),
+    # taps clamped (rows; columns too unless periodic, where they wrap).
+    def matrix(n_out, n_in, r, wrap):
+        m = torch.zeros(n_out, n_in, dtype=torch.float64)
+        for i in range(n_out):
+            s = (i + 0.5) / r - 0.5
+            f = math.floor(s)
+            for tap in range(f - 1, f + 3):
+                d = abs(s - tap)
+                a = -0.75
+                wgt = (
+                    ((a + 2) * d - (a + 3)) * d * d + 1
+                    if d <= 1
+                    else (((a * d - 5 * a) * d + 8 * a) * d - 4 * a)
+                )
+                j = tap % n_in if wrap else min(max(tap, 0), n_in - 1)
+                m[i, j] += wgt
+        return m
+
+    want = matrix(H, h, scale[0], False) @ x @ matrix(W, w, scale[1], periodic).T
+    torch.testing.assert_close(whole, want, rtol=0, atol=1e-12)
+    # Where h·r is not whole, this is not F.interpolate to the rounded size.
+    if H != h * scale[0] and not periodic:
+        by_size = F.interpolate(x, size=(H, W), mode="bicubic", align_corners=False)
+        assert (whole - by_size).abs().max() > 1e-3
+    # Regions of it, from their windows alone.
+    for tile in (1, 4):
+        for rt in plan_axis(geom.row_idx, h, tile, BICUBIC_CONTEXT):
+            cts = [None] if periodic else plan_axis(geom.col_idx, w, tile, BICUBIC_CONTEXT)
+            for ct in cts:
+                if ct is None:  # a periodic region spans the whole width
+                    region = Region(
+                        (h, w), (H, W), (rt.in_lo, rt.in_hi), (0, w), (rt.out_lo, rt.out_hi), (0, W)
+                    )
+                    xt, cols = x[..., rt.in_lo : rt.in_hi, :], slice(0, W)
+                else:
+                    region = tile_region(geom, rt, ct)
+                    xt = x[..., rt.in_lo : rt.in_hi, ct.in_lo : ct.in_hi]
+                    cols = slice(ct.out_lo, ct.out_hi)
+                got = bicubic_upsample(xt, region=region, scale=scale, periodic_lon=periodic)
+                torch.testing.assert_close(
+                    got, whole[..., rt.out_lo : rt.out_hi, cols], rtol=0, atol=1e-12
+                )
 
 
 def test_region_bicubic_needs_its_taps():

@@ -36,6 +36,7 @@ from ..geometry import (
     Region,
     build_geometry,
     build_geometry_from_coords,
+    parse_scale,
 )
 from ..modules import Pos2Weight
 from ..ops.meta_upscale import _autocast_dtype, meta_upscale
@@ -53,11 +54,26 @@ __all__ = [
     "MetaSRNet",
     "check_positive_float",
     "check_positive_int",
+    "residual_scale",
     "resolve_mean",
 ]
 
 #: Mean colour of DIV2K (RGB, in [0, 1]) used by EDSR, RDN, Meta-SR and SwinIR.
 DIV2K_RGB_MEAN: tuple[float, float, float] = (0.4488, 0.4371, 0.4040)
+
+
+def residual_scale(scale: object, coords: object = None) -> tuple[float, float] | None:
+    """The ``(r_v, r_h)`` the bicubic residual samples at, or None for the sizes' ratio.
+
+    A request by ``scale`` (a number or pair) places output row ``i`` at ``(i + 0.5)/r − 0.5``
+    in the head (Meta-SR's ``i/r``, centred as MATLAB's ``imresize``); the residual must sample
+    there too, not at ``F.interpolate(size=...)``'s ``(i + 0.5)·h/H − 0.5``, which drifts when
+    ``H = floor(h·r)`` is not ``h·r`` (:mod:`metasr.archs.bicubic`). A request by size, or onto
+    ``coords``' grid (index ratio), has no other ratio than the sizes'.
+    """
+    if scale is None or coords is not None:
+        return None
+    return parse_scale(scale)
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -265,7 +281,7 @@ class MetaSRNet(nn.Module):
         )
         if region is not None and self.bicubic_residual:
             # Fails here, before the backbone, when the window lacks a bicubic tap.
-            check_bicubic_region(region, self.periodic_lon)
+            check_bicubic_region(region, self.periodic_lon, residual_scale(scale, coords))
         if mode is None:
             # Eager only: the memory estimate reads concrete sizes, and under torch.export it
             # would specialise the batch dimension that the exported graph keeps dynamic.
@@ -307,10 +323,13 @@ class MetaSRNet(nn.Module):
         x: torch.Tensor,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        scale: object = None,
     ) -> torch.Tensor:
         """``y`` plus the bicubic upsampling of ``x`` when ``bicubic_residual`` is on, else ``y``.
 
-        Without a region the upsampling is to ``y``'s size (with ``coords`` too: the
+        The upsampling samples output row ``i`` at ``(i + 0.5)/r − 0.5`` with the request's
+        ``scale`` (:func:`residual_scale`; the sizes' ratio when a size was asked for), where
+        the head puts it. Without a region the upsampling is to ``y``'s size (with ``coords``: the
         index-ratio bicubic to the target grid's shape, in the source's row and column order,
         then put in the target's order as the head's output is, so that a target running the
         other way or starting elsewhere on the circle gets its residual at the same latitude and
@@ -322,15 +341,18 @@ class MetaSRNet(nn.Module):
         """
         if not self.bicubic_residual:
             return y
+        ratio = residual_scale(scale, coords)
         if region is None:
-            up = bicubic_upsample(x, size=tuple(y.shape[-2:]), periodic_lon=self.periodic_lon)
+            up = bicubic_upsample(
+                x, size=tuple(y.shape[-2:]), periodic_lon=self.periodic_lon, scale=ratio
+            )
             if coords is not None:
                 # Same permutation as the head's (a region never carries one: Geometry.cut).
                 up = restore_order(
                     up, build_geometry_from_coords(coords, self.pos_encoding, self.periodic_lon)
                 )
         else:
-            up = bicubic_upsample(x, region=region, periodic_lon=self.periodic_lon)
+            up = bicubic_upsample(x, region=region, periodic_lon=self.periodic_lon, scale=ratio)
         return y + up.to(y.dtype)
 
 
@@ -404,4 +426,4 @@ class MeanShiftMetaSRNet(MetaSRNet):
             coords=coords,
         )
         # The residual is added in the mean-shifted domain, so the mean is added back only once.
-        return self.add_mean(self._add_bicubic(y, x, region, coords))
+        return self.add_mean(self._add_bicubic(y, x, region, coords, scale))

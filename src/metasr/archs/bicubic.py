@@ -1,10 +1,18 @@
 """The bicubic global residual of the networks, for a whole image or a region of it.
 
-A network with ``bicubic_residual`` adds ``F.interpolate(x, size=(H, W), mode="bicubic",
-align_corners=False)`` to its output. On a :class:`metasr.geometry.Region` (tiled inference)
-the term must be the *whole image's* bicubic upsampling restricted to the region's outputs:
-``F.interpolate`` on the region's window would sample on the window's own grid (spacing
-``h_t / H_t`` instead of ``h / H``) and clamp its taps at the window's edges instead of the
+A network with ``bicubic_residual`` adds the bicubic upsampling of its input to its output
+(PyTorch's ``align_corners=False`` bicubic, Keys' A = −0.75). Output row ``i`` samples the
+input at ``s = (i + 0.5) / r − 0.5`` with the *request's* ratio ``r``: the scale when a scale
+was asked for, ``H / h`` when a size was. That is where the Meta-Upscale head and MATLAB's
+``imresize`` (which makes the LR images) put row ``i`` too. ``F.interpolate(x, size=(H, W))``
+would use ``h / H`` instead, which differs when ``H = floor(h·r)`` is not ``h·r``: the term then
+drifts across the image, by up to ``(h·r − H) / r`` LR pixels at the far edge (half an HR pixel
+at the bottom of a 1280-row photo at r = 1.5), and the network would have to undo a shift that
+depends on where it is, which a convolutional network cannot.
+
+On a :class:`metasr.geometry.Region` (tiled inference) the term must be the *whole image's*
+upsampling restricted to the region's outputs: ``F.interpolate`` on the region's window would
+sample on the window's own grid and clamp its taps at the window's edges instead of the
 image's. :func:`bicubic_upsample` computes the whole image's term from the window alone, as
 two small interpolation matrices, which needs the window to hold the taps: up to
 :data:`BICUBIC_CONTEXT` LR pixels on each side of the LR pixels the region's outputs belong to.
@@ -26,28 +34,36 @@ from ..geometry import Region
 __all__ = ["BICUBIC_CONTEXT", "bicubic_upsample", "check_bicubic_region"]
 
 #: LR pixels of context a region needs on each side of the LR pixels its outputs belong to for
-#: the bicubic taps: output ``i`` samples ``s = (i + 0.5)·h/H − 0.5``, which lies in
-#: ``[i' − 0.5, i' + 2)`` for ``i' = floor(i / r)`` (``h/H`` exceeds ``1/r`` by less than
-#: ``1/(r·H)`` when ``H`` is rounded down), and the taps are ``floor(s) − 1 … floor(s) + 2``.
+#: the bicubic taps: output ``i`` samples ``s = (i + 0.5)/r − 0.5``, which lies in
+#: ``[i' − 0.5, i' + 1)`` for ``i' = floor(i / r)``, and the taps are
+#: ``floor(s) − 1 … floor(s) + 2``: two rows above ``i'`` and two below suffice; the third is
+#: margin for ``floor(i/r + 1e-6)`` guarded products.
 BICUBIC_CONTEXT = 3
 
 
 def _bicubic_matrix(
-    out_lo: int, out_hi: int, n_in: int, n_out: int, periodic: bool = False
+    out_lo: int,
+    out_hi: int,
+    n_in: int,
+    n_out: int,
+    periodic: bool = False,
+    ratio: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """Rows ``[out_lo, out_hi)`` of PyTorch's bicubic interpolation matrix along one axis.
 
-    Matches ``F.interpolate(mode="bicubic", align_corners=False, size=...)``: output ``i``
-    samples ``(i + 0.5)·n_in/n_out − 0.5`` with Keys' cubic convolution (A = −0.75) and taps
-    clamped to ``[0, n_in)``, as ATen computes them; with ``periodic`` the taps wrap modulo
-    ``n_in`` instead (and the matrix spans all ``n_in`` inputs).
+    Matches ATen's ``upsample_bicubic2d`` (``align_corners=False``) with the scale ``ratio``:
+    output ``i`` samples ``(i + 0.5)/ratio − 0.5`` (``ratio`` None: ``n_out/n_in``, which is
+    ``F.interpolate(size=...)``) with Keys' cubic convolution (A = −0.75) and taps clamped to
+    ``[0, n_in)``, as ATen computes them; with ``periodic`` the taps wrap modulo ``n_in``
+    instead (and the matrix spans all ``n_in`` inputs).
 
     Returns:
         ``(m, lo)``: ``m`` ``(out_hi − out_lo, hi − lo)`` float64 over the input rows
         ``[lo, hi)`` the taps use.
     """
     a = -0.75
-    src = (np.arange(out_lo, out_hi) + 0.5) * (n_in / n_out) - 0.5
+    step = n_in / n_out if ratio is None else 1.0 / ratio
+    src = (np.arange(out_lo, out_hi) + 0.5) * step - 0.5
     base = np.floor(src)
     t = src - base
     # Weights of the taps base−1 … base+2, written as ATen writes them.
@@ -82,13 +98,14 @@ def _window_matrix(
     n_in: int,
     n_out: int,
     periodic: bool = False,
+    ratio: float | None = None,
 ) -> np.ndarray:
     """:func:`_bicubic_matrix` over the window ``win = [lo, hi)``: ``(out_hi − out_lo, hi − lo)``.
 
     Raises:
         ValueError: if a tap falls outside the window.
     """
-    m, lo = _bicubic_matrix(out[0], out[1], n_in, n_out, periodic)
+    m, lo = _bicubic_matrix(out[0], out[1], n_in, n_out, periodic, ratio)
     hi = lo + m.shape[1]
     if lo < win[0] or hi > win[1]:
         raise ValueError(
@@ -101,8 +118,12 @@ def _window_matrix(
     return full
 
 
-def _region_matrices(region: Region, periodic_lon: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column matrices ``(H_t, h_t)``, ``(W_t, w_t)`` of the region's bicubic term."""
+def _region_matrices(
+    region: Region, periodic_lon: bool = False, scale: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column matrices ``(H_t, h_t)``, ``(W_t, w_t)`` of the region's bicubic term
+    (``scale``: the request's ``(r_v, r_h)``; None: the sizes' ratios)."""
+    r_v, r_h = (None, None) if scale is None else scale
     (h, w), (H, W) = region.image_size, region.output_size
     if periodic_lon and (region.in_cols != (0, w) or region.out_cols != (0, W)):
         raise ValueError(
@@ -110,15 +131,17 @@ def _region_matrices(region: Region, periodic_lon: bool = False) -> tuple[np.nda
             f"(input columns (0, {w}), output columns (0, {W})), got input columns "
             f"{region.in_cols} and output columns {region.out_cols}: tile rows only"
         )
-    mv = _window_matrix("rows", region.out_rows, region.in_rows, h, H)
-    mh = _window_matrix("columns", region.out_cols, region.in_cols, w, W, periodic_lon)
+    mv = _window_matrix("rows", region.out_rows, region.in_rows, h, H, ratio=r_v)
+    mh = _window_matrix("columns", region.out_cols, region.in_cols, w, W, periodic_lon, r_h)
     return mv, mh
 
 
-def check_bicubic_region(region: Region, periodic_lon: bool = False) -> None:
+def check_bicubic_region(
+    region: Region, periodic_lon: bool = False, scale: tuple[float, float] | None = None
+) -> None:
     """Raise the ``ValueError`` of :func:`bicubic_upsample` if ``region``'s window lacks a tap
     (or, with ``periodic_lon``, does not span the whole width)."""
-    _region_matrices(region, periodic_lon)
+    _region_matrices(region, periodic_lon, scale)
 
 
 def bicubic_upsample(
@@ -126,6 +149,7 @@ def bicubic_upsample(
     size: tuple[int, int] | None = None,
     region: Region | None = None,
     periodic_lon: bool = False,
+    scale: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """PyTorch's bicubic upsampling (``align_corners=False``) to ``size``, or a region of it.
 
@@ -133,10 +157,13 @@ def bicubic_upsample(
         x: ``(N, C, h, w)``: the whole image, or with ``region`` its LR window
             ``region.in_rows × region.in_cols``.
         size: ``(H, W)``, the output size; give exactly one of ``size`` and ``region``.
-        region: the whole image's ``F.interpolate(size=region.output_size)`` restricted to
+        region: the whole image's upsampling to ``region.output_size`` restricted to
             ``region.out_rows × region.out_cols``, computed from the window ``x``.
         periodic_lon: wrap the column taps around the width (longitude) instead of clamping
             them; a region must then span the whole width.
+        scale: ``(r_v, r_h)``: output row ``i`` samples ``(i + 0.5)/r_v − 0.5`` (columns
+            likewise), where the Meta-Upscale head puts it for that scale (see the module
+            docstring). None: the sizes' ratios ``H/h``, ``W/w``, as ``F.interpolate(size=...)``.
 
     Returns:
         ``(N, C, H, W)``, or ``(N, C, *region.out_shape)``, in ``x``'s dtype.
@@ -148,7 +175,16 @@ def bicubic_upsample(
         raise ValueError("give exactly one of size=(H, W) or region=...")
     if region is None:
         if not periodic_lon:
-            return F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False)
+            H, W = (int(n) for n in size)
+            h, w = x.shape[-2:]
+            if scale is None or (H == h * scale[0] and W == w * scale[1]):
+                # The sizes' ratio is the scale: the plain call (an ONNX Resize when exported).
+                return F.interpolate(x, size=(H, W), mode="bicubic", align_corners=False)
+            # ATen's kernel takes the output size and the scales apart (F.interpolate takes one
+            # or the other): exactly the size asked for, sampled at the scale's positions.
+            return torch.ops.aten.upsample_bicubic2d(
+                x, [H, W], False, float(scale[0]), float(scale[1])
+            )
         # The whole image is the region covering everything; the matrices wrap the columns.
         h, w = x.shape[-2:]
         H, W = (int(n) for n in size)
@@ -157,7 +193,7 @@ def bicubic_upsample(
         raise ValueError(
             f"the input is {tuple(x.shape[-2:])} but the region's input window is {region.in_shape}"
         )
-    mv, mh = _region_matrices(region, periodic_lon)
+    mv, mh = _region_matrices(region, periodic_lon, scale)
     # Half precision would round the interpolation weights; compute in float32 at least.
     dtype = x.dtype if x.dtype == torch.float64 else torch.float32
     mv_t = torch.as_tensor(mv, dtype=dtype, device=x.device)

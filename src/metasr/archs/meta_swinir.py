@@ -367,7 +367,7 @@ class MetaSwinIR(MetaSRNet):
         y = self.upsample(
             self.head_features(x), scale=scale, size=size, region=region, coords=coords
         )
-        y = self._add_bicubic(y, self._normalize(x), region, coords)
+        y = self._add_bicubic(y, self._normalize(x), region, coords, scale)
         return y / self.img_range + self.out_mean.to(y.dtype)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
