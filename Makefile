@@ -43,19 +43,20 @@ default-v1-model: venv
 		-o src/metasr/weights/default_v1.safetensors
 	$(PY) scripts/eval_default_model.py --model default-v1
 
-# The bundled default model from scratch: the photo model's four stages (below), exported into
-# the package as default.safetensors (about 3 hours on 2 CPU cores, docs/benchmarks.md).
+# The bundled default model from scratch: the photo model's six stages (below), exported into
+# the package as default.safetensors (about 4 hours on 2 CPU cores, docs/benchmarks.md).
 default-model: photo-model
 	cp experiments/$(PHOTO_NAME)/$(PHOTO_NAME).safetensors src/metasr/weights/default.safetensors
 
-# The photo model of issue 13 from scratch, in four stages (docs/training.md, "Shipped option
+# The photo model of issue 13 from scratch, in six stages (docs/training.md, "Shipped option
 # files"; times in docs/benchmarks.md): stage 1 (options/train/MetaEDSR_photo_default.yml,
 # 1500 iterations), stage 2 (..._stage2.yml, 5000 more, warm restart), stage 3 (..._stage3.yml,
-# 14000 at batch 16 on larger patches, bfloat16 forward, EMA) and stage 4 (..._stage4.yml, a
-# float32 finish), exported next to its run and scored against bicubic and the bundled default
+# 14000 at batch 16 on larger patches, bfloat16 forward, EMA), stage 4 (..._stage4.yml, a
+# float32 finish), stage 5 (..._stage5.yml, 5000 with the bicubic residual at the request's
+# scale) and stage 6 (..._stage6.yml, a float32 finish), exported next to its run and scored against bicubic and the bundled default
 # on the held-out whole photos. Interrupted? Run it again: each stage continues from its last
 # state (--auto_resume).
-PHOTO_OPTS := $(addprefix options/train/MetaEDSR_photo_default,.yml _stage2.yml _stage3.yml _stage4.yml)
+PHOTO_OPTS := $(addprefix options/train/MetaEDSR_photo_default,.yml _stage2.yml _stage3.yml _stage4.yml _stage5.yml _stage6.yml)
 PHOTO_LAST := $(lastword $(PHOTO_OPTS))
 PHOTO_NAME := $(basename $(notdir $(PHOTO_LAST)))
 photo-model: venv

@@ -18,7 +18,7 @@ two small interpolation matrices, which needs the window to hold the taps: up to
 :data:`BICUBIC_CONTEXT` LR pixels on each side of the LR pixels the region's outputs belong to.
 
 With ``periodic_lon`` the columns are a circle (longitude): the taps left of column 0 and right
-of column ``w − 1`` wrap around instead of clamping, which equals ``F.interpolate`` of the input
+of column ``w − 1`` wrap around instead of clamping, which equals the same upsampling of the input
 circularly padded along the width, cropped. A wrapped tap can be anywhere in the row, so a
 periodic region must span the whole width (tiled inference then cuts rows only).
 """

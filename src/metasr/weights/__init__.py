@@ -5,7 +5,7 @@ written from a BasicSR training run:
 
 * ``"default"``: the photo model ``metasr upscale`` uses unless told otherwise
   (``default.safetensors``): a 12 × 48 Meta-EDSR with a bicubic residual, trained on Debian's
-  wallpaper photographs and scikit-image's photos in four stages (``make default-model``;
+  wallpaper photographs and scikit-image's photos in six stages (``make default-model``;
   ``options/train/MetaEDSR_photo_default*.yml``), converted by
   ``scripts/export_default_model.py``;
 * ``"default-v1"``: the first default model (``default_v1.safetensors``), a 6 × 32 Meta-EDSR
