@@ -174,9 +174,9 @@ def bicubic_upsample(
     if (size is None) == (region is None):
         raise ValueError("give exactly one of size=(H, W) or region=...")
     if region is None:
+        h, w = x.shape[-2:]
+        H, W = (int(n) for n in size)
         if not periodic_lon:
-            H, W = (int(n) for n in size)
-            h, w = x.shape[-2:]
             if scale is None or (H == h * scale[0] and W == w * scale[1]):
                 # The sizes' ratio is the scale: the plain call (an ONNX Resize when exported).
                 return F.interpolate(x, size=(H, W), mode="bicubic", align_corners=False)
@@ -186,8 +186,6 @@ def bicubic_upsample(
                 x, [H, W], False, float(scale[0]), float(scale[1])
             )
         # The whole image is the region covering everything; the matrices wrap the columns.
-        h, w = x.shape[-2:]
-        H, W = (int(n) for n in size)
         region = Region((h, w), (H, W), (0, h), (0, w), (0, H), (0, W))
     if tuple(x.shape[-2:]) != region.in_shape:
         raise ValueError(
