@@ -19,23 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from metasr.data.datasets import bicubic_pair
-from metasr.data.resize import imresize
 from metasr.data.scales import Scale, format_scale, parse_scale_spec
+from metasr.evaluate import Upscaler, as_upscaler
 
 SIZE = 96  # HR side
 SIGMA = 4.0  # blob width in HR pixels: smooth at every scale up to x4 (σ_LR >= 1)
 WINDOW = 12  # centroid window half-width, HR pixels
 CENTRES = (40.0, 40.3, 40.6, 41.1)  # sub-pixel positions (rows and columns alike)
 BACKGROUND, PEAK = 0.2, 0.6
-
-#: ``fn(lq (1, 3, h, w) float32 in 0..1, scale) -> (1, 3, H, W)``
-Upscaler = Callable[[torch.Tensor, Scale], torch.Tensor]
 
 
 def blob(centre: float, size: int = SIZE) -> torch.Tensor:
@@ -63,13 +60,16 @@ def centroid(img: torch.Tensor, centre: float) -> tuple[float, float]:
 def displacement(fn: Upscaler, scale: Scale, centres: Sequence[float] = CENTRES) -> list:
     """Per centre: the output blob's centroid minus the HR's, ``(rows, columns)`` in HR pixels.
 
+    ``fn(lq (1, 3, h, w) float32 in 0..1, scale, (H, W))`` is an upscaler of
+    :mod:`metasr.evaluate` (:func:`~metasr.evaluate.as_upscaler`).
+
     Raises:
         ValueError: the upscaler's output has the wrong size.
     """
     out = []
     for c in centres:
         lq, hr = bicubic_pair(blob(c), scale)
-        sr = fn(lq[None].float(), scale)
+        sr = fn(lq[None].float(), scale, tuple(hr.shape[-2:]))
         if tuple(sr.shape[-2:]) != tuple(hr.shape[-2:]):
             raise ValueError(
                 f"the model gave {tuple(sr.shape[-2:])} at {format_scale(scale)}, "
@@ -81,27 +81,6 @@ def displacement(fn: Upscaler, scale: Scale, centres: Sequence[float] = CENTRES)
     return out
 
 
-def bicubic_upscaler(lq: torch.Tensor, scale: Scale) -> torch.Tensor:
-    """The protocol's bicubic baseline as an :data:`Upscaler`."""
-    h, w = lq.shape[-2:]
-    size = (int(h * scale[0] + 1e-6), int(w * scale[1] + 1e-6))
-    return imresize(lq, scale=scale, size=size)
-
-
-def model_upscaler(spec: str) -> Upscaler:
-    """A model name or checkpoint as an :data:`Upscaler` (inputs in 0..1)."""
-    from metasr.checkpoints import load_model
-
-    loaded = load_model(spec)
-    gain = float(loaded.value_range)
-
-    def fn(lq: torch.Tensor, scale: Scale) -> torch.Tensor:
-        with torch.no_grad():
-            return loaded.model(lq * gain, scale=scale) / gain
-
-    return fn
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="model name or checkpoint")
@@ -110,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         scales = [parse_scale_spec(s) for s in args.scales]
-        fns = {"bicubic": bicubic_upscaler, args.model: model_upscaler(args.model)}
+        from metasr.checkpoints import load_model
+
+        fns = {
+            "bicubic": as_upscaler("bicubic").fn,
+            args.model: as_upscaler(load_model(args.model)).fn,
+        }
         table = {
             name: {format_scale(s): displacement(fn, s) for s in scales} for name, fn in fns.items()
         }

@@ -33,8 +33,8 @@ import torch
 
 from metasr.checkpoints import load_model
 from metasr.data.datasets import bicubic_pair
-from metasr.data.resize import imresize
 from metasr.data.scales import Scale, parse_scale_spec
+from metasr.evaluate import as_upscaler
 from metasr.inference import upscale_array
 from metasr.io import read_raster
 from metasr.metrics import border_shave, quantize_8bit, rgb_to_y, shave
@@ -115,7 +115,7 @@ def reconstructions(
     lq8 = quantize_8bit(lq)
     H, W = ref.shape[-2:]
     sr = quantize_8bit(torch.from_numpy(upscale(lq8.float().numpy(), scale)).double())
-    bic = quantize_8bit(imresize(lq8, scale=scale, size=(H, W)))
+    bic = quantize_8bit(as_upscaler("bicubic").fn(lq8, scale, (H, W)))
     if sr.shape != ref.shape:
         raise ValueError(f"the model gave {tuple(sr.shape)}, the protocol wants {tuple(ref.shape)}")
     return ref, sr, bic
