@@ -89,6 +89,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument("--half", action="store_true", help="float16 weights and activations (CUDA)")
     p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="CPU inference precision: fp32 (default), bf16 (bfloat16 autocast), auto (bf16 "
+        "where the CPU has native bfloat16, else fp32); measured cost in docs/benchmarks.md",
+    )
+    p.add_argument(
         "--tile",
         type=int,
         default=0,
@@ -306,6 +313,8 @@ def _run_rasters(args: argparse.Namespace) -> int:
     device = device_arg(args.device)
     if args.half and device.type != "cuda":
         raise CLIError("--half needs a CUDA device (half precision on CPU is slower than float32)")
+    if args.precision == "bf16" and device.type != "cpu":
+        raise CLIError("--precision bf16 is for CPU inference; on CUDA use --half")
     files = expand_inputs(args.inputs)
     targets = plan_outputs(files, args.output)
     loaded = load_model(
@@ -340,6 +349,7 @@ def _run_rasters(args: argparse.Namespace) -> int:
                 normalize=args.normalize,
                 progress=show,
                 tta=args.tta,
+                precision=args.precision,
             )
         except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
             if not isinstance(exc, OutOfMemoryError) and "allocate" not in str(exc):
