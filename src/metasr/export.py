@@ -42,12 +42,9 @@ INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 
 
 def _need(module: str) -> None:
-    import importlib.util
+    from ._extras import require
 
-    if importlib.util.find_spec(module) is None:
-        raise ValueError(
-            f"ONNX export and inference need the {module!r} package: pip install 'metasr[export]'"
-        )
+    require(module, "export", "ONNX export and inference")
 
 
 class _FixedRequest(nn.Module):

@@ -145,16 +145,11 @@ def format_of(path: str | os.PathLike) -> str:
 
 
 def _require(module: str, package: str, purpose: str):
-    """Import an optional dependency or raise ``ValueError`` saying what to install."""
-    import importlib
+    """Import a core image dependency or raise one line saying what to install
+    (:func:`metasr._extras.require`; a ``ValueError``)."""
+    from ._extras import require
 
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ValueError(
-            f"{purpose} needs the '{package}' package: pip install {package} "
-            "(or pip install 'metasr[image]')"
-        ) from None
+    return require(module, None, purpose)
 
 
 # --------------------------------------------------------------------------------------------

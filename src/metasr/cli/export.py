@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import CLIError
+from . import MODEL_HELP, CLIError
 
 __all__ = ["register"]
 
@@ -33,8 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="'default' (bundled), a metasr .safetensors checkpoint, a BasicSR net_g_*.pth, or "
-        "a registry name",
+        help=MODEL_HELP.replace("; an .onnx file from 'metasr export' (onnxruntime)", ""),
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--scale", type=str, help="scale factor: 2.5, or VERTICALxHORIZONTAL (3.5x2)")

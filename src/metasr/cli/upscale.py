@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import CLIError, device_arg
+from . import DEVICE_HELP, MODEL_HELP, CLIError, device_arg
 
 __all__ = ["parse_scale_arg", "parse_size_arg", "register"]
 
@@ -82,11 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="'default' (bundled), a metasr .safetensors checkpoint, a BasicSR net_g_*.pth written "
-        "by metasr training, the official Meta-SR model_1000.pt, or a registry name (random "
-        "weights); the format is read from the file's content",
+        help=MODEL_HELP,
     )
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--half", action="store_true", help="float16 weights and activations (CUDA)")
     p.add_argument(
         "--tile",
