@@ -69,7 +69,7 @@ def _spec(kind: str, text: str):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoints import load_model
+    from ..checkpoints import checkpoint_stats, load_model
     from ..export import export_onnx, export_program, format_request
 
     out = Path(args.output)
@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     net = loaded.model.eval()
     if suffix == ".onnx":
         export_onnx(net, out, input_size, scale=scale, size=size,
-                    value_range=loaded.value_range, name=str(args.model))  # fmt: skip
+                    value_range=loaded.value_range, name=str(args.model),
+                    metadata=_stats_entry(checkpoint_stats(loaded)))  # fmt: skip
     else:
         torch.export.save(export_program(net, input_size, scale=scale, size=size), str(out))
     request = format_request(scale, size)
@@ -96,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
         diff = _check(out, net, input_size, scale, size, loaded.value_range)
         print(f"max |difference| / max |output| against PyTorch: {diff:.1e}", file=sys.stdout)
     return 0
+
+
+def _stats_entry(stats) -> dict[str, str]:
+    """A field model's statistics as ONNX metadata (applied by ``metasr upscale``)."""
+    from ..checkpoints import stats_metadata
+
+    return {} if stats is None else stats_metadata(stats)
 
 
 def _check(out: Path, net, input_size, scale, size, value_range: float) -> float:

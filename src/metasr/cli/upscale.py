@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Upscale images (PNG, JPEG, BMP, TIFF, WebP; 8/16-bit; gray, RGB, RGBA) and .npy "
             "arrays by any scale per axis, or to a size. Images keep their bit depth; arrays "
-            "keep their dtype and values are passed to the model unchanged."
+            "(and float TIFF) keep their dtype; a field model's stored statistics normalise "
+            "them (as for netCDF), other models get the values unchanged."
         ),
         epilog="Conventions and examples: docs/usage.md.",
     )
