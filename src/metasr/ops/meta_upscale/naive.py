@@ -22,7 +22,7 @@ from .tables import positions_tensor
 #: (rounded) inputs, for the output and the gradients; ``atol`` is relative to the reference's
 #: largest magnitude (at least 1). Every backend keeps such a table; the tests read them. In
 #: float16/bfloat16 the first layer's gradients are not covered: ReLU' of a pre-activation
-#: within rounding of 0 is a discontinuity (``tests/test_meta_upscale.py``).
+#: within rounding of 0 is a discontinuity (``tests/ops/test_meta_upscale.py``).
 TOLERANCES = {
     torch.float64: (1e-10, 1e-10),
     torch.float32: (1e-4, 1e-5),

@@ -198,7 +198,7 @@ def test_test_dataset_reads_scale_lists_with_the_same_grammar(photos):
 
 
 def test_scripts_do_not_import_cli_modules():
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
     for path in scripts.glob("*.py"):
         assert not re.search(r"^\s*(from|import) metasr\.cli\b", path.read_text(), re.M), path
 
