@@ -415,6 +415,7 @@ def _expect_error(argv: list, capsys, code: int, fragment: str) -> None:
     [
         (["--scale", "2.5y"], 2, "bad --scale"),
         (["--scale", "abc"], 2, "bad --scale"),
+        (["--scale", "3.5,2"], 2, "bad --scale"),  # a comma separates scales: write 3.5x2
         (["--scale", "0.5"], 2, "must be >= 1"),
         (["--scale", "2x0.9"], 2, "must be >= 1"),
         (["--size", "10x"], 2, "bad --size"),

@@ -156,9 +156,9 @@ def single_steps(tmp_path_factory, opt_file) -> dict[int, tuple[float, float, fl
 
 
 def test_two_ranks_agree_and_learn(ddp_dir, opt_file):
+    from metasr.checkpoints import load_basicsr_checkpoint
     from metasr.integrations.basicsr import MetaSRTrainDataset
     from metasr.integrations.basicsr.distributed import batch_spec_at, check_replicas_identical
-    from metasr.integrations.checkpoints import load_basicsr_checkpoint
 
     log = (ddp_dir / "first.log").read_text()
     assert "World size (gpu number): 2" in log

@@ -1,6 +1,6 @@
 """The spec: Meta-Upscale written as loops over output pixels. Tiny sizes only.
 
-Every other backend is tested against this file. It follows ``DESIGN.md`` §1 literally::
+Every other backend is tested against this file. It follows ``docs/design.md`` §1 literally::
 
     W(i, j) = Linear2(ReLU(Linear1(pos(i, j))))          # (Cin·k·k·Cout,) per output pixel
     y[n, o, i, j] = Σ_{c,ky,kx} xpad[n, c, i'+ky, j'+kx] · W(i, j)[c, ky, kx, o]
