@@ -16,7 +16,7 @@ import metasr
 from metasr._extras import EXTRAS, MissingDependencyError, require
 from metasr.cli import CLIError, build_parser, device_arg, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------- item 5
