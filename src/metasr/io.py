@@ -36,10 +36,14 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    # Imported where tensors are made: the atomic writer and the header readers serve the
+    # torch-free climate baselines too (`metasr upscale x.nc --baseline ...`).
+    import torch
 
 __all__ = [
     "ARRAY_SUFFIXES",
@@ -753,6 +757,8 @@ def read_image(path: str | os.PathLike, channels: int | None = 3) -> torch.Tenso
             data = _luma(raster)
         else:
             raise ValueError(f"{path}: cannot make {channels} channel(s) of a {have}-channel image")
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
 
 
@@ -765,6 +771,8 @@ def read_array(path: str | os.PathLike) -> torch.Tensor:
     if data_kind(path) != "array":
         raise ValueError(f"{path}: not a .npy array file")
     raster = read_raster(path)
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(raster.data, dtype=np.float32))
 
 

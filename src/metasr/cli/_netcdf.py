@@ -136,12 +136,7 @@ def _refuse_image_options(args: argparse.Namespace) -> None:
 
 def run_upscale_netcdf(args: argparse.Namespace) -> int:
     """``metasr upscale`` on netCDF inputs (see the module docstring)."""
-    import torch
-
     from .. import climate as mc
-    from ..checkpoints import load_model
-    from ..tiling import DEFAULT_OVERLAP
-    from . import device_arg
 
     _refuse_image_options(args)
     if not args.var:
@@ -152,7 +147,6 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
         raise CLIError(f"bad --batch-size {args.batch_size}: must be >= 1")
     if args.tile < 0:
         raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
-    overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
     stats = parse_stats_arg(args.stats) if args.stats is not None else None
     if args.baseline is not None and args.stats is not None:
         raise CLIError("--stats is for a model; a --baseline needs no statistics")
@@ -164,6 +158,14 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     targets = _outputs(files, args.output)
     method: Any = args.baseline
     if method is None:
+        # torch only for a model: a --baseline run never imports it (start-up time).
+        import torch
+
+        from ..checkpoints import load_model
+        from ..tiling import DEFAULT_OVERLAP
+        from . import device_arg
+
+        overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
         device = device_arg(args.device)
         if args.half and device.type != "cuda":
             raise CLIError("--half needs a CUDA device")
