@@ -31,7 +31,6 @@ __all__ = [
     "export_onnx",
     "export_program",
     "format_request",
-    "load_onnx_model",
 ]
 
 #: ONNX opset of exported files (ONNX 1.13+; onnxruntime 1.14+ runs it).
@@ -264,8 +263,3 @@ class OnnxModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, input_size={self.input_size}, request={self.request!r}"
-
-
-def load_onnx_model(path: str | os.PathLike) -> OnnxModel:
-    """:class:`OnnxModel` of a file written by :func:`export_onnx`."""
-    return OnnxModel(path)

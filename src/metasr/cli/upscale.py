@@ -26,14 +26,11 @@ __all__ = ["parse_scale_arg", "parse_size_arg", "register"]
 
 
 def parse_scale_arg(text: str) -> tuple[float, float]:
-    """``--scale``: one scale of :mod:`metasr.data.scales`' grammar (``2.5``, ``3.5x2``).
-
-    ``3.5,2`` is still read as one pair, with a ``FutureWarning`` (write ``3.5x2``).
-    """
+    """``--scale``: one scale of :mod:`metasr.data.scales`' grammar (``2.5``, ``3.5x2``)."""
     from ..data.scales import parse_scale_spec
 
     try:
-        return parse_scale_spec(text, comma_pair=True)
+        return parse_scale_spec(text)
     except ValueError as exc:
         raise CLIError(f"bad --scale: {exc}") from None
 

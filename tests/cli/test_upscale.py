@@ -370,7 +370,7 @@ def test_export_script_round_trip(tmp_path, capsys):
         "meta_edsr", n_resblocks=1, n_feats=8, img_range=1.0, bicubic_residual=True
     )
     torch.save({"params": net.state_dict()}, tmp_path / "net_g_10.pth")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "export_default_model.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "export_default_model.py"
     argv = ["export", "--checkpoint", str(tmp_path / "net_g_10.pth"), "--opt", str(opts), "-o",
             str(tmp_path / "m.safetensors")]  # fmt: skip
     old = sys.argv
@@ -415,6 +415,7 @@ def _expect_error(argv: list, capsys, code: int, fragment: str) -> None:
     [
         (["--scale", "2.5y"], 2, "bad --scale"),
         (["--scale", "abc"], 2, "bad --scale"),
+        (["--scale", "3.5,2"], 2, "bad --scale"),  # a comma separates scales: write 3.5x2
         (["--scale", "0.5"], 2, "must be >= 1"),
         (["--scale", "2x0.9"], 2, "must be >= 1"),
         (["--size", "10x"], 2, "bad --size"),
