@@ -17,7 +17,7 @@ import pytest
 xr = pytest.importorskip("xarray")
 pytest.importorskip("netCDF4")
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _modules_after(code: str, cwd: Path) -> dict:
