@@ -614,11 +614,45 @@ def downscale_dataset(
             enc["_FillValue"] = None  # CF: no missing values in coordinates and bounds
             enc.pop("missing_value", None)
         var.encoding = enc
+    out = _encode_times(out)
     out.attrs = dict(ds.attrs)
     out.attrs.setdefault("Conventions", "CF-1.8")
     done = _history(ds.attrs, how)
     out.attrs["history"] = _history({"history": done}, history) if history else done
     return out
+
+
+def _encode_times(ds: xr.Dataset) -> xr.Dataset:
+    """Decoded times back to numbers in their file's units and calendar, written as given.
+
+    xarray would rewrite the units text (``hours since 2000-01-01 00:00:00`` becomes ``hours
+    since 2000-01-01``) and give a time bounds variable its own ``units``, which CF checkers
+    then compare as text with the coordinate's. Bounds take their coordinate's units (CF 7.1),
+    so they carry none here.
+    """
+    from xarray.coding.times import CFDatetimeCoder
+
+    bounds = {str(v.attrs["bounds"]) for v in ds.variables.values() if "bounds" in v.attrs}
+    for name, var in list(ds.variables.items()):
+        if not (var.dtype.kind == "M" or (var.dtype == object and _is_cftime(var))):
+            continue
+        given = {k: var.encoding[k] for k in ("units", "calendar") if k in var.encoding}
+        encoded = CFDatetimeCoder().encode(var, name=name)
+        encoded.attrs.update(given)
+        if name in bounds:
+            encoded.attrs.pop("units", None)
+            encoded.attrs.pop("calendar", None)
+        encoded.encoding = {k: v for k, v in var.encoding.items() if k in ("dtype", "_FillValue")}
+        if name in ds.coords:
+            ds = ds.assign_coords({name: encoded})
+        else:
+            ds[name] = encoded
+    return ds
+
+
+def _is_cftime(var: Any) -> bool:
+    first = var.values.flat[0] if var.size else None
+    return type(first).__module__.split(".")[0] == "cftime"
 
 
 def _without_references(text: str, dropped: set[str]) -> str:
@@ -659,23 +693,17 @@ def write_dataset(
         raise ValueError(f"{path}: output would overwrite its input; choose another output")
     if path.exists() and not overwrite:
         raise ValueError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
-    encoding = {str(n): dict(v.encoding) for n, v in ds.variables.items()}
-    for n in encoding:
-        ds[n].encoding = {}
 
     def write(tmp: Path) -> None:
+        # Each variable's own .encoding says how it is stored (see downscale_dataset).
         if path.suffix.lower() == ".zarr":
             tmp.unlink()  # a Zarr store is a folder
             # Zarr format 2 with consolidated metadata: what most readers open today.
-            ds.to_zarr(tmp, mode="w-", encoding=encoding, consolidated=True, zarr_format=2)
+            ds.to_zarr(tmp, mode="w-", consolidated=True, zarr_format=2)
         else:
-            ds.to_netcdf(tmp, encoding=encoding)
+            ds.to_netcdf(tmp)
 
-    try:
-        atomic_write(path, write)
-    finally:
-        for n, enc in encoding.items():
-            ds[n].encoding = enc
+    atomic_write(path, write)
     return path
 
 
