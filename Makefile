@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-EXTRAS ?= dev,train,climate,export
+EXTRAS ?= dev,train,climate,export,web
 
-.PHONY: venv test lint bench demo default-model default-v1-model photo-model photos climate-data t2m-model clean
+.PHONY: venv browser test lint bench demo default-model default-v1-model photo-model photos climate-data t2m-model clean
 
 # BasicSR 1.4.2 ships only as a source package whose build imports torch, so it is built
 # against the venv's torch (--no-build-isolation) after torch is installed.
@@ -19,7 +19,18 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: venv
+# Debian's chromium and its WebDriver for the browser test of `metasr serve` (tests/test_serve.py).
+# Installed when missing and apt-get can (root); otherwise that test skips and says why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+		echo "make: could not install chromium; the browser test will skip"; \
+	else echo "make: chromium is missing and cannot be installed here; the browser test will skip"; fi
+
+test: venv browser
 	$(PY) -m pytest -q
 
 lint: venv
