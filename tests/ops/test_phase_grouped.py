@@ -20,7 +20,7 @@ from metasr.ops.meta_upscale.phase_grouped import axis_classes, meta_upscale_gro
 from metasr.ops.meta_upscale.predictor import predictor_params
 from metasr.ops.meta_upscale.tables import phases, restore_order
 from metasr.ops.meta_upscale.torch_chunked import TOLERANCES, _auto_order, meta_upscale_torch
-from test_general_predictor import make as make_predictor
+from tests.ops.test_predictor import make as make_predictor
 
 SCALES = [
     pytest.param({"scale": 2}, id="x2"),
