@@ -63,7 +63,7 @@ def _one_line(err: str) -> str:
 
 @pytest.fixture(scope="module")
 def hr_dir(tmp_path_factory) -> Path:
-    from metasr.data.samples import make_synthetic_images
+    from tools.samples import make_synthetic_images
 
     root = tmp_path_factory.mktemp("hr")
     make_synthetic_images(root, n=1, size=(24, 24), seed=0)
@@ -360,8 +360,8 @@ def test_upscale_alpha_arguments():
 
 def _paired(root: Path, lr_sizes: dict[str, tuple[int, int]], hr: tuple[int, int] = (60, 72)):
     """HR images and, per scale label, LR images of the given sizes (folders ``lr/X{scale}``)."""
-    from metasr.data.samples import make_synthetic_images
-    from metasr.io import write_image
+    from metasr.data.files import write_image
+    from tools.samples import make_synthetic_images
 
     make_synthetic_images(root / "hr", n=2, size=hr, seed=0)
     torch.manual_seed(1)

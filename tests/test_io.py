@@ -8,17 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from metasr.io import (
-    Raster,
-    atomic_write,
-    data_kind,
-    list_files,
-    read_image,
-    read_raster,
-    read_sample,
-    write_image,
-    write_raster,
-)
+from metasr.data.files import data_kind, list_files, read_image, read_sample, write_image
+from metasr.io import Raster, atomic_write, read_raster, write_raster
 
 PIL = pytest.importorskip("PIL", reason="image tests need Pillow")
 png = pytest.importorskip("png", reason="16-bit PNG needs pypng")

@@ -9,9 +9,10 @@ import torch
 from metasr import CoordinateGrid, meta_upscale
 from metasr.archs import MetaEDSR, MetaRDN, MetaSwinIR
 from metasr.archs.bicubic import bicubic_upsample
-from metasr.checkpoints import FieldStats, LoadedModel
+from metasr.checkpoints import LoadedModel
 from metasr.climate import model as mc
 from metasr.climate.grids import regular_grid
+from metasr.climate.stats import FieldStats
 
 TINY = {
     "meta_rdn": (MetaRDN, dict(G0=8, D=2, C=2, G=4, hidden=16)),

@@ -95,7 +95,7 @@ def test_static_predictors() -> None:
 def test_etopo5_every_third_point_is_the_era5_grid() -> None:
     pytest.importorskip("xarray")
     from metasr.climate import grid_of, read_field
-    from metasr.climate.datasets import read_etopo5
+    from metasr.climate.sources import read_etopo5
 
     raw = read_field(ETOPO5, "ROSE")
     assert raw.shape == (2161, 4320)

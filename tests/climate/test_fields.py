@@ -182,7 +182,7 @@ def test_pretrained_checkpoint_gives_its_stats(tmp_path):
     """A continued field model keeps the statistics of the checkpoint it starts from."""
     if importlib.util.find_spec("basicsr") is None:
         pytest.skip("BasicSR is not installed (pip install 'metasr[train]')")
-    from metasr.checkpoints import FieldStats, training_checkpoint_stats
+    from metasr.climate.stats import FieldStats, training_checkpoint_stats
     from metasr.integrations.basicsr.model import _stats_of_options
 
     stats = FieldStats(("tas",), ("K",), (288.2,), (15.6,), "N96")
@@ -262,8 +262,9 @@ def test_training_runs_with_coords_and_saves_stats(trained):
 
 
 def test_trained_checkpoint_upscales_netcdf_with_its_stats(trained, tmp_path):
-    from metasr.checkpoints import checkpoint_stats, load_model
+    from metasr.checkpoints import load_model
     from metasr.cli import main
+    from metasr.climate.stats import checkpoint_stats
 
     root, done = trained
     assert done.returncode == 0, done.stderr[-3000:]
@@ -294,7 +295,8 @@ def test_trained_checkpoint_upscales_netcdf_with_its_stats(trained, tmp_path):
 
 
 def test_t2m_resolves_with_its_stats():
-    from metasr.checkpoints import BUNDLED_MODELS, checkpoint_stats, load_model
+    from metasr.checkpoints import BUNDLED_MODELS, load_model
+    from metasr.climate.stats import checkpoint_stats
     from metasr.weights import T2M_CHECKPOINT
 
     assert "t2m" in BUNDLED_MODELS

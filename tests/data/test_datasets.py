@@ -25,9 +25,9 @@ from metasr.data import (
     parse_scale_list,
     resize_matrix,
 )
-from metasr.data.samples import make_synthetic_images
 from metasr.data.scales import META_SR_SCALES, GridScales
 from metasr.geometry import resolve_output_size
+from tools.samples import make_synthetic_images
 
 
 @pytest.fixture(scope="module")

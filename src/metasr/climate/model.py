@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..checkpoints import FieldStats, LoadedModel, checkpoint_stats
+from ..checkpoints import LoadedModel
 from ..geometry import CoordinateGrid
 from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP, upscale
 from .grids import Grid
-from .stats import check_units
+from .stats import FieldStats, check_units, checkpoint_stats
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -221,7 +221,7 @@ def downscale_with_model(
         loaded: a 1 → 1 channel model.
         target: :class:`Grid`, grid name (``"era5"``, ``"n96"``, ``"HxW"``) or netCDF file.
         stats: normalisation; default the checkpoint's
-            (:func:`metasr.checkpoints.checkpoint_stats`).
+            (:func:`metasr.climate.stats.checkpoint_stats`).
         batch_size, tile, overlap, progress: see :class:`ModelDownscaler`.
         mask_threshold: see :func:`~metasr.climate.io.downscale`.
 

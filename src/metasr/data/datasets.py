@@ -42,8 +42,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..geometry import resolve_output_size
-from ..io import ARRAY_SUFFIXES, IMAGE_SUFFIXES, data_kind, list_files, read_sample
+from ..io import ARRAY_SUFFIXES, IMAGE_SUFFIXES
 from ..metrics import quantize_8bit
+from .files import data_kind, list_files, read_sample
 from .resize import imresize
 from .scales import (
     Scale,
