@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import yaml
 
-from metasr.checkpoints import load_checkpoint, load_model, save_checkpoint
+from metasr.checkpoints import checkpoint_stats, load_checkpoint, load_model, save_checkpoint
 from metasr.climate.grids import named_grid
 from metasr.climate.model import coordinate_grid
-from metasr.climate.stats import STATS_KEY, checkpoint_stats
+from metasr.climate.stats import STATS_KEY
 from metasr.weights import T2M_CHECKPOINT
 
 #: The bundled model must stay small enough to ship in the wheel.

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ._state_dict import clean_state_dict, describe_mismatch, is_state_dict, non_finite_tensors
-from .field_stats import STATS_KEY, stats_from_metadata
+from .field_stats import STATS_KEY, FieldStats, stats_from_metadata
 from .weights import BUNDLED
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "NETWORK_KEY",
     "LoadedModel",
     "build_network",
+    "checkpoint_stats",
     "load_basicsr_checkpoint",
     "load_checkpoint",
     "load_model",
@@ -610,6 +611,8 @@ def _load_onnx(path: Path) -> LoadedModel:
 
     model = OnnxModel(path)
     meta = {"request": model.request, "input_size": "{}x{}".format(*model.input_size)}
+    if STATS_KEY in model.metadata:  # validated like a checkpoint's entry: checkpoint_stats
+        meta[STATS_KEY] = model.metadata[STATS_KEY]
     return LoadedModel(
         model=model,
         name=str(path),
@@ -682,3 +685,13 @@ def load_model(
         set_backend(loaded.model, backend)
     loaded.model.to(device=device, dtype=dtype)
     return loaded
+
+
+def checkpoint_stats(loaded: LoadedModel) -> FieldStats | None:
+    """The normalisation statistics stored with a loaded model, or ``None``.
+
+    Raises:
+        ValueError: the entry is corrupt or counts another number of variables than the
+            network's input channels (already refused by :func:`load_checkpoint`).
+    """
+    return stats_from_metadata(loaded.metadata, loaded.name, loaded.in_channels)

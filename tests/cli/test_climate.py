@@ -11,10 +11,10 @@ import torch
 
 import metasr
 from metasr import climate as mc
-from metasr.checkpoints import load_model, save_checkpoint
+from metasr.checkpoints import checkpoint_stats, load_model, save_checkpoint
 from metasr.cli import main
 from metasr.climate.model import coordinate_grid
-from metasr.climate.stats import FieldStats, add_checkpoint_stats, checkpoint_stats, stats_metadata
+from metasr.climate.stats import FieldStats, add_checkpoint_stats, stats_metadata
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("netCDF4")

@@ -262,9 +262,8 @@ def test_training_runs_with_coords_and_saves_stats(trained):
 
 
 def test_trained_checkpoint_upscales_netcdf_with_its_stats(trained, tmp_path):
-    from metasr.checkpoints import load_model
+    from metasr.checkpoints import checkpoint_stats, load_model
     from metasr.cli import main
-    from metasr.climate.stats import checkpoint_stats
 
     root, done = trained
     assert done.returncode == 0, done.stderr[-3000:]
@@ -295,8 +294,7 @@ def test_trained_checkpoint_upscales_netcdf_with_its_stats(trained, tmp_path):
 
 
 def test_t2m_resolves_with_its_stats():
-    from metasr.checkpoints import BUNDLED_MODELS, load_model
-    from metasr.climate.stats import checkpoint_stats
+    from metasr.checkpoints import BUNDLED_MODELS, checkpoint_stats, load_model
     from metasr.weights import T2M_CHECKPOINT
 
     assert "t2m" in BUNDLED_MODELS

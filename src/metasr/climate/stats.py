@@ -5,7 +5,8 @@ deviation, units, grid) of one variable over every valid point of every leading 
 steps, members…), weighted by cell area, so that statistics computed on one grid describe the
 same field on another (a plain mean over a regular lat/lon grid over-counts the polar rows).
 They are stored in a checkpoint with :func:`stats_metadata` or :func:`add_checkpoint_stats`
-(``metasr climate-stats``), read back with :func:`checkpoint_stats`, and applied by
+(``metasr climate-stats``), read back with :func:`metasr.checkpoints.checkpoint_stats`, and
+applied by
 :func:`metasr.climate.downscale_with_model`.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoints import LoadedModel, load_checkpoint
+from ..checkpoints import load_checkpoint
 from ..field_stats import STATS_KEY, FieldStats, stats_from_metadata, stats_metadata
 from .grids import Grid
 from .metrics import spatial_weights
@@ -31,7 +32,6 @@ __all__ = [
     "FieldStats",
     "add_checkpoint_stats",
     "check_units",
-    "checkpoint_stats",
     "compute_stats",
     "describe_grid",
     "same_units",
@@ -149,16 +149,6 @@ def compute_stats(
 
 # --------------------------------------------------------------------------------------------
 # the statistics stored with a checkpoint
-
-
-def checkpoint_stats(loaded: LoadedModel) -> FieldStats | None:
-    """The normalisation statistics stored with a loaded model, or ``None``.
-
-    Raises:
-        ValueError: the entry is corrupt or counts another number of variables than the
-            network's input channels (already refused by :func:`load_checkpoint`).
-    """
-    return stats_from_metadata(loaded.metadata, loaded.name, loaded.in_channels)
 
 
 def training_checkpoint_stats(path: str | os.PathLike) -> FieldStats | None:
