@@ -156,6 +156,10 @@ def test_one_limit_for_every_reader(tmp_path, monkeypatch):
         assert read_raster(tmp_path / name, max_pixels=12 * 16).shape == (12, 16)
         with pytest.raises(ValueError, match=f"{name}: image of 12x16.*larger than the limit"):
             read_raster(tmp_path / name, max_pixels=12 * 16 - 1)
+    with pytest.raises(TypeError, match="max_pixels must be an integer"):
+        read_raster(tmp_path / "a.png", max_pixels=192.0)
+    with pytest.raises(ValueError, match="max_pixels must be >= 1"):
+        read_raster(tmp_path / "a.png", max_pixels=0)
     # The module-wide default is the same limit.
     monkeypatch.setattr(mio, "MAX_PIXELS", 100)
     with pytest.raises(ValueError, match="limit of 100 pixels"):

@@ -51,6 +51,7 @@ from torch import nn
 
 from ._state_dict import clean_state_dict, describe_mismatch, is_state_dict, non_finite_tensors
 from .field_stats import STATS_KEY, FieldStats, stats_from_metadata
+from .validation import ArgumentTypeError, check_str
 from .weights import BUNDLED
 
 __all__ = [
@@ -134,11 +135,12 @@ def build_network(opt: Mapping[str, Any]) -> nn.Module:
     :func:`metasr.create_model` (:func:`metasr.archs._registry.build_bounded`).
 
     Raises:
+        TypeError: ``opt`` is not a mapping.
         ValueError: no or an unknown ``type``, arguments the constructor refuses (wrong names,
             values or types), or a network too large to build.
     """
     if not isinstance(opt, Mapping):
-        raise ValueError(f"network options must be a mapping, got {type(opt).__name__}")
+        raise ArgumentTypeError(f"network options must be a mapping, got {type(opt).__name__}")
     kwargs = dict(opt)
     name = kwargs.pop("type", None)
     if not isinstance(name, str):
@@ -195,11 +197,13 @@ def set_backend(model: nn.Module, backend: str) -> None:
     ``backend`` attribute is set, so no head is missed whichever way a model stores it.
 
     Raises:
+        TypeError: ``backend`` is not a string.
         ValueError: ``backend`` is neither ``"auto"`` nor a known backend name.
     """
     from .ops.meta_upscale._dispatch import backends
 
     known = list(backends())
+    check_str("backend", backend)
     if backend != "auto" and backend not in known:
         raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(known)}")
     for module in model.modules():
@@ -339,8 +343,9 @@ def save_checkpoint(
         metadata: extra string entries (training notes, source checkpoint, ...).
 
     Raises:
-        ValueError: ``arch`` is not registered, ``kwargs`` is not a JSON-serialisable mapping
-            of argument names, ``arch`` and ``kwargs`` describe another network than ``model``
+        TypeError: ``kwargs`` is not a mapping of argument names.
+        ValueError: ``arch`` is not registered, ``kwargs`` is not JSON-serialisable, ``arch``
+            and ``kwargs`` describe another network than ``model``
             (other names or shapes), or the weights hold NaN or infinity.
     """
     _require_safetensors()
@@ -352,7 +357,7 @@ def save_checkpoint(
 
     entry = model_entry(arch)  # ValueError for an unregistered name
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise ValueError(f"kwargs must be a mapping of argument names, got {kwargs!r}")
+        raise ArgumentTypeError(f"kwargs must be a mapping of argument names, got {kwargs!r}")
     try:
         kwargs_json = json.dumps(dict(kwargs), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -652,10 +657,15 @@ def load_model(
         ValueError: the file is not a model checkpoint, the name is not registered, the
             backend is unknown, ``device`` is not a device of this machine
             (:func:`resolve_device`), or ``dtype`` is not a floating-point dtype.
+        TypeError: ``dtype`` is not a ``torch.dtype``, ``backend`` not a string.
     """
     device = resolve_device(device)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    if not isinstance(dtype, torch.dtype):
+        raise ArgumentTypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if backend is not None:
+        check_str("backend", backend)  # before anything is built; its name is checked there
     spec = str(spec)
     path = Path(spec)
     if spec in BUNDLED_MODELS:

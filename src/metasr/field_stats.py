@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .validation import ArgumentTypeError, is_real
+
 __all__ = ["STATS_KEY", "FieldStats", "stats_from_metadata", "stats_metadata"]
 
 #: Checkpoint metadata entry holding a model's :class:`FieldStats` as JSON.
@@ -38,6 +40,10 @@ class FieldStats:
             ``""`` means unknown (statistics given by hand): no check.
         mean, std: per variable; ``std > 0``, both finite.
         grid: where they were computed (``"145x192 lat -90…90 lon 0…358.125"``), informational.
+
+    Raises:
+        TypeError: names, units or grid that are not strings, means or stds that are not numbers.
+        ValueError: counts that disagree, a non-finite mean or std, std ≤ 0.
     """
 
     variables: tuple[str, ...]
@@ -55,16 +61,20 @@ class FieldStats:
             )
         for name, value in (("variables", self.variables), ("units", self.units)):
             if not all(isinstance(v, str) for v in value):
-                raise ValueError(f"field statistics: {name} must be strings, got {value!r}")
+                raise ArgumentTypeError(f"field statistics: {name} must be strings, got {value!r}")
         for i, (m, s) in enumerate(zip(self.mean, self.std, strict=True)):
-            ok = isinstance(m, (int, float)) and isinstance(s, (int, float))
-            if not ok or not (math.isfinite(m) and math.isfinite(s) and s > 0):
+            if not (is_real(m) and is_real(s)):
+                raise ArgumentTypeError(
+                    f"field statistics of {self.variables[i]!r}: mean {m!r} and std {s!r} must "
+                    "be numbers"
+                )
+            if not (math.isfinite(m) and math.isfinite(s) and s > 0):
                 raise ValueError(
                     f"field statistics of {self.variables[i]!r}: mean {m!r} and std {s!r} must "
                     "be finite numbers with std > 0"
                 )
         if not isinstance(self.grid, str):
-            raise ValueError(f"field statistics: grid must be a string, got {self.grid!r}")
+            raise ArgumentTypeError(f"field statistics: grid must be a string, got {self.grid!r}")
 
     def _per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         """``mean``, ``std`` as ``(channels, 1, 1)`` float64: one variable's statistics serve
@@ -92,17 +102,22 @@ class FieldStats:
         (netCDF, ``.npy``, float TIFF, :func:`metasr.upscale`, ONNX files).
 
         Raises:
+            TypeError: ``values`` is not a numpy array.
             ValueError: see :meth:`_per_channel`; ``values`` not ``(C, h, w)``.
         """
-        if not isinstance(values, np.ndarray) or values.ndim != 3:
-            raise ValueError(f"expected a field (C, h, w), got {getattr(values, 'shape', values)}")
+        if not isinstance(values, np.ndarray):
+            raise ArgumentTypeError(f"expected an array (C, h, w), got {type(values).__name__}")
+        if values.ndim != 3:
+            raise ValueError(f"expected a field (C, h, w), got {values.shape}")
         mean, std = self._per_channel(values.shape[0])
         return ((values - mean) / std).astype(np.float32)
 
     def denormalise(self, values: np.ndarray) -> np.ndarray:
         """The inverse of :meth:`normalise` for a network output ``(C, H, W)``: float64."""
-        if not isinstance(values, np.ndarray) or values.ndim != 3:
-            raise ValueError(f"expected a field (C, H, W), got {getattr(values, 'shape', values)}")
+        if not isinstance(values, np.ndarray):
+            raise ArgumentTypeError(f"expected an array (C, H, W), got {type(values).__name__}")
+        if values.ndim != 3:
+            raise ValueError(f"expected a field (C, H, W), got {values.shape}")
         mean, std = self._per_channel(values.shape[0])
         return values.astype(np.float64) * std + mean
 
@@ -142,19 +157,26 @@ class FieldStats:
             for k in ("mean", "std"):  # bool is an int in Python: not a statistic
                 if isinstance(e[k], bool) or not isinstance(e[k], (int, float)):
                     raise ValueError(f"field statistics: {k} must be a number, got {e[k]!r}")
-        return cls(
-            tuple(e["name"] for e in entries),
-            tuple(e["units"] for e in entries),
-            tuple(float(e["mean"]) for e in entries),
-            tuple(float(e["std"]) for e in entries),
-            body.get("grid", ""),
-        )
+        try:
+            return cls(
+                tuple(e["name"] for e in entries),
+                tuple(e["units"] for e in entries),
+                tuple(float(e["mean"]) for e in entries),
+                tuple(float(e["std"]) for e in entries),
+                body.get("grid", ""),
+            )
+        except TypeError as exc:  # a file holding the wrong thing is bad data, not a bad call
+            raise ValueError(str(exc)) from None
 
 
 def stats_metadata(stats: FieldStats) -> dict[str, str]:
-    """The ``metadata`` entry of :func:`save_checkpoint` that stores ``stats``."""
+    """The ``metadata`` entry of :func:`metasr.checkpoints.save_checkpoint` that stores ``stats``.
+
+    Raises:
+        TypeError: ``stats`` is not a :class:`FieldStats`.
+    """
     if not isinstance(stats, FieldStats):
-        raise ValueError(f"stats must be a FieldStats, got {type(stats).__name__}")
+        raise ArgumentTypeError(f"stats must be a FieldStats, got {type(stats).__name__}")
     return {STATS_KEY: stats.to_json()}
 
 

@@ -39,6 +39,8 @@ from typing import Literal
 
 import numpy as np
 
+from .validation import check_int
+
 __all__ = [
     "ARRAY_SUFFIXES",
     "IMAGE_SUFFIXES",
@@ -169,9 +171,7 @@ def read_raster(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ra
     """
     path = Path(path)
     fmt = format_of(path)
-    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
-    if limit < 1:
-        raise ValueError(f"max_pixels must be >= 1, got {max_pixels!r}")
+    limit = MAX_PIXELS if max_pixels is None else check_int("max_pixels", max_pixels, minimum=1)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if not path.is_file():
@@ -639,9 +639,7 @@ def write_raster(path: str | os.PathLike, raster: Raster, quality: int | None = 
     """
     fmt = check_writable(raster, path)
     if quality is not None:
-        if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
-            raise TypeError(f"quality must be an integer 1..100, got {quality!r}")
-        if not 1 <= quality <= 100:
+        if not 1 <= check_int("quality", quality) <= 100:
             raise ValueError(f"quality must be 1..100, got {quality}")
         if fmt not in ("jpeg", "webp"):
             raise ValueError(f"{path}: quality is for JPEG and WebP; {fmt.upper()} is lossless")

@@ -36,6 +36,9 @@ def test_coarse_size_and_grid_layout() -> None:
     np.testing.assert_allclose(c.lat_bounds[[0, -1]], [90.0, -90.0])
     with pytest.raises(ValueError, match=">= 1"):
         coarse_size((10, 10), 0.5)
+    for bad in ("2", (2, "3"), True, (2, 3, 4)):
+        with pytest.raises(TypeError, match="coarsening ratio"):
+            coarse_size((10, 10), bad)
     with pytest.raises(ValueError, match="at least 2x2"):
         coarse_size((10, 10), 6)
 
