@@ -6,6 +6,9 @@ misplaced row, column or position.
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import torch
 
 ModuleT = torch.nn.Module
@@ -53,3 +56,8 @@ TINY_MODELS: dict[str, dict] = {
         img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16
     ),
 }
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk (length, type, data, CRC), for hand-made PNG files."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
