@@ -24,6 +24,7 @@ venv: $(VENV)/.installed
 # chromium-driver for the browser test of `metasr serve` (tests/cli/test_serve.py).
 test-deps:
 	@dpkg -s libudunits2-0 >/dev/null 2>&1 || apt-get install -y -q libudunits2-0 >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libudunits2-0 >/dev/null 2>&1; } \
 		|| echo "libudunits2-0 not installed: the cfchecks tests will skip"
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -313,7 +313,7 @@ def upscale_photos(
 def _scale_pair(text: str) -> tuple[float, float]:
     from ..data.scales import parse_scale_spec
 
-    return parse_scale_spec(text, comma_pair=True)
+    return parse_scale_spec(text)
 
 
 def _as_cli_line(exc: BaseException, job: Path) -> str:
