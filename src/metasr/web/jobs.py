@@ -311,9 +311,10 @@ def upscale_photos(
 
 
 def _scale_pair(text: str) -> tuple[float, float]:
-    from ..data.scales import parse_scale_spec
+    """``--scale`` text as the CLI reads it (it has accepted ``text`` by now)."""
+    from ..cli.upscale import parse_scale_arg
 
-    return parse_scale_spec(text, comma_pair=True)
+    return parse_scale_arg(text)
 
 
 def _as_cli_line(exc: BaseException, job: Path) -> str:
