@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -92,6 +93,13 @@ def start_serve(
     return proc, url, seconds, lines
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``): start-up cost
+    without the waiting a loaded machine adds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def headless_chromium(downloads: Path, profile: Path, size: tuple[int, int] = (1400, 1000)):
     """Debian's chromium under selenium, headless, downloading into ``downloads``.
 
@@ -157,17 +165,22 @@ def main() -> None:
     import metasr
 
     work = Path(tempfile.mkdtemp(prefix="serve-shots-"))
-    times = []
+    times, cpu = [], []
     for _ in range(max(args.starts - 1, 0)):
         proc, _, seconds, _ = start_serve(work)
         times.append(seconds)
+        cpu.append(cpu_seconds(proc.pid))
         proc.terminate()
         proc.wait(60)
     proc, url, seconds, _ = start_serve(work)
     times.append(seconds)
-    print(f"start-up to ready: {', '.join(f'{t:.1f}' for t in times)} s; "
-          f"median {statistics.median(times):.1f} s")  # fmt: skip
-    driver = headless_chromium(work / "downloads", work / "profile", (1400, 1040))
+    cpu.append(cpu_seconds(proc.pid))
+    print(
+        f"start-up to ready: {', '.join(f'{t:.1f}' for t in times)} s wall, median "
+        f"{statistics.median(times):.1f} s; CPU {', '.join(f'{t:.1f}' for t in cpu)} s, "
+        f"median {statistics.median(cpu):.1f} s; load average {os.getloadavg()[0]:.1f}"
+    )
+    driver = headless_chromium(work / "downloads", work / "profile", (1400, 1200))
     try:
         wait = WebDriverWait(driver, 300)
         driver.get(url)
@@ -184,6 +197,7 @@ def main() -> None:
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#photo-download a[download]"))
         time.sleep(1)
         args.out.mkdir(parents=True, exist_ok=True)
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(args.out / "serve_photos.png"))
         driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Fields')]").click()
         field = synthetic_field(work / "t2m_synthetic.nc")
@@ -197,11 +211,13 @@ def main() -> None:
         driver.find_element(By.ID, "field-run").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#field-download a[download]"))
         time.sleep(1)
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(args.out / "serve_fields.png"))
     finally:
         driver.quit()
         proc.terminate()
         proc.wait(60)
+        shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {args.out / 'serve_photos.png'} and {args.out / 'serve_fields.png'}")
 
 

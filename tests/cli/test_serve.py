@@ -285,3 +285,27 @@ def test_fit_size_keeps_the_aspect_ratio_inside_the_box():
     assert fit_size((100, 50), (300, 300)) == (300, 150)
     assert fit_size((3, 7), (10, 10)) == (4, 10)  # 3·10/7 = 4.29 rounds down: never outside
     assert fit_size((10, 10), (5, 40)) == (5, 5)  # smaller than the image: the CLI refuses it
+
+
+def test_serve_option_mistakes_are_one_line_before_gradio_loads(capsys):
+    import socket
+
+    assert main(["serve", "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "metasr serve: error: bad --port 0: must be 1..65535"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"metasr serve: error: cannot listen on 127.0.0.1:{port}:"), err
+    assert main(["serve", "--model", "no_such.safetensors"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_import_metasr_does_not_import_gradio():
+    import subprocess
+
+    code = "import sys, metasr; print(sorted(m for m in ('gradio', 'fastapi') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

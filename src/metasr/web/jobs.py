@@ -497,7 +497,7 @@ def field_figure(before, after, step: int, path: Path, what: str, method: str) -
     (a, lat_a, lon_a), (b, lat_b, lon_b) = plane(before), plane(after)
     both = np.concatenate([a[np.isfinite(a)], b[np.isfinite(b)]])
     vmin, vmax = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
-    fig = plt.figure(figsize=(11, 3.6), dpi=90)
+    fig = plt.figure(figsize=(11, 3.6), dpi=90, layout="constrained")
     grid = fig.add_gridspec(1, 3, width_ratios=(1, 1, 0.55))
     image = None
     for k, (values, lat, lon, title) in enumerate(
