@@ -6,6 +6,8 @@ Public API::
     up = MetaUpsample(64, 3)
     y = up(features, scale=(2.5, 3.0))      # or scale=3.7, or size=(721, 1440)
 
+    big = metasr.upscale("photo.png", scale=2.5)   # a whole image: PIL/numpy/tensor/path in
+
 ``import metasr`` needs only torch (and numpy); Triton, BasicSR and image libraries load lazily.
 """
 
@@ -34,11 +36,16 @@ __all__ = [
     "meta_upscale",
     "meta_upscale_weights",
     "resolve_output_size",
+    "upscale",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # The model zoo is imported on first use so that `import metasr` stays light.
+    # The model zoo and the one-call API are imported on first use: `import metasr` stays light.
+    if name == "upscale":
+        from .api import upscale
+
+        return upscale
     if name in ("create_model", "list_models", "archs"):
         import importlib
 
