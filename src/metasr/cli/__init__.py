@@ -19,7 +19,16 @@ from collections.abc import Iterator, Sequence
 __all__ = ["DEVICE_HELP", "MODEL_HELP", "CLIError", "device_arg", "main", "one_line"]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
-_SUBCOMMAND_MODULES = ("upscale", "train", "eval", "climate_stats", "bench", "export", "info")
+_SUBCOMMAND_MODULES = (
+    "upscale",
+    "train",
+    "eval",
+    "climate_stats",
+    "bench",
+    "export",
+    "info",
+    "demo",
+)
 
 
 class CLIError(Exception):
