@@ -36,10 +36,14 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    # Imported where tensors are made: the atomic writer and the header readers serve the
+    # torch-free climate baselines too (`metasr upscale x.nc --baseline ...`).
+    import torch
 
 __all__ = [
     "ARRAY_SUFFIXES",
@@ -456,6 +460,9 @@ def _read_npy(path: Path, limit: int) -> Raster:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
+    ``write`` may replace the temporary file by a folder of the same name (a Zarr store): it
+    then replaces ``path`` the same way.
+
     The temporary name (see :func:`is_temporary_name`) keeps the suffix (some writers pick the
     format from it), starts with a dot and is shortened to fit the folder's name length limit.
     On any error, including a ``SIGINT``/``SIGTERM`` turned into an exception, the temporary
@@ -476,12 +483,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         raise _naming(exc, path) from exc
     try:
         write(tmp)
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         if isinstance(exc, OSError):
             raise _naming(exc, path) from exc
         raise
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """``os.replace``, also for a folder (a Zarr store) written in place of the temporary file:
+    an existing ``path`` is moved aside first and removed once ``tmp`` has its name."""
+    if not tmp.is_dir() or not (path.exists() or path.is_symlink()):
+        os.replace(tmp, path)
+        return
+    aside = _create_temporary(path.parent, path)  # a fresh name that is ours
+    aside.unlink()
+    os.replace(path, aside)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(aside, path)  # put the old output back
+        raise
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _naming(exc: OSError, path: Path) -> OSError:
@@ -850,6 +883,8 @@ def read_image(path: str | os.PathLike, channels: int | None = 3) -> torch.Tenso
             data = _luma(raster)
         else:
             raise ValueError(f"{path}: cannot make {channels} channel(s) of a {have}-channel image")
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
 
 
@@ -862,6 +897,8 @@ def read_array(path: str | os.PathLike) -> torch.Tensor:
     if data_kind(path) != "array":
         raise ValueError(f"{path}: not a .npy array file")
     raster = read_raster(path)
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(raster.data, dtype=np.float32))
 
 

@@ -1,4 +1,4 @@
-"""``metasr`` command line: ``metasr upscale|train|test|eval|bench|info``.
+"""``metasr`` command line: ``metasr upscale|train|eval|bench|export|info|serve``.
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the module is imported
 only when the parser is built, and heavy imports happen inside the command itself. User mistakes
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ _SUBCOMMAND_MODULES = (
     "export",
     "info",
     "demo",
+    "serve",
 )
 
 

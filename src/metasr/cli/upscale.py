@@ -84,8 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     batch.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace outputs that exist (default: skip them, with a warning, so that a re-run "
-        "continues an interrupted batch and never replaces a file silently)",
+        help="replace outputs that exist (default: images are skipped, with a warning, so that a "
+        "re-run continues an interrupted batch and never replaces a file silently; an existing "
+        "netCDF/Zarr output is refused)",
     )
     batch.add_argument(
         "--suffix",
@@ -180,7 +181,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or file list")
     nc = p.add_argument_group("netCDF fields (.nc input; needs pip install metasr[climate])")
-    nc.add_argument("--var", metavar="NAME", help="the variable to downscale")
+    nc.add_argument(
+        "--var",
+        metavar="NAME[,NAME...]",
+        help="the variables to downscale (comma-separated; all on one grid, each by the same "
+        "--baseline, or by the model when its statistics' units fit)",
+    )
     nc.add_argument(
         "--baseline",
         choices=("nearest", "bilinear", "bicubic", "conservative"),
@@ -194,6 +200,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     nc.add_argument(
         "--batch-size", type=int, default=8, metavar="N", help="fields per forward pass (8)"
+    )
+    nc.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time steps (first leading dim) read, downscaled and written at a time (default: "
+        "from the free memory); peak memory grows with N, not with the file",
+    )
+    nc.add_argument(
+        "--no-decode-times",
+        action="store_true",
+        help="keep the time axis as raw numbers (done anyway, with a warning, when it cannot be "
+        "decoded)",
     )
     p.set_defaults(func=run)
 

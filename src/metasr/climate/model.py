@@ -28,7 +28,7 @@ from ..checkpoints import FieldStats, LoadedModel, checkpoint_stats
 from ..geometry import CoordinateGrid
 from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP, upscale
-from .grids import Grid
+from .grids import Grid, check_finer
 from .stats import check_units
 
 if TYPE_CHECKING:
@@ -71,16 +71,6 @@ def model_stats(loaded: LoadedModel, stats: FieldStats | None = None) -> FieldSt
             f"({', '.join(chosen.variables)}); a field is one variable"
         )
     return chosen
-
-
-def check_finer(src: Grid, dst: Grid) -> None:
-    """Refuse a target grid coarser than the source on either axis (this is downscaling)."""
-    if dst.shape[0] < src.shape[0] or dst.shape[1] < src.shape[1]:
-        raise ValueError(
-            f"target grid {dst.shape[0]}x{dst.shape[1]} is coarser than the source "
-            f"{src.shape[0]}x{src.shape[1]} on some axis; metasr upscale only refines "
-            "(coarsen with metasr.climate.coarsen)"
-        )
 
 
 def accepts_coords(model: torch.nn.Module) -> bool:
