@@ -29,9 +29,9 @@ OPTIONAL_PACKAGES = {
 EXTRA_PURPOSE = {
     "triton": "fused GPU backend (CUDA)",
     "train": "metasr train/test (BasicSR), figures",
-    "climate": "netCDF/Zarr fields (.nc input and output, lazy dask runs)",
+    "climate": "netCDF fields (.nc input and output)",
     "export": "metasr export, --model file.onnx",
-    "web": "metasr serve (local web app)",
+    "web": "metasr serve (the local web app)",
     "dev": "running the tests",
 }
 

@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         workspace = Workspace(root)
         models = model_choices([os.path.abspath(m) if os.path.isfile(m) else m for m in args.model])
         default = models[len(models) - len(args.model)] if args.model else "default"
-        options = ServeOptions(models, default, args.device, args.max_pixels)
+        device = None if args.device == "auto" else args.device  # None: the CLI's own auto
+        options = ServeOptions(models, default, device, args.max_pixels)
         app = build_server(workspace, options)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
         server = uvicorn.Server(config)
