@@ -47,7 +47,15 @@ from .metrics import (
     zonal_power_spectrum,
 )
 from .pp import PPField, read_pp
-from .regrid import METHODS, apply_downscaler, axis_weights, fill_missing, regrid, regrid_mask
+from .regrid import (
+    METHODS,
+    apply_downscaler,
+    axis_weights,
+    fill_missing,
+    inside_source,
+    regrid,
+    regrid_mask,
+)
 
 if TYPE_CHECKING:
     from .evaluate import (
@@ -119,6 +127,7 @@ __all__ = [
     "evaluate_fields",
     "fill_missing",
     "gaussian_grid",
+    "inside_source",
     "global_mean",
     "grid_of",
     "latitude_band_mask",

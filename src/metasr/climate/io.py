@@ -333,19 +333,26 @@ def grid_of(da: xr.DataArray | xr.Dataset, var: str | None = None) -> Grid:
 
 def resolve_grid(spec: Grid | str | Path) -> Grid:
     """A target grid from a :class:`Grid`, a name (``"era5"``, ``"n96"``, ``"HxW"``) or a
-    netCDF file whose 1-D lat/lon define it."""
+    netCDF file whose 1-D lat/lon define it (with its cell bounds when the file has them)."""
     if isinstance(spec, Grid):
         return spec
     text = str(spec)
     if os.path.exists(text):
         xr = _xarray()
-        with xr.open_dataset(text) as ds:
+        with xr.open_dataset(text, decode_times=False) as ds:
             coords = {str(n): c for n, c in ds.variables.items()}
-            lat = [c for n, c in coords.items() if _kind(n, c) == "lat"]
-            lon = [c for n, c in coords.items() if _kind(n, c) == "lon"]
+            lat = [n for n, c in coords.items() if _kind(n, c) == "lat"]
+            lon = [n for n, c in coords.items() if _kind(n, c) == "lon"]
             if not lat or not lon:
                 raise ValueError(f"{text}: no latitude/longitude coordinates to take a grid from")
-            return Grid.from_coords(lat[0].values, lon[0].values)
+            edges = {}
+            for key, name in (("lat_bounds", lat[0]), ("lon_bounds", lon[0])):
+                bname = ds[name].attrs.get("bounds")
+                if bname is not None and bname in ds.variables and ds[name].ndim == 1:
+                    edges[key] = _edges(
+                        ds[bname].values, ds[name].values, bname, lon=key == "lon_bounds"
+                    )
+            return Grid.from_coords(ds[lat[0]].values, ds[lon[0]].values, **edges)
     return named_grid(text)
 
 
