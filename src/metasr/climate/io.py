@@ -44,13 +44,10 @@ Downscaler = Callable[[np.ndarray, Grid, Grid], np.ndarray]
 
 
 def _xarray() -> Any:
-    try:
-        import xarray
-    except ImportError as exc:
-        raise ImportError(
-            "netCDF input/output needs xarray and netCDF4: pip install metasr[climate]"
-        ) from exc
-    return xarray
+    from .._extras import require
+
+    require("netCDF4", "climate", "netCDF input/output")  # xarray's engine for .nc files
+    return require("xarray", "climate", "netCDF input/output")
 
 
 def _kind(name: str, var: Any) -> str | None:
