@@ -86,25 +86,11 @@ def make_inputs(data: Path, work: Path, counts: list[int]) -> dict[int, Path]:
 
 def make_target(work: Path) -> Path:
     """The ERA5 grid with metasr's cell bounds, as a CDO target (the same cells for both)."""
-    import xarray as xr
-
-    from metasr.climate import named_grid
+    from metasr.climate import grid_dataset, named_grid
 
     path = work / "era5_target.nc"
-    if path.exists():
-        return path
-    g = named_grid("era5")
-    xr.Dataset(
-        {
-            "lat_bnds": (("lat", "bnds"), np.stack([g.lat_bounds[:-1], g.lat_bounds[1:]], -1)),
-            "lon_bnds": (("lon", "bnds"), np.stack([g.lon_bounds[:-1], g.lon_bounds[1:]], -1)),
-            "mask": (("lat", "lon"), np.ones(g.shape, np.float32)),
-        },
-        coords={
-            "lat": ("lat", g.lat, {"units": "degrees_north", "bounds": "lat_bnds"}),
-            "lon": ("lon", g.lon, {"units": "degrees_east", "bounds": "lon_bnds"}),
-        },
-    ).to_netcdf(path)
+    if not path.exists():
+        grid_dataset(named_grid("era5")).to_netcdf(path)
     return path
 
 
@@ -145,6 +131,12 @@ def metasr_cmd(src: Path, out: Path, *how: str) -> list[str]:
             "--target-grid", "era5", "-o", str(out), "-q", *how]  # fmt: skip
 
 
+def _first_line(cmd: list[str]) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
 def median_of(runs: list[dict]) -> dict[str, float]:
     return {
         "wall_s": statistics.median(r["wall_s"] for r in runs),
@@ -177,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),  # fmt: skip
-        "cdo": subprocess.run([cdo, "-V"], capture_output=True, text=True).stderr.splitlines()[0],
+        "cdo": _first_line([cdo, "-V"]),
         "machine": f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start",
     }
     src = inputs[args.fields]

@@ -103,17 +103,7 @@ def test_conservative_equals_cdo_remapcon_with_gaussian_bounds(tmp_path):
     src, _ = gaussian_file(tmp_path / "in.nc")
     dst = mc.named_grid("37x72")
     target = tmp_path / "target.nc"
-    xr.Dataset(
-        {
-            "lat_bnds": (("lat", "bnds"), np.stack([dst.lat_bounds[:-1], dst.lat_bounds[1:]], -1)),
-            "lon_bnds": (("lon", "bnds"), np.stack([dst.lon_bounds[:-1], dst.lon_bounds[1:]], -1)),
-            "mask": (("lat", "lon"), np.ones(dst.shape, np.float32)),
-        },
-        coords={
-            "lat": ("lat", dst.lat, {"units": "degrees_north", "bounds": "lat_bnds"}),
-            "lon": ("lon", dst.lon, {"units": "degrees_east", "bounds": "lon_bnds"}),
-        },
-    ).to_netcdf(target)
+    mc.grid_dataset(dst).to_netcdf(target)
     cdo_out = tmp_path / "cdo.nc"
     subprocess.run(
         ["cdo", "-s", f"remapcon,{target}", str(src), str(cdo_out)], check=True, timeout=120

@@ -679,6 +679,36 @@ def _is_bounds(ds: xr.Dataset, name: str) -> bool:
     return any(v.attrs.get("bounds") == name for v in ds.variables.values())
 
 
+def grid_dataset(grid: Grid) -> xr.Dataset:
+    """A grid as a CF Dataset: ``lat``/``lon`` with their bounds and the cell areas (m²).
+
+    Written to netCDF it is a target grid file for ``--target-grid FILE`` and for CDO's
+    ``remapbil,FILE``/``remapcon,FILE`` (the same cells for both).
+    """
+    xr = _xarray()
+    return xr.Dataset(
+        {
+            "lat_bnds": (
+                ("lat", "bnds"),
+                np.stack([grid.lat_bounds[:-1], grid.lat_bounds[1:]], -1),
+            ),
+            "lon_bnds": (
+                ("lon", "bnds"),
+                np.stack([grid.lon_bounds[:-1], grid.lon_bounds[1:]], -1),
+            ),
+            "cell_area": (
+                ("lat", "lon"),
+                grid.cell_areas(),
+                {"standard_name": "cell_area", "units": "m2"},
+            ),
+        },
+        coords={
+            "lat": ("lat", grid.lat, {**_coord_attrs("lat"), "bounds": "lat_bnds"}),
+            "lon": ("lon", grid.lon, {**_coord_attrs("lon"), "bounds": "lon_bnds"}),
+        },
+    )
+
+
 def write_dataset(
     ds: xr.Dataset, path: str | Path, *, overwrite: bool = False, sources: Sequence[Path] = ()
 ) -> Path:
