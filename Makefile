@@ -7,6 +7,13 @@ EXTRAS ?= dev,train,climate,export,web
 
 .PHONY: venv test test-deps lint bench demo default-model default-v1-model photo-model photos climate-data t2m-model clean
 
+# metasr and its core dependencies only: all `make demo` needs.
+$(VENV)/.core: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet setuptools wheel
+	$(PIP) install --quiet -e .
+	touch $@
+
 # BasicSR 1.4.2 ships only as a source package whose build imports torch, so it is built
 # against the venv's torch (--no-build-isolation) after torch is installed.
 $(VENV)/.installed: pyproject.toml
@@ -24,6 +31,7 @@ venv: $(VENV)/.installed
 # chromium-driver for the browser test of `metasr serve` (tests/cli/test_serve.py).
 test-deps:
 	@dpkg -s libudunits2-0 >/dev/null 2>&1 || apt-get install -y -q libudunits2-0 >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libudunits2-0 >/dev/null 2>&1; } \
 		|| echo "libudunits2-0 not installed: the cfchecks tests will skip"
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -43,8 +51,8 @@ lint: venv
 bench: venv
 	$(VENV)/bin/metasr bench --config div2k-x4,seed-t2m,train-b16
 
-demo: venv
-	$(PY) scripts/demo.py --out demo_out
+demo: $(VENV)/.core
+	$(VENV)/bin/metasr demo --out demo_out
 
 # The first default model (default-v1) from scratch (CPU, ~30-60 min on 2 cores), exported into
 # the package as default_v1.safetensors, with its PSNR against bicubic on the held-out photos.

@@ -54,6 +54,8 @@ __all__ = [
     "is_temporary_name",
     "missing_reason",
     "read_raster",
+    "raster_from_pillow",
+    "raster_to_pillow",
     "write_raster",
 ]
 
@@ -237,7 +239,6 @@ def _image(samples: np.ndarray, alpha_last: bool, path: Path) -> Raster:
 
 def _read_pillow(path: Path, limit: int) -> Raster:
     Image = _require("PIL.Image", "Pillow", f"reading {path.suffix} files")
-    from PIL import ImageOps
 
     # Pillow has its own bomb guard (a warning above MAX_IMAGE_PIXELS, an error above twice
     # that), checked inside Image.open. Align it with ours so that the one limit decides: files
@@ -261,34 +262,52 @@ def _read_pillow(path: Path, limit: int) -> Raster:
             )
             raise ValueError(_several_images(path, what, frames, "frames"))
         im.load()
-        icc = im.info.get("icc_profile") or None
-        # Cameras store rotation in EXIF: apply it to the pixels now (the EXIF written back
-        # says "upright", so no viewer turns the result a second time).
-        im = ImageOps.exif_transpose(im)
-        exif = _upright_exif(im)
-        mode = im.mode
-        if mode == "P":
-            mode = "RGBA" if "transparency" in im.info else "RGB"
-        elif mode == "PA":
-            mode = "RGBA"
-        elif mode == "1":
-            mode = "L"
-        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            mode = "RGB"
-        elif mode in ("I;16", "I;16B", "I;16L"):
-            return _image(np.asarray(im, dtype=np.uint16), False, path)
-        elif mode in ("I", "F"):
-            # 32-bit samples have no white level to divide by (65535 is only right for 16-bit).
-            raise ValueError(
-                f"{path}: unsupported image mode {im.mode!r} (32-bit samples); "
-                "store 8- or 16-bit images, or the values as .npy"
-            )
-        elif mode not in ("L", "LA", "RGB", "RGBA"):
-            raise ValueError(f"{path}: unsupported image mode {im.mode!r}")
-        if mode != im.mode:
-            im = im.convert(mode)
-        raster = _image(np.asarray(im), alpha_last=mode in ("LA", "RGBA"), path=path)
+        return raster_from_pillow(im, str(path))
+
+
+def raster_from_pillow(im, name: str = "image") -> Raster:
+    """A ``PIL.Image`` as an image :class:`Raster` (what :func:`read_raster` gives for its file).
+
+    Palette, bilevel, CMYK, YCbCr, LAB and HSV images become gray or RGB(A); 16-bit gray stays
+    16-bit; the EXIF orientation is applied to the pixels and the ICC profile and EXIF kept
+    (:class:`Raster`).
+
+    Raises:
+        ValueError: a mode without a white level (32-bit ``I``/``F``) or another unsupported
+            mode; ``name`` starts the message.
+    """
+    from PIL import ImageOps
+
+    path = name  # for the messages
+    icc = im.info.get("icc_profile") or None
+    # Cameras store rotation in EXIF: apply it to the pixels now (the EXIF written back
+    # says "upright", so no viewer turns the result a second time).
+    im = ImageOps.exif_transpose(im)
+    exif = _upright_exif(im)
+    mode = im.mode
+    if mode == "P":
+        mode = "RGBA" if "transparency" in im.info else "RGB"
+    elif mode == "PA":
+        mode = "RGBA"
+    elif mode == "1":
+        mode = "L"
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        mode = "RGB"
+    elif mode in ("I;16", "I;16B", "I;16L"):
+        raster = _image(np.asarray(im, dtype=np.uint16), False, path)
         return replace(raster, icc_profile=icc, exif=exif)
+    elif mode in ("I", "F"):
+        # 32-bit samples have no white level to divide by (65535 is only right for 16-bit).
+        raise ValueError(
+            f"{path}: unsupported image mode {im.mode!r} (32-bit samples); "
+            "store 8- or 16-bit images, or the values as .npy"
+        )
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        raise ValueError(f"{path}: unsupported image mode {im.mode!r}")
+    if mode != im.mode:
+        im = im.convert(mode)
+    raster = _image(np.asarray(im), alpha_last=mode in ("LA", "RGBA"), path=path)
+    return replace(raster, icc_profile=icc, exif=exif)
 
 
 #: EXIF tag of the orientation (1: upright).
@@ -712,12 +731,11 @@ def write_raster(path: str | os.PathLike, raster: Raster, quality: int | None = 
 
         atomic_write(path, write)
     else:
-        Image = _require("PIL.Image", "Pillow", f"writing {Path(path).suffix} files")
         if channels not in (1, 2, 3, 4):
             raise ValueError(
                 f"{path}: {fmt.upper()} stores 1 to 4 samples per pixel, not {channels}"
             )
-        im = Image.fromarray(samples[:, :, 0] if channels == 1 else samples)
+        im = _pillow(samples, f"writing {Path(path).suffix} files")
         options = {
             "png": {"optimize": False},
             "bmp": {},
@@ -732,6 +750,40 @@ def write_raster(path: str | os.PathLike, raster: Raster, quality: int | None = 
             if raster.exif:
                 options["exif"] = raster.exif
         atomic_write(path, lambda tmp: im.save(tmp, format=fmt.upper(), **options))
+
+
+def _pillow(samples: np.ndarray, purpose: str):
+    """``(H, W, C)`` samples (C = 1..4, uint8; or one uint16 channel) as a ``PIL.Image``."""
+    Image = _require("PIL.Image", "Pillow", purpose)
+    return Image.fromarray(samples[:, :, 0] if samples.shape[2] == 1 else samples)
+
+
+def raster_to_pillow(raster: Raster):
+    """An image :class:`Raster` as a ``PIL.Image`` (the inverse of :func:`raster_from_pillow`):
+    ``L``, ``LA``, ``RGB``, ``RGBA`` for 8-bit, ``I;16`` for 16-bit gray; the ICC profile and
+    EXIF in ``im.info``.
+
+    Raises:
+        ValueError: a field, more than 4 samples per pixel, or 16-bit colour or alpha (Pillow
+            has no such mode; keep those as arrays).
+    """
+    if raster.kind != "image":
+        raise ValueError("a field has no PIL form; keep it as an array")
+    samples = _quantise(raster.data, raster.dtype).transpose(1, 2, 0)
+    if raster.alpha is not None:
+        samples = np.concatenate([samples, _quantise(raster.alpha, raster.dtype)[:, :, None]], -1)
+    channels = samples.shape[2]
+    if channels > 4 or (raster.dtype == np.uint16 and channels != 1):
+        raise ValueError(
+            f"PIL has no image mode for {channels} {np.dtype(raster.dtype).itemsize * 8}-bit "
+            "samples per pixel; keep the image as an array"
+        )
+    im = _pillow(np.ascontiguousarray(samples), "PIL images")
+    if raster.icc_profile:
+        im.info["icc_profile"] = raster.icc_profile
+    if raster.exif:
+        im.info["exif"] = raster.exif
+    return im
 
 
 def missing_reason(path: Path) -> str:

@@ -28,6 +28,7 @@ _SUBCOMMAND_MODULES = (
     "bench",
     "export",
     "info",
+    "demo",
     "serve",
 )
 
