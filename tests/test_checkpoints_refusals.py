@@ -23,10 +23,10 @@ import pytest
 import torch
 
 import metasr
+from helpers import run_cli, single_line
 from metasr import checkpoints
 from metasr.archs import _registry
 from metasr.checkpoints import build_network, load_model, resolve_device, save_checkpoint
-from metasr.cli import main
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
@@ -45,19 +45,6 @@ def _crafted(path: Path, arch: str, kwargs_json: str) -> Path:
             "kwargs": kwargs_json}  # fmt: skip
     safetensors_torch.save_file(state, str(path), metadata=meta)
     return path
-
-
-def _run(capsys, *args: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +78,9 @@ def test_crafted_kwargs_metadata_is_one_value_error(tmp_path, kwargs_json, fragm
 
 def test_crafted_kwargs_metadata_in_the_cli(tmp_path, hr_dir, capsys):
     path = _crafted(tmp_path / "m.safetensors", "meta_edsr", "[1, 2]")
-    code, _, err = _run(capsys, "eval", "--model", path, "--data", hr_dir, "--scales", "2")
+    code, _, err = run_cli(capsys, "eval", "--model", path, "--data", hr_dir, "--scales", "2")
     assert code == 1
-    assert "must be a JSON object" in _one_line(err)
+    assert "must be a JSON object" in single_line(err)
 
 
 # Run under a 3 GiB data limit: an allocation of the requested size would fail (MemoryError /
@@ -127,7 +114,7 @@ def test_huge_network_in_metadata_is_refused_before_allocating(tmp_path, hr_dir,
     )  # fmt: skip
     elapsed = time.monotonic() - start
     assert run.returncode == 1, run.stderr[-2000:]
-    line = _one_line(run.stderr)
+    line = single_line(run.stderr)
     assert "cannot build meta_edsr from its metadata" in line and fragment in line, line
     assert "refused before building it" in line
     assert elapsed < 60
@@ -165,12 +152,12 @@ def test_weights_of_another_architecture_are_one_short_line(tmp_path, hr_dir, ca
     torch.save({"params": rdn.state_dict()}, tmp_path / "net_g_5000.pth")
     opt = tmp_path / "edsr.yml"
     opt.write_text("network_g: {type: MetaEDSR, n_resblocks: 1, n_feats: 8, hidden: 16}\n")
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "eval", "--model", tmp_path / "net_g_5000.pth", "--opt", opt, "--data", hr_dir,
         "--scales", "2",
     )  # fmt: skip
     assert code == 1
-    line = _one_line(err)
+    line = single_line(err)
     assert "the weights do not fit MetaEDSR" in line
     edsr_keys, rdn_keys = set(_tiny_edsr().state_dict()), set(rdn.state_dict())
     assert f"{len(edsr_keys - rdn_keys)} missing (" in line

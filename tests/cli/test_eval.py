@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from metasr.cli import main
+from helpers import run_cli, single_line
 from tools.samples import make_synthetic_images
 
 
@@ -17,27 +17,16 @@ def hr_dir(tmp_path_factory) -> Path:
     return root
 
 
-def _run(capsys, *args: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("device", "fragment"),
     [("tpu", "--device: unknown device 'tpu'"), ("cuda:99", "--device: device 'cuda:99'")],
 )
 def test_eval_device_is_checked_first(hr_dir, capsys, monkeypatch, device, fragment):
     monkeypatch.setattr("metasr.checkpoints.load_model", _must_not_run)
-    code, _, err = _run(capsys, "eval", "--model", "default", "--data", hr_dir, "--device", device)
-    assert code == 2 and fragment in _one_line(err)
+    code, _, err = run_cli(
+        capsys, "eval", "--model", "default", "--data", hr_dir, "--device", device
+    )
+    assert code == 2 and fragment in single_line(err)
 
 
 def _must_not_run(*args, **kwargs):
@@ -54,7 +43,7 @@ def test_eval_outputs_are_checked_before_the_evaluation(tmp_path, hr_dir, capsys
     (tmp_path / "folder").mkdir()
     (tmp_path / "file.txt").write_text("x")
     base = ["eval", "--model", "bicubic", "--data", hr_dir, "--scales", "2"]
-    code, _, err = _run(capsys, *base, flag, tmp_path / "folder")
-    assert code == 2 and "is a folder; give a file name" in _one_line(err)
-    code, _, err = _run(capsys, *base, flag, tmp_path / "file.txt" / "sub" / "r.out")
-    assert code == 2 and "file.txt is a file, not a folder" in _one_line(err)
+    code, _, err = run_cli(capsys, *base, flag, tmp_path / "folder")
+    assert code == 2 and "is a folder; give a file name" in single_line(err)
+    code, _, err = run_cli(capsys, *base, flag, tmp_path / "file.txt" / "sub" / "r.out")
+    assert code == 2 and "file.txt is a file, not a folder" in single_line(err)
