@@ -47,15 +47,6 @@ def _crafted(path: Path, arch: str, kwargs_json: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def hr_dir(tmp_path_factory) -> Path:
-    from tools.samples import make_synthetic_images
-
-    root = tmp_path_factory.mktemp("hr")
-    make_synthetic_images(root, n=1, size=(24, 24), seed=0)
-    return root
-
-
 # ------------------------------------------------------------------- item 7: crafted metadata
 
 

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from helpers import run_cli, single_line
-from tools.samples import make_synthetic_images
-
-
-@pytest.fixture(scope="module")
-def hr_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hr")
-    make_synthetic_images(root, n=1, size=(24, 24), seed=0)
-    return root
 
 
 @pytest.mark.parametrize(
