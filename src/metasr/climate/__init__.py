@@ -11,7 +11,8 @@
 * :mod:`~metasr.climate.pp`: a numpy reader for unpacked UM PP files.
 * :mod:`~metasr.climate.io`: netCDF as ``xarray.DataArray`` (needs ``pip install metasr[climate]``;
   xarray is imported only when these functions are called).
-* :mod:`~metasr.climate.datasets`: ``make climate-data`` (relief and GloSea4 temperatures).
+* :mod:`~metasr.climate.sources`: readers of what ``make climate-data`` fetches (ETOPO5 relief,
+  GloSea4 temperatures).
 * :mod:`~metasr.climate.stats`: per-variable normalisation statistics (:class:`FieldStats`).
 * :mod:`~metasr.climate.model`: :func:`downscale_with_model`, a loaded network on fields
   (normalise → model → de-normalise, batched, fill-and-remask).
