@@ -278,6 +278,21 @@ def test_json_endpoints_match_the_cli_and_refuse_on_the_header(server, data, tmp
          "conservative", "-o", str(ref), "-q")  # fmt: skip
     (tmp_path / "got.nc").write_bytes(r.content)
     _same_netcdf(tmp_path / "got.nc", ref)
+    # The target grid from an uploaded file's lat/lon.
+    shots.synthetic_field(data / "grid.nc", 15, 20)
+    with open(data / "t2m.nc", "rb") as f, open(data / "grid.nc", "rb") as g:
+        r = httpx.post(
+            f"{server}/api/downscale",
+            files={"file": ("t2m.nc", f), "grid_file": ("grid.nc", g)},
+            data={"var": "t2m", "baseline": "bilinear"},
+            timeout=WAIT_S,
+        )
+    assert r.status_code == 200, r.text
+    ref = tmp_path / "t2m_grid.nc"
+    _cli(data, "upscale", "t2m.nc", "--var", "t2m", "--target-grid", "grid.nc", "--baseline",
+         "bilinear", "-o", str(ref), "-q")  # fmt: skip
+    (tmp_path / "got_grid.nc").write_bytes(r.content)
+    _same_netcdf(tmp_path / "got_grid.nc", ref)
 
 
 def test_fit_size_keeps_the_aspect_ratio_inside_the_box():
