@@ -27,7 +27,7 @@ from ...geometry import Geometry
 from .im2col import meta_upscale_im2col
 from .params import LinearHeadParams, MLPParams, ModuleParams, PredictorParams, features_first_z
 from .tables import as_float, as_index, phases
-from .torch_chunked import _auto_order, _per_phase
+from .torch_chunked import _base_order, _per_phase
 
 __all__ = ["meta_upscale_static"]
 
@@ -45,8 +45,9 @@ def meta_upscale_static(x: torch.Tensor, params: PredictorParams, geom: Geometry
     """
     row_first, row_phase = phases(geom.row_off)
     col_first, col_phase = phases(geom.col_off)
-    # The same choice as the eager torch backend's order "auto".
-    order = _auto_order(params, geom, len(row_first), len(col_first))
+    # The eager torch backend's choice without the phase-grouped order (a loop of custom
+    # autograd calls, no static graph): per phase where it would take per phase.
+    order = _base_order(params, geom, len(row_first), len(col_first))
     if order == "per_phase":
         return _per_phase(x, params, geom, row_first, row_phase, col_first, col_phase)
     if isinstance(params, ModuleParams):
