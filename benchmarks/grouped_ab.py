@@ -41,7 +41,9 @@ CASES = [
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--only", nargs="+", help="run only the cases whose names are given")
     args = p.parse_args()
+    cases = [c for c in CASES if not args.only or c[0] in args.only]
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     torch.manual_seed(0)
     phi = metasr.Pos2Weight(64, 3, 3)
@@ -64,7 +66,7 @@ def main() -> int:
     off = mock.patch.object(torch_chunked, "prefer_grouped", lambda *a, **k: False)
     times: dict[tuple[str, str], list[float]] = {}
     px: dict[str, int] = {}
-    for name, kind, shape, scale, train in CASES:
+    for name, kind, shape, scale, train in cases:
         for variant in ("without", "with"):  # warm-up
             with off if variant == "without" else contextlib.nullcontext():
                 px[name] = run(kind, shape, scale, train)
@@ -78,7 +80,7 @@ def main() -> int:
     print(f"{torch.get_num_threads()} threads, median of {args.repeat} interleaved runs")
     print("| case | without (today's choice) ms | with ms | speed-up | with: ns/px | vs ×4 |")
     print("|---|---|---|---|---|---|")
-    for name, *_ in CASES:
+    for name, *_ in cases:
         a = statistics.median(times[(name, "without")]) * 1e3
         b = statistics.median(times[(name, "with")]) * 1e3
         ns = b * 1e6 / px[name]
