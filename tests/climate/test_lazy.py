@@ -145,7 +145,8 @@ def test_default_chunk_follows_the_memory_limit(monkeypatch):
 def test_downscale_with_model_is_lazy_and_equal_for_dask_input(tmp_path: Path):
     torch = pytest.importorskip("torch")
     import metasr
-    from metasr.checkpoints import FieldStats, load_model, save_checkpoint, stats_metadata
+    from metasr.checkpoints import load_model, save_checkpoint
+    from metasr.climate.stats import FieldStats, stats_metadata
 
     torch.manual_seed(0)
     kw = {"in_channels": 1, "out_channels": 1, "n_resblocks": 1, "n_feats": 8}

@@ -12,7 +12,8 @@
 * :mod:`~metasr.climate.io`: netCDF as ``xarray.DataArray``, and whole files lazily
   (``open_fields`` → ``downscale_dataset`` → ``write_dataset``: dask chunks, CF metadata kept,
   netCDF or Zarr); needs ``pip install metasr[climate]`` (imported only when called).
-* :mod:`~metasr.climate.datasets`: ``make climate-data`` (relief and GloSea4 temperatures).
+* :mod:`~metasr.climate.sources`: readers of what ``make climate-data`` fetches (ETOPO5 relief,
+  GloSea4 temperatures).
 * :mod:`~metasr.climate.stats`: per-variable normalisation statistics (:class:`FieldStats`).
 * :mod:`~metasr.climate.model`: :func:`downscale_with_model`, a loaded network on fields
   (normalise → model → de-normalise, batched, fill-and-remask).

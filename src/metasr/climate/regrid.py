@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..validation import ArgumentTypeError
 from .grids import Grid
 
 METHODS = ("nearest", "bilinear", "bicubic", "conservative")
@@ -131,6 +132,14 @@ def grid_key(grid: Grid) -> bytes:
     )
 
 
+def _check_method(method: object) -> None:
+    """Refuse a ``method`` that is not a string (TypeError) or not one of :data:`METHODS`."""
+    if not isinstance(method, str):
+        raise ArgumentTypeError(f"regridding method must be a string, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown regridding method {method!r}; choose from {METHODS}")
+
+
 def axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.ndarray]:
     """The two 1-D weight matrices of a regridding (computed once per grids and method).
 
@@ -144,8 +153,7 @@ def axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.ndar
         rows sum to 1; for ``"conservative"`` they hold overlap lengths (in sin latitude and in
         degrees of longitude) and :func:`regrid` divides by the covered area.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown regridding method {method!r}; choose from {METHODS}")
+    _check_method(method)
     key = (grid_key(src), grid_key(dst), method)
     if key in _WEIGHTS:
         _WEIGHTS.move_to_end(key)
@@ -217,10 +225,10 @@ def regrid(field: Any, src: Grid, dst: Grid, method: str = "conservative") -> An
         and device for a tensor.
 
     Raises:
+        TypeError: ``method`` is not a string.
         ValueError: unknown method, shape not matching ``src``, or an all-NaN field.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown regridding method {method!r}; choose from {METHODS}")
+    _check_method(method)
     tensor = _tensor_info(field)
     x = np.asarray(field.detach().cpu().double().numpy() if tensor else field, dtype=np.float64)
     check_field(x, src)
