@@ -54,7 +54,6 @@ def ensure_cdo() -> str:
 def make_inputs(data: Path, work: Path, counts: list[int]) -> dict[int, Path]:
     """``n96_N.nc`` for every count: the GloSea4 fields repeated to N time steps."""
     import xarray as xr
-
     from metasr.climate.datasets import read_glosea4
 
     g = read_glosea4(data / "glosea4")
