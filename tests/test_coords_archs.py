@@ -75,7 +75,7 @@ def test_coords_pole_rows_follow_latitude(name: str) -> None:
         np.arange(8) * 45.0,
         np.linspace(90, -90, 25),
         np.arange(16) * 22.5,
-        wrap_lon=False,
+        periodic_lon=False,
     )
     with torch.no_grad():
         a = net(x, coords=c)
@@ -120,7 +120,7 @@ def test_model_downscaler_passes_coords() -> None:
     assert out.shape == (3, 25, 16)
     assert len(seen) == 2
     c = seen[0]["coords"]
-    assert isinstance(c, CoordinateGrid) and c.wrap_lon is src.periodic
+    assert isinstance(c, CoordinateGrid) and c.periodic_lon is src.periodic
     assert np.allclose(c.dst_lat, dst.lat) and np.allclose(c.src_lon, src.lon)
     # Tiled runs keep the coordinates (each tile gets them and its region).
     seen.clear()

@@ -21,7 +21,7 @@ from metasr.cli import main
 from metasr.data import ArbitraryScaleTestDataset, bicubic_pair, imresize, lq_size_for
 from metasr.evaluate import LQSize, as_upscaler, evaluate, score, summarize
 
-meta_upscale_pkg = importlib.import_module("metasr.ops.meta_upscale")  # the package
+meta_upscale_pkg = importlib.import_module("metasr.ops.meta_upscale.planning")  # where chosen
 
 pytest.importorskip("PIL")
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .geometry import CoordinateGrid, build_geometry, resolve_output_size
+from .geometry import CoordinateGrid, UpscaleRequest, build_geometry, resolve_output_size
 from .modules import MetaUpsample, Pos2Weight
-from .ops.meta_upscale import meta_upscale
-from .ops.meta_upscale._dispatch import BackendUnavailableError, backends
+from .ops.meta_upscale import UpscalePlan, meta_upscale, plan
+from .ops.meta_upscale.dispatch import BackendUnavailableError, backends
 from .ops.meta_upscale.weights import meta_upscale_weights
 
 __version__ = "0.1.0"
@@ -26,6 +26,8 @@ __all__ = [
     "CoordinateGrid",
     "MetaUpsample",
     "Pos2Weight",
+    "UpscalePlan",
+    "UpscaleRequest",
     "__version__",
     "backends",
     "build_geometry",
@@ -33,6 +35,7 @@ __all__ = [
     "list_models",
     "meta_upscale",
     "meta_upscale_weights",
+    "plan",
     "resolve_output_size",
 ]
 

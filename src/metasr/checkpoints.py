@@ -202,7 +202,7 @@ def set_backend(model: nn.Module, backend: str) -> None:
     Raises:
         ValueError: ``backend`` is neither ``"auto"`` nor a known backend name.
     """
-    from .ops.meta_upscale._dispatch import backends
+    from .ops.meta_upscale.dispatch import backends
 
     known = list(backends())
     if backend != "auto" and backend not in known:

@@ -8,9 +8,18 @@ import numbers
 import torch
 from torch import nn
 
-from .geometry import POS_ENCODINGS, Arithmetic, CoordinateGrid, Region
-from .ops.meta_upscale import meta_upscale
-from .ops.meta_upscale._dispatch import check_backend_name
+from .geometry import (
+    POS_ENCODINGS,
+    Arithmetic,
+    CoordinateGrid,
+    Region,
+    UpscaleRequest,
+    check_arithmetic,
+    check_periodic_lon,
+    check_pos_encoding,
+)
+from .ops.meta_upscale import UpscalePlan, meta_upscale, plan
+from .ops.meta_upscale.dispatch import check_backend_name
 
 __all__ = [
     "ACTIVATIONS",
@@ -182,10 +191,7 @@ class Pos2Weight(nn.Module):
         ):
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
         kernel_size = int(kernel_size)
-        if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
-            raise ValueError(
-                f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
-            )
+        check_pos_encoding(pos_encoding)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -295,13 +301,25 @@ class MetaUpsample(nn.Module):
             ),
         )
         check_backend_name(backend)
-        if not isinstance(arithmetic, str) or arithmetic not in ("exact", "official"):
-            raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
         self.backend = backend
-        self.arithmetic = arithmetic
-        if not isinstance(periodic_lon, bool):
-            raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
-        self.periodic_lon = periodic_lon
+        self.arithmetic = check_arithmetic(arithmetic)
+        self.periodic_lon = check_periodic_lon(periodic_lon)
+
+    def request(
+        self,
+        scale: object = None,
+        size: object = None,
+        region: Region | None = None,
+        coords: CoordinateGrid | None = None,
+    ) -> UpscaleRequest:
+        """The :class:`~metasr.geometry.UpscaleRequest` of a call, with this head's
+        ``arithmetic`` and ``periodic_lon``."""
+        return UpscaleRequest(scale, size, coords, region, self.arithmetic, self.periodic_lon)
+
+    def plan(self, x: torch.Tensor, request: UpscaleRequest, **options: object) -> UpscalePlan:
+        """:func:`metasr.ops.meta_upscale.plan` of a call of this head (``x`` may be a
+        stand-in of the features' shape); ``options`` are that function's keywords."""
+        return plan(x, self.phi, request, self.backend, **options)
 
     def forward(
         self,
@@ -310,24 +328,21 @@ class MetaUpsample(nn.Module):
         size: tuple[int, int] | None = None,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        *,
+        plan: UpscalePlan | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` by ``scale`` or to ``size``; see :func:`metasr.meta_upscale`.
 
         ``region`` computes only that part of the whole image's output from the features of
         its LR window (tiled inference); ``coords`` places the output by latitude/longitude
-        instead of ``scale``/``size``.
+        instead of ``scale``/``size``; ``plan`` runs a plan made by :meth:`plan` instead (the
+        request is then left out).
         """
-        return meta_upscale(
-            x,
-            self.phi,
-            scale=scale,
-            size=size,
-            backend=self.backend,
-            arithmetic=self.arithmetic,
-            region=region,
-            periodic_lon=self.periodic_lon,
-            coords=coords,
-        )
+        if plan is None:
+            plan = self.plan(x, self.request(scale, size, region, coords))
+            return meta_upscale(x, self.phi, plan=plan)
+        # meta_upscale refuses a request beside the plan.
+        return meta_upscale(x, self.phi, scale, size, region=region, coords=coords, plan=plan)
 
     def extra_repr(self) -> str:
         extra = ", periodic_lon=True" if self.periodic_lon else ""

@@ -363,11 +363,9 @@ class MetaSwinIR(MetaSRNet):
         Returns:
             ``(N, out_chans, H, W)``, or ``(N, out_chans, *region.out_shape)``.
         """
-        self._check_call(x, scale, size, region, coords)
-        y = self.upsample(
-            self.head_features(x), scale=scale, size=size, region=region, coords=coords
-        )
-        y = self._add_bicubic(y, self._normalize(x), region, coords, scale)
+        head = self.plan(x, self.request(scale, size, region, coords))
+        y = self.upsample(self.head_features(x), plan=head)
+        y = self._add_bicubic(y, self._normalize(x), head)
         return y / self.img_range + self.out_mean.to(y.dtype)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         run_benchmarks,
         write_csv,
     )
-    from ..ops.meta_upscale._dispatch import BACKENDS
+    from ..ops.meta_upscale.dispatch import BACKENDS
 
     configs = list(CONFIGS) if args.config == "all" else args.config.split(",")
     for c in configs:
