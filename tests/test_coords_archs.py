@@ -14,11 +14,18 @@ from metasr.climate import model as mc
 from metasr.climate.grids import regular_grid
 
 TINY = {
-    "meta_rdn": (MetaRDN, dict(G0=8, D=2, C=2, G=4, hidden=16)),
-    "meta_edsr": (MetaEDSR, dict(n_resblocks=1, n_feats=8, hidden=16)),
+    "meta_rdn": (MetaRDN, dict(G0=8, D=2, C=2, G=4, upsample={"hidden": 16})),
+    "meta_edsr": (MetaEDSR, dict(n_resblocks=1, n_feats=8, upsample={"hidden": 16})),
     "meta_swinir": (
         MetaSwinIR,
-        dict(img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16),
+        dict(
+            img_size=16,
+            embed_dim=8,
+            depths=(2,),
+            num_heads=(2,),
+            window_size=4,
+            upsample={"hidden": 16},
+        ),
     ),
 }
 
@@ -48,7 +55,7 @@ def _manual(net: torch.nn.Module, x: torch.Tensor, c: CoordinateGrid) -> torch.T
         y = y + bicubic_upsample(net._normalize(x), size=size)
         return y / net.img_range + net.out_mean
     xs = net.sub_mean(x)
-    y = meta_upscale(net.forward_features(xs), net.P2W, backend=net.backend, coords=c)
+    y = meta_upscale(net.forward_features(xs), net.pos2weight, backend=net.backend, coords=c)
     return net.add_mean(y + bicubic_upsample(xs, size=size))
 
 
@@ -108,7 +115,9 @@ def test_coords_refused_with_scale_size(name: str) -> None:
 
 def test_model_downscaler_passes_coords() -> None:
     torch.manual_seed(0)
-    net = MetaRDN(in_channels=1, out_channels=1, G0=8, D=2, C=2, G=4, hidden=16).eval()
+    net = MetaRDN(
+        in_channels=1, out_channels=1, G0=8, D=2, C=2, G=4, upsample={"hidden": 16}
+    ).eval()
     seen: list[dict] = []
     net.register_forward_pre_hook(lambda m, a, kw: seen.append(dict(kw)), with_kwargs=True)
     loaded = LoadedModel(net, "tiny", "meta_rdn", in_channels=1, out_channels=1)
@@ -137,7 +146,13 @@ def test_model_downscaler_official_arithmetic_keeps_size() -> None:
     # arithmetic="official" is an index-ratio grid (coords are refused with it): size= is used.
     torch.manual_seed(0)
     net = MetaRDN(
-        in_channels=1, out_channels=1, G0=8, D=2, C=2, G=4, hidden=16, arithmetic="official"
+        in_channels=1,
+        out_channels=1,
+        G0=8,
+        D=2,
+        C=2,
+        G=4,
+        upsample={"hidden": 16, "arithmetic": "official"},
     ).eval()
     seen: list[dict] = []
     net.register_forward_pre_hook(lambda m, a, kw: seen.append(dict(kw)), with_kwargs=True)

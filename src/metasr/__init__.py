@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .geometry import CoordinateGrid, UpscaleRequest, build_geometry, resolve_output_size
-from .modules import MetaUpsample, Pos2Weight
+from .modules import HeadConfig, MetaUpsample, Pos2Weight
 from .ops.meta_upscale import UpscalePlan, meta_upscale, plan
 from .ops.meta_upscale.dispatch import BackendUnavailableError, backends
 from .ops.meta_upscale.weights import meta_upscale_weights
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "CoordinateGrid",
+    "HeadConfig",
     "MetaUpsample",
     "Pos2Weight",
     "UpscalePlan",

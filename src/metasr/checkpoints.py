@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from ._state_dict import clean_state_dict, describe_mismatch, is_state_dict, non_finite_tensors
+from .modules import fold_head_options
 from .weights import BUNDLED
 
 __all__ = [
@@ -89,8 +90,9 @@ BUNDLED_MODELS = tuple(BUNDLED)
 #: BasicSR checkpoint entry (written by ``MetaSRModel``) holding the ``network_g`` options.
 NETWORK_KEY = "metasr_network"
 
-#: Keys that only the official Meta-SR RDN state dict has together.
-_OFFICIAL_KEYS = ("SFENet1.weight", "P2W.meta_block.0.weight")
+#: Keys that only the official Meta-SR RDN state dict has together (its head's predictor named
+#: ``P2W`` as published, or ``upsample.phi`` as metasr's MetaRDN names it).
+_OFFICIAL_KEYS = ("SFENet1.weight", ("P2W.meta_block.0.weight", "upsample.phi.meta_block.0.weight"))
 
 #: How :func:`load_model` obtained the model.
 ModelFormat = Literal["metasr", "basicsr", "official", "registry", "onnx"]
@@ -156,6 +158,7 @@ def build_network(opt: Mapping[str, Any]) -> nn.Module:
 
     cls = getattr(archs, name, None) if name in ARCH_NAMES else None
     if isinstance(cls, type) and issubclass(cls, nn.Module):
+        kwargs = fold_head_options(kwargs)  # BasicSR files spell the head's options flat
         return build_bounded(lambda: cls(**kwargs), name)
     if name in archs.list_models():
         return archs.create_model(name, **kwargs)
@@ -272,6 +275,9 @@ def _finish(
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    from .archs.base import upgrade_state_dict
+
+    state = upgrade_state_dict(state)  # official P2W.* names: the head's, as the model's hook
     # Compared first, so that the weights of another architecture (hundreds of names) give
     # one line with counts and a few names, not PyTorch's list of every key.
     mismatch = describe_mismatch(model.state_dict(), state)
@@ -528,7 +534,8 @@ def _from_torch_object(
         state, _ = clean_state_dict(obj)
     except ValueError:
         state = None
-    if state is not None and all(k in state for k in _OFFICIAL_KEYS):
+    first, heads = _OFFICIAL_KEYS
+    if state is not None and first in state and any(k in state for k in heads):
         from .archs import load_official_metardn
 
         try:

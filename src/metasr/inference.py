@@ -99,12 +99,13 @@ def estimate_upscale(
     C, h, w = in_shape
     model = loaded.model
     p = next(model.parameters())
+    n_tta = tta_count(tta)
     request = model.request(scale, size)
     geom = request.geometry(h, w, model.pos_encoding)
     H, W = geom.H, geom.W
     n = 1 if C == loaded.in_channels else C
     cout = loaded.out_channels
-    ensemble = 2 * n * cout * H * W * 4 if tta_count(tta) > 1 else 0
+    ensemble = 2 * n * cout * H * W * 4 if n_tta > 1 else 0
     host = 2 * n * cout * H * W * 4 + 3 * C * H * W * 4
     tiled = _is_tiled(tile, h, w)
     in_hw = (h, w)

@@ -23,7 +23,7 @@ rows only.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +37,8 @@ from ..geometry import (
     check_periodic_lon,
     check_pos_encoding,
 )
-from ..modules import Pos2Weight
-from ..ops.meta_upscale import UpscalePlan, meta_upscale, plan
+from ..modules import HeadConfig, MetaUpsample, Pos2Weight
+from ..ops.meta_upscale import UpscalePlan, plan
 from ..ops.meta_upscale.planning import autocast_dtype
 from ..ops.meta_upscale.tables import restore_order
 from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
@@ -52,6 +52,7 @@ __all__ = [
     "check_positive_float",
     "check_positive_int",
     "resolve_mean",
+    "upgrade_state_dict",
 ]
 
 #: Mean colour of DIV2K (RGB, in [0, 1]) used by EDSR, RDN, Meta-SR and SwinIR.
@@ -129,23 +130,43 @@ class MetaSRNet(nn.Module):
     """Base class of the Meta-SR networks: input checks, early geometry validation, the
     optional bicubic global residual, and what tiled inference needs to know.
 
-    Subclasses set ``in_channels``, ``out_channels``, ``bicubic_residual``, ``pos_encoding``,
-    ``arithmetic``, ``periodic_lon``, expose their weight-prediction MLP as :attr:`pos2weight`
-    and the features their head reads as :meth:`head_features`.
+    Every network has one head, :attr:`upsample` (a :class:`metasr.MetaUpsample` built from a
+    :class:`metasr.HeadConfig` by :meth:`_init_head`), and exposes the features it reads as
+    :meth:`head_features`. Subclasses call :meth:`_init_meta_options` first and
+    :meth:`_init_head` where the head's parameters belong in the state dict.
     """
 
     in_channels: int
     out_channels: int
     bicubic_residual: bool
-    pos_encoding: str
-    arithmetic: str
+    upsample: MetaUpsample
     #: Periodic in the width (longitude); read by tiled inference, which then cuts rows only.
     periodic_lon: bool = False
 
     @property
     def pos2weight(self) -> Pos2Weight:
         """The :class:`metasr.Pos2Weight` of the Meta-Upscale head."""
-        raise NotImplementedError
+        return self.upsample.phi
+
+    @property
+    def pos_encoding(self) -> str:
+        """The head's position encoding."""
+        return self.upsample.phi.pos_encoding
+
+    @property
+    def arithmetic(self) -> str:
+        """The head's grid arithmetic."""
+        return self.upsample.arithmetic
+
+    # The backend lives on the head module; settable on the network (checkpoints.set_backend).
+    @property
+    def backend(self) -> str:
+        """The head's Meta-Upscale backend."""
+        return self.upsample.backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self.upsample.backend = value
 
     def head_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone: the feature map the Meta-Upscale head reads for the network's input.
@@ -180,15 +201,18 @@ class MetaSRNet(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        pos_encoding: str,
-        arithmetic: str,
+        upsample: HeadConfig | Mapping[str, object] | None,
         bicubic_residual: bool,
         periodic_lon: bool = False,
-    ) -> None:
+    ) -> HeadConfig:
+        """Check and keep the options every network shares; returns the head's
+        :class:`~metasr.HeadConfig` for :meth:`_init_head` (checked before the backbone is
+        built)."""
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
-        check_pos_encoding(pos_encoding)
-        check_arithmetic(arithmetic)
+        config = HeadConfig.of(upsample)
+        check_pos_encoding(config.pos_encoding)
+        check_arithmetic(config.arithmetic)
         periodic_lon = check_periodic_lon(periodic_lon)
         if not isinstance(bicubic_residual, bool):
             raise ValueError(f"bicubic_residual must be a bool, got {bicubic_residual!r}")
@@ -197,10 +221,17 @@ class MetaSRNet(nn.Module):
                 "bicubic_residual adds the upsampled input to the output and needs "
                 f"in_channels == out_channels, got {in_channels} and {out_channels}"
             )
-        self.pos_encoding = pos_encoding
-        self.arithmetic = arithmetic
         self.bicubic_residual = bicubic_residual
         self.periodic_lon = periodic_lon
+        return config
+
+    def _init_head(self, features: int, config: HeadConfig) -> None:
+        """Build the head :attr:`upsample` on ``features`` channels (its last layer started
+        ×0.1 with the bicubic residual)."""
+        self.upsample = MetaUpsample.from_config(
+            features, self.out_channels, config, self.periodic_lon
+        )
+        self._scale_head_for_residual()
 
     def _wrap_backbone_longitude(self) -> None:
         """With ``periodic_lon``, make every padded convolution wrap along the width (call once
@@ -210,7 +241,7 @@ class MetaSRNet(nn.Module):
 
     def _scale_head_for_residual(self) -> None:
         # With the bicubic residual the head only has to predict a correction; starting it
-        # 10x smaller keeps the initial output close to bicubic (DESIGN.md §7).
+        # 10x smaller keeps the initial output close to bicubic (docs/design.md §7).
         if self.bicubic_residual:
             last = self.pos2weight.head
             with torch.no_grad():
@@ -224,9 +255,10 @@ class MetaSRNet(nn.Module):
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
     ) -> UpscaleRequest:
-        """The :class:`~metasr.geometry.UpscaleRequest` of a call, with this network's
-        ``arithmetic`` and ``periodic_lon``."""
-        return UpscaleRequest(scale, size, coords, region, self.arithmetic, self.periodic_lon)
+        """The :class:`~metasr.geometry.UpscaleRequest` of a call: its head's
+        (:meth:`metasr.MetaUpsample.request`, with the network's ``arithmetic`` and
+        ``periodic_lon``)."""
+        return self.upsample.request(scale, size, region, coords)
 
     def plan(self, x: torch.Tensor, request: UpscaleRequest) -> UpscalePlan:
         """Check a call and plan its head, before the (expensive) backbone runs.
@@ -274,7 +306,7 @@ class MetaSRNet(nn.Module):
             features,
             p2w,
             request,
-            getattr(self, "backend", "auto"),
+            self.backend,
             requires_grad=grad,
             extra_bytes=out * (3 if self.bicubic_residual else 1),
         )
@@ -336,23 +368,34 @@ class MetaSRNet(nn.Module):
         return y + up.to(y.dtype)
 
 
+def upgrade_state_dict(state: Mapping[str, torch.Tensor], prefix: str = "") -> dict:
+    """``state`` with the official head names (``P2W.meta_block.*``, MetaRDN and MetaEDSR as
+    published) renamed to the head's (``upsample.phi.meta_block.*``); other names unchanged.
+
+    Args:
+        prefix: where the network's entries start in ``state`` (as in ``load_state_dict``).
+    """
+    old, new = prefix + "P2W.", prefix + "upsample.phi."
+    return {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in state.items()}
+
+
 class MeanShiftMetaSRNet(MetaSRNet):
     """A Meta-SR network in the EDSR/Meta-SR convention (MetaRDN, MetaEDSR).
 
-    ``sub_mean`` → :meth:`forward_features` → Meta-Upscale with ``P2W`` → (bicubic residual) →
+    ``sub_mean`` → :meth:`forward_features` → the head :attr:`upsample` → (bicubic residual) →
     ``add_mean``; input values in ``[0, img_range]``. Subclasses define ``sub_mean``,
-    ``add_mean``, ``P2W``, ``backend`` and :meth:`forward_features`.
+    ``add_mean`` and :meth:`forward_features`. The official checkpoints name the head's
+    predictor ``P2W``; a load-state-dict hook renames those entries
+    (:func:`upgrade_state_dict`), so they load unchanged.
     """
 
     sub_mean: nn.Module
     add_mean: nn.Module
-    P2W: Pos2Weight
-    backend: str
     img_range: float
 
-    @property
-    def pos2weight(self) -> Pos2Weight:
-        return self.P2W
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_load_state_dict_pre_hook(_official_head_names)
 
     @property
     def input_range(self) -> float:
@@ -394,6 +437,13 @@ class MeanShiftMetaSRNet(MetaSRNet):
         """
         head = self.plan(x, self.request(scale, size, region, coords))
         x = self.sub_mean(x)
-        y = meta_upscale(self.forward_features(x), self.P2W, plan=head)
+        y = self.upsample(self.forward_features(x), plan=head)
         # The residual is added in the mean-shifted domain, so the mean is added back only once.
         return self.add_mean(self._add_bicubic(y, x, head))
+
+
+def _official_head_names(module: nn.Module, state: dict, prefix: str, *args: object) -> None:
+    """Load-state-dict pre-hook: rename official ``P2W.*`` entries in place."""
+    renamed = upgrade_state_dict(state, prefix)
+    state.clear()
+    state.update(renamed)
