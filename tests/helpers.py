@@ -1,6 +1,7 @@
-"""Set-up shared by several test modules (imported as ``helpers``: pytest puts ``tests/`` on the
-path). Random parameters and fields, so that no symmetry of a default initialisation (zero
-biases, a ×0.1 head, equal weights) hides a misplaced row, column or position.
+"""Set-up shared by several test modules (imported as ``helpers`` from every test folder:
+``pythonpath`` in pyproject.toml puts ``tests/`` on the path). Random parameters and fields, so
+that no symmetry of a default initialisation (zero biases, a ×0.1 head, equal weights) hides a
+misplaced row, column or position.
 """
 
 from __future__ import annotations
@@ -38,3 +39,18 @@ def random_field(*shape: int, seed: int = 1) -> torch.Tensor:
     """A float64 tensor of ``shape`` with uniform [0, 1) values from its own seeded generator."""
     g = torch.Generator().manual_seed(seed)
     return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+
+#: Constructor arguments that make every registered network (:func:`metasr.list_models`) tiny:
+#: a forward takes milliseconds. Architecture tests parametrise over ``metasr.list_models()``
+#: and look their arguments up here; tests/archs/test_archs.py checks that the keys are exactly
+#: the registry's, so a new network cannot be registered without being tested.
+TINY_MODELS: dict[str, dict] = {
+    "meta_rdn": dict(G0=8, D=2, C=2, G=4, upsample={"hidden": 16}),
+    "meta_edsr": dict(n_resblocks=1, n_feats=8, upsample={"hidden": 16}),
+    "meta_edsr_tiny": dict(n_resblocks=1, n_feats=8, upsample={"hidden": 16}),
+    "meta_swinir": dict(
+        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4,
+        upsample={"hidden": 16},
+    ),  # fmt: skip
+}

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import sys
 import warnings
 
 import pytest
 import torch
 
 import metasr
-from metasr import checkpoints
+from helpers import TINY_MODELS
 from metasr._state_dict import WRAPPER_KEYS, clean_state_dict
 from metasr.checkpoints import (
     NETWORK_KEY,
@@ -24,13 +23,6 @@ from metasr.checkpoints import (
 pytest.importorskip("safetensors")
 
 EDSR_OPTS = {"type": "MetaEDSR", "n_resblocks": 1, "n_feats": 8, "hidden": 16, "img_range": 1.0}
-TINY = {
-    "meta_rdn": dict(G0=8, D=2, C=2, G=4, hidden=16),
-    "meta_edsr": dict(n_resblocks=1, n_feats=8, hidden=16),
-    "meta_swinir": dict(
-        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16
-    ),
-}
 
 
 def _edsr(seed: int = 0) -> torch.nn.Module:
@@ -203,12 +195,12 @@ def test_clear_errors(tmp_path):
 # ------------------------------------------------------------------------------------ backends
 
 
-@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("arch", metasr.list_models())
 def test_set_backend_reaches_every_head(arch, monkeypatch):
     """After ``set_backend`` every Meta-Upscale call of the model asks for that backend."""
     op = importlib.import_module("metasr.ops.meta_upscale.planning")  # where it is chosen
 
-    model = metasr.create_model(arch, **TINY[arch]).eval()
+    model = metasr.create_model(arch, **TINY_MODELS[arch]).eval()
     asked: list[str | None] = []
     real = op.select_backend
 
@@ -232,25 +224,7 @@ def test_load_model_backend_and_unknown_backend():
         set_backend(_edsr(), "bogus")
 
 
-# ------------------------------------------------------------------------------- old module names
-
-
-@pytest.mark.parametrize(
-    ("old", "names"),
-    [
-        ("metasr.hub", ["load_model", "load_checkpoint", "save_checkpoint", "upscale_raster"]),
-        ("metasr.integrations.checkpoints", ["build_network", "load_basicsr_checkpoint"]),
-    ],
-)
-def test_deprecated_aliases(monkeypatch, old, names):
-    monkeypatch.delitem(sys.modules, old, raising=False)
-    with pytest.warns(DeprecationWarning, match="deprecated"):
-        module = importlib.import_module(old)
-    from metasr import inference
-
-    for name in names:
-        new = getattr(checkpoints, name, None) or getattr(inference, name)
-        assert getattr(module, name) is new
+# ------------------------------------------------------------------------------------ imports
 
 
 def test_new_modules_import_without_warnings():

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .checkpoints import LoadedModel
 from .io import Raster
+from .precision import inference_precision, resolve_precision
 from .tiling import DEFAULT_OVERLAP, upscale
 
 __all__ = [
@@ -449,6 +450,7 @@ def upscale_array(
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
     tta: bool | int = False,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Upscale ``data`` ``(C, h, w)`` with a loaded model.
 
@@ -469,12 +471,16 @@ def upscale_array(
     :func:`tta_transforms`), each run whole or tiled like the plain call; it costs one model
     call per transform and one more output-sized buffer.
 
+    Precision: ``"fp32"``, ``"bf16"`` (CPU: bfloat16 autocast) or ``"auto"`` (bfloat16 where the
+    CPU has it natively), :mod:`metasr.precision`.
+
     Returns:
         ``(C, H, W)`` float32.
 
     Raises:
         ValueError: ``data`` is not a numeric ``(C, h, w)`` array, ``kind`` is unknown, ``tta``
-            is not a bool or 1, 2, 4 or 8, or the channels cannot be fed to the model.
+            is not a bool or 1, 2, 4 or 8, the channels cannot be fed to the model, or
+            ``precision`` is unknown (or ``"bf16"`` off the CPU).
     """
     _check_chw(data, "data")
     if kind not in ("image", "field"):
@@ -506,7 +512,7 @@ def upscale_array(
     def run(xt: torch.Tensor, s: object, z: object) -> torch.Tensor:
         return upscale(model, xt, scale=s, size=z, tile=tile, overlap=overlap, progress=progress)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_precision(precision, p.device):
         y = run(x, scale, size) if n_tta == 1 else self_ensemble(run, x, scale, size, n_tta)
     y = y.float().cpu() / gain
     y = y.mean(dim=1) if per_channel else y[0]  # (C, H, W)
@@ -537,6 +543,44 @@ def upscale_alpha(alpha: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
     return out[0, 0].clamp_(0.0, 1.0).numpy()
 
 
+def _field_stats(loaded: LoadedModel, raster: Raster, normalize: str):
+    """The statistics a raster is normalised with (a field model's, for a field), or ``None``.
+
+    Warns (one line) when the input does not suit the model: an image on a field model (its
+    statistics are for physical values, not 0..1 codes), or a field whose values lie outside
+    an image model's input range (``--normalize minmax`` maps them into it).
+    """
+    import warnings
+
+    from .checkpoints import checkpoint_stats
+
+    stats = checkpoint_stats(loaded)
+    lo, hi = float(raster.data.min()), float(raster.data.max())
+    if stats is not None and raster.kind == "image":
+        warnings.warn(
+            f"model {loaded.name} is a field model (statistics of "
+            f"{', '.join(stats.variables)} in {', '.join(u or '?' for u in stats.units)}); "
+            f"this {np.dtype(raster.dtype).itemsize * 8}-bit image goes through it as 0..1 values",
+            stacklevel=3,
+        )
+        return None
+    if stats is None and raster.kind == "field" and normalize == "none":
+        top = loaded.value_range
+        if lo < -0.01 * top or hi > 1.01 * top:
+            warnings.warn(
+                f"model {loaded.name} takes values in 0..{top:g} but this field spans "
+                f"{lo:.4g}..{hi:.4g} (give --normalize minmax, or a model with field statistics)",
+                stacklevel=3,
+            )
+        return None
+    if stats is not None and raster.kind == "field" and normalize == "minmax":
+        raise ValueError(
+            f"--normalize minmax is for image models; model {loaded.name} normalises fields "
+            "with its own statistics"
+        )
+    return stats
+
+
 def upscale_raster(
     loaded: LoadedModel,
     raster: Raster,
@@ -547,14 +591,22 @@ def upscale_raster(
     normalize: Literal["none", "minmax"] = "none",
     progress: bool = False,
     tta: bool | int = False,
+    precision: str = "fp32",
 ) -> Raster:
     """Upscale a whole :class:`metasr.io.Raster` (colour through the model, alpha bicubic).
 
+    A field (``kind="field"``) on a model with normalisation statistics
+    (:func:`metasr.checkpoints.checkpoint_stats`, ONNX files included) is normalised with them
+    and de-normalised after (:meth:`~metasr.checkpoints.FieldStats.normalise`, the same code as
+    netCDF input). An image on such a model, or a field outside an image model's value range,
+    gets one warning.
+
     Args:
-        normalize: for fields, ``"minmax"`` maps each channel's range to 0..1 before the model
-            and back after it (for models trained on images); ``"none"`` passes values as they
-            are. Images are always in 0..1.
+        normalize: for fields on a model without statistics, ``"minmax"`` maps each channel's
+            range to 0..1 before the model and back after it (for models trained on images);
+            ``"none"`` passes values as they are. Images are always in 0..1.
         tta: test-time self-ensemble, as in :func:`upscale_array`.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``, as in :func:`upscale_array`.
 
     Returns:
         A raster of the same kind and dtype, ``(C, H, W)``.
@@ -567,19 +619,38 @@ def upscale_raster(
     if normalize not in ("none", "minmax"):
         raise ValueError(f"normalize must be 'none' or 'minmax', got {normalize!r}")
     tta_count(tta)
+    resolve_precision(precision, next(loaded.model.parameters()).device)
     _check_raster(raster)
     data = raster.data
     kind = raster.kind
-    if kind == "field" and normalize == "minmax":
+    stats = _field_stats(loaded, raster, normalize)
+    if stats is not None:
+        # A field model: its stored statistics, as for netCDF input (FieldStats.normalise).
+        y = upscale_array(
+            loaded, stats.normalise(data), scale, size, "field", tile, overlap, progress, tta
+        )
+        out = stats.denormalise(y)
+    elif kind == "field" and normalize == "minmax":
         lo = data.min(axis=(1, 2), keepdims=True)
         span = data.max(axis=(1, 2), keepdims=True) - lo
         span = np.where(span > 0, span, 1.0)  # a constant channel stays constant
         y = upscale_array(
-            loaded, (data - lo) / span, scale, size, "image", tile, overlap, progress, tta
+            loaded,
+            (data - lo) / span,
+            scale,
+            size,
+            "image",
+            tile,
+            overlap,
+            progress,
+            tta,
+            precision,
         )
         out = y.astype(np.float64) * span + lo
     else:
-        out = upscale_array(loaded, data, scale, size, kind, tile, overlap, progress, tta)
+        out = upscale_array(
+            loaded, data, scale, size, kind, tile, overlap, progress, tta, precision
+        )
     alpha = None
     if raster.alpha is not None:
         alpha = upscale_alpha(raster.alpha, (out.shape[1], out.shape[2]))

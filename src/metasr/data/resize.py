@@ -15,8 +15,8 @@ Why not a package: ``bicubic-pytorch`` agrees with BasicSR to float32 precision,
 function takes one scale for both axes (per-axis only as an output *size*, which changes the
 kernel scale to ``out/in`` instead of the nominal ``1/r``) and always computes in float32. Here
 the kernel scale and the output size are given separately, in float64 where the input is, which
-the gridded (climate) data and the asymmetric protocol need. ``tests/test_data.py`` checks this
-function against BasicSR's ``imresize`` and its per-axis weights.
+the gridded (climate) data and the asymmetric protocol need. ``tests/data/test_datasets.py``
+checks this function against BasicSR's ``imresize`` and its per-axis weights.
 
 Each axis is applied as a dense ``(out, in)`` matrix; the matrices are cached per geometry, so a
 training loop that revisits the same crop sizes and scales builds each one once.
@@ -30,6 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from ..validation import ArgumentTypeError
 
 __all__ = ["imresize", "resize_matrix"]
 
@@ -110,7 +112,9 @@ def _pair(value: object, what: str) -> tuple[float, float] | None:
         return float(value), float(value)
     if isinstance(value, Sequence) and len(value) == 2:
         return value[0], value[1]  # type: ignore[return-value]
-    raise ValueError(f"{what} must be a number or a pair (vertical, horizontal), got {value!r}")
+    raise ArgumentTypeError(
+        f"{what} must be a number or a pair (vertical, horizontal), got {value!r}"
+    )
 
 
 def imresize(
