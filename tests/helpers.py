@@ -6,6 +6,9 @@ misplaced row, column or position.
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import torch
 
 ModuleT = torch.nn.Module
@@ -54,3 +57,25 @@ TINY_MODELS: dict[str, dict] = {
         upsample={"hidden": 16},
     ),  # fmt: skip
 }
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk (length, type, data, CRC), for hand-made PNG files."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def run_cli(capsys, *args: object) -> tuple[int, str, str]:
+    """``metasr ARGS`` in-process: ``(exit status, stdout, stderr)`` of this call only."""
+    from metasr.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def single_line(err: str) -> str:
+    """The one line of an error output (no traceback, nothing else)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
