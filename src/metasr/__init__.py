@@ -18,12 +18,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .api import upscale
     from .geometry import CoordinateGrid, build_geometry, resolve_output_size
     from .modules import MetaUpsample, Pos2Weight
     from .ops.meta_upscale import meta_upscale
     from .ops.meta_upscale._dispatch import BackendUnavailableError, backends
     from .ops.meta_upscale.weights import meta_upscale_weights
-    from .api import upscale
 
 __version__ = "0.1.0"
 

@@ -107,8 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-r",
         "--recursive",
         action="store_true",
-        help="take the images in sub-folders of folder inputs too; the output folder mirrors "
-        "them",
+        help="take the images in sub-folders of folder inputs too; the output folder mirrors them",
     )
     batch.add_argument(
         "--quality",
