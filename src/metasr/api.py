@@ -87,6 +87,7 @@ def run_checked(
     progress: bool = False,
     tta: bool | int = False,
     check_finite: bool = True,
+    precision: str = "fp32",
 ) -> tuple[Raster, int]:
     """Upscale one raster as ``metasr upscale`` does: tile choice, memory check, model, check of
     the result.
@@ -100,6 +101,7 @@ def run_checked(
             run in tiles, so that the bar over the tiles has something to count.
         check_finite: refuse a result with NaN or infinite values
             (:func:`metasr.io.check_finite_result`).
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`metasr.precision`).
 
     Returns:
         The result and the tile size used (0: whole).
@@ -139,6 +141,7 @@ def run_checked(
         normalize=normalize,
         progress=progress,
         tta=tta,
+        precision=precision,
     )
     if check_finite:
         check_finite_result(raster, result)

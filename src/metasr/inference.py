@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .checkpoints import LoadedModel
 from .io import Raster
+from .precision import inference_precision, resolve_precision
 from .tiling import DEFAULT_OVERLAP, upscale
 
 __all__ = [
@@ -457,6 +458,7 @@ def upscale_array(
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
     tta: bool | int = False,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Upscale ``data`` ``(C, h, w)`` with a loaded model.
 
@@ -477,12 +479,16 @@ def upscale_array(
     :func:`tta_transforms`), each run whole or tiled like the plain call; it costs one model
     call per transform and one more output-sized buffer.
 
+    Precision: ``"fp32"``, ``"bf16"`` (CPU: bfloat16 autocast) or ``"auto"`` (bfloat16 where the
+    CPU has it natively), :mod:`metasr.precision`.
+
     Returns:
         ``(C, H, W)`` float32.
 
     Raises:
         ValueError: ``data`` is not a numeric ``(C, h, w)`` array, ``kind`` is unknown, ``tta``
-            is not a bool or 1, 2, 4 or 8, or the channels cannot be fed to the model.
+            is not a bool or 1, 2, 4 or 8, the channels cannot be fed to the model, or
+            ``precision`` is unknown (or ``"bf16"`` off the CPU).
     """
     _check_chw(data, "data")
     if kind not in ("image", "field"):
@@ -514,7 +520,7 @@ def upscale_array(
     def run(xt: torch.Tensor, s: object, z: object) -> torch.Tensor:
         return upscale(model, xt, scale=s, size=z, tile=tile, overlap=overlap, progress=progress)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_precision(precision, p.device):
         y = run(x, scale, size) if n_tta == 1 else self_ensemble(run, x, scale, size, n_tta)
     y = y.float().cpu() / gain
     y = y.mean(dim=1) if per_channel else y[0]  # (C, H, W)
@@ -593,6 +599,7 @@ def upscale_raster(
     normalize: Literal["none", "minmax"] = "none",
     progress: bool = False,
     tta: bool | int = False,
+    precision: str = "fp32",
 ) -> Raster:
     """Upscale a whole :class:`metasr.io.Raster` (colour through the model, alpha bicubic).
 
@@ -607,6 +614,7 @@ def upscale_raster(
             range to 0..1 before the model and back after it (for models trained on images);
             ``"none"`` passes values as they are. Images are always in 0..1.
         tta: test-time self-ensemble, as in :func:`upscale_array`.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``, as in :func:`upscale_array`.
 
     Returns:
         A raster of the same kind and dtype, ``(C, H, W)``.
@@ -619,6 +627,7 @@ def upscale_raster(
     if normalize not in ("none", "minmax"):
         raise ValueError(f"normalize must be 'none' or 'minmax', got {normalize!r}")
     tta_count(tta)
+    resolve_precision(precision, next(loaded.model.parameters()).device)
     _check_raster(raster)
     data = raster.data
     kind = raster.kind
@@ -634,11 +643,22 @@ def upscale_raster(
         span = data.max(axis=(1, 2), keepdims=True) - lo
         span = np.where(span > 0, span, 1.0)  # a constant channel stays constant
         y = upscale_array(
-            loaded, (data - lo) / span, scale, size, "image", tile, overlap, progress, tta
+            loaded,
+            (data - lo) / span,
+            scale,
+            size,
+            "image",
+            tile,
+            overlap,
+            progress,
+            tta,
+            precision,
         )
         out = y.astype(np.float64) * span + lo
     else:
-        out = upscale_array(loaded, data, scale, size, kind, tile, overlap, progress, tta)
+        out = upscale_array(
+            loaded, data, scale, size, kind, tile, overlap, progress, tta, precision
+        )
     alpha = None
     if raster.alpha is not None:
         alpha = upscale_alpha(raster.alpha, (out.shape[1], out.shape[2]))

@@ -180,6 +180,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print(f"{prefix} {one_line(exc)}", file=sys.stderr)
         return 2
+    except TypeError as exc:
+        # An argument of the wrong type (metasr.validation.ArgumentTypeError; from an option
+        # file, say): a usage error in one line. Any other TypeError is a bug: let it show.
+        if type(exc).__name__ != "ArgumentTypeError":
+            raise
+        print(f"{prefix} {one_line(exc)}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         # Raised by the library for bad input (scale, size, shapes, paths): one line, no trace.
         print(f"{prefix} {one_line(exc) or type(exc).__name__}", file=sys.stderr)

@@ -98,7 +98,7 @@ def _outputs(files: list[Path], output: str, overwrite: bool = False) -> list[Pa
 def parse_stats_arg(text: str):
     """``--stats``: ``MEAN,STD`` (units unknown: not checked) or a JSON file written by
     ``metasr climate-stats``."""
-    from ..checkpoints import FieldStats
+    from ..climate.stats import FieldStats
 
     path = Path(text)
     if path.is_file():

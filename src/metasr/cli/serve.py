@@ -70,10 +70,9 @@ def _check(args: argparse.Namespace) -> None:
         raise CLIError(f"bad --port {args.port}: must be 1..65535")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise CLIError(f"bad --max-pixels {args.max_pixels}: must be >= 1")
-    if args.device is not None:
-        from . import device_arg
+    from . import device_arg
 
-        device_arg(args.device)
+    device_arg(args.device)
     for spec in args.model:
         if not spec.strip():
             raise CLIError("bad --model '': give a checkpoint file or a bundled model's name")

@@ -123,6 +123,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--half", action="store_true", help="float16 weights and activations (CUDA)")
     p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="CPU inference precision: fp32 (default), bf16 (bfloat16 autocast), auto (bf16 "
+        "where the CPU has native bfloat16, else fp32); measured cost in docs/benchmarks.md",
+    )
+    p.add_argument(
         "--tile",
         default="auto",
         metavar="N|auto",
@@ -429,6 +436,8 @@ def _run_rasters(args: argparse.Namespace) -> int:
     device = device_arg(args.device)
     if args.half and device.type != "cuda":
         raise CLIError("--half needs a CUDA device (half precision on CPU is slower than float32)")
+    if args.precision == "bf16" and device.type != "cpu":
+        raise CLIError("--precision bf16 is for CPU inference; on CUDA use --half")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise CLIError(f"bad --quality {args.quality}: must be 1..100")
     skip = Path(args.output) if args.recursive else None
@@ -479,6 +488,7 @@ def _run_rasters(args: argparse.Namespace) -> int:
                 progress=show,
                 tta=args.tta,
                 check_finite=False,  # below, with a hint at the cause
+                precision=args.precision,
             )
         except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
             if not isinstance(exc, OutOfMemoryError) and "allocate" not in str(exc):
