@@ -68,3 +68,15 @@ def test_cli_precision(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--precision", "fp8"])
     assert exc.value.code == 2
+
+
+def test_python_api_precision():
+    import metasr
+
+    img = (np.random.default_rng(2).random((10, 12, 3)) * 255).astype(np.uint8)
+    ref = metasr.upscale(img, scale=2)
+    out = metasr.upscale(img, scale=2, precision="bf16")
+    assert out.shape == ref.shape == (20, 24, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 8
+    with pytest.raises(ValueError, match="precision"):
+        metasr.upscale(img, scale=2, precision="int8")

@@ -216,6 +216,7 @@ def upscale(
     normalize: str = "none",
     max_pixels: int | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> Any:
     """Upscale one image by ``scale`` (a number, ``(r_v, r_h)`` or ``"3.5x2"``) or to ``size``
     (``(H, W)`` or ``"721x1440"``) with a model (default: the bundled photo model).
@@ -252,6 +253,8 @@ def upscale(
         normalize: ``"minmax"`` maps a float input's range to 0..1 for an image model.
         max_pixels: refuse inputs larger than this (default :data:`metasr.io.MAX_PIXELS`).
         progress: a progress bar over the tiles.
+        precision: ``"fp32"``, ``"bf16"`` (CPU bfloat16 autocast) or ``"auto"``
+            (:mod:`metasr.precision`).
 
     Raises:
         TypeError: an input of another type, or an array of another dtype.
@@ -287,7 +290,9 @@ def upscale(
         g = gain if values and raster.kind == "field" and normalize == "none" else 1.0
         if g != 1.0:
             raster = raster.with_data(raster.data * g)
-        out, _ = run_checked(loaded, raster, scale, size, tile, overlap, normalize, progress, tta)
+        out, _ = run_checked(
+            loaded, raster, scale, size, tile, overlap, normalize, progress, tta, True, precision
+        )
         return out if g == 1.0 else out.with_data(out.data / g, out.alpha)
 
     if isinstance(image, (str, os.PathLike)):
