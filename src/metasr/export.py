@@ -142,16 +142,36 @@ def export_onnx(
     Raises:
         ValueError: a bad request, or ``onnx``/``onnxscript`` missing.
     """
+    from .io import atomic_write
+
     for module in ("onnx", "onnxscript"):
         _need(module)
-    import onnx
-
     path = Path(path)
     net = net.eval()
     x, (H, W) = _example(net, input_size, scale, size, batch=2)
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(f"export a float32 CPU model, got {x.dtype} on {x.device}")
     size = None if size is None else (int(size[0]), int(size[1]))
+    # The graph and its metadata go to a temporary file renamed at the end (atomic_write): an
+    # interrupted export neither truncates nor destroys a previous good file at ``path``.
+    atomic_write(path, lambda tmp: _write_onnx(net, x, scale, size, (H, W), value_range, name, tmp))
+    return path
+
+
+def _write_onnx(
+    net: nn.Module,
+    x: torch.Tensor,
+    scale: object,
+    size: tuple[int, int] | None,
+    output_size: tuple[int, int],
+    value_range: float,
+    name: str,
+    path: Path,
+) -> None:
+    """:func:`export_onnx`'s writing: the graph for example input ``x``, then the metadata."""
+    import onnx
+
+    H, W = output_size
     torch.onnx.export(
         _FixedRequest(net, scale, size).eval(),
         (x,),
@@ -178,7 +198,6 @@ def export_onnx(
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
-    return path
 
 
 def _pair(text: str) -> tuple[float, float]:

@@ -48,6 +48,7 @@ __all__ = [
     "SUFFIXES",
     "Raster",
     "atomic_write",
+    "atomic_write_text",
     "check_finite_result",
     "check_writable",
     "data_kind",
@@ -441,6 +442,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         if isinstance(exc, OSError):
             raise _naming(exc, path) from exc
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write` (JSON, CSV reports)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _naming(exc: OSError, path: Path) -> OSError:

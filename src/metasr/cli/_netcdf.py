@@ -70,10 +70,14 @@ def _expand(items: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def _outputs(files: list[Path], output: str) -> list[Path]:
+def _outputs(files: list[Path], output: str, also_read: list[str | None]) -> list[Path]:
+    """The output of each input; refuses repeated names and outputs onto any input."""
+    from ._outputs import check_outputs, refuse_same_names
+
     out = Path(output)
     if out.is_dir():
         targets = [out / f.name for f in files]
+        refuse_same_names(targets)
     elif len(files) > 1:
         raise CLIError(f"several inputs need an existing output folder; {output} is not one")
     else:
@@ -82,9 +86,7 @@ def _outputs(files: list[Path], output: str) -> list[Path]:
         if not is_netcdf(out):
             raise CLIError(f"output {output}: netCDF input is written as netCDF; name it .nc")
         targets = [out]
-    for src, dst in zip(files, targets, strict=True):
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise CLIError(f"{dst}: output would overwrite its input; choose another -o")
+    check_outputs([("-o", t) for t in targets], [*files, *also_read])
     return targets
 
 
@@ -156,12 +158,12 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     stats = parse_stats_arg(args.stats) if args.stats is not None else None
     if args.baseline is not None and args.stats is not None:
         raise CLIError("--stats is for a model; a --baseline needs no statistics")
+    files = _expand(args.inputs)
+    targets = _outputs(files, args.output, [args.model, args.stats, args.target_grid])
     try:
         dst = mc.resolve_grid(args.target_grid)
     except ValueError as exc:
         raise CLIError(f"bad --target-grid: {exc}") from None
-    files = _expand(args.inputs)
-    targets = _outputs(files, args.output)
     method: Any = args.baseline
     if method is None:
         device = device_arg(args.device)

@@ -49,11 +49,17 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import climate as mc
     from ..checkpoints import add_checkpoint_stats
+    from ..io import atomic_write_text
+    from ._outputs import check_output_file, check_outputs
 
     if args.into is not None and args.checkpoint is None:
         raise CLIError("--into needs --checkpoint")
-    if args.output is not None and args.output.is_dir():
-        raise CLIError(f"-o {args.output}: is a folder; give a file name")
+    outputs = {"-o": args.output, "--into": args.into}
+    for flag, path in outputs.items():
+        if path is not None:
+            check_output_file(path, flag)
+    # --checkpoint without --into is rewritten in place (on purpose); it is an input for -o.
+    check_outputs(outputs, [*args.inputs, args.checkpoint])
     values, grid, attrs = [], None, {}
     for item in args.inputs:
         try:
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         written = add_checkpoint_stats(args.checkpoint, stats, args.into)
         print(f"statistics stored in {written}")
     if args.output is not None:
-        args.output.write_text(stats.to_json() + "\n")
+        atomic_write_text(args.output, stats.to_json() + "\n")
         print(f"statistics written to {args.output}")
     print(
         f"{args.var}: mean {stats.mean[0]:.6g} {units}, std {stats.std[0]:.6g} {units} "

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from . import CLIError
+from ._outputs import check_output_file, check_outputs
 
 __all__ = ["register"]
 
@@ -72,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoints import load_model
     from ..export import export_onnx, export_program, format_request
+    from ..io import atomic_write
 
     out = Path(args.output)
     suffix = out.suffix.lower()
     if suffix not in (".onnx", ".pt2"):
         raise CLIError(f"bad -o {out}: the file must end in .onnx or .pt2")
-    if not out.parent.is_dir():
-        raise CLIError(f"bad -o {out}: folder {out.parent} does not exist")
+    check_output_file(out, "-o")
+    check_outputs({"-o": out}, [args.model])
     scale = _spec("scale", args.scale) if args.scale is not None else None
     size = _spec("size", args.size) if args.size is not None else None
     input_size = _spec("input_size", args.input_size)
@@ -90,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         export_onnx(net, out, input_size, scale=scale, size=size,
                     value_range=loaded.value_range, name=str(args.model))  # fmt: skip
     else:
-        torch.export.save(export_program(net, input_size, scale=scale, size=size), str(out))
+        program = export_program(net, input_size, scale=scale, size=size)
+        # Atomic: an interrupted export keeps the previous file and leaves no truncated one.
+        atomic_write(out, lambda tmp: torch.export.save(program, str(tmp)))
     request = format_request(scale, size)
     print(f"{out}: {args.model} at {input_size[0]}x{input_size[1]} input, {request}")
     if args.check:

@@ -18,6 +18,7 @@ import argparse
 import glob
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import CLIError, device_arg
@@ -205,19 +206,16 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return unique
 
 
-def plan_outputs(files: list[Path], output: str) -> list[Path]:
-    """The output path of each input; checks the destination folder exists."""
+def plan_outputs(files: list[Path], output: str, also_read: Sequence[str] = ()) -> list[Path]:
+    """The output path of each input; checks the destination folder exists and that no output
+    is one of the inputs or ``also_read`` (the model file)."""
     from ..io import format_of
+    from ._outputs import check_outputs, refuse_same_names
 
     out = Path(output)
     if out.is_dir():
         targets = [out / f.name for f in files]
-        names = [t.name for t in targets]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise CLIError(
-                f"several inputs are named {dupes[0]!r}; they would overwrite each other"
-            )
+        refuse_same_names(targets)
     elif len(files) > 1 or output.endswith(("/", os.sep)) or not out.suffix:
         # Several inputs need a folder, and a name without a suffix is meant as one.
         if out.exists():
@@ -230,9 +228,7 @@ def plan_outputs(files: list[Path], output: str) -> list[Path]:
             raise CLIError(f"output folder {out.parent} does not exist")
         format_of(out)
         targets = [out]
-    for src, dst in zip(files, targets, strict=True):
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise CLIError(f"{dst}: output would overwrite its input; choose another -o")
+    check_outputs([("-o", t) for t in targets], [*files, *also_read])
     return targets
 
 
@@ -307,7 +303,7 @@ def _run_rasters(args: argparse.Namespace) -> int:
     if args.half and device.type != "cuda":
         raise CLIError("--half needs a CUDA device (half precision on CPU is slower than float32)")
     files = expand_inputs(args.inputs)
-    targets = plan_outputs(files, args.output)
+    targets = plan_outputs(files, args.output, also_read=[args.model])
     loaded = load_model(
         args.model,
         device=device,

@@ -273,12 +273,10 @@ def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = Non
     ds[name].encoding = {}
     ds[name].attrs.pop("_FillValue", None)
     ds[name].attrs.pop("missing_value", None)
+    from ..io import atomic_write
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        ds.to_netcdf(tmp, encoding=encoding)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    # The one atomic writer (hidden random name, exclusive create, removed on any error or
+    # signal): a planted or user's own NAME.nc.part is never followed, overwritten or deleted.
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, encoding=encoding))
     return path
