@@ -49,6 +49,7 @@ __all__ = [
     "Raster",
     "atomic_write",
     "atomic_write_text",
+    "check_fits_dtype",
     "check_finite_result",
     "check_writable",
     "data_kind",
@@ -546,14 +547,30 @@ def check_finite_result(source: Raster, result: Raster) -> None:
             f"the result holds {bad:,} NaN or infinite values of {total:,} (the input has "
             "none); nothing written"
         )
-    if result.kind == "field" and np.issubdtype(result.dtype, np.floating):
-        top = float(np.finfo(result.dtype).max)
-        largest = float(np.abs(result.data).max())
-        if largest > top:
-            raise ValueError(
-                f"the result reaches {largest:.3g}, beyond the range of {result.dtype} "
-                f"(±{top:.3g}); nothing written"
-            )
+    if result.kind == "field":
+        check_fits_dtype(result.data, result.dtype)
+
+
+def check_fits_dtype(values: np.ndarray, dtype: np.dtype | type) -> None:
+    """Refuse finite ``values`` (computed in a wider type) that a float ``dtype`` cannot hold.
+
+    The cast would turn them into infinity without a word (3e38 K through a model, stored as
+    float32). NaN and infinity already in ``values`` are not counted: the caller checks those.
+
+    Raises:
+        ValueError: the largest magnitude and the range of ``dtype``.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or values.size == 0:
+        return
+    top = float(np.finfo(dtype).max)
+    finite = np.abs(values[np.isfinite(values)])
+    largest = float(finite.max()) if finite.size else 0.0
+    if largest > top:
+        raise ValueError(
+            f"the result reaches {largest:.3g}, beyond the range of {dtype} "
+            f"(±{top:.3g}); nothing written"
+        )
 
 
 def _quantise(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -127,6 +127,44 @@ def _command_line(args: argparse.Namespace, src: Path) -> str:
     return "metasr upscale " + " ".join(shlex.quote(str(w)) for w in words)
 
 
+def check_run_options(args: argparse.Namespace) -> None:
+    """The options ``upscale`` shares between images and netCDF, checked before any file is
+    read or model loaded (usage errors, exit 2, the same words on both paths)."""
+    import metasr
+
+    if args.tile < 0:
+        raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
+    if args.tile_overlap is not None and args.tile_overlap < 0:
+        raise CLIError(f"bad --tile-overlap {args.tile_overlap}: must be >= 0")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise CLIError(f"bad --max-pixels {args.max_pixels}: must be >= 1")
+    if not args.model.strip():
+        raise CLIError("bad --model '': give 'default', a checkpoint file or a registry name")
+    if args.backend != "auto" and args.backend not in metasr.backends():
+        raise CLIError(
+            f"unknown --backend {args.backend!r}; choose from auto, {', '.join(metasr.backends())}"
+        )
+
+
+def _check_output_memory(n: int, shape: tuple[int, int]) -> None:
+    """Refuse ``n`` fields on a target grid of ``shape`` that cannot fit in free memory.
+
+    The regridding and re-masking hold about three float64 copies of the result; counted
+    before any of them is allocated.
+    """
+    import torch
+
+    from ..ops.memory import available_memory_bytes, gib
+
+    need = 3 * 8 * n * shape[0] * shape[1]
+    free = available_memory_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        raise ValueError(
+            f"{n} fields on the {shape[0]}x{shape[1]} target grid need about {gib(need)}, more "
+            f"than the {gib(free)} of free memory"
+        )
+
+
 def _refuse_image_options(args: argparse.Namespace) -> None:
     if args.scale is not None or args.size is not None:
         raise CLIError(
@@ -152,8 +190,12 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
         raise CLIError("netCDF input needs --target-grid (era5, n96, HxW or a .nc file)")
     if args.batch_size < 1:
         raise CLIError(f"bad --batch-size {args.batch_size}: must be >= 1")
-    if args.tile < 0:
-        raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
+    check_run_options(args)
+    if args.tta:
+        raise CLIError(
+            "--tta is for images and arrays: flips and transposes of a lat/lon field are not "
+            "the same field (a transpose swaps latitude and longitude)"
+        )
     overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
     stats = parse_stats_arg(args.stats) if args.stats is not None else None
     if args.baseline is not None and args.stats is not None:
@@ -188,12 +230,10 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     jobs = []
     for src in files:
         try:
-            da = mc.read_field(src, args.var)
+            da = mc.read_field(src, args.var, max_pixels=args.max_pixels)  # sizes from the header
             grid = mc.grid_of(da)
             mc.check_finer(grid, dst)
-            if args.max_pixels is not None and grid.shape[0] * grid.shape[1] > args.max_pixels:
-                h, w = grid.shape
-                raise ValueError(f"{h}x{w} grid is over --max-pixels {args.max_pixels}")
+            _check_output_memory(int(da.size // (grid.shape[0] * grid.shape[1])), dst.shape)
             if not isinstance(method, str):
                 units = da.attrs.get("units")
                 mc.check_units(
@@ -237,6 +277,9 @@ def run_eval_fields(args: argparse.Namespace) -> int:
         raise CLIError("netCDF data needs --var NAME (the variable to score)")
     if args.opt or args.plot:
         raise CLIError("--opt and --plot are for image data, not netCDF fields")
+    if args.tta:
+        raise CLIError("--tta is for image data: a flipped or transposed lat/lon field is not "
+                       "the same field")  # fmt: skip
     baselines = [b for b in (args.baselines or "").split(",") if b]
     if args.bicubic and "bicubic" not in baselines:
         baselines.append("bicubic")

@@ -276,29 +276,17 @@ def run(args: argparse.Namespace) -> int:
 def _run_rasters(args: argparse.Namespace) -> int:
     import torch
 
-    import metasr
-
     from ..checkpoints import load_model
     from ..inference import check_upscale_memory, upscale_raster
     from ..io import check_finite_result, check_writable, read_raster, write_raster
     from ..ops.memory import OutOfMemoryError
     from ..tiling import DEFAULT_OVERLAP
+    from ._netcdf import check_run_options
 
     scale = parse_scale_arg(args.scale) if args.scale is not None else None
     size = parse_size_arg(args.size) if args.size is not None else None
-    if args.tile < 0:
-        raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
+    check_run_options(args)
     overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
-    if overlap < 0:
-        raise CLIError(f"bad --tile-overlap {overlap}: must be >= 0")
-    if args.max_pixels is not None and args.max_pixels < 1:
-        raise CLIError(f"bad --max-pixels {args.max_pixels}: must be >= 1")
-    if not args.model.strip():
-        raise CLIError("bad --model '': give 'default', a checkpoint file or a registry name")
-    if args.backend != "auto" and args.backend not in metasr.backends():
-        raise CLIError(
-            f"unknown --backend {args.backend!r}; choose from auto, {', '.join(metasr.backends())}"
-        )
     device = device_arg(args.device)
     if args.half and device.type != "cuda":
         raise CLIError("--half needs a CUDA device (half precision on CPU is slower than float32)")

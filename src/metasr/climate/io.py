@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .grids import Grid, named_grid
+from .grids import Grid, check_grid_size, named_grid
 from .regrid import METHODS, apply_downscaler, regrid
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ _LAT_UNITS = {"degrees_north", "degree_north", "degree_n", "degrees_n", "degreen
 _LON_UNITS = {"degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese"}
 _LAT_NAMES = {"lat", "latitude", "nav_lat", "lats", "xlat", "rlat"}
 _LON_NAMES = {"lon", "longitude", "nav_lon", "lons", "xlon", "long", "rlon"}
+_DEGREES = {"degrees", "degree", "deg", "degs", ""}  # CF also allows plain degrees (rotated grids)
 _FILL_VALUE = np.float32(1e20)
 
 Downscaler = Callable[[np.ndarray, Grid, Grid], np.ndarray]
@@ -63,6 +64,21 @@ def _kind(name: str, var: Any) -> str | None:
     return None
 
 
+def _check_coord_units(name: str, var: Any, kind: str) -> None:
+    """Refuse a latitude/longitude in other units than degrees (radians would be read as
+    degrees: a ±1.57° band stretched over the globe). No ``units`` attribute means degrees."""
+    if "units" not in var.attrs:
+        return
+    units = str(var.attrs["units"]).lower().replace(" ", "")
+    if units in (_LAT_UNITS if kind == "lat" else _LON_UNITS) or units in _DEGREES:
+        return
+    expected = "degrees_north" if kind == "lat" else "degrees_east"
+    raise ValueError(
+        f"coordinate {name!r} is in {var.attrs['units']!r}; only degrees ({expected}) are "
+        "supported: convert it first"
+    )
+
+
 def _find_coord(da: Any, kind: str) -> str:
     found = [str(n) for n, c in da.coords.items() if _kind(str(n), c) == kind]
     if not found:
@@ -81,6 +97,8 @@ def as_field(da: xr.DataArray) -> xr.DataArray:
             dimensions, non-monotonic coordinates, or an all-NaN field.
     """
     lat_name, lon_name = _find_coord(da, "lat"), _find_coord(da, "lon")
+    for name, kind in ((lat_name, "lat"), (lon_name, "lon")):
+        _check_coord_units(name, da[name], kind)
     for name in (lat_name, lon_name):
         if da[name].ndim != 1:
             raise ValueError(
@@ -108,28 +126,98 @@ def as_field(da: xr.DataArray) -> xr.DataArray:
     return da
 
 
-def read_field(path: str | Path, var: str) -> xr.DataArray:
+def open_netcdf(path: str | Path) -> xr.Dataset:
+    """``xarray.open_dataset`` (lazy) with one-line errors for files that are not netCDF.
+
+    Time units that cannot be decoded (COADS's ``hour since 0000-01-01``) keep the raw numbers,
+    with a warning, instead of xarray's advice text.
+
+    Raises:
+        ValueError: ``"not a readable netCDF file: PATH"`` (truncated, corrupt, text, PNG…),
+            or a folder.
+        FileNotFoundError: no such file.
+    """
+    import warnings
+
+    xr = _xarray()
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{p}: is a folder, not a netCDF file")
+    if not p.exists():
+        from ..io import missing_reason
+
+        raise FileNotFoundError(f"{p}: {missing_reason(p)}")
+    try:
+        return xr.open_dataset(p)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        text = str(exc)
+        if not ("decode" in text and "time" in text):
+            raise ValueError(f"not a readable netCDF file: {p}") from None
+        first = text.splitlines()[0].split(". ")[0] if text else "undecodable time"
+    warnings.warn(f"{p}: {first}; times kept as raw numbers", stacklevel=2)
+    try:
+        return xr.open_dataset(p, decode_times=False)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, RuntimeError):
+        raise ValueError(f"not a readable netCDF file: {p}") from None
+
+
+def _check_read_size(path: Path, da: Any, max_pixels: int | None) -> None:
+    """Refuse, from the header, a variable whose grid is over ``max_pixels`` or whose values
+    (as the float64 the pipeline computes in, beside the file's own) exceed free memory."""
+    import torch
+
+    from ..io import MAX_PIXELS
+    from ..ops.memory import available_memory_bytes, gib
+
+    cap = MAX_PIXELS if max_pixels is None else max_pixels
+    sizes = dict(da.sizes)
+    lat, lon = (
+        [sizes[da[n].dims[0]] for n in da.coords if da[n].ndim == 1 and _kind(str(n), da[n]) == k]
+        for k in ("lat", "lon")
+    )
+    if lat and lon and lat[0] * lon[0] > cap:
+        raise ValueError(
+            f"{path}: {lat[0]}x{lon[0]} grid is over the limit of {cap} pixels (--max-pixels)"
+        )
+    need = int(da.size) * (da.dtype.itemsize + 8)
+    free = available_memory_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        shape = "x".join(str(n) for n in da.shape)
+        raise ValueError(
+            f"{path}: variable {da.name!r} is {shape} values, about {gib(need)} to read, more "
+            f"than the {gib(free)} of free memory"
+        )
+
+
+def read_field(path: str | Path, var: str, *, max_pixels: int | None = None) -> xr.DataArray:
     """Read ``var`` from a netCDF file as a ``(..., lat, lon)`` DataArray (loaded into memory).
 
     Args:
         path: netCDF file.
         var: variable name.
+        max_pixels: refuse a grid of more than this many cells (default
+            :data:`metasr.io.MAX_PIXELS`); checked, with the free memory, from the header
+            before any value is read.
 
     Returns:
         The DataArray with its attributes (``units`` …), leading dims and coordinates; dims
         ``lat``/``lon`` last; missing values as NaN.
 
     Raises:
-        ValueError: see :func:`as_field`; a variable not in the file (listing those that are).
+        ValueError: see :func:`as_field`; a variable not in the file (listing those that are);
+            a file that is not netCDF (:func:`open_netcdf`); a grid or size over the limits.
         ImportError: without xarray/netCDF4.
     """
-    xr = _xarray()
-    with xr.open_dataset(path) as ds:
+    with open_netcdf(path) as ds:
         if var not in ds.data_vars:
             raise ValueError(
                 f"{path}: no variable {var!r}; it has {sorted(map(str, ds.data_vars))}"
             )
-        da = ds[var].load()
+        _check_read_size(Path(path), ds[var], max_pixels)
+        try:
+            da = ds[var].load()
+        except (OSError, RuntimeError) as exc:  # the header read, the data does not (HDF error)
+            raise ValueError(f"not a readable netCDF file: {path} ({exc})") from None
         # The file's provenance travels with the field (write_field puts it back globally).
         if "history" in ds.attrs and "history" not in da.attrs:
             da.attrs["history"] = str(ds.attrs["history"])
@@ -148,16 +236,31 @@ def resolve_grid(spec: Grid | str | Path) -> Grid:
     if isinstance(spec, Grid):
         return spec
     text = str(spec)
-    if os.path.exists(text):
-        xr = _xarray()
-        with xr.open_dataset(text) as ds:
-            coords = {str(n): c for n, c in ds.variables.items()}
-            lat = [c for n, c in coords.items() if _kind(n, c) == "lat"]
-            lon = [c for n, c in coords.items() if _kind(n, c) == "lon"]
-            if not lat or not lon:
-                raise ValueError(f"{text}: no latitude/longitude coordinates to take a grid from")
-            return Grid.from_coords(lat[0].values, lon[0].values)
+    if os.path.exists(text) or Path(text).suffix.lower() in (".nc", ".nc4", ".cdf", ".netcdf"):
+        with open_netcdf(text) as ds:
+            lat, lon = _grid_coord(ds, text, "lat"), _grid_coord(ds, text, "lon")
+            check_grid_size(len(lat), len(lon))
+            return Grid.from_coords(lat.values, lon.values)
     return named_grid(text)
+
+
+def _grid_coord(ds: Any, path: str, kind: str) -> Any:
+    """The 1-D latitude (or longitude) coordinate of a grid file: a dimension coordinate
+    first (not ``lat_bnds``, a scalar latitude or a 2-D one listed before it)."""
+    found = [
+        (str(n), v)
+        for n, v in ds.variables.items()
+        if v.ndim == 1
+        and _kind(str(n), v) == kind
+        and not str(n).lower().endswith(("bnds", "bounds"))
+    ]
+    found.sort(key=lambda item: item[1].dims[0] != item[0])  # dimension coordinates first
+    if not found:
+        what = "latitude" if kind == "lat" else "longitude"
+        raise ValueError(f"{path}: no 1-D {what} coordinate to take a grid from")
+    name, var = found[0]
+    _check_coord_units(name, var, kind)
+    return var
 
 
 def _history(attrs: dict[str, Any], line: str) -> str:
@@ -207,8 +310,12 @@ def downscale(
     attrs["history"] = _history(
         attrs, f"metasr: {how} from {src.shape[0]}x{src.shape[1]} to {dst.shape[0]}x{dst.shape[1]}"
     )
+    from ..io import check_fits_dtype
+
+    dtype = da.dtype if da.dtype.kind == "f" else np.dtype(np.float64)
+    check_fits_dtype(out, dtype)  # float64 results beyond float32 must not become +inf
     result = xr.DataArray(
-        out.astype(da.dtype if da.dtype.kind == "f" else np.float64),
+        out.astype(dtype),
         dims=da.dims,
         coords=coords,
         name=da.name,
@@ -235,6 +342,15 @@ def _coord_attrs(kind: str) -> dict[str, str]:
     }
 
 
+def _free_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``… whichever is not in ``taken``."""
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
 def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = None) -> Path:
     """Write a field as CF-style netCDF (written to a temporary name, then renamed).
 
@@ -251,12 +367,19 @@ def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = Non
     grid = grid_of(da)
     name = str(da.name) if da.name is not None else "field"
     ds = da.to_dataset(name=name)
-    ds["lat"].attrs.update(_coord_attrs("lat"))
-    ds["lon"].attrs.update(_coord_attrs("lon"))
+    # A variable may itself be called lat_bnds (or nv): the bounds then take other names
+    # rather than replacing it.
+    taken = {name, *map(str, ds.dims), *map(str, ds.coords)}
+    nv = _free_name("nv", taken)
+    bounds = {}
+    for kind in ("lat", "lon"):
+        bounds[kind] = _free_name(f"{kind}_bnds", taken | {nv})
+        taken.add(bounds[kind])
+        ds[kind].attrs.update(_coord_attrs(kind) | {"bounds": bounds[kind]})
     lat_b = np.stack([grid.lat_bounds[:-1], grid.lat_bounds[1:]], axis=-1)
     lon_b = np.stack([grid.lon_bounds[:-1], grid.lon_bounds[1:]], axis=-1)
-    ds["lat_bnds"] = xr.DataArray(lat_b, dims=("lat", "nv"))
-    ds["lon_bnds"] = xr.DataArray(lon_b, dims=("lon", "nv"))
+    ds[bounds["lat"]] = xr.DataArray(lat_b, dims=("lat", nv))
+    ds[bounds["lon"]] = xr.DataArray(lon_b, dims=("lon", nv))
     ds.attrs["Conventions"] = "CF-1.8"
     if history:
         ds[name].attrs["history"] = _history(ds[name].attrs, history)
@@ -265,8 +388,8 @@ def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = Non
         name: {"_FillValue": _FILL_VALUE.astype(da.dtype) if da.dtype.kind == "f" else None},
         "lat": {"_FillValue": None},
         "lon": {"_FillValue": None},
-        "lat_bnds": {"_FillValue": None},
-        "lon_bnds": {"_FillValue": None},
+        bounds["lat"]: {"_FillValue": None},
+        bounds["lon"]: {"_FillValue": None},
     }
     # Fill-and-remask on disk: NaN is stored as _FillValue; drop the source file's own
     # fill/missing settings so they cannot contradict it.
