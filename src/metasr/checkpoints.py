@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -473,7 +474,32 @@ def _sniff(path: Path) -> Literal["safetensors", "torch"] | None:
     return None
 
 
+def _check_archive_size(path: Path) -> None:
+    """Refuse a ``torch.save`` zip archive whose declared (uncompressed) sizes exceed the free
+    memory, before ``torch.load`` inflates it (a 1.9 MB deflated file can declare 2 GB).
+
+    Raises:
+        ValueError: the declared size and the free memory.
+    """
+    import zipfile
+
+    from .ops.memory import available_memory_bytes, gib
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a (readable) zip: torch.load reports it
+    free = available_memory_bytes(torch.device("cpu"))
+    if free is not None and declared > free:
+        raise ValueError(
+            f"{path}: the archive declares {gib(declared)} of tensors, more than the "
+            f"{gib(free)} of free memory"
+        )
+
+
 def _read_torch(path: Path) -> object:
+    _check_archive_size(path)
     try:
         # weights_only: a checkpoint is data; never run the code a pickle can carry.
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -481,6 +507,22 @@ def _read_torch(path: Path) -> object:
         raise ValueError(
             f"{path}: not a PyTorch weights file that can be loaded safely ({type(exc).__name__})"
         ) from exc
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse a file that is not weights metasr reads safely (a PNG, a pickle of code, a
+    truncated archive), in one line that never suggests ``weights_only=False``.
+
+    Raises:
+        ValueError: what the file is not.
+    """
+    kind = _sniff(path)
+    if kind is None:
+        raise ValueError(f"{path}: not a PyTorch (.pth) or safetensors weights file")
+    if kind == "torch":
+        _read_torch(path)
+    else:
+        load_checkpoint(path)
 
 
 def _from_basicsr(
@@ -616,6 +658,8 @@ def _load_onnx(path: Path) -> LoadedModel:
 
     model = OnnxModel(path)
     meta = {"request": model.request, "input_size": "{}x{}".format(*model.input_size)}
+    if STATS_KEY in model.metadata:  # validated like a checkpoint's entry: checkpoint_stats
+        meta[STATS_KEY] = model.metadata[STATS_KEY]
     return LoadedModel(
         model=model,
         name=str(path),
@@ -743,6 +787,46 @@ class FieldStats:
         if not isinstance(self.grid, str):
             raise ValueError(f"field statistics: grid must be a string, got {self.grid!r}")
 
+    def _per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """``mean``, ``std`` as ``(channels, 1, 1)`` float64: one variable's statistics serve
+        every channel (each goes through the one-variable model on its own), else one entry
+        per channel.
+
+        Raises:
+            ValueError: more than one variable, and not one per channel.
+        """
+        n = len(self.variables)
+        if n != 1 and n != channels:
+            raise ValueError(
+                f"statistics for {n} variables ({', '.join(self.variables)}) cannot normalise "
+                f"{channels} channels (one variable for all of them, or one per channel)"
+            )
+        mean = np.asarray(self.mean, dtype=np.float64)
+        std = np.asarray(self.std, dtype=np.float64)
+        if n == 1:
+            mean, std = np.repeat(mean, channels), np.repeat(std, channels)
+        return mean[:, None, None], std[:, None, None]
+
+    def normalise(self, values: np.ndarray) -> np.ndarray:
+        """``(values − mean) / std`` of a ``(C, h, w)`` field in the statistics' units, as
+        float32 (what the network takes). The one place a field is normalised for a model
+        (netCDF, ``.npy``, float TIFF, :func:`metasr.upscale`, ONNX files).
+
+        Raises:
+            ValueError: see :meth:`_per_channel`; ``values`` not ``(C, h, w)``.
+        """
+        if not isinstance(values, np.ndarray) or values.ndim != 3:
+            raise ValueError(f"expected a field (C, h, w), got {getattr(values, 'shape', values)}")
+        mean, std = self._per_channel(values.shape[0])
+        return ((values - mean) / std).astype(np.float32)
+
+    def denormalise(self, values: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`normalise` for a network output ``(C, H, W)``: float64."""
+        if not isinstance(values, np.ndarray) or values.ndim != 3:
+            raise ValueError(f"expected a field (C, H, W), got {getattr(values, 'shape', values)}")
+        mean, std = self._per_channel(values.shape[0])
+        return values.astype(np.float64) * std + mean
+
     def to_json(self) -> str:
         """The metadata/file form: ``{"version": 1, "variables": [{name, units, mean, std}],
         "grid": ...}``."""
@@ -833,9 +917,13 @@ def training_checkpoint_stats(path: str | os.PathLike) -> FieldStats | None:
             corrupt (the message names the file).
     """
     try:
+        _check_archive_size(Path(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{path}: not a readable training checkpoint: {exc}") from None
+        # Not torch's text: it advises weights_only=False, i.e. running the file's code.
+        raise ValueError(
+            f"{path}: not a training checkpoint that can be loaded safely ({type(exc).__name__})"
+        ) from None
     if not isinstance(obj, Mapping) or not isinstance(obj.get(STATS_KEY), str):
         return None
     return _stats_from_metadata({STATS_KEY: obj[STATS_KEY]}, str(path), None)

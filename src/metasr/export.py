@@ -31,7 +31,6 @@ __all__ = [
     "export_onnx",
     "export_program",
     "format_request",
-    "load_onnx_model",
 ]
 
 #: ONNX opset of exported files (ONNX 1.13+; onnxruntime 1.14+ runs it).
@@ -42,12 +41,9 @@ INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 
 
 def _need(module: str) -> None:
-    import importlib.util
+    from ._extras import require
 
-    if importlib.util.find_spec(module) is None:
-        raise ValueError(
-            f"ONNX export and inference need the {module!r} package: pip install 'metasr[export]'"
-        )
+    require(module, "export", "ONNX export and inference")
 
 
 class _FixedRequest(nn.Module):
@@ -125,6 +121,7 @@ def export_onnx(
     size: tuple[int, int] | None = None,
     value_range: float = 1.0,
     name: str = "",
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write ``net`` at one input size and request as an ONNX file (float32, dynamic batch).
 
@@ -135,6 +132,10 @@ def export_onnx(
         scale, size: the request (exactly one).
         value_range: the network's input for an image in 0..1 (recorded for ``metasr upscale``).
         name: what the model was loaded as (recorded in the metadata).
+        metadata: more entries for the file's metadata: a field model's
+            :func:`metasr.checkpoints.stats_metadata`, so that ``metasr upscale --model
+            file.onnx`` normalises as with the checkpoint (the graph takes normalised values,
+            like the network).
 
     Returns:
         ``path``. Graph input ``"lr"`` ``(N, Cin, h, w)``, output ``"sr"`` ``(N, Cout, H, W)``.
@@ -154,7 +155,10 @@ def export_onnx(
     size = None if size is None else (int(size[0]), int(size[1]))
     # The graph and its metadata go to a temporary file renamed at the end (atomic_write): an
     # interrupted export neither truncates nor destroys a previous good file at ``path``.
-    atomic_write(path, lambda tmp: _write_onnx(net, x, scale, size, (H, W), value_range, name, tmp))
+    atomic_write(
+        path,
+        lambda tmp: _write_onnx(net, x, scale, size, (H, W), value_range, name, metadata, tmp),
+    )
     return path
 
 
@@ -166,6 +170,7 @@ def _write_onnx(
     output_size: tuple[int, int],
     value_range: float,
     name: str,
+    metadata: dict[str, str] | None,
     path: Path,
 ) -> None:
     """:func:`export_onnx`'s writing: the graph for example input ``x``, then the metadata."""
@@ -194,6 +199,7 @@ def _write_onnx(
         "metasr.value_range": repr(float(value_range)),
         "metasr.name": name or type(net).__name__,
     }
+    meta.update(metadata or {})
     del proto.metadata_props[:]
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
@@ -280,6 +286,8 @@ class OnnxModel(nn.Module):
         except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
             detail = f"no {exc.args[0]} entry" if isinstance(exc, KeyError) else str(exc)
             raise ValueError(f"{self.path}: not a usable `metasr export` file ({detail})") from None
+        #: every metadata entry of the file (``field_stats`` of a field model among them)
+        self.metadata = dict(meta)
         # inference.upscale_array reads the device and dtype of the first parameter: float32
         # on the CPU is what the session takes (an empty tensor, no weights live here).
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
@@ -351,8 +359,3 @@ class OnnxModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, input_size={self.input_size}, request={self.request!r}"
-
-
-def load_onnx_model(path: str | os.PathLike) -> OnnxModel:
-    """:class:`OnnxModel` of a file written by :func:`export_onnx`."""
-    return OnnxModel(path)

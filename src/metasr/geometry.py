@@ -1,6 +1,6 @@
 """Output geometry of Meta-Upscale: sizes, LR index maps, offsets and position encodings.
 
-Everything here is host-side float64 arithmetic (see ``DESIGN.md`` §1). The per-row and
+Everything here is host-side float64 arithmetic (see ``docs/design.md`` §1). The per-row and
 per-column quantities are computed separately because the position encoding is separable:
 ``pos(i, j) = row_pos[i] + col_pos[j] + const_pos``. Backends rely on that to evaluate the
 first MLP layer as ``A[i] + Bc[j] + c`` instead of on ``H·W`` positions.
@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
+
+from . import _limits
 
 __all__ = [
     "CoordinateGrid",
@@ -63,7 +64,7 @@ POS_ENCODINGS: dict[str, int] = {"asymmetric": 4, "official": 3}
 MAX_OUTPUT_PIXELS = 1 << 30
 
 #: Cap on ``H`` and on ``W`` (2**22): the geometry keeps about 80 bytes per output row and column.
-MAX_OUTPUT_SIDE = 1 << 22
+MAX_OUTPUT_SIDE = _limits.MAX_OUTPUT_SIDE
 
 Arithmetic = Literal["exact", "official"]
 ScaleLike = float | int | tuple[float, float] | list[float]
@@ -90,16 +91,9 @@ def max_output_pixels() -> int:
     Raises:
         ValueError: if the environment variable is not a positive integer.
     """
-    text = os.environ.get("METASR_MAX_OUTPUT_PIXELS", "").strip()
-    if not text:
-        return MAX_OUTPUT_PIXELS
-    try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"METASR_MAX_OUTPUT_PIXELS must be a positive integer, got {text!r}")
-    return value
+    from ._limits import pixel_cap
+
+    return pixel_cap(MAX_OUTPUT_PIXELS)
 
 
 def _check_output_size(h: int, w: int, H: float, W: float) -> None:
@@ -300,7 +294,7 @@ class Geometry:
             non-decreasing (every backend relies on that), and row ``i`` of the requested output
             is row ``row_order[i]`` of the computed one (a coordinate grid whose target starts
             elsewhere on the circle than the source, or runs the other way;
-            :func:`metasr.ops.meta_upscale.padding.restore_order` applies it).
+            :func:`metasr.ops.meta_upscale.tables.restore_order` applies it).
     """
 
     h: int
@@ -620,7 +614,7 @@ def build_geometry(
 ) -> Geometry:
     """Validate the request and compute the :class:`Geometry` of one call.
 
-    Position encodings (``DESIGN.md`` §1):
+    Position encodings (``docs/design.md`` §1):
 
     * ``"asymmetric"``: ``(Δv, Δh, 1/r_v, 1/r_h)``.
     * ``"official"``: ``(1/r, Δv, Δh)``, only for ``r_v == r_h``.

@@ -18,8 +18,11 @@ import glob
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import CLIError
 
@@ -70,12 +73,17 @@ def _expand(items: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def _outputs(files: list[Path], output: str, also_read: list[str | None]) -> list[Path]:
-    """The output of each input; refuses repeated names and outputs onto any input."""
+def _outputs(
+    files: list[Path], output: str, overwrite: bool = False, also_read: Sequence[str | None] = ()
+) -> list[Path]:
+    """The output of each input. Refused: two inputs of one name into one folder, an output
+    that is an input or one of ``also_read`` (model, statistics, target-grid file; the same
+    name, a symbolic or a hard link), an existing output without ``overwrite``."""
     from ._outputs import check_outputs, refuse_same_names
 
     out = Path(output)
-    if out.is_dir():
+    zarr = out.suffix.lower() == ".zarr"
+    if out.is_dir() and not zarr:
         targets = [out / f.name for f in files]
         refuse_same_names(targets)
     elif len(files) > 1:
@@ -83,10 +91,15 @@ def _outputs(files: list[Path], output: str, also_read: list[str | None]) -> lis
     else:
         if not out.parent.is_dir():
             raise CLIError(f"output folder {out.parent} does not exist")
-        if not is_netcdf(out):
-            raise CLIError(f"output {output}: netCDF input is written as netCDF; name it .nc")
+        if not (is_netcdf(out) or zarr):
+            raise CLIError(
+                f"output {output}: netCDF input is written as netCDF (.nc) or Zarr (.zarr)"
+            )
         targets = [out]
     check_outputs([("-o", t) for t in targets], [*files, *also_read])
+    for dst in targets:
+        if (dst.exists() or dst.is_symlink()) and not overwrite:
+            raise CLIError(f"{dst} exists; pass --overwrite to replace it")
     return targets
 
 
@@ -115,12 +128,13 @@ def parse_stats_arg(text: str):
 def _naming(exc: ValueError, path: Path) -> ValueError:
     """``exc`` with the file name in front (once)."""
     text = str(exc)
-    return ValueError(text if text.startswith(str(path)) else f"{path}: {text}")
+    return ValueError(text if str(path) in text else f"{path}: {text}")
 
 
 def _command_line(args: argparse.Namespace, src: Path) -> str:
     """The ``history`` line: this input's command (the process's argv may be another program's)."""
     words = [str(src), "--var", args.var, "--target-grid", args.target_grid, "-o", args.output]
+    words += ["--no-decode-times"] if args.no_decode_times else []
     words += ["--baseline", args.baseline] if args.baseline else ["--model", args.model]
     if args.stats is not None and not args.baseline:
         words += ["--stats", args.stats]
@@ -130,8 +144,6 @@ def _command_line(args: argparse.Namespace, src: Path) -> str:
 def check_run_options(args: argparse.Namespace) -> None:
     """The options ``upscale`` shares between images and netCDF, checked before any file is
     read or model loaded (usage errors, exit 2, the same words on both paths)."""
-    import metasr
-
     if args.tile < 0:
         raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
     if args.tile_overlap is not None and args.tile_overlap < 0:
@@ -140,29 +152,14 @@ def check_run_options(args: argparse.Namespace) -> None:
         raise CLIError(f"bad --max-pixels {args.max_pixels}: must be >= 1")
     if not args.model.strip():
         raise CLIError("bad --model '': give 'default', a checkpoint file or a registry name")
-    if args.backend != "auto" and args.backend not in metasr.backends():
-        raise CLIError(
-            f"unknown --backend {args.backend!r}; choose from auto, {', '.join(metasr.backends())}"
-        )
+    if args.backend != "auto":
+        import metasr  # torch: only when a backend is named
 
-
-def _check_output_memory(n: int, shape: tuple[int, int]) -> None:
-    """Refuse ``n`` fields on a target grid of ``shape`` that cannot fit in free memory.
-
-    The regridding and re-masking hold about three float64 copies of the result; counted
-    before any of them is allocated.
-    """
-    import torch
-
-    from ..ops.memory import available_memory_bytes, gib
-
-    need = 3 * 8 * n * shape[0] * shape[1]
-    free = available_memory_bytes(torch.device("cpu"))
-    if free is not None and need > free:
-        raise ValueError(
-            f"{n} fields on the {shape[0]}x{shape[1]} target grid need about {gib(need)}, more "
-            f"than the {gib(free)} of free memory"
-        )
+        if args.backend not in metasr.backends():
+            raise CLIError(
+                f"unknown --backend {args.backend!r}; choose from auto, "
+                f"{', '.join(metasr.backends())}"
+            )
 
 
 def _refuse_image_options(args: argparse.Namespace) -> None:
@@ -176,16 +173,15 @@ def _refuse_image_options(args: argparse.Namespace) -> None:
 
 def run_upscale_netcdf(args: argparse.Namespace) -> int:
     """``metasr upscale`` on netCDF inputs (see the module docstring)."""
-    import torch
-
     from .. import climate as mc
-    from ..checkpoints import load_model
-    from ..tiling import DEFAULT_OVERLAP
-    from . import device_arg
+    from ..climate import io as cio
 
     _refuse_image_options(args)
     if not args.var:
-        raise CLIError("netCDF input needs --var NAME (the variable to downscale)")
+        raise CLIError("netCDF input needs --var NAME[,NAME...] (the variables to downscale)")
+    variables = list(dict.fromkeys(v.strip() for v in args.var.split(",") if v.strip()))
+    if not variables:
+        raise CLIError(f"bad --var {args.var!r}: give variable names, comma-separated")
     if args.target_grid is None:
         raise CLIError("netCDF input needs --target-grid (era5, n96, HxW or a .nc file)")
     if args.batch_size < 1:
@@ -196,18 +192,28 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             "--tta is for images and arrays: flips and transposes of a lat/lon field are not "
             "the same field (a transpose swaps latitude and longitude)"
         )
-    overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
+    if args.chunk is not None and args.chunk < 1:
+        raise CLIError(f"bad --chunk {args.chunk}: must be >= 1")
     stats = parse_stats_arg(args.stats) if args.stats is not None else None
     if args.baseline is not None and args.stats is not None:
         raise CLIError("--stats is for a model; a --baseline needs no statistics")
     files = _expand(args.inputs)
-    targets = _outputs(files, args.output, [args.model, args.stats, args.target_grid])
+    also_read = [args.model, args.stats, args.target_grid]
+    targets = _outputs(files, args.output, args.overwrite, also_read)
     try:
         dst = mc.resolve_grid(args.target_grid)
     except ValueError as exc:
         raise CLIError(f"bad --target-grid: {exc}") from None
     method: Any = args.baseline
     if method is None:
+        # torch only for a model: a --baseline run never imports it (start-up time).
+        import torch
+
+        from ..checkpoints import load_model
+        from ..tiling import DEFAULT_OVERLAP
+        from . import device_arg
+
+        overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
         device = device_arg(args.device)
         if args.half and device.type != "cuda":
             raise CLIError("--half needs a CUDA device")
@@ -226,33 +232,60 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             overlap=overlap,
             progress=not args.quiet,
         )
-    # Read and check every input first: a bad one must not leave the others half written.
+    # Check every input first (metadata, then one lazy pass for "all missing"): a bad one must
+    # not leave the others written.
     jobs = []
-    for src in files:
-        try:
-            da = mc.read_field(src, args.var, max_pixels=args.max_pixels)  # sizes from the header
-            grid = mc.grid_of(da)
-            mc.check_finer(grid, dst)
-            _check_output_memory(int(da.size // (grid.shape[0] * grid.shape[1])), dst.shape)
-            if not isinstance(method, str):
-                units = da.attrs.get("units")
-                mc.check_units(
-                    method.stats, None if units is None else str(units), f"variable {args.var!r}"
+    try:
+        for src in files:
+            try:
+                ds = cio.open_fields(src, variables, decode_times=not args.no_decode_times)
+                jobs.append((src, ds))
+                grid = cio.grid_of(ds, variables[0])
+                mc.check_finer(grid, dst)
+                if args.max_pixels is not None and grid.shape[0] * grid.shape[1] > args.max_pixels:
+                    h, w = grid.shape
+                    raise ValueError(f"{h}x{w} grid is over --max-pixels {args.max_pixels}")
+                if not isinstance(method, str):
+                    for v in variables:
+                        units = ds[v].attrs.get("units")
+                        mc.check_units(
+                            method.stats, None if units is None else str(units), f"variable {v!r}"
+                        )
+                first = ds[variables[0]]
+                lead = [d for d in first.dims if d not in cio.grid_names(ds, variables).dims]
+                per_step = len(variables) * int(np.prod([first.sizes[d] for d in lead[1:]]))
+                chunk = args.chunk or cio.default_chunk(grid, dst, per_step)
+                ds = cio.chunk_fields(ds, variables, chunk)
+                jobs[-1] = (src, ds)
+                for v in variables:
+                    cio.check_some_valid(ds[v])
+            except ValueError as exc:
+                raise _naming(exc, src) from None
+        import dask
+
+        for (src, ds), dst_path in zip(jobs, targets, strict=True):
+            try:
+                out = cio.downscale_dataset(
+                    ds, variables, dst, method, history=_command_line(args, src)
                 )
-        except ValueError as exc:
-            raise _naming(exc, src) from None
-        jobs.append((src, da, grid))
-    for (src, da, grid), dst_path in zip(jobs, targets, strict=True):
-        try:
-            out = mc.downscale(da, dst, method)
-        except ValueError as exc:
-            raise _naming(exc, src) from None
-        mc.write_field(out, dst_path, history=_command_line(args, src))
-        if not args.quiet:
-            (h, w), (H, W) = grid.shape, dst.shape
-            n = int(da.size // (h * w))
-            what = f"{args.baseline} regridding" if args.baseline else "model"
-            print(f"{src} -> {dst_path} ({n} x {h}x{w} -> {H}x{W}, {what})", file=sys.stdout)
+            except ValueError as exc:
+                raise _naming(exc, src) from None
+            # One chunk at a time: peak memory is one chunk's, whatever the file's length.
+            with dask.config.set(scheduler="synchronous"):
+                cio.write_dataset(out, dst_path, overwrite=args.overwrite, sources=files)
+            if not args.quiet:
+                grid, first = cio.grid_of(ds, variables[0]), ds[variables[0]]
+                (h, w), (H, W) = grid.shape, dst.shape
+                n = int(first.size // (h * w))
+                what = f"{args.baseline} regridding" if args.baseline else "model"
+                names = ", ".join(variables)
+                print(
+                    f"{src} -> {dst_path} ({names}: {n} x {h}x{w} -> {H}x{W}, {what})",
+                    file=sys.stdout,
+                )
+    finally:
+        for _, ds in jobs:
+            ds.close()
     return 0
 
 
@@ -278,8 +311,9 @@ def run_eval_fields(args: argparse.Namespace) -> int:
     if args.opt or args.plot:
         raise CLIError("--opt and --plot are for image data, not netCDF fields")
     if args.tta:
-        raise CLIError("--tta is for image data: a flipped or transposed lat/lon field is not "
-                       "the same field")  # fmt: skip
+        raise CLIError(
+            "--tta is for image data: a flipped or transposed lat/lon field is not the same field"
+        )
     baselines = [b for b in (args.baselines or "").split(",") if b]
     if args.bicubic and "bicubic" not in baselines:
         baselines.append("bicubic")

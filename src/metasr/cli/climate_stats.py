@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             da = mc.read_field(item, args.var)
         except ValueError as exc:
             text = str(exc)
-            raise ValueError(text if text.startswith(str(item)) else f"{item}: {text}") from None
+            raise ValueError(text if str(item) in text else f"{item}: {text}") from None
         g = mc.grid_of(da)
         if grid is not None and not g.same_as(grid):
             raise ValueError(f"{item}: grid {g!r} differs from the first file's {grid!r}")

@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import CLIError
+from . import DEVICE_HELP, MODEL_HELP, CLIError, device_arg
 
 __all__ = ["load_eval_model", "register"]
 
@@ -35,8 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--model",
         required=True,
-        help="'default', a .safetensors or BasicSR net_g_*.pth checkpoint, a registry name, "
-        "or 'bicubic'",
+        help=f"{MODEL_HELP}; or 'bicubic' (the baseline alone)",
     )
     e.add_argument("--data", required=True, help="folder (or file) of HR images or .npy arrays")
     e.add_argument(
@@ -59,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="test-time self-ensemble of the model: the mean over the 8 flips and transposes",
     )
-    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument(
         "--backend",
         default=None,
@@ -147,13 +146,9 @@ def _check_backend(backend: str | None) -> None:
         )
 
 
-def _check_device(device: str) -> None:
-    from ..checkpoints import resolve_device
-
-    try:
-        resolve_device(device)
-    except ValueError as exc:
-        raise CLIError(f"--device: {exc}") from None
+def _check_device(device: str) -> str:
+    """``--device`` checked, ``auto`` resolved (:func:`metasr.cli.device_arg`): the name."""
+    return str(device_arg(device))
 
 
 def _check_outputs(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
@@ -212,7 +207,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if field_data(args):  # netCDF fields: climate metrics against regridding baselines
         _check_backend(args.backend)
-        _check_device(args.device)
+        args.device = _check_device(args.device)
         _check_outputs(args, ("--csv", "--json"))
         return run_eval_fields(args)
     if args.var is not None or args.stats is not None:

@@ -187,6 +187,16 @@ class Grid:
         )
 
 
+def check_finer(src: Grid, dst: Grid) -> None:
+    """Refuse a target grid coarser than the source on either axis (this is downscaling)."""
+    if dst.shape[0] < src.shape[0] or dst.shape[1] < src.shape[1]:
+        raise ValueError(
+            f"target grid {dst.shape[0]}x{dst.shape[1]} is coarser than the source "
+            f"{src.shape[0]}x{src.shape[1]} on some axis; metasr upscale only refines "
+            "(coarsen with metasr.climate.coarsen)"
+        )
+
+
 def regular_grid(h: int, w: int, *, pole_rows: bool = True, north_first: bool = True) -> Grid:
     """A regular global grid of ``h × w`` cells.
 
@@ -241,9 +251,9 @@ def check_grid_size(h: int, w: int) -> None:
     Raises:
         ValueError: the size and the caps.
     """
-    from ..geometry import MAX_OUTPUT_SIDE, max_output_pixels
+    from .._limits import MAX_OUTPUT_SIDE, pixel_cap
 
-    cap = max_output_pixels()
+    cap = pixel_cap()
     if h > MAX_OUTPUT_SIDE or w > MAX_OUTPUT_SIDE or h * w > cap:
         raise ValueError(
             f"grid {h}x{w} exceeds the limit of {cap} cells and {MAX_OUTPUT_SIDE} per side "

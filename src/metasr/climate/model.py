@@ -28,7 +28,7 @@ from ..checkpoints import FieldStats, LoadedModel, checkpoint_stats
 from ..geometry import CoordinateGrid
 from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP, upscale
-from .grids import Grid
+from .grids import Grid, check_finer
 from .stats import check_units
 
 if TYPE_CHECKING:
@@ -71,16 +71,6 @@ def model_stats(loaded: LoadedModel, stats: FieldStats | None = None) -> FieldSt
             f"({', '.join(chosen.variables)}); a field is one variable"
         )
     return chosen
-
-
-def check_finer(src: Grid, dst: Grid) -> None:
-    """Refuse a target grid coarser than the source on either axis (this is downscaling)."""
-    if dst.shape[0] < src.shape[0] or dst.shape[1] < src.shape[1]:
-        raise ValueError(
-            f"target grid {dst.shape[0]}x{dst.shape[1]} is coarser than the source "
-            f"{src.shape[0]}x{src.shape[1]} on some axis; metasr upscale only refines "
-            "(coarsen with metasr.climate.coarsen)"
-        )
 
 
 def accepts_coords(model: torch.nn.Module) -> bool:
@@ -147,7 +137,6 @@ class ModelDownscaler:
         Returns:
             ``(N, H, W)`` float64 on ``dst``.
         """
-        mean, std = self.stats.mean[0], self.stats.std[0]
         model = self.loaded.model
         # The official code's float32 arithmetic is an index-ratio grid: coords need exact
         # arithmetic.
@@ -155,7 +144,8 @@ class ModelDownscaler:
         coords = coordinate_grid(src, dst) if by_coords else None
         out = np.empty((filled.shape[0], *dst.shape), dtype=np.float64)
         for start in range(0, filled.shape[0], self.batch_size):
-            z = ((filled[start : start + self.batch_size] - mean) / std).astype(np.float32)
+            # (B, h, w): B fields of the one variable, normalised as every field input is.
+            z = self.stats.normalise(filled[start : start + self.batch_size])
             # (B, h, w) go through a 1-channel model as one batch of B one-channel fields.
             if coords is None:
                 y = upscale_array(
@@ -169,7 +159,7 @@ class ModelDownscaler:
                 )
             else:
                 y = self._run_coords(z, coords)
-            out[start : start + y.shape[0]] = y.astype(np.float64) * std + mean
+            out[start : start + y.shape[0]] = self.stats.denormalise(y)
         if not np.all(np.isfinite(out)):
             raise ValueError(
                 f"model {self.loaded.name} produced NaN or infinite values (its weights, or "
