@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-EXTRAS ?= dev,train,climate,export
+EXTRAS ?= dev,train,climate,export,web
 
 .PHONY: venv test test-deps lint bench demo default-model default-v1-model photo-model photos climate-data t2m-model clean
 
@@ -19,10 +19,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# udunits2 for cfchecks (tests/climate/test_cf.py; those tests skip, saying so, without it).
+# Debian packages some tests need, installed when missing (as root, with apt-get); without them
+# those tests skip and say why: udunits2 for cfchecks (tests/climate/test_cf.py); chromium and
+# chromium-driver for the browser test of `metasr serve` (tests/cli/test_serve.py).
 test-deps:
 	@dpkg -s libudunits2-0 >/dev/null 2>&1 || apt-get install -y -q libudunits2-0 >/dev/null 2>&1 \
 		|| echo "libudunits2-0 not installed: the cfchecks tests will skip"
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+		echo "make: could not install chromium; the browser test will skip"; \
+	else echo "make: chromium is missing and cannot be installed here; the browser test will skip"; fi
 
 test: venv test-deps
 	$(PY) -m pytest -q

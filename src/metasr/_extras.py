@@ -32,9 +32,21 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
         ("scikit-image", "skimage"),
         ("matplotlib", "matplotlib"),
     ),
-    "climate": (("xarray", "xarray"), ("netCDF4", "netCDF4")),
+    "climate": (
+        ("xarray", "xarray"),
+        ("netCDF4", "netCDF4"),
+        ("dask", "dask"),
+        ("distributed", "distributed"),
+        ("zarr", "zarr"),
+    ),
     "export": (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript")),
-    "dev": (("pytest", "pytest"), ("ruff", "ruff"), ("scikit-image", "skimage"), ("pyyaml", "yaml")),
+    "dev": (
+        ("pytest", "pytest"),
+        ("ruff", "ruff"),
+        ("scikit-image", "skimage"),
+        ("pyyaml", "yaml"),
+        ("cfchecker", "cfchecker"),
+    ),
 }
 
 #: Commands that install an extra where a plain ``pip install`` is not enough.

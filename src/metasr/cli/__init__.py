@@ -1,4 +1,4 @@
-"""``metasr`` command line: ``metasr upscale|train|test|eval|bench|info``.
+"""``metasr`` command line: ``metasr upscale|train|eval|bench|export|info|serve``.
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the module is imported
 only when the parser is built, and heavy imports happen inside the command itself. User mistakes
@@ -20,7 +20,16 @@ from collections.abc import Iterator, Sequence
 __all__ = ["DEVICE_HELP", "MODEL_HELP", "CLIError", "device_arg", "main", "one_line"]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
-_SUBCOMMAND_MODULES = ("upscale", "train", "eval", "climate_stats", "bench", "export", "info")
+_SUBCOMMAND_MODULES = (
+    "upscale",
+    "train",
+    "eval",
+    "climate_stats",
+    "bench",
+    "export",
+    "info",
+    "serve",
+)
 
 
 class CLIError(Exception):

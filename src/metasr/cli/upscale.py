@@ -72,8 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     batch.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace outputs that exist (default: skip them, with a warning, so that a re-run "
-        "continues an interrupted batch and never replaces a file silently)",
+        help="replace outputs that exist (default: images are skipped, with a warning, so that a "
+        "re-run continues an interrupted batch and never replaces a file silently; an existing "
+        "netCDF/Zarr output is refused)",
     )
     batch.add_argument(
         "--suffix",
@@ -193,8 +194,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="time steps (first leading dim) read, downscaled and written at a time (default: "
         "from the free memory); peak memory grows with N, not with the file",
     )
-    # --overwrite (batch output, above) also replaces an existing netCDF output (refused
-    # otherwise): one option for both, argparse refuses a second definition.
     nc.add_argument(
         "--no-decode-times",
         action="store_true",
