@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     if loaded.format == "onnx":
         raise CLIError(f"--model {args.model} is already an ONNX file")
+    _check_memory(loaded, input_size, scale, size)
     net = loaded.model.eval()
     if suffix == ".onnx":
         export_onnx(net, out, input_size, scale=scale, size=size,
@@ -101,6 +102,32 @@ def run(args: argparse.Namespace) -> int:
         diff = _check(out, net, input_size, scale, size, loaded.value_range)
         print(f"max |difference| / max |output| against PyTorch: {diff:.1e}", file=sys.stdout)
     return 0
+
+
+def _check_memory(loaded, input_size: tuple[int, int], scale, size) -> None:
+    """Refuse, before tracing, an export whose example run cannot fit in free memory.
+
+    The export traces a batch of two inputs through the network (the ONNX file's batch is
+    dynamic), so twice one upscale's estimate (:func:`metasr.inference.estimate_upscale`).
+
+    Raises:
+        ValueError: a request over the output caps, or the estimate and the free memory.
+    """
+    import torch
+
+    from ..inference import estimate_upscale
+    from ..ops.memory import available_memory_bytes, gib
+
+    h, w = input_size
+    est = estimate_upscale(loaded, (loaded.in_channels, h, w), scale, size)
+    need = 2 * (est.host_bytes + est.work_bytes)
+    free = available_memory_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        H, W = est.output_size
+        raise ValueError(
+            f"exporting {h}x{w} -> {H}x{W} traces a batch of 2 and needs about {gib(need)}, "
+            f"more than the {gib(free)} of free memory; export a smaller --input-size"
+        )
 
 
 def _stats_entry(stats) -> dict[str, str]:

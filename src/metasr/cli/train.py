@@ -71,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _load_options(path_str: str) -> dict[str, Any]:
     path = Path(path_str)
+    if path.is_dir():
+        raise CLIError(f"{path}: is a folder, not an option file")
     if not path.is_file():
         raise CLIError(f"option file not found: {path}")
     try:
@@ -78,7 +80,9 @@ def _load_options(path_str: str) -> dict[str, Any]:
     except ImportError:
         raise CLIError(f"reading option files needs PyYAML: {_INSTALL_HINT}") from None
     try:
-        opt = yaml.safe_load(path.read_text())
+        opt = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CLIError(f"{path}: not a text (YAML) option file") from None
     except yaml.YAMLError as exc:
         raise CLIError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(opt, dict):
