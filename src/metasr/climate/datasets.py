@@ -216,7 +216,11 @@ def fetch_climate_data(dest: str | Path) -> Path:
     for entry in sources.values():
         entry["sizes"] = {f: (dest / f).stat().st_size for f in entry["files"]}
         entry["sha256"] = {f: _sha256(dest / f) for f in entry["files"]}
-    manifest_path.write_text(json.dumps({"sources": list(sources.values())}, indent=2) + "\n")
+    from ..io import atomic_write_text
+
+    atomic_write_text(
+        manifest_path, json.dumps({"sources": list(sources.values())}, indent=2) + "\n"
+    )
     return manifest_path
 
 
