@@ -8,7 +8,7 @@ and the bicubic baseline are rounded to 8 bits too, then compared with the refer
 BT.601 Y channel after shaving ``ceil(r_v)`` rows and ``ceil(r_h)`` columns on each side.
 
 Prints a Markdown table (model − bicubic in dB per scale, and both PSNRs). The photographs are
-the validation split of ``metasr.data.samples`` (``SKIMAGE_VAL``), never seen in training.
+the validation split of ``tools/samples.py`` (``SKIMAGE_VAL``), never seen in training.
 
 With ``--tta`` it also scores the model's test-time self-ensemble
 (:func:`metasr.inference.self_ensemble`, ``tta=True``: the grid-exact ones of the 8 flips and
@@ -37,12 +37,15 @@ import torch
 
 from metasr.checkpoints import LoadedModel, load_model
 from metasr.data.datasets import bicubic_pair
-from metasr.data.samples import SKIMAGE_VAL
 from metasr.data.scales import format_scale, parse_scale_spec
 from metasr.evaluate import evaluate
 from metasr.inference import DIHEDRAL, self_ensemble, tta_transforms, upscale_array
 from metasr.io import read_raster
 from metasr.metrics import quantize_8bit
+
+# The held-out photo names belong to the repository's data tools (tools/, next to scripts/).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.samples import SKIMAGE_VAL  # noqa: E402
 
 SCALES = ("2", "3", "4", "1.5x4", "3.5x2")
 
@@ -61,11 +64,11 @@ def load_photo(name: str) -> torch.Tensor:
     return quantize_8bit(torch.from_numpy(raster.data).double())
 
 
-def model_upscaler(loaded: LoadedModel, tta: bool = False):
+def model_upscaler(loaded: LoadedModel, tta: bool = False, precision: str = "fp32"):
     """The model as an evaluation callable, through :func:`metasr.inference.upscale_array`."""
 
     def fn(lq: torch.Tensor, scale: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
-        sr = upscale_array(loaded, lq[0].float().numpy(), scale=scale, tta=tta)
+        sr = upscale_array(loaded, lq[0].float().numpy(), scale=scale, tta=tta, precision=precision)
         return torch.from_numpy(sr).double()[None]
 
     return fn
@@ -113,7 +116,7 @@ def time_tta(
 
 def load_folder(folder: Path) -> tuple[list[torch.Tensor], list[str]]:
     """Every image file of ``folder`` (sorted) as ``(3, H, W)`` float64 8-bit levels, and names."""
-    from metasr.io import list_files
+    from metasr.data.files import list_files
 
     photos, names = [], []
     for path in list_files(folder):
@@ -158,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ssim", action="store_true", help="SSIM (Y) beside Y-PSNR")
     parser.add_argument("--scales", nargs="+", default=list(SCALES))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="inference precision of the model (metasr.precision)",
+    )
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     parser.add_argument(
         "--tta",
@@ -182,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     scales = [parse_scale_spec(s) for s in args.scales]
     labels = [format_scale(s) for s in scales]
     metric_names = ("psnr", "ssim") if args.ssim else ("psnr",)
-    model_rows = score(model_upscaler(loaded), photos, scales, names, metric_names, bicubic=True)
+    model_rows = score(
+        model_upscaler(loaded, precision=args.precision),
+        photos,
+        scales,
+        names,
+        metric_names,
+        bicubic=True,
+    )
     rows = {
         name: {s: (c["psnr"], c["bicubic_psnr"]) for s, c in cells.items()}
         for name, cells in model_rows.items()

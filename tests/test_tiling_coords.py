@@ -20,20 +20,25 @@ import torch
 import metasr
 from helpers import perturb_parameters, random_field
 from metasr.archs import MetaEDSR, MetaRDN, MetaSwinIR
-from metasr.checkpoints import FieldStats, LoadedModel
+from metasr.checkpoints import LoadedModel
 from metasr.climate import model as mcm
 from metasr.climate.grids import Grid, regular_grid
+from metasr.climate.stats import FieldStats
 from metasr.geometry import CoordinateGrid, Region, build_geometry_from_coords
 from metasr.tiling import plan_tiles, source_ordered_coords, tile_region, upscale
 
 # Receptive field in LR rows of each tiny network (convs; SwinIR: plus two windows of 4).
 NETS = {
     "meta_edsr": (
-        lambda **kw: MetaEDSR(1, 1, n_resblocks=2, n_feats=8, img_range=1.0, hidden=16, **kw),
+        lambda **kw: MetaEDSR(
+            1, 1, n_resblocks=2, n_feats=8, img_range=1.0, upsample={"hidden": 16}, **kw
+        ),
         8,
     ),
     "meta_rdn": (
-        lambda **kw: MetaRDN(1, 1, G0=8, D=2, C=2, G=4, img_range=1.0, hidden=16, **kw),
+        lambda **kw: MetaRDN(
+            1, 1, G0=8, D=2, C=2, G=4, img_range=1.0, upsample={"hidden": 16}, **kw
+        ),
         9,
     ),
     "meta_swinir": (
@@ -45,7 +50,7 @@ NETS = {
             num_heads=(2,),
             window_size=4,
             num_feat=8,
-            hidden=16,
+            upsample={"hidden": 16},
             **kw,
         ),
         16,
@@ -218,8 +223,9 @@ def test_cli_upscale_tiled_equals_whole(tmp_path: Path):
     xr = pytest.importorskip("xarray")
     pytest.importorskip("netCDF4")
     pytest.importorskip("safetensors")
-    from metasr.checkpoints import save_checkpoint, stats_metadata
+    from metasr.checkpoints import save_checkpoint
     from metasr.cli import main
+    from metasr.climate.stats import stats_metadata
 
     kwargs = dict(in_channels=1, out_channels=1, n_resblocks=1, n_feats=8, periodic_lon=True)
     torch.manual_seed(0)

@@ -40,12 +40,14 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
         ("zarr", "zarr"),
     ),
     "export": (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript")),
+    "web": (("gradio", "gradio"), ("matplotlib", "matplotlib")),
     "dev": (
         ("pytest", "pytest"),
         ("ruff", "ruff"),
         ("scikit-image", "skimage"),
         ("pyyaml", "yaml"),
         ("cfchecker", "cfchecker"),
+        ("selenium", "selenium"),
     ),
 }
 

@@ -30,7 +30,7 @@ residual around the width, so every column can depend on every other: its tiles 
 rows spanning the whole width, and ``tile`` bounds the rows only.
 
 Coordinate-placed requests (``coords=``, a :class:`metasr.geometry.CoordinateGrid`) are tiled
-the same way on the coordinate geometry (:func:`metasr.geometry.build_geometry_from_coords`):
+the same way on the coordinate geometry (:meth:`metasr.geometry.UpscaleRequest.geometry`):
 each output row goes to the tile whose core holds its LR row by latitude. Two things differ
 from ``scale``/``size``:
 
@@ -51,17 +51,13 @@ import numpy as np
 import torch
 
 from .archs.base import MetaSRNet
-from .geometry import (
-    CoordinateGrid,
-    Geometry,
-    Region,
-    build_geometry,
-    build_geometry_from_coords,
-)
+from .geometry import CoordinateGrid, Geometry, Region, UpscaleRequest
 
 __all__ = [
     "DEFAULT_OVERLAP",
     "AxisTile",
+    "default_overlap",
+    "receptive_radius",
     "plan_axis",
     "plan_tiles",
     "source_ordered_coords",
@@ -169,7 +165,7 @@ def plan_tiles(
     overlap = overlap if overlap < 0 else max(overlap, model.min_tile_overlap)
     also_rows = also_cols = None
     if by_coords and model.bicubic_residual:
-        ratio = build_geometry(geom.h, geom.w, size=(geom.H, geom.W))
+        ratio = UpscaleRequest(size=(geom.H, geom.W)).geometry(geom.h, geom.w)
         also_rows, also_cols = ratio.row_idx, ratio.col_idx
     rows = plan_axis(geom.row_idx, geom.h, tile, overlap, model.tile_alignment, also_rows)
     if model.periodic_lon:
@@ -198,7 +194,7 @@ def source_ordered_coords(
         ``row_order[i]`` of the output on ``sorted_coords`` (``None``: already in order; the
         columns likewise).
     """
-    geom = build_geometry_from_coords(coords, periodic_lon=periodic_lon)
+    geom = UpscaleRequest(coords=coords, periodic_lon=periodic_lon).geometry(*coords.in_shape)
     if geom.row_order is None and geom.col_order is None:
         return coords, None, None
     lat, lon = np.asarray(coords.dst_lat), np.asarray(coords.dst_lon)
@@ -206,7 +202,9 @@ def source_ordered_coords(
         lat = lat[_inverse(geom.row_order)]
     if geom.col_order is not None:
         lon = lon[_inverse(geom.col_order)]
-    ordered = CoordinateGrid(coords.src_lat, coords.src_lon, lat, lon, wrap_lon=coords.wrap_lon)
+    ordered = CoordinateGrid(
+        coords.src_lat, coords.src_lon, lat, lon, periodic_lon=coords.periodic_lon
+    )
     return ordered, geom.row_order, geom.col_order
 
 
@@ -258,39 +256,40 @@ def upscale(
     h, w = x.shape[-2:]
     # A periodic model's columns wrap, so it is cut into full-width bands of rows only.
     periodic = bool(getattr(model, "periodic_lon", False))
-    request = {"scale": scale, "size": size} if coords is None else {"coords": coords}
+    call = {"scale": scale, "size": size} if coords is None else {"coords": coords}
     if not tile or (tile >= h and (periodic or tile >= w)):
-        return model(x, **request)
+        return model(x, **call)
     if not isinstance(model, MetaSRNet):
         raise ValueError(
             f"tiling needs a metasr network (a MetaSRNet, whose forward takes region=), got "
             f"{type(model).__name__}; run without tiles"
         )
+    request = model.request(scale, size, coords=coords)
     row_order = col_order = None
-    if coords is None:
-        # Only the index maps matter for planning; the encoding is irrelevant to them.
-        geom = build_geometry(h, w, scale=scale, size=size, arithmetic=model.arithmetic)
-    else:
-        if scale is not None or size is not None:
-            raise ValueError("give either coords=... or scale=/size=, not both")
+    if coords is not None:
         coords, row_order, col_order = source_ordered_coords(coords, model.periodic_lon)
-        request = {"coords": coords}
-        geom = build_geometry_from_coords(coords, periodic_lon=model.periodic_lon)
-        if (h, w) != (geom.h, geom.w):
+        request = model.request(coords=coords)
+        call = {"coords": coords}
+        if (h, w) != coords.in_shape:
             raise ValueError(
-                f"the input is {h}x{w} but the source grid of coords is {geom.h}x{geom.w}"
+                f"the input is {h}x{w} but the source grid of coords is "
+                f"{coords.in_shape[0]}x{coords.in_shape[1]}"
             )
+    # Only the index maps matter for planning; the encoding is irrelevant to them. Every tile's
+    # forward cuts the same whole geometry (UpscaleRequest.geometry memoises it).
+    geom = request.geometry(h, w, model.pos_encoding)
     row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap, by_coords=coords is not None)
     jobs = [(rt, ct) for rt in row_tiles for ct in col_tiles]
     if progress and len(jobs) > 1:
         from tqdm.auto import tqdm
 
-        jobs = tqdm(jobs, desc="tiles", unit="tile", leave=False, disable=None)
+        # disable=None: silent when stderr is not a terminal; delay: only runs over ~2 s show
+        jobs = tqdm(jobs, desc="tiles", unit="tile", leave=False, disable=None, delay=2.0)
     out: torch.Tensor | None = None
     for rt, ct in jobs:
         region = tile_region(geom, rt, ct)
         xt = x[..., rt.in_lo : rt.in_hi, ct.in_lo : ct.in_hi]
-        yt = model(xt, **request, region=region)
+        yt = model(xt, **call, region=region)
         if tuple(yt.shape[-2:]) != region.out_shape:
             raise ValueError(
                 f"tiling: {type(model).__name__} gave a {tuple(yt.shape[-2:])} tile instead of "
@@ -305,3 +304,36 @@ def upscale(
     if col_order is not None:
         out = out[..., torch.from_numpy(col_order)]
     return out
+
+
+def receptive_radius(model: torch.nn.Module) -> int:
+    """An upper bound, in LR pixels, of how far an output's value can depend on the input.
+
+    Counted from the layers, as if they ran one after the other (parallel branches and
+    residual skips only make the true reach shorter): ``dilation·(k−1)/2`` per convolution,
+    ``window − 1`` per Swin attention block (a pixel sees its whole window; shifted windows
+    reach on from there), one for the Meta-Upscale head's 3×3 feature neighbourhood, and the
+    bicubic residual's taps. Convolutions of the weight predictor (none today) would count too:
+    they see offsets, not pixels, and make the bound only safer.
+    """
+    from .archs.swin_blocks import SwinBlock
+
+    reach = 1  # the head reads a 3x3 neighbourhood of LR features
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            kh, kw = m.kernel_size
+            dh, dw = m.dilation
+            reach += max(dh * (kh - 1), dw * (kw - 1)) // 2
+        elif isinstance(m, SwinBlock):
+            reach += m.window_size - 1
+    return reach + int(getattr(model, "min_tile_overlap", 0))
+
+
+def default_overlap(model: torch.nn.Module) -> int:
+    """The tile overlap used when none is given: the network's :func:`receptive_radius`, so
+    that a tile's core sees all it would see in the whole image (tiled and whole results then
+    agree to float rounding: within one 8-bit code). :data:`DEFAULT_OVERLAP` for models that
+    are not metasr networks (they are not tiled)."""
+    if not isinstance(model, MetaSRNet):
+        return DEFAULT_OVERLAP
+    return receptive_radius(model)

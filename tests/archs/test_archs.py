@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import metasr
+from helpers import TINY_MODELS
 from metasr.archs import (
     MetaEDSR,
     MetaRDN,
@@ -24,15 +25,9 @@ from metasr.archs import (
     register_model,
 )
 
-# Small MLP hidden width keeps the heads cheap; every registered name needs an entry here.
-TINY: dict[str, dict] = {
-    "meta_rdn": dict(G0=8, D=2, C=2, G=4, hidden=16),
-    "meta_edsr": dict(n_resblocks=1, n_feats=8, hidden=16),
-    "meta_edsr_tiny": dict(n_resblocks=1, n_feats=8, hidden=16),
-    "meta_swinir": dict(
-        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16
-    ),
-}
+# Small MLP hidden width keeps the heads cheap; every registered name needs an entry there.
+TINY = TINY_MODELS
+MODELS = metasr.list_models()
 
 SCALES = [2, 3, 2.5, 1.7, 1, (1.5, 4.0), (3.5, 2.0), (1.0, 2.3)]
 
@@ -95,7 +90,7 @@ def test_registry_errors():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_forward_shapes_every_scale_kind(name):
     torch.manual_seed(0)
     model = create_model(name, **TINY[name]).eval()
@@ -109,7 +104,7 @@ def test_forward_shapes_every_scale_kind(name):
             assert model(x, size=size).shape == (2, 3, *size)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_one_channel_gridded_and_channel_change(name):
     kwargs = dict(TINY[name])
     if name == "meta_edsr_tiny":
@@ -121,7 +116,7 @@ def test_one_channel_gridded_and_channel_change(name):
     assert gridded(_input(name, 1, 1, 6, 5), size=(14, 11)).shape == (1, 1, 14, 11)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_backward_reaches_every_trainable_parameter(name):
     torch.manual_seed(0)
     model = create_model(name, **TINY[name])
@@ -136,7 +131,7 @@ def test_backward_reaches_every_trainable_parameter(name):
             assert pname.split(".")[0] in ("sub_mean", "add_mean"), pname
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_backend_is_passed_to_the_head(name):
     torch.manual_seed(0)
     model = create_model(name, backend="naive", **TINY[name]).eval()
@@ -151,7 +146,7 @@ def test_backend_is_passed_to_the_head(name):
             model(x, scale=2)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_bicubic_residual(name):
     kwargs = {**TINY[name], "bicubic_residual": True}
     torch.manual_seed(0)
@@ -221,13 +216,23 @@ def official_metardn_keys(
     return keys
 
 
+def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict in the official names: the head's predictor is ``P2W``."""
+    head = "upsample.phi."
+    return {
+        (f"P2W.{k[len(head) :]}" if k.startswith(head) else k): v
+        for k, v in model.state_dict().items()
+    }
+
+
 def _key_shapes(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    """The official names and shapes of ``model``'s entries."""
+    return [(k, tuple(v.shape)) for k, v in official_state_dict(model).items()]
 
 
 def test_metardn_config_b_keys_equal_official_model_1000():
     with torch.device("meta"):  # config B has 22M parameters; shapes are all we need
-        model = MetaRDN(pos_encoding="official")
+        model = MetaRDN(upsample={"pos_encoding": "official"})
     expected = official_metardn_keys()
     assert len(expected) == 304
     assert _key_shapes(model) == expected
@@ -237,10 +242,10 @@ def test_metardn_config_b_keys_equal_official_model_1000():
 def test_periodic_metardn_keeps_the_official_keys_and_loads_model_1000_layout():
     # periodic_lon swaps the convolutions' class, not their names: official weights still load.
     with torch.device("meta"):
-        model = MetaRDN(pos_encoding="official", periodic_lon=True)
+        model = MetaRDN(upsample={"pos_encoding": "official"}, periodic_lon=True)
     assert _key_shapes(model) == official_metardn_keys()
     src = _official_like_model()
-    periodic = load_official_metardn(src.state_dict(), periodic_lon=True)
+    periodic = load_official_metardn(official_state_dict(src), periodic_lon=True)
     assert periodic.periodic_lon
     for k, v in src.state_dict().items():
         assert torch.equal(periodic.state_dict()[k], v), k
@@ -248,12 +253,13 @@ def test_periodic_metardn_keeps_the_official_keys_and_loads_model_1000_layout():
 
 def test_metardn_config_a_and_small_keys():
     with torch.device("meta"):
-        a = MetaRDN(D=20, C=6, G=32, pos_encoding="official")
+        a = MetaRDN(D=20, C=6, G=32, upsample={"pos_encoding": "official"})
     assert _key_shapes(a) == official_metardn_keys(D=20, C=6, G=32)
-    small = MetaRDN(pos_encoding="official", **TINY["meta_rdn"] | {"hidden": 256})
+    official = {"hidden": 256, "pos_encoding": "official"}
+    small = MetaRDN(**TINY["meta_rdn"] | {"upsample": official})
     assert _key_shapes(small) == official_metardn_keys(G0=8, D=2, C=2, G=4)
     # The asymmetric encoding only changes the MLP's input width.
-    asym = dict(_key_shapes(MetaRDN(**TINY["meta_rdn"] | {"hidden": 256})))
+    asym = dict(_key_shapes(MetaRDN(**TINY["meta_rdn"] | {"upsample": {"hidden": 256}})))
     assert asym["P2W.meta_block.0.weight"] == (256, 4)
 
 
@@ -347,7 +353,8 @@ def _lin(sd: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _official_like_model(**kwargs) -> MetaRDN:
     torch.manual_seed(0)
-    model = MetaRDN(G0=8, D=2, C=2, G=4, pos_encoding="official", **kwargs).eval()
+    model = create_model("meta_rdn", G0=8, D=2, C=2, G=4, pos_encoding="official", **kwargs)
+    model.eval()
     with torch.no_grad():  # trained MeanShift convs are not identities (see MeanShift's docstring)
         for ms in (model.sub_mean, model.add_mean):
             ms.weight.add_(0.05 * torch.randn_like(ms.weight))
@@ -364,7 +371,7 @@ def test_metardn_matches_official_forward(scale):
     model = _official_like_model()
     x = torch.rand(2, 3, 9, 11) * 255
     with torch.no_grad():
-        ref = official_metardn_forward(model.state_dict(), x, scale, D=2, C=2)
+        ref = official_metardn_forward(official_state_dict(model), x, scale, D=2, C=2)
         y = model(x, scale=scale)
     assert y.shape == ref.shape
     assert _rel_err(y, ref) < 1e-4
@@ -377,9 +384,9 @@ def test_metardn_official_arithmetic_matches_at_awkward_scales(scale):
     model = _official_like_model(arithmetic="official")
     x = torch.rand(1, 3, 31, 12) * 255
     with torch.no_grad():
-        ref = official_metardn_forward(model.state_dict(), x, scale, D=2, C=2)
+        ref = official_metardn_forward(official_state_dict(model), x, scale, D=2, C=2)
         y = model(x, scale=scale)
-        model.arithmetic = "exact"
+        model.upsample.arithmetic = "exact"
         y_exact = model(x, scale=scale)
     assert y.shape == ref.shape
     assert _rel_err(y, ref) < 1e-5
@@ -387,7 +394,7 @@ def test_metardn_official_arithmetic_matches_at_awkward_scales(scale):
 
 
 def test_metardn_official_encoding_rejects_asymmetric_scale():
-    model = MetaRDN(pos_encoding="official", **TINY["meta_rdn"])
+    model = create_model("meta_rdn", pos_encoding="official", **TINY["meta_rdn"])
     with pytest.raises(ValueError, match="needs r_v == r_h"):
         model(torch.rand(1, 3, 5, 5) * 255, scale=(2.0, 3.0))
 
@@ -399,20 +406,24 @@ def test_metardn_official_encoding_rejects_asymmetric_scale():
 
 def test_load_official_metardn_round_trip_config_b(tmp_path):
     torch.manual_seed(0)
-    src = MetaRDN(pos_encoding="official")
-    sd = src.state_dict()
+    src = MetaRDN(upsample={"pos_encoding": "official"})
+    sd = official_state_dict(src)
     path = tmp_path / "model_1000.pt"
     torch.save(sd, path)
     model = load_official_metardn(path)
     assert (model.G0, model.D, model.C, model.G, model.pos_encoding) == (64, 16, 8, 64, "official")
-    for k, v in model.state_dict().items():
+    for k, v in official_state_dict(model).items():
         assert torch.equal(v, sd[k]), k
+    # The network's own load_state_dict takes the official names too (its pre-hook).
+    again = MetaRDN(upsample={"pos_encoding": "official"})
+    again.load_state_dict(sd)
+    assert torch.equal(again.upsample.phi.meta_block[2].bias, sd["P2W.meta_block.2.bias"])
 
 
 @pytest.mark.parametrize("wrap", ["raw", "state_dict", "params", "module_prefix", "mapping"])
 def test_load_official_metardn_wrappers(tmp_path, wrap):
     src = _official_like_model()
-    sd = src.state_dict()
+    sd = official_state_dict(src)
     obj = {
         "raw": sd,
         "state_dict": {"state_dict": sd, "epoch": 1000},
@@ -434,7 +445,7 @@ def test_load_official_metardn_wrappers(tmp_path, wrap):
 
 
 def test_load_official_metardn_errors(tmp_path):
-    sd = _official_like_model().state_dict()
+    sd = official_state_dict(_official_like_model())
 
     def save(obj, name="bad.pt"):
         torch.save(obj, tmp_path / name)
@@ -459,7 +470,8 @@ def test_load_official_metardn_errors(tmp_path):
         load_official_metardn(save(extra))
     wrong = {**sd, "P2W.meta_block.0.weight": torch.zeros(256, 4)}  # an asymmetric-encoding MLP
     with pytest.raises(
-        ValueError, match=r"1 of another shape \(P2W.meta_block.0.weight: file \(256, 4\)"
+        ValueError,
+        match=r"1 of another shape \(upsample.phi.meta_block.0.weight: file \(256, 4\)",
     ):
         load_official_metardn(save(wrong))
     with pytest.raises(ValueError, match="'pos_encoding' is fixed by the checkpoint"):
@@ -681,7 +693,7 @@ def test_bad_constructor_arguments(name, kwargs, match):
         create_model(name, **{**TINY[name], **kwargs})
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_bad_call_arguments(name):
     model = create_model(name, **TINY[name])
     x = _input(name, 1, 3, 5, 5)

@@ -13,16 +13,12 @@ and say so.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
-import shutil
 import signal
-import socket
 import struct
-import subprocess
 import sys
-import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -36,16 +32,12 @@ pytest.importorskip("netCDF4")
 from metasr.cli import main  # noqa: E402
 from metasr.web.jobs import fit_size  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-READY = re.compile(r"metasr serve: ready at (http://\S+) \(([\d.]+) s\)")
+# The server and browser helpers are those of scripts/serve_screenshots.py.
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+shots = importlib.import_module("serve_screenshots")
 WAIT_S = 120  # a loaded 2-core machine: model loading and Gradio's queue take seconds
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _png_claiming(height: int, width: int) -> bytes:
@@ -70,16 +62,7 @@ def data(tmp_path_factory) -> Path:
     Image.fromarray((rng.random((20, 24, 3)) * 255).astype(np.uint8)).save(folder / "tiny.png")
     (folder / "bad.png").write_bytes(b"this is not a PNG file")
     (folder / "huge.png").write_bytes(_png_claiming(20000, 20000))
-    lat, lon = np.linspace(-80, 80, 9), np.arange(12) * 30.0
-    values = 280 + 20 * np.cos(np.deg2rad(lat))[None, :, None] + rng.normal(0, 1, (2, 9, 12))
-    da = xr.DataArray(
-        values.astype(np.float32),
-        dims=("time", "lat", "lon"),
-        coords={"time": [0, 1], "lat": ("lat", lat, {"units": "degrees_north"}), "lon": lon},
-        name="t2m",
-        attrs={"units": "K", "long_name": "2 metre temperature"},
-    )
-    da.to_dataset().to_netcdf(folder / "t2m.nc")
+    shots.synthetic_field(folder / "t2m.nc", 9, 12)
     return folder
 
 
@@ -105,32 +88,8 @@ def server(tmp_path_factory):
     it removed its temporary folder and wrote nothing in its working folder."""
     tmp = tmp_path_factory.mktemp("server_tmp")
     cwd = tmp_path_factory.mktemp("server_cwd")
-    port = _free_port()
-    env = dict(os.environ, TMPDIR=str(tmp), PYTHONUNBUFFERED="1")
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "metasr", "serve", "--port", str(port), "--device", "cpu"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            lines.append(line)
-            if READY.search(line):
-                ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(180):
-        proc.kill()
-        pytest.fail("metasr serve did not get ready in 180 s:\n" + "".join(lines))
-    url = READY.search("".join(lines)).group(1)
-    print(f"metasr serve ready after {time.perf_counter() - start:.1f} s (process start to ready)")
+    proc, url, seconds, lines = shots.start_serve(cwd, {"TMPDIR": str(tmp)})
+    print(f"metasr serve ready after {seconds:.1f} s (process start to ready)")
     yield url
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
@@ -143,38 +102,12 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Headless Debian chromium under selenium, downloading into a folder of its own."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    from selenium.webdriver.chrome.service import Service
-
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(path, os.X_OK):
-            pytest.skip(
-                f"{path} missing: install Debian's chromium and chromium-driver (make test does)"
-            )
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     downloads = tmp_path_factory.mktemp("downloads")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    profile = tmp_path_factory.mktemp("profile")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
-    options.add_experimental_option(
-        "prefs",
-        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
-    )
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.execute_cdp_cmd(
-        "Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
-    )
+    try:
+        driver = shots.headless_chromium(downloads, tmp_path_factory.mktemp("profile"))
+    except FileNotFoundError as exc:
+        pytest.skip(f"{exc} (make test installs them)")
     driver.downloads = downloads
     yield driver
     driver.quit()
@@ -345,6 +278,21 @@ def test_json_endpoints_match_the_cli_and_refuse_on_the_header(server, data, tmp
          "conservative", "-o", str(ref), "-q")  # fmt: skip
     (tmp_path / "got.nc").write_bytes(r.content)
     _same_netcdf(tmp_path / "got.nc", ref)
+    # The target grid from an uploaded file's lat/lon.
+    shots.synthetic_field(data / "grid.nc", 15, 20)
+    with open(data / "t2m.nc", "rb") as f, open(data / "grid.nc", "rb") as g:
+        r = httpx.post(
+            f"{server}/api/downscale",
+            files={"file": ("t2m.nc", f), "grid_file": ("grid.nc", g)},
+            data={"var": "t2m", "baseline": "bilinear"},
+            timeout=WAIT_S,
+        )
+    assert r.status_code == 200, r.text
+    ref = tmp_path / "t2m_grid.nc"
+    _cli(data, "upscale", "t2m.nc", "--var", "t2m", "--target-grid", "grid.nc", "--baseline",
+         "bilinear", "-o", str(ref), "-q")  # fmt: skip
+    (tmp_path / "got_grid.nc").write_bytes(r.content)
+    _same_netcdf(tmp_path / "got_grid.nc", ref)
 
 
 def test_fit_size_keeps_the_aspect_ratio_inside_the_box():
@@ -352,3 +300,56 @@ def test_fit_size_keeps_the_aspect_ratio_inside_the_box():
     assert fit_size((100, 50), (300, 300)) == (300, 150)
     assert fit_size((3, 7), (10, 10)) == (4, 10)  # 3·10/7 = 4.29 rounds down: never outside
     assert fit_size((10, 10), (5, 40)) == (5, 5)  # smaller than the image: the CLI refuses it
+
+
+def test_serve_option_mistakes_are_one_line_before_gradio_loads(capsys):
+    import socket
+
+    assert main(["serve", "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "metasr serve: error: bad --port 0: must be 1..65535"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"metasr serve: error: cannot listen on 127.0.0.1:{port}:"), err
+    assert main(["serve", "--model", "no_such.safetensors"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_import_metasr_does_not_import_gradio():
+    import subprocess
+
+    code = "import sys, metasr; print(sorted(m for m in ('gradio', 'fastapi') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_several_photos_zip_the_cli_outputs_and_keep_16_bits(data, tmp_path):
+    """Without the browser: two uploads (one 16-bit) give a zip of exactly the CLI's PNGs."""
+    import shutil
+    import zipfile
+
+    import png
+
+    from metasr.web.jobs import Workspace, upscale_photos
+
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    for folder in (inputs, outputs, tmp_path / "ws"):
+        folder.mkdir()
+    shutil.copy(data / "tiny.png", inputs)
+    rng = np.random.default_rng(1)
+    deep = (rng.random((10, 12, 3)) * 65535).astype(np.uint16)
+    with open(inputs / "deep.png", "wb") as f:
+        png.Writer(12, 10, greyscale=False, bitdepth=16).write(f, deep.reshape(10, 36).tolist())
+    uploads = [(inputs / "tiny.png", "tiny.png"), (inputs / "deep.png", "deep.png")]
+    results, bundle = upscale_photos(uploads, Workspace(tmp_path / "ws"), scale="2x1.5")
+    assert [r.out_shape for r in results] == [(40, 36), (20, 18)]
+    assert results[1].after.dtype == np.uint8 and results[1].after.shape == (20, 18, 3)
+    with zipfile.ZipFile(bundle) as zf:
+        assert sorted(zf.namelist()) == ["deep.png", "tiny.png"]
+        for name in ("tiny.png", "deep.png"):
+            _cli(inputs, "upscale", name, "--scale", "2x1.5", "-o", str(outputs / name), "-q")
+            assert zf.read(name) == (outputs / name).read_bytes(), name
+    assert png.Reader(bytes=(outputs / "deep.png").read_bytes()).read()[3]["bitdepth"] == 16

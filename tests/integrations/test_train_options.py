@@ -21,7 +21,7 @@ if importlib.util.find_spec("basicsr") is None:
     pytest.skip("BasicSR is not installed (pip install 'metasr[train]')", allow_module_level=True)
 
 from metasr.cli import main  # noqa: E402
-from metasr.data.samples import make_synthetic_images  # noqa: E402
+from tools.samples import make_synthetic_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_OPT = ROOT / "options" / "train" / "tiny_cpu.yml"
@@ -201,3 +201,16 @@ def test_field_training_mistakes_are_refused_before_basicsr(workdir, base, capsy
     regional = _field_opt(base, workdir, "regional", good, np.linspace(-10, 20, 32))
     regional["network_g"]["periodic_lon"] = True
     _refused(workdir, capsys, regional, "periodic_lon")
+
+
+def test_dataroot_gt_lists_pass_basicsrs_option_parsing():
+    """BasicSR's parse_options calls os.path.expanduser(dataroot_gt): a TypeError on the lists
+    field datasets accept, unless metasr's integration is installed."""
+    import sys
+
+    import metasr.integrations.basicsr  # noqa: F401  (installs the list-aware path)
+
+    osp = sys.modules["basicsr.utils.options"].osp
+    home = os.path.expanduser("~")
+    assert osp.expanduser(["~/a.nc", "b.nc"]) == [f"{home}/a.nc", "b.nc"]
+    assert osp.expanduser("~/c.nc") == f"{home}/c.nc" and osp.join("a", "b") == "a/b"

@@ -28,6 +28,7 @@ _SUBCOMMAND_MODULES = (
     "bench",
     "export",
     "info",
+    "demo",
     "serve",
 )
 
@@ -156,6 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
     except CLIError as exc:
+        print(f"{prefix} {one_line(exc)}", file=sys.stderr)
+        return 2
+    except TypeError as exc:
+        # An argument of the wrong type (metasr.validation.ArgumentTypeError; from an option
+        # file, say): a usage error in one line. Any other TypeError is a bug: let it show.
+        if type(exc).__name__ != "ArgumentTypeError":
+            raise
         print(f"{prefix} {one_line(exc)}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:

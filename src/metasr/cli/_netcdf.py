@@ -106,7 +106,7 @@ def _outputs(
 def parse_stats_arg(text: str):
     """``--stats``: ``MEAN,STD`` (units unknown: not checked) or a JSON file written by
     ``metasr climate-stats``."""
-    from ..checkpoints import FieldStats
+    from ..climate.stats import FieldStats
 
     path = Path(text)
     if path.is_file():
@@ -143,9 +143,8 @@ def _command_line(args: argparse.Namespace, src: Path) -> str:
 
 def check_run_options(args: argparse.Namespace) -> None:
     """The options ``upscale`` shares between images and netCDF, checked before any file is
-    read or model loaded (usage errors, exit 2, the same words on both paths)."""
-    if args.tile < 0:
-        raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
+    read or model loaded (usage errors, exit 2, the same words on both paths; ``--tile`` is
+    :func:`.upscale.parse_tile_arg`'s)."""
     if args.tile_overlap is not None and args.tile_overlap < 0:
         raise CLIError(f"bad --tile-overlap {args.tile_overlap}: must be >= 0")
     if args.max_pixels is not None and args.max_pixels < 1:
@@ -186,6 +185,10 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
         raise CLIError("netCDF input needs --target-grid (era5, n96, HxW or a .nc file)")
     if args.batch_size < 1:
         raise CLIError(f"bad --batch-size {args.batch_size}: must be >= 1")
+    from .upscale import parse_tile_arg
+
+    tile = parse_tile_arg(str(args.tile))
+    tile = 0 if tile == "auto" else tile  # fields: whole unless asked (--tile N)
     check_run_options(args)
     if args.tta:
         raise CLIError(
@@ -228,7 +231,7 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             loaded,
             chosen,
             batch_size=args.batch_size,
-            tile=args.tile,
+            tile=tile,
             overlap=overlap,
             progress=not args.quiet,
         )

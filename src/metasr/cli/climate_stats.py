@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import climate as mc
-    from ..checkpoints import add_checkpoint_stats
+    from ..climate.stats import add_checkpoint_stats
     from ..io import atomic_write_text
     from ._outputs import check_output_file, check_outputs
 

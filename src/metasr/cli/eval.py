@@ -103,9 +103,9 @@ def load_eval_model(spec: str, opt_path: str | None, device: str, backend: str |
         return as_upscaler("bicubic")
     network_opt = None
     if opt_path:
-        from .train import _load_options
+        from .options import load_options
 
-        network_opt = _load_options(opt_path).get("network_g")
+        network_opt = load_options(opt_path).get("network_g")
         if not isinstance(network_opt, dict):
             raise CLIError(f"{opt_path}: no 'network_g' mapping")
     loaded = load_model(spec, device="cpu", backend=backend, network_opt=network_opt)
@@ -115,7 +115,7 @@ def load_eval_model(spec: str, opt_path: str | None, device: str, backend: str |
 
 def _read_data(data: str, in_channels: int) -> tuple[list[Any], list[str], str]:
     """HR tensors, their names and kind (``"image"``/``"array"``) from ``--data``."""
-    from ..io import data_kind, list_files, read_sample
+    from ..data.files import data_kind, list_files, read_sample
 
     files = list_files(data, what="--data")
     kind = data_kind(files[0])

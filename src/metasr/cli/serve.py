@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 
-from . import CLIError
+from . import DEVICE_HELP, CLIError
 
 __all__ = ["register"]
 
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the network, without any login)",
     )
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--max-pixels",
         type=int,
@@ -70,10 +70,9 @@ def _check(args: argparse.Namespace) -> None:
         raise CLIError(f"bad --port {args.port}: must be 1..65535")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise CLIError(f"bad --max-pixels {args.max_pixels}: must be >= 1")
-    if args.device is not None:
-        from . import device_arg
+    from . import device_arg
 
-        device_arg(args.device)
+    device_arg(args.device)
     for spec in args.model:
         if not spec.strip():
             raise CLIError("bad --model '': give a checkpoint file or a bundled model's name")
@@ -125,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         workspace = Workspace(root)
         models = model_choices([os.path.abspath(m) if os.path.isfile(m) else m for m in args.model])
         default = models[len(models) - len(args.model)] if args.model else "default"
-        options = ServeOptions(models, default, args.device, args.max_pixels)
+        device = None if args.device == "auto" else args.device  # None: the CLI's own auto
+        options = ServeOptions(models, default, device, args.max_pixels)
         app = build_server(workspace, options)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
         server = uvicorn.Server(config)

@@ -193,6 +193,7 @@ def build_blocks(workspace: Workspace, options: ServeOptions):
                     grid_hw = gr.Textbox(label="H x W", placeholder="96x144", elem_id="field-hw")
                     grid_file = gr.File(
                         label="Grid file (its lat/lon)",
+                        height=110,
                         file_types=NETCDF_TYPES,
                         elem_id="field-gridfile",
                     )
@@ -207,6 +208,7 @@ def build_blocks(workspace: Workspace, options: ServeOptions):
                 with gr.Column(scale=2):
                     figure = gr.Image(
                         label="Input and result (one colour scale), zonal means",
+                        show_label=False,  # the label would hide the first map's title
                         type="filepath",
                         format="png",
                         elem_id="field-figure",

@@ -311,9 +311,10 @@ def upscale_photos(
 
 
 def _scale_pair(text: str) -> tuple[float, float]:
-    from ..data.scales import parse_scale_spec
+    """``--scale`` text as the CLI reads it (it has accepted ``text`` by now)."""
+    from ..cli.upscale import parse_scale_arg
 
-    return parse_scale_spec(text, comma_pair=True)
+    return parse_scale_arg(text)
 
 
 def _as_cli_line(exc: BaseException, job: Path) -> str:
@@ -446,7 +447,8 @@ def downscale_field(
         src = src.rename(src.with_name(src.name + ".nc"))
     grid = target_grid
     if grid_file is not None:
-        grid = str(take_upload(grid_file[0], job, "grid_" + safe_name(grid_file[1])))
+        (job / "grid").mkdir()  # its own folder: the grid file may share the input's name
+        grid = str(take_upload(grid_file[0], job / "grid", grid_file[1]))
     label = "grid" if grid_file is not None else safe_name(target_grid.strip())
     dst = job / "out" / f"{src.stem}_{label}.nc"
     dst.parent.mkdir(exist_ok=True)
@@ -496,7 +498,7 @@ def field_figure(before, after, step: int, path: Path, what: str, method: str) -
     (a, lat_a, lon_a), (b, lat_b, lon_b) = plane(before), plane(after)
     both = np.concatenate([a[np.isfinite(a)], b[np.isfinite(b)]])
     vmin, vmax = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
-    fig = plt.figure(figsize=(11, 3.6), dpi=90)
+    fig = plt.figure(figsize=(11, 3.6), dpi=90, layout="constrained")
     grid = fig.add_gridspec(1, 3, width_ratios=(1, 1, 0.55))
     image = None
     for k, (values, lat, lon, title) in enumerate(

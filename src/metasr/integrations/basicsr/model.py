@@ -18,7 +18,7 @@ Differences from ``SRModel``:
 * **Fields** (:mod:`metasr.climate.fields`: batches carrying ``lq_lat``/``lq_lon``/``gt_lat``/
   ``gt_lon``): the network is called with ``coords=CoordinateGrid(...)`` from the batch instead
   of ``scale`` (training and validation), on values normalised with the model's
-  :class:`~metasr.checkpoints.FieldStats` (the ``field_stats`` option, else those of the
+  :class:`~metasr.climate.FieldStats` (the ``field_stats`` option, else those of the
   training :class:`~metasr.climate.fields.FieldDataset`, else the pretrained checkpoint's), which
   every saved checkpoint stores under ``"field_stats"`` so ``metasr upscale`` applies them.
   Validation de-normalises the output and scores it in the field's units with the climate
@@ -54,17 +54,13 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.dist_util import master_only
 from tqdm import tqdm
 
-from ...checkpoints import (
-    NETWORK_KEY,
-    STATS_KEY,
-    FieldStats,
-    network_value_range,
-    training_checkpoint_stats,
-)
+from ...checkpoints import NETWORK_KEY, network_value_range
+from ...climate.stats import STATS_KEY, FieldStats, training_checkpoint_stats
+from ...data.files import write_image
 from ...data.scales import Scale, format_scale, to_scale
 from ...evaluate import summarize
 from ...geometry import CoordinateGrid
-from ...io import atomic_write, atomic_write_text, write_image
+from ...io import atomic_write, atomic_write_text
 from ...metrics import format_table, quantize_8bit
 from .distributed import check_ranks_agree, check_replicas_identical, wrap_ddp
 from .metrics import calculate_psnr_metasr, calculate_ssim_metasr
@@ -121,9 +117,9 @@ def _batch_coords(data: dict[str, Any]) -> CoordinateGrid | None:
                 "(MetaSRFieldDataset places every sample of a batch alike)"
             )
         axes.append(tuple(a[0].tolist()))
-    wrap = data.get("wrap_lon", True)
+    wrap = data.get("periodic_lon", True)
     wrap = bool(torch.as_tensor(wrap).reshape(-1)[0])
-    return CoordinateGrid(*axes, wrap_lon=wrap)
+    return CoordinateGrid(*axes, periodic_lon=wrap)
 
 
 def _stats_of_options(opt: dict[str, Any]) -> FieldStats | None:
