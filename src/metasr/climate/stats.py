@@ -167,7 +167,8 @@ def training_checkpoint_stats(path: str | os.PathLike) -> FieldStats | None:
     except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
         # Not torch's text: it advises weights_only=False, i.e. running the file's code.
         raise ValueError(
-            f"{path}: not a training checkpoint that can be loaded safely ({type(exc).__name__})"
+            f"{path}: not a readable training checkpoint (it cannot be loaded safely: "
+            f"{type(exc).__name__})"
         ) from None
     if not isinstance(obj, Mapping) or not isinstance(obj.get(STATS_KEY), str):
         return None
