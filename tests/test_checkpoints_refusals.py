@@ -30,7 +30,7 @@ from metasr.checkpoints import build_network, load_model, resolve_device, save_c
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-TINY_EDSR = {"n_resblocks": 1, "n_feats": 8, "hidden": 16, "img_range": 1.0}
+TINY_EDSR = {"n_resblocks": 1, "n_feats": 8, "upsample": {"hidden": 16}, "img_range": 1.0}
 
 
 def _tiny_edsr(seed: int = 0) -> torch.nn.Module:
@@ -139,7 +139,7 @@ def test_free_memory_bounds_the_build(monkeypatch):
 
 def test_weights_of_another_architecture_are_one_short_line(tmp_path, hr_dir, capsys):
     torch.manual_seed(0)
-    rdn = metasr.create_model("meta_rdn", G0=8, D=2, C=2, G=4, hidden=16)
+    rdn = metasr.create_model("meta_rdn", G0=8, D=2, C=2, G=4, upsample={"hidden": 16})
     torch.save({"params": rdn.state_dict()}, tmp_path / "net_g_5000.pth")
     opt = tmp_path / "edsr.yml"
     opt.write_text("network_g: {type: MetaEDSR, n_resblocks: 1, n_feats: 8, hidden: 16}\n")
@@ -157,7 +157,7 @@ def test_weights_of_another_architecture_are_one_short_line(tmp_path, hr_dir, ca
 
 
 def test_weights_of_other_arguments_name_the_shapes(tmp_path):
-    net = metasr.create_model("meta_edsr", n_resblocks=1, n_feats=8, hidden=16)
+    net = metasr.create_model("meta_edsr", n_resblocks=1, n_feats=8, upsample={"hidden": 16})
     torch.save({"params": net.state_dict()}, tmp_path / "n.pth")
     shapes = r"of another shape \(head\.0\.weight: file \(8, 3, 3, 3\), network \(16, 3, 3, 3\)"
     with pytest.raises(ValueError, match=shapes):

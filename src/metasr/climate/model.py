@@ -90,7 +90,7 @@ def coordinate_grid(src: Grid, dst: Grid) -> CoordinateGrid:
         tuple(src.lon.tolist()),
         tuple(dst.lat.tolist()),
         tuple(dst.lon.tolist()),
-        wrap_lon=src.periodic,
+        periodic_lon=src.periodic,
     )
 
 
