@@ -216,16 +216,23 @@ def export_v2(args: argparse.Namespace) -> int:
     from metasr import create_model
     from metasr.checkpoints import FieldStats, stats_metadata
     from metasr.climate.card import ModelCard
-    from metasr.climate.training import network_kwargs
+    from metasr.climate.training import glosea4_split, network_kwargs, temperature_sources
 
     opt = _options(args.opt)
+    sources = temperature_sources(args.data, opt["sources"])
+    if "glosea4" in sources:
+        sources["glosea4"], _ = glosea4_split(sources["glosea4"], opt.get("held_out_members", []))
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     net = create_model("meta_edsr", **network_kwargs())
     net.load_state_dict(state["net"])
     card = ModelCard(
         variable="air_temperature",
         units="K",
-        sources=[{"name": s, "units": "K"} for s in opt["sources"]],
+        sources=[
+            {"name": k, "variable": v.variable, "units": "K", "fields": int(v.fields.shape[0]),
+             "grid": f"{v.grid.shape[0]}x{v.grid.shape[1]}", "global": v.grid.periodic}
+            for k, v in sources.items()
+        ],  # fmt: skip
         held_out=[*opt.get("held_out_members", []), *opt.get("held_out_sources", [])],
         ratio_min=float(opt["ratio"][0]),
         ratio_max=float(opt["ratio"][1]),
@@ -271,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("export-v2", help="a v2 run's state.pt -> safetensors with model card")
     p.add_argument("--opt", type=Path, default=Path("options/train/MetaEDSR_t2m_v2.yml"))
     p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=Path("datasets/climate"))
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=export_v2)
     args = parser.parse_args(argv)

@@ -136,6 +136,7 @@ def _refuse_image_options(args: argparse.Namespace) -> None:
 
 def run_upscale_netcdf(args: argparse.Namespace) -> int:
     """``metasr upscale`` on netCDF inputs (see the module docstring)."""
+    import numpy as np
     import torch
 
     from .. import climate as mc
@@ -163,7 +164,12 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     files = _expand(args.inputs)
     targets = _outputs(files, args.output)
     method: Any = args.baseline
-    if method is None:
+    card = None
+    if method == "bicubic-conservative":
+        from ..climate.constraint import bicubic_conservative
+
+        method = bicubic_conservative
+    elif method is None:
         device = device_arg(args.device)
         if args.half and device.type != "cuda":
             raise CLIError("--half needs a CUDA device")
@@ -182,6 +188,7 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             overlap=overlap,
             progress=not args.quiet,
         )
+        card = method.card
     # Read and check every input first: a bad one must not leave the others half written.
     jobs = []
     for src in files:
@@ -192,7 +199,20 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             if args.max_pixels is not None and grid.shape[0] * grid.shape[1] > args.max_pixels:
                 h, w = grid.shape
                 raise ValueError(f"{h}x{w} grid is over --max-pixels {args.max_pixels}")
-            if not isinstance(method, str):
+            if card is not None:
+                from ..climate.card import check_input
+
+                units = da.attrs.get("units")
+                masked = bool(np.isnan(np.asarray(da.values)).any())
+                offset, warns = check_input(
+                    card, grid, dst, None if units is None else str(units), masked,
+                    strict=args.strict,
+                )  # fmt: skip
+                for line in warns:
+                    print(f"warning: {src}: {line}", file=sys.stderr)
+                if offset:
+                    da = (da + offset).assign_attrs({**da.attrs, "units": card.units})
+            elif isinstance(method, mc.ModelDownscaler):
                 units = da.attrs.get("units")
                 mc.check_units(
                     method.stats, None if units is None else str(units), f"variable {args.var!r}"
@@ -205,6 +225,9 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             out = mc.downscale(da, dst, method)
         except ValueError as exc:
             raise _naming(exc, src) from None
+        if card is not None:
+            out.attrs["metasr_model"] = str(args.model)
+            out.attrs["metasr_model_card"] = card.summary()
         mc.write_field(out, dst_path, history=_command_line(args, src))
         if not args.quiet:
             (h, w), (H, W) = grid.shape, dst.shape

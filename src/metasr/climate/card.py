@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..checkpoints import LoadedModel
     from .grids import Grid
 
-__all__ = ["CARD_KEY", "NORMALISATIONS", "ModelCard", "card_warnings", "model_card"]
+__all__ = ["CARD_KEY", "NORMALISATIONS", "ModelCard", "card_warnings", "check_input", "model_card"]
 
 #: Checkpoint metadata entry holding a :class:`ModelCard` as JSON.
 CARD_KEY = "model_card"
@@ -168,3 +168,45 @@ def card_warnings(
     if units is not None and card.units and units != card.units:
         out.append(f"the field is in {units!r}, the model in {card.units!r}")
     return out
+
+
+def check_input(
+    card: ModelCard, src: Grid, dst: Grid, units: str | None, masked: bool, *, strict: bool
+) -> tuple[float, list[str]]:
+    """What ``metasr upscale`` does with an input before a carded model runs.
+
+    A field in °C for a temperature model in K is converted (an offset of +273.15, said in a
+    warning); other units the card does not cover are refused.
+
+    Args:
+        card: the model's card.
+        src, dst: the input's and the target's grid.
+        units: the input's ``units`` attribute (``None``: none).
+        masked: whether the input has missing values.
+        strict: refuse (``ValueError``) instead of warning when the input lies outside the card.
+
+    Returns:
+        ``(offset, warnings)``: the offset to add to the input (0 or 273.15) and the warning
+        lines to print.
+
+    Raises:
+        ValueError: units that cannot be converted, or anything outside the card with
+            ``strict``.
+    """
+    from .stats import same_units
+
+    offset = 0.0
+    if units is not None and card.units and not same_units(units, card.units):
+        if "temperature" in card.variable and same_units(card.units, "K") and same_units(units, "degC"):
+            offset = 273.15
+        else:
+            raise ValueError(
+                f"the field is in {units!r} but the model's card says {card.units!r}; convert "
+                "it first (only degrees Celsius are converted, for temperature models)"
+            )
+    msgs = card_warnings(card, src, dst, None, masked)
+    if offset:
+        msgs.append(f"the field is in {units!r}: converted to {card.units} (+273.15)")
+    if strict and msgs:
+        raise ValueError("outside the model card (--strict): " + "; ".join(msgs))
+    return offset, msgs
