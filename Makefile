@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 EXTRAS ?= dev,train,climate,export
 
-.PHONY: venv test lint bench demo default-model default-v1-model photo-model photos climate-data t2m-model clean
+.PHONY: venv test test-deps lint bench demo default-model default-v1-model photo-model photos climate-data t2m-model clean
 
 # BasicSR 1.4.2 ships only as a source package whose build imports torch, so it is built
 # against the venv's torch (--no-build-isolation) after torch is installed.
@@ -19,7 +19,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: venv
+# udunits2 for cfchecks (tests/climate/test_cf.py; those tests skip, saying so, without it).
+test-deps:
+	@dpkg -s libudunits2-0 >/dev/null 2>&1 || apt-get install -y -q libudunits2-0 >/dev/null 2>&1 \
+		|| echo "libudunits2-0 not installed: the cfchecks tests will skip"
+
+test: venv test-deps
 	$(PY) -m pytest -q
 
 lint: venv

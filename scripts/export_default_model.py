@@ -51,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", help="metasr registry name (instead of --opt)")
     parser.add_argument("--kwargs", default="{}", help="JSON constructor arguments (with --arch)")
     parser.add_argument("--key", help="checkpoint entry: params_ema (default if present) or params")
-    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_CHECKPOINT)
+    # Required: a default would overwrite the bundled model the package ships.
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help=f"the .safetensors file to write (the bundled default model is {DEFAULT_CHECKPOINT})",
+    )
     parser.add_argument("--note", default="", help="free text stored in the metadata")
     args = parser.parse_args(argv)
 

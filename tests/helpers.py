@@ -1,6 +1,7 @@
-"""Set-up shared by several test modules (imported as ``helpers``: pytest puts ``tests/`` on the
-path). Random parameters and fields, so that no symmetry of a default initialisation (zero
-biases, a ×0.1 head, equal weights) hides a misplaced row, column or position.
+"""Set-up shared by several test modules (imported as ``helpers`` from every test folder:
+``pythonpath`` in pyproject.toml puts ``tests/`` on the path). Random parameters and fields, so
+that no symmetry of a default initialisation (zero biases, a ×0.1 head, equal weights) hides a
+misplaced row, column or position.
 """
 
 from __future__ import annotations

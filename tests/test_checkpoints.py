@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import sys
 import warnings
 
 import pytest
 import torch
 
 import metasr
-from metasr import checkpoints
 from metasr._state_dict import WRAPPER_KEYS, clean_state_dict
 from metasr.checkpoints import (
     NETWORK_KEY,
@@ -232,25 +230,7 @@ def test_load_model_backend_and_unknown_backend():
         set_backend(_edsr(), "bogus")
 
 
-# ------------------------------------------------------------------------------- old module names
-
-
-@pytest.mark.parametrize(
-    ("old", "names"),
-    [
-        ("metasr.hub", ["load_model", "load_checkpoint", "save_checkpoint", "upscale_raster"]),
-        ("metasr.integrations.checkpoints", ["build_network", "load_basicsr_checkpoint"]),
-    ],
-)
-def test_deprecated_aliases(monkeypatch, old, names):
-    monkeypatch.delitem(sys.modules, old, raising=False)
-    with pytest.warns(DeprecationWarning, match="deprecated"):
-        module = importlib.import_module(old)
-    from metasr import inference
-
-    for name in names:
-        new = getattr(checkpoints, name, None) or getattr(inference, name)
-        assert getattr(module, name) is new
+# ------------------------------------------------------------------------------------ imports
 
 
 def test_new_modules_import_without_warnings():

@@ -1,4 +1,4 @@
-"""Geometry: output sizes, LR maps, offsets, encodings (DESIGN.md §1)."""
+"""Geometry: output sizes, LR maps, offsets, encodings (docs/design.md §1)."""
 
 from __future__ import annotations
 

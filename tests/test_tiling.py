@@ -19,7 +19,7 @@ from metasr import MetaUpsample, build_geometry, meta_upscale
 from metasr.archs import MetaEDSR, MetaRDN, MetaSwinIR
 from metasr.archs.bicubic import BICUBIC_CONTEXT, bicubic_upsample
 from metasr.geometry import Region
-from metasr.tiling import plan_axis, tile_geometry, tile_region, upscale
+from metasr.tiling import plan_axis, tile_region, upscale
 
 # Receptive-field radius in LR pixels: EDSR 2 blocks = 6 convs, RDN D=C=2 = 7, both plus the
 # head's 3x3; SwinIR: convs plus a plain and a shifted window of 4 (wrapping at a tile's edge).
@@ -287,17 +287,6 @@ def test_tiling_needs_a_metasr_network():
     assert upscale(Plain(), x, scale=2).shape == (1, 3, 40, 40)  # whole: any model
     with pytest.raises(ValueError, match="MetaSRNet"):
         upscale(Plain(), x, scale=2, tile=8)
-
-
-def test_tile_geometry_is_a_deprecated_alias_of_cut():
-    geom = build_geometry(15, 19, scale=(2.3, 1.5))
-    rt, ct = plan_axis(geom.row_idx, 15, 6, 2)[1], plan_axis(geom.col_idx, 19, 6, 2)[2]
-    with pytest.warns(DeprecationWarning):
-        old = tile_geometry(geom, rt, ct)
-    new = geom.cut(tile_region(geom, rt, ct))
-    np.testing.assert_array_equal(old.row_idx, new.row_idx)
-    np.testing.assert_array_equal(old.col_pos, new.col_pos)
-    assert (old.h, old.w, old.H, old.W) == (new.h, new.w, new.H, new.W)
 
 
 # ----------------------------------------------------------------------------- planning

@@ -6,20 +6,39 @@ Public API::
     up = MetaUpsample(64, 3)
     y = up(features, scale=(2.5, 3.0))      # or scale=3.7, or size=(721, 1440)
 
-``import metasr`` needs only torch (and numpy); Triton, BasicSR and image libraries load lazily.
+``import metasr`` imports nothing heavy: torch and the rest load when a name is first used;
+Triton, BasicSR and image libraries load lazily.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .geometry import CoordinateGrid, build_geometry, resolve_output_size
-from .modules import MetaUpsample, Pos2Weight
-from .ops.meta_upscale import meta_upscale
-from .ops.meta_upscale._dispatch import BackendUnavailableError, backends
-from .ops.meta_upscale.weights import meta_upscale_weights
+if TYPE_CHECKING:
+    from .geometry import CoordinateGrid, build_geometry, resolve_output_size
+    from .modules import MetaUpsample, Pos2Weight
+    from .ops.meta_upscale import meta_upscale
+    from .ops.meta_upscale._dispatch import BackendUnavailableError, backends
+    from .ops.meta_upscale.weights import meta_upscale_weights
 
 __version__ = "0.1.0"
+
+# Every public name is imported on first use (PEP 562): `metasr --help` and the climate
+# baselines import `metasr.cli` / `metasr.climate`, which must not pay for importing torch.
+_LAZY = {
+    "CoordinateGrid": ".geometry",
+    "build_geometry": ".geometry",
+    "resolve_output_size": ".geometry",
+    "MetaUpsample": ".modules",
+    "Pos2Weight": ".modules",
+    "meta_upscale": ".ops.meta_upscale",
+    "BackendUnavailableError": ".ops.meta_upscale._dispatch",
+    "backends": ".ops.meta_upscale._dispatch",
+    "meta_upscale_weights": ".ops.meta_upscale.weights",
+    "create_model": ".archs",
+    "list_models": ".archs",
+}
 
 __all__ = [
     "BackendUnavailableError",
@@ -38,10 +57,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The model zoo is imported on first use so that `import metasr` stays light.
-    if name in ("create_model", "list_models", "archs"):
-        import importlib
-
-        archs = importlib.import_module(".archs", __name__)
-        return archs if name == "archs" else getattr(archs, name)
+    if name == "archs":
+        return importlib.import_module(".archs", __name__)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
     raise AttributeError(f"module 'metasr' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

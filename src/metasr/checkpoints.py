@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -616,6 +617,8 @@ def _load_onnx(path: Path) -> LoadedModel:
 
     model = OnnxModel(path)
     meta = {"request": model.request, "input_size": "{}x{}".format(*model.input_size)}
+    if STATS_KEY in model.metadata:  # validated like a checkpoint's entry: checkpoint_stats
+        meta[STATS_KEY] = model.metadata[STATS_KEY]
     return LoadedModel(
         model=model,
         name=str(path),
@@ -742,6 +745,46 @@ class FieldStats:
                 )
         if not isinstance(self.grid, str):
             raise ValueError(f"field statistics: grid must be a string, got {self.grid!r}")
+
+    def _per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """``mean``, ``std`` as ``(channels, 1, 1)`` float64: one variable's statistics serve
+        every channel (each goes through the one-variable model on its own), else one entry
+        per channel.
+
+        Raises:
+            ValueError: more than one variable, and not one per channel.
+        """
+        n = len(self.variables)
+        if n != 1 and n != channels:
+            raise ValueError(
+                f"statistics for {n} variables ({', '.join(self.variables)}) cannot normalise "
+                f"{channels} channels (one variable for all of them, or one per channel)"
+            )
+        mean = np.asarray(self.mean, dtype=np.float64)
+        std = np.asarray(self.std, dtype=np.float64)
+        if n == 1:
+            mean, std = np.repeat(mean, channels), np.repeat(std, channels)
+        return mean[:, None, None], std[:, None, None]
+
+    def normalise(self, values: np.ndarray) -> np.ndarray:
+        """``(values − mean) / std`` of a ``(C, h, w)`` field in the statistics' units, as
+        float32 (what the network takes). The one place a field is normalised for a model
+        (netCDF, ``.npy``, float TIFF, :func:`metasr.upscale`, ONNX files).
+
+        Raises:
+            ValueError: see :meth:`_per_channel`; ``values`` not ``(C, h, w)``.
+        """
+        if not isinstance(values, np.ndarray) or values.ndim != 3:
+            raise ValueError(f"expected a field (C, h, w), got {getattr(values, 'shape', values)}")
+        mean, std = self._per_channel(values.shape[0])
+        return ((values - mean) / std).astype(np.float32)
+
+    def denormalise(self, values: np.ndarray) -> np.ndarray:
+        """The inverse of :meth:`normalise` for a network output ``(C, H, W)``: float64."""
+        if not isinstance(values, np.ndarray) or values.ndim != 3:
+            raise ValueError(f"expected a field (C, H, W), got {getattr(values, 'shape', values)}")
+        mean, std = self._per_channel(values.shape[0])
+        return values.astype(np.float64) * std + mean
 
     def to_json(self) -> str:
         """The metadata/file form: ``{"version": 1, "variables": [{name, units, mean, std}],

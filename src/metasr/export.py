@@ -31,7 +31,6 @@ __all__ = [
     "export_onnx",
     "export_program",
     "format_request",
-    "load_onnx_model",
 ]
 
 #: ONNX opset of exported files (ONNX 1.13+; onnxruntime 1.14+ runs it).
@@ -42,12 +41,9 @@ INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 
 
 def _need(module: str) -> None:
-    import importlib.util
+    from ._extras import require
 
-    if importlib.util.find_spec(module) is None:
-        raise ValueError(
-            f"ONNX export and inference need the {module!r} package: pip install 'metasr[export]'"
-        )
+    require(module, "export", "ONNX export and inference")
 
 
 class _FixedRequest(nn.Module):
@@ -125,6 +121,7 @@ def export_onnx(
     size: tuple[int, int] | None = None,
     value_range: float = 1.0,
     name: str = "",
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write ``net`` at one input size and request as an ONNX file (float32, dynamic batch).
 
@@ -135,6 +132,10 @@ def export_onnx(
         scale, size: the request (exactly one).
         value_range: the network's input for an image in 0..1 (recorded for ``metasr upscale``).
         name: what the model was loaded as (recorded in the metadata).
+        metadata: more entries for the file's metadata: a field model's
+            :func:`metasr.checkpoints.stats_metadata`, so that ``metasr upscale --model
+            file.onnx`` normalises as with the checkpoint (the graph takes normalised values,
+            like the network).
 
     Returns:
         ``path``. Graph input ``"lr"`` ``(N, Cin, h, w)``, output ``"sr"`` ``(N, Cout, H, W)``.
@@ -174,6 +175,7 @@ def export_onnx(
         "metasr.value_range": repr(float(value_range)),
         "metasr.name": name or type(net).__name__,
     }
+    meta.update(metadata or {})
     del proto.metadata_props[:]
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
@@ -221,6 +223,8 @@ class OnnxModel(nn.Module):
         self.in_channels = int(meta["metasr.in_channels"])
         self.out_channels = int(self.session.get_outputs()[0].shape[1])
         self.value_range = float(meta["metasr.value_range"])
+        #: every metadata entry of the file (``field_stats`` of a field model among them)
+        self.metadata = dict(meta)
         kind, value = self.request.split(" ")
         if kind == "scale":
             self._r = _pair(value)
@@ -264,8 +268,3 @@ class OnnxModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, input_size={self.input_size}, request={self.request!r}"
-
-
-def load_onnx_model(path: str | os.PathLike) -> OnnxModel:
-    """:class:`OnnxModel` of a file written by :func:`export_onnx`."""
-    return OnnxModel(path)

@@ -1,6 +1,6 @@
 """Output geometry of Meta-Upscale: sizes, LR index maps, offsets and position encodings.
 
-Everything here is host-side float64 arithmetic (see ``DESIGN.md`` §1). The per-row and
+Everything here is host-side float64 arithmetic (see ``docs/design.md`` §1). The per-row and
 per-column quantities are computed separately because the position encoding is separable:
 ``pos(i, j) = row_pos[i] + col_pos[j] + const_pos``. Backends rely on that to evaluate the
 first MLP layer as ``A[i] + Bc[j] + c`` instead of on ``H·W`` positions.
@@ -300,7 +300,7 @@ class Geometry:
             non-decreasing (every backend relies on that), and row ``i`` of the requested output
             is row ``row_order[i]`` of the computed one (a coordinate grid whose target starts
             elsewhere on the circle than the source, or runs the other way;
-            :func:`metasr.ops.meta_upscale.padding.restore_order` applies it).
+            :func:`metasr.ops.meta_upscale.tables.restore_order` applies it).
     """
 
     h: int
@@ -620,7 +620,7 @@ def build_geometry(
 ) -> Geometry:
     """Validate the request and compute the :class:`Geometry` of one call.
 
-    Position encodings (``DESIGN.md`` §1):
+    Position encodings (``docs/design.md`` §1):
 
     * ``"asymmetric"``: ``(Δv, Δh, 1/r_v, 1/r_h)``.
     * ``"official"``: ``(1/r, Δv, Δh)``, only for ``r_v == r_h``.

@@ -545,6 +545,44 @@ def upscale_alpha(alpha: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
     return out[0, 0].clamp_(0.0, 1.0).numpy()
 
 
+def _field_stats(loaded: LoadedModel, raster: Raster, normalize: str):
+    """The statistics a raster is normalised with (a field model's, for a field), or ``None``.
+
+    Warns (one line) when the input does not suit the model: an image on a field model (its
+    statistics are for physical values, not 0..1 codes), or a field whose values lie outside
+    an image model's input range (``--normalize minmax`` maps them into it).
+    """
+    import warnings
+
+    from .checkpoints import checkpoint_stats
+
+    stats = checkpoint_stats(loaded)
+    lo, hi = float(raster.data.min()), float(raster.data.max())
+    if stats is not None and raster.kind == "image":
+        warnings.warn(
+            f"model {loaded.name} is a field model (statistics of "
+            f"{', '.join(stats.variables)} in {', '.join(u or '?' for u in stats.units)}); "
+            f"this {np.dtype(raster.dtype).itemsize * 8}-bit image goes through it as 0..1 values",
+            stacklevel=3,
+        )
+        return None
+    if stats is None and raster.kind == "field" and normalize == "none":
+        top = loaded.value_range
+        if lo < -0.01 * top or hi > 1.01 * top:
+            warnings.warn(
+                f"model {loaded.name} takes values in 0..{top:g} but this field spans "
+                f"{lo:.4g}..{hi:.4g} (give --normalize minmax, or a model with field statistics)",
+                stacklevel=3,
+            )
+        return None
+    if stats is not None and raster.kind == "field" and normalize == "minmax":
+        raise ValueError(
+            f"--normalize minmax is for image models; model {loaded.name} normalises fields "
+            "with its own statistics"
+        )
+    return stats
+
+
 def upscale_raster(
     loaded: LoadedModel,
     raster: Raster,
@@ -558,10 +596,16 @@ def upscale_raster(
 ) -> Raster:
     """Upscale a whole :class:`metasr.io.Raster` (colour through the model, alpha bicubic).
 
+    A field (``kind="field"``) on a model with normalisation statistics
+    (:func:`metasr.checkpoints.checkpoint_stats`, ONNX files included) is normalised with them
+    and de-normalised after (:meth:`~metasr.checkpoints.FieldStats.normalise`, the same code as
+    netCDF input). An image on such a model, or a field outside an image model's value range,
+    gets one warning.
+
     Args:
-        normalize: for fields, ``"minmax"`` maps each channel's range to 0..1 before the model
-            and back after it (for models trained on images); ``"none"`` passes values as they
-            are. Images are always in 0..1.
+        normalize: for fields on a model without statistics, ``"minmax"`` maps each channel's
+            range to 0..1 before the model and back after it (for models trained on images);
+            ``"none"`` passes values as they are. Images are always in 0..1.
         tta: test-time self-ensemble, as in :func:`upscale_array`.
 
     Returns:
@@ -578,7 +622,14 @@ def upscale_raster(
     _check_raster(raster)
     data = raster.data
     kind = raster.kind
-    if kind == "field" and normalize == "minmax":
+    stats = _field_stats(loaded, raster, normalize)
+    if stats is not None:
+        # A field model: its stored statistics, as for netCDF input (FieldStats.normalise).
+        y = upscale_array(
+            loaded, stats.normalise(data), scale, size, "field", tile, overlap, progress, tta
+        )
+        out = stats.denormalise(y)
+    elif kind == "field" and normalize == "minmax":
         lo = data.min(axis=(1, 2), keepdims=True)
         span = data.max(axis=(1, 2), keepdims=True) - lo
         span = np.where(span > 0, span, 1.0)  # a constant channel stays constant

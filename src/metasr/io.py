@@ -36,10 +36,14 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    # Imported where tensors are made: the atomic writer and the header readers serve the
+    # torch-free climate baselines too (`metasr upscale x.nc --baseline ...`).
+    import torch
 
 __all__ = [
     "ARRAY_SUFFIXES",
@@ -114,6 +118,10 @@ class Raster:
         alpha: ``(H, W)`` float32 in 0..1, or None.
         squeeze: a field that was stored 2-D ``(H, W)``; written back 2-D.
         planar: a TIFF stored samples-first (``SYX``); written back the same way.
+        icc_profile: the image's ICC colour profile (JPEG, PNG, WebP, TIFF), written back
+            where the output format holds one (not BMP, not 16-bit PNG).
+        exif: the image's EXIF block with its orientation reset to 1 (the reader has already
+            turned the pixels upright), written back to JPEG, PNG and WebP.
     """
 
     data: np.ndarray
@@ -122,6 +130,8 @@ class Raster:
     alpha: np.ndarray | None = None
     squeeze: bool = False
     planar: bool = False
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -145,16 +155,11 @@ def format_of(path: str | os.PathLike) -> str:
 
 
 def _require(module: str, package: str, purpose: str):
-    """Import an optional dependency or raise ``ValueError`` saying what to install."""
-    import importlib
+    """Import a core image dependency or raise one line saying what to install
+    (:func:`metasr._extras.require`; a ``ValueError``)."""
+    from ._extras import require
 
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ValueError(
-            f"{purpose} needs the '{package}' package: pip install {package} "
-            "(or pip install 'metasr[image]')"
-        ) from None
+    return require(module, None, purpose)
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,8 +274,11 @@ def _read_pillow(path: Path, limit: int) -> Raster:
             )
             raise ValueError(_several_images(path, what, frames, "frames"))
         im.load()
-        # Cameras store rotation in EXIF; the output carries no EXIF, so apply it now.
+        icc = im.info.get("icc_profile") or None
+        # Cameras store rotation in EXIF: apply it to the pixels now (the EXIF written back
+        # says "upright", so no viewer turns the result a second time).
         im = ImageOps.exif_transpose(im)
+        exif = _upright_exif(im)
         mode = im.mode
         if mode == "P":
             mode = "RGBA" if "transparency" in im.info else "RGB"
@@ -292,7 +300,22 @@ def _read_pillow(path: Path, limit: int) -> Raster:
             raise ValueError(f"{path}: unsupported image mode {im.mode!r}")
         if mode != im.mode:
             im = im.convert(mode)
-        return _image(np.asarray(im), alpha_last=mode in ("LA", "RGBA"), path=path)
+        raster = _image(np.asarray(im), alpha_last=mode in ("LA", "RGBA"), path=path)
+        return replace(raster, icc_profile=icc, exif=exif)
+
+
+#: EXIF tag of the orientation (1: upright).
+_ORIENTATION = 0x0112
+
+
+def _upright_exif(im) -> bytes | None:
+    """``im``'s EXIF block with the orientation set to 1, or ``None`` when it has none."""
+    exif = im.getexif()
+    if not len(exif):
+        return None
+    if _ORIENTATION in exif:
+        exif[_ORIENTATION] = 1
+    return exif.tobytes()
 
 
 def _png_header(path: Path) -> tuple[int, int, int, int]:
@@ -345,6 +368,8 @@ def _read_tiff(path: Path, limit: int) -> Raster:
         height, width = dims.get("Y", 1), dims.get("X", 1)
         _check_size(path, height, width, samples // max(height * width, 1), limit)
         arr = series.asarray()
+        icc_tag = page.tags.get(34675)  # InterColorProfile
+        icc = bytes(icc_tag.value) if icc_tag is not None else None
         photometric = int(page.photometric)
         extrasamples = tuple(int(e) for e in page.extrasamples)
     planar = axes == "SYX"
@@ -368,6 +393,7 @@ def _read_tiff(path: Path, limit: int) -> Raster:
     alpha_last = bool(extrasamples) and extrasamples[-1] in (1, 2)
     raster = _image(arr, alpha_last=alpha_last, path=path)
     raster.planar = planar
+    raster.icc_profile = icc
     return raster
 
 
@@ -415,6 +441,9 @@ def _read_npy(path: Path, limit: int) -> Raster:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
+    ``write`` may replace the temporary file by a folder of the same name (a Zarr store): it
+    then replaces ``path`` the same way.
+
     The temporary name (see :func:`is_temporary_name`) keeps the suffix (some writers pick the
     format from it), starts with a dot and is shortened to fit the folder's name length limit.
     On any error, including a ``SIGINT``/``SIGTERM`` turned into an exception, the temporary
@@ -435,12 +464,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         raise _naming(exc, path) from exc
     try:
         write(tmp)
-        os.replace(tmp, path)
+        _replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         if isinstance(exc, OSError):
             raise _naming(exc, path) from exc
         raise
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """``os.replace``, also for a folder (a Zarr store) written in place of the temporary file:
+    an existing ``path`` is moved aside first and removed once ``tmp`` has its name."""
+    if not tmp.is_dir() or not (path.exists() or path.is_symlink()):
+        os.replace(tmp, path)
+        return
+    aside = _create_temporary(path.parent, path)  # a fresh name that is ours
+    aside.unlink()
+    os.replace(path, aside)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(aside, path)  # put the old output back
+        raise
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _naming(exc: OSError, path: Path) -> OSError:
@@ -579,8 +634,16 @@ def _field_values(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return data.astype(dtype)
 
 
-def write_raster(path: str | os.PathLike, raster: Raster, jpeg_quality: int = 95) -> None:
+def write_raster(path: str | os.PathLike, raster: Raster, quality: int | None = None) -> None:
     """Write ``raster`` to ``path`` (format from the suffix), atomically.
+
+    An image's ICC profile and EXIF (:class:`Raster`) go with it where the format holds them:
+    both in JPEG, PNG (8-bit) and WebP, the profile in TIFF.
+
+    Args:
+        quality: JPEG and WebP quality, 1..100. JPEG defaults to 95; WebP is lossless unless a
+            quality is given (a super-resolution result should not pick up compression
+            artefacts by default). Other formats are lossless and refuse a quality.
 
     Raises:
         ValueError: the format cannot hold the raster (16 bits in JPEG, alpha in JPEG, an image
@@ -588,6 +651,13 @@ def write_raster(path: str | os.PathLike, raster: Raster, jpeg_quality: int = 95
         FileNotFoundError: the destination folder does not exist.
     """
     fmt = check_writable(raster, path)
+    if quality is not None:
+        if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
+            raise TypeError(f"quality must be an integer 1..100, got {quality!r}")
+        if not 1 <= quality <= 100:
+            raise ValueError(f"quality must be 1..100, got {quality}")
+        if fmt not in ("jpeg", "webp"):
+            raise ValueError(f"{path}: quality is for JPEG and WebP; {fmt.upper()} is lossless")
     if (raster.kind == "image" or np.issubdtype(raster.dtype, np.integer)) and np.isnan(
         raster.data
     ).any():
@@ -641,6 +711,8 @@ def write_raster(path: str | os.PathLike, raster: Raster, jpeg_quality: int = 95
             )
         elif channels == 1:
             samples = samples[:, :, 0]
+        if raster.icc_profile:
+            kw["iccprofile"] = raster.icc_profile
         atomic_write(path, lambda tmp: tifffile.imwrite(tmp, samples, compression="zlib", **kw))
     elif fmt == "png" and raster.dtype == np.uint16:
         png = _require("png", "pypng", "writing 16-bit PNG")
@@ -664,10 +736,16 @@ def write_raster(path: str | os.PathLike, raster: Raster, jpeg_quality: int = 95
         options = {
             "png": {"optimize": False},
             "bmp": {},
-            "jpeg": {"quality": jpeg_quality},
-            # Lossless: a super-resolution result should not pick up compression artefacts.
-            "webp": {"lossless": True},
+            "jpeg": {"quality": 95 if quality is None else int(quality)},
+            # Lossless by default: a super-resolution result should not pick up compression
+            # artefacts unless asked for.
+            "webp": {"lossless": True} if quality is None else {"quality": int(quality)},
         }[fmt]
+        if fmt != "bmp":
+            if raster.icc_profile:
+                options["icc_profile"] = raster.icc_profile
+            if raster.exif:
+                options["exif"] = raster.exif
         atomic_write(path, lambda tmp: im.save(tmp, format=fmt.upper(), **options))
 
 
@@ -753,6 +831,8 @@ def read_image(path: str | os.PathLike, channels: int | None = 3) -> torch.Tenso
             data = _luma(raster)
         else:
             raise ValueError(f"{path}: cannot make {channels} channel(s) of a {have}-channel image")
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
 
 
@@ -765,6 +845,8 @@ def read_array(path: str | os.PathLike) -> torch.Tensor:
     if data_kind(path) != "array":
         raise ValueError(f"{path}: not a .npy array file")
     raster = read_raster(path)
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(raster.data, dtype=np.float32))
 
 

@@ -45,7 +45,6 @@ from ``scale``/``size``:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,7 +65,6 @@ __all__ = [
     "plan_axis",
     "plan_tiles",
     "source_ordered_coords",
-    "tile_geometry",
     "tile_region",
     "upscale",
 ]
@@ -222,17 +220,6 @@ def tile_region(geom: Geometry, rows: AxisTile, cols: AxisTile) -> Region:
         out_rows=(rows.out_lo, rows.out_hi),
         out_cols=(cols.out_lo, cols.out_hi),
     )
-
-
-def tile_geometry(geom: Geometry, rows: AxisTile, cols: AxisTile) -> Geometry:
-    """Deprecated: ``geom.cut(tile_region(geom, rows, cols))`` (:meth:`Geometry.cut`)."""
-    warnings.warn(
-        "metasr.tiling.tile_geometry is deprecated; use "
-        "geom.cut(metasr.tiling.tile_region(geom, rows, cols))",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return geom.cut(tile_region(geom, rows, cols))
 
 
 def upscale(

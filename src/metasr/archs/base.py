@@ -233,7 +233,7 @@ class MetaSRNet(nn.Module):
 
     def _scale_head_for_residual(self) -> None:
         # With the bicubic residual the head only has to predict a correction; starting it
-        # 10x smaller keeps the initial output close to bicubic (DESIGN.md §7).
+        # 10x smaller keeps the initial output close to bicubic (docs/design.md §7).
         if self.bicubic_residual:
             last = self.pos2weight.head
             with torch.no_grad():

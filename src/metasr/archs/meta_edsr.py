@@ -66,7 +66,7 @@ class MetaEDSR(MeanShiftMetaSRNet):
 
     Registered as ``"meta_edsr"`` (EDSR-baseline, official conventions) and ``"meta_edsr_tiny"``
     (6 blocks × 32 features, inputs in ``[0, 1]``, bicubic residual: the small CPU-trainable
-    default model of ``DESIGN.md`` §7).
+    default model of ``docs/design.md`` §7).
 
     Args:
         in_channels: input channels.

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import signal
 import sys
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
 
-__all__ = ["CLIError", "main", "one_line"]
+__all__ = ["DEVICE_HELP", "MODEL_HELP", "CLIError", "device_arg", "main", "one_line"]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
 _SUBCOMMAND_MODULES = ("upscale", "train", "eval", "climate_stats", "bench", "export", "info")
@@ -26,8 +27,22 @@ class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+#: ``--model`` help, the same for every subcommand that loads a model.
+MODEL_HELP = (
+    "a bundled model: 'default' (photos, the default), 'default-v1' (the first photo model), "
+    "'t2m' (near-surface temperature fields, kelvin); a metasr .safetensors checkpoint; a "
+    "BasicSR net_g_*.pth written by metasr training; the official Meta-SR model_1000.pt; an "
+    ".onnx file from 'metasr export' (onnxruntime); or a registry name (meta_rdn, meta_edsr, "
+    "meta_swinir: random weights). The format is read from the file's content"
+)
+
+#: ``--device`` help, the same for every subcommand.
+DEVICE_HELP = "auto (CUDA when present, else the CPU; the default), cpu or cuda[:N]"
+
+
 def device_arg(name: str | None):
-    """``--device``: ``cpu`` or ``cuda[:N]`` (default: CUDA when available, else the CPU).
+    """``--device``: ``auto`` (or ``None``: CUDA when available, else the CPU), ``cpu`` or
+    ``cuda[:N]``.
 
     Raises:
         CLIError: a device this machine does not have, or one metasr does not run on.
@@ -36,7 +51,7 @@ def device_arg(name: str | None):
 
     from ..checkpoints import resolve_device
 
-    if name is None:
+    if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = resolve_device(name)
@@ -52,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="metasr",
         description="Magnification-arbitrary super-resolution with Meta-Upscale.",
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"metasr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _SUBCOMMAND_MODULES:

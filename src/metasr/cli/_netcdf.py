@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import CLIError
 
 __all__ = [
@@ -70,21 +72,26 @@ def _expand(items: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def _outputs(files: list[Path], output: str) -> list[Path]:
+def _outputs(files: list[Path], output: str, overwrite: bool = False) -> list[Path]:
     out = Path(output)
-    if out.is_dir():
+    zarr = out.suffix.lower() == ".zarr"
+    if out.is_dir() and not zarr:
         targets = [out / f.name for f in files]
     elif len(files) > 1:
         raise CLIError(f"several inputs need an existing output folder; {output} is not one")
     else:
         if not out.parent.is_dir():
             raise CLIError(f"output folder {out.parent} does not exist")
-        if not is_netcdf(out):
-            raise CLIError(f"output {output}: netCDF input is written as netCDF; name it .nc")
+        if not (is_netcdf(out) or zarr):
+            raise CLIError(
+                f"output {output}: netCDF input is written as netCDF (.nc) or Zarr (.zarr)"
+            )
         targets = [out]
     for src, dst in zip(files, targets, strict=True):
         if dst.exists() and dst.resolve() == src.resolve():
             raise CLIError(f"{dst}: output would overwrite its input; choose another -o")
+        if (dst.exists() or dst.is_symlink()) and not overwrite:
+            raise CLIError(f"{dst} exists; pass --overwrite to replace it")
     return targets
 
 
@@ -119,6 +126,7 @@ def _naming(exc: ValueError, path: Path) -> ValueError:
 def _command_line(args: argparse.Namespace, src: Path) -> str:
     """The ``history`` line: this input's command (the process's argv may be another program's)."""
     words = [str(src), "--var", args.var, "--target-grid", args.target_grid, "-o", args.output]
+    words += ["--no-decode-times"] if args.no_decode_times else []
     words += ["--baseline", args.baseline] if args.baseline else ["--model", args.model]
     if args.stats is not None and not args.baseline:
         words += ["--stats", args.stats]
@@ -136,24 +144,23 @@ def _refuse_image_options(args: argparse.Namespace) -> None:
 
 def run_upscale_netcdf(args: argparse.Namespace) -> int:
     """``metasr upscale`` on netCDF inputs (see the module docstring)."""
-    import numpy as np
-    import torch
-
     from .. import climate as mc
-    from ..checkpoints import load_model
-    from ..tiling import DEFAULT_OVERLAP
-    from . import device_arg
+    from ..climate import io as cio
 
     _refuse_image_options(args)
     if not args.var:
-        raise CLIError("netCDF input needs --var NAME (the variable to downscale)")
+        raise CLIError("netCDF input needs --var NAME[,NAME...] (the variables to downscale)")
+    variables = list(dict.fromkeys(v.strip() for v in args.var.split(",") if v.strip()))
+    if not variables:
+        raise CLIError(f"bad --var {args.var!r}: give variable names, comma-separated")
     if args.target_grid is None:
         raise CLIError("netCDF input needs --target-grid (era5, n96, HxW or a .nc file)")
     if args.batch_size < 1:
         raise CLIError(f"bad --batch-size {args.batch_size}: must be >= 1")
     if args.tile < 0:
         raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
-    overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
+    if args.chunk is not None and args.chunk < 1:
+        raise CLIError(f"bad --chunk {args.chunk}: must be >= 1")
     stats = parse_stats_arg(args.stats) if args.stats is not None else None
     if args.baseline is not None and args.stats is not None:
         raise CLIError("--stats is for a model; a --baseline needs no statistics")
@@ -162,7 +169,7 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CLIError(f"bad --target-grid: {exc}") from None
     files = _expand(args.inputs)
-    targets = _outputs(files, args.output)
+    targets = _outputs(files, args.output, args.overwrite)
     method: Any = args.baseline
     card = None
     if method == "bicubic-conservative":
@@ -170,6 +177,14 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
 
         method = bicubic_conservative
     elif method is None:
+        # torch only for a model: a --baseline run never imports it (start-up time).
+        import torch
+
+        from ..checkpoints import load_model
+        from ..tiling import DEFAULT_OVERLAP
+        from . import device_arg
+
+        overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
         device = device_arg(args.device)
         if args.half and device.type != "cuda":
             raise CLIError("--half needs a CUDA device")
@@ -189,52 +204,89 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         card = method.card
-    # Read and check every input first: a bad one must not leave the others half written.
+    # Check every input first (metadata, then one lazy pass for "all missing"): a bad one must
+    # not leave the others written.
     jobs = []
-    for src in files:
-        try:
-            da = mc.read_field(src, args.var)
-            grid = mc.grid_of(da)
-            mc.check_finer(grid, dst)
-            if args.max_pixels is not None and grid.shape[0] * grid.shape[1] > args.max_pixels:
-                h, w = grid.shape
-                raise ValueError(f"{h}x{w} grid is over --max-pixels {args.max_pixels}")
-            if card is not None:
-                from ..climate.card import check_input
+    try:
+        for src in files:
+            try:
+                ds = cio.open_fields(src, variables, decode_times=not args.no_decode_times)
+                jobs.append((src, ds))
+                grid = cio.grid_of(ds, variables[0])
+                mc.check_finer(grid, dst)
+                if args.max_pixels is not None and grid.shape[0] * grid.shape[1] > args.max_pixels:
+                    h, w = grid.shape
+                    raise ValueError(f"{h}x{w} grid is over --max-pixels {args.max_pixels}")
+                if card is not None:
+                    ds = _check_card(ds, variables, card, grid, dst, args.strict, src)
+                elif isinstance(method, mc.ModelDownscaler):
+                    for v in variables:
+                        units = ds[v].attrs.get("units")
+                        mc.check_units(
+                            method.stats, None if units is None else str(units), f"variable {v!r}"
+                        )
+                first = ds[variables[0]]
+                lead = [d for d in first.dims if d not in cio.grid_names(ds, variables).dims]
+                per_step = len(variables) * int(np.prod([first.sizes[d] for d in lead[1:]]))
+                chunk = args.chunk or cio.default_chunk(grid, dst, per_step)
+                ds = cio.chunk_fields(ds, variables, chunk)
+                jobs[-1] = (src, ds)
+                for v in variables:
+                    cio.check_some_valid(ds[v])
+            except ValueError as exc:
+                raise _naming(exc, src) from None
+        import dask
 
-                units = da.attrs.get("units")
-                masked = bool(np.isnan(np.asarray(da.values)).any())
-                offset, warns = check_input(
-                    card, grid, dst, None if units is None else str(units), masked,
-                    strict=args.strict,
-                )  # fmt: skip
-                for line in warns:
-                    print(f"warning: {src}: {line}", file=sys.stderr)
-                if offset:
-                    da = (da + offset).assign_attrs({**da.attrs, "units": card.units})
-            elif isinstance(method, mc.ModelDownscaler):
-                units = da.attrs.get("units")
-                mc.check_units(
-                    method.stats, None if units is None else str(units), f"variable {args.var!r}"
+        for (src, ds), dst_path in zip(jobs, targets, strict=True):
+            try:
+                out = cio.downscale_dataset(
+                    ds, variables, dst, method, history=_command_line(args, src)
                 )
-        except ValueError as exc:
-            raise _naming(exc, src) from None
-        jobs.append((src, da, grid))
-    for (src, da, grid), dst_path in zip(jobs, targets, strict=True):
-        try:
-            out = mc.downscale(da, dst, method)
-        except ValueError as exc:
-            raise _naming(exc, src) from None
-        if card is not None:
-            out.attrs["metasr_model"] = str(args.model)
-            out.attrs["metasr_model_card"] = card.summary()
-        mc.write_field(out, dst_path, history=_command_line(args, src))
-        if not args.quiet:
-            (h, w), (H, W) = grid.shape, dst.shape
-            n = int(da.size // (h * w))
-            what = f"{args.baseline} regridding" if args.baseline else "model"
-            print(f"{src} -> {dst_path} ({n} x {h}x{w} -> {H}x{W}, {what})", file=sys.stdout)
+            except ValueError as exc:
+                raise _naming(exc, src) from None
+            if card is not None:
+                for v in variables:
+                    out[v].attrs["metasr_model"] = str(args.model)
+                    out[v].attrs["metasr_model_card"] = card.summary()
+            # One chunk at a time: peak memory is one chunk's, whatever the file's length.
+            with dask.config.set(scheduler="synchronous"):
+                cio.write_dataset(out, dst_path, overwrite=args.overwrite, sources=files)
+            if not args.quiet:
+                grid, first = cio.grid_of(ds, variables[0]), ds[variables[0]]
+                (h, w), (H, W) = grid.shape, dst.shape
+                n = int(first.size // (h * w))
+                what = f"{args.baseline} regridding" if args.baseline else "model"
+                names = ", ".join(variables)
+                print(
+                    f"{src} -> {dst_path} ({names}: {n} x {h}x{w} -> {H}x{W}, {what})",
+                    file=sys.stdout,
+                )
+    finally:
+        for _, ds in jobs:
+            ds.close()
     return 0
+
+
+def _check_card(ds: Any, variables: list[str], card: Any, grid: Any, dst: Any, strict: bool,
+                src: Path) -> Any:  # fmt: skip
+    """The model card's checks of every variable (issue 23): one warning line per finding
+    (``--strict``: refused), a temperature in degrees Celsius converted to the card's kelvin."""
+    from ..climate.card import check_input
+
+    for v in variables:
+        da = ds[v]
+        units = da.attrs.get("units")
+        lead = {d: 0 for d in da.dims[:-2]}
+        # Missing values in the first field stand for the file (one field read, not all).
+        masked = bool(np.isnan(np.asarray(da.isel(lead).values)).any())
+        offset, warns = check_input(
+            card, grid, dst, None if units is None else str(units), masked, strict=strict
+        )
+        for line in warns:
+            print(f"warning: {src}: {v}: {line}", file=sys.stderr)
+        if offset:
+            ds[v] = (da + offset).assign_attrs({**da.attrs, "units": card.units})
+    return ds
 
 
 def field_data(args: argparse.Namespace) -> bool:

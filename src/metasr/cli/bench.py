@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and triton on CUDA, plus weights_first,precomputed_weights for a deep-predictor "
         "config); compiled:NAME runs NAME through torch.compile",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else cpu; default), cpu or cuda"
+    )
     p.add_argument("--dtype", default="float32", help="comma-separated: float32,bfloat16,float16")
     p.add_argument("--mode", default=None, help="only this mode: fwd or fwdbwd")
     p.add_argument(
@@ -61,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..ops.meta_upscale._dispatch import BACKENDS
 
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     configs = list(CONFIGS) if args.config == "all" else args.config.split(",")
     for c in configs:
         if c not in CONFIGS:

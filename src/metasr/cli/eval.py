@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import CLIError
+from . import DEVICE_HELP, MODEL_HELP, CLIError, device_arg
 
 __all__ = ["load_eval_model", "register"]
 
@@ -36,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--model",
         required=True,
-        help="'default', a .safetensors or BasicSR net_g_*.pth checkpoint, a registry name, "
-        "or 'bicubic'",
+        help=f"{MODEL_HELP}; or 'bicubic' (the baseline alone)",
     )
     e.add_argument("--data", required=True, help="folder (or file) of HR images or .npy arrays")
     e.add_argument(
@@ -60,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="test-time self-ensemble of the model: the mean over the 8 flips and transposes",
     )
-    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument(
         "--backend",
         default=None,
@@ -148,13 +147,9 @@ def _check_backend(backend: str | None) -> None:
         )
 
 
-def _check_device(device: str) -> None:
-    from ..checkpoints import resolve_device
-
-    try:
-        resolve_device(device)
-    except ValueError as exc:
-        raise CLIError(f"--device: {exc}") from None
+def _check_device(device: str) -> str:
+    """``--device`` checked, ``auto`` resolved (:func:`metasr.cli.device_arg`): the name."""
+    return str(device_arg(device))
 
 
 def _check_output(path: Path | None, flag: str) -> None:
@@ -216,7 +211,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if field_data(args):  # netCDF fields: climate metrics against regridding baselines
         _check_backend(args.backend)
-        _check_device(args.device)
+        args.device = _check_device(args.device)
         for path, flag in ((args.csv, "--csv"), (args.json, "--json")):
             _check_output(path, flag)
         return run_eval_fields(args)

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import CLIError
+from . import MODEL_HELP, CLIError
 
 __all__ = ["register"]
 
@@ -33,8 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="'default' (bundled), a metasr .safetensors checkpoint, a BasicSR net_g_*.pth, or "
-        "a registry name",
+        help=MODEL_HELP.replace("; an .onnx file from 'metasr export' (onnxruntime)", ""),
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--scale", type=str, help="scale factor: 2.5, or VERTICALxHORIZONTAL (3.5x2)")
@@ -70,7 +69,7 @@ def _spec(kind: str, text: str):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoints import load_model
+    from ..checkpoints import checkpoint_stats, load_model
     from ..export import export_onnx, export_program, format_request
 
     out = Path(args.output)
@@ -88,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     net = loaded.model.eval()
     if suffix == ".onnx":
         export_onnx(net, out, input_size, scale=scale, size=size,
-                    value_range=loaded.value_range, name=str(args.model))  # fmt: skip
+                    value_range=loaded.value_range, name=str(args.model),
+                    metadata=_stats_entry(checkpoint_stats(loaded)))  # fmt: skip
     else:
         torch.export.save(export_program(net, input_size, scale=scale, size=size), str(out))
     request = format_request(scale, size)
@@ -97,6 +97,13 @@ def run(args: argparse.Namespace) -> int:
         diff = _check(out, net, input_size, scale, size, loaded.value_range)
         print(f"max |difference| / max |output| against PyTorch: {diff:.1e}", file=sys.stdout)
     return 0
+
+
+def _stats_entry(stats) -> dict[str, str]:
+    """A field model's statistics as ONNX metadata (applied by ``metasr upscale``)."""
+    from ..checkpoints import stats_metadata
+
+    return {} if stats is None else stats_metadata(stats)
 
 
 def _check(out: Path, net, input_size, scale, size, value_range: float) -> float:

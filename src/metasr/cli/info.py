@@ -12,19 +12,51 @@ import platform
 import sys
 from importlib import metadata
 
+from . import one_line
+
 __all__ = ["collect", "register"]
 
-#: Distribution name → what metasr uses it for.
+#: Core dependencies the command line needs (distribution name → what metasr uses it for).
 OPTIONAL_PACKAGES = {
-    "triton": "triton backend (CUDA)",
     "Pillow": "PNG/JPEG/BMP/WebP",
     "pypng": "16-bit PNG",
     "tifffile": "TIFF",
     "safetensors": "model checkpoints",
     "tqdm": "progress bars",
-    "basicsr": "training",
-    "scikit-image": "sample photos (scripts)",
 }
+
+#: What each extra of metasr.EXTRAS enables.
+EXTRA_PURPOSE = {
+    "triton": "fused GPU backend (CUDA)",
+    "train": "metasr train/test (BasicSR), figures",
+    "climate": "netCDF fields (.nc input and output)",
+    "export": "metasr export, --model file.onnx",
+    "dev": "running the tests",
+}
+
+
+def _extra_status(extra: str) -> dict:
+    """Each package of ``extra`` with its version, and whether all its modules import."""
+    import importlib
+
+    from .._extras import EXTRAS, install_hint
+
+    packages = {dist: _version(dist) for dist, _ in EXTRAS[extra]}
+    error = None
+    for dist, module in EXTRAS[extra]:
+        try:
+            # BasicSR 1.4.2 imports a torchvision module that no longer exists; metasr's
+            # integration installs a stand-in first, so that import is the one that counts.
+            importlib.import_module("metasr.integrations.basicsr" if dist == "basicsr" else module)
+        except Exception as exc:  # noqa: BLE001 - a broken install can raise anything
+            error = f"{module}: {one_line(exc) or type(exc).__name__}"
+            break
+    return {
+        "packages": packages,
+        "imports": error is None,
+        "error": error,
+        "install": install_hint(extra),
+    }
 
 
 def _version(dist: str) -> str | None:
@@ -62,6 +94,7 @@ def collect() -> dict:
         "torch_cuda": torch.version.cuda,
         "numpy": _version("numpy"),
         "optional": {name: _version(name) for name in OPTIONAL_PACKAGES},
+        "extras": {extra: _extra_status(extra) for extra in EXTRA_PURPOSE},
         "devices": devices,
         "backends": {t: metasr.backends(t) for t in device_types},
         "default_model": {
@@ -81,10 +114,16 @@ def _print(info: dict) -> None:
     cuda = info["torch_cuda"] or "CPU-only build"
     print(f"torch        {info['torch']} (CUDA {cuda})")
     print(f"numpy        {info['numpy']}")
-    print("optional packages:")
+    print("packages:")
     for name, purpose in OPTIONAL_PACKAGES.items():
         version = info["optional"][name] or "not installed"
         print(f"  {name:<13}{version:<16}{purpose}")
+    print("extras (pip install 'metasr[EXTRA]'):")
+    for extra, entry in info["extras"].items():
+        state = "imports" if entry["imports"] else f"missing ({entry['error']}; {entry['install']})"
+        print(f"  {extra:<13}{state}: {EXTRA_PURPOSE[extra]}")
+        versions = ", ".join(f"{d} {v or 'not installed'}" for d, v in entry["packages"].items())
+        print(f"  {'':<13}{versions}")
     print("devices:")
     for dev in info["devices"]:
         if dev["name"] == "cpu":

@@ -241,8 +241,56 @@ def _basicsr_argv(prog: str, args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def _yml_value(text: str) -> object:
+    """A ``--force_yml`` value as BasicSR 1.4.2's ``_postprocess_yml_value`` reads it."""
+    text = text.strip()
+    if text == "~" or text.lower() == "none":
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text.startswith("!!float"):
+        return float(text.replace("!!float", ""))
+    if text.isdigit():
+        return int(text)
+    if text.replace(".", "", 1).isdigit() and text.count(".") < 2:
+        return float(text)
+    if text.startswith("["):
+        import ast
+
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+    return text
+
+
+def apply_force_yml(opt: dict[str, Any], entries: list[str] | None, src: str) -> dict[str, Any]:
+    """``opt`` with the ``--force_yml KEY:KEY=VALUE`` overrides applied, as BasicSR applies them.
+
+    metasr checks the options before BasicSR reads them, so it must check the options BasicSR
+    will run with: the overrides first. Like BasicSR, an override cannot create a new section
+    (an intermediate key must exist); the last key may be new.
+
+    Raises:
+        CLIError: an entry without ``=``, or a path through a missing or non-mapping entry.
+    """
+    for entry in entries or []:
+        if "=" not in entry:
+            raise CLIError(f"bad --force_yml {entry!r}: expected KEY[:KEY...]=VALUE")
+        keys, value = entry.split("=", 1)
+        path = [k.strip() for k in keys.split(":")]
+        node: Any = opt
+        for depth, key in enumerate(path[:-1]):
+            if not isinstance(node, dict) or key not in node or not isinstance(node[key], dict):
+                where = ":".join(path[: depth + 1])
+                raise CLIError(f"bad --force_yml {entry!r}: {src} has no section {where!r}")
+            node = node[key]
+        node[path[-1]] = _yml_value(value)
+    return opt
+
+
 def _check_all(args: argparse.Namespace, is_train: bool) -> None:
-    opt = _load_options(args.opt)
+    opt = apply_force_yml(_load_options(args.opt), args.force_yml, str(args.opt))
     _check_options(opt, str(args.opt), is_train)
     _import_integration()
     _check_registered(opt, str(args.opt))
@@ -257,7 +305,7 @@ def _start_distributed(args: argparse.Namespace) -> None:
     if args.local_rank and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     try:
-        opt = _load_options(args.opt)
+        opt = apply_force_yml(_load_options(args.opt), args.force_yml, str(args.opt))
     except CLIError:
         opt = {}  # reported by the checks, on every rank
     params = opt.get("dist_params") if isinstance(opt.get("dist_params"), dict) else {}

@@ -18,22 +18,20 @@ import argparse
 import glob
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from . import CLIError, device_arg
+from . import DEVICE_HELP, MODEL_HELP, CLIError, device_arg
 
 __all__ = ["parse_scale_arg", "parse_size_arg", "register"]
 
 
 def parse_scale_arg(text: str) -> tuple[float, float]:
-    """``--scale``: one scale of :mod:`metasr.data.scales`' grammar (``2.5``, ``3.5x2``).
-
-    ``3.5,2`` is still read as one pair, with a ``FutureWarning`` (write ``3.5x2``).
-    """
+    """``--scale``: one scale of :mod:`metasr.data.scales`' grammar (``2.5``, ``3.5x2``)."""
     from ..data.scales import parse_scale_spec
 
     try:
-        return parse_scale_spec(text, comma_pair=True)
+        return parse_scale_spec(text)
     except ValueError as exc:
         raise CLIError(f"bad --scale: {exc}") from None
 
@@ -55,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Upscale images (PNG, JPEG, BMP, TIFF, WebP; 8/16-bit; gray, RGB, RGBA) and .npy "
             "arrays by any scale per axis, or to a size. Images keep their bit depth; arrays "
-            "keep their dtype and values are passed to the model unchanged."
+            "(and float TIFF) keep their dtype; a field model's stored statistics normalise "
+            "them (as for netCDF), other models get the values unchanged."
         ),
         epilog="Conventions and examples: docs/usage.md.",
     )
@@ -65,7 +64,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output",
         required=True,
         metavar="OUT",
-        help="output file (one input) or existing folder (files keep their names)",
+        help="output file (one input) or folder (created if needed; outputs keep the inputs' "
+        "names, with --suffix and --ext)",
+    )
+    batch = p.add_argument_group("batch output")
+    batch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that exist (default: images are skipped, with a warning, so that a "
+        "re-run continues an interrupted batch and never replaces a file silently; an existing "
+        "netCDF/Zarr output is refused)",
+    )
+    batch.add_argument(
+        "--suffix",
+        default="",
+        metavar="TEXT",
+        help="added to each output's name in an output folder (photo.png -> photo_x2.png with "
+        "--suffix _x2)",
+    )
+    batch.add_argument(
+        "--ext",
+        "--format",
+        dest="ext",
+        choices=sorted(EXTENSIONS),
+        default=None,
+        help="output format in an output folder (default: the input's)",
+    )
+    batch.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="take the images in sub-folders of folder inputs too; the output folder mirrors "
+        "them",
+    )
+    batch.add_argument(
+        "--quality",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="JPEG/WebP quality 1..100 (default: JPEG 95, WebP lossless)",
     )
     # One of them is required; which one depends on the input (checked in run()).
     what = p.add_mutually_exclusive_group()
@@ -82,11 +119,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default="default",
-        help="'default' (bundled), a metasr .safetensors checkpoint, a BasicSR net_g_*.pth written "
-        "by metasr training, the official Meta-SR model_1000.pt, or a registry name (random "
-        "weights); the format is read from the file's content",
+        help=MODEL_HELP,
     )
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--half", action="store_true", help="float16 weights and activations (CUDA)")
     p.add_argument(
         "--tile",
@@ -131,7 +166,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or file list")
     nc = p.add_argument_group("netCDF fields (.nc input; needs pip install metasr[climate])")
-    nc.add_argument("--var", metavar="NAME", help="the variable to downscale")
+    nc.add_argument(
+        "--var",
+        metavar="NAME[,NAME...]",
+        help="the variables to downscale (comma-separated; all on one grid, each by the same "
+        "--baseline, or by the model when its statistics' units fit)",
+    )
     nc.add_argument(
         "--baseline",
         choices=("nearest", "bilinear", "bicubic", "conservative", "bicubic-conservative"),
@@ -153,6 +193,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nc.add_argument(
         "--batch-size", type=int, default=8, metavar="N", help="fields per forward pass (8)"
     )
+    nc.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time steps (first leading dim) read, downscaled and written at a time (default: "
+        "from the free memory); peak memory grows with N, not with the file",
+    )
+    nc.add_argument(
+        "--no-decode-times",
+        action="store_true",
+        help="keep the time axis as raw numbers (done anyway, with a warning, when it cannot be "
+        "decoded)",
+    )
     p.set_defaults(func=run)
 
 
@@ -169,12 +223,33 @@ def _is_input(path: Path) -> bool:
     return not hidden and path.suffix.lower() in SUFFIXES and path.is_file()
 
 
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files from file names, folders (their supported files) and glob patterns, in order.
+def _walk(folder: Path, recursive: bool, skip: Path | None) -> list[Path]:
+    """The supported files of ``folder`` (and of its sub-folders, hidden ones excepted, when
+    ``recursive``), sorted; nothing under ``skip`` (the output folder: a re-run must not take
+    its own earlier results as inputs)."""
+    if not recursive:
+        return sorted(f for f in folder.iterdir() if _is_input(f))
+    found = []
+    for root, dirs, names in os.walk(folder):
+        here = Path(root)
+        if skip is not None and os.path.abspath(here) == os.path.abspath(skip):
+            dirs[:] = []
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(here / n for n in sorted(names) if _is_input(here / n))
+    return found
 
-    Paths are kept as given (symbolic links are not resolved), so each output is named after
-    the name the user gave; the same path named twice is read once. Folders and globs skip
-    hidden files, which include the temporary files of an interrupted run.
+
+def expand_input_names(
+    items: list[str], recursive: bool = False, skip: Path | None = None
+) -> list[tuple[Path, Path]]:
+    """Each input file with the name its output takes in an output folder, in order.
+
+    The name is the file's name, or with ``recursive`` its path below the folder it was found
+    in (so ``-o`` mirrors the sub-folders). Paths are kept as given (symbolic links are not
+    resolved), so each output is named after the name the user gave; the same path named twice
+    is read once. Folders and globs skip hidden files, which include the temporary files of an
+    interrupted run.
 
     Raises:
         FileNotFoundError: a name that is missing, a folder or glob without supported files.
@@ -182,62 +257,111 @@ def expand_inputs(items: list[str]) -> list[Path]:
     """
     from ..io import SUFFIXES, format_of, missing_reason
 
-    files: list[Path] = []
+    files: list[tuple[Path, Path]] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(f for f in path.iterdir() if _is_input(f))
+            found = _walk(path, recursive, skip)
             if not found:
+                where = "folder tree" if recursive else "folder"
                 raise FileNotFoundError(
-                    f"{item}: folder has no supported files ({', '.join(SUFFIXES)})"
+                    f"{item}: {where} has no supported files ({', '.join(SUFFIXES)})"
                 )
-            files.extend(found)
+            files.extend((f, f.relative_to(path) if recursive else Path(f.name)) for f in found)
         elif path.is_file():
             format_of(path)  # an unsupported suffix given by name is an error, not skipped
-            files.append(path)
+            files.append((path, Path(path.name)))
         elif _has_magic(item):
             found = sorted(Path(f) for f in glob.glob(item) if _is_input(Path(f)))
             if not found:
                 raise FileNotFoundError(f"{item}: no supported files match")
-            files.extend(found)
+            files.extend((f, Path(f.name)) for f in found)
         else:
             raise FileNotFoundError(f"{item}: {missing_reason(path)}")
     seen: set[str] = set()
-    unique: list[Path] = []
-    for f in files:
+    unique: list[tuple[Path, Path]] = []
+    for f, name in files:
         key = os.path.abspath(f)  # not resolve(): two links to one blob are two inputs
         if key not in seen:
             seen.add(key)
-            unique.append(f)
+            unique.append((f, name))
     return unique
 
 
-def plan_outputs(files: list[Path], output: str) -> list[Path]:
-    """The output path of each input; checks the destination folder exists."""
+def expand_inputs(items: list[str]) -> list[Path]:
+    """The input files of :func:`expand_input_names` (folders not walked recursively)."""
+    return [f for f, _ in expand_input_names(items)]
+
+
+#: ``--ext`` choices → the suffix written.
+EXTENSIONS = {
+    "png": ".png",
+    "jpg": ".jpg",
+    "jpeg": ".jpg",
+    "webp": ".webp",
+    "bmp": ".bmp",
+    "tif": ".tif",
+    "tiff": ".tif",
+    "npy": ".npy",
+}
+
+
+def is_folder_output(output: str, count: int) -> bool:
+    """Whether ``-o`` names a folder: an existing one, several inputs, a name ending in ``/``
+    or a name without a suffix."""
+    out = Path(output)
+    return out.is_dir() or count > 1 or output.endswith(("/", os.sep)) or not out.suffix
+
+
+def plan_outputs(
+    files: list[Path] | list[tuple[Path, Path]],
+    output: str,
+    suffix: str = "",
+    ext: str | None = None,
+) -> list[Path]:
+    """The output path of each input (``(file, name)`` pairs from :func:`expand_input_names`,
+    or files); nothing is created here.
+
+    In an output folder each output is named ``STEM + suffix + (ext or the input's suffix)``.
+
+    Raises:
+        CLIError: outputs that would collide or overwrite their input, ``-o`` a file where a
+            folder is needed (or the reverse), ``--suffix``/``--ext`` with a file output.
+    """
     from ..io import format_of
 
+    pairs = [f if isinstance(f, tuple) else (f, Path(f.name)) for f in files]
     out = Path(output)
-    if out.is_dir():
-        targets = [out / f.name for f in files]
-        names = [t.name for t in targets]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+    if is_folder_output(output, len(pairs)):
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"output {output} is not a folder")
+        if len(pairs) > 1 and out.suffix and not out.exists() and not output.endswith("/"):
+            raise CLIError(
+                f"several inputs need an output folder; {output} looks like a file name "
+                "(end it with / to make a folder of that name)"
+            )
+        if any(sep in suffix for sep in ("/", os.sep)):
+            raise CLIError(f"bad --suffix {suffix!r}: a name part, not a path")
+        new_ext = None if ext is None else EXTENSIONS[ext]
+        targets = [
+            out / name.parent / f"{name.stem}{suffix}{new_ext or name.suffix}" for _, name in pairs
+        ]
+        keys = [os.path.normcase(str(t)) for t in targets]
+        dupes = sorted({str(t) for t, k in zip(targets, keys, strict=True) if keys.count(k) > 1})
         if dupes:
             raise CLIError(
-                f"several inputs are named {dupes[0]!r}; they would overwrite each other"
+                f"several inputs would be written to {dupes[0]}; they would overwrite each other"
             )
-    elif len(files) > 1 or output.endswith(("/", os.sep)) or not out.suffix:
-        # Several inputs need a folder, and a name without a suffix is meant as one.
-        if out.exists():
-            raise CLIError(f"output {output} is not a folder")
-        raise CLIError(f"output folder {output} does not exist")
     else:
-        if not out.parent.is_dir():
-            if out.parent.exists():
-                raise CLIError(f"output folder {out.parent} is a file, not a folder")
-            raise CLIError(f"output folder {out.parent} does not exist")
-        format_of(out)
+        if suffix or ext is not None:
+            raise CLIError("--suffix and --ext name the files in an output folder; -o FILE "
+                           "names the one output itself")  # fmt: skip
+        if out.parent.exists() and not out.parent.is_dir():
+            raise CLIError(f"output folder {out.parent} is a file, not a folder")
         targets = [out]
-    for src, dst in zip(files, targets, strict=True):
+    for t in targets:
+        format_of(t)
+    for (src, _), dst in zip(pairs, targets, strict=True):
         if dst.exists() and dst.resolve() == src.resolve():
             raise CLIError(f"{dst}: output would overwrite its input; choose another -o")
     return targets
@@ -291,7 +415,7 @@ def _run_rasters(args: argparse.Namespace) -> int:
 
     from ..checkpoints import load_model
     from ..inference import check_upscale_memory, upscale_raster
-    from ..io import check_finite_result, check_writable, read_raster, write_raster
+    from ..io import check_finite_result, check_writable, format_of, read_raster, write_raster
     from ..ops.memory import OutOfMemoryError
     from ..tiling import DEFAULT_OVERLAP
 
@@ -313,16 +437,33 @@ def _run_rasters(args: argparse.Namespace) -> int:
     device = device_arg(args.device)
     if args.half and device.type != "cuda":
         raise CLIError("--half needs a CUDA device (half precision on CPU is slower than float32)")
-    files = expand_inputs(args.inputs)
-    targets = plan_outputs(files, args.output)
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise CLIError(f"bad --quality {args.quality}: must be 1..100")
+    skip = Path(args.output) if args.recursive else None
+    named = expand_input_names(args.inputs, args.recursive, skip)
+    targets = plan_outputs(named, args.output, args.suffix, args.ext)
+    files = [f for f, _ in named]
+    if args.quality is not None:
+        lossless = sorted({t.suffix for t in targets if format_of(t) not in ("jpeg", "webp")})
+        if lossless:
+            raise CLIError(f"--quality is for JPEG and WebP outputs, not {', '.join(lossless)}")
+    pairs = []
+    for src, dst in zip(files, targets, strict=True):
+        if dst.exists() and not args.overwrite:
+            warnings.warn(f"{dst} exists: skipped (--overwrite replaces it)", stacklevel=1)
+        else:
+            pairs.append((src, dst))
+    if not pairs:
+        return 0
     loaded = load_model(
         args.model,
         device=device,
         dtype=torch.float16 if args.half else torch.float32,
         backend=args.backend,
     )
+    for dst in {dst.parent for _, dst in pairs}:
+        dst.mkdir(parents=True, exist_ok=True)  # after every check: a refusal creates nothing
     show = not args.quiet
-    pairs = list(zip(files, targets, strict=True))
     if show and len(pairs) > 1:
         from tqdm.auto import tqdm
 
@@ -362,7 +503,7 @@ def _run_rasters(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ValueError(f"{src}: {exc} ({_nonfinite_hint(loaded, raster)})") from None
         try:
-            write_raster(dst, result)
+            write_raster(dst, result, quality=args.quality)
         except OSError as exc:  # disk full, read-only folder, ...: atomic_write left no file
             if isinstance(exc, (FileNotFoundError, PermissionError)):
                 raise

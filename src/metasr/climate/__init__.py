@@ -21,22 +21,18 @@
   ratios, full-width latitude bands, coordinates in the batch); not imported here (it needs
   torch's ``Dataset`` and the photo data's scale samplers).
 
-Only :mod:`~metasr.climate.io` (and what calls it) needs the ``climate`` extra; the rest needs
-numpy and torch.
+Only :mod:`~metasr.climate.io` (and what calls it) needs the ``climate`` extra. The grids,
+regridding baselines, metrics and netCDF I/O need numpy only (``import metasr.climate`` does not
+import torch); the model, statistics and evaluation names load torch when first used.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .data import coarse_size, coarsen, latitude_channel, static_predictors, with_static_channels
-from .evaluate import (
-    FIELD_COLUMNS,
-    LRSize,
-    evaluate_fields,
-    latitude_band_mask,
-    score_field,
-    summarize_fields,
-)
-from .grids import Grid, coarse_grid, gaussian_grid, named_grid, regular_grid
+from .grids import Grid, check_finer, coarse_grid, gaussian_grid, named_grid, regular_grid
 from .io import as_field, downscale, grid_of, read_field, resolve_grid, write_field
 from .metrics import (
     anomaly_correlation,
@@ -50,10 +46,53 @@ from .metrics import (
     weighted_rmse,
     zonal_power_spectrum,
 )
-from .model import ModelDownscaler, check_finer, downscale_with_model, model_stats
 from .pp import PPField, read_pp
 from .regrid import METHODS, apply_downscaler, axis_weights, fill_missing, regrid, regrid_mask
-from .stats import FieldStats, check_units, compute_stats, describe_grid, same_units
+
+if TYPE_CHECKING:
+    from .evaluate import (
+        FIELD_COLUMNS,
+        LRSize,
+        evaluate_fields,
+        latitude_band_mask,
+        score_field,
+        summarize_fields,
+    )
+    from .model import ModelDownscaler, downscale_with_model, model_stats
+    from .stats import FieldStats, check_units, compute_stats, describe_grid, same_units
+
+# The names whose modules import torch load on first use (PEP 562), so that the regridding
+# baselines (`metasr upscale x.nc --baseline ...`) run without importing torch.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "FIELD_COLUMNS",
+            "LRSize",
+            "evaluate_fields",
+            "latitude_band_mask",
+            "score_field",
+            "summarize_fields",
+        ),
+        ".evaluate",
+    ),
+    **dict.fromkeys(("ModelDownscaler", "downscale_with_model", "model_stats"), ".model"),
+    **dict.fromkeys(
+        ("FieldStats", "check_units", "compute_stats", "describe_grid", "same_units"), ".stats"
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "FIELD_COLUMNS",

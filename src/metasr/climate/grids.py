@@ -187,6 +187,16 @@ class Grid:
         )
 
 
+def check_finer(src: Grid, dst: Grid) -> None:
+    """Refuse a target grid coarser than the source on either axis (this is downscaling)."""
+    if dst.shape[0] < src.shape[0] or dst.shape[1] < src.shape[1]:
+        raise ValueError(
+            f"target grid {dst.shape[0]}x{dst.shape[1]} is coarser than the source "
+            f"{src.shape[0]}x{src.shape[1]} on some axis; metasr upscale only refines "
+            "(coarsen with metasr.climate.coarsen)"
+        )
+
+
 def regular_grid(h: int, w: int, *, pole_rows: bool = True, north_first: bool = True) -> Grid:
     """A regular global grid of ``h × w`` cells.
 

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Callable
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from .grids import Grid, named_grid
-from .regrid import METHODS, apply_downscaler, regrid
+from .regrid import METHODS, apply_downscaler, grid_key, regrid_values
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -42,13 +44,10 @@ Downscaler = Callable[[np.ndarray, Grid, Grid], np.ndarray]
 
 
 def _xarray() -> Any:
-    try:
-        import xarray
-    except ImportError as exc:
-        raise ImportError(
-            "netCDF input/output needs xarray and netCDF4: pip install metasr[climate]"
-        ) from exc
-    return xarray
+    from .._extras import require
+
+    require("netCDF4", "climate", "netCDF input/output")  # xarray's engine for .nc files
+    return require("xarray", "climate", "netCDF input/output")
 
 
 def _kind(name: str, var: Any) -> str | None:
@@ -76,9 +75,32 @@ def _find_coord(da: Any, kind: str) -> str:
 def as_field(da: xr.DataArray) -> xr.DataArray:
     """Normalise a DataArray: 1-D ``lat``/``lon`` as its last two dims, validated.
 
+    A lazy (dask-backed) field stays lazy: its values are not read here, so its "all missing"
+    check is left to :func:`check_some_valid`.
+
     Raises:
         ValueError: no lat/lon, 2-D (curvilinear) lat/lon ("not supported yet"), lat/lon not
-            dimensions, non-monotonic coordinates, or an all-NaN field.
+            dimensions, non-monotonic coordinates, or an all-NaN (in-memory) field.
+    """
+    lat_name, lon_name = as_field_meta(da)
+    # A 1-D lat/lon along another dimension (e.g. lat(y)) becomes that dimension's coordinate.
+    swap = {da[n].dims[0]: n for n in (lat_name, lon_name) if da[n].dims[0] != n}
+    if swap:
+        da = da.swap_dims(swap)
+    lead = [d for d in da.dims if d not in (lat_name, lon_name)]
+    da = da.transpose(*lead, lat_name, lon_name)
+    rename = {lat_name: "lat", lon_name: "lon"}
+    da = da.rename({k: v for k, v in rename.items() if k != v})
+    if da.chunks is None:
+        check_some_valid(da)
+    return da
+
+
+def as_field_meta(da: xr.DataArray) -> tuple[str, str]:
+    """Check a field's coordinates (no values read); its latitude and longitude names.
+
+    Raises:
+        ValueError: see :func:`as_field`.
     """
     lat_name, lon_name = _find_coord(da, "lat"), _find_coord(da, "lon")
     for name in (lat_name, lon_name):
@@ -94,26 +116,62 @@ def as_field(da: xr.DataArray) -> xr.DataArray:
             f"{lat_name!r} and {lon_name!r} share the dimension {da[lat_name].dims[0]!r}: "
             "unstructured/station data is not supported yet (only 1-D regular or Gaussian)"
         )
-    # A 1-D lat/lon along another dimension (e.g. lat(y)) becomes that dimension's coordinate.
-    swap = {da[n].dims[0]: n for n in (lat_name, lon_name) if da[n].dims[0] != n}
-    if swap:
-        da = da.swap_dims(swap)
-    lead = [d for d in da.dims if d not in (lat_name, lon_name)]
-    da = da.transpose(*lead, lat_name, lon_name)
-    rename = {lat_name: "lat", lon_name: "lon"}
-    da = da.rename({k: v for k, v in rename.items() if k != v})
-    Grid.from_coords(da["lat"].values, da["lon"].values)  # validates monotonicity etc.
-    if not np.any(np.isfinite(da.values)):
+    Grid.from_coords(da[lat_name].values, da[lon_name].values)  # validates monotonicity etc.
+    return lat_name, lon_name
+
+
+def check_some_valid(da: xr.DataArray) -> None:
+    """Raise ``ValueError`` if a field has no finite value (reads a lazy field once, chunk by
+    chunk)."""
+    if not bool(np.isfinite(da).any()):
         raise ValueError(f"variable {da.name!r} is all NaN/missing")
-    return da
 
 
-def read_field(path: str | Path, var: str) -> xr.DataArray:
+def _open_dataset(path: str | Path, *, decode_times: bool = True, chunks: Any = None) -> Any:
+    """``xr.open_dataset`` with the time fallback: a time axis that cannot be decoded (COADS's
+    ``hour since 0000-01-01``, an unknown calendar) is kept as raw numbers with its attributes,
+    with a warning, rather than failing the whole file."""
+    xr = _xarray()
+    if decode_times:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ds = xr.open_dataset(path, chunks=chunks)
+            undecoded = [
+                w for w in caught if "decode" in str(w.message) and "time" in str(w.message)
+            ]
+            for w in caught:
+                if w not in undecoded:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if not undecoded:
+                return ds
+            ds.close()
+            reason = one_line_text(undecoded[0].message)
+        except ValueError as exc:  # xarray's "unable to decode time units ..." and relatives
+            if "time" not in str(exc) and "calendar" not in str(exc):
+                raise
+            reason = one_line_text(exc)
+        warnings.warn(
+            f"{path}: time axis kept as raw numbers (it cannot be decoded: {reason})",
+            stacklevel=3,
+        )
+    return xr.open_dataset(path, chunks=chunks, decode_times=False)
+
+
+def one_line_text(message: object) -> str:
+    """A message as one line (the first line of a library's multi-line explanation)."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else type(message).__name__
+
+
+def read_field(path: str | Path, var: str, *, decode_times: bool = True) -> xr.DataArray:
     """Read ``var`` from a netCDF file as a ``(..., lat, lon)`` DataArray (loaded into memory).
 
     Args:
         path: netCDF file.
         var: variable name.
+        decode_times: decode the time axis (an axis that cannot be decoded is kept as raw
+            numbers with a warning either way).
 
     Returns:
         The DataArray with its attributes (``units`` …), leading dims and coordinates; dims
@@ -123,8 +181,7 @@ def read_field(path: str | Path, var: str) -> xr.DataArray:
         ValueError: see :func:`as_field`; a variable not in the file (listing those that are).
         ImportError: without xarray/netCDF4.
     """
-    xr = _xarray()
-    with xr.open_dataset(path) as ds:
+    with _open_dataset(path, decode_times=decode_times) as ds:
         if var not in ds.data_vars:
             raise ValueError(
                 f"{path}: no variable {var!r}; it has {sorted(map(str, ds.data_vars))}"
@@ -136,8 +193,137 @@ def read_field(path: str | Path, var: str) -> xr.DataArray:
     return as_field(da)
 
 
-def grid_of(da: xr.DataArray) -> Grid:
-    """The :class:`Grid` of a field from :func:`read_field` / :func:`as_field`."""
+def open_fields(
+    path: str | Path,
+    variables: Sequence[str],
+    *,
+    decode_times: bool = True,
+    chunk: int | None = None,
+) -> xr.Dataset:
+    """Open a netCDF file for :func:`downscale_dataset`, lazily: in dask chunks of ``chunk``
+    steps of the variables' first leading dimension (:func:`chunk_fields`), or, when ``chunk``
+    is None, read on first access. Close it when done (or use it in a ``with``).
+
+    Every variable is checked (present, 1-D lat/lon, all on one grid) from the metadata only;
+    no field value is read.
+
+    Raises:
+        ValueError: a variable not in the file, a bad grid (see :func:`as_field`), variables
+            on different grids.
+    """
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    ds = _open_dataset(path, decode_times=decode_times, chunks=None if chunk is None else {})
+    try:
+        missing = [v for v in variables if v not in ds.data_vars]
+        if missing or not variables:
+            raise ValueError(
+                f"{path}: no variable {', '.join(map(repr, missing)) or '(none given)'}; it has "
+                f"{sorted(map(str, ds.data_vars))}"
+            )
+        grid_names(ds, variables)  # one grid for all
+        grid_of(ds, variables[0])  # validates coordinates and bounds
+        if chunk is not None:
+            ds = chunk_fields(ds, variables, chunk)
+    except BaseException:
+        ds.close()
+        raise
+    return ds
+
+
+def chunk_fields(ds: xr.Dataset, variables: Sequence[str], chunk: int) -> xr.Dataset:
+    """``ds`` as dask arrays: ``chunk`` steps of the variables' first leading dimension, the
+    other leading dimensions and latitude/longitude whole."""
+    names = grid_names(ds, variables)
+    lead = [d for d in ds[variables[0]].dims if d not in names.dims]
+    chunks: dict[str, int] = {d: (chunk if i == 0 else -1) for i, d in enumerate(lead)}
+    chunks.update({d: -1 for d in names.dims})
+    return ds.chunk(chunks)
+
+
+class GridNames(NamedTuple):
+    """Names of a field's latitude and longitude coordinates and of their dimensions."""
+
+    lat: str
+    lon: str
+    dims: tuple[str, str]
+
+
+def grid_names(ds: xr.Dataset, variables: Sequence[str]) -> GridNames:
+    """The latitude/longitude coordinate and dimension names shared by ``variables``.
+
+    Raises:
+        ValueError: a variable without 1-D lat/lon (see :func:`as_field`), or variables on
+            different grids.
+    """
+    found = set()
+    for v in variables:
+        da = ds[v]
+        lat, lon = _find_coord(da, "lat"), _find_coord(da, "lon")
+        as_field_meta(da)
+        found.add((lat, lon, da[lat].dims[0], da[lon].dims[0]))
+    if len(found) != 1:
+        raise ValueError(
+            f"variables {', '.join(variables)} lie on different grids; downscale them in "
+            "separate calls"
+        )
+    lat, lon, ydim, xdim = found.pop()
+    return GridNames(lat, lon, (ydim, xdim))
+
+
+def _edges(bounds: np.ndarray, centres: np.ndarray, name: str, *, lon: bool) -> np.ndarray:
+    """``(n, 2)`` CF cell bounds as the ``n + 1`` edges of :class:`Grid` (in the order of the
+    centres).
+
+    Raises:
+        ValueError: not ``(n, 2)``, or cells that do not touch (gaps or overlaps).
+    """
+    b = np.asarray(bounds, dtype=np.float64)
+    if b.shape != (centres.size, 2) or not np.all(np.isfinite(b)):
+        raise ValueError(
+            f"bounds variable {name!r} has shape {b.shape}; expected ({centres.size}, 2) finite"
+        )
+    lo, hi = b.min(axis=1), b.max(axis=1)
+    if lon:
+        seam = hi - lo > 180.0  # a cell written as (359, 1): it crosses the seam
+        lo, hi = np.where(seam, hi, lo), np.where(seam, lo + 360.0, hi)
+    elif centres.size > 1 and centres[1] < centres[0]:
+        lo, hi = hi, lo  # descending latitude: each cell runs from its upper edge down
+    step = np.abs(np.diff(centres)).min() if centres.size > 1 else 1.0
+    if not np.allclose(lo[1:], hi[:-1], rtol=0, atol=1e-4 * step):
+        raise ValueError(
+            f"bounds variable {name!r}: cells are not contiguous (the edges between "
+            "neighbouring cells differ); only contiguous rectilinear cells are supported"
+        )
+    return np.concatenate([lo, hi[-1:]])
+
+
+def grid_of(da: xr.DataArray | xr.Dataset, var: str | None = None) -> Grid:
+    """The :class:`Grid` of a field.
+
+    Args:
+        da: a field from :func:`read_field` / :func:`as_field`, or a Dataset (with ``var``).
+        var: for a Dataset: the variable whose grid it is. The cell bounds named by the CF
+            ``bounds`` attribute of its latitude/longitude are used (a DataArray does not carry
+            them: its bounds are midpoints between centres, see :mod:`~metasr.climate.grids`).
+
+    Raises:
+        ValueError: see :func:`as_field`; bounds that are not contiguous ``(n, 2)`` cells.
+    """
+    xr = _xarray()
+    if isinstance(da, xr.Dataset):
+        if var is None:
+            raise ValueError("grid_of(Dataset) needs the variable name")
+        ds = da
+        names = grid_names(ds, [var])
+        lat, lon = ds[names.lat].values, ds[names.lon].values
+        edges = {}
+        for key, name in (("lat_bounds", names.lat), ("lon_bounds", names.lon)):
+            bname = ds[name].attrs.get("bounds")
+            if bname is not None and bname in ds.variables:
+                centres = lat if key == "lat_bounds" else lon
+                edges[key] = _edges(ds[bname].values, centres, bname, lon=key == "lon_bounds")
+        return Grid.from_coords(lat, lon, **edges)
     da = as_field(da) if "lat" not in da.dims or "lon" not in da.dims else da
     return Grid.from_coords(da["lat"].values, da["lon"].values)
 
@@ -167,14 +353,88 @@ def _history(attrs: dict[str, Any], line: str) -> str:
     return f"{stamp} {line}" + (f"\n{old}" if old else "")
 
 
+def output_dtype(da: xr.DataArray) -> np.dtype:
+    """The dtype a downscaled field is written in: float64 only for float64 data (as stored in
+    the file when it was read from one); float32 for float32, float16 and packed integers."""
+    stored = da.encoding.get("dtype", da.dtype)
+    return np.dtype(np.float64 if np.dtype(stored) == np.float64 else np.float32)
+
+
+def default_chunk(src: Grid, dst: Grid, fields_per_step: int = 1, *, share: float = 0.25) -> int:
+    """How many leading steps to process at once: ``share`` of the memory this process may
+    still use (available memory, or the ``RLIMIT_DATA``/``RLIMIT_AS`` limit if lower).
+
+    A step of a regridding holds about five float64 copies of a target field (the one-axis
+    product, numerator, denominator, result, float32 copy) and a few of the source field.
+    """
+    (h, w), (big_h, big_w) = src.shape, dst.shape
+    per_step = fields_per_step * (big_h * big_w * 8 * 5 + h * w * 8 * 4)
+    budget = _memory_available()
+    return max(1, int(share * budget // per_step))
+
+
+def _memory_available() -> int:
+    avail = 4 << 30
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    try:
+        import resource
+
+        for which in ("RLIMIT_DATA", "RLIMIT_AS"):
+            soft, _ = resource.getrlimit(getattr(resource, which))
+            if soft != resource.RLIM_INFINITY:
+                avail = min(avail, soft - _rss())
+    except (ImportError, AttributeError, ValueError):
+        pass
+    return max(avail, 64 << 20)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _block(
+    x: np.ndarray,
+    src: Grid,
+    dst: Grid,
+    method: str | Downscaler,
+    mask_threshold: float,
+    dtype: np.dtype,
+) -> np.ndarray:
+    """Downscale one block ``(..., h, w)`` → ``(..., H, W)`` in ``dtype`` (a dask task, so a
+    module-level function: it is pickled to the workers of a distributed cluster)."""
+    values = np.asarray(x, dtype=np.float64)
+    if isinstance(method, str):
+        out = regrid_values(values, src, dst, method)
+    else:
+        out = apply_downscaler(method, values, src, dst, mask_threshold)
+    return out.astype(dtype, copy=False)
+
+
 def downscale(
     da: xr.DataArray,
     target: Grid | str | Path,
     method: str | Downscaler = "bicubic",
     *,
     mask_threshold: float = 0.5,
+    source_grid: Grid | None = None,
 ) -> xr.DataArray:
     """Put ``da`` on ``target``: a baseline regridding or any downscaling function.
+
+    A dask-backed ``da`` gives a lazy result, chunked as ``da`` over its leading dims (each
+    chunk whole in lat/lon), so ``.to_netcdf()``/``.to_zarr()`` run in bounded memory, on the
+    local scheduler or a ``dask.distributed`` cluster. An in-memory ``da`` is done in batches
+    of :func:`default_chunk` leading steps, so only one batch is ever in float64.
 
     Args:
         da: a field with 1-D lat/lon (any leading dims: every time step, member… is done).
@@ -184,37 +444,63 @@ def downscale(
             :func:`~metasr.climate.regrid.fill_missing`) and its output is re-masked where the
             target cell is less than ``mask_threshold`` valid.
         mask_threshold: see ``method``.
+        source_grid: ``da``'s grid with the file's cell bounds (:func:`grid_of` of the
+            Dataset); default: from ``da``'s coordinates, bounds at midpoints.
 
     Returns:
         ``(..., lat, lon)`` DataArray on the target grid with ``da``'s name, attributes
-        (``units``…), leading coordinates and a new ``history`` line.
+        (``units``…), leading coordinates and a new ``history`` line; float64 for float64
+        data, float32 otherwise (:func:`output_dtype`).
     """
     xr = _xarray()
+    dtype = output_dtype(da)
     da = as_field(da)
     src, dst = grid_of(da), resolve_grid(target)
-    values = da.values.astype(np.float64)
+    if source_grid is not None:
+        if not source_grid.same_as(src):
+            raise ValueError(f"source_grid {source_grid!r} is not the field's grid {src!r}")
+        src = source_grid
     if isinstance(method, str):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {METHODS} or a function")
-        out = regrid(values, src, dst, method)
         how = f"{method} regridding"
     else:
-        out = apply_downscaler(method, values, src, dst, mask_threshold)
         how = getattr(method, "__name__", "a downscaling function")
+    args = (src, dst, method, mask_threshold, dtype)
+    if da.chunks is not None:
+        import dask.array as dsa
+        from dask.base import tokenize
+
+        data = da.data.rechunk({da.ndim - 2: -1, da.ndim - 1: -1})
+        # An explicit name: dask would otherwise hash the method, which may hold a network.
+        tag = method if isinstance(method, str) else uuid.uuid4().hex
+        name = "metasr-downscale-" + tokenize(
+            data.name, grid_key(src), grid_key(dst), tag, mask_threshold, str(dtype)
+        )
+        out = dsa.map_blocks(
+            _block,
+            data,
+            *args,
+            dtype=dtype,
+            chunks=(*data.chunks[:-2], (dst.shape[0],), (dst.shape[1],)),
+            name=name,
+        )
+    else:
+        values = da.values
+        lead = values.shape[:-2]
+        flat = values.reshape(-1, *src.shape)
+        out = np.empty((flat.shape[0], *dst.shape), dtype=dtype)
+        step = default_chunk(src, dst)
+        for i in range(0, max(flat.shape[0], 1), step):
+            out[i : i + step] = _block(flat[i : i + step], *args)
+        out = out.reshape(*lead, *dst.shape)
     coords = {d: da.coords[d] for d in da.dims[:-2] if d in da.coords}
     coords.update({"lat": dst.lat, "lon": dst.lon})
     attrs = dict(da.attrs)
     attrs["history"] = _history(
         attrs, f"metasr: {how} from {src.shape[0]}x{src.shape[1]} to {dst.shape[0]}x{dst.shape[1]}"
     )
-    result = xr.DataArray(
-        out.astype(da.dtype if da.dtype.kind == "f" else np.float64),
-        dims=da.dims,
-        coords=coords,
-        name=da.name,
-        attrs=attrs,
-    )
-    return result
+    return xr.DataArray(out, dims=da.dims, coords=coords, name=da.name, attrs=attrs)
 
 
 def _coord_attrs(kind: str) -> dict[str, str]:
@@ -224,15 +510,198 @@ def _coord_attrs(kind: str) -> dict[str, str]:
             "long_name": "latitude",
             "units": "degrees_north",
             "axis": "Y",
-            "bounds": "lat_bnds",
         }
     return {
         "standard_name": "longitude",
         "long_name": "longitude",
         "units": "degrees_east",
         "axis": "X",
-        "bounds": "lon_bnds",
     }
+
+
+# Attributes of a field that describe its stored (packed) values or its old grid.
+_STALE_ATTRS = ("valid_range", "valid_min", "valid_max", "actual_range", "scale_factor",
+                "add_offset", "_FillValue", "missing_value", "history")  # fmt: skip
+# Encoding keys that say what a kept variable is, in any output format (not how the input
+# file stored it: chunk sizes, compression and the like belong to the input's format).
+_KEPT_ENCODING = ("units", "calendar", "dtype", "_FillValue", "scale_factor", "add_offset",
+                  "missing_value")  # fmt: skip
+
+
+def downscale_dataset(
+    ds: xr.Dataset,
+    variables: Sequence[str],
+    target: Grid | str | Path,
+    method: str | Downscaler = "bicubic",
+    *,
+    mask_threshold: float = 0.5,
+    history: str | None = None,
+) -> xr.Dataset:
+    """Downscale ``variables`` of a Dataset, keeping the rest of the file that still applies.
+
+    The result keeps every coordinate, auxiliary and scalar coordinate, bounds variable (such
+    as ``time_bnds``), grid-mapping variable, other variable and global attribute of ``ds``
+    that does not lie on the latitude/longitude grid; it replaces latitude and longitude
+    (same names) and their bounds with the target's, drops the other variables on the old
+    grid (and references to them in ``cell_measures``/``ancillary_variables``), adds a
+    ``history`` line and keeps the time encoding (units, calendar). Downscaled fields are
+    float32 (float64 only from float64 data); packed integers come out unpacked.
+
+    Args:
+        ds: from :func:`open_fields` (lazy or loaded) or any Dataset.
+        variables: the fields to downscale, all on one grid.
+        target, method, mask_threshold: see :func:`downscale` (one method for every variable).
+        history: a further ``history`` line (e.g. the command line) above the one that says
+            what was done.
+
+    Returns:
+        The Dataset on the target grid (lazy when ``ds`` is).
+    """
+    xr = _xarray()
+    names = grid_names(ds, variables)
+    src, dst = grid_of(ds, variables[0]), resolve_grid(target)
+    lat_bname = ds[names.lat].attrs.get("bounds") or f"{names.lat}_bnds"
+    lon_bname = ds[names.lon].attrs.get("bounds") or f"{names.lon}_bnds"
+    bdim = next((ds[b].dims[-1] for b in (lat_bname, lon_bname) if b in ds.variables), "bnds")
+    on_grid = [n for n, v in ds.variables.items() if set(v.dims) & set(names.dims)]
+    out = ds.drop_vars(on_grid)
+    dropped = set(map(str, on_grid)) - set(variables)
+    lat_attrs = {k: v for k, v in ds[names.lat].attrs.items() if k not in _STALE_ATTRS}
+    lon_attrs = {k: v for k, v in ds[names.lon].attrs.items() if k not in _STALE_ATTRS}
+    lat_attrs.update({**_coord_attrs("lat"), "bounds": lat_bname})
+    lon_attrs.update({**_coord_attrs("lon"), "bounds": lon_bname})
+    out = out.assign_coords(
+        {
+            names.lat: xr.Variable((names.lat,), dst.lat, lat_attrs),
+            names.lon: xr.Variable((names.lon,), dst.lon, lon_attrs),
+        }
+    )
+    out[lat_bname] = xr.Variable(
+        (names.lat, bdim), np.stack([dst.lat_bounds[:-1], dst.lat_bounds[1:]], axis=-1)
+    )
+    out[lon_bname] = xr.Variable(
+        (names.lon, bdim), np.stack([dst.lon_bounds[:-1], dst.lon_bounds[1:]], axis=-1)
+    )
+    how = ""
+    for v in variables:
+        field = downscale(ds[v], dst, method, mask_threshold=mask_threshold, source_grid=src)
+        how = field.attrs["history"].splitlines()[0].split(" ", 1)[1]  # after the time stamp
+        field = field.rename({"lat": names.lat, "lon": names.lon})
+        attrs = {k: a for k, a in ds[v].attrs.items() if k not in _STALE_ATTRS}
+        for key in ("cell_measures", "ancillary_variables"):
+            if key in attrs:
+                kept = _without_references(str(attrs[key]), dropped)
+                if kept:
+                    attrs[key] = kept
+                else:
+                    del attrs[key]
+        field.attrs = attrs
+        # The Dataset's own coordinates (with their attributes and encoding) are kept.
+        out[v] = field.drop_vars(list(field.coords))
+        out[v].encoding = {
+            "dtype": field.dtype,
+            "_FillValue": np.asarray(_FILL_VALUE, dtype=field.dtype)[()],
+        }
+    out = out[[*(n for n in ds.data_vars if n in out), *(n for n in out.data_vars if n not in ds)]]
+    for name, var in out.variables.items():
+        if name in variables:
+            continue
+        enc = {k: var.encoding[k] for k in _KEPT_ENCODING if k in var.encoding}
+        if name in out.coords or _is_bounds(out, str(name)):
+            enc["_FillValue"] = None  # CF: no missing values in coordinates and bounds
+            enc.pop("missing_value", None)
+        var.encoding = enc
+    out = _encode_times(out)
+    out.attrs = dict(ds.attrs)
+    out.attrs.setdefault("Conventions", "CF-1.8")
+    done = _history(ds.attrs, how)
+    out.attrs["history"] = _history({"history": done}, history) if history else done
+    return out
+
+
+def _encode_times(ds: xr.Dataset) -> xr.Dataset:
+    """Decoded times back to numbers in their file's units and calendar, written as given.
+
+    xarray would rewrite the units text (``hours since 2000-01-01 00:00:00`` becomes ``hours
+    since 2000-01-01``) and give a time bounds variable its own ``units``, which CF checkers
+    then compare as text with the coordinate's. Bounds take their coordinate's units (CF 7.1),
+    so they carry none here.
+    """
+    from xarray.coding.times import CFDatetimeCoder
+
+    bounds = {str(v.attrs["bounds"]) for v in ds.variables.values() if "bounds" in v.attrs}
+    for name, var in list(ds.variables.items()):
+        if not (var.dtype.kind == "M" or (var.dtype == object and _is_cftime(var))):
+            continue
+        given = {k: var.encoding[k] for k in ("units", "calendar") if k in var.encoding}
+        encoded = CFDatetimeCoder().encode(var, name=name)
+        encoded.attrs.update(given)
+        if name in bounds:
+            encoded.attrs.pop("units", None)
+            encoded.attrs.pop("calendar", None)
+        encoded.encoding = {k: v for k, v in var.encoding.items() if k in ("dtype", "_FillValue")}
+        if name in ds.coords:
+            ds = ds.assign_coords({name: encoded})
+        else:
+            ds[name] = encoded
+    return ds
+
+
+def _is_cftime(var: Any) -> bool:
+    first = var.values.flat[0] if var.size else None
+    return type(first).__module__.split(".")[0] == "cftime"
+
+
+def _without_references(text: str, dropped: set[str]) -> str:
+    """``cell_measures``/``ancillary_variables`` text without the dropped variables."""
+    if ":" in text:  # cell_measures: "area: areacella volume: volcello"
+        words = text.split()
+        pairs = [(words[i], words[i + 1]) for i in range(0, len(words) - 1, 2)]
+        return " ".join(f"{k} {v}" for k, v in pairs if v not in dropped)
+    return " ".join(w for w in text.split() if w not in dropped)
+
+
+def _is_bounds(ds: xr.Dataset, name: str) -> bool:
+    return any(v.attrs.get("bounds") == name for v in ds.variables.values())
+
+
+def write_dataset(
+    ds: xr.Dataset, path: str | Path, *, overwrite: bool = False, sources: Sequence[Path] = ()
+) -> Path:
+    """Write a Dataset as netCDF (``.nc``…) or Zarr (``.zarr``), atomically.
+
+    A lazy Dataset is computed and written chunk by chunk (peak memory: the chunks the dask
+    scheduler runs at once). The data go to a temporary name beside ``path`` that replaces it
+    only when complete (:func:`metasr.io.atomic_write`): an error leaves no partial output.
+
+    Args:
+        ds: e.g. from :func:`downscale_dataset`.
+        path: output file (``.zarr``: a Zarr store, a folder).
+        overwrite: replace an existing ``path`` (otherwise refused).
+        sources: the input files: ``path`` may not be one of them.
+
+    Raises:
+        ValueError: ``path`` exists and ``overwrite`` is False, or it is one of ``sources``.
+    """
+    from ..io import atomic_write
+
+    path = Path(path)
+    if any(path.exists() and path.resolve() == Path(s).resolve() for s in sources):
+        raise ValueError(f"{path}: output would overwrite its input; choose another output")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+
+    def write(tmp: Path) -> None:
+        # Each variable's own .encoding says how it is stored (see downscale_dataset).
+        if path.suffix.lower() == ".zarr":
+            tmp.unlink()  # a Zarr store is a folder
+            # Zarr format 2 with consolidated metadata: what most readers open today.
+            ds.to_zarr(tmp, mode="w-", consolidated=True, zarr_format=2)
+        else:
+            ds.to_netcdf(tmp)
+
+    atomic_write(path, write)
+    return path
 
 
 def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = None) -> Path:
@@ -240,19 +709,21 @@ def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = Non
 
     Args:
         da: ``(..., lat, lon)`` DataArray (as from :func:`read_field` or :func:`downscale`).
-        path: output ``.nc`` file.
+        path: output ``.nc`` file (replaced if it exists).
         history: a line prepended to the ``history`` attribute (e.g. the command line).
 
     Returns:
         ``path``.
     """
+    from ..io import atomic_write
+
     xr = _xarray()
     da = as_field(da)
     grid = grid_of(da)
     name = str(da.name) if da.name is not None else "field"
     ds = da.to_dataset(name=name)
-    ds["lat"].attrs.update(_coord_attrs("lat"))
-    ds["lon"].attrs.update(_coord_attrs("lon"))
+    ds["lat"].attrs.update({**_coord_attrs("lat"), "bounds": "lat_bnds"})
+    ds["lon"].attrs.update({**_coord_attrs("lon"), "bounds": "lon_bnds"})
     lat_b = np.stack([grid.lat_bounds[:-1], grid.lat_bounds[1:]], axis=-1)
     lon_b = np.stack([grid.lon_bounds[:-1], grid.lon_bounds[1:]], axis=-1)
     ds["lat_bnds"] = xr.DataArray(lat_b, dims=("lat", "nv"))
@@ -261,7 +732,7 @@ def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = Non
     if history:
         ds[name].attrs["history"] = _history(ds[name].attrs, history)
     ds.attrs["history"] = ds[name].attrs.pop("history", _history({}, "metasr: written"))
-    encoding = {
+    encoding: dict[str, dict[str, Any]] = {
         name: {"_FillValue": _FILL_VALUE.astype(da.dtype) if da.dtype.kind == "f" else None},
         "lat": {"_FillValue": None},
         "lon": {"_FillValue": None},
@@ -273,12 +744,5 @@ def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = Non
     ds[name].encoding = {}
     ds[name].attrs.pop("_FillValue", None)
     ds[name].attrs.pop("missing_value", None)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    try:
-        ds.to_netcdf(tmp, encoding=encoding)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    atomic_write(Path(path), lambda tmp: ds.to_netcdf(tmp, encoding=encoding))
+    return Path(path)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,7 +31,7 @@ from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP, upscale
 from .card import ModelCard, model_card
 from .constraint import ConservativeConstraint, pole_rows
-from .grids import Grid
+from .grids import Grid, check_finer
 from .layout import canonical_layout, target_layout
 from .stats import check_units
 
@@ -79,16 +79,6 @@ def model_stats(loaded: LoadedModel, stats: FieldStats | None = None) -> FieldSt
     return chosen
 
 
-def check_finer(src: Grid, dst: Grid) -> None:
-    """Refuse a target grid coarser than the source on either axis (this is downscaling)."""
-    if dst.shape[0] < src.shape[0] or dst.shape[1] < src.shape[1]:
-        raise ValueError(
-            f"target grid {dst.shape[0]}x{dst.shape[1]} is coarser than the source "
-            f"{src.shape[0]}x{src.shape[1]} on some axis; metasr upscale only refines "
-            "(coarsen with metasr.climate.coarsen)"
-        )
-
-
 def accepts_coords(model: torch.nn.Module) -> bool:
     """Whether ``model.forward`` takes ``coords=`` (a :class:`~metasr.geometry.CoordinateGrid`)."""
     try:
@@ -121,8 +111,7 @@ _MIN_STD = 1e-3
 
 
 def _area_weights(grid: Grid) -> np.ndarray:
-    dsin = np.abs(np.diff(np.sin(np.deg2rad(grid.lat_bounds))))
-    w = np.outer(dsin, np.diff(grid.lon_bounds))
+    w = grid.cell_areas()
     return w / w.sum()
 
 
@@ -276,8 +265,8 @@ class ModelDownscaler:
             if by_coords:
                 y = self._run_pipeline(chunk, src, dst)
             else:
-                mean, std = self.stats.mean[0], self.stats.std[0]
-                z = ((chunk - mean) / std).astype(np.float32)
+                # (B, h, w): B fields of the one variable, normalised as every field input is.
+                z = self.stats.normalise(chunk)
                 # (B, h, w) go through a 1-channel model as one batch of B one-channel fields.
                 y = upscale_array(
                     self.loaded,
@@ -287,7 +276,8 @@ class ModelDownscaler:
                     tile=self.tile,
                     overlap=self.overlap,
                     progress=self.progress,
-                ).astype(np.float64) * std + mean
+                )
+                y = self.stats.denormalise(y)
             out[start : start + y.shape[0]] = y
         if not np.all(np.isfinite(out)):
             raise ValueError(

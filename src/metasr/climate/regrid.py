@@ -28,6 +28,7 @@ renormalising them is unstable). With NaNs, conservative remapping preserves the
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -114,8 +115,22 @@ def _overlap_matrix(src_b: np.ndarray, dst_b: np.ndarray, *, modulo: float | Non
     return out
 
 
+# Weights of recent regriddings, keyed by both grids' coordinates and bounds and the method:
+# a file of thousands of time steps, streamed in chunks, builds them once. Bounded, since a
+# long-lived process may see many grids (an ERA5 pair of matrices is about 3 MB).
+_WEIGHTS: OrderedDict[tuple[bytes, bytes, str], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+_WEIGHTS_KEPT = 8
+
+
+def grid_key(grid: Grid) -> bytes:
+    return b"|".join(
+        np.ascontiguousarray(a, dtype=np.float64).tobytes()
+        for a in (grid.lat, grid.lon, grid.lat_bounds, grid.lon_bounds)
+    )
+
+
 def axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """The two 1-D weight matrices of a regridding.
+    """The two 1-D weight matrices of a regridding (computed once per grids and method).
 
     Args:
         src: source grid, shape ``(h, w)``.
@@ -129,6 +144,20 @@ def axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.ndar
     """
     if method not in METHODS:
         raise ValueError(f"unknown regridding method {method!r}; choose from {METHODS}")
+    key = (grid_key(src), grid_key(dst), method)
+    if key in _WEIGHTS:
+        _WEIGHTS.move_to_end(key)
+        return _WEIGHTS[key]
+    weights = _axis_weights(src, dst, method)
+    for w in weights:
+        w.flags.writeable = False  # shared by every later call
+    _WEIGHTS[key] = weights
+    while len(_WEIGHTS) > _WEIGHTS_KEPT:
+        _WEIGHTS.popitem(last=False)
+    return weights
+
+
+def _axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.ndarray]:
     if method == "conservative":
         sin_src = np.sin(np.deg2rad(src.lat_bounds))
         sin_dst = np.sin(np.deg2rad(dst.lat_bounds))
@@ -149,7 +178,13 @@ def _renormalised(a_lat: np.ndarray, a_lon: np.ndarray, x: np.ndarray) -> np.nda
     """``Σ w·x / Σ w`` over the valid (non-NaN) source cells; NaN where no weight is valid."""
     valid = np.isfinite(x)
     num = _apply(a_lat, a_lon, np.where(valid, x, 0.0))
-    den = _apply(a_lat, a_lon, valid.astype(np.float64))
+    # The valid area is usually the same in every time step (none missing, or a fixed land
+    # mask): then one 2-D denominator serves them all (half the work of conservative).
+    flat = valid.reshape(-1, *x.shape[-2:])
+    if flat.shape[0] > 1 and (flat.all() or (flat == flat[0]).all()):
+        den = _apply(a_lat, a_lon, flat[0].astype(np.float64))
+    else:
+        den = _apply(a_lat, a_lon, valid.astype(np.float64))
     scale = np.max(a_lat.sum(axis=1)) * np.max(a_lon.sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > _MIN_WEIGHT * scale, num / den, np.nan)
@@ -187,6 +222,25 @@ def regrid(field: Any, src: Grid, dst: Grid, method: str = "conservative") -> An
     tensor = _tensor_info(field)
     x = np.asarray(field.detach().cpu().double().numpy() if tensor else field, dtype=np.float64)
     check_field(x, src)
+    out = regrid_values(x, src, dst, method)
+    if tensor:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(out)).to(
+            dtype=field.dtype, device=field.device
+        )
+    return out
+
+
+def regrid_values(x: np.ndarray, src: Grid, dst: Grid, method: str) -> np.ndarray:
+    """:func:`regrid` of a float64 ``(..., h, w)`` array, without the field checks.
+
+    For a block of a larger field (a chunk of time steps), which may be all missing where the
+    whole field is not: it gives NaN there.
+
+    Returns:
+        ``(..., H, W)`` float64.
+    """
     if method == "nearest":
         # Index gather keeps NaN exactly where the nearest source value is NaN.
         a_lat, a_lon = axis_weights(src, dst, "nearest")
@@ -204,12 +258,6 @@ def regrid(field: Any, src: Grid, dst: Grid, method: str = "conservative") -> An
             out = np.where(touched, _renormalised(lin_lat, lin_lon, x), out)
         else:
             out = _apply(a_lat, a_lon, x)
-    if tensor:
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(out)).to(
-            dtype=field.dtype, device=field.device
-        )
     return out
 
 
@@ -284,13 +332,16 @@ def apply_downscaler(
             valid (:func:`regrid_mask`).
 
     Returns:
-        ``(..., H, W)`` float64.
+        ``(..., H, W)`` float64; all NaN for an all-missing ``field`` (a chunk of time steps of
+        a larger field may be), without calling ``fn``.
 
     Raises:
         ValueError: ``fn`` returned another shape.
     """
     values = np.asarray(field, dtype=np.float64)
     lead = values.shape[:-2]
+    if not np.any(np.isfinite(values)):
+        return np.full((*lead, *dst.shape), np.nan)
     filled, valid = fill_missing(values.reshape(-1, *src.shape), src)
     out = np.asarray(fn(filled, src, dst), dtype=np.float64)
     if out.shape != (filled.shape[0], *dst.shape):

@@ -15,8 +15,8 @@ Why not a package: ``bicubic-pytorch`` agrees with BasicSR to float32 precision,
 function takes one scale for both axes (per-axis only as an output *size*, which changes the
 kernel scale to ``out/in`` instead of the nominal ``1/r``) and always computes in float32. Here
 the kernel scale and the output size are given separately, in float64 where the input is, which
-the gridded (climate) data and the asymmetric protocol need. ``tests/test_data.py`` checks this
-function against BasicSR's ``imresize`` and its per-axis weights.
+the gridded (climate) data and the asymmetric protocol need. ``tests/data/test_datasets.py``
+checks this function against BasicSR's ``imresize`` and its per-axis weights.
 
 Each axis is applied as a dense ``(out, in)`` matrix; the matrices are cached per geometry, so a
 training loop that revisits the same crop sizes and scales builds each one once.

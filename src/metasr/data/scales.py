@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 import random
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -68,7 +67,7 @@ Scale = tuple[float, float]
 #: Meta-SR's training and test scales: ×1.1 … ×4.0 in steps of 0.1 (symmetric).
 META_SR_SCALES: tuple[float, ...] = tuple(round(1.0 + 0.1 * k, 1) for k in range(1, 31))
 
-#: Standard asymmetric test pairs of ArbSR/SAVSR, ``(r_v, r_h)`` (DESIGN.md §5).
+#: Standard asymmetric test pairs of ArbSR/SAVSR, ``(r_v, r_h)`` (docs/design.md §5).
 ARBSR_ASYMMETRIC_SCALES: tuple[Scale, ...] = (
     (1.5, 4.0),
     (2.0, 4.0),
@@ -87,32 +86,19 @@ ARBSR_ASYMMETRIC_SCALES: tuple[Scale, ...] = (
 
 _NUMBER = r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
 _TIMES = "[xX×*]"
-_TIMES_RE = re.compile(_TIMES)
 _SCALE_SPEC = re.compile(f"{_NUMBER}(?:{_TIMES}{_NUMBER})?")
 _SIZE_SPEC = re.compile(rf"\s*(\d+)\s*{_TIMES}\s*(\d+)\s*")
 
 
-def parse_scale_spec(text: str, *, comma_pair: bool = False) -> Scale:
+def parse_scale_spec(text: str) -> Scale:
     """Parse one scale: ``"2.5"`` → ``(2.5, 2.5)``, ``"3.5x2"`` → ``(3.5, 2.0)``.
 
-    See the module docstring for the grammar. ``comma_pair=True`` also accepts the deprecated
-    ``"3.5,2"`` spelling of one pair (``metasr upscale --scale`` took it before the grammar was
-    unified) with a ``FutureWarning``; everywhere else a comma separates two scales.
+    See the module docstring for the grammar; a comma separates two scales, so ``"3.5,2"`` is
+    not one scale.
 
     Raises:
         ValueError: ``text`` is not one scale, or a factor is below 1 or not finite.
     """
-    if comma_pair and _TIMES_RE.search(text) is None and text.count(",") == 1:
-        first, second = (_parse_factors(part) for part in text.split(","))
-        if len(first) == len(second) == 1:
-            warnings.warn(
-                f"scale {text.strip()!r}: a comma between the two factors of one scale is "
-                f"deprecated (a comma separates scales in lists); write "
-                f"{text.strip().replace(',', 'x')}",
-                FutureWarning,
-                stacklevel=2,
-            )
-            return parse_scale((first[0], second[0]))
     nums = _parse_factors(text)
     return parse_scale(nums[0] if len(nums) == 1 else (nums[0], nums[1]))
 

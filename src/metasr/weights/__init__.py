@@ -35,7 +35,6 @@ __all__ = [
     "T2M_CHECKPOINT",
     "T2M_V1_CHECKPOINT",
     "bundled_checkpoint",
-    "default_checkpoint",
 ]
 
 _HERE = Path(__file__).resolve().parent
@@ -78,12 +77,3 @@ def bundled_checkpoint(name: str) -> Path:
             f"--model with a checkpoint file, or create it with {_MODELS[name][1]}"
         )
     return path
-
-
-def default_checkpoint() -> Path:
-    """Path of the bundled default model (:func:`bundled_checkpoint` ``("default")``).
-
-    Raises:
-        FileNotFoundError: this installation has no bundled default model.
-    """
-    return bundled_checkpoint("default")

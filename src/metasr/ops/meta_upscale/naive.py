@@ -1,6 +1,6 @@
 """The spec: Meta-Upscale written as loops over output pixels. Tiny sizes only.
 
-Every other backend is tested against this file. It follows ``DESIGN.md`` §1 literally::
+Every other backend is tested against this file. It follows ``docs/design.md`` §1 literally::
 
     W(i, j) = Linear2(ReLU(Linear1(pos(i, j))))          # (Cin·k·k·Cout,) per output pixel
     y[n, o, i, j] = Σ_{c,ky,kx} xpad[n, c, i'+ky, j'+kx] · W(i, j)[c, ky, kx, o]
@@ -22,7 +22,7 @@ from .tables import positions_tensor
 #: (rounded) inputs, for the output and the gradients; ``atol`` is relative to the reference's
 #: largest magnitude (at least 1). Every backend keeps such a table; the tests read them. In
 #: float16/bfloat16 the first layer's gradients are not covered: ReLU' of a pre-activation
-#: within rounding of 0 is a discontinuity (``tests/test_meta_upscale.py``).
+#: within rounding of 0 is a discontinuity (``tests/ops/test_meta_upscale.py``).
 TOLERANCES = {
     torch.float64: (1e-10, 1e-10),
     torch.float32: (1e-4, 1e-5),

@@ -8,7 +8,7 @@ all in the compute dtype and all with ``predict(pos)`` (positions ``(M, P)`` →
 * :class:`LinearHeadParams`: any body ``g`` then a linear head, ``W(p) = A·g(p) + b``;
 * :class:`ModuleParams`: anything else, run as a whole.
 
-The features-first backends (``torch_chunked``, ``triton_fused``; ``DESIGN.md`` §3) never run a
+The features-first backends (``torch_chunked``, ``triton_fused``; ``docs/design.md`` §3) never run a
 linear-headed predictor per output pixel; they use two rearrangements of it, defined once here:
 
 * the second layer as one LR convolution (:func:`features_first_weight`, :func:`features_first_z`):

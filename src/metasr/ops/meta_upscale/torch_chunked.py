@@ -6,8 +6,8 @@ Two evaluation orders of the same function, chosen per call by counted cost:
   weights of the ``Dv·Dh`` distinct ``(Δv, Δh)`` pairs only, apply them all with one LR
   convolution with ``Dv·Dh·Cout`` output channels, and gather each output pixel from its phase.
   Plain autograd; its largest tensor is ``N·Cout·Dv·Dh·h·w``.
-* **features-first** (``DESIGN.md`` §3, any scale): with ``hid(p) = ReLU(A[i] + Bc[j] + c)`` and
-  ``Z = conv(x, W2)``, ``B = conv(x, b2)`` at LR resolution,
+* **features-first** (``docs/design.md`` §3, any scale): with
+  ``hid(p) = ReLU(A[i] + Bc[j] + c)`` and ``Z = conv(x, W2)``, ``B = conv(x, b2)`` at LR resolution,
   ``y[n,o,p] = Σ_h hid(p)[h]·Z[n,h,o,q] + B[n,o,q]``. A custom ``autograd.Function`` does the
   contraction one LR row (and its strip of output rows) at a time and recomputes ``hid`` in
   backward, so neither the

@@ -1,6 +1,6 @@
 """Fused features-first Meta-Upscale in Triton (the ``triton`` backend).
 
-Same algebra as the features-first order of :mod:`.torch_chunked` (``DESIGN.md`` §3):
+Same algebra as the features-first order of :mod:`.torch_chunked` (``docs/design.md`` §3):
 
     Z = conv2d(x, [W2 | b2])                      # (N, Cout·(hid+1), h, w), cuDNN, LR resolution
     pre(i, j) = A[i] + Bc[phase(j)] + c           # first MLP layer, separable

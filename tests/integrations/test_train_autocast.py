@@ -1,7 +1,7 @@
 """``train: autocast: bfloat16`` in ``MetaSRModel``: a bfloat16 forward, float32 everything else.
 
-One optimisation step on fixed samples, in-process (as ``tests/ddp_step.py`` builds the model),
-with and without autocast, from the same initial weights.
+One optimisation step on fixed samples, in-process (as ``tests/integrations/ddp_step.py`` builds
+the model), with and without autocast, from the same initial weights.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if importlib.util.find_spec("basicsr") is None:
 
 from metasr.data.samples import make_synthetic_images  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _options(autocast: object) -> dict:

@@ -13,7 +13,7 @@ from metasr.evaluate import as_upscaler
 
 BICUBIC = as_upscaler("bicubic").fn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():

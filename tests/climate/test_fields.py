@@ -30,7 +30,7 @@ pytest.importorskip("netCDF4")
 
 from metasr.climate.fields import FieldDataset, FieldTestDataset, field_stats_for  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GLOSEA4 = ROOT / "datasets" / "climate" / "glosea4"
 H, W = 37, 48  # a 5° grid with pole rows, 90 … −90
 

@@ -23,7 +23,7 @@ import yaml
 from metasr.archs import create_model
 from metasr.data.scales import MixtureScales, build_scale_sampler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PHOTO_OPT = ROOT / "options" / "train" / "MetaEDSR_photo_default.yml"
 
 needs_basicsr = pytest.mark.skipif(

@@ -132,7 +132,7 @@ def test_half_precision_matches_float64_spec(variant, dtype):
     # the spec in float64 on the same rounded inputs and parameters
     want = forward_backward(meta_upscale_naive, x.double(), params.to(torch.float64), geom, dy)
     got = forward_backward(fn, x, params, geom, dy)
-    # w1/b1 skipped: ReLU' at a pre-activation within rounding of 0 (test_meta_upscale.py).
+    # w1/b1 skipped: ReLU' at a pre-activation within rounding of 0 (ops/test_meta_upscale.py).
     for name, g, r in zip(NAMES, got, want, strict=True):
         if name not in ("w1", "b1"):
             assert_close(g, r, tol, f"{variant} {dtype} {name}")

@@ -21,7 +21,7 @@ from metasr.climate import (
     with_static_channels,
 )
 
-ETOPO5 = Path(__file__).resolve().parents[1] / "datasets" / "climate" / "etopo5.cdf"
+ETOPO5 = Path(__file__).resolve().parents[2] / "datasets" / "climate" / "etopo5.cdf"
 
 
 def test_coarse_size_and_grid_layout() -> None:

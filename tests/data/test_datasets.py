@@ -181,15 +181,12 @@ def test_one_scale_grammar():
             parse_size_list(bad) if bad == "" else parse_size_spec(bad)
 
 
-def test_deprecated_comma_pair():
+def test_comma_is_never_one_scale():
     from metasr.data import parse_scale_spec
 
-    with pytest.warns(FutureWarning, match="write 3.5x2"):
-        assert parse_scale_spec("3.5,2", comma_pair=True) == (3.5, 2.0)
-    with pytest.raises(ValueError):
-        parse_scale_spec("3.5,2,1", comma_pair=True)
-    with pytest.raises(ValueError):
-        parse_scale_spec("3.5x2,1", comma_pair=True)
+    for text in ["3.5,2", "3.5,2,1", "3.5x2,1"]:
+        with pytest.raises(ValueError, match="bad scale"):
+            parse_scale_spec(text)
 
 
 def test_test_dataset_reads_scale_lists_with_the_same_grammar(photos):
@@ -198,7 +195,7 @@ def test_test_dataset_reads_scale_lists_with_the_same_grammar(photos):
 
 
 def test_scripts_do_not_import_cli_modules():
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
     for path in scripts.glob("*.py"):
         assert not re.search(r"^\s*(from|import) metasr\.cli\b", path.read_text(), re.M), path
 

@@ -16,7 +16,7 @@ from PIL import Image
 from metasr.archs import create_model
 from metasr.checkpoints import save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():

@@ -16,7 +16,7 @@ import metasr
 from metasr import climate as mc
 from metasr.checkpoints import FieldStats, load_model, save_checkpoint, stats_metadata
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def _script(name: str):

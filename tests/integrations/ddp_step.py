@@ -1,10 +1,11 @@
 """One optimisation step of ``MetaSRModel`` on fixed samples, alone or under ``torchrun``.
 
-Run by ``tests/test_distributed.py``: ``python tests/ddp_step.py OPT DATA OUT`` (one process,
-batch 2B) or ``torchrun --nproc_per_node=2 tests/ddp_step.py OPT DATA OUT`` (two ranks × B, rank
-``r`` taking samples ``r·B … r·B+B−1`` of the same 2B). Writes the parameters after the step to
-``OUT`` (rank 0); one process also writes the step on the first B samples only (``OUT.half``), and
-two ranks record whether feeding them different scales is refused (``OUT.mismatch``).
+Run by ``tests/integrations/test_distributed.py``: ``python tests/integrations/ddp_step.py OPT
+DATA OUT`` (one process, batch 2B) or ``torchrun --nproc_per_node=2 tests/integrations/ddp_step.py
+OPT DATA OUT`` (two ranks × B, rank ``r`` taking samples ``r·B … r·B+B−1`` of the same 2B).
+Writes the parameters after the step to ``OUT`` (rank 0); one process also writes the step on the
+first B samples only (``OUT.half``), and two ranks record whether feeding them different scales is
+refused (``OUT.mismatch``).
 """
 
 from __future__ import annotations

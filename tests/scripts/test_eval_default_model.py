@@ -16,7 +16,7 @@ from metasr.data.samples import make_synthetic_images
 from metasr.evaluate import evaluate
 from metasr.weights import BUNDLED, bundled_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script():

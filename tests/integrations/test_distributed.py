@@ -30,7 +30,7 @@ from metasr.data.samples import make_synthetic_images  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN_OPT = ROOT / "options" / "train" / "tiny_cpu.yml"
 NAME = "MetaEDSR_tiny_cpu"
 SEED = 0
@@ -156,9 +156,9 @@ def single_steps(tmp_path_factory, opt_file) -> dict[int, tuple[float, float, fl
 
 
 def test_two_ranks_agree_and_learn(ddp_dir, opt_file):
+    from metasr.checkpoints import load_basicsr_checkpoint
     from metasr.integrations.basicsr import MetaSRTrainDataset
     from metasr.integrations.basicsr.distributed import batch_spec_at, check_replicas_identical
-    from metasr.integrations.checkpoints import load_basicsr_checkpoint
 
     log = (ddp_dir / "first.log").read_text()
     assert "World size (gpu number): 2" in log
@@ -210,7 +210,7 @@ def test_resume_and_world_size_keep_the_scale_sequence(ddp_dir, single_steps):
 
 
 def test_one_ddp_step_equals_one_step_on_the_whole_batch(tmp_path, data):
-    script = str(ROOT / "tests" / "ddp_step.py")
+    script = str(ROOT / "tests" / "integrations" / "ddp_step.py")
     out = tmp_path / "params"
     args = [script, str(TRAIN_OPT), str(data / "train")]
     single = _run([sys.executable, *args, f"{out}.single"], tmp_path)

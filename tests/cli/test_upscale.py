@@ -344,7 +344,7 @@ def test_registry_name_and_backend(tmp_path, capsys, monkeypatch):
         requested.clear()
         rc, _, err = run(
             ["upscale", tmp_path / "a.png", "-o", tmp_path / "b.png", "--scale", "1.5", "-q",
-             "--model", "meta_edsr_tiny", "--backend", backend],
+             "--model", "meta_edsr_tiny", "--backend", backend, "--overwrite"],
             capsys,
         )  # fmt: skip
         assert rc == 0, err
@@ -370,7 +370,7 @@ def test_export_script_round_trip(tmp_path, capsys):
         "meta_edsr", n_resblocks=1, n_feats=8, img_range=1.0, bicubic_residual=True
     )
     torch.save({"params": net.state_dict()}, tmp_path / "net_g_10.pth")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "export_default_model.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "export_default_model.py"
     argv = ["export", "--checkpoint", str(tmp_path / "net_g_10.pth"), "--opt", str(opts), "-o",
             str(tmp_path / "m.safetensors")]  # fmt: skip
     old = sys.argv
@@ -415,6 +415,7 @@ def _expect_error(argv: list, capsys, code: int, fragment: str) -> None:
     [
         (["--scale", "2.5y"], 2, "bad --scale"),
         (["--scale", "abc"], 2, "bad --scale"),
+        (["--scale", "3.5,2"], 2, "bad --scale"),  # a comma separates scales: write 3.5x2
         (["--scale", "0.5"], 2, "must be >= 1"),
         (["--scale", "2x0.9"], 2, "must be >= 1"),
         (["--size", "10x"], 2, "bad --size"),
@@ -448,9 +449,8 @@ def test_bad_files(tmp_path, ckpt, capsys):
         ([tmp_path / "a.gif", "-o", tmp_path / "o.png"], 1, "unsupported format '.gif'"),
         ([good, "-o", tmp_path / "o.gif"], 1, "unsupported format '.gif'"),
         ([good, "-o", tmp_path / "o.npy"], 1, "not .npy"),
-        ([good, "-o", tmp_path / "nowhere" / "o.png"], 2, "does not exist"),
-        ([good, tmp_path / "b.png", "-o", tmp_path / "nowhere.png"], 2, "does not exist"),
-        ([good, "-o", tmp_path / "nowhere"], 2, "output folder"),
+        ([good, tmp_path / "b.png", "-o", tmp_path / "nowhere.png"], 2, "looks like a file"),
+        ([good, "-o", good / "o.png"], 2, "is a file, not a folder"),
         ([good, "-o", good], 2, "overwrite its input"),
         ([f"{tmp_path}/*.tif", "-o", tmp_path], 1, "no supported files match"),
     ]

@@ -119,7 +119,7 @@ LINEAR_HEAD_KINDS = ["gelu3", "fourier", "headed"]
 
 
 def assert_matches(actual, expected, variant: str, what: str = "") -> None:
-    """As ``tests/test_meta_upscale.py``: ``atol`` scales with the reference's magnitude."""
+    """As ``tests/ops/test_meta_upscale.py``: ``atol`` scales with the reference's magnitude."""
     rtol, atol = TOLERANCES[variant][actual.dtype]
     scale = max(1.0, expected.abs().max().item())
     torch.testing.assert_close(

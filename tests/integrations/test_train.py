@@ -28,7 +28,7 @@ if importlib.util.find_spec("basicsr") is None:
 
 from metasr.data.samples import make_synthetic_images  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN_OPT = ROOT / "options" / "train" / "tiny_cpu.yml"
 TEST_OPT = ROOT / "options" / "test" / "tiny_cpu.yml"
 NAME = "MetaEDSR_tiny_cpu"
