@@ -154,3 +154,17 @@ def test_training_batches_cover_layouts_and_train() -> None:
         assert torch.isfinite(loss)
     loss.backward()
     assert len(seen) >= 2
+
+
+def test_eval_accepts_the_back_projected_baseline() -> None:
+    from metasr.climate.evaluate import evaluate_fields
+
+    g = regular_grid(37, 48, pole_rows=True)
+    lat, lon = np.deg2rad(g.lat)[:, None], np.deg2rad(g.lon)[None, :]
+    hr = 280 + 30 * np.cos(lat) + 5 * np.sin(3 * lon) * np.cos(lat) ** 2
+    rows = evaluate_fields([("f", hr[None], g)], [2], None, ["bicubic", "bicubic-conservative"])
+    rmse = {r["method"]: r["rmse"] for r in rows}
+    assert set(rmse) == {"bicubic", "bicubic-conservative"}
+    assert rmse["bicubic-conservative"] < rmse["bicubic"]
+    with pytest.raises(ValueError, match="bicubic-conservative"):
+        evaluate_fields([("f", hr[None], g)], [2], None, ["cubic"])

@@ -302,6 +302,7 @@ def run_eval_fields(args: argparse.Namespace) -> int:
 
     from .. import climate as mc
     from ..checkpoints import load_model
+    from ..climate.evaluate import BASELINES
     from ..data.scales import parse_scale_list, parse_size_list
     from ..evaluate import write_results
     from ..metrics import format_table
@@ -314,9 +315,9 @@ def run_eval_fields(args: argparse.Namespace) -> int:
     if args.bicubic and "bicubic" not in baselines:
         baselines.append("bicubic")
     for b in baselines:
-        if b not in mc.METHODS:
+        if b not in BASELINES:
             raise CLIError(
-                f"unknown baseline {b!r} in --baselines; choose from {', '.join(mc.METHODS)}"
+                f"unknown baseline {b!r} in --baselines; choose from {', '.join(BASELINES)}"
             )
     settings: list[object] = []
     try:
@@ -329,7 +330,7 @@ def run_eval_fields(args: argparse.Namespace) -> int:
     stats = parse_stats_arg(args.stats) if args.stats is not None else None
     model = None
     name = args.model
-    if args.model in mc.METHODS:
+    if args.model in BASELINES:
         if args.model not in baselines:
             baselines.insert(0, args.model)
     else:

@@ -54,7 +54,7 @@ _MODELS: dict[str, tuple[Path, str]] = {
     "default": (DEFAULT_CHECKPOINT, "make default-model"),
     "default-v1": (DEFAULT_V1_CHECKPOINT, "make default-v1-model"),
     "t2m": (T2M_CHECKPOINT, "make t2m-model"),
-    "t2m-v1": (T2M_V1_CHECKPOINT, "git checkout of src/metasr/weights/t2m_v1.safetensors"),
+    "t2m-v1": (T2M_V1_CHECKPOINT, "make t2m-v1-model"),
 }
 
 #: Bundled model names and their files.
