@@ -238,7 +238,7 @@ def export_v2(args: argparse.Namespace) -> int:
         ratio_max=float(opt["ratio"][1]),
         layouts=["global", "regional", "pole-rows", "no-pole-rows", "gaussian", "masked"],
         normalisation="per-sample",
-        constraint="conservative",
+        constraint=opt.get("constraint", "smooth"),
         training={"iterations": int(state["iteration"]), "init": opt.get("init")},
     )
     # Units for the checks of metasr upscale; mean/std are informational (per-sample norm.).

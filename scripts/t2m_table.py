@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path("datasets/climate"))
     p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
+    p.add_argument("--variants", action="store_true",
+                   help="also run carded models with the other constraints")  # fmt: skip
+    p.add_argument("--only", help="run only the cells whose label contains this text")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
@@ -110,15 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_model(ckpt)
         fn = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
         methods[name] = fn
-        if fn.card is not None and fn.card.constraint == "conservative":
-            off = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
-            off.card = dataclasses.replace(fn.card, constraint="none")
-            methods[f"{name} (no constraint)"] = off
+        if fn.card is not None and args.variants:
+            # The same weights with the other constraints (what the constraint costs and gains).
+            for other in ("smooth", "min-change", "none"):
+                if other != fn.card.constraint:
+                    alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
+                    alt.card = dataclasses.replace(fn.card, constraint=other)
+                    methods[f"{name} (constraint {other})"] = alt
     methods["bicubic"] = "bicubic"
     methods["bicubic-conservative"] = bicubic_conservative
     methods["conservative"] = "conservative"
     rows = []
     for label, hr, grid, lr_grid, flip in cells(args.data):
+        if args.only and args.only not in label:
+            continue
         lr = regrid(hr, grid, lr_grid, "conservative")
         in_grid, lr_in = (_flip(lr_grid), lr[:, ::-1]) if flip else (lr_grid, lr)
         con = ConservativeConstraint(lr_grid, grid, frozen_rows=pole_rows(grid))

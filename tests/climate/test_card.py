@@ -103,7 +103,7 @@ def test_upscale_warns_converts_and_records_card(carded, tmp_path, capsys) -> No
     with xr.open_dataset(out) as ds:
         assert ds.tas.attrs["units"] == "K"
         assert ds.tas.attrs["metasr_model"] == str(carded)
-        assert "constraint conservative" in ds.tas.attrs["metasr_model_card"]
+        assert "constraint smooth" in ds.tas.attrs["metasr_model_card"]
         assert 270 < float(ds.tas.mean()) < 300
     strict = tmp_path / "strict.nc"
     rc = main(["upscale", str(src), "--var", "tas", "--target-grid", "37x48",
@@ -120,6 +120,17 @@ def test_info_prints_the_card(carded, capsys) -> None:  # noqa: ANN001
     assert "normalisation: per-sample" in text and "held out: hadgem2" in text
     assert main(["info", "--model", "t2m-v1"]) == 0
     assert "no model card" in capsys.readouterr().out
+
+
+def test_bicubic_conservative_is_the_limit_of_back_projection() -> None:
+    src, dst = regular_grid(13, 17, pole_rows=False), gaussian_grid(40, 50)
+    x = 280 + np.random.default_rng(3).normal(0, 5, src.shape)
+    y = regrid(x, src, dst, "bicubic")
+    con = ConservativeConstraint(src, dst)
+    for _ in range(200):  # explicit back-projection
+        y = y + regrid(x - regrid(y, dst, src, "conservative"), src, dst, "bicubic")
+    assert con.error(y, x) < 1e-6
+    assert np.max(np.abs(y - bicubic_conservative(x, src, dst))) < 1e-5
 
 
 def test_bicubic_conservative_is_conservative_and_beats_bicubic() -> None:

@@ -30,11 +30,12 @@ def _field(grid: Grid, seed: int = 0) -> np.ndarray:
         (regular_grid(10, 14, pole_rows=False), regular_grid(15, 21, pole_rows=True)),  # x1.5
     ],
 )
-def test_constraint_makes_any_ratio_conservative(src: Grid, dst: Grid) -> None:
+@pytest.mark.parametrize("smooth", [False, True])
+def test_constraint_makes_any_ratio_conservative(src: Grid, dst: Grid, smooth: bool) -> None:
     rng = np.random.default_rng(1)
     y = rng.normal(280, 10, (3, *dst.shape))
     x = rng.normal(280, 10, (3, *src.shape))
-    con = ConservativeConstraint(src, dst, frozen_rows=pole_rows(dst))
+    con = ConservativeConstraint(src, dst, frozen_rows=pole_rows(dst), smooth=smooth)
     before = con.error(y, x)
     out = con(y, x)
     assert before > 1.0
@@ -44,10 +45,13 @@ def test_constraint_makes_any_ratio_conservative(src: Grid, dst: Grid) -> None:
     assert np.max(np.abs(back[..., covered[0], covered[1]] - x[..., covered[0], covered[1]])) < 1e-4
     # Frozen pole rows are left as they were.
     assert np.array_equal(out[:, pole_rows(dst)], y[:, pole_rows(dst)])
-    # Minimum change: any other conservative field is further away (area-weighted).
-    other = con(out + rng.normal(0, 1, out.shape), x)
-    area = dst.cell_areas()
-    assert np.sum(area * (out - y) ** 2) < np.sum(area * (other - y) ** 2)
+    # A projection: applying it again changes nothing.
+    assert np.max(np.abs(con(out, x) - out)) < 1e-8
+    if not smooth:
+        # Minimum change: any other conservative field is further away (area-weighted).
+        other = con(out + rng.normal(0, 1, out.shape), x)
+        area = dst.cell_areas()
+        assert np.sum(area * (out - y) ** 2) < np.sum(area * (other - y) ** 2)
 
 
 def test_constraint_regional_target_constrains_covered_cells_only() -> None:
@@ -127,8 +131,9 @@ def test_field_forward_is_layout_invariant_and_conservative(tiny_net: torch.nn.M
     # The target in another order gives the same values at the same places.
     flipped = _run(tiny_net, x, src, _flip_lat(dst))
     assert np.max(np.abs(flipped[::-1] - ref)) <= 1e-4
-    con = ConservativeConstraint(src, dst, frozen_rows=pole_rows(dst))
-    assert con.error(ref, x) <= 1e-4
+    for smooth in (False, True):
+        con = ConservativeConstraint(src, dst, frozen_rows=pole_rows(dst), smooth=smooth)
+        assert con.error(ref, x) <= 1e-4
     # One value per pole row.
     assert np.ptp(ref[0]) < 1e-9 and np.ptp(ref[-1]) < 1e-9
 
@@ -149,13 +154,13 @@ def test_field_forward_regional_never_wraps(tiny_net: torch.nn.Module) -> None:
     with torch.no_grad():
         a, _, _ = field_forward(
             lambda z, c: tiny_net(z.float(), coords=c).double(), x_t, src, dst,
-            constraint=False, normalisation="dataset",
+            constraint="none", normalisation="dataset",
             stats=__import__("metasr").checkpoints.FieldStats(("t",), ("K",), (280.0,), (10.0,)),
         )  # fmt: skip
         b_in = torch.tensor(bumped[None])
         b, _, _ = field_forward(
             lambda z, c: tiny_net(z.float(), coords=c).double(), b_in, src, dst,
-            constraint=False, normalisation="dataset",
+            constraint="none", normalisation="dataset",
             stats=__import__("metasr").checkpoints.FieldStats(("t",), ("K",), (280.0,), (10.0,)),
         )  # fmt: skip
     assert torch.equal(a[..., -6:], b[..., -6:])

@@ -43,7 +43,9 @@ class ModelCard:
             :mod:`metasr.climate.layout`).
         normalisation: ``"per-sample"`` (each field by its own area-weighted mean and std) or
             ``"dataset"`` (the checkpoint's ``field_stats``).
-        constraint: ``"conservative"`` (:mod:`metasr.climate.constraint`) or ``"none"``.
+        constraint: ``"smooth"`` (the conservation constraint with its correction spread by
+            bicubic interpolation), ``"min-change"`` (the area-weighted minimum change) or
+            ``"none"`` (:mod:`metasr.climate.constraint`).
         training: free-form facts (iterations, time, machine).
     """
 
@@ -55,7 +57,7 @@ class ModelCard:
     ratio_max: float = 10.0
     layouts: list[str] = field(default_factory=list)
     normalisation: str = "per-sample"
-    constraint: str = "conservative"
+    constraint: str = "smooth"
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,8 +66,11 @@ class ModelCard:
                 f"model card: normalisation must be one of {NORMALISATIONS}, "
                 f"got {self.normalisation!r}"
             )
-        if self.constraint not in ("conservative", "none"):
-            raise ValueError(f"model card: constraint must be 'conservative' or 'none', got {self.constraint!r}")
+        if self.constraint not in ("smooth", "min-change", "none"):
+            raise ValueError(
+                "model card: constraint must be 'smooth', 'min-change' or 'none', got "
+                f"{self.constraint!r}"
+            )
         bad = [x for x in self.layouts if x not in _LAYOUTS]
         if bad:
             raise ValueError(f"model card: unknown layouts {bad}; known: {_LAYOUTS}")

@@ -44,7 +44,11 @@ def pole_rows(grid: Grid) -> np.ndarray:
 
 
 def _axis_projector(
-    overlap: np.ndarray, src_len: np.ndarray, dst_len: np.ndarray, frozen: np.ndarray | None
+    overlap: np.ndarray,
+    src_len: np.ndarray,
+    dst_len: np.ndarray,
+    frozen: np.ndarray | None,
+    spread: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Covered source indices, the coarsening rows ``C`` and the projector ``P`` of one axis.
 
@@ -52,9 +56,20 @@ def _axis_projector(
         overlap: ``(n_src, n_dst)`` overlap lengths.
         src_len, dst_len: cell lengths (Δsin φ or Δλ) of source and target.
         frozen: ``(n_dst,)`` bool, target cells the correction must not change.
+        spread: ``(n_dst, n_src)`` interpolation weights: the correction is then
+            ``U (C U)⁻¹ r`` (smooth, the limit of back-projection with ``U``) instead of the
+            area-weighted minimum change; ``None``: minimum change.
     """
     covered = overlap.sum(axis=1) >= _COVERED * src_len
     c = overlap[covered] / src_len[covered, None]
+    if spread is not None:
+        u = spread[:, covered].copy()
+        if frozen is not None:
+            u[frozen] = 0.0
+        cu = c @ u
+        if np.linalg.cond(cu) < 1e8:
+            return np.flatnonzero(covered), c, u @ np.linalg.inv(cu)
+        # An ill-conditioned interpolation (rare: tiny covered sets) falls back to minimum change.
     dinv = 1.0 / dst_len
     if frozen is not None:
         dinv = np.where(frozen, 0.0, dinv)
@@ -73,6 +88,9 @@ class ConservativeConstraint:
         src: the input's grid.
         dst: the output's grid (each axis may be in any order; the matrices follow it).
         frozen_rows: ``(H,)`` bool target rows left unchanged (default: none).
+        smooth: spread the correction by bicubic interpolation (``U (C U)⁻¹``, the fixed point
+            of bicubic back-projection) instead of the area-weighted minimum change, which is
+            piecewise constant over nested source cells. Both make ``C y' = x`` exactly.
 
     Attributes:
         rows, cols: indices of the covered source rows and columns.
@@ -83,15 +101,18 @@ class ConservativeConstraint:
         ValueError: the target covers no source cell completely.
     """
 
-    def __init__(self, src: Grid, dst: Grid, frozen_rows: np.ndarray | None = None) -> None:
+    def __init__(
+        self, src: Grid, dst: Grid, frozen_rows: np.ndarray | None = None, smooth: bool = False
+    ) -> None:
         ov_lat, ov_lon = axis_weights(dst, src, "conservative")  # (h, H), (w, W)
+        u_lat, u_lon = axis_weights(src, dst, "bicubic") if smooth else (None, None)
         dsin_src = np.abs(np.diff(np.sin(np.deg2rad(src.lat_bounds))))
         dsin_dst = np.abs(np.diff(np.sin(np.deg2rad(dst.lat_bounds))))
         self.rows, self.c_lat, self.p_lat = _axis_projector(
-            ov_lat, dsin_src, dsin_dst, frozen_rows
+            ov_lat, dsin_src, dsin_dst, frozen_rows, u_lat
         )
         self.cols, self.c_lon, self.p_lon = _axis_projector(
-            ov_lon, np.diff(src.lon_bounds), np.diff(dst.lon_bounds), None
+            ov_lon, np.diff(src.lon_bounds), np.diff(dst.lon_bounds), None, u_lon
         )
         if self.rows.size == 0 or self.cols.size == 0:
             raise ValueError(
@@ -143,15 +164,15 @@ class ConservativeConstraint:
         return float(np.max(np.abs(self.coarsen(np.asarray(y, np.float64)) - target)))
 
 
-def bicubic_conservative(
-    field: np.ndarray, src: Grid, dst: Grid, iterations: int = 30, tol: float = 1e-6
-) -> np.ndarray:
+def bicubic_conservative(field: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
     """Bicubic regridding followed by back-projection (``--baseline bicubic-conservative``).
 
-    ``y ← y + bicubic(x − C y)`` (``C``: the conservative coarsening of ``dst`` onto ``src``)
-    until ``max |x − C y| < tol`` or ``iterations`` passes; whatever residual remains is removed
-    by the minimum-change correction (:class:`ConservativeConstraint`), so the result is
-    conservative on every covered source cell in any case.
+    Back-projection repeats ``y ← y + U(x − C y)`` (``U``: bicubic from ``src`` to ``dst``,
+    ``C``: conservative coarsening of ``dst`` onto ``src``) until ``C y = x``; its limit is
+    ``y + U (C U)⁻¹ (x − C y)``, computed here directly per axis
+    (:class:`ConservativeConstraint` with ``smooth=True``; 30 explicit iterations agree with it
+    to 1e-9 K on the GloSea4 cells of docs/climate.md). Conservative on every covered source
+    cell.
 
     Args:
         field: ``(..., h, w)`` finite values on ``src`` (fill missing values first:
@@ -164,16 +185,4 @@ def bicubic_conservative(
     from .regrid import regrid
 
     x = np.asarray(field, dtype=np.float64)
-    con = ConservativeConstraint(src, dst)
-    y = regrid(x, src, dst, "bicubic")
-    covered = np.zeros(src.shape, dtype=bool)
-    covered[np.ix_(con.rows, con.cols)] = True
-    for _ in range(iterations):
-        resid = np.zeros_like(x)
-        resid[..., covered] = (x[..., con.rows, :][..., con.cols] - con.coarsen(y)).reshape(
-            *x.shape[:-2], -1
-        )
-        if np.max(np.abs(resid)) < tol:
-            break
-        y = y + regrid(resid, src, dst, "bicubic")
-    return con(y, x)
+    return ConservativeConstraint(src, dst, smooth=True)(regrid(x, src, dst, "bicubic"), x)

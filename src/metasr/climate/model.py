@@ -105,6 +105,9 @@ def coordinate_grid(src: Grid, dst: Grid) -> CoordinateGrid:
 #: onto its west edge.
 REGIONAL_PAD = 24
 
+#: Values of ``field_forward(constraint=...)`` and of a model card's ``constraint``.
+CONSTRAINTS = ("smooth", "min-change", "none")
+
 # A field whose area-weighted standard deviation is below this (in its units) is normalised by
 # this instead (a constant field must not divide by zero).
 _MIN_STD = 1e-3
@@ -132,7 +135,7 @@ def field_forward(
     *,
     normalisation: str = "per-sample",
     stats: FieldStats | None = None,
-    constraint: bool = True,
+    constraint: str = "smooth",
     pad: int = REGIONAL_PAD,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One differentiable field step, the same in training and inference.
@@ -150,7 +153,9 @@ def field_forward(
         normalisation: ``"per-sample"`` (each field by its own area-weighted mean and std) or
             ``"dataset"`` (``stats``).
         stats: the dataset statistics for ``"dataset"``.
-        constraint: apply the conservation constraint.
+        constraint: the conservation constraint: ``"smooth"`` (the correction spread by bicubic
+            interpolation, the limit of back-projection), ``"min-change"`` (the area-weighted
+            minimum change) or ``"none"``.
         pad: LR columns replicated at each edge of a regional (non-periodic) source.
 
     Returns:
@@ -204,8 +209,10 @@ def field_forward(
         wl = torch.as_tensor(np.diff(dg.lon_bounds) / 360.0, dtype=y.dtype, device=y.device)
         mask = torch.as_tensor(poles, device=y.device)[:, None]
         y = torch.where(mask, (y * wl).sum(dim=-1, keepdim=True), y)
-    if constraint:
-        con = ConservativeConstraint(sg, dg, frozen_rows=poles)
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
+    if constraint != "none":
+        con = ConservativeConstraint(sg, dg, frozen_rows=poles, smooth=constraint == "smooth")
         y = con(y.to(z.dtype), z)
     return ld.restore(y * std + mean), mean, std
 
@@ -299,7 +306,7 @@ class ModelDownscaler:
                 dst,
                 normalisation=card.normalisation if card else "dataset",
                 stats=self.stats,
-                constraint=card is not None and card.constraint == "conservative",
+                constraint=card.constraint if card is not None else "none",
             )
         return y.numpy()
 

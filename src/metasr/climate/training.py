@@ -225,6 +225,7 @@ class TrainConfig(NamedTuple):
     seed: int = 0
     save_every: int = 50
     init: str | None = "t2m-v1"
+    constraint: str = "smooth"
 
 
 def network_kwargs() -> dict[str, Any]:
@@ -239,11 +240,13 @@ def _run_net(net: torch.nn.Module):  # noqa: ANN202
     return lambda z, coords: net(z.float(), coords=coords)
 
 
-def batch_loss(net: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def batch_loss(net: torch.nn.Module, batch: Batch, constraint: str = "smooth") -> torch.Tensor:
     """L1 in normalised units over the valid HR cells of ``batch``."""
     x = torch.from_numpy(batch.lr).float()
     gt = torch.from_numpy(batch.hr).float()
-    y, _, std = field_forward(_run_net(net), x, batch.lr_grid, batch.hr_grid)
+    y, _, std = field_forward(
+        _run_net(net), x, batch.lr_grid, batch.hr_grid, constraint=constraint
+    )
     valid = torch.isfinite(gt)
     diff = (y - torch.nan_to_num(gt)) / std
     return diff.abs()[valid].mean()
@@ -293,7 +296,7 @@ def train(config: TrainConfig, data: str | Path, out: str | Path, *, minutes: fl
     recent: list[float] = []
     while it < config.iterations:
         batch = sample_batch(all_sources, rng, config.batch_size, config.ratio)
-        loss = batch_loss(net, batch)
+        loss = batch_loss(net, batch, config.constraint)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
