@@ -6,7 +6,8 @@ conservatively to the LR layout and put back on the HR grid by each method: the 
 its constraint off), ``bicubic``, ``bicubic-conservative`` (bicubic + back-projection) and
 ``conservative``. Scores are cos-latitude-weighted over the valid HR cells, per field, then
 averaged over the cell's fields (mean RMSE, mean bias). Also reported per model: the largest
-conservation error on covered LR cells.
+conservation error on covered LR cells, and in the JSON the RMSE per latitude row (the
+"why" of a cell that is not won).
 
     python scripts/t2m_table.py --data datasets/climate --model t2m-v1=t2m-v1 \\
         --model v2=experiments/MetaEDSR_t2m_v2/MetaEDSR_t2m_v2.safetensors \\
@@ -140,9 +141,15 @@ def main(argv: list[str] | None = None) -> int:
             rmse, bias = _score(pred, hr, grid)
             filled = np.where(np.isfinite(pred), pred, np.nan)
             cons = con.error(np.nan_to_num(filled), np.nan_to_num(lr)) if np.isfinite(pred).all() else float("nan")
-            row[name] = {"rmse": rmse, "bias": bias, "conservation": cons, "seconds": time.perf_counter() - t0}
+            with np.errstate(invalid="ignore"):
+                per_lat = np.sqrt(np.nanmean((pred - hr) ** 2, axis=(0, 2)))
+            row[name] = {"rmse": rmse, "bias": bias, "conservation": cons,
+                         "seconds": time.perf_counter() - t0,
+                         "rmse_per_latitude": [round(float(v), 4) for v in per_lat]}  # fmt: skip
+        row["latitudes"] = [round(float(v), 4) for v in grid.lat]
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "rmse_per_latitude"}
+                                if isinstance(v, dict) else v) for k, v in row.items()}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     if args.markdown:
