@@ -188,7 +188,9 @@ def _v2_config(opt: dict):
     from metasr.climate.training import TrainConfig
 
     keys = TrainConfig._fields
-    return TrainConfig(**{k: (tuple(v) if k == "ratio" else v) for k, v in opt.items() if k in keys})
+    return TrainConfig(
+        **{k: (tuple(v) if k == "ratio" else v) for k, v in opt.items() if k in keys}
+    )
 
 
 def train_v2(args: argparse.Namespace) -> int:
@@ -229,8 +231,14 @@ def export_v2(args: argparse.Namespace) -> int:
         variable="air_temperature",
         units="K",
         sources=[
-            {"name": k, "variable": v.variable, "units": "K", "fields": int(v.fields.shape[0]),
-             "grid": f"{v.grid.shape[0]}x{v.grid.shape[1]}", "global": v.grid.periodic}
+            {
+                "name": k,
+                "variable": v.variable,
+                "units": "K",
+                "fields": int(v.fields.shape[0]),
+                "grid": f"{v.grid.shape[0]}x{v.grid.shape[1]}",
+                "global": v.grid.periodic,
+            }
             for k, v in sources.items()
         ],  # fmt: skip
         held_out=[*opt.get("held_out_members", []), *opt.get("held_out_sources", [])],

@@ -40,7 +40,9 @@ def _flip(grid: Grid) -> Grid:
     return Grid.from_coords(grid.lat[::-1], grid.lon, lat_bounds=grid.lat_bounds[::-1])
 
 
-def _crop(grid: Grid, lat: tuple[float, float], lon: tuple[float, float]) -> tuple[Grid, np.ndarray, np.ndarray]:
+def _crop(
+    grid: Grid, lat: tuple[float, float], lon: tuple[float, float]
+) -> tuple[Grid, np.ndarray, np.ndarray]:
     """Europe-like regional crop of a 0..360 global grid, returned with −180..180 longitudes."""
     rows = np.flatnonzero((grid.lat >= lat[0]) & (grid.lat <= lat[1]))
     lon180 = np.where(grid.lon >= 180, grid.lon - 360, grid.lon)
@@ -50,7 +52,9 @@ def _crop(grid: Grid, lat: tuple[float, float], lon: tuple[float, float]) -> tup
     lo = lb[cols]
     hi = lo + np.diff(grid.lon_bounds)[cols]
     lat_b = grid.lat_bounds[rows[0] : rows[-1] + 2]
-    sub = Grid.from_coords(grid.lat[rows], lon180[cols], lat_bounds=lat_b, lon_bounds=np.concatenate([lo, hi[-1:]]))
+    sub = Grid.from_coords(
+        grid.lat[rows], lon180[cols], lat_bounds=lat_b, lon_bounds=np.concatenate([lo, hi[-1:]])
+    )
     return sub, rows, cols
 
 
@@ -76,23 +80,62 @@ def cells(data: Path) -> list[tuple[str, np.ndarray, Grid, Grid, bool]]:
         ("GloSea4 held-out, Gaussian N24 (48x96)", gaussian_grid(48, 96)),
     ):
         out.append((label, g4.fields, n96, lr, False))
-    out.append(("GloSea4 held-out x2 stored north->south", g4.fields, n96, regular_grid(73, 96, north_first=False), True))
+    out.append(
+        (
+            "GloSea4 held-out x2 stored north->south",
+            g4.fields,
+            n96,
+            regular_grid(73, 96, north_first=False),
+            True,
+        )
+    )
     had = src["hadgem2"]
-    out.append(("HadGEM2 (held out) x2", had.fields, had.grid, regular_grid(73, 96, north_first=False), False))
-    out.append(("HadGEM2 (held out) x4", had.fields, had.grid, regular_grid(37, 48, north_first=False), False))
+    out.append(
+        (
+            "HadGEM2 (held out) x2",
+            had.fields,
+            had.grid,
+            regular_grid(73, 96, north_first=False),
+            False,
+        )
+    )
+    out.append(
+        (
+            "HadGEM2 (held out) x4",
+            had.fields,
+            had.grid,
+            regular_grid(37, 48, north_first=False),
+            False,
+        )
+    )
     co = src["coads_airt"]
-    for label, (h, w) in (("COADS air temp. (held out) x2, 45x90", (45, 90)), ("COADS air temp. (held out) x4, 22x45", (22, 45))):
+    for label, (h, w) in (
+        ("COADS air temp. (held out) x2, 45x90", (45, 90)),
+        ("COADS air temp. (held out) x4, 22x45", (22, 45)),
+    ):
         edges = np.linspace(-90, 90, h + 1)
-        lr = Grid.from_coords(0.5 * (edges[1:] + edges[:-1]), co.grid.lon_bounds[0] + (np.arange(w) + 0.5) * 360 / w)
+        lr = Grid.from_coords(
+            0.5 * (edges[1:] + edges[:-1]), co.grid.lon_bounds[0] + (np.arange(w) + 0.5) * 360 / w
+        )
         out.append((label, co.fields, co.grid, lr, False))
     eu, rows, cols = _crop(n96, (35.0, 70.0), (-10.0, 40.0))
     hr_eu = g4.fields[:, rows][:, :, cols]
-    out.append(("GloSea4 held-out, Europe crop x2 (regional)", hr_eu, eu, _regional_lr(eu, eu.shape[0] // 2, eu.shape[1] // 2), False))
+    out.append(
+        (
+            "GloSea4 held-out, Europe crop x2 (regional)",
+            hr_eu,
+            eu,
+            _regional_lr(eu, eu.shape[0] // 2, eu.shape[1] // 2),
+            False,
+        )
+    )
     return out
 
 
 def _score(pred: np.ndarray, hr: np.ndarray, grid: Grid) -> tuple[float, float]:
-    return float(np.mean(weighted_rmse(pred, hr, grid))), float(np.mean(weighted_bias(pred, hr, grid)))
+    return float(np.mean(weighted_rmse(pred, hr, grid))), float(
+        np.mean(weighted_bias(pred, hr, grid))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         lr = regrid(hr, grid, lr_grid, "conservative")
         in_grid, lr_in = (_flip(lr_grid), lr[:, ::-1]) if flip else (lr_grid, lr)
         con = ConservativeConstraint(lr_grid, grid, frozen_rows=pole_rows(grid))
-        row = {"cell": label, "lr": f"{lr_grid.shape[0]}x{lr_grid.shape[1]}", "hr": f"{grid.shape[0]}x{grid.shape[1]}", "n": int(hr.shape[0])}
+        row = {
+            "cell": label,
+            "lr": f"{lr_grid.shape[0]}x{lr_grid.shape[1]}",
+            "hr": f"{grid.shape[0]}x{grid.shape[1]}",
+            "n": int(hr.shape[0]),
+        }
         for name, how in methods.items():
             t0 = time.perf_counter()
             if isinstance(how, str):
@@ -140,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                 pred = apply_downscaler(how, lr_in, in_grid, grid)  # type: ignore[arg-type]
             rmse, bias = _score(pred, hr, grid)
             filled = np.where(np.isfinite(pred), pred, np.nan)
-            cons = con.error(np.nan_to_num(filled), np.nan_to_num(lr)) if np.isfinite(pred).all() else float("nan")
+            cons = (
+                con.error(np.nan_to_num(filled), np.nan_to_num(lr))
+                if np.isfinite(pred).all()
+                else float("nan")
+            )
             with np.errstate(invalid="ignore"):
                 per_lat = np.sqrt(np.nanmean((pred - hr) ** 2, axis=(0, 2)))
             row[name] = {"rmse": rmse, "bias": bias, "conservation": cons,
@@ -148,8 +200,19 @@ def main(argv: list[str] | None = None) -> int:
                          "rmse_per_latitude": [round(float(v), 4) for v in per_lat]}  # fmt: skip
         row["latitudes"] = [round(float(v), 4) for v in grid.lat]
         rows.append(row)
-        print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "rmse_per_latitude"}
-                                if isinstance(v, dict) else v) for k, v in row.items()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    k: (
+                        {kk: vv for kk, vv in v.items() if kk != "rmse_per_latitude"}
+                        if isinstance(v, dict)
+                        else v
+                    )
+                    for k, v in row.items()
+                }
+            ),
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     if args.markdown:

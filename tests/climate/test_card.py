@@ -152,7 +152,10 @@ def test_training_batches_cover_layouts_and_train() -> None:
     fields[0, 5:9, 10:20] = np.nan
     region = Grid.from_coords(np.arange(20.5, 50, 1.0), np.arange(230.5, 270, 1.0))
     reg = 290 + rng.normal(0, 1, (2, *region.shape))
-    sources = {"g": Source(fields, g, "t", ["a", "b", "c"]), "r": Source(reg, region, "t", ["x", "y"])}
+    sources = {
+        "g": Source(fields, g, "t", ["a", "b", "c"]),
+        "r": Source(reg, region, "t", ["x", "y"]),
+    }
     r = random.Random(0)
     seen = set()
     net = create_model("meta_edsr", **KWARGS)

@@ -95,7 +95,9 @@ def test_canonical_layout_is_the_same_for_every_storage() -> None:
     region = Grid.from_coords(np.arange(35.5, 60, 1.0), np.arange(-9.5, 30, 1.0))
     shifted = Grid.from_coords(region.lat, region.lon + 360.0)
     assert np.allclose(canonical_layout(region).grid.lon, canonical_layout(shifted).grid.lon)
-    t = target_layout(Grid.from_coords(region.lat, np.arange(-9.75, 30, 0.5)), canonical_layout(shifted))
+    t = target_layout(
+        Grid.from_coords(region.lat, np.arange(-9.75, 30, 0.5)), canonical_layout(shifted)
+    )
     assert np.all(np.diff(t.grid.lon) > 0) and 349 < t.grid.lon[0] < 351
 
 

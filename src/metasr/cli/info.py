@@ -172,7 +172,10 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({k: v for k, v in info.items() if k != "card_text"}, indent=2))
             return 0
         print(f"model        {info['model']} ({info['arch']}, {info['parameters']} parameters)")
-        print(info["card_text"] or "no model card (a model from before issue 23, or not a field model)")
+        print(
+            info["card_text"]
+            or "no model card (a model from before issue 23, or not a field model)"
+        )
         return 0
     info = collect()
     if args.json:

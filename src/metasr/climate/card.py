@@ -76,7 +76,8 @@ class ModelCard:
             raise ValueError(f"model card: unknown layouts {bad}; known: {_LAYOUTS}")
         if not (1.0 <= self.ratio_min <= self.ratio_max):
             raise ValueError(
-                f"model card: need 1 <= ratio_min <= ratio_max, got {self.ratio_min}, {self.ratio_max}"
+                "model card: need 1 <= ratio_min <= ratio_max, got "
+                f"{self.ratio_min}, {self.ratio_max}"
             )
 
     def to_json(self) -> str:
@@ -162,7 +163,8 @@ def card_warnings(
     for axis, r in (("vertical", r_v), ("horizontal", r_h)):
         if r > card.ratio_max * 1.001 or r < card.ratio_min / 1.001:
             out.append(
-                f"{axis} ratio x{r:.3g} is outside the trained x{card.ratio_min:g}..x{card.ratio_max:g}"
+                f"{axis} ratio x{r:.3g} is outside the trained "
+                f"x{card.ratio_min:g}..x{card.ratio_max:g}"
             )
     if not src.periodic and "regional" not in card.layouts:
         out.append("the source is regional but the model was trained on global fields only")
@@ -202,7 +204,11 @@ def check_input(
 
     offset = 0.0
     if units is not None and card.units and not same_units(units, card.units):
-        if "temperature" in card.variable and same_units(card.units, "K") and same_units(units, "degC"):
+        if (
+            "temperature" in card.variable
+            and same_units(card.units, "K")
+            and same_units(units, "degC")
+        ):
             offset = 273.15
         else:
             raise ValueError(

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..data.scales import Scale, format_scale, to_scale
+from .constraint import bicubic_conservative
 from .data import coarsen
 from .grids import Grid
 from .io import Downscaler
@@ -34,11 +35,11 @@ from .metrics import (
     weighted_mae,
     weighted_rmse,
 )
-from .constraint import bicubic_conservative
 from .regrid import METHODS, apply_downscaler, regrid
 
 #: Baseline names :func:`evaluate_fields` accepts: the regridding methods and
-#: ``"bicubic-conservative"`` (bicubic + back-projection, :func:`~metasr.climate.constraint.bicubic_conservative`).
+#: ``"bicubic-conservative"`` (bicubic + back-projection,
+#: :func:`~metasr.climate.constraint.bicubic_conservative`).
 BASELINES = (*METHODS, "bicubic-conservative")
 
 __all__ = [

@@ -142,7 +142,8 @@ def field_forward(
 
     canonical layout (:mod:`metasr.climate.layout`) → normalisation → (regional: ``pad``
     replicated LR columns each side, target extended to match) → ``run`` → crop → one value
-    per pole row → conservation constraint (:class:`~metasr.climate.constraint.ConservativeConstraint`)
+    per pole row → conservation constraint
+    (:class:`~metasr.climate.constraint.ConservativeConstraint`)
     → de-normalisation → the target's own order.
 
     Args:

@@ -103,19 +103,31 @@ def temperature_sources(root: str | Path, which: Sequence[str] | None = None) ->
             )  # fmt: skip
         elif name == "air_temp":
             (f,) = read_pp(root / "other" / "air_temp.pp")[:1]
-            out[name] = Source(f.data[None].astype(np.float64), f.grid, "air_temperature", ["air_temp"])
+            out[name] = Source(
+                f.data[None].astype(np.float64), f.grid, "air_temperature", ["air_temp"]
+            )
         elif name == "ostia":
             v, g = _netcdf(root / "other" / "ostia_monthly.nc", "surface_temperature")
-            out[name] = Source(v, g, "sea_surface_temperature", [f"ostia/{i}" for i in range(len(v))])
+            out[name] = Source(
+                v, g, "sea_surface_temperature", [f"ostia/{i}" for i in range(len(v))]
+            )
         elif name == "north_america":
-            parts = [_netcdf(root / "other" / f"{s}_north_america.nc", "air_temperature") for s in ("A1B", "E1")]
+            parts = [
+                _netcdf(root / "other" / f"{s}_north_america.nc", "air_temperature")
+                for s in ("A1B", "E1")
+            ]
             v = np.concatenate([p[0] for p in parts])
             names = [f"{s}/{i}" for s in ("A1B", "E1") for i in range(len(parts[0][0]))]
             out[name] = Source(v, parts[0][1], "air_temperature (1.5 m)", names)
         else:
             var = "AIRT" if name == "coads_airt" else "SST"
             v, g = _netcdf(root / "coads_climatology.cdf", var, offset=273.15)
-            out[name] = Source(v, g, f"COADS {var} (converted from degC)", [f"{var}/{m + 1:02d}" for m in range(len(v))])
+            out[name] = Source(
+                v,
+                g,
+                f"COADS {var} (converted from degC)",
+                [f"{var}/{m + 1:02d}" for m in range(len(v))],
+            )
     return out
 
 
@@ -139,7 +151,9 @@ def _sub_grid(grid: Grid, rows: slice, cols: np.ndarray) -> Grid:
     lo[wrap] += 360.0
     hi[wrap] += 360.0
     lat_b = grid.lat_bounds[rows.start : rows.stop + 1]
-    return Grid.from_coords(grid.lat[rows], lon, lat_bounds=lat_b, lon_bounds=np.concatenate([lo, hi[-1:]]))
+    return Grid.from_coords(
+        grid.lat[rows], lon, lat_bounds=lat_b, lon_bounds=np.concatenate([lo, hi[-1:]])
+    )
 
 
 def _lr_grid(hr: Grid, h: int, w: int, rng: random.Random) -> Grid:
@@ -244,9 +258,7 @@ def batch_loss(net: torch.nn.Module, batch: Batch, constraint: str = "smooth") -
     """L1 in normalised units over the valid HR cells of ``batch``."""
     x = torch.from_numpy(batch.lr).float()
     gt = torch.from_numpy(batch.hr).float()
-    y, _, std = field_forward(
-        _run_net(net), x, batch.lr_grid, batch.hr_grid, constraint=constraint
-    )
+    y, _, std = field_forward(_run_net(net), x, batch.lr_grid, batch.hr_grid, constraint=constraint)
     valid = torch.isfinite(gt)
     diff = (y - torch.nan_to_num(gt)) / std
     return diff.abs()[valid].mean()
@@ -289,7 +301,12 @@ def train(config: TrainConfig, data: str | Path, out: str | Path, *, minutes: fl
     net.train()
 
     def save() -> None:
-        state = {"net": net.state_dict(), "opt": opt.state_dict(), "iteration": it, "rng": rng.getstate()}
+        state = {
+            "net": net.state_dict(),
+            "opt": opt.state_dict(),
+            "iteration": it,
+            "rng": rng.getstate(),
+        }
         atomic_write(state_path, lambda tmp: torch.save(state, tmp))
 
     t0 = time.monotonic()
