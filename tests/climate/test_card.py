@@ -182,3 +182,19 @@ def test_eval_accepts_the_back_projected_baseline() -> None:
     assert rmse["bicubic-conservative"] < rmse["bicubic"]
     with pytest.raises(ValueError, match="bicubic-conservative"):
         evaluate_fields([("f", hr[None], g)], [2], None, ["cubic"])
+
+
+def test_training_resumes_from_its_state(tmp_path) -> None:  # noqa: ANN001
+    from metasr.climate.training import TrainConfig, train
+
+    g = regular_grid(19, 24, pole_rows=True)
+    fields = 280 + 20 * np.cos(np.deg2rad(g.lat))[None, :, None] + np.zeros((2, *g.shape))
+    sources = {"g": Source(fields, g, "t", ["a", "b"])}
+    cfg = TrainConfig(["g"], [], iterations=2, batch_size=1, save_every=1, init=None)
+    lines: list[str] = []
+    assert train(cfg, tmp_path, tmp_path / "run", sources=sources, log=lines.append) == 2
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert state["iteration"] == 2
+    more = cfg._replace(iterations=3)
+    assert train(more, tmp_path, tmp_path / "run", sources=sources, log=lines.append) == 3
+    assert any("resumed" in line and "iteration 2" in line for line in lines)

@@ -264,13 +264,21 @@ def batch_loss(net: torch.nn.Module, batch: Batch, constraint: str = "smooth") -
     return diff.abs()[valid].mean()
 
 
-def train(config: TrainConfig, data: str | Path, out: str | Path, *, minutes: float | None = None,
-          log: Any = print) -> int:  # fmt: skip
+def train(
+    config: TrainConfig,
+    data: str | Path,
+    out: str | Path,
+    *,
+    minutes: float | None = None,
+    log: Any = print,
+    sources: dict[str, Source] | None = None,
+) -> int:
     """Train (or continue) the run in ``out``; returns the iteration reached.
 
     ``out/state.pt`` holds the network, optimiser, iteration and random states; it is
     rewritten atomically every ``save_every`` iterations and at the end, so a run killed at
     any time continues from its last save. ``minutes`` stops early (saving) after that long.
+    ``sources`` replaces reading ``config.sources`` from ``data`` (tests).
     """
     from .. import create_model
     from ..checkpoints import load_model
@@ -279,7 +287,9 @@ def train(config: TrainConfig, data: str | Path, out: str | Path, *, minutes: fl
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config._asdict(), indent=1) + "\n")
-    all_sources = temperature_sources(data, config.sources)
+    all_sources = (
+        temperature_sources(data, config.sources) if sources is None else dict(sources)
+    )
     if "glosea4" in all_sources:
         all_sources["glosea4"], _ = glosea4_split(all_sources["glosea4"], config.held_out_members)
     torch.manual_seed(config.seed)
