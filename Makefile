@@ -3,9 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-EXTRAS ?= dev,train,climate,export
+EXTRAS ?= dev,train,climate,export,web
 
 .PHONY: venv test test-deps lint bench demo default-model default-v1-model photo-model photos climate-data t2m-model t2m-v1-model clean
+
+# metasr and its core dependencies only: all `make demo` needs.
+$(VENV)/.core: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet setuptools wheel
+	$(PIP) install --quiet -e .
+	touch $@
 
 # BasicSR 1.4.2 ships only as a source package whose build imports torch, so it is built
 # against the venv's torch (--no-build-isolation) after torch is installed.
@@ -19,29 +26,39 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# udunits2 for cfchecks (tests/climate/test_cf.py; those tests skip, saying so, without it).
+# Debian packages some tests need, installed when missing (as root, with apt-get); without them
+# those tests skip and say why: udunits2 for cfchecks (tests/climate/test_cf.py); chromium and
+# chromium-driver for the browser test of `metasr serve` (tests/cli/test_serve.py).
 test-deps:
 	@dpkg -s libudunits2-0 >/dev/null 2>&1 || apt-get install -y -q libudunits2-0 >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libudunits2-0 >/dev/null 2>&1; } \
 		|| echo "libudunits2-0 not installed: the cfchecks tests will skip"
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+		echo "make: could not install chromium; the browser test will skip"; \
+	else echo "make: chromium is missing and cannot be installed here; the browser test will skip"; fi
 
 test: venv test-deps
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check src tests benchmarks scripts
-	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts tools
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts tools
 
 bench: venv
 	$(VENV)/bin/metasr bench --config div2k-x4,seed-t2m,train-b16
 
-demo: venv
-	$(PY) scripts/demo.py --out demo_out
+demo: $(VENV)/.core
+	$(VENV)/bin/metasr demo --out demo_out
 
 # The first default model (default-v1) from scratch (CPU, ~30-60 min on 2 cores), exported into
 # the package as default_v1.safetensors, with its PSNR against bicubic on the held-out photos.
 DEFAULT_V1_OPT := options/train/MetaEDSR_tiny_default.yml
 default-v1-model: venv
-	$(PY) -m metasr.data.samples skimage datasets/skimage
+	$(PY) -m tools.samples skimage datasets/skimage
 	$(VENV)/bin/metasr train -opt $(DEFAULT_V1_OPT)
 	$(PY) scripts/export_default_model.py --opt $(DEFAULT_V1_OPT) \
 		--checkpoint experiments/MetaEDSR_tiny_default/models/net_g_latest.pth \
@@ -77,14 +94,14 @@ photo-model: venv
 # installed; run apt-get update first) and scikit-image: HR sub-images in datasets/photos/train,
 # whole held-out photos in datasets/photos/val, manifest.json with package, version, licence.
 photos: venv
-	$(PY) -m metasr.data.samples debian-photos datasets/photos
+	$(PY) -m tools.samples debian-photos datasets/photos
 
 # Real climate data into datasets/climate (gitignored): ETOPO5 relief from Debian's
 # ferret-datasets (apt-get download + dpkg -x, nothing installed; run apt-get update first) and
 # the GloSea4 N96 surface-temperature PP files from the iris-sample-data wheel (pip download
 # --no-deps, unzipped; iris is not installed). manifest.json records versions, licences, hashes.
 climate-data: venv
-	$(PY) -m metasr.climate.datasets datasets/climate
+	$(PY) -m tools.climate_data datasets/climate
 
 # Real fields onto ERA5's 721x1440 grid (issue 12, part 10): a GloSea4 temperature field of a
 # member held out of the t2m model's training (N96 -> ERA5, by --model t2m and by bicubic and

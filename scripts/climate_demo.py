@@ -117,7 +117,7 @@ def demo_field(
 
 def held_out_temperature(data: Path, member: str, month: int):
     """One GloSea4 surface temperature field (K, N96) as a DataArray."""
-    from metasr.climate.datasets import read_glosea4
+    from metasr.climate.sources import read_glosea4
 
     g = read_glosea4(data / "glosea4")
     if member not in g.members:

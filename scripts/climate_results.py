@@ -100,7 +100,7 @@ def relief_on_era5(data: str | Path) -> Relief:
     Raises:
         ValueError: the file does not give exactly ERA5's grid.
     """
-    from metasr.climate.datasets import read_etopo5
+    from metasr.climate.sources import read_etopo5
 
     da = read_etopo5(Path(data) / "etopo5.cdf")
     sub = da.isel(lat=slice(None, None, 3), lon=slice(None, None, 3))
@@ -297,7 +297,8 @@ def load_downscaler(
 ) -> tuple[mc.ModelDownscaler, str]:
     """A checkpoint (or registry name) as a downscaler with its statistics, or with those of
     the JSON file ``stats`` (from ``metasr climate-stats -o``)."""
-    from metasr.checkpoints import FieldStats, load_model
+    from metasr.checkpoints import load_model
+    from metasr.climate.stats import FieldStats
 
     loaded = load_model(path, device=device)
     given = FieldStats.from_json(Path(stats).read_text()) if stats is not None else None

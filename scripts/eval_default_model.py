@@ -8,7 +8,7 @@ and the bicubic baseline are rounded to 8 bits too, then compared with the refer
 BT.601 Y channel after shaving ``ceil(r_v)`` rows and ``ceil(r_h)`` columns on each side.
 
 Prints a Markdown table (model − bicubic in dB per scale, and both PSNRs). The photographs are
-the validation split of ``metasr.data.samples`` (``SKIMAGE_VAL``), never seen in training.
+the validation split of ``tools/samples.py`` (``SKIMAGE_VAL``), never seen in training.
 
 With ``--tta`` it also scores the model's test-time self-ensemble
 (:func:`metasr.inference.self_ensemble`, ``tta=True``: the grid-exact ones of the 8 flips and
@@ -37,12 +37,15 @@ import torch
 
 from metasr.checkpoints import LoadedModel, load_model
 from metasr.data.datasets import bicubic_pair
-from metasr.data.samples import SKIMAGE_VAL
 from metasr.data.scales import format_scale, parse_scale_spec
 from metasr.evaluate import evaluate
 from metasr.inference import DIHEDRAL, self_ensemble, tta_transforms, upscale_array
 from metasr.io import read_raster
 from metasr.metrics import quantize_8bit
+
+# The held-out photo names belong to the repository's data tools (tools/, next to scripts/).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.samples import SKIMAGE_VAL  # noqa: E402
 
 SCALES = ("2", "3", "4", "1.5x4", "3.5x2")
 
@@ -113,7 +116,7 @@ def time_tta(
 
 def load_folder(folder: Path) -> tuple[list[torch.Tensor], list[str]]:
     """Every image file of ``folder`` (sorted) as ``(3, H, W)`` float64 8-bit levels, and names."""
-    from metasr.io import list_files
+    from metasr.data.files import list_files
 
     photos, names = [], []
     for path in list_files(folder):

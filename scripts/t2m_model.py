@@ -29,15 +29,10 @@ import numpy as np
 import torch
 import yaml
 
-from metasr.checkpoints import (
-    STATS_KEY,
-    checkpoint_stats,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-)
+from metasr.checkpoints import checkpoint_stats, load_checkpoint, load_model, save_checkpoint
 from metasr.climate.grids import named_grid
 from metasr.climate.model import coordinate_grid
+from metasr.climate.stats import STATS_KEY
 from metasr.weights import T2M_CHECKPOINT
 
 #: The bundled model must stay small enough to ship in the wheel.
@@ -96,8 +91,8 @@ def export(args: argparse.Namespace) -> int:
 def heldout(args: argparse.Namespace) -> int:
     import xarray as xr
 
-    from metasr.climate.datasets import read_glosea4
     from metasr.climate.io import write_field
+    from metasr.climate.sources import read_glosea4
 
     val = _options(args.opt)["datasets"]["val"]
     g = read_glosea4(val["dataroot_gt"])
@@ -216,9 +211,9 @@ def train_v2(args: argparse.Namespace) -> int:
 def export_v2(args: argparse.Namespace) -> int:
     """``state.pt`` of a v2 run -> a metasr safetensors file with its model card and units."""
     from metasr import create_model
-    from metasr.checkpoints import FieldStats, stats_metadata
     from metasr.climate.card import ModelCard
     from metasr.climate.training import glosea4_split, network_kwargs, temperature_sources
+    from metasr.field_stats import FieldStats, stats_metadata
 
     opt = _options(args.opt)
     sources = temperature_sources(args.data, opt["sources"])

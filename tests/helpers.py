@@ -39,3 +39,17 @@ def random_field(*shape: int, seed: int = 1) -> torch.Tensor:
     """A float64 tensor of ``shape`` with uniform [0, 1) values from its own seeded generator."""
     g = torch.Generator().manual_seed(seed)
     return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+
+#: Constructor arguments that make every registered network (:func:`metasr.list_models`) tiny:
+#: a forward takes milliseconds. Architecture tests parametrise over ``metasr.list_models()``
+#: and look their arguments up here; tests/archs/test_archs.py checks that the keys are exactly
+#: the registry's, so a new network cannot be registered without being tested.
+TINY_MODELS: dict[str, dict] = {
+    "meta_rdn": dict(G0=8, D=2, C=2, G=4, hidden=16),
+    "meta_edsr": dict(n_resblocks=1, n_feats=8, hidden=16),
+    "meta_edsr_tiny": dict(n_resblocks=1, n_feats=8, hidden=16),
+    "meta_swinir": dict(
+        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16
+    ),
+}

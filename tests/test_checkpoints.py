@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import metasr
+from helpers import TINY_MODELS
 from metasr._state_dict import WRAPPER_KEYS, clean_state_dict
 from metasr.checkpoints import (
     NETWORK_KEY,
@@ -22,13 +23,6 @@ from metasr.checkpoints import (
 pytest.importorskip("safetensors")
 
 EDSR_OPTS = {"type": "MetaEDSR", "n_resblocks": 1, "n_feats": 8, "hidden": 16, "img_range": 1.0}
-TINY = {
-    "meta_rdn": dict(G0=8, D=2, C=2, G=4, hidden=16),
-    "meta_edsr": dict(n_resblocks=1, n_feats=8, hidden=16),
-    "meta_swinir": dict(
-        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16
-    ),
-}
 
 
 def _edsr(seed: int = 0) -> torch.nn.Module:
@@ -201,12 +195,12 @@ def test_clear_errors(tmp_path):
 # ------------------------------------------------------------------------------------ backends
 
 
-@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("arch", metasr.list_models())
 def test_set_backend_reaches_every_head(arch, monkeypatch):
     """After ``set_backend`` every Meta-Upscale call of the model asks for that backend."""
     op = importlib.import_module("metasr.ops.meta_upscale")  # the package, not the function
 
-    model = metasr.create_model(arch, **TINY[arch]).eval()
+    model = metasr.create_model(arch, **TINY_MODELS[arch]).eval()
     asked: list[str | None] = []
     real = op.select_backend
 

@@ -63,7 +63,7 @@ def _one_line(err: str) -> str:
 
 @pytest.fixture(scope="module")
 def hr_dir(tmp_path_factory) -> Path:
-    from metasr.data.samples import make_synthetic_images
+    from tools.samples import make_synthetic_images
 
     root = tmp_path_factory.mktemp("hr")
     make_synthetic_images(root, n=1, size=(24, 24), seed=0)
@@ -142,7 +142,7 @@ def test_size_caps_in_the_api():
     # A wrong argument type is a ValueError, not a TypeError from deep inside a layer.
     with pytest.raises(ValueError, match="model 'meta_swinir'"):
         metasr.create_model("meta_swinir", depths=5)
-    with pytest.raises(ValueError, match="network options must be a mapping"):
+    with pytest.raises(TypeError, match="network options must be a mapping"):
         build_network([("type", "MetaEDSR")])  # type: ignore[arg-type]
     size = _registry.measure_model(lambda: metasr.archs.MetaEDSR(**TINY_EDSR))
     assert size.parameters == sum(p.numel() for p in _tiny_edsr().parameters())
@@ -232,7 +232,7 @@ def test_save_checkpoint_refuses_what_would_never_load(tmp_path):
         save_checkpoint(target, net, "meta_edsr", {**TINY_EDSR, "n_feats": 16})
     with pytest.raises(ValueError, match="unknown model 'meta_edrs'"):
         save_checkpoint(target, net, "meta_edrs", TINY_EDSR)
-    with pytest.raises(ValueError, match="kwargs must be a mapping"):
+    with pytest.raises(TypeError, match="kwargs must be a mapping"):
         save_checkpoint(target, net, "meta_edsr", [1, 2])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="kwargs must be JSON-serialisable"):
         save_checkpoint(target, net, "meta_edsr", {**TINY_EDSR, "img_range": float("nan")})
@@ -265,6 +265,10 @@ def test_cuda_without_gpu_is_a_value_error():
 def test_dtype_must_be_floating():
     with pytest.raises(ValueError, match="floating-point torch.dtype"):
         load_model("meta_edsr_tiny", dtype=torch.int64)
+    with pytest.raises(TypeError, match="floating-point torch.dtype"):
+        load_model("meta_edsr_tiny", dtype="float32")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="backend must be a string"):
+        load_model("meta_edsr_tiny", backend=3)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -360,8 +364,8 @@ def test_upscale_alpha_arguments():
 
 def _paired(root: Path, lr_sizes: dict[str, tuple[int, int]], hr: tuple[int, int] = (60, 72)):
     """HR images and, per scale label, LR images of the given sizes (folders ``lr/X{scale}``)."""
-    from metasr.data.samples import make_synthetic_images
-    from metasr.io import write_image
+    from metasr.data.files import write_image
+    from tools.samples import make_synthetic_images
 
     make_synthetic_images(root / "hr", n=2, size=hr, seed=0)
     torch.manual_seed(1)

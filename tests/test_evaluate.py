@@ -210,7 +210,7 @@ _NETS = {
 
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory) -> Path:
-    from metasr.data.samples import make_synthetic_images
+    from tools.samples import make_synthetic_images
 
     root = tmp_path_factory.mktemp("eval")
     make_synthetic_images(root / "hr", n=2, size=(26, 30), seed=4)

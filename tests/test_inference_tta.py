@@ -273,7 +273,7 @@ def test_cli_upscale_tta(tmp_path, ckpt, capsys):
 
 
 def test_cli_eval_tta(tmp_path, capsys):
-    from metasr.data.samples import make_synthetic_images
+    from tools.samples import make_synthetic_images
 
     make_synthetic_images(tmp_path / "hr", n=1, size=(26, 30), seed=4)
     results = {}

@@ -8,17 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from metasr.io import (
-    Raster,
-    atomic_write,
-    data_kind,
-    list_files,
-    read_image,
-    read_raster,
-    read_sample,
-    write_image,
-    write_raster,
-)
+from metasr.data.files import data_kind, list_files, read_image, read_sample, write_image
+from metasr.io import Raster, atomic_write, read_raster, write_raster
 
 PIL = pytest.importorskip("PIL", reason="image tests need Pillow")
 png = pytest.importorskip("png", reason="16-bit PNG needs pypng")
@@ -94,6 +85,11 @@ def test_what_formats_cannot_hold_is_refused(tmp_path):
         write_raster(tmp_path / "a.bmp", rgba8)
     with pytest.raises(ValueError, match="not .npy"):
         write_raster(tmp_path / "a.npy", rgba8)
+    rgb8 = _raster(_codes(4, 5, 3, np.uint8), alpha=False)
+    with pytest.raises(TypeError, match="quality must be an integer"):
+        write_raster(tmp_path / "a.jpg", rgb8, quality="high")
+    with pytest.raises(ValueError, match="quality must be 1..100"):
+        write_raster(tmp_path / "a.jpg", rgb8, quality=0)
     assert list(tmp_path.iterdir()) == []
 
 

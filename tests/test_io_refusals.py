@@ -25,6 +25,7 @@ import metasr
 from metasr import io as mio
 from metasr.checkpoints import save_checkpoint
 from metasr.cli import main, one_line
+from metasr.data.files import list_files
 from metasr.io import Raster, check_finite_result, is_temporary_name, read_raster, write_raster
 
 PIL = pytest.importorskip("PIL", reason="image tests need Pillow")
@@ -155,6 +156,10 @@ def test_one_limit_for_every_reader(tmp_path, monkeypatch):
         assert read_raster(tmp_path / name, max_pixels=12 * 16).shape == (12, 16)
         with pytest.raises(ValueError, match=f"{name}: image of 12x16.*larger than the limit"):
             read_raster(tmp_path / name, max_pixels=12 * 16 - 1)
+    with pytest.raises(TypeError, match="max_pixels must be an integer"):
+        read_raster(tmp_path / "a.png", max_pixels=192.0)
+    with pytest.raises(ValueError, match="max_pixels must be >= 1"):
+        read_raster(tmp_path / "a.png", max_pixels=0)
     # The module-wide default is the same limit.
     monkeypatch.setattr(mio, "MAX_PIXELS", 100)
     with pytest.raises(ValueError, match="limit of 100 pixels"):
@@ -221,7 +226,7 @@ def test_folders_and_globs_skip_hidden_and_temporary_files(tmp_path, ckpt, capsy
         else:
             assert rc == 0, err
             assert sorted(p.name for p in out.iterdir()) == ["a.png"]
-    assert [p.name for p in mio.list_files(inp)] == ["a.png"]
+    assert [p.name for p in list_files(inp)] == ["a.png"]
 
 
 def test_longest_legal_output_name(tmp_path, ckpt, capsys):
@@ -438,12 +443,13 @@ def test_write_error_names_the_target(tmp_path, ckpt, capsys, monkeypatch):
 
 def test_warnings_are_one_line(tmp_path, ckpt, capsys):
     Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    # A registry name builds random weights, with a warning saying so.
     rc, _, err = _run(["upscale", tmp_path / "a.png", "-o", tmp_path / "o.png",
-                       "--scale", "3.5,2", "--model", ckpt, "-q"], capsys)  # fmt: skip
+                       "--scale", "2", "--model", "meta_edsr_tiny", "-q"], capsys)  # fmt: skip
     assert rc == 0, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("metasr: warning: "), err
-    assert "write 3.5x2" in lines[0] and ".py:" not in err
+    assert "random weights" in lines[0] and ".py:" not in err
 
 
 # -------------------------------------------------------------- item 9: symbolic links

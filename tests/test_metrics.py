@@ -125,6 +125,10 @@ def test_edge_cases():
         ssim(x, x, scale=3)
     with pytest.raises(ValueError, match="data_range"):
         psnr(x, x, data_range=0)
+    with pytest.raises(ValueError, match="data_range"):
+        psnr(x, x, data_range="max")  # a string, but not "gt"
+    with pytest.raises(TypeError, match="data_range must be a number"):
+        psnr(x, x, data_range=[1.0])
     with pytest.raises(ValueError, match="expected"):
         psnr(torch.rand(1, 1, 1, 4, 4), torch.rand(1, 1, 1, 4, 4))
 

@@ -20,9 +20,10 @@ import torch
 import metasr
 from helpers import perturb_parameters, random_field
 from metasr.archs import MetaEDSR, MetaRDN, MetaSwinIR
-from metasr.checkpoints import FieldStats, LoadedModel
+from metasr.checkpoints import LoadedModel
 from metasr.climate import model as mcm
 from metasr.climate.grids import Grid, regular_grid
+from metasr.climate.stats import FieldStats
 from metasr.geometry import CoordinateGrid, Region, build_geometry_from_coords
 from metasr.tiling import plan_tiles, source_ordered_coords, tile_region, upscale
 
@@ -218,8 +219,9 @@ def test_cli_upscale_tiled_equals_whole(tmp_path: Path):
     xr = pytest.importorskip("xarray")
     pytest.importorskip("netCDF4")
     pytest.importorskip("safetensors")
-    from metasr.checkpoints import save_checkpoint, stats_metadata
+    from metasr.checkpoints import save_checkpoint
     from metasr.cli import main
+    from metasr.climate.stats import stats_metadata
 
     kwargs = dict(in_channels=1, out_channels=1, n_resblocks=1, n_feats=8, periodic_lon=True)
     torch.manual_seed(0)

@@ -6,6 +6,8 @@ Public API::
     up = MetaUpsample(64, 3)
     y = up(features, scale=(2.5, 3.0))      # or scale=3.7, or size=(721, 1440)
 
+    big = metasr.upscale("photo.png", scale=2.5)   # a whole image: PIL/numpy/tensor/path in
+
 ``import metasr`` imports nothing heavy: torch and the rest load when a name is first used;
 Triton, BasicSR and image libraries load lazily.
 """
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from .ops.meta_upscale import meta_upscale
     from .ops.meta_upscale._dispatch import BackendUnavailableError, backends
     from .ops.meta_upscale.weights import meta_upscale_weights
+    from .api import upscale
 
 __version__ = "0.1.0"
 
@@ -38,6 +41,7 @@ _LAZY = {
     "meta_upscale_weights": ".ops.meta_upscale.weights",
     "create_model": ".archs",
     "list_models": ".archs",
+    "upscale": ".api",
 }
 
 __all__ = [
@@ -53,6 +57,7 @@ __all__ = [
     "meta_upscale",
     "meta_upscale_weights",
     "resolve_output_size",
+    "upscale",
 ]
 
 

@@ -32,9 +32,23 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
         ("scikit-image", "skimage"),
         ("matplotlib", "matplotlib"),
     ),
-    "climate": (("xarray", "xarray"), ("netCDF4", "netCDF4")),
+    "climate": (
+        ("xarray", "xarray"),
+        ("netCDF4", "netCDF4"),
+        ("dask", "dask"),
+        ("distributed", "distributed"),
+        ("zarr", "zarr"),
+    ),
     "export": (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript")),
-    "dev": (("pytest", "pytest"), ("ruff", "ruff"), ("scikit-image", "skimage"), ("pyyaml", "yaml")),
+    "web": (("gradio", "gradio"), ("matplotlib", "matplotlib")),
+    "dev": (
+        ("pytest", "pytest"),
+        ("ruff", "ruff"),
+        ("scikit-image", "skimage"),
+        ("pyyaml", "yaml"),
+        ("cfchecker", "cfchecker"),
+        ("selenium", "selenium"),
+    ),
 }
 
 #: Commands that install an extra where a plain ``pip install`` is not enough.

@@ -40,18 +40,18 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
 from ._state_dict import clean_state_dict, describe_mismatch, is_state_dict, non_finite_tensors
+from .field_stats import STATS_KEY, FieldStats, stats_from_metadata
+from .validation import ArgumentTypeError, check_str
 from .weights import BUNDLED
 
 __all__ = [
@@ -59,13 +59,9 @@ __all__ = [
     "BUNDLED_MODELS",
     "CHECKPOINT_FORMAT",
     "NETWORK_KEY",
-    "STATS_KEY",
-    "FieldStats",
     "LoadedModel",
-    "add_checkpoint_stats",
     "build_network",
     "checkpoint_stats",
-    "training_checkpoint_stats",
     "load_basicsr_checkpoint",
     "load_checkpoint",
     "load_model",
@@ -73,7 +69,6 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "set_backend",
-    "stats_metadata",
 ]
 
 #: Value of the ``format`` metadata entry of a metasr checkpoint.
@@ -140,11 +135,12 @@ def build_network(opt: Mapping[str, Any]) -> nn.Module:
     :func:`metasr.create_model` (:func:`metasr.archs._registry.build_bounded`).
 
     Raises:
+        TypeError: ``opt`` is not a mapping.
         ValueError: no or an unknown ``type``, arguments the constructor refuses (wrong names,
             values or types), or a network too large to build.
     """
     if not isinstance(opt, Mapping):
-        raise ValueError(f"network options must be a mapping, got {type(opt).__name__}")
+        raise ArgumentTypeError(f"network options must be a mapping, got {type(opt).__name__}")
     kwargs = dict(opt)
     name = kwargs.pop("type", None)
     if not isinstance(name, str):
@@ -201,11 +197,13 @@ def set_backend(model: nn.Module, backend: str) -> None:
     ``backend`` attribute is set, so no head is missed whichever way a model stores it.
 
     Raises:
+        TypeError: ``backend`` is not a string.
         ValueError: ``backend`` is neither ``"auto"`` nor a known backend name.
     """
     from .ops.meta_upscale._dispatch import backends
 
     known = list(backends())
+    check_str("backend", backend)
     if backend != "auto" and backend not in known:
         raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(known)}")
     for module in model.modules():
@@ -345,8 +343,9 @@ def save_checkpoint(
         metadata: extra string entries (training notes, source checkpoint, ...).
 
     Raises:
-        ValueError: ``arch`` is not registered, ``kwargs`` is not a JSON-serialisable mapping
-            of argument names, ``arch`` and ``kwargs`` describe another network than ``model``
+        TypeError: ``kwargs`` is not a mapping of argument names.
+        ValueError: ``arch`` is not registered, ``kwargs`` is not JSON-serialisable, ``arch``
+            and ``kwargs`` describe another network than ``model``
             (other names or shapes), or the weights hold NaN or infinity.
     """
     _require_safetensors()
@@ -358,7 +357,7 @@ def save_checkpoint(
 
     entry = model_entry(arch)  # ValueError for an unregistered name
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        raise ValueError(f"kwargs must be a mapping of argument names, got {kwargs!r}")
+        raise ArgumentTypeError(f"kwargs must be a mapping of argument names, got {kwargs!r}")
     try:
         kwargs_json = json.dumps(dict(kwargs), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -445,7 +444,7 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
         model = archs.create_model(arch, **kwargs)
     except ValueError as exc:
         raise ValueError(f"{path}: cannot build {arch} from its metadata: {exc}") from exc
-    _stats_from_metadata(meta, str(path), model.in_channels)  # field statistics, if any
+    stats_from_metadata(meta, str(path), model.in_channels)  # field statistics, if any
     try:
         state = load_file(str(path))
     except Exception as exc:
@@ -509,7 +508,7 @@ def _from_basicsr(
     # A field model trained by MetaSRModel records its normalisation statistics in the file.
     if isinstance(obj.get(STATS_KEY), str):
         metadata[STATS_KEY] = obj[STATS_KEY]
-        _stats_from_metadata(metadata, str(path), net.in_channels)
+        stats_from_metadata(metadata, str(path), net.in_channels)
     return _finish(net, str(path), _registry_name(str(opt["type"])), kwargs, metadata, "basicsr")
 
 
@@ -658,10 +657,15 @@ def load_model(
         ValueError: the file is not a model checkpoint, the name is not registered, the
             backend is unknown, ``device`` is not a device of this machine
             (:func:`resolve_device`), or ``dtype`` is not a floating-point dtype.
+        TypeError: ``dtype`` is not a ``torch.dtype``, ``backend`` not a string.
     """
     device = resolve_device(device)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    if not isinstance(dtype, torch.dtype):
+        raise ArgumentTypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if backend is not None:
+        check_str("backend", backend)  # before anything is built; its name is checked there
     spec = str(spec)
     path = Path(spec)
     if spec in BUNDLED_MODELS:
@@ -693,168 +697,6 @@ def load_model(
     return loaded
 
 
-# --------------------------------------------------------------------------------------------
-# normalisation statistics of physical fields (issue 12, part 4)
-
-#: Checkpoint metadata entry holding a model's :class:`FieldStats` as JSON.
-STATS_KEY = "field_stats"
-_STATS_VERSION = 1
-
-
-@dataclass(frozen=True)
-class FieldStats:
-    """Per-variable normalisation of a model for physical fields: ``z = (x − mean) / std``.
-
-    One entry per input channel of the network, in channel order. Stored in a checkpoint's
-    metadata under :data:`STATS_KEY` (:func:`stats_metadata`), validated when the checkpoint is
-    loaded, and applied by :func:`metasr.climate.downscale_with_model` (normalise → model →
-    de-normalise).
-
-    Attributes:
-        variables: variable names (``("t2m",)``), informational: names differ between data sets.
-        units: the units the statistics are in (``("K",)``); a field in other units is refused.
-            ``""`` means unknown (statistics given by hand): no check.
-        mean, std: per variable; ``std > 0``, both finite.
-        grid: where they were computed (``"145x192 lat -90…90 lon 0…358.125"``), informational.
-    """
-
-    variables: tuple[str, ...]
-    units: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    grid: str = ""
-
-    def __post_init__(self) -> None:
-        import math
-
-        n = len(self.variables)
-        if n < 1 or not (len(self.units) == len(self.mean) == len(self.std) == n):
-            raise ValueError(
-                "field statistics need one name, unit, mean and std per variable, got "
-                f"{len(self.variables)}, {len(self.units)}, {len(self.mean)}, {len(self.std)}"
-            )
-        for name, value in (("variables", self.variables), ("units", self.units)):
-            if not all(isinstance(v, str) for v in value):
-                raise ValueError(f"field statistics: {name} must be strings, got {value!r}")
-        for i, (m, s) in enumerate(zip(self.mean, self.std, strict=True)):
-            ok = isinstance(m, (int, float)) and isinstance(s, (int, float))
-            if not ok or not (math.isfinite(m) and math.isfinite(s) and s > 0):
-                raise ValueError(
-                    f"field statistics of {self.variables[i]!r}: mean {m!r} and std {s!r} must "
-                    "be finite numbers with std > 0"
-                )
-        if not isinstance(self.grid, str):
-            raise ValueError(f"field statistics: grid must be a string, got {self.grid!r}")
-
-    def _per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
-        """``mean``, ``std`` as ``(channels, 1, 1)`` float64: one variable's statistics serve
-        every channel (each goes through the one-variable model on its own), else one entry
-        per channel.
-
-        Raises:
-            ValueError: more than one variable, and not one per channel.
-        """
-        n = len(self.variables)
-        if n != 1 and n != channels:
-            raise ValueError(
-                f"statistics for {n} variables ({', '.join(self.variables)}) cannot normalise "
-                f"{channels} channels (one variable for all of them, or one per channel)"
-            )
-        mean = np.asarray(self.mean, dtype=np.float64)
-        std = np.asarray(self.std, dtype=np.float64)
-        if n == 1:
-            mean, std = np.repeat(mean, channels), np.repeat(std, channels)
-        return mean[:, None, None], std[:, None, None]
-
-    def normalise(self, values: np.ndarray) -> np.ndarray:
-        """``(values − mean) / std`` of a ``(C, h, w)`` field in the statistics' units, as
-        float32 (what the network takes). The one place a field is normalised for a model
-        (netCDF, ``.npy``, float TIFF, :func:`metasr.upscale`, ONNX files).
-
-        Raises:
-            ValueError: see :meth:`_per_channel`; ``values`` not ``(C, h, w)``.
-        """
-        if not isinstance(values, np.ndarray) or values.ndim != 3:
-            raise ValueError(f"expected a field (C, h, w), got {getattr(values, 'shape', values)}")
-        mean, std = self._per_channel(values.shape[0])
-        return ((values - mean) / std).astype(np.float32)
-
-    def denormalise(self, values: np.ndarray) -> np.ndarray:
-        """The inverse of :meth:`normalise` for a network output ``(C, H, W)``: float64."""
-        if not isinstance(values, np.ndarray) or values.ndim != 3:
-            raise ValueError(f"expected a field (C, H, W), got {getattr(values, 'shape', values)}")
-        mean, std = self._per_channel(values.shape[0])
-        return values.astype(np.float64) * std + mean
-
-    def to_json(self) -> str:
-        """The metadata/file form: ``{"version": 1, "variables": [{name, units, mean, std}],
-        "grid": ...}``."""
-        entries = [
-            {"name": n, "units": u, "mean": float(m), "std": float(s)}
-            for n, u, m, s in zip(self.variables, self.units, self.mean, self.std, strict=True)
-        ]
-        body = {"version": _STATS_VERSION, "variables": entries, "grid": self.grid}
-        return json.dumps(body, allow_nan=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> FieldStats:
-        """Parse :meth:`to_json`'s form.
-
-        Raises:
-            ValueError: not JSON, another version, missing or mistyped entries, a non-finite
-                mean or std, std ≤ 0.
-        """
-        try:
-            body = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ValueError(f"field statistics are not JSON ({exc})") from None
-        if not isinstance(body, dict) or body.get("version") != _STATS_VERSION:
-            raise ValueError(
-                f"field statistics must be a JSON object with version {_STATS_VERSION}"
-            )
-        entries = body.get("variables")
-        if not isinstance(entries, list) or not entries:
-            raise ValueError("field statistics need a non-empty 'variables' list")
-        keys = ("name", "units", "mean", "std")
-        for e in entries:
-            if not isinstance(e, dict) or any(k not in e for k in keys):
-                raise ValueError(f"each field statistics entry needs {keys}, got {e!r}")
-            for k in ("mean", "std"):  # bool is an int in Python: not a statistic
-                if isinstance(e[k], bool) or not isinstance(e[k], (int, float)):
-                    raise ValueError(f"field statistics: {k} must be a number, got {e[k]!r}")
-        return cls(
-            tuple(e["name"] for e in entries),
-            tuple(e["units"] for e in entries),
-            tuple(float(e["mean"]) for e in entries),
-            tuple(float(e["std"]) for e in entries),
-            body.get("grid", ""),
-        )
-
-
-def stats_metadata(stats: FieldStats) -> dict[str, str]:
-    """The ``metadata`` entry of :func:`save_checkpoint` that stores ``stats``."""
-    if not isinstance(stats, FieldStats):
-        raise ValueError(f"stats must be a FieldStats, got {type(stats).__name__}")
-    return {STATS_KEY: stats.to_json()}
-
-
-def _stats_from_metadata(
-    metadata: Mapping[str, str], where: str, in_channels: int | None
-) -> FieldStats | None:
-    if STATS_KEY not in metadata:
-        return None
-    try:
-        stats = FieldStats.from_json(metadata[STATS_KEY])
-    except ValueError as exc:
-        raise ValueError(f"{where}: corrupt '{STATS_KEY}' metadata: {exc}") from None
-    if in_channels is not None and len(stats.variables) != in_channels:
-        raise ValueError(
-            f"{where}: statistics for {len(stats.variables)} variable(s) "
-            f"({', '.join(stats.variables)}) but the network takes {in_channels} channels"
-        )
-    return stats
-
-
 def checkpoint_stats(loaded: LoadedModel) -> FieldStats | None:
     """The normalisation statistics stored with a loaded model, or ``None``.
 
@@ -862,54 +704,4 @@ def checkpoint_stats(loaded: LoadedModel) -> FieldStats | None:
         ValueError: the entry is corrupt or counts another number of variables than the
             network's input channels (already refused by :func:`load_checkpoint`).
     """
-    return _stats_from_metadata(loaded.metadata, loaded.name, loaded.in_channels)
-
-
-def training_checkpoint_stats(path: str | os.PathLike) -> FieldStats | None:
-    """The statistics a BasicSR training checkpoint (``net_g_*.pth`` of ``MetaSRModel``) stores,
-    read without building its network (``None`` when it has none).
-
-    ``MetaSRModel`` continues a pretrained field model with them when the options name none.
-
-    Raises:
-        ValueError: the file is not a checkpoint ``torch.load`` reads safely, or its entry is
-            corrupt (the message names the file).
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{path}: not a readable training checkpoint: {exc}") from None
-    if not isinstance(obj, Mapping) or not isinstance(obj.get(STATS_KEY), str):
-        return None
-    return _stats_from_metadata({STATS_KEY: obj[STATS_KEY]}, str(path), None)
-
-
-def add_checkpoint_stats(
-    path: str | os.PathLike, stats: FieldStats, output: str | os.PathLike | None = None
-) -> Path:
-    """Store ``stats`` in a metasr checkpoint (replacing any), written atomically.
-
-    Args:
-        path: a metasr ``.safetensors`` checkpoint.
-        stats: one entry per input channel of its network.
-        output: where to write (default: ``path`` itself).
-
-    Returns:
-        The written path.
-
-    Raises:
-        ValueError: ``path`` is not a metasr checkpoint, or ``stats`` counts another number of
-            variables than the network's input channels.
-    """
-    from safetensors.torch import load_file, save_file
-
-    from .io import atomic_write
-
-    loaded = load_checkpoint(path)  # validates the file and measures the network
-    meta = {k: v for k, v in loaded.metadata.items()}
-    meta.update(stats_metadata(stats))
-    _stats_from_metadata(meta, str(path), loaded.in_channels)
-    state = load_file(str(path))
-    target = Path(output) if output is not None else Path(path)
-    atomic_write(target, lambda tmp: save_file(state, str(tmp), metadata=meta))
-    return target
+    return stats_from_metadata(loaded.metadata, loaded.name, loaded.in_channels)

@@ -23,9 +23,8 @@ Every reader checks the image's size in the file's header against one pixel limi
 file declaring a huge image (a decompression bomb) is refused at once. Files holding several
 images (multi-page TIFF, animated PNG/WebP) are refused rather than reduced to their first one.
 
-Training and evaluation data use the same reader through :func:`read_sample` (float32
-``(C, H, W)`` tensors: images in 0..1 with the requested channel count, ``.npy`` arrays with
-their values), :func:`list_files` and :func:`data_kind`; :func:`write_image` writes a tensor.
+Training and evaluation data read the same files through :mod:`metasr.data.files` (float32
+``(C, H, W)`` tensors made from a :class:`Raster`).
 """
 
 from __future__ import annotations
@@ -36,14 +35,11 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
-if TYPE_CHECKING:
-    # Imported where tensors are made: the atomic writer and the header readers serve the
-    # torch-free climate baselines too (`metasr upscale x.nc --baseline ...`).
-    import torch
+from .validation import check_int
 
 __all__ = [
     "ARRAY_SUFFIXES",
@@ -54,16 +50,12 @@ __all__ = [
     "atomic_write",
     "check_finite_result",
     "check_writable",
-    "data_kind",
     "format_of",
     "is_temporary_name",
-    "list_files",
     "missing_reason",
-    "read_array",
-    "read_image",
     "read_raster",
-    "read_sample",
-    "write_image",
+    "raster_from_pillow",
+    "raster_to_pillow",
     "write_raster",
 ]
 
@@ -82,7 +74,6 @@ IMAGE_SUFFIXES = tuple(s for s, f in SUFFIXES.items() if f != "npy")
 ARRAY_SUFFIXES = tuple(s for s, f in SUFFIXES.items() if f == "npy")
 
 #: What a data file holds: ``"image"`` (values in 0..1) or ``"array"`` (values as stored).
-DataKind = Literal["image", "array"]
 
 #: Formats that can hold each image sample type.
 _FORMATS_FOR_DTYPE = {
@@ -182,9 +173,7 @@ def read_raster(path: str | os.PathLike, *, max_pixels: int | None = None) -> Ra
     """
     path = Path(path)
     fmt = format_of(path)
-    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
-    if limit < 1:
-        raise ValueError(f"max_pixels must be >= 1, got {max_pixels!r}")
+    limit = MAX_PIXELS if max_pixels is None else check_int("max_pixels", max_pixels, minimum=1)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if not path.is_file():
@@ -250,7 +239,6 @@ def _image(samples: np.ndarray, alpha_last: bool, path: Path) -> Raster:
 
 def _read_pillow(path: Path, limit: int) -> Raster:
     Image = _require("PIL.Image", "Pillow", f"reading {path.suffix} files")
-    from PIL import ImageOps
 
     # Pillow has its own bomb guard (a warning above MAX_IMAGE_PIXELS, an error above twice
     # that), checked inside Image.open. Align it with ours so that the one limit decides: files
@@ -274,34 +262,52 @@ def _read_pillow(path: Path, limit: int) -> Raster:
             )
             raise ValueError(_several_images(path, what, frames, "frames"))
         im.load()
-        icc = im.info.get("icc_profile") or None
-        # Cameras store rotation in EXIF: apply it to the pixels now (the EXIF written back
-        # says "upright", so no viewer turns the result a second time).
-        im = ImageOps.exif_transpose(im)
-        exif = _upright_exif(im)
-        mode = im.mode
-        if mode == "P":
-            mode = "RGBA" if "transparency" in im.info else "RGB"
-        elif mode == "PA":
-            mode = "RGBA"
-        elif mode == "1":
-            mode = "L"
-        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            mode = "RGB"
-        elif mode in ("I;16", "I;16B", "I;16L"):
-            return _image(np.asarray(im, dtype=np.uint16), False, path)
-        elif mode in ("I", "F"):
-            # 32-bit samples have no white level to divide by (65535 is only right for 16-bit).
-            raise ValueError(
-                f"{path}: unsupported image mode {im.mode!r} (32-bit samples); "
-                "store 8- or 16-bit images, or the values as .npy"
-            )
-        elif mode not in ("L", "LA", "RGB", "RGBA"):
-            raise ValueError(f"{path}: unsupported image mode {im.mode!r}")
-        if mode != im.mode:
-            im = im.convert(mode)
-        raster = _image(np.asarray(im), alpha_last=mode in ("LA", "RGBA"), path=path)
+        return raster_from_pillow(im, str(path))
+
+
+def raster_from_pillow(im, name: str = "image") -> Raster:
+    """A ``PIL.Image`` as an image :class:`Raster` (what :func:`read_raster` gives for its file).
+
+    Palette, bilevel, CMYK, YCbCr, LAB and HSV images become gray or RGB(A); 16-bit gray stays
+    16-bit; the EXIF orientation is applied to the pixels and the ICC profile and EXIF kept
+    (:class:`Raster`).
+
+    Raises:
+        ValueError: a mode without a white level (32-bit ``I``/``F``) or another unsupported
+            mode; ``name`` starts the message.
+    """
+    from PIL import ImageOps
+
+    path = name  # for the messages
+    icc = im.info.get("icc_profile") or None
+    # Cameras store rotation in EXIF: apply it to the pixels now (the EXIF written back
+    # says "upright", so no viewer turns the result a second time).
+    im = ImageOps.exif_transpose(im)
+    exif = _upright_exif(im)
+    mode = im.mode
+    if mode == "P":
+        mode = "RGBA" if "transparency" in im.info else "RGB"
+    elif mode == "PA":
+        mode = "RGBA"
+    elif mode == "1":
+        mode = "L"
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        mode = "RGB"
+    elif mode in ("I;16", "I;16B", "I;16L"):
+        raster = _image(np.asarray(im, dtype=np.uint16), False, path)
         return replace(raster, icc_profile=icc, exif=exif)
+    elif mode in ("I", "F"):
+        # 32-bit samples have no white level to divide by (65535 is only right for 16-bit).
+        raise ValueError(
+            f"{path}: unsupported image mode {im.mode!r} (32-bit samples); "
+            "store 8- or 16-bit images, or the values as .npy"
+        )
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        raise ValueError(f"{path}: unsupported image mode {im.mode!r}")
+    if mode != im.mode:
+        im = im.convert(mode)
+    raster = _image(np.asarray(im), alpha_last=mode in ("LA", "RGBA"), path=path)
+    return replace(raster, icc_profile=icc, exif=exif)
 
 
 #: EXIF tag of the orientation (1: upright).
@@ -652,9 +658,7 @@ def write_raster(path: str | os.PathLike, raster: Raster, quality: int | None = 
     """
     fmt = check_writable(raster, path)
     if quality is not None:
-        if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)):
-            raise TypeError(f"quality must be an integer 1..100, got {quality!r}")
-        if not 1 <= quality <= 100:
+        if not 1 <= check_int("quality", quality) <= 100:
             raise ValueError(f"quality must be 1..100, got {quality}")
         if fmt not in ("jpeg", "webp"):
             raise ValueError(f"{path}: quality is for JPEG and WebP; {fmt.upper()} is lossless")
@@ -727,12 +731,11 @@ def write_raster(path: str | os.PathLike, raster: Raster, quality: int | None = 
 
         atomic_write(path, write)
     else:
-        Image = _require("PIL.Image", "Pillow", f"writing {Path(path).suffix} files")
         if channels not in (1, 2, 3, 4):
             raise ValueError(
                 f"{path}: {fmt.upper()} stores 1 to 4 samples per pixel, not {channels}"
             )
-        im = Image.fromarray(samples[:, :, 0] if channels == 1 else samples)
+        im = _pillow(samples, f"writing {Path(path).suffix} files")
         options = {
             "png": {"optimize": False},
             "bmp": {},
@@ -749,129 +752,38 @@ def write_raster(path: str | os.PathLike, raster: Raster, quality: int | None = 
         atomic_write(path, lambda tmp: im.save(tmp, format=fmt.upper(), **options))
 
 
-# --------------------------------------------------------------------------------------------
-# training and evaluation data: float32 tensors
+def _pillow(samples: np.ndarray, purpose: str):
+    """``(H, W, C)`` samples (C = 1..4, uint8; or one uint16 channel) as a ``PIL.Image``."""
+    Image = _require("PIL.Image", "Pillow", purpose)
+    return Image.fromarray(samples[:, :, 0] if samples.shape[2] == 1 else samples)
 
 
-def data_kind(path: str | os.PathLike) -> DataKind:
-    """``"array"`` for ``.npy`` files, ``"image"`` otherwise."""
-    return "array" if Path(path).suffix.lower() in ARRAY_SUFFIXES else "image"
-
-
-def list_files(root: str | os.PathLike, what: str = "dataset") -> list[Path]:
-    """Sorted image and ``.npy`` files directly in folder ``root`` (a single file is allowed).
-
-    Hidden files (names starting with a dot, such as temporary files left by a killed run)
-    are skipped.
+def raster_to_pillow(raster: Raster):
+    """An image :class:`Raster` as a ``PIL.Image`` (the inverse of :func:`raster_from_pillow`):
+    ``L``, ``LA``, ``RGB``, ``RGBA`` for 8-bit, ``I;16`` for 16-bit gray; the ICC profile and
+    EXIF in ``im.info``.
 
     Raises:
-        FileNotFoundError: ``root`` does not exist (the message names the option ``what``).
-        ValueError: it holds no supported file, or mixes images with arrays.
+        ValueError: a field, more than 4 samples per pixel, or 16-bit colour or alpha (Pillow
+            has no such mode; keep those as arrays).
     """
-    path = Path(os.path.expanduser(str(root)))
-    if not path.exists():
-        raise FileNotFoundError(f"{what} path does not exist: {path}")
-    if path.is_file():
-        files = [path]
-    else:
-        files = sorted(
-            p
-            for p in path.iterdir()
-            if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in SUFFIXES
-        )
-    if not files or files[0].suffix.lower() not in SUFFIXES:
-        raise ValueError(
-            f"{what} path {path} holds no image ({', '.join(IMAGE_SUFFIXES)}) or .npy file"
-        )
-    if len({data_kind(p) for p in files}) > 1:
-        raise ValueError(f"{what} path {path} mixes images and .npy arrays; use one kind")
-    return files
-
-
-#: ITU-R 601 luma weights, the weights of Pillow's ``convert("L")``, in 1/65536 units: Pillow
-#: computes ``(R·19595 + G·38470 + B·7471 + 32768) >> 16`` on 8-bit samples.
-_LUMA_16 = (19595, 38470, 7471)
-
-
-def _luma(raster: Raster) -> np.ndarray:
-    """``(1, H, W)`` luma of an RGB image raster, equal to Pillow's ``"L"`` for 8-bit files."""
-    rgb = raster.data
-    if raster.dtype == np.uint8:
-        # Integer arithmetic on the codes, so 8-bit training data stays what it always was.
-        codes = np.rint(rgb * 255.0).astype(np.int64)
-        weighted = sum(w * codes[c] for c, w in enumerate(_LUMA_16))
-        return ((weighted + 32768) >> 16).astype(np.float32)[None] / np.float32(255.0)
-    weights = np.array(_LUMA_16, dtype=np.float64) / 65536.0
-    return np.tensordot(weights, rgb.astype(np.float64), axes=1).astype(np.float32)[None]
-
-
-def read_image(path: str | os.PathLike, channels: int | None = 3) -> torch.Tensor:
-    """Read an image as float32 ``(C, H, W)`` in 0..1 (bit depth and EXIF rotation honoured).
-
-    Args:
-        path: image file (any image format of :data:`SUFFIXES`).
-        channels: 3 (RGB; gray is replicated), 1 (gray; RGB becomes ITU-R 601 luma, as
-            Pillow's ``"L"``), or None (the file's colour channels). Alpha is always dropped.
-
-    Raises:
-        ValueError: unreadable file, a floating-point TIFF (a field: store it as ``.npy``), or a
-            channel count that cannot be converted.
-    """
-    if channels not in (1, 3, None):
-        raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
-    raster = read_raster(path)
     if raster.kind != "image":
-        raise ValueError(f"{path}: holds floating-point samples, not an image; store it as .npy")
-    data = raster.data
-    have = data.shape[0]
-    if channels is not None and have != channels:
-        if channels == 3 and have == 1:
-            data = np.repeat(data, 3, axis=0)
-        elif channels == 1 and have == 3:
-            data = _luma(raster)
-        else:
-            raise ValueError(f"{path}: cannot make {channels} channel(s) of a {have}-channel image")
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-
-
-def read_array(path: str | os.PathLike) -> torch.Tensor:
-    """Read a ``.npy`` array ``(H, W)`` or ``(C, H, W)`` as float32 ``(C, H, W)``.
-
-    Raises:
-        ValueError: unreadable, not numeric, not 2-D/3-D, or holding NaN/infinite values.
-    """
-    if data_kind(path) != "array":
-        raise ValueError(f"{path}: not a .npy array file")
-    raster = read_raster(path)
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(raster.data, dtype=np.float32))
-
-
-def read_sample(path: str | os.PathLike, channels: int | None = 3) -> torch.Tensor:
-    """:func:`read_array` for ``.npy`` files, :func:`read_image` otherwise."""
-    if data_kind(path) == "array":
-        return read_array(path)
-    return read_image(path, channels)
-
-
-def write_image(path: str | os.PathLike, img: torch.Tensor) -> None:
-    """Write a ``(C, H, W)`` image in 0..1 (C = 1 or 3) as 8 bits, atomically.
-
-    Parent folders are created. ``.npy`` paths store the float32 values ``(C, H, W)`` instead.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = img.detach().float().cpu().numpy()
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected an image (C, H, W), got shape {tuple(data.shape)}")
-    if data_kind(path) == "array":
-        raster = Raster(data=data, kind="field", dtype=np.dtype(np.float32))
-    else:
-        raster = Raster(data=data, kind="image", dtype=np.dtype(np.uint8))
-    write_raster(path, raster)
+        raise ValueError("a field has no PIL form; keep it as an array")
+    samples = _quantise(raster.data, raster.dtype).transpose(1, 2, 0)
+    if raster.alpha is not None:
+        samples = np.concatenate([samples, _quantise(raster.alpha, raster.dtype)[:, :, None]], -1)
+    channels = samples.shape[2]
+    if channels > 4 or (raster.dtype == np.uint16 and channels != 1):
+        raise ValueError(
+            f"PIL has no image mode for {channels} {np.dtype(raster.dtype).itemsize * 8}-bit "
+            "samples per pixel; keep the image as an array"
+        )
+    im = _pillow(np.ascontiguousarray(samples), "PIL images")
+    if raster.icc_profile:
+        im.info["icc_profile"] = raster.icc_profile
+    if raster.exif:
+        im.info["exif"] = raster.exif
+    return im
 
 
 def missing_reason(path: Path) -> str:

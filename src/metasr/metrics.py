@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .validation import ArgumentTypeError, is_real
+
 __all__ = [
     "border_shave",
     "format_table",
@@ -116,7 +118,11 @@ def _range(b: torch.Tensor, data_range: DataRange) -> torch.Tensor:
         if bool((rng <= 0).any()):
             raise ValueError("data_range='gt' needs a ground truth that is not constant")
         return rng
-    if isinstance(data_range, str) or not data_range > 0:
+    if not is_real(data_range):  # another string than "gt" is a bad value of the right type
+        if isinstance(data_range, str):
+            raise ValueError(f"data_range must be > 0 or 'gt', got {data_range!r}")
+        raise ArgumentTypeError(f"data_range must be a number or 'gt', got {data_range!r}")
+    if not data_range > 0:
         raise ValueError(f"data_range must be > 0 or 'gt', got {data_range!r}")
     return torch.full((b.shape[0],), float(data_range), dtype=b.dtype)
 

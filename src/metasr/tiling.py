@@ -62,6 +62,8 @@ from .geometry import (
 __all__ = [
     "DEFAULT_OVERLAP",
     "AxisTile",
+    "default_overlap",
+    "receptive_radius",
     "plan_axis",
     "plan_tiles",
     "source_ordered_coords",
@@ -285,7 +287,8 @@ def upscale(
     if progress and len(jobs) > 1:
         from tqdm.auto import tqdm
 
-        jobs = tqdm(jobs, desc="tiles", unit="tile", leave=False, disable=None)
+        # disable=None: silent when stderr is not a terminal; delay: only runs over ~2 s show
+        jobs = tqdm(jobs, desc="tiles", unit="tile", leave=False, disable=None, delay=2.0)
     out: torch.Tensor | None = None
     for rt, ct in jobs:
         region = tile_region(geom, rt, ct)
@@ -305,3 +308,36 @@ def upscale(
     if col_order is not None:
         out = out[..., torch.from_numpy(col_order)]
     return out
+
+
+def receptive_radius(model: torch.nn.Module) -> int:
+    """An upper bound, in LR pixels, of how far an output's value can depend on the input.
+
+    Counted from the layers, as if they ran one after the other (parallel branches and
+    residual skips only make the true reach shorter): ``dilation·(k−1)/2`` per convolution,
+    ``window − 1`` per Swin attention block (a pixel sees its whole window; shifted windows
+    reach on from there), one for the Meta-Upscale head's 3×3 feature neighbourhood, and the
+    bicubic residual's taps. Convolutions of the weight predictor (none today) would count too:
+    they see offsets, not pixels, and make the bound only safer.
+    """
+    from .archs.swin_blocks import SwinBlock
+
+    reach = 1  # the head reads a 3x3 neighbourhood of LR features
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            kh, kw = m.kernel_size
+            dh, dw = m.dilation
+            reach += max(dh * (kh - 1), dw * (kw - 1)) // 2
+        elif isinstance(m, SwinBlock):
+            reach += m.window_size - 1
+    return reach + int(getattr(model, "min_tile_overlap", 0))
+
+
+def default_overlap(model: torch.nn.Module) -> int:
+    """The tile overlap used when none is given: the network's :func:`receptive_radius`, so
+    that a tile's core sees all it would see in the whole image (tiled and whole results then
+    agree to float rounding: within one 8-bit code). :data:`DEFAULT_OVERLAP` for models that
+    are not metasr networks (they are not tiled)."""
+    if not isinstance(model, MetaSRNet):
+        return DEFAULT_OVERLAP
+    return receptive_radius(model)

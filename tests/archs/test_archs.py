@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import metasr
+from helpers import TINY_MODELS
 from metasr.archs import (
     MetaEDSR,
     MetaRDN,
@@ -24,15 +25,9 @@ from metasr.archs import (
     register_model,
 )
 
-# Small MLP hidden width keeps the heads cheap; every registered name needs an entry here.
-TINY: dict[str, dict] = {
-    "meta_rdn": dict(G0=8, D=2, C=2, G=4, hidden=16),
-    "meta_edsr": dict(n_resblocks=1, n_feats=8, hidden=16),
-    "meta_edsr_tiny": dict(n_resblocks=1, n_feats=8, hidden=16),
-    "meta_swinir": dict(
-        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16
-    ),
-}
+# Small MLP hidden width keeps the heads cheap; every registered name needs an entry there.
+TINY = TINY_MODELS
+MODELS = metasr.list_models()
 
 SCALES = [2, 3, 2.5, 1.7, 1, (1.5, 4.0), (3.5, 2.0), (1.0, 2.3)]
 
@@ -95,7 +90,7 @@ def test_registry_errors():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_forward_shapes_every_scale_kind(name):
     torch.manual_seed(0)
     model = create_model(name, **TINY[name]).eval()
@@ -109,7 +104,7 @@ def test_forward_shapes_every_scale_kind(name):
             assert model(x, size=size).shape == (2, 3, *size)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_one_channel_gridded_and_channel_change(name):
     kwargs = dict(TINY[name])
     if name == "meta_edsr_tiny":
@@ -121,7 +116,7 @@ def test_one_channel_gridded_and_channel_change(name):
     assert gridded(_input(name, 1, 1, 6, 5), size=(14, 11)).shape == (1, 1, 14, 11)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_backward_reaches_every_trainable_parameter(name):
     torch.manual_seed(0)
     model = create_model(name, **TINY[name])
@@ -136,7 +131,7 @@ def test_backward_reaches_every_trainable_parameter(name):
             assert pname.split(".")[0] in ("sub_mean", "add_mean"), pname
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_backend_is_passed_to_the_head(name):
     torch.manual_seed(0)
     model = create_model(name, backend="naive", **TINY[name]).eval()
@@ -151,7 +146,7 @@ def test_backend_is_passed_to_the_head(name):
             model(x, scale=2)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_bicubic_residual(name):
     kwargs = {**TINY[name], "bicubic_residual": True}
     torch.manual_seed(0)
@@ -681,7 +676,7 @@ def test_bad_constructor_arguments(name, kwargs, match):
         create_model(name, **{**TINY[name], **kwargs})
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_bad_call_arguments(name):
     model = create_model(name, **TINY[name])
     x = _input(name, 1, 3, 5, 5)

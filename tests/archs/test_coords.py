@@ -6,27 +6,23 @@ import numpy as np
 import pytest
 import torch
 
+import metasr
+from helpers import TINY_MODELS
 from metasr import CoordinateGrid, meta_upscale
-from metasr.archs import MetaEDSR, MetaRDN, MetaSwinIR
+from metasr.archs import MetaRDN, MetaSwinIR
 from metasr.archs.bicubic import bicubic_upsample
-from metasr.checkpoints import FieldStats, LoadedModel
+from metasr.checkpoints import LoadedModel
 from metasr.climate import model as mc
 from metasr.climate.grids import regular_grid
+from metasr.climate.stats import FieldStats
 
-TINY = {
-    "meta_rdn": (MetaRDN, dict(G0=8, D=2, C=2, G=4, hidden=16)),
-    "meta_edsr": (MetaEDSR, dict(n_resblocks=1, n_feats=8, hidden=16)),
-    "meta_swinir": (
-        MetaSwinIR,
-        dict(img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16),
-    ),
-}
+MODELS = metasr.list_models()
 
 
 def _net(name: str, **extra: object) -> torch.nn.Module:
-    cls, kwargs = TINY[name]
     torch.manual_seed(0)
-    return cls(bicubic_residual=True, **kwargs, **extra).eval()
+    kwargs = {**TINY_MODELS[name], "bicubic_residual": True, **extra}
+    return metasr.create_model(name, **kwargs).eval()
 
 
 def _ratio_grid(h: int, w: int, H: int, W: int) -> CoordinateGrid:
@@ -52,7 +48,7 @@ def _manual(net: torch.nn.Module, x: torch.Tensor, c: CoordinateGrid) -> torch.T
     return net.add_mean(y + bicubic_upsample(xs, size=size))
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_coords_on_index_ratio_grid_equal_size(name: str) -> None:
     # On index-ratio compatible grids coordinate placement is the index-ratio placement
     # (a whole ratio on rows, 2.5 on columns).
@@ -65,7 +61,7 @@ def test_coords_on_index_ratio_grid_equal_size(name: str) -> None:
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_coords_pole_rows_follow_latitude(name: str) -> None:
     # ERA5-like grids with pole rows: rows are placed by latitude, not by index ratio.
     net = _net(name)
@@ -86,7 +82,7 @@ def test_coords_pole_rows_follow_latitude(name: str) -> None:
     torch.testing.assert_close(a, m, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", MODELS)
 def test_coords_refused_with_scale_size(name: str) -> None:
     net = _net(name)
     x = torch.rand(1, 3, 6, 8)

@@ -11,17 +11,11 @@ import torch
 
 import metasr
 from metasr import climate as mc
-from metasr.checkpoints import (
-    FieldStats,
-    add_checkpoint_stats,
-    checkpoint_stats,
-    load_model,
-    save_checkpoint,
-    stats_metadata,
-)
+from metasr.checkpoints import checkpoint_stats, load_model, save_checkpoint
 from metasr.cli import main
 from metasr.climate.layout import canonical_layout
 from metasr.climate.model import coordinate_grid
+from metasr.climate.stats import FieldStats, add_checkpoint_stats, stats_metadata
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("netCDF4")
@@ -392,6 +386,19 @@ def test_field_stats_validation_and_json_round_trip():
         FieldStats.from_json(
             '{"version": 1, "variables": [{"name": "t", "units": "K", "mean": true, "std": 1}]}'
         )
+    # A wrong type in the API is a TypeError; the same in a file is corrupt data (ValueError).
+    with pytest.raises(TypeError, match="must be numbers"):
+        FieldStats(("t",), ("K",), ("280",), (1.0,))
+    with pytest.raises(TypeError, match="variables must be strings"):
+        FieldStats((2,), ("K",), (0.0,), (1.0,))
+    with pytest.raises(TypeError, match="stats must be a FieldStats"):
+        stats_metadata({"t2m": (280.0, 2.0)})
+    with pytest.raises(ValueError, match="variables must be strings"):
+        FieldStats.from_json(
+            '{"version": 1, "variables": [{"name": 7, "units": "K", "mean": 1, "std": 1}]}'
+        )
+    with pytest.raises(TypeError, match="expected an array"):
+        T2M.normalise([[[280.0]]])
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from metasr import create_model
-from metasr.checkpoints import FieldStats, save_checkpoint, stats_metadata
+from metasr.checkpoints import save_checkpoint
 from metasr.climate.card import ModelCard, card_warnings, check_input, model_card
 from metasr.climate.constraint import ConservativeConstraint, bicubic_conservative
 from metasr.climate.grids import Grid, gaussian_grid, regular_grid
 from metasr.climate.metrics import weighted_rmse
 from metasr.climate.regrid import regrid
 from metasr.climate.training import Source, batch_loss, sample_batch
+from metasr.field_stats import FieldStats, stats_metadata
 
 xr = pytest.importorskip("xarray")
 

@@ -12,6 +12,7 @@ from metasr.climate.constraint import ConservativeConstraint, pole_rows
 from metasr.climate.grids import Grid, gaussian_grid, regular_grid
 from metasr.climate.layout import canonical_layout, target_layout
 from metasr.climate.model import field_forward
+from metasr.field_stats import FieldStats
 
 
 def _field(grid: Grid, seed: int = 0) -> np.ndarray:
@@ -157,13 +158,13 @@ def test_field_forward_regional_never_wraps(tiny_net: torch.nn.Module) -> None:
         a, _, _ = field_forward(
             lambda z, c: tiny_net(z.float(), coords=c).double(), x_t, src, dst,
             constraint="none", normalisation="dataset",
-            stats=__import__("metasr").checkpoints.FieldStats(("t",), ("K",), (280.0,), (10.0,)),
+            stats=FieldStats(("t",), ("K",), (280.0,), (10.0,)),
         )  # fmt: skip
         b_in = torch.tensor(bumped[None])
         b, _, _ = field_forward(
             lambda z, c: tiny_net(z.float(), coords=c).double(), b_in, src, dst,
             constraint="none", normalisation="dataset",
-            stats=__import__("metasr").checkpoints.FieldStats(("t",), ("K",), (280.0,), (10.0,)),
+            stats=FieldStats(("t",), ("K",), (280.0,), (10.0,)),
         )  # fmt: skip
     assert torch.equal(a[..., -6:], b[..., -6:])
     assert np.isfinite(out).all() and np.isfinite(ref).all()

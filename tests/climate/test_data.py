@@ -36,6 +36,9 @@ def test_coarse_size_and_grid_layout() -> None:
     np.testing.assert_allclose(c.lat_bounds[[0, -1]], [90.0, -90.0])
     with pytest.raises(ValueError, match=">= 1"):
         coarse_size((10, 10), 0.5)
+    for bad in ("2", (2, "3"), True, (2, 3, 4)):
+        with pytest.raises(TypeError, match="coarsening ratio"):
+            coarse_size((10, 10), bad)
     with pytest.raises(ValueError, match="at least 2x2"):
         coarse_size((10, 10), 6)
 
@@ -95,7 +98,7 @@ def test_static_predictors() -> None:
 def test_etopo5_every_third_point_is_the_era5_grid() -> None:
     pytest.importorskip("xarray")
     from metasr.climate import grid_of, read_field
-    from metasr.climate.datasets import read_etopo5
+    from metasr.climate.sources import read_etopo5
 
     raw = read_field(ETOPO5, "ROSE")
     assert raw.shape == (2161, 4320)

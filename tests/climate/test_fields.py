@@ -182,7 +182,7 @@ def test_pretrained_checkpoint_gives_its_stats(tmp_path):
     """A continued field model keeps the statistics of the checkpoint it starts from."""
     if importlib.util.find_spec("basicsr") is None:
         pytest.skip("BasicSR is not installed (pip install 'metasr[train]')")
-    from metasr.checkpoints import FieldStats, training_checkpoint_stats
+    from metasr.climate.stats import FieldStats, training_checkpoint_stats
     from metasr.integrations.basicsr.model import _stats_of_options
 
     stats = FieldStats(("tas",), ("K",), (288.2,), (15.6,), "N96")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metasr.climate import named_grid, read_pp
-from metasr.climate.datasets import read_glosea4
+from metasr.climate.sources import read_glosea4
 
 GLOSEA4 = Path(__file__).resolve().parents[2] / "datasets" / "climate" / "glosea4"
 BMDI = -1.073741824e9

@@ -264,6 +264,8 @@ def test_regrid_bad_input() -> None:
         regrid(np.zeros((10, 21)), src, regular_grid(5, 8))
     with pytest.raises(ValueError, match="unknown regridding method"):
         regrid(np.zeros(src.shape), src, regular_grid(5, 8), "spline")
+    with pytest.raises(TypeError, match="method must be a string"):
+        regrid(np.zeros(src.shape), src, regular_grid(5, 8), 3)
 
 
 def test_torch_tensor_in_and_out() -> None:

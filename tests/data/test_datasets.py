@@ -25,9 +25,9 @@ from metasr.data import (
     parse_scale_list,
     resize_matrix,
 )
-from metasr.data.samples import make_synthetic_images
 from metasr.data.scales import META_SR_SCALES, GridScales
 from metasr.geometry import resolve_output_size
+from tools.samples import make_synthetic_images
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +127,8 @@ def test_imresize_errors():
         imresize(torch.rand(4), scale=2)
     with pytest.raises(ValueError, match="> 0"):
         imresize(torch.rand(4, 4), scale=-1)
+    with pytest.raises(TypeError, match="a number or a pair"):
+        imresize(torch.rand(4, 4), scale="2")
 
 
 # -- scales -----------------------------------------------------------------------------------
@@ -293,6 +295,10 @@ def test_scale_batch_sampler_is_reproducible(photos):
 
     assert specs(3) == specs(3)
     assert len(ScaleBatchSampler(ds, batch_size=3, sampler=range(4), drop_last=False)) == 2
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        ScaleBatchSampler(ds, batch_size=2.0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        ScaleBatchSampler(ds, batch_size=0)
     loader = DataLoader(ds, batch_sampler=ScaleBatchSampler(ds, batch_size=2, seed=0))
     batch = next(iter(loader))
     assert bool((batch["scale"] == batch["scale"][0]).all())

@@ -26,7 +26,7 @@ if importlib.util.find_spec("basicsr") is None:
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
     pytest.skip("this PyTorch has no gloo backend", allow_module_level=True)
 
-from metasr.data.samples import make_synthetic_images  # noqa: E402
+from tools.samples import make_synthetic_images  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 

@@ -106,7 +106,7 @@ _ITER = re.compile(r"iter:\s+(\d+), lr:\(([0-9.e+-]+),\)")
 
 @needs_basicsr
 def test_recipe_runs_stops_and_resumes_in_another_directory(tmp_path):
-    from metasr.data.samples import make_synthetic_images
+    from tools.samples import make_synthetic_images
 
     first, second = tmp_path / "machine_a", tmp_path / "machine_b"
     make_synthetic_images(first / "datasets" / "photos" / "train", n=4, size=(96, 96), seed=0)

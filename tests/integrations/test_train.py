@@ -26,7 +26,7 @@ import yaml
 if importlib.util.find_spec("basicsr") is None:
     pytest.skip("BasicSR is not installed (pip install 'metasr[train]')", allow_module_level=True)
 
-from metasr.data.samples import make_synthetic_images  # noqa: E402
+from tools.samples import make_synthetic_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_OPT = ROOT / "options" / "train" / "tiny_cpu.yml"
@@ -306,7 +306,7 @@ def test_clear_errors(workdir, train_opt, capsys, monkeypatch):
 
 
 def test_test_refuses_paired_lr_of_another_size_and_huge_networks(workdir, capsys, monkeypatch):
-    from metasr.io import write_image
+    from metasr.data.files import write_image
 
     monkeypatch.chdir(workdir)
     # LR files 24x too small for the 60x72 HR at x2 (issue 10: PSNR 13 without a word before).

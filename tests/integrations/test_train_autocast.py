@@ -18,7 +18,7 @@ from torch.utils.data import default_collate
 if importlib.util.find_spec("basicsr") is None:
     pytest.skip("BasicSR is not installed (pip install 'metasr[train]')", allow_module_level=True)
 
-from metasr.data.samples import make_synthetic_images  # noqa: E402
+from tools.samples import make_synthetic_images  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,8 @@ import torch
 
 import metasr
 from metasr import climate as mc
-from metasr.checkpoints import FieldStats, load_model, save_checkpoint, stats_metadata
+from metasr.checkpoints import load_model, save_checkpoint
+from metasr.climate.stats import FieldStats, stats_metadata
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 

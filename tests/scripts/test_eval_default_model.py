@@ -12,9 +12,9 @@ import torch
 
 from metasr.archs import create_model
 from metasr.checkpoints import load_model, save_checkpoint
-from metasr.data.samples import make_synthetic_images
 from metasr.evaluate import evaluate
 from metasr.weights import BUNDLED, bundled_checkpoint
+from tools.samples import make_synthetic_images
 
 ROOT = Path(__file__).resolve().parents[2]
 

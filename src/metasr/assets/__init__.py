@@ -1,4 +1,4 @@
-"""Small sample data shipped with metasr (used by ``scripts/demo.py`` and the tests).
+"""Small sample data shipped with metasr (used by ``metasr demo`` and the tests).
 
 ``chelsea_crop.png``: 160×200 RGB, rows 60:220 and columns 120:320 of scikit-image's
 ``chelsea`` photograph (Chelsea the cat, by Stefan van der Walt, CC0 / no copyright

@@ -1,4 +1,4 @@
-"""``metasr`` command line: ``metasr upscale|train|test|eval|bench|info``.
+"""``metasr`` command line: ``metasr upscale|train|eval|bench|export|info|serve``.
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the module is imported
 only when the parser is built, and heavy imports happen inside the command itself. User mistakes
@@ -20,7 +20,17 @@ from collections.abc import Iterator, Sequence
 __all__ = ["DEVICE_HELP", "MODEL_HELP", "CLIError", "device_arg", "main", "one_line"]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
-_SUBCOMMAND_MODULES = ("upscale", "train", "eval", "climate_stats", "bench", "export", "info")
+_SUBCOMMAND_MODULES = (
+    "upscale",
+    "train",
+    "eval",
+    "climate_stats",
+    "bench",
+    "export",
+    "info",
+    "demo",
+    "serve",
+)
 
 
 class CLIError(Exception):
@@ -147,6 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
     except CLIError as exc:
+        print(f"{prefix} {one_line(exc)}", file=sys.stderr)
+        return 2
+    except TypeError as exc:
+        # An argument of the wrong type (metasr.validation.ArgumentTypeError; from an option
+        # file, say): a usage error in one line. Any other TypeError is a bug: let it show.
+        if type(exc).__name__ != "ArgumentTypeError":
+            raise
         print(f"{prefix} {one_line(exc)}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:

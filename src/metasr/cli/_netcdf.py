@@ -98,7 +98,7 @@ def _outputs(files: list[Path], output: str, overwrite: bool = False) -> list[Pa
 def parse_stats_arg(text: str):
     """``--stats``: ``MEAN,STD`` (units unknown: not checked) or a JSON file written by
     ``metasr climate-stats``."""
-    from ..checkpoints import FieldStats
+    from ..climate.stats import FieldStats
 
     path = Path(text)
     if path.is_file():
@@ -157,8 +157,10 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
         raise CLIError("netCDF input needs --target-grid (era5, n96, HxW or a .nc file)")
     if args.batch_size < 1:
         raise CLIError(f"bad --batch-size {args.batch_size}: must be >= 1")
-    if args.tile < 0:
-        raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
+    from .upscale import parse_tile_arg
+
+    tile = parse_tile_arg(str(args.tile))
+    tile = 0 if tile == "auto" else tile  # fields: whole unless asked (--tile N)
     if args.chunk is not None and args.chunk < 1:
         raise CLIError(f"bad --chunk {args.chunk}: must be >= 1")
     stats = parse_stats_arg(args.stats) if args.stats is not None else None
@@ -199,7 +201,7 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             loaded,
             chosen,
             batch_size=args.batch_size,
-            tile=args.tile,
+            tile=tile,
             overlap=overlap,
             progress=not args.quiet,
         )

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import climate as mc
-    from ..checkpoints import add_checkpoint_stats
+    from ..climate.stats import add_checkpoint_stats
 
     if args.into is not None and args.checkpoint is None:
         raise CLIError("--into needs --checkpoint")

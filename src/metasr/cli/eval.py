@@ -116,7 +116,7 @@ def load_eval_model(spec: str, opt_path: str | None, device: str, backend: str |
 
 def _read_data(data: str, in_channels: int) -> tuple[list[Any], list[str], str]:
     """HR tensors, their names and kind (``"image"``/``"array"``) from ``--data``."""
-    from ..io import data_kind, list_files, read_sample
+    from ..data.files import data_kind, list_files, read_sample
 
     files = list_files(data, what="--data")
     kind = data_kind(files[0])

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _stats_entry(stats) -> dict[str, str]:
     """A field model's statistics as ONNX metadata (applied by ``metasr upscale``)."""
-    from ..checkpoints import stats_metadata
+    from ..field_stats import stats_metadata
 
     return {} if stats is None else stats_metadata(stats)
 

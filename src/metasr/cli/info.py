@@ -31,6 +31,7 @@ EXTRA_PURPOSE = {
     "train": "metasr train/test (BasicSR), figures",
     "climate": "netCDF fields (.nc input and output)",
     "export": "metasr export, --model file.onnx",
+    "web": "metasr serve (the local web app)",
     "dev": "running the tests",
 }
 

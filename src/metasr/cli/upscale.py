@@ -36,6 +36,19 @@ def parse_scale_arg(text: str) -> tuple[float, float]:
         raise CLIError(f"bad --scale: {exc}") from None
 
 
+def parse_tile_arg(text: str) -> int | str:
+    """``--tile``: ``auto`` or a whole number >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise CLIError(f"bad --tile {text!r}: give 'auto' or a whole number") from None
+    if value < 0:
+        raise CLIError(f"bad --tile {value}: must be >= 0 (0 disables tiling)")
+    return value
+
+
 def parse_size_arg(text: str) -> tuple[int, int]:
     """``--size``: ``HEIGHTxWIDTH`` in positive integers (``721x1440``)."""
     from ..data.scales import parse_size_spec
@@ -125,18 +138,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--half", action="store_true", help="float16 weights and activations (CUDA)")
     p.add_argument(
         "--tile",
-        type=int,
-        default=0,
-        metavar="N",
-        help="process the input in tiles of N×N input pixels (0: whole; default 0); a periodic "
-        "model (netCDF fields) in full-width bands of N rows",
+        default="auto",
+        metavar="N|auto",
+        help="'auto' (default): the whole input when it fits in free memory, else the largest "
+        "tiles that fit (and tiles of 512 for outputs over 2 megapixels, so that the progress "
+        "bar moves); 0: whole; N: tiles of N×N input pixels. A periodic model (netCDF "
+        "fields) is cut in full-width bands of N rows; netCDF input takes auto as 0",
     )
     p.add_argument(
         "--tile-overlap",
         type=int,
         default=None,
         metavar="M",
-        help="input pixels of context around each tile (default 16)",
+        help="input pixels of context around each tile (default: the network's receptive "
+        "field, e.g. 30 for the bundled model)",
     )
     p.add_argument(
         "--backend",
@@ -367,9 +382,9 @@ def plan_outputs(
     return targets
 
 
-def _out_of_memory_hint(tile: int) -> str:
+def _out_of_memory_hint(tile: int | str) -> str:
     """What to suggest after running out of memory with ``--tile tile``."""
-    if tile == 0:
+    if tile == 0 or tile == "auto":
         return "try --tile 512 (or smaller)"
     if tile > 64:
         return f"try a smaller --tile (such as {max(tile // 2, 64)})"
@@ -413,18 +428,16 @@ def _run_rasters(args: argparse.Namespace) -> int:
 
     import metasr
 
+    from ..api import run_checked
     from ..checkpoints import load_model
-    from ..inference import check_upscale_memory, upscale_raster
     from ..io import check_finite_result, check_writable, format_of, read_raster, write_raster
     from ..ops.memory import OutOfMemoryError
-    from ..tiling import DEFAULT_OVERLAP
 
     scale = parse_scale_arg(args.scale) if args.scale is not None else None
     size = parse_size_arg(args.size) if args.size is not None else None
-    if args.tile < 0:
-        raise CLIError(f"bad --tile {args.tile}: must be >= 0 (0 disables tiling)")
-    overlap = DEFAULT_OVERLAP if args.tile_overlap is None else args.tile_overlap
-    if overlap < 0:
+    args.tile = parse_tile_arg(str(args.tile))
+    overlap = args.tile_overlap
+    if overlap is not None and overlap < 0:
         raise CLIError(f"bad --tile-overlap {overlap}: must be >= 0")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise CLIError(f"bad --max-pixels {args.max_pixels}: must be >= 1")
@@ -474,11 +487,9 @@ def _run_rasters(args: argparse.Namespace) -> int:
     for src, dst in bar:
         raster = read_raster(src, max_pixels=args.max_pixels)
         check_writable(raster, dst)  # before the work: a format that cannot hold the result
+        tile = args.tile
         try:
-            check_upscale_memory(
-                loaded, raster.data.shape, scale, size, args.tile, overlap, args.tta
-            )
-            result = upscale_raster(
+            result, tile = run_checked(
                 loaded,
                 raster,
                 scale=scale,
@@ -488,13 +499,14 @@ def _run_rasters(args: argparse.Namespace) -> int:
                 normalize=args.normalize,
                 progress=show,
                 tta=args.tta,
+                check_finite=False,  # below, with a hint at the cause
             )
         except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
             if not isinstance(exc, OutOfMemoryError) and "allocate" not in str(exc):
                 raise
             # Exit 1 like every other out-of-memory end (docs/usage.md, Limits).
             raise ValueError(
-                f"{src}: out of {device.type} memory; {_out_of_memory_hint(args.tile)}"
+                f"{src}: out of {device.type} memory; {_out_of_memory_hint(tile)}"
             ) from None
         except ValueError as exc:
             raise ValueError(f"{src}: {exc}") from exc

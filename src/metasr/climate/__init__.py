@@ -9,9 +9,11 @@
 * :mod:`~metasr.climate.data`: coarsening at any ratio (conservative or bicubic), static
   predictors (orography, land-sea mask, latitude).
 * :mod:`~metasr.climate.pp`: a numpy reader for unpacked UM PP files.
-* :mod:`~metasr.climate.io`: netCDF as ``xarray.DataArray`` (needs ``pip install metasr[climate]``;
-  xarray is imported only when these functions are called).
-* :mod:`~metasr.climate.datasets`: ``make climate-data`` (relief and GloSea4 temperatures).
+* :mod:`~metasr.climate.io`: netCDF as ``xarray.DataArray``, and whole files lazily
+  (``open_fields`` → ``downscale_dataset`` → ``write_dataset``: dask chunks, CF metadata kept,
+  netCDF or Zarr); needs ``pip install metasr[climate]`` (imported only when called).
+* :mod:`~metasr.climate.sources`: readers of what ``make climate-data`` fetches (ETOPO5 relief,
+  GloSea4 temperatures).
 * :mod:`~metasr.climate.stats`: per-variable normalisation statistics (:class:`FieldStats`).
 * :mod:`~metasr.climate.model`: :func:`downscale_with_model`, a loaded network on fields
   (normalise → model → de-normalise, batched, fill-and-remask).
@@ -39,7 +41,18 @@ from .card import ModelCard, model_card
 from .constraint import ConservativeConstraint, bicubic_conservative
 from .data import coarse_size, coarsen, latitude_channel, static_predictors, with_static_channels
 from .grids import Grid, check_finer, coarse_grid, gaussian_grid, named_grid, regular_grid
-from .io import as_field, downscale, grid_of, read_field, resolve_grid, write_field
+from .io import (
+    as_field,
+    downscale,
+    downscale_dataset,
+    grid_dataset,
+    grid_of,
+    open_fields,
+    read_field,
+    resolve_grid,
+    write_dataset,
+    write_field,
+)
 from .layout import canonical_layout
 from .metrics import (
     anomaly_correlation,
@@ -54,7 +67,15 @@ from .metrics import (
     zonal_power_spectrum,
 )
 from .pp import PPField, read_pp
-from .regrid import METHODS, apply_downscaler, axis_weights, fill_missing, regrid, regrid_mask
+from .regrid import (
+    METHODS,
+    apply_downscaler,
+    axis_weights,
+    fill_missing,
+    inside_source,
+    regrid,
+    regrid_mask,
+)
 
 if TYPE_CHECKING:
     from .evaluate import (
@@ -128,18 +149,22 @@ __all__ = [
     "conservation_error",
     "describe_grid",
     "downscale",
+    "downscale_dataset",
     "downscale_with_model",
     "evaluate_fields",
     "field_forward",
     "fill_missing",
     "gaussian_grid",
+    "inside_source",
     "global_mean",
+    "grid_dataset",
     "grid_of",
     "latitude_band_mask",
     "latitude_channel",
     "model_card",
     "model_stats",
     "named_grid",
+    "open_fields",
     "pearson_correlation",
     "plot_zonal_spectra",
     "read_field",
@@ -157,6 +182,7 @@ __all__ = [
     "weighted_mae",
     "weighted_rmse",
     "with_static_channels",
+    "write_dataset",
     "write_field",
     "zonal_power_spectrum",
 ]

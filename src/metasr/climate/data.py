@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..validation import ArgumentTypeError, is_real
 from .grids import Grid, coarse_grid
 from .regrid import check_field, fill_missing, regrid, regrid_mask
 
@@ -28,10 +29,18 @@ def coarse_size(shape: tuple[int, int], scale: float | tuple[float, float]) -> t
     """``(floor(H/r_v), floor(W/r_h))`` (with a 1e-6 guard, as :mod:`metasr.geometry`).
 
     Raises:
+        TypeError: ``scale`` is not a number or a pair of numbers.
         ValueError: a ratio below 1 or not finite, or a result below 2 cells.
     """
-    r_v, r_h = (scale, scale) if isinstance(scale, (int, float)) else scale
+    if is_real(scale):
+        r_v = r_h = scale
+    elif isinstance(scale, (tuple, list)) and len(scale) == 2:
+        r_v, r_h = scale
+    else:
+        raise ArgumentTypeError(f"coarsening ratio must be a number or a pair, got {scale!r}")
     for r in (r_v, r_h):
+        if not is_real(r):
+            raise ArgumentTypeError(f"coarsening ratios must be numbers, got {scale!r}")
         if not (math.isfinite(r) and r >= 1.0):
             raise ValueError(f"coarsening ratios must be finite and >= 1, got {scale!r}")
     size = (math.floor(shape[0] / r_v + 1e-6), math.floor(shape[1] / r_h + 1e-6))

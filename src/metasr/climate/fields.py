@@ -27,7 +27,7 @@ datasets give it, for latitude/longitude fields:
   and the band's position (``spec.offset``), so all samples of a batch share one coordinate
   grid — the fields differ, not the geometry.
 * **Values** are physical (K, m): the model normalises them with the training set's
-  :class:`~metasr.checkpoints.FieldStats` (:func:`field_stats_for`), which it also stores in
+  :class:`~metasr.climate.FieldStats` (:func:`field_stats_for`), which it also stores in
   every checkpoint. Why the model and not the dataset: the statistics belong to the network
   (``metasr upscale`` applies the checkpoint's), and validation fields must be normalised with
   the *training* statistics, which a separately built validation dataset does not know.
@@ -51,12 +51,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..checkpoints import FieldStats
 from ..data.datasets import BatchSpec, SpecBatchedDataset, parse_patch_range
 from ..data.scales import Scale, build_scale_sampler, parse_scale_list, to_scale
 from .data import COARSEN_METHODS, coarse_size, coarsen
 from .grids import Grid
-from .stats import compute_stats
+from .stats import FieldStats, compute_stats
 
 __all__ = [
     "FIELD_SOURCES",
@@ -116,7 +115,7 @@ def _read_source(opt: Mapping[str, Any]) -> FieldSource:
     if not root:
         raise ValueError("field dataset option 'dataroot_gt' (file or folder) is required")
     if source == "glosea4":
-        from .datasets import read_glosea4
+        from .sources import read_glosea4
 
         g = read_glosea4(root)
         wanted = opt.get("members")
@@ -126,8 +125,8 @@ def _read_source(opt: Mapping[str, Any]) -> FieldSource:
         labels = [f"{n}/{y:04d}-{m:02d}" for n in names for (y, m) in g.months]
         return FieldSource(fields, g.grid, "surface_temperature", "K", labels)
     if source == "etopo5":
-        from .datasets import read_etopo5
         from .io import grid_of
+        from .sources import read_etopo5
 
         da = read_etopo5(root)
         which = opt.get("grid", "era5")

@@ -187,13 +187,27 @@ class Grid:
         )
 
 
+def spacing(grid: Grid) -> tuple[float, float]:
+    """``(Δlat, Δlon)``: the grid's median cell sizes in degrees (from its cell bounds)."""
+    return (
+        float(np.median(np.abs(np.diff(grid.lat_bounds)))),
+        float(np.median(np.abs(np.diff(grid.lon_bounds)))),
+    )
+
+
 def check_finer(src: Grid, dst: Grid) -> None:
-    """Refuse a target grid coarser than the source on either axis (this is downscaling)."""
-    if dst.shape[0] < src.shape[0] or dst.shape[1] < src.shape[1]:
+    """Refuse a target grid coarser than the source on either axis (this is downscaling).
+
+    Cell sizes are compared, not point counts: a small regional target (the UK at 0.25°) is
+    finer than a global source with more points (N96).
+    """
+    (s_lat, s_lon), (d_lat, d_lon) = spacing(src), spacing(dst)
+    if d_lat > s_lat * (1 + 1e-6) or d_lon > s_lon * (1 + 1e-6):
         raise ValueError(
-            f"target grid {dst.shape[0]}x{dst.shape[1]} is coarser than the source "
-            f"{src.shape[0]}x{src.shape[1]} on some axis; metasr upscale only refines "
-            "(coarsen with metasr.climate.coarsen)"
+            f"target grid {dst.shape[0]}x{dst.shape[1]} ({d_lat:.4g}° x {d_lon:.4g}° cells) is "
+            f"coarser than the source {src.shape[0]}x{src.shape[1]} ({s_lat:.4g}° x "
+            f"{s_lon:.4g}°) on some axis; metasr upscale only refines (coarsen with "
+            "metasr.climate.coarsen)"
         )
 
 

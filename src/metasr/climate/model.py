@@ -25,15 +25,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..checkpoints import FieldStats, LoadedModel, checkpoint_stats
+from ..checkpoints import LoadedModel, checkpoint_stats
 from ..geometry import CoordinateGrid
 from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP, upscale
+from ..validation import check_int
 from .card import ModelCard, model_card
 from .constraint import ConservativeConstraint, pole_rows
 from .grids import Grid, check_finer
 from .layout import canonical_layout, target_layout
-from .stats import check_units
+from .stats import FieldStats, check_units
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -240,8 +241,7 @@ class ModelDownscaler:
         overlap: int = DEFAULT_OVERLAP,
         progress: bool = False,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         self.loaded = loaded
         self.stats = model_stats(loaded, stats)
         self.card: ModelCard | None = model_card(loaded)

@@ -11,7 +11,9 @@ only (torch tensors are accepted and returned). Grids are arbitrary regular or G
   periodic, so the seam between the last and first columns is interpolated like any other gap;
   latitude (and longitude of a regional grid) clamps at the outermost centres, e.g. a pole row of
   a cell-centred source takes the outermost row's value. Bicubic is Keys' cubic convolution
-  (a = −½, as MATLAB and PyTorch), with replicated edges.
+  (a = −½, as MATLAB and PyTorch), with replicated edges. A target point outside the source's
+  cells (beyond its outermost cell bounds: a regional source, see :func:`inside_source`) is NaN,
+  for every method, as conservative remapping and CDO leave it.
 - ``"conservative"``: first-order conservative remapping. A target cell's value is the
   overlap-area-weighted mean of the source cells it overlaps; cells are rectangles in
   (longitude, sin latitude), so the overlap is a product of 1-D overlaps (longitude overlaps are
@@ -34,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..validation import ArgumentTypeError
 from .grids import Grid
 
 METHODS = ("nearest", "bilinear", "bicubic", "conservative")
@@ -129,6 +132,14 @@ def grid_key(grid: Grid) -> bytes:
     )
 
 
+def _check_method(method: object) -> None:
+    """Refuse a ``method`` that is not a string (TypeError) or not one of :data:`METHODS`."""
+    if not isinstance(method, str):
+        raise ArgumentTypeError(f"regridding method must be a string, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown regridding method {method!r}; choose from {METHODS}")
+
+
 def axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.ndarray]:
     """The two 1-D weight matrices of a regridding (computed once per grids and method).
 
@@ -142,8 +153,7 @@ def axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.ndar
         rows sum to 1; for ``"conservative"`` they hold overlap lengths (in sin latitude and in
         degrees of longitude) and :func:`regrid` divides by the covered area.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown regridding method {method!r}; choose from {METHODS}")
+    _check_method(method)
     key = (grid_key(src), grid_key(dst), method)
     if key in _WEIGHTS:
         _WEIGHTS.move_to_end(key)
@@ -215,10 +225,10 @@ def regrid(field: Any, src: Grid, dst: Grid, method: str = "conservative") -> An
         and device for a tensor.
 
     Raises:
+        TypeError: ``method`` is not a string.
         ValueError: unknown method, shape not matching ``src``, or an all-NaN field.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown regridding method {method!r}; choose from {METHODS}")
+    _check_method(method)
     tensor = _tensor_info(field)
     x = np.asarray(field.detach().cpu().double().numpy() if tensor else field, dtype=np.float64)
     check_field(x, src)
@@ -229,6 +239,37 @@ def regrid(field: Any, src: Grid, dst: Grid, method: str = "conservative") -> An
         return torch.from_numpy(np.ascontiguousarray(out)).to(
             dtype=field.dtype, device=field.device
         )
+    return out
+
+
+def inside_source(src: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Which target rows and columns have their centres inside the source's cells.
+
+    Latitude: within the source's outermost latitude bounds. Longitude: everywhere for a
+    periodic (global) source; for a regional one, within its outermost longitude bounds taken
+    modulo 360° (so a 350° target lies inside a −20…20° source).
+
+    Returns:
+        ``(rows, cols)``: boolean ``(H,)`` and ``(W,)``.
+    """
+    tol = 1e-9
+    lo, hi = np.min(src.lat_bounds), np.max(src.lat_bounds)
+    rows = (dst.lat >= lo - tol) & (dst.lat <= hi + tol)
+    if src.periodic:
+        cols = np.ones(dst.lon.shape, dtype=bool)
+    else:
+        start = src.lon_bounds[0]
+        cols = start + np.mod(dst.lon - start + tol, 360.0) - tol <= src.lon_bounds[-1] + tol
+    return rows, cols
+
+
+def _blank_outside(out: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+    """``out`` with NaN at target points outside the source's cells (in place)."""
+    rows, cols = inside_source(src, dst)
+    if not rows.all():
+        out[..., ~rows, :] = np.nan
+    if not cols.all():
+        out[..., :, ~cols] = np.nan
     return out
 
 
@@ -258,7 +299,7 @@ def regrid_values(x: np.ndarray, src: Grid, dst: Grid, method: str) -> np.ndarra
             out = np.where(touched, _renormalised(lin_lat, lin_lon, x), out)
         else:
             out = _apply(a_lat, a_lon, x)
-    return out
+    return _blank_outside(out, src, dst)
 
 
 def _tensor_info(field: Any) -> bool:
@@ -349,4 +390,4 @@ def apply_downscaler(
         raise ValueError(f"downscaler returned {out.shape}, expected {expected}")
     if not valid.all():
         out = np.where(regrid_mask(valid, src, dst, mask_threshold), out, np.nan)
-    return out.reshape(*lead, *dst.shape)
+    return _blank_outside(out, src, dst).reshape(*lead, *dst.shape)

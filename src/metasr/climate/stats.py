@@ -1,26 +1,43 @@
 """Per-variable normalisation statistics of fields (issue 12, part 4).
 
-:func:`compute_stats` gives the :class:`~metasr.checkpoints.FieldStats` (mean, standard
+:func:`compute_stats` gives the :class:`FieldStats` (mean, standard
 deviation, units, grid) of one variable over every valid point of every leading index (time
 steps, members…), weighted by cell area, so that statistics computed on one grid describe the
 same field on another (a plain mean over a regular lat/lon grid over-counts the polar rows).
-They are stored in a checkpoint with :func:`metasr.checkpoints.stats_metadata` or
-:func:`metasr.checkpoints.add_checkpoint_stats` (``metasr climate-stats``), and applied by
+They are stored in a checkpoint with :func:`stats_metadata` or :func:`add_checkpoint_stats`
+(``metasr climate-stats``), read back with :func:`metasr.checkpoints.checkpoint_stats`, and
+applied by
 :func:`metasr.climate.downscale_with_model`.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..checkpoints import FieldStats
+from ..checkpoints import load_checkpoint
+from ..field_stats import STATS_KEY, FieldStats, stats_from_metadata, stats_metadata
 from .grids import Grid
 from .metrics import spatial_weights
 from .regrid import check_field
 
-__all__ = ["FieldStats", "check_units", "compute_stats", "describe_grid", "same_units"]
+__all__ = [
+    "STATS_KEY",
+    "FieldStats",
+    "add_checkpoint_stats",
+    "check_units",
+    "compute_stats",
+    "describe_grid",
+    "same_units",
+    "stats_metadata",
+    "training_checkpoint_stats",
+]
 
 # Spellings of one unit that files use interchangeably (CF allows any UDUNITS spelling).
 _UNIT_ALIASES = {
@@ -128,3 +145,57 @@ def compute_stats(
     if not std > 0:
         raise ValueError(f"{variable or 'field'} is constant ({mean:g}): its std is 0")
     return FieldStats((variable or "field",), (units or "",), (mean,), (std,), describe_grid(grid))
+
+
+# --------------------------------------------------------------------------------------------
+# the statistics stored with a checkpoint
+
+
+def training_checkpoint_stats(path: str | os.PathLike) -> FieldStats | None:
+    """The statistics a BasicSR training checkpoint (``net_g_*.pth`` of ``MetaSRModel``) stores,
+    read without building its network (``None`` when it has none).
+
+    ``MetaSRModel`` continues a pretrained field model with them when the options name none.
+
+    Raises:
+        ValueError: the file is not a checkpoint ``torch.load`` reads safely, or its entry is
+            corrupt (the message names the file).
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path}: not a readable training checkpoint: {exc}") from None
+    if not isinstance(obj, Mapping) or not isinstance(obj.get(STATS_KEY), str):
+        return None
+    return stats_from_metadata({STATS_KEY: obj[STATS_KEY]}, str(path), None)
+
+
+def add_checkpoint_stats(
+    path: str | os.PathLike, stats: FieldStats, output: str | os.PathLike | None = None
+) -> Path:
+    """Store ``stats`` in a metasr checkpoint (replacing any), written atomically.
+
+    Args:
+        path: a metasr ``.safetensors`` checkpoint.
+        stats: one entry per input channel of its network.
+        output: where to write (default: ``path`` itself).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: ``path`` is not a metasr checkpoint, or ``stats`` counts another number of
+            variables than the network's input channels.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from ..io import atomic_write
+
+    loaded = load_checkpoint(path)  # validates the file and measures the network
+    meta = {k: v for k, v in loaded.metadata.items()}
+    meta.update(stats_metadata(stats))
+    stats_from_metadata(meta, str(path), loaded.in_channels)
+    state = load_file(str(path))
+    target = Path(output) if output is not None else Path(path)
+    atomic_write(target, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    return target

@@ -76,8 +76,8 @@ def temperature_sources(root: str | Path, which: Sequence[str] | None = None) ->
         ValueError: an unknown source name.
         FileNotFoundError: a source's file is missing (run ``make climate-data``).
     """
-    from .datasets import read_glosea4
     from .pp import read_pp
+    from .sources import read_glosea4
 
     root = Path(root)
     known = ("glosea4", "hadgem2", "air_temp", "ostia", "north_america", "coads_airt", "coads_sst")
@@ -287,9 +287,7 @@ def train(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config._asdict(), indent=1) + "\n")
-    all_sources = (
-        temperature_sources(data, config.sources) if sources is None else dict(sources)
-    )
+    all_sources = temperature_sources(data, config.sources) if sources is None else dict(sources)
     if "glosea4" in all_sources:
         all_sources["glosea4"], _ = glosea4_split(all_sources["glosea4"], config.held_out_members)
     torch.manual_seed(config.seed)

@@ -5,15 +5,15 @@
   labels, Meta-SR's and ArbSR's standard scale sets.
 * :mod:`~metasr.data.datasets`: :class:`ArbitraryScaleDataset` (random crops, one scale per
   batch), :class:`ArbitraryScaleTestDataset` (whole images × scales), :class:`ScaleBatchSampler`.
-* :func:`read_image`, :func:`read_sample`, :func:`write_image`, :func:`list_files`: re-exported
-  from :mod:`metasr.io`, the one image/array reader (also used by ``metasr upscale``).
+* :mod:`~metasr.data.files`: :func:`read_image`, :func:`read_sample`, :func:`write_image`,
+  :func:`list_files`: data files as tensors, read by :mod:`metasr.io`, the one image/array
+  reader (also used by ``metasr upscale``).
 
 Needs only torch and numpy to import; Pillow is loaded when an image is read.
 """
 
 from __future__ import annotations
 
-from ..io import list_files, read_array, read_image, read_sample, write_image
 from .datasets import (
     ArbitraryScaleDataset,
     ArbitraryScaleTestDataset,
@@ -21,6 +21,7 @@ from .datasets import (
     ScaleBatchSampler,
     bicubic_pair,
 )
+from .files import list_files, read_array, read_image, read_sample, write_image
 from .resize import imresize, resize_matrix
 from .scales import (
     ARBSR_ASYMMETRIC_SCALES,

@@ -42,8 +42,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..geometry import resolve_output_size
-from ..io import ARRAY_SUFFIXES, IMAGE_SUFFIXES, data_kind, list_files, read_sample
+from ..io import ARRAY_SUFFIXES, IMAGE_SUFFIXES
 from ..metrics import quantize_8bit
+from ..validation import check_int
+from .files import data_kind, list_files, read_sample
 from .resize import imresize
 from .scales import (
     Scale,
@@ -510,8 +512,7 @@ class ScaleBatchSampler(Sampler[list[tuple[int, BatchSpec]]]):
         drop_last: bool = True,
         seed: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         self.dataset = dataset
         self.batch_size = batch_size
         self.sampler = sampler if sampler is not None else torch.utils.data.RandomSampler(dataset)

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..validation import ArgumentTypeError
+
 __all__ = ["imresize", "resize_matrix"]
 
 #: Guards ``ceil`` against products such as ``255 · (1/3) = 85.00000000000001``.
@@ -110,7 +112,9 @@ def _pair(value: object, what: str) -> tuple[float, float] | None:
         return float(value), float(value)
     if isinstance(value, Sequence) and len(value) == 2:
         return value[0], value[1]  # type: ignore[return-value]
-    raise ValueError(f"{what} must be a number or a pair (vertical, horizontal), got {value!r}")
+    raise ArgumentTypeError(
+        f"{what} must be a number or a pair (vertical, horizontal), got {value!r}"
+    )
 
 
 def imresize(

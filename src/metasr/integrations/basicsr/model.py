@@ -18,7 +18,7 @@ Differences from ``SRModel``:
 * **Fields** (:mod:`metasr.climate.fields`: batches carrying ``lq_lat``/``lq_lon``/``gt_lat``/
   ``gt_lon``): the network is called with ``coords=CoordinateGrid(...)`` from the batch instead
   of ``scale`` (training and validation), on values normalised with the model's
-  :class:`~metasr.checkpoints.FieldStats` (the ``field_stats`` option, else those of the
+  :class:`~metasr.climate.FieldStats` (the ``field_stats`` option, else those of the
   training :class:`~metasr.climate.fields.FieldDataset`, else the pretrained checkpoint's), which
   every saved checkpoint stores under ``"field_stats"`` so ``metasr upscale`` applies them.
   Validation de-normalises the output and scores it in the field's units with the climate
@@ -53,17 +53,12 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.dist_util import master_only
 from tqdm import tqdm
 
-from ...checkpoints import (
-    NETWORK_KEY,
-    STATS_KEY,
-    FieldStats,
-    network_value_range,
-    training_checkpoint_stats,
-)
+from ...checkpoints import NETWORK_KEY, network_value_range
+from ...climate.stats import STATS_KEY, FieldStats, training_checkpoint_stats
+from ...data.files import write_image
 from ...data.scales import Scale, format_scale, to_scale
 from ...evaluate import summarize
 from ...geometry import CoordinateGrid
-from ...io import write_image
 from ...metrics import format_table, quantize_8bit
 from .distributed import check_ranks_agree, check_replicas_identical, wrap_ddp
 from .metrics import calculate_psnr_metasr, calculate_ssim_metasr

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metasr.data import photos
-from metasr.data.photos import (
+from tools import photos
+from tools.photos import (
     PackageTree,
     build_photo_dataset,
     crop_boxes,

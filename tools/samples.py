@@ -1,17 +1,19 @@
 """Small ready-made datasets: scikit-image's colour photos, or synthetic images.
 
-``python -m metasr.data.samples skimage datasets/skimage`` writes the colour photographs that
+``python -m tools.samples skimage datasets/skimage`` writes the colour photographs that
 ship with scikit-image (a BasicSR dependency, so present with ``metasr[train]``) as PNGs into
 ``train/`` and ``val/`` (two held out), the data of ``options/train/MetaEDSR_tiny_default.yml``.
 
-``python -m metasr.data.samples synthetic datasets/tiny`` writes a handful of generated colour
+``python -m tools.samples synthetic datasets/tiny`` writes a handful of generated colour
 images (smooth gradients, stripes and sharp-edged shapes: things a network can learn to sharpen
 in a minute) for ``options/train/tiny_cpu.yml`` and the tests.
 
-``python -m metasr.data.samples debian-photos datasets/photos`` fetches Debian's wallpaper
+``python -m tools.samples debian-photos datasets/photos`` fetches Debian's wallpaper
 packages with ``apt-get download``, keeps the photographs and writes DIV2K-style HR
 sub-images to ``train/``, whole held-out photos to ``val/`` and ``manifest.json``, with
-scikit-image's photos added (:mod:`metasr.data.photos`).
+scikit-image's photos added (:mod:`tools.photos`).
+
+These are tools of the repository (run from its root), not part of the ``metasr`` package.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def make_synthetic_images(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m metasr.data.samples", description=__doc__.split("\n\n")[0]
+        prog="python -m tools.samples", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("kind", choices=["skimage", "synthetic", "debian-photos"])
     parser.add_argument("dest", help="output folder (train/ and val/ are created inside)")

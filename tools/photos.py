@@ -1,6 +1,6 @@
 """Training photographs from Debian's wallpaper packages, cut into DIV2K-style HR sub-images.
 
-``python -m metasr.data.samples debian-photos DIR`` (``make photos``) runs three separable steps:
+``python -m tools.samples debian-photos DIR`` (``make photos``) runs three separable steps:
 
 1. **Fetch** (:func:`fetch_debian_packages`): ``apt-get download`` of
    :data:`DEBIAN_PHOTO_PACKAGES` into a temporary folder and ``dpkg -x`` of each ``.deb`` into

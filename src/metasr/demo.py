@@ -7,27 +7,31 @@ Writes into the output folder (created if needed):
 * ``metasr.png``: the model's result;
 * ``comparison.png``: bicubic and model side by side, with an enlarged crop of each below.
 
-Usage::
+Usage (``make demo`` runs the first)::
 
-    python scripts/demo.py                       # default model, scale 3.5x2, into demo_out/
-    python scripts/demo.py --scale 2.5 --out /tmp/demo --model my.safetensors
+    metasr demo                                  # default model, scale 3.5x2, into demo_out/
+    metasr demo --scale 2.5 --out /tmp/demo --model my.safetensors
+
+Part of the package (not a script), so that ``pip install metasr`` gets it; it needs only
+metasr's core dependencies.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from metasr.assets import SAMPLE_IMAGE
-from metasr.checkpoints import load_model
-from metasr.data.resize import imresize
-from metasr.data.scales import parse_scale_spec
-from metasr.inference import upscale_raster
-from metasr.io import read_raster, write_raster
+from .assets import SAMPLE_IMAGE
+from .checkpoints import load_model
+from .data.resize import imresize
+from .data.scales import parse_scale_spec
+from .inference import upscale_raster
+from .io import atomic_write, read_raster, write_raster
+
+__all__ = ["comparison", "main", "run"]
 
 #: Size of the enlarged crop (output pixels), its magnification in the comparison image, and
 #: its centre as fractions of the height and width (the rim of the cat's eye in the sample).
@@ -77,43 +81,53 @@ def comparison(bicubic: np.ndarray, model: np.ndarray, label: str):
     return canvas
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--scale", default="3.5x2", help="VERTICALxHORIZONTAL or one factor")
-    parser.add_argument("--model", default="default", help="model name or checkpoint")
-    parser.add_argument("--input", default=str(SAMPLE_IMAGE), help="image to upscale")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+def run(
+    out: str | Path = "demo_out",
+    scale: str = "3.5x2",
+    model: str = "default",
+    image: str | Path = SAMPLE_IMAGE,
+    device: str = "cpu",
+) -> list[Path]:
+    """Upscale ``image`` by ``scale`` with ``model`` and write the four demo files into ``out``
+    (created if needed).
 
-    r_v, r_h = parse_scale_spec(args.scale)
-    try:
-        loaded = load_model(args.model, device=args.device)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return 1
-    raster = read_raster(args.input)
+    Returns:
+        The written files: ``input.png``, ``bicubic.png``, ``metasr.png``, ``comparison.png``.
+
+    Raises:
+        ValueError: a bad scale, model or image (not RGB).
+        FileNotFoundError: a missing model or image file.
+    """
+    r_v, r_h = parse_scale_spec(scale)
+    loaded = load_model(model, device=device)
+    raster = read_raster(image)
     if raster.kind != "image" or raster.data.shape[0] != 3:
-        print("demo: the input must be an RGB image", file=sys.stderr)
-        return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"{image}: the demo takes an RGB image")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
     result = upscale_raster(loaded, raster, scale=(r_v, r_h))
     H, W = result.shape
     lr = torch.from_numpy(raster.data).double()
     bicubic = imresize(lr, scale=(r_v, r_h), size=(H, W)).numpy()
-
-    write_raster(out / "input.png", raster)
-    write_raster(out / "bicubic.png", raster.with_data(bicubic))
-    write_raster(out / "metasr.png", result)
+    files = [folder / n for n in ("input.png", "bicubic.png", "metasr.png", "comparison.png")]
+    write_raster(files[0], raster)
+    write_raster(files[1], raster.with_data(bicubic))
+    write_raster(files[2], result)
     label = f"metasr ({loaded.name}), x{r_v:g} vertical, x{r_h:g} horizontal"
-    image = comparison(_to_uint8(bicubic), _to_uint8(result.data), label)
-    image.save(out / "comparison.png")
+    picture = comparison(_to_uint8(bicubic), _to_uint8(result.data), label)
+    atomic_write(files[3], lambda tmp: picture.save(tmp, format="PNG"))
     h, w = raster.shape
-    print(f"{args.input}: {h}x{w} -> {H}x{W} (x{r_v:g} vertical, x{r_h:g} horizontal)")
-    for name in ("input.png", "bicubic.png", "metasr.png", "comparison.png"):
-        print(f"  wrote {out / name}")
-    return 0
+    print(f"{image}: {h}x{w} -> {H}x{W} (x{r_v:g} vertical, x{r_h:g} horizontal)")
+    for f in files:
+        print(f"  wrote {f}")
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m metasr.demo``: the same as ``metasr demo``."""
+    from .cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
