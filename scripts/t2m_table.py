@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
     p.add_argument("--variants", action="store_true",
                    help="also run carded models with the other constraints")  # fmt: skip
-    p.add_argument("--only", help="run only the cells whose label contains this text")
+    p.add_argument("--only", help="run only the cells whose label contains one of these texts (comma-separated)")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     methods["conservative"] = "conservative"
     rows = []
     for label, hr, grid, lr_grid, flip in cells(args.data):
-        if args.only and args.only not in label:
+        if args.only and not any(part in label for part in args.only.split(",")):
             continue
         lr = regrid(hr, grid, lr_grid, "conservative")
         in_grid, lr_in = (_flip(lr_grid), lr[:, ::-1]) if flip else (lr_grid, lr)
