@@ -114,6 +114,27 @@ CONSTRAINTS = ("smooth", "min-change", "none")
 _MIN_STD = 1e-3
 
 
+_CONSTRAINTS: dict[bytes, ConservativeConstraint] = {}
+
+
+def _constraint_for(
+    src: Grid, dst: Grid, frozen: np.ndarray, smooth: bool
+) -> ConservativeConstraint:
+    """The constraint of ``src`` → ``dst``, built once per grid pair (the fields of a file, the
+    batches of ``metasr upscale``, share it; the last 8 pairs are kept)."""
+    key = b"".join(
+        np.ascontiguousarray(a, dtype=np.float64).tobytes() + b"|"
+        for a in (src.lat_bounds, src.lon_bounds, dst.lat_bounds, dst.lon_bounds, frozen)
+    ) + bytes([smooth])
+    con = _CONSTRAINTS.get(key)
+    if con is None:
+        if len(_CONSTRAINTS) >= 8:
+            _CONSTRAINTS.pop(next(iter(_CONSTRAINTS)))
+        con = ConservativeConstraint(src, dst, frozen_rows=frozen, smooth=smooth)
+        _CONSTRAINTS[key] = con
+    return con
+
+
 def _area_weights(grid: Grid) -> np.ndarray:
     w = grid.cell_areas()
     return w / w.sum()
@@ -214,7 +235,7 @@ def field_forward(
     if constraint not in CONSTRAINTS:
         raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
     if constraint != "none":
-        con = ConservativeConstraint(sg, dg, frozen_rows=poles, smooth=constraint == "smooth")
+        con = _constraint_for(sg, dg, poles, constraint == "smooth")
         y = con(y.to(z.dtype), z)
     return ld.restore(y * std + mean), mean, std
 
