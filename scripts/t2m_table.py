@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from metasr.checkpoints import load_model
+from metasr.climate.card import ModelCard
 from metasr.climate.constraint import ConservativeConstraint, bicubic_conservative, pole_rows
 from metasr.climate.grids import Grid, gaussian_grid, regular_grid
 from metasr.climate.metrics import weighted_bias, weighted_rmse
@@ -143,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=Path("datasets/climate"))
     p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
     p.add_argument("--variants", action="store_true",
-                   help="also run carded models with the other constraints")  # fmt: skip
-    p.add_argument("--only", help="run only the cells whose label contains one of these texts (comma-separated)")
+                   help="also run each model with the other constraints")  # fmt: skip
+    p.add_argument(
+        "--only", help="only the cells whose label contains one of these (comma-separated)"
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args(argv)
@@ -157,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_model(ckpt)
         fn = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
         methods[name] = fn
+        if fn.card is None and args.variants:
+            # A model from before issue 23 (dataset statistics) with the smooth constraint added.
+            alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
+            alt.card = ModelCard("air_temperature", "K", normalisation="dataset")
+            methods[f"{name} (constraint smooth)"] = alt
         if fn.card is not None and args.variants:
             # The same weights with the other constraints (what the constraint costs and gains).
             for other in ("smooth", "min-change", "none"):
