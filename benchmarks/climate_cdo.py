@@ -11,7 +11,7 @@ Measures, one process at a time, each run a fresh ``metasr upscale`` / ``cdo`` p
   2 GB ``RLIMIT_DATA`` cap (it must complete).
 
 Inputs: the 78 GloSea4 fields (13 members × 6 months, ``make climate-data`` or
-``python -m metasr.climate.datasets DEST``), repeated to 234 and 2340 time steps, float32
+``python -m tools.climate_data DEST``), repeated to 234 and 2340 time steps, float32
 netCDF. CDO is installed with apt when missing (``apt-get install -y cdo``); the tests do not
 need it. Every command runs with ``nice -n 10`` and one thread (``OMP_NUM_THREADS=1``; CDO
 without ``-P``), as the machine is shared.
@@ -55,7 +55,7 @@ def make_inputs(data: Path, work: Path, counts: list[int]) -> dict[int, Path]:
     """``n96_N.nc`` for every count: the GloSea4 fields repeated to N time steps."""
     import xarray as xr
 
-    from metasr.climate.datasets import read_glosea4
+    from metasr.climate.sources import read_glosea4
 
     g = read_glosea4(data / "glosea4")
     fields = g.data.reshape(-1, *g.grid.shape).astype(np.float32)

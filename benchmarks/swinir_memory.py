@@ -70,7 +70,7 @@ def _worker(cfg: dict[str, Any]) -> dict[str, Any]:
         window_size=cfg["window_size"],
         mlp_ratio=cfg["mlp_ratio"],
         use_checkpoint=cfg["use_checkpoint"],
-        backend=cfg["backend"],
+        upsample={"backend": cfg["backend"]},
     ).to(device)
     model.train()
     x = torch.rand(cfg["batch"], cfg["channels"], *cfg["input"], device=device)

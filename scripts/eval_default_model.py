@@ -64,11 +64,11 @@ def load_photo(name: str) -> torch.Tensor:
     return quantize_8bit(torch.from_numpy(raster.data).double())
 
 
-def model_upscaler(loaded: LoadedModel, tta: bool = False):
+def model_upscaler(loaded: LoadedModel, tta: bool = False, precision: str = "fp32"):
     """The model as an evaluation callable, through :func:`metasr.inference.upscale_array`."""
 
     def fn(lq: torch.Tensor, scale: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
-        sr = upscale_array(loaded, lq[0].float().numpy(), scale=scale, tta=tta)
+        sr = upscale_array(loaded, lq[0].float().numpy(), scale=scale, tta=tta, precision=precision)
         return torch.from_numpy(sr).double()[None]
 
     return fn
@@ -161,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ssim", action="store_true", help="SSIM (Y) beside Y-PSNR")
     parser.add_argument("--scales", nargs="+", default=list(SCALES))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="inference precision of the model (metasr.precision)",
+    )
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     parser.add_argument(
         "--tta",
@@ -185,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     scales = [parse_scale_spec(s) for s in args.scales]
     labels = [format_scale(s) for s in scales]
     metric_names = ("psnr", "ssim") if args.ssim else ("psnr",)
-    model_rows = score(model_upscaler(loaded), photos, scales, names, metric_names, bicubic=True)
+    model_rows = score(
+        model_upscaler(loaded, precision=args.precision),
+        photos,
+        scales,
+        names,
+        metric_names,
+        bicubic=True,
+    )
     rows = {
         name: {s: (c["psnr"], c["bicubic_psnr"]) for s, c in cells.items()}
         for name, cells in model_rows.items()

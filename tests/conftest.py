@@ -48,3 +48,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def hr_dir(tmp_path_factory):
+    """A folder holding one generated 24x24 RGB photo (``tools.samples``), per test module."""
+    from tools.samples import make_synthetic_images
+
+    root = tmp_path_factory.mktemp("hr")
+    make_synthetic_images(root, n=1, size=(24, 24), seed=0)
+    return root

@@ -6,6 +6,9 @@ misplaced row, column or position.
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import torch
 
 ModuleT = torch.nn.Module
@@ -46,10 +49,33 @@ def random_field(*shape: int, seed: int = 1) -> torch.Tensor:
 #: and look their arguments up here; tests/archs/test_archs.py checks that the keys are exactly
 #: the registry's, so a new network cannot be registered without being tested.
 TINY_MODELS: dict[str, dict] = {
-    "meta_rdn": dict(G0=8, D=2, C=2, G=4, hidden=16),
-    "meta_edsr": dict(n_resblocks=1, n_feats=8, hidden=16),
-    "meta_edsr_tiny": dict(n_resblocks=1, n_feats=8, hidden=16),
+    "meta_rdn": dict(G0=8, D=2, C=2, G=4, upsample={"hidden": 16}),
+    "meta_edsr": dict(n_resblocks=1, n_feats=8, upsample={"hidden": 16}),
+    "meta_edsr_tiny": dict(n_resblocks=1, n_feats=8, upsample={"hidden": 16}),
     "meta_swinir": dict(
-        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16
-    ),
+        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4,
+        upsample={"hidden": 16},
+    ),  # fmt: skip
 }
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk (length, type, data, CRC), for hand-made PNG files."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def run_cli(capsys, *args: object) -> tuple[int, str, str]:
+    """``metasr ARGS`` in-process: ``(exit status, stdout, stderr)`` of this call only."""
+    from metasr.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def single_line(err: str) -> str:
+    """The one line of an error output (no traceback, nothing else)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

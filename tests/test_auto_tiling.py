@@ -19,10 +19,17 @@ ONE_CODE = 1 / 255
 
 NETS = {
     # deeper than a fixed 16 px of context covers: RDN 4 blocks x 4 layers, SwinIR 2x2 blocks
-    "rdn": lambda: MetaRDN(G0=8, D=4, C=4, G=4, hidden=16, bicubic_residual=False),
-    "swinir": lambda: MetaSwinIR(img_size=16, embed_dim=8, depths=(2, 2), num_heads=(2, 2),
-                                 window_size=4, hidden=16, img_range=1.0),  # fmt: skip
-    "edsr": lambda: MetaEDSR(n_resblocks=4, n_feats=8, hidden=16, img_range=1.0),
+    "rdn": lambda: MetaRDN(G0=8, D=4, C=4, G=4, upsample={"hidden": 16}, bicubic_residual=False),
+    "swinir": lambda: MetaSwinIR(
+        img_size=16,
+        embed_dim=8,
+        depths=(2, 2),
+        num_heads=(2, 2),
+        window_size=4,
+        upsample={"hidden": 16},
+        img_range=1.0,
+    ),  # fmt: skip
+    "edsr": lambda: MetaEDSR(n_resblocks=4, n_feats=8, upsample={"hidden": 16}, img_range=1.0),
 }
 
 
@@ -91,7 +98,7 @@ def test_progress_bar_for_long_runs_only(monkeypatch):
     monkeypatch.setattr(api, "PROGRESS_PIXELS", 2000)  # stands for ~2 s of work
     monkeypatch.setattr(api, "PROGRESS_TILE", 16)
     torch.manual_seed(0)
-    net = MetaEDSR(n_resblocks=1, n_feats=8, hidden=16, img_range=1.0).eval()
+    net = MetaEDSR(n_resblocks=1, n_feats=8, upsample={"hidden": 16}, img_range=1.0).eval()
     loaded = LoadedModel(model=net, name="tiny", arch="meta_edsr", in_channels=3,
                          out_channels=3, value_range=1.0, metadata={}, format="registry")  # fmt: skip
     big = Raster(data=_x(40, 40).numpy()[0], kind="image", dtype=np.dtype(np.uint8))

@@ -20,7 +20,14 @@ def tiny_config(monkeypatch):
 
 
 def test_worker_measures_every_backend(tiny_config):
-    for backend in ("im2col", "torch", "torch:features_first", "naive", "compiled:torch"):
+    for backend in (
+        "im2col",
+        "torch",
+        "torch:features_first",
+        "torch:grouped",
+        "naive",
+        "compiled:torch",
+    ):
         for mode in ("fwd", "fwdbwd"):
             spec = {
                 "config": "tiny",
@@ -36,6 +43,35 @@ def test_worker_measures_every_backend(tiny_config):
             r = bench._worker(spec)
             assert r["ok"], r
             assert r["median_ms"] > 0 and r["runs"] >= 2 and r["peak_mib"] >= 0
+
+
+def test_model_config_times_the_bundled_network(monkeypatch):
+    # A bundled-model config (issue 27) on a tiny input: inference and a training step, and a
+    # backend the heads cannot take is reported, not raised.
+    cfg = bench.BenchConfig(
+        (1, 3, 12, 12), {"scale": 3.7}, 3, ("fwd", "fwdbwd"), "m", model="default"
+    )
+    monkeypatch.setitem(bench.CONFIGS, "tiny-model", cfg)
+    spec = {
+        "config": "tiny-model",
+        "dtype": "float32",
+        "device": "cpu",
+        "min_runs": 1,
+        "max_runs": 1,
+        "min_time_s": 0.0,
+        "slow_s": 1e9,
+    }
+    for mode in ("fwd", "fwdbwd"):
+        r = bench._worker({**spec, "mode": mode, "backend": "torch"})
+        assert r["ok"] and r["median_ms"] > 0, r
+    r = bench._worker({**spec, "mode": "fwd", "backend": "torch:grouped"})
+    assert not r["ok"] and r["error"].startswith("torch:grouped:")
+
+
+def test_many_phase_configs_exist():
+    names = {"phases-x2.3", "phases-x3.7", "phases-2.37x3.13", "phases-1.13x3.91", "phases-x4"}
+    assert names <= set(bench.CONFIGS)
+    assert {"batch16-x3.7", "model-default-x2.3", "model-default-x4"} <= set(bench.CONFIGS)
 
 
 def test_worker_reports_unavailable_backend(tiny_config, monkeypatch):

@@ -198,7 +198,7 @@ def test_clear_errors(tmp_path):
 @pytest.mark.parametrize("arch", metasr.list_models())
 def test_set_backend_reaches_every_head(arch, monkeypatch):
     """After ``set_backend`` every Meta-Upscale call of the model asks for that backend."""
-    op = importlib.import_module("metasr.ops.meta_upscale")  # the package, not the function
+    op = importlib.import_module("metasr.ops.meta_upscale.planning")  # where it is chosen
 
     model = metasr.create_model(arch, **TINY_MODELS[arch]).eval()
     asked: list[str | None] = []

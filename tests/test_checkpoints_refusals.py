@@ -1,11 +1,13 @@
-"""Hostile but realistic inputs to models, checkpoints and inference (issue 10, items 6, 7, 11).
+"""Hostile but realistic checkpoints and model arguments (issue 10, items 6, 7, 11).
 
 Each test reproduces one reported defect: crafted checkpoint metadata, a network of terabytes
 asked for by a file, weights of another architecture, NaN weights, devices this machine lacks,
-``save_checkpoint`` with the wrong architecture, inconsistent rasters, and ``metasr eval``
-destinations that cannot be written. The huge requests run in a subprocess under a 3 GiB
-``RLIMIT_DATA`` (never ``RLIMIT_AS``: CUDA builds of torch reserve address space at import), so
-a refusal that came after an allocation would fail there instead of taking the machine down.
+``save_checkpoint`` with the wrong architecture. (The inference argument checks are in
+``tests/test_inference.py``, ``metasr eval``'s destinations in ``tests/cli/test_eval.py``, paired
+LR of the wrong size in ``tests/data/test_datasets.py``.) The huge requests run in a subprocess
+under a 3 GiB ``RLIMIT_DATA`` (never ``RLIMIT_AS``: CUDA builds of torch reserve address space at
+import), so a refusal that came after an allocation would fail there instead of taking the
+machine down.
 """
 
 from __future__ import annotations
@@ -17,21 +19,18 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import metasr
+from helpers import run_cli, single_line
 from metasr import checkpoints
 from metasr.archs import _registry
 from metasr.checkpoints import build_network, load_model, resolve_device, save_checkpoint
-from metasr.cli import main
-from metasr.inference import upscale_alpha, upscale_array, upscale_raster
-from metasr.io import Raster
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-TINY_EDSR = {"n_resblocks": 1, "n_feats": 8, "hidden": 16, "img_range": 1.0}
+TINY_EDSR = {"n_resblocks": 1, "n_feats": 8, "upsample": {"hidden": 16}, "img_range": 1.0}
 
 
 def _tiny_edsr(seed: int = 0) -> torch.nn.Module:
@@ -46,28 +45,6 @@ def _crafted(path: Path, arch: str, kwargs_json: str) -> Path:
             "kwargs": kwargs_json}  # fmt: skip
     safetensors_torch.save_file(state, str(path), metadata=meta)
     return path
-
-
-def _run(capsys, *args: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def hr_dir(tmp_path_factory) -> Path:
-    from tools.samples import make_synthetic_images
-
-    root = tmp_path_factory.mktemp("hr")
-    make_synthetic_images(root, n=1, size=(24, 24), seed=0)
-    return root
 
 
 # ------------------------------------------------------------------- item 7: crafted metadata
@@ -92,9 +69,9 @@ def test_crafted_kwargs_metadata_is_one_value_error(tmp_path, kwargs_json, fragm
 
 def test_crafted_kwargs_metadata_in_the_cli(tmp_path, hr_dir, capsys):
     path = _crafted(tmp_path / "m.safetensors", "meta_edsr", "[1, 2]")
-    code, _, err = _run(capsys, "eval", "--model", path, "--data", hr_dir, "--scales", "2")
+    code, _, err = run_cli(capsys, "eval", "--model", path, "--data", hr_dir, "--scales", "2")
     assert code == 1
-    assert "must be a JSON object" in _one_line(err)
+    assert "must be a JSON object" in single_line(err)
 
 
 # Run under a 3 GiB data limit: an allocation of the requested size would fail (MemoryError /
@@ -128,7 +105,7 @@ def test_huge_network_in_metadata_is_refused_before_allocating(tmp_path, hr_dir,
     )  # fmt: skip
     elapsed = time.monotonic() - start
     assert run.returncode == 1, run.stderr[-2000:]
-    line = _one_line(run.stderr)
+    line = single_line(run.stderr)
     assert "cannot build meta_edsr from its metadata" in line and fragment in line, line
     assert "refused before building it" in line
     assert elapsed < 60
@@ -162,16 +139,16 @@ def test_free_memory_bounds_the_build(monkeypatch):
 
 def test_weights_of_another_architecture_are_one_short_line(tmp_path, hr_dir, capsys):
     torch.manual_seed(0)
-    rdn = metasr.create_model("meta_rdn", G0=8, D=2, C=2, G=4, hidden=16)
+    rdn = metasr.create_model("meta_rdn", G0=8, D=2, C=2, G=4, upsample={"hidden": 16})
     torch.save({"params": rdn.state_dict()}, tmp_path / "net_g_5000.pth")
     opt = tmp_path / "edsr.yml"
     opt.write_text("network_g: {type: MetaEDSR, n_resblocks: 1, n_feats: 8, hidden: 16}\n")
-    code, _, err = _run(
+    code, _, err = run_cli(
         capsys, "eval", "--model", tmp_path / "net_g_5000.pth", "--opt", opt, "--data", hr_dir,
         "--scales", "2",
     )  # fmt: skip
     assert code == 1
-    line = _one_line(err)
+    line = single_line(err)
     assert "the weights do not fit MetaEDSR" in line
     edsr_keys, rdn_keys = set(_tiny_edsr().state_dict()), set(rdn.state_dict())
     assert f"{len(edsr_keys - rdn_keys)} missing (" in line
@@ -180,7 +157,7 @@ def test_weights_of_another_architecture_are_one_short_line(tmp_path, hr_dir, ca
 
 
 def test_weights_of_other_arguments_name_the_shapes(tmp_path):
-    net = metasr.create_model("meta_edsr", n_resblocks=1, n_feats=8, hidden=16)
+    net = metasr.create_model("meta_edsr", n_resblocks=1, n_feats=8, upsample={"hidden": 16})
     torch.save({"params": net.state_dict()}, tmp_path / "n.pth")
     shapes = r"of another shape \(head\.0\.weight: file \(8, 3, 3, 3\), network \(16, 3, 3, 3\)"
     with pytest.raises(ValueError, match=shapes):
@@ -269,142 +246,6 @@ def test_dtype_must_be_floating():
         load_model("meta_edsr_tiny", dtype="float32")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="backend must be a string"):
         load_model("meta_edsr_tiny", backend=3)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("device", "fragment"),
-    [("tpu", "--device: unknown device 'tpu'"), ("cuda:99", "--device: device 'cuda:99'")],
-)
-def test_eval_device_is_checked_first(hr_dir, capsys, monkeypatch, device, fragment):
-    monkeypatch.setattr("metasr.checkpoints.load_model", _must_not_run)
-    code, _, err = _run(capsys, "eval", "--model", "default", "--data", hr_dir, "--device", device)
-    assert code == 2 and fragment in _one_line(err)
-
-
-def _must_not_run(*args, **kwargs):
-    raise AssertionError("the evaluation started before the arguments were checked")
-
-
-# ------------------------------------------------------------ item 6: eval output destinations
-
-
-@pytest.mark.parametrize("flag", ["--csv", "--json", "--plot"])
-def test_eval_outputs_are_checked_before_the_evaluation(tmp_path, hr_dir, capsys, monkeypatch,
-                                                         flag):  # fmt: skip
-    monkeypatch.setattr("metasr.evaluate.evaluate", _must_not_run)
-    (tmp_path / "folder").mkdir()
-    (tmp_path / "file.txt").write_text("x")
-    base = ["eval", "--model", "bicubic", "--data", hr_dir, "--scales", "2"]
-    code, _, err = _run(capsys, *base, flag, tmp_path / "folder")
-    assert code == 2 and "is a folder; give a file name" in _one_line(err)
-    code, _, err = _run(capsys, *base, flag, tmp_path / "file.txt" / "sub" / "r.out")
-    assert code == 2 and "file.txt is a file, not a folder" in _one_line(err)
-
-
-# ------------------------------------------------------------- item 11: inference validation
-
-
-def _loaded():
-    with pytest.warns(UserWarning, match="random weights"):
-        return load_model("meta_edsr_tiny")
-
-
-def _image(c: int = 3, h: int = 6, w: int = 7) -> np.ndarray:
-    return np.random.default_rng(0).random((c, h, w)).astype(np.float32)
-
-
-def test_upscale_array_arguments():
-    loaded = _loaded()
-    for bad in (_image()[0], _image()[None]):  # 2-D and 4-D
-        with pytest.raises(ValueError, match=r"expected an array \(C, h, w\), got shape"):
-            upscale_array(loaded, bad, scale=2)
-    with pytest.raises(ValueError, match="must be a numpy array"):
-        upscale_array(loaded, torch.rand(3, 6, 7), scale=2)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="real numbers, got dtype complex64"):
-        upscale_array(loaded, _image().astype(np.complex64), scale=2)
-    with pytest.raises(ValueError, match="empty"):
-        upscale_array(loaded, np.zeros((3, 0, 4), np.float32), scale=2)
-    with pytest.raises(ValueError, match="kind must be 'image' or 'field', got 'photo'"):
-        upscale_array(loaded, _image(), scale=2, kind="photo")  # type: ignore[arg-type]
-
-
-def test_upscale_raster_arguments():
-    loaded = _loaded()
-    good = Raster(_image(), "image", np.dtype(np.uint8))
-    with pytest.raises(ValueError, match="normalize must be 'none' or 'minmax', got 'zscore'"):
-        upscale_raster(loaded, good, scale=2, normalize="zscore")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="uint8 or uint16, got float32; .*kind='field'"):
-        upscale_raster(loaded, Raster(_image(), "image", np.dtype(np.float32)), scale=2)
-    with pytest.raises(ValueError, match=r"raster.data: expected an array \(C, h, w\)"):
-        upscale_raster(loaded, Raster(_image()[0], "image", np.dtype(np.uint8)), scale=2)
-    with pytest.raises(ValueError, match="raster.kind must be 'image' or 'field'"):
-        upscale_raster(loaded, Raster(_image(), "photo", np.dtype(np.uint8)), scale=2)  # type: ignore[arg-type]
-    alpha = np.ones((3, 7), np.float32)  # the data is 6 x 7
-    with pytest.raises(ValueError, match=r"raster.alpha must be an array \(h, w\) = \(6, 7\)"):
-        upscale_raster(loaded, Raster(_image(), "image", np.dtype(np.uint8), alpha), scale=2)
-    with pytest.raises(ValueError, match="expected a metasr.io.Raster"):
-        upscale_raster(loaded, _image(), scale=2)  # type: ignore[arg-type]
-    out = upscale_raster(loaded, Raster(_image(), "image", np.dtype(np.uint8), alpha[:1].repeat(
-        6, 0)), scale=2)  # fmt: skip
-    assert out.data.shape == (3, 12, 14) and out.alpha.shape == (12, 14)
-
-
-def test_upscale_alpha_arguments():
-    with pytest.raises(ValueError, match=r"alpha must be a non-empty array \(h, w\)"):
-        upscale_alpha(np.ones((1, 4, 4), np.float32), (8, 8))
-    with pytest.raises(ValueError, match="out_shape must be two positive integers"):
-        upscale_alpha(np.ones((4, 4), np.float32), (8, 0))
-    with pytest.raises(ValueError, match="out_shape must be two positive integers"):
-        upscale_alpha(np.ones((4, 4), np.float32), (8.0, 8))  # type: ignore[arg-type]
-    assert upscale_alpha(np.ones((4, 4), np.float32), (np.int64(8), 6)).shape == (8, 6)
-
-
-# ------------------------------------------------------------- item 6: paired LR of wrong size
-
-
-def _paired(root: Path, lr_sizes: dict[str, tuple[int, int]], hr: tuple[int, int] = (60, 72)):
-    """HR images and, per scale label, LR images of the given sizes (folders ``lr/X{scale}``)."""
-    from metasr.data.files import write_image
-    from tools.samples import make_synthetic_images
-
-    make_synthetic_images(root / "hr", n=2, size=hr, seed=0)
-    torch.manual_seed(1)
-    for label, size in lr_sizes.items():
-        (root / "lr" / f"X{label}").mkdir(parents=True)
-        for i in range(2):
-            write_image(root / "lr" / f"X{label}" / f"img{i:03d}.png", torch.rand(3, *size))
-    return {"dataroot_gt": str(root / "hr"), "dataroot_lq": str(root / "lr" / "X{scale}")}
-
-
-def test_paired_lr_of_the_wrong_size_is_refused(tmp_path):
-    from metasr.data import ArbitraryScaleDataset, ArbitraryScaleTestDataset
-
-    # 60x72 at x2 wants 30x36; these LR files are 24x too small (thumbnails, another folder).
-    opts = _paired(tmp_path, {"2": (2, 3)})
-    ds = ArbitraryScaleTestDataset(opts, scales=[2])
-    with pytest.raises(ValueError, match=r"paired LR .*img000\.png is 2x3, but its HR img000\.png "
-                       r"\(60x72\) at scale 2 needs about 30x36"):  # fmt: skip
-        ds[0]
-    train = ArbitraryScaleDataset(
-        opts, lq_patch_size=1, scale_sampler={"type": "choice", "scales": [2]}
-    )
-    with pytest.raises(ValueError, match="is 2x3, but its HR"):
-        train[0]
-
-
-def test_paired_lr_tolerance_accepts_every_usual_convention(tmp_path):
-    from metasr.data import ArbitraryScaleTestDataset
-
-    # 60x72 at x2.3 is 26.1x31.3: MATLAB's ceil (27x32) and the protocol's floor (26x31) pass,
-    # and so does an LR of a mod-cropped HR a pixel short; four pixels off does not.
-    for size, ok in (((27, 32), True), ((26, 31), True), ((25, 30), True), ((22, 31), False)):
-        root = tmp_path / f"{size[0]}x{size[1]}"
-        ds = ArbitraryScaleTestDataset(_paired(root, {"2.3": size}), scales=[2.3])
-        if ok:
-            assert tuple(ds[0]["lq"].shape[-2:]) == size
-        else:
-            with pytest.raises(ValueError, match="needs about 26x31"):
-                ds[0]
 
 
 @pytest.mark.parametrize("option", [{"periodic_lon": True}, {"bicubic_residual": True}])

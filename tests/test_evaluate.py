@@ -21,7 +21,7 @@ from metasr.cli import main
 from metasr.data import ArbitraryScaleTestDataset, bicubic_pair, imresize, lq_size_for
 from metasr.evaluate import LQSize, as_upscaler, evaluate, score, summarize
 
-meta_upscale_pkg = importlib.import_module("metasr.ops.meta_upscale")  # the package
+meta_upscale_pkg = importlib.import_module("metasr.ops.meta_upscale.planning")  # where chosen
 
 pytest.importorskip("PIL")
 
@@ -188,7 +188,9 @@ def test_summarize():
 
 
 def test_as_upscaler_scales_by_input_range():
-    net = metasr.create_model("meta_edsr", n_resblocks=1, n_feats=8, hidden=16, img_range=255.0)
+    net = metasr.create_model(
+        "meta_edsr", n_resblocks=1, n_feats=8, upsample={"hidden": 16}, img_range=255.0
+    )
     net.eval()
     lq = _hr(h=10, w=12)[None]
     got = as_upscaler(net).fn(lq, (2.0, 2.0), (20, 24))
@@ -200,10 +202,15 @@ def test_as_upscaler_scales_by_input_range():
 # -- metasr eval --backend reaches every head ------------------------------------------------
 
 _NETS = {
-    "meta_edsr": dict(n_resblocks=1, n_feats=8, hidden=16),
-    "meta_rdn": dict(G0=8, D=2, C=2, G=4, hidden=16),
+    "meta_edsr": dict(n_resblocks=1, n_feats=8, upsample={"hidden": 16}),
+    "meta_rdn": dict(G0=8, D=2, C=2, G=4, upsample={"hidden": 16}),
     "meta_swinir": dict(
-        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4, hidden=16
+        img_size=16,
+        embed_dim=8,
+        depths=(2,),
+        num_heads=(2,),
+        window_size=4,
+        upsample={"hidden": 16},
     ),
 }
 

@@ -354,7 +354,7 @@ def test_coordinate_geometry_under_compile_and_in_the_module():
         ({"src_lon": [0.0, 180.0, 360.0]}, "less than 360"),
         ({"dst_lon": [0.0, 90.0, 270.0, 180.0]}, "round the circle once"),
         ({"dst_lat": [0.0, float("nan"), 1.0]}, "finite"),
-        ({"wrap_lon": 1}, "wrap_lon must be a bool"),
+        ({"periodic_lon": 1}, "periodic_lon must be a bool"),
     ],
 )
 def test_bad_coordinates_are_refused(kwargs, match):
@@ -387,7 +387,9 @@ def test_bad_coordinate_requests_are_refused():
 def test_regional_longitudes_without_wrap_are_placed_like_latitudes():
     src_lon, dst_lon = np.array([10.0, 20.0, 30.0]), np.array([5.0, 12.5, 20.0, 27.5, 35.0])
     lat = np.array([1.0, 0.0])
-    geom = build_geometry_from_coords(CoordinateGrid(lat, src_lon, lat, dst_lon, wrap_lon=False))
+    geom = build_geometry_from_coords(
+        CoordinateGrid(lat, src_lon, lat, dst_lon, periodic_lon=False)
+    )
     np.testing.assert_array_equal(geom.col_idx, [0, 0, 1, 1, 2])
     # 5° lies before the first column: clamped to it; 35° past the last: offset 0.5 beyond it
     np.testing.assert_allclose(geom.col_off, [0.0, 0.25, 0.0, 0.75, 0.5])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import metasr
-from metasr.checkpoints import LoadedModel, network_value_range
+from metasr.checkpoints import LoadedModel, load_model, network_value_range
 from metasr.inference import upscale_alpha, upscale_array, upscale_raster
 from metasr.io import Raster
 
@@ -115,3 +115,61 @@ def test_alpha_is_bicubic_and_clamped():
     np.testing.assert_array_equal(upscale_alpha(alpha, (17, 27)), out.alpha)
     no_alpha = upscale_raster(loaded, Raster(_data(3), "image", np.dtype(np.uint8)), scale=(2.5, 3))
     np.testing.assert_array_equal(no_alpha.data, out.data)  # colour does not see the alpha
+
+
+# ------------------------------------------------- argument checks (issue 10, item 11)
+
+
+def _random_tiny():
+    with pytest.warns(UserWarning, match="random weights"):
+        return load_model("meta_edsr_tiny")
+
+
+def _float_image(c: int = 3, h: int = 6, w: int = 7) -> np.ndarray:
+    return np.random.default_rng(0).random((c, h, w)).astype(np.float32)
+
+
+def test_upscale_array_arguments():
+    loaded = _random_tiny()
+    for bad in (_float_image()[0], _float_image()[None]):  # 2-D and 4-D
+        with pytest.raises(ValueError, match=r"expected an array \(C, h, w\), got shape"):
+            upscale_array(loaded, bad, scale=2)
+    with pytest.raises(ValueError, match="must be a numpy array"):
+        upscale_array(loaded, torch.rand(3, 6, 7), scale=2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="real numbers, got dtype complex64"):
+        upscale_array(loaded, _float_image().astype(np.complex64), scale=2)
+    with pytest.raises(ValueError, match="empty"):
+        upscale_array(loaded, np.zeros((3, 0, 4), np.float32), scale=2)
+    with pytest.raises(ValueError, match="kind must be 'image' or 'field', got 'photo'"):
+        upscale_array(loaded, _float_image(), scale=2, kind="photo")  # type: ignore[arg-type]
+
+
+def test_upscale_raster_arguments():
+    loaded = _random_tiny()
+    good = Raster(_float_image(), "image", np.dtype(np.uint8))
+    with pytest.raises(ValueError, match="normalize must be 'none' or 'minmax', got 'zscore'"):
+        upscale_raster(loaded, good, scale=2, normalize="zscore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="uint8 or uint16, got float32; .*kind='field'"):
+        upscale_raster(loaded, Raster(_float_image(), "image", np.dtype(np.float32)), scale=2)
+    with pytest.raises(ValueError, match=r"raster.data: expected an array \(C, h, w\)"):
+        upscale_raster(loaded, Raster(_float_image()[0], "image", np.dtype(np.uint8)), scale=2)
+    with pytest.raises(ValueError, match="raster.kind must be 'image' or 'field'"):
+        upscale_raster(loaded, Raster(_float_image(), "photo", np.dtype(np.uint8)), scale=2)  # type: ignore[arg-type]
+    alpha = np.ones((3, 7), np.float32)  # the data is 6 x 7
+    with pytest.raises(ValueError, match=r"raster.alpha must be an array \(h, w\) = \(6, 7\)"):
+        upscale_raster(loaded, Raster(_float_image(), "image", np.dtype(np.uint8), alpha), scale=2)
+    with pytest.raises(ValueError, match="expected a metasr.io.Raster"):
+        upscale_raster(loaded, _float_image(), scale=2)  # type: ignore[arg-type]
+    with_alpha = Raster(_float_image(), "image", np.dtype(np.uint8), alpha[:1].repeat(6, 0))
+    out = upscale_raster(loaded, with_alpha, scale=2)
+    assert out.data.shape == (3, 12, 14) and out.alpha.shape == (12, 14)
+
+
+def test_upscale_alpha_arguments():
+    with pytest.raises(ValueError, match=r"alpha must be a non-empty array \(h, w\)"):
+        upscale_alpha(np.ones((1, 4, 4), np.float32), (8, 8))
+    with pytest.raises(ValueError, match="out_shape must be two positive integers"):
+        upscale_alpha(np.ones((4, 4), np.float32), (8, 0))
+    with pytest.raises(ValueError, match="out_shape must be two positive integers"):
+        upscale_alpha(np.ones((4, 4), np.float32), (8.0, 8))  # type: ignore[arg-type]
+    assert upscale_alpha(np.ones((4, 4), np.float32), (np.int64(8), 6)).shape == (8, 6)

@@ -43,7 +43,7 @@ def _tiny(zero_head: bool = False) -> LoadedModel:
     kwargs = {"n_resblocks": 1, "n_feats": 8, "img_range": 1.0, "bicubic_residual": True}
     model = metasr.create_model("meta_edsr", **kwargs).eval()
     with torch.no_grad():
-        last = model.P2W.meta_block[2]
+        last = model.pos2weight.meta_block[2]
         if zero_head:  # every per-pixel weight is zero: the output is F.interpolate's bicubic
             last.weight.zero_()
             last.bias.zero_()

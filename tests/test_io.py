@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import png_chunk
+from metasr import io as mio
 from metasr.data.files import data_kind, list_files, read_image, read_sample, write_image
-from metasr.io import Raster, atomic_write, read_raster, write_raster
+from metasr.io import (
+    Raster,
+    atomic_write,
+    check_finite_result,
+    is_temporary_name,
+    read_raster,
+    write_raster,
+)
 
 PIL = pytest.importorskip("PIL", reason="image tests need Pillow")
 png = pytest.importorskip("png", reason="16-bit PNG needs pypng")
@@ -246,3 +257,142 @@ def test_list_files_and_kinds(tmp_path):
     np.save(tmp_path / "d.npy", np.zeros((2, 2)))
     with pytest.raises(ValueError, match="mixes images"):
         list_files(tmp_path)
+
+
+# ---------------------------------------------------------------------------- hostile files
+# (issue 10): sizes judged from the header before decoding, several pages or frames refused,
+# integer casts that saturate, NaN never written as integer samples.
+
+
+def _header_only_png(path: Path, h: int, w: int, bits: int) -> None:
+    """A PNG whose header declares ``h``×``w`` but whose image data is garbage."""
+    ihdr = struct.pack(">IIBBBBB", w, h, bits, 2, 0, 0, 0)
+    path.write_bytes(
+        mio._PNG_SIGNATURE
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", b"junk")
+        + png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_png_header_checked_before_decoding(tmp_path, bits):
+    # The data is garbage: a reader that decoded first would fail with a decoding error.
+    _header_only_png(tmp_path / "a.png", 20000, 20000, bits)
+    with pytest.raises(ValueError, match="20000x20000 is larger than the limit"):
+        read_raster(tmp_path / "a.png")
+
+
+def test_npy_header_checked_before_reading(tmp_path):
+    path = tmp_path / "a.npy"
+    with open(path, "wb") as fh:  # declares 3 x 20000 x 20000 float64 (9.6 GB), holds 100 bytes
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f8", "fortran_order": False, "shape": (3, 20000, 20000)}
+        )
+        fh.write(b"\0" * 100)
+    with pytest.raises(ValueError, match="20000x20000x3 is larger than the limit"):
+        read_raster(path)
+
+
+def test_one_limit_for_every_reader(tmp_path, monkeypatch):
+    """Each format is refused above ``max_pixels`` and read at exactly ``max_pixels``."""
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    Image.fromarray(rgb).save(tmp_path / "a.jpg")
+    Image.fromarray(rgb).save(tmp_path / "a.webp", lossless=True)
+    Image.fromarray(rgb).save(tmp_path / "a.bmp")
+    tifffile.imwrite(tmp_path / "a.tif", rgb)
+    png.Writer(16, 12, greyscale=False, bitdepth=16).write(
+        open(tmp_path / "b.png", "wb"), (rgb.astype(np.uint16) * 257).reshape(12, 48)
+    )
+    np.save(tmp_path / "a.npy", rgb.transpose(2, 0, 1).astype(np.float32))
+    for name in ("a.png", "a.jpg", "a.webp", "a.bmp", "a.tif", "b.png", "a.npy"):
+        assert read_raster(tmp_path / name, max_pixels=12 * 16).shape == (12, 16)
+        with pytest.raises(ValueError, match=f"{name}: image of 12x16.*larger than the limit"):
+            read_raster(tmp_path / name, max_pixels=12 * 16 - 1)
+    with pytest.raises(TypeError, match="max_pixels must be an integer"):
+        read_raster(tmp_path / "a.png", max_pixels=192.0)
+    with pytest.raises(ValueError, match="max_pixels must be >= 1"):
+        read_raster(tmp_path / "a.png", max_pixels=0)
+    # The module-wide default is the same limit.
+    monkeypatch.setattr(mio, "MAX_PIXELS", 100)
+    with pytest.raises(ValueError, match="limit of 100 pixels"):
+        read_raster(tmp_path / "a.jpg")
+
+
+def test_temporary_names_fit_and_keep_whole_characters():
+    name = mio._temporary_name(Path("é" * 127 + ".tiff"), "0123abcd", 255)
+    raw = os.fsencode(name)
+    assert len(raw) <= 255 and raw.decode("utf-8").endswith(".0123abcd.tiff")
+    assert is_temporary_name(name)
+
+
+def _apng16(path: Path) -> None:
+    """A 16-bit PNG made animated by an ``acTL`` chunk (the pypng path ignores it)."""
+    png.Writer(4, 3, greyscale=True, bitdepth=16).write(
+        open(path, "wb"), np.zeros((3, 4), np.uint16)
+    )
+    raw = path.read_bytes()
+    ihdr_end = 8 + 8 + 13 + 4
+    actl = png_chunk(b"acTL", struct.pack(">II", 2, 0))
+    path.write_bytes(raw[:ihdr_end] + actl + raw[ihdr_end:])
+
+
+def test_multi_page_and_animated_files_refused(tmp_path):
+    frames = [Image.new("RGB", (16, 12), c) for c in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    _apng16(tmp_path / "anim16.png")
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:  # separate pages, different sizes
+        tif.write(np.zeros((12, 16), np.uint8))
+        tif.write(np.zeros((6, 8), np.uint8))
+    cases = {
+        "anim.webp": "animated WebP with 3 frames",
+        "anim.png": "animated PNG with 3 frames",
+        "anim16.png": "animated PNG with 2 frames",
+        "pages.tif": "multi-page TIFF with 2 pages",
+    }
+    for name, fragment in cases.items():
+        with pytest.raises(ValueError, match=fragment):
+            read_raster(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
+)
+def test_integer_casts_saturate(tmp_path, dtype):
+    info = np.iinfo(dtype)
+    values = [4.0 * 2.0**64, -4.0 * 2.0**64, float(info.max), float(info.min), 0.0, 1.4, -0.6]
+    raster = Raster(data=np.array(values).reshape(1, 1, -1), kind="field", dtype=np.dtype(dtype))
+    write_raster(tmp_path / "a.npy", raster)
+    got = np.load(tmp_path / "a.npy")
+    expected = [info.max, info.min, info.max, info.min, 0, 1, -1 if info.min < 0 else 0]
+    assert got.dtype == dtype and got.ravel().tolist() == expected
+
+
+def test_int64_near_max_does_not_wrap(tmp_path):
+    top = np.iinfo(np.int64).max
+    np.save(tmp_path / "a.npy", np.full((2, 3), top - 10, dtype=np.int64))
+    raster = read_raster(tmp_path / "a.npy")
+    write_raster(tmp_path / "b.npy", raster)  # float64 2**63 on the way: must not wrap
+    assert (np.load(tmp_path / "b.npy") == top).all()
+
+
+def test_check_finite_result():
+    src = Raster(data=np.ones((1, 2, 2)), kind="field", dtype=np.dtype(np.float32))
+    bad = src.with_data(np.array([[[1.0, np.nan], [np.inf, 2.0]]]))
+    with pytest.raises(ValueError, match="2 NaN or infinite values of 4"):
+        check_finite_result(src, bad)
+    check_finite_result(src.with_data(np.full((1, 2, 2), np.nan)), bad)  # NaN in, NaN out
+    half = Raster(data=np.ones((1, 2, 2)), kind="field", dtype=np.dtype(np.float16))
+    with pytest.raises(ValueError, match="beyond the range of float16"):
+        check_finite_result(half, half.with_data(np.full((1, 2, 2), 7e4)))
+
+
+def test_nan_is_not_written_as_integer_samples(tmp_path):
+    nan = np.array([[[0.5, np.nan]]])
+    for kind, dtype, name in [("image", np.uint8, "a.png"), ("field", np.int16, "a.npy")]:
+        raster = Raster(data=nan, kind=kind, dtype=np.dtype(dtype))
+        with pytest.raises(ValueError, match=f"{name}: cannot store NaN"):
+            write_raster(tmp_path / name, raster)
+    assert list(tmp_path.iterdir()) == []

@@ -24,8 +24,14 @@ from metasr.tiling import plan_axis, tile_region, upscale
 # Receptive-field radius in LR pixels: EDSR 2 blocks = 6 convs, RDN D=C=2 = 7, both plus the
 # head's 3x3; SwinIR: convs plus a plain and a shifted window of 4 (wrapping at a tile's edge).
 NETS = {
-    "edsr": (lambda br: MetaEDSR(n_resblocks=2, n_feats=8, hidden=16, bicubic_residual=br), 8),
-    "rdn": (lambda br: MetaRDN(G0=8, D=2, C=2, G=4, hidden=16, bicubic_residual=br), 9),
+    "edsr": (
+        lambda br: MetaEDSR(n_resblocks=2, n_feats=8, upsample={"hidden": 16}, bicubic_residual=br),
+        8,
+    ),
+    "rdn": (
+        lambda br: MetaRDN(G0=8, D=2, C=2, G=4, upsample={"hidden": 16}, bicubic_residual=br),
+        9,
+    ),
     "swinir": (
         lambda br: MetaSwinIR(
             img_size=16,
@@ -33,7 +39,7 @@ NETS = {
             depths=(2,),
             num_heads=(2,),
             window_size=4,
-            hidden=16,
+            upsample={"hidden": 16},
             bicubic_residual=br,
         ),
         16,
@@ -112,7 +118,7 @@ def test_swinir_tiles_align_to_the_effective_window(img_size, window_size, effec
         depths=(2,),
         num_heads=(2,),
         window_size=window_size,
-        hidden=16,
+        upsample={"hidden": 16},
     )
     model = model.double().eval()
     assert model.tile_alignment == model.effective_window_size == effective
@@ -130,8 +136,8 @@ def test_swinir_tiles_align_to_the_effective_window(img_size, window_size, effec
 
 
 def test_conv_nets_need_no_alignment():
-    assert MetaEDSR(n_resblocks=1, n_feats=8, hidden=16).tile_alignment == 1
-    assert MetaRDN(G0=8, D=1, C=1, G=4, hidden=16).tile_alignment == 1
+    assert MetaEDSR(n_resblocks=1, n_feats=8, upsample={"hidden": 16}).tile_alignment == 1
+    assert MetaRDN(G0=8, D=1, C=1, G=4, upsample={"hidden": 16}).tile_alignment == 1
 
 
 def test_bicubic_residual_sets_the_minimum_overlap():
@@ -245,7 +251,7 @@ def test_region_bicubic_needs_its_taps():
 def test_meta_upscale_region_is_a_block_of_the_whole_output():
     """With one LR pixel of margin (the 3x3 window) a region reproduces the whole op exactly."""
     torch.manual_seed(0)
-    up = MetaUpsample(4, 2, hidden=16).double()
+    up = MetaUpsample(4, 2, upsample={"hidden": 16}).double()
     f = torch.randn(2, 4, 15, 19, dtype=torch.float64)
     for request_ in ({"scale": (2.3, 3.1)}, {"size": (50, 19)}):
         whole = up(f, **request_)
@@ -261,7 +267,7 @@ def test_meta_upscale_region_is_a_block_of_the_whole_output():
 
 def test_region_errors():
     torch.manual_seed(0)
-    up = MetaUpsample(4, 2, hidden=16)
+    up = MetaUpsample(4, 2, upsample={"hidden": 16})
     geom = build_geometry(15, 19, scale=2)
     rt, ct = plan_axis(geom.row_idx, 15, 5, 2)[1], plan_axis(geom.col_idx, 19, 5, 2)[1]
     region = tile_region(geom, rt, ct)

@@ -30,11 +30,15 @@ from metasr.tiling import plan_tiles, source_ordered_coords, tile_region, upscal
 # Receptive field in LR rows of each tiny network (convs; SwinIR: plus two windows of 4).
 NETS = {
     "meta_edsr": (
-        lambda **kw: MetaEDSR(1, 1, n_resblocks=2, n_feats=8, img_range=1.0, hidden=16, **kw),
+        lambda **kw: MetaEDSR(
+            1, 1, n_resblocks=2, n_feats=8, img_range=1.0, upsample={"hidden": 16}, **kw
+        ),
         8,
     ),
     "meta_rdn": (
-        lambda **kw: MetaRDN(1, 1, G0=8, D=2, C=2, G=4, img_range=1.0, hidden=16, **kw),
+        lambda **kw: MetaRDN(
+            1, 1, G0=8, D=2, C=2, G=4, img_range=1.0, upsample={"hidden": 16}, **kw
+        ),
         9,
     ),
     "meta_swinir": (
@@ -46,7 +50,7 @@ NETS = {
             num_heads=(2,),
             window_size=4,
             num_feat=8,
-            hidden=16,
+            upsample={"hidden": 16},
             **kw,
         ),
         16,

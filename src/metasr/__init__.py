@@ -18,12 +18,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .geometry import CoordinateGrid, build_geometry, resolve_output_size
-    from .modules import MetaUpsample, Pos2Weight
-    from .ops.meta_upscale import meta_upscale
-    from .ops.meta_upscale._dispatch import BackendUnavailableError, backends
-    from .ops.meta_upscale.weights import meta_upscale_weights
     from .api import upscale
+    from .geometry import CoordinateGrid, UpscaleRequest, build_geometry, resolve_output_size
+    from .modules import HeadConfig, MetaUpsample, Pos2Weight
+    from .ops.meta_upscale import UpscalePlan, meta_upscale, plan
+    from .ops.meta_upscale.dispatch import BackendUnavailableError, backends
+    from .ops.meta_upscale.weights import meta_upscale_weights
 
 __version__ = "0.1.0"
 
@@ -31,13 +31,17 @@ __version__ = "0.1.0"
 # baselines import `metasr.cli` / `metasr.climate`, which must not pay for importing torch.
 _LAZY = {
     "CoordinateGrid": ".geometry",
+    "UpscaleRequest": ".geometry",
     "build_geometry": ".geometry",
     "resolve_output_size": ".geometry",
+    "HeadConfig": ".modules",
     "MetaUpsample": ".modules",
     "Pos2Weight": ".modules",
     "meta_upscale": ".ops.meta_upscale",
-    "BackendUnavailableError": ".ops.meta_upscale._dispatch",
-    "backends": ".ops.meta_upscale._dispatch",
+    "UpscalePlan": ".ops.meta_upscale",
+    "plan": ".ops.meta_upscale",
+    "BackendUnavailableError": ".ops.meta_upscale.dispatch",
+    "backends": ".ops.meta_upscale.dispatch",
     "meta_upscale_weights": ".ops.meta_upscale.weights",
     "create_model": ".archs",
     "list_models": ".archs",
@@ -47,8 +51,11 @@ _LAZY = {
 __all__ = [
     "BackendUnavailableError",
     "CoordinateGrid",
+    "HeadConfig",
     "MetaUpsample",
     "Pos2Weight",
+    "UpscalePlan",
+    "UpscaleRequest",
     "__version__",
     "backends",
     "build_geometry",
@@ -56,6 +63,7 @@ __all__ = [
     "list_models",
     "meta_upscale",
     "meta_upscale_weights",
+    "plan",
     "resolve_output_size",
     "upscale",
 ]

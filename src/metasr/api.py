@@ -87,6 +87,7 @@ def run_checked(
     progress: bool = False,
     tta: bool | int = False,
     check_finite: bool = True,
+    precision: str = "fp32",
 ) -> tuple[Raster, int]:
     """Upscale one raster as ``metasr upscale`` does: tile choice, memory check, model, check of
     the result.
@@ -100,6 +101,7 @@ def run_checked(
             run in tiles, so that the bar over the tiles has something to count.
         check_finite: refuse a result with NaN or infinite values
             (:func:`metasr.io.check_finite_result`).
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`metasr.precision`).
 
     Returns:
         The result and the tile size used (0: whole).
@@ -139,6 +141,7 @@ def run_checked(
         normalize=normalize,
         progress=progress,
         tta=tta,
+        precision=precision,
     )
     if check_finite:
         check_finite_result(raster, result)
@@ -188,7 +191,7 @@ def _from_array(a: np.ndarray, what: str) -> tuple[Raster, bool]:
 
 def _to_array(r: Raster, flat: bool) -> np.ndarray:
     """The inverse of :func:`_from_array`."""
-    from .io import _field_values, _quantise
+    from .io import _quantise
 
     if r.kind == "image":
         out = _quantise(r.data, r.dtype)
@@ -318,9 +321,7 @@ def _upscale_tensor(x: torch.Tensor, run: Any) -> torch.Tensor:
     for item in batch:
         a = item.detach().cpu().numpy()
         if x.dtype == torch.uint8:
-            raster = Raster(
-                data=a.astype(np.float32) / 255, kind="image", dtype=np.dtype(np.uint8)
-            )
+            raster = Raster(data=a.astype(np.float32) / 255, kind="image", dtype=np.dtype(np.uint8))
             r = run(raster)
             from .io import _quantise
 

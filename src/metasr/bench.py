@@ -39,6 +39,9 @@ class BenchConfig:
             the last one linear, so the torch backend runs it features-first with its body per
             strip) or ``"deep"`` (:func:`deep_predictor`: three linear layers and a non-linear
             last layer, ``hidden`` wide, so only the weights-first paths apply).
+        model: a bundled model's name (``"default"``): time the whole network on an RGB
+            ``x_shape`` input instead of the op (``fwd``: inference; ``fwdbwd``: a training
+            step's forward and backward); backends are set on its heads.
     """
 
     x_shape: tuple[int, int, int, int]
@@ -49,6 +52,7 @@ class BenchConfig:
     kernel_size: int = 3
     hidden: int = 256
     predictor: str = "pos2weight"
+    model: str | None = None
 
 
 CONFIGS: dict[str, BenchConfig] = {
@@ -88,6 +92,42 @@ CONFIGS: dict[str, BenchConfig] = {
         predictor="gelu3",
     ),
 }
+
+# Many-phase scales (issue 27): 2.3 and 3.7 have 23 and 37 distinct offsets per axis, 2.37×3.13
+# and 1.13×3.91 hundreds; ×4 beside them for the cost per output pixel.
+for _s, _call in (
+    ("x4", {"scale": 4}),
+    ("x2.3", {"scale": 2.3}),
+    ("x3.7", {"scale": 3.7}),
+    ("2.37x3.13", {"scale": (2.37, 3.13)}),
+    ("1.13x3.91", {"scale": (1.13, 3.91)}),
+):
+    CONFIGS[f"phases-{_s}"] = BenchConfig(
+        (1, 64, 128, 128), _call, 3, ("fwd", "fwdbwd"), f"1x64x128² → 3 channels, {_s}"
+    )
+for _s, _call in (
+    ("x4", {"scale": 4}),
+    ("x3.7", {"scale": 3.7}),
+    ("2.37x3.13", {"scale": (2.37, 3.13)}),
+):
+    CONFIGS[f"batch16-{_s}"] = BenchConfig(
+        (16, 64, 48, 48), _call, 3, ("fwd", "fwdbwd"), f"training batch 16x64x48², {_s}"
+    )
+for _s, _call in (
+    ("x2", {"scale": 2}),
+    ("x4", {"scale": 4}),
+    ("x2.3", {"scale": 2.3}),
+    ("x3.7", {"scale": 3.7}),
+    ("2.37x3.13", {"scale": (2.37, 3.13)}),
+):
+    CONFIGS[f"model-default-{_s}"] = BenchConfig(
+        (1, 3, 200, 200),
+        _call,
+        3,
+        ("fwd", "fwdbwd"),
+        f"the bundled photo model on a 200² RGB input, {_s}",
+        model="default",
+    )
 
 #: Benchmark-only variants for any predictor (:mod:`metasr.ops.meta_upscale.weights`):
 #: ``weights_first`` predicts, contracts and frees the weights block by block;
@@ -138,7 +178,11 @@ class _ModuleParams:
 
 
 #: Benchmark-only variants of the torch backend with its evaluation order forced.
-TORCH_ORDERS = {"torch:features_first": "features_first", "torch:per_phase": "per_phase"}
+TORCH_ORDERS = {
+    "torch:features_first": "features_first",
+    "torch:per_phase": "per_phase",
+    "torch:grouped": "grouped",
+}
 
 #: Prefix of a benchmark-only variant that runs a backend through ``torch.compile`` (the
 #: ``metasr::meta_upscale`` custom op): ``compiled:torch`` next to ``torch`` gives compiled vs
@@ -233,6 +277,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         return asdict(res)
     x = torch.randn(cfg.x_shape, device=device, dtype=dtype)
     train = mode == "fwdbwd"
+    if cfg.model is not None:
+        return _model_worker(cfg, spec, res, x, train)
     x.requires_grad_(train)
     phi.requires_grad_(train)
     geom = build_geometry(x.shape[2], x.shape[3], **cfg.call)
@@ -314,6 +360,49 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     res.median_ms = statistics.median(times) * 1e3
     res.runs = len(times)
     res.peak_mib = max(peak, 0) / 2**20
+    return asdict(res)
+
+
+def _model_worker(
+    cfg: BenchConfig, spec: dict[str, Any], res: Result, x: Any, train: bool
+) -> dict[str, Any]:
+    """Time the bundled network ``cfg.model`` on ``x`` (backend set on its heads)."""
+    import torch
+
+    from metasr.checkpoints import load_model, set_backend
+
+    backend = spec["backend"]
+    model = load_model(cfg.model, device=spec["device"], dtype=x.dtype).model
+    try:
+        set_backend(model, backend)
+    except ValueError as exc:
+        res.error = f"{backend}: {exc}"
+        return asdict(res)
+    model.train(train)
+    model.requires_grad_(train)
+
+    def step() -> None:
+        with torch.set_grad_enabled(train), torch.inference_mode(not train):
+            y = model(x, **cfg.call)
+            if train:
+                y.square().mean().backward()
+                model.zero_grad(set_to_none=True)
+
+    _reset_rss_peak()
+    base = _rss_peak_bytes()
+    step()  # warm-up
+    times = []
+    deadline = time.perf_counter() + spec["min_time_s"]
+    while len(times) < spec["max_runs"] and (
+        len(times) < spec["min_runs"] or time.perf_counter() < deadline
+    ):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    res.ok = True
+    res.median_ms = statistics.median(times) * 1e3
+    res.runs = len(times)
+    res.peak_mib = max(_rss_peak_bytes() - base, 0) / 2**20
     return asdict(res)
 
 

@@ -51,6 +51,7 @@ from torch import nn
 
 from ._state_dict import clean_state_dict, describe_mismatch, is_state_dict, non_finite_tensors
 from .field_stats import STATS_KEY, FieldStats, stats_from_metadata
+from .modules import fold_head_options
 from .validation import ArgumentTypeError, check_str
 from .weights import BUNDLED
 
@@ -85,8 +86,9 @@ BUNDLED_MODELS = tuple(BUNDLED)
 #: BasicSR checkpoint entry (written by ``MetaSRModel``) holding the ``network_g`` options.
 NETWORK_KEY = "metasr_network"
 
-#: Keys that only the official Meta-SR RDN state dict has together.
-_OFFICIAL_KEYS = ("SFENet1.weight", "P2W.meta_block.0.weight")
+#: Keys that only the official Meta-SR RDN state dict has together (its head's predictor named
+#: ``P2W`` as published, or ``upsample.phi`` as metasr's MetaRDN names it).
+_OFFICIAL_KEYS = ("SFENet1.weight", ("P2W.meta_block.0.weight", "upsample.phi.meta_block.0.weight"))
 
 #: How :func:`load_model` obtained the model.
 ModelFormat = Literal["metasr", "basicsr", "official", "registry", "onnx"]
@@ -153,6 +155,7 @@ def build_network(opt: Mapping[str, Any]) -> nn.Module:
 
     cls = getattr(archs, name, None) if name in ARCH_NAMES else None
     if isinstance(cls, type) and issubclass(cls, nn.Module):
+        kwargs = fold_head_options(kwargs)  # BasicSR files spell the head's options flat
         return build_bounded(lambda: cls(**kwargs), name)
     if name in archs.list_models():
         return archs.create_model(name, **kwargs)
@@ -200,7 +203,7 @@ def set_backend(model: nn.Module, backend: str) -> None:
         TypeError: ``backend`` is not a string.
         ValueError: ``backend`` is neither ``"auto"`` nor a known backend name.
     """
-    from .ops.meta_upscale._dispatch import backends
+    from .ops.meta_upscale.dispatch import backends
 
     known = list(backends())
     check_str("backend", backend)
@@ -271,6 +274,9 @@ def _finish(
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    from .archs.base import upgrade_state_dict
+
+    state = upgrade_state_dict(state)  # official P2W.* names: the head's, as the model's hook
     # Compared first, so that the weights of another architecture (hundreds of names) give
     # one line with counts and a few names, not PyTorch's list of every key.
     mismatch = describe_mismatch(model.state_dict(), state)
@@ -528,7 +534,8 @@ def _from_torch_object(
         state, _ = clean_state_dict(obj)
     except ValueError:
         state = None
-    if state is not None and all(k in state for k in _OFFICIAL_KEYS):
+    first, heads = _OFFICIAL_KEYS
+    if state is not None and first in state and any(k in state for k in heads):
         from .archs import load_official_metardn
 
         try:

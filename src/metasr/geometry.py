@@ -5,6 +5,14 @@ per-column quantities are computed separately because the position encoding is s
 ``pos(i, j) = row_pos[i] + col_pos[j] + const_pos``. Backends rely on that to evaluate the
 first MLP layer as ``A[i] + Bc[j] + c`` instead of on ``H·W`` positions.
 
+An :class:`UpscaleRequest` is one call's request as a value: exactly one of ``scale``,
+``size`` or ``coords``, with the ``region``, ``arithmetic`` and ``periodic_lon`` that go with
+it. It is checked once when made, hashable, and gives everything derived from it: the output
+size (:meth:`UpscaleRequest.out_shape`), the geometry (:meth:`UpscaleRequest.geometry`), a flat
+form for the custom op (:meth:`UpscaleRequest.to_flat`), the transposed request of a
+test-time transform (:meth:`UpscaleRequest.transposed`) and a tile's request
+(:meth:`UpscaleRequest.with_region`).
+
 A :class:`Region` asks for one part of a whole image's grid (tiled inference): the geometry is
 the whole image's, cut to the region's outputs, with LR indices in the frame of the LR window
 the call receives (:meth:`Geometry.cut`).
@@ -20,11 +28,13 @@ Limits: an output may have at most :data:`MAX_OUTPUT_PIXELS` pixels (``H·W``; t
 variable ``METASR_MAX_OUTPUT_PIXELS`` overrides it) and at most :data:`MAX_OUTPUT_SIDE` rows or
 columns. :func:`resolve_output_size` refuses larger requests before any per-row or per-column
 array is built; whether an allowed output fits in memory is the dispatcher's estimate
-(:mod:`metasr.ops.meta_upscale._dispatch`).
+(:mod:`metasr.ops.meta_upscale.dispatch`).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import numbers
 import os
@@ -42,10 +52,15 @@ __all__ = [
     "Geometry",
     "Region",
     "ScaleLike",
+    "UpscaleRequest",
     "axis_map",
     "build_geometry",
     "build_geometry_from_coords",
+    "check_arithmetic",
+    "check_periodic_lon",
+    "check_pos_encoding",
     "coordinate_axis_map",
+    "fractional_index",
     "max_output_pixels",
     "parse_scale",
     "resolve_output_size",
@@ -67,6 +82,32 @@ MAX_OUTPUT_SIDE = 1 << 22
 
 Arithmetic = Literal["exact", "official"]
 ScaleLike = float | int | tuple[float, float] | list[float]
+
+#: The grid arithmetics (:func:`axis_map`).
+ARITHMETICS: tuple[str, ...] = ("exact", "official")
+
+
+def check_arithmetic(arithmetic: object) -> str:
+    """``arithmetic`` if it is ``"exact"`` or ``"official"``, else a ``ValueError``."""
+    if not isinstance(arithmetic, str) or arithmetic not in ARITHMETICS:
+        raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
+    return arithmetic
+
+
+def check_periodic_lon(periodic_lon: object) -> bool:
+    """``periodic_lon`` (a Python or NumPy bool) as a ``bool``, else a ``ValueError``."""
+    if not isinstance(periodic_lon, (bool, np.bool_)):
+        raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
+    return bool(periodic_lon)
+
+
+def check_pos_encoding(pos_encoding: object) -> str:
+    """``pos_encoding`` if it is one of :data:`POS_ENCODINGS`, else a ``ValueError``."""
+    if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
+        raise ValueError(
+            f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
+        )
+    return pos_encoding
 
 
 def _check_ratio(value: object, what: str) -> float:
@@ -210,11 +251,9 @@ def axis_map(n_out: int, n_in: int, r: float, arithmetic: Arithmetic = "exact"):
     if arithmetic == "exact":
         t = i / r
         idx = np.minimum(np.floor(t + EPS), n_in - 1)
-    elif arithmetic == "official":
+    elif check_arithmetic(arithmetic) == "official":
         t = (i.astype(np.float32) * np.float32(1.0 / r)).astype(np.float64)
         idx = np.minimum(np.floor(t), n_in - 1)
-    else:
-        raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
     off = np.clip(t - idx, 0.0, 1.0)
     return idx.astype(np.int64), off
 
@@ -409,7 +448,7 @@ def _coordinate_array(
         if not (np.all(np.diff(ups) > 0) or np.all(np.diff(downs) > 0)):
             raise ValueError(
                 f"{name} must go round the circle once in one direction, less than {period:g} "
-                "degrees in all (no repeated column); pass wrap_lon=False for a regional grid"
+                "degrees in all (no repeated column); pass periodic_lon=False for a regional grid"
             )
         return a
     d = np.diff(a)
@@ -431,24 +470,23 @@ class CoordinateGrid:
 
     Attributes:
         src_lat, src_lon, dst_lat, dst_lon: the coordinates.
-        wrap_lon: longitudes are periodic (a global grid; default): a target longitude is placed
-            modulo 360 and one past the last source column lies between it and the first. Use
-            with ``periodic_lon=True`` so the LR window wraps the same way. ``False`` treats
-            longitude like latitude (a regional grid).
+        periodic_lon: longitudes are periodic (a global grid; default): a target longitude is
+            placed modulo 360 and one past the last source column lies between it and the
+            first. ``False`` treats longitude like latitude (a regional grid). A request whose
+            LR window wraps (``UpscaleRequest.periodic_lon``) needs a periodic grid; a network
+            that does not wrap may still place its output on one.
     """
 
     src_lat: tuple[float, ...]
     src_lon: tuple[float, ...]
     dst_lat: tuple[float, ...]
     dst_lon: tuple[float, ...]
-    wrap_lon: bool = True
+    periodic_lon: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.wrap_lon, (bool, np.bool_)):
-            raise ValueError(f"wrap_lon must be a bool, got {self.wrap_lon!r}")
-        object.__setattr__(self, "wrap_lon", bool(self.wrap_lon))
+        object.__setattr__(self, "periodic_lon", check_periodic_lon(self.periodic_lon))
         for name in ("src_lat", "src_lon", "dst_lat", "dst_lon"):
-            period = 360.0 if self.wrap_lon and name.endswith("lon") else None
+            period = 360.0 if self.periodic_lon and name.endswith("lon") else None
             min_len = 2 if name.startswith("src") else 1
             a = _coordinate_array(name, getattr(self, name), min_len, period)
             object.__setattr__(self, name, tuple(a.tolist()))
@@ -471,24 +509,58 @@ class CoordinateGrid:
         return len(self.dst_lat), len(self.dst_lon)
 
 
+def fractional_index(src: np.ndarray, dst: np.ndarray, period: float | None = None) -> np.ndarray:
+    """Fractional source index ``t`` of every target coordinate along one axis.
+
+    ``t`` interpolates the index ``0..n_in-1`` linearly against the source coordinates; beyond
+    the first or last source coordinate it is extrapolated with the end interval. With a
+    ``period`` (longitude, 360), coordinates are taken relative to ``src[0]`` modulo the period,
+    in the source's direction, and the source is extended by its first coordinate one period
+    on, so ``t ∈ [0, n_in)`` (``n_in`` is column 0 again).
+
+    Args:
+        src: ``(n_in,)`` strictly monotonic source coordinates (``n_in ≥ 2``; with a period,
+            once round the circle).
+        dst: ``(n_out,)`` target coordinates.
+        period: ``None`` or the period of the axis.
+
+    Returns:
+        ``(n_out,)`` float64.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    n_in = len(src)
+    index = np.arange(n_in, dtype=np.float64)
+    if period is not None:
+        # Distances from the first source coordinate along the source's direction, in [0, P).
+        sign = 1.0 if np.all(np.diff(np.mod(src - src[0], period)) > 0) else -1.0
+        rel_src = np.mod(sign * (src - src[0]), period)  # strictly increasing (validated)
+        x = np.mod(sign * (dst - src[0]), period)
+        return np.interp(x, np.r_[rel_src, period], np.r_[index, n_in])
+    sign = 1.0 if src[-1] > src[0] else -1.0
+    xs, x = sign * src, sign * dst  # ascending in xs
+    t = np.interp(x, xs, index)
+    lo, hi = x < xs[0], x > xs[-1]
+    t[lo] = (x[lo] - xs[0]) / (xs[1] - xs[0])
+    t[hi] = n_in - 1 + (x[hi] - xs[-1]) / (xs[-1] - xs[-2])
+    return t
+
+
 def coordinate_axis_map(
     src: np.ndarray, dst: np.ndarray, period: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """LR index and offset of every target row (or column) from coordinates.
 
-    Definition: ``t`` is the fractional source index of the target coordinate, by linear
-    interpolation of the index ``0..n_in-1`` against the source coordinates (beyond the first or
-    last source coordinate, extrapolated with the end interval); then, as :func:`axis_map`,
-    ``i' = clamp(floor(t + 1e-6), 0, n_in - 1)`` and ``Δ = clamp(t - i', 0, 1)``. So ``i' + Δ``
-    mapped back through the source coordinates is the target coordinate (inside the source's
-    range). When the target is the source's first coordinate plus multiples of
-    ``spacing · n_in / n_out`` (index-ratio compatible grids), ``t = i · n_in / n_out`` and the
-    result is :func:`axis_map`'s.
+    Definition: ``t`` is the fractional source index of the target coordinate
+    (:func:`fractional_index`); then, as :func:`axis_map`, ``i' = clamp(floor(t + 1e-6), 0,
+    n_in - 1)`` and ``Δ = clamp(t - i', 0, 1)``. So ``i' + Δ`` mapped back through the source
+    coordinates is the target coordinate (inside the source's range). When the target is the
+    source's first coordinate plus multiples of ``spacing · n_in / n_out`` (index-ratio
+    compatible grids), ``t = i · n_in / n_out`` and the result is :func:`axis_map`'s.
 
-    With a ``period`` (longitude, 360), coordinates are taken relative to ``src[0]`` modulo the
-    period, in the source's direction, and the source is extended by its first coordinate one
-    period on: a target past the last source column gets ``i' = n_in - 1`` and ``Δ ∈ [0, 1]``
-    towards the wrapped first column (the window wraps the same way with ``periodic_lon``).
+    With a ``period`` a target past the last source column gets ``i' = n_in - 1`` and
+    ``Δ ∈ [0, 1]`` towards the wrapped first column (the window wraps the same way with
+    ``periodic_lon``).
 
     Args:
         src: ``(n_in,)`` strictly monotonic source coordinates (``n_in ≥ 2``).
@@ -499,27 +571,8 @@ def coordinate_axis_map(
         ``(idx, off)``: int64 ``(n_out,)`` and float64 ``(n_out,)``, in the target's order (not
         necessarily non-decreasing: see :func:`build_geometry_from_coords`).
     """
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    n_in = len(src)
-    sign = 1.0 if src[-1] > src[0] else -1.0
-    index = np.arange(n_in, dtype=np.float64)
-    if period is not None:
-        # Distances from the first source coordinate along the source's direction, in [0, P).
-        sign = 1.0 if np.all(np.diff(np.mod(src - src[0], period)) > 0) else -1.0
-        rel_src = np.mod(sign * (src - src[0]), period)  # strictly increasing (validated)
-        xs = np.r_[rel_src, period]
-        ts = np.r_[index, n_in]
-        x = np.mod(sign * (dst - src[0]), period)
-        t = np.interp(x, xs, ts)
-    else:
-        xs, ts = sign * src, index  # ascending in xs
-        x = sign * dst
-        t = np.interp(x, xs, ts)
-        lo, hi = x < xs[0], x > xs[-1]
-        t[lo] = (x[lo] - xs[0]) / (xs[1] - xs[0])
-        t[hi] = n_in - 1 + (x[hi] - xs[-1]) / (xs[-1] - xs[-2])
-    idx = np.clip(np.floor(t + EPS), 0, n_in - 1)
+    t = fractional_index(src, dst, period)
+    idx = np.clip(np.floor(t + EPS), 0, len(src) - 1)
     off = np.clip(t - idx, 0.0, 1.0)
     return idx.astype(np.int64), off
 
@@ -540,17 +593,10 @@ def _sorted_axis(idx: np.ndarray, off: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return idx[perm], off[perm], order.astype(np.int64)
 
 
-def _region_image_size(region: object) -> tuple[int, int]:
-    if not isinstance(region, Region):
-        raise ValueError(f"region must be a metasr.geometry.Region, got {region!r}")
-    return region.image_size
-
-
 def _cut_checked(whole: Geometry, region: Region, h: int, w: int, periodic_lon: bool) -> Geometry:
     """``whole.cut(region)`` for a call that receives an ``h×w`` feature map, with the checks
     every request shares (the region's window is the feature map; a periodic wrap needs the
     whole width)."""
-    _region_image_size(region)
     if (h, w) != region.in_shape:
         raise ValueError(
             f"the feature map is {h}x{w} but the region's input window is "
@@ -566,15 +612,278 @@ def _cut_checked(whole: Geometry, region: Region, h: int, w: int, periodic_lon: 
     return whole.cut(region)
 
 
+def _transposed_region(region: Region) -> Region:
+    """``region`` of the transposed image: rows and columns swapped."""
+    return Region(
+        image_size=region.image_size[::-1],
+        output_size=region.output_size[::-1],
+        in_rows=region.in_cols,
+        in_cols=region.in_rows,
+        out_rows=region.out_cols,
+        out_cols=region.out_rows,
+    )
+
+
+#: Codes of the flat form (:meth:`UpscaleRequest.to_flat`).
+_KINDS = ("scale", "size", "coords")
+_REGION_FIELDS = 12
+
+
+@dataclass(frozen=True)
+class UpscaleRequest:
+    """What one Meta-Upscale call is asked for, as a checked, frozen, hashable value.
+
+    Exactly one of ``scale``, ``size`` or ``coords`` says where the output rows and columns
+    lie; ``region`` asks for one part of that output (tiled inference), ``arithmetic`` for the
+    official code's float32 grid, ``periodic_lon`` for an LR window that wraps along the width
+    (global longitude grids). Every check of a request lives here and runs when it is made; the
+    checks that need the input size (``size ≥ input``, the pixel cap, a region fitting the
+    feature map) run in :meth:`geometry`.
+
+    Attributes:
+        scale: ``(r_v, r_h)``, each finite and ≥ 1 (a number is taken for both axes).
+        size: ``(H, W)`` of the output.
+        coords: place the output by latitude/longitude (:class:`CoordinateGrid`).
+        region: compute only this part of the whole output; the request is the whole image's.
+        arithmetic: ``"exact"`` (default) or ``"official"`` (:func:`axis_map`; not with
+            ``coords``).
+        periodic_lon: the LR window wraps along the width; with ``coords``, their longitudes
+            must be periodic too; with ``region``, the region must span the whole width.
+
+    Raises:
+        ValueError: for a request that is not exactly one of scale/size/coords, or a bad value.
+
+    Example:
+        >>> UpscaleRequest(scale=2.5).out_shape(10, 10)
+        (25, 25)
+    """
+
+    scale: tuple[float, float] | None = None
+    size: tuple[int, int] | None = None
+    coords: CoordinateGrid | None = None
+    region: Region | None = None
+    arithmetic: Arithmetic = "exact"
+    periodic_lon: bool = False
+
+    def __post_init__(self) -> None:
+        if self.coords is not None:
+            if self.scale is not None or self.size is not None:
+                raise ValueError("give either coords=... or scale=/size=, not both")
+            if not isinstance(self.coords, CoordinateGrid):
+                raise ValueError(
+                    f"coords must be a metasr.geometry.CoordinateGrid, got {self.coords!r}"
+                )
+        elif (self.scale is None) == (self.size is None):
+            raise ValueError("give exactly one of scale=... or size=(H, W)")
+        if self.scale is not None:
+            object.__setattr__(self, "scale", parse_scale(self.scale))
+        if self.size is not None:
+            H, W = _as_size_pair(self.size)
+            for name, v in (("H", H), ("W", W)):
+                # A torch.SymInt is a size torch.compile keeps symbolic: left as it is.
+                if isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.SymInt)):
+                    raise ValueError(f"size {name} must be an integer, got {v!r}")
+            size = tuple(v if isinstance(v, torch.SymInt) else int(v) for v in (H, W))
+            object.__setattr__(self, "size", size)
+        if self.region is not None and not isinstance(self.region, Region):
+            raise ValueError(f"region must be a metasr.geometry.Region, got {self.region!r}")
+        check_arithmetic(self.arithmetic)
+        if self.coords is not None and self.arithmetic != "exact":
+            raise ValueError("arithmetic='official' applies to scale=/size= requests, not coords")
+        object.__setattr__(self, "periodic_lon", check_periodic_lon(self.periodic_lon))
+        if self.periodic_lon and self.coords is not None and not self.coords.periodic_lon:
+            raise ValueError(
+                "periodic_lon=True wraps the LR window around the longitude circle, but coords "
+                "has periodic_lon=False (a regional grid): make both periodic or neither"
+            )
+
+    @property
+    def kind(self) -> str:
+        """``"scale"``, ``"size"`` or ``"coords"``: how the output is placed."""
+        return "coords" if self.coords is not None else "size" if self.size else "scale"
+
+    def whole(self) -> UpscaleRequest:
+        """The whole image's request (this one without its region)."""
+        return self if self.region is None else replace(self, region=None)
+
+    def with_region(self, region: Region | None) -> UpscaleRequest:
+        """This request for one part of the output (``None``: the whole output)."""
+        return replace(self, region=region)
+
+    def transposed(self) -> UpscaleRequest:
+        """The request for the transposed input (a test-time dihedral transform): scales
+        ``(r_v, r_h)`` → ``(r_h, r_v)``, size ``(H, W)`` → ``(W, H)``, region rows ↔ columns.
+
+        Raises:
+            ValueError: for ``coords`` or ``periodic_lon`` (latitude and longitude cannot swap).
+        """
+        if self.coords is not None or self.periodic_lon:
+            raise ValueError(
+                "a request by coordinates or periodic in longitude cannot be transposed "
+                "(latitude and longitude do not swap)"
+            )
+        return replace(
+            self,
+            scale=None if self.scale is None else self.scale[::-1],
+            size=None if self.size is None else self.size[::-1],
+            region=None if self.region is None else _transposed_region(self.region),
+        )
+
+    def out_shape(self, h: int, w: int) -> tuple[int, int]:
+        """``(H, W)`` of the call's output for an ``h×w`` input (``region.out_shape`` with a
+        region), in plain Python arithmetic: traceable, symbolic sizes allowed.
+
+        The checks that need the index maps run in :meth:`geometry`.
+        """
+        if self.region is not None:
+            return self.region.out_shape
+        if self.coords is not None:
+            return self.coords.out_shape
+        if self.size is not None:
+            return self.size
+        r_v, r_h = self.scale
+        if self.arithmetic == "official":
+            # The published code sizes the output as int(h * r) with no guard.
+            return int(h * r_v), int(w * r_h)
+        # resolve_output_size's formula, floor(h·r + 1e-6), for h, w ≥ 1.
+        return int(h * r_v + EPS), int(w * r_h + EPS)
+
+    def geometry(self, h: int, w: int, pos_encoding: str = "asymmetric") -> Geometry:
+        """The :class:`Geometry` of a call that receives an ``h×w`` feature map.
+
+        The whole image's geometry is memoised (:data:`GEOMETRY_CACHE_SIZE` of them, keyed by
+        the request without its region, the image size and the encoding), so the tiles of one
+        request cut one geometry; its arrays are shared and only read.
+
+        Args:
+            h, w: the feature map's size (``region.in_shape`` with a region).
+            pos_encoding: ``"asymmetric"`` or ``"official"`` (``phi.pos_encoding``).
+
+        Raises:
+            ValueError: for a size smaller than the input, an output over the pixel cap, an
+                asymmetric request with ``"official"``, or an input or region that does not
+                fit the request.
+        """
+        check_pos_encoding(pos_encoding)
+        if self.region is None:
+            if self.coords is not None and (h, w) != self.coords.in_shape:
+                raise ValueError(
+                    f"the feature map is {h}x{w} but the source grid of coords is "
+                    f"{self.coords.in_shape[0]}x{self.coords.in_shape[1]} "
+                    "(len(src_lat) x len(src_lon))"
+                )
+            return _whole_geometry(self, int(h), int(w), pos_encoding)
+        ih, iw = self.coords.in_shape if self.coords is not None else self.region.image_size
+        whole = _whole_geometry(self.whole(), ih, iw, pos_encoding)
+        return _cut_checked(whole, self.region, h, w, self.periodic_lon)
+
+    def to_flat(self) -> tuple[list[int], list[float]]:
+        """The request as a list of integers and a list of floats (a custom op's arguments are
+        tensors and scalars); :meth:`from_flat` reads it back exactly.
+
+        Integers stay integers, so a ``size`` that ``torch.compile`` made symbolic stays so (one
+        graph for many sizes). Layout: ints ``[kind, arithmetic, periodic_lon, has_region,
+        *region (12 if present), *size or (h, w, H, W, coords.periodic_lon)]``; floats
+        ``[r_v, r_h]`` or ``[*src_lat, *src_lon, *dst_lat, *dst_lon]``.
+        """
+        ints = [
+            _KINDS.index(self.kind),
+            ARITHMETICS.index(self.arithmetic),
+            int(self.periodic_lon),
+            int(self.region is not None),
+        ]
+        floats: list[float] = []
+        if self.region is not None:
+            r = self.region
+            ints += [
+                *r.image_size, *r.output_size, *r.in_rows, *r.in_cols, *r.out_rows, *r.out_cols
+            ]  # fmt: skip
+        if self.coords is not None:
+            c = self.coords
+            ints += [*c.in_shape, *c.out_shape, int(c.periodic_lon)]
+            floats += [*c.src_lat, *c.src_lon, *c.dst_lat, *c.dst_lon]
+        elif self.size is not None:
+            ints += list(self.size)
+        else:
+            floats += list(self.scale)
+        return ints, floats
+
+    @classmethod
+    def from_flat(cls, ints: list[int], floats: list[float]) -> UpscaleRequest:
+        """The request :meth:`to_flat` wrote."""
+        kind, arithmetic = _KINDS[int(ints[0])], ARITHMETICS[int(ints[1])]
+        periodic_lon, has_region = bool(ints[2]), bool(ints[3])
+        rest = [int(v) for v in ints[4:]]
+        region = None
+        if has_region:
+            v = rest[:_REGION_FIELDS]
+            region = Region(*(tuple(v[i : i + 2]) for i in range(0, _REGION_FIELDS, 2)))
+            rest = rest[_REGION_FIELDS:]
+        args: dict[str, object] = {}
+        if kind == "coords":
+            h, w, H, W, periodic = rest[:5]
+            cuts = list(itertools.accumulate([0, h, w, H, W]))
+            parts = [tuple(floats[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+            args["coords"] = CoordinateGrid(*parts, periodic_lon=bool(periodic))
+        elif kind == "size":
+            args["size"] = (rest[0], rest[1])
+        else:
+            args["scale"] = (float(floats[0]), float(floats[1]))
+        return cls(**args, region=region, arithmetic=arithmetic, periodic_lon=periodic_lon)
+
+
+#: Whole-image geometries kept by :meth:`UpscaleRequest.geometry`.
+GEOMETRY_CACHE_SIZE = 64
+
+
+@functools.lru_cache(maxsize=GEOMETRY_CACHE_SIZE)
+def _whole_geometry(request: UpscaleRequest, h: int, w: int, pos_encoding: str) -> Geometry:
+    """The whole image's :class:`Geometry` of ``request`` (without a region) for ``h×w``."""
+    if request.coords is not None:
+        return _coords_geometry(request.coords, pos_encoding, request.periodic_lon)
+    H, W, r_v, r_h = resolve_output_size(h, w, scale=request.scale, size=request.size)
+    if request.arithmetic == "official" and request.size is None:
+        H, W = request.out_shape(h, w)
+        if H < h or W < w:
+            raise ValueError("official arithmetic produced an output smaller than the input")
+    row_idx, row_off = axis_map(H, h, r_v, request.arithmetic)
+    col_idx, col_off = axis_map(W, w, r_h, request.arithmetic)
+    return _assemble(
+        h, w, H, W, r_v, r_h, row_idx, row_off, col_idx, col_off, pos_encoding,
+        request.periodic_lon,
+    )  # fmt: skip
+
+
+def _coords_geometry(coords: CoordinateGrid, pos_encoding: str, periodic_lon: bool) -> Geometry:
+    """The whole :class:`Geometry` of a coordinate-placed upscaling (see
+    :func:`build_geometry_from_coords`)."""
+    h, w = coords.in_shape
+    H, W = coords.out_shape
+    _check_output_size(h, w, H, W)
+    row_idx, row_off = coordinate_axis_map(np.asarray(coords.src_lat), np.asarray(coords.dst_lat))
+    col_idx, col_off = coordinate_axis_map(
+        np.asarray(coords.src_lon),
+        np.asarray(coords.dst_lon),
+        period=360.0 if coords.periodic_lon else None,
+    )
+    row_idx, row_off, row_order = _sorted_axis(row_idx, row_off)
+    col_idx, col_off, col_order = _sorted_axis(col_idx, col_off)
+    geom = _assemble(
+        h, w, H, W, H / h, W / w, row_idx, row_off, col_idx, col_off, pos_encoding, periodic_lon
+    )
+    return replace(geom, row_order=row_order, col_order=col_order)
+
+
 def build_geometry_from_coords(
     coords: CoordinateGrid,
     pos_encoding: str = "asymmetric",
     periodic_lon: bool = False,
 ) -> Geometry:
-    """The :class:`Geometry` of a coordinate-placed upscaling.
+    """The :class:`Geometry` of a coordinate-placed upscaling:
+    ``UpscaleRequest(coords=coords, periodic_lon=periodic_lon).geometry(h, w, pos_encoding)``.
 
     Rows: :func:`coordinate_axis_map` of the latitudes; columns: of the longitudes, periodic
-    (360°) when ``coords.wrap_lon``. The scale factors of the position encoding are
+    (360°) when ``coords.periodic_lon``. The scale factors of the position encoding are
     ``r_v = H / h`` and ``r_h = W / w`` (the mean magnification per axis, as a ``size=`` request
     gives). Rows and columns are sorted so the LR maps are non-decreasing; when the target's
     order differs (it starts elsewhere on the circle, or runs the other way) the geometry
@@ -588,23 +897,8 @@ def build_geometry_from_coords(
     Raises:
         ValueError: for bad coordinates or encodings.
     """
-    if not isinstance(coords, CoordinateGrid):
-        raise ValueError(f"coords must be a metasr.geometry.CoordinateGrid, got {coords!r}")
-    h, w = coords.in_shape
-    H, W = coords.out_shape
-    _check_output_size(h, w, H, W)
-    row_idx, row_off = coordinate_axis_map(np.asarray(coords.src_lat), np.asarray(coords.dst_lat))
-    col_idx, col_off = coordinate_axis_map(
-        np.asarray(coords.src_lon),
-        np.asarray(coords.dst_lon),
-        period=360.0 if coords.wrap_lon else None,
-    )
-    row_idx, row_off, row_order = _sorted_axis(row_idx, row_off)
-    col_idx, col_off, col_order = _sorted_axis(col_idx, col_off)
-    geom = _assemble(
-        h, w, H, W, H / h, W / w, row_idx, row_off, col_idx, col_off, pos_encoding, periodic_lon
-    )
-    return replace(geom, row_order=row_order, col_order=col_order)
+    request = UpscaleRequest(coords=coords, periodic_lon=periodic_lon)
+    return request.geometry(*coords.in_shape, pos_encoding)
 
 
 def build_geometry(
@@ -618,7 +912,9 @@ def build_geometry(
     periodic_lon: bool = False,
     coords: CoordinateGrid | None = None,
 ) -> Geometry:
-    """Validate the request and compute the :class:`Geometry` of one call.
+    """Validate the request and compute the :class:`Geometry` of one call: the functional
+    form of ``UpscaleRequest(scale, size, coords, region, arithmetic,
+    periodic_lon).geometry(h, w, pos_encoding)``.
 
     Position encodings (``docs/design.md`` §1):
 
@@ -641,52 +937,8 @@ def build_geometry(
     Raises:
         ValueError: for a bad request, or a region that does not fit it or the feature map.
     """
-    if not isinstance(periodic_lon, (bool, np.bool_)):
-        raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
-    periodic_lon = bool(periodic_lon)
-    if coords is not None:
-        if scale is not None or size is not None:
-            raise ValueError("give either coords=... or scale=/size=, not both")
-        if arithmetic != "exact":
-            raise ValueError("arithmetic='official' applies to scale=/size= requests, not coords")
-        if not isinstance(coords, CoordinateGrid):
-            raise ValueError(f"coords must be a metasr.geometry.CoordinateGrid, got {coords!r}")
-        whole = build_geometry_from_coords(coords, pos_encoding, periodic_lon)
-        if region is not None:
-            return _cut_checked(whole, region, h, w, periodic_lon)
-        if (h, w) != coords.in_shape:
-            raise ValueError(
-                f"the feature map is {h}x{w} but the source grid of coords is "
-                f"{coords.in_shape[0]}x{coords.in_shape[1]} (len(src_lat) x len(src_lon))"
-            )
-        return whole
-    if region is not None:
-        whole = build_geometry(
-            *_region_image_size(region),
-            scale=scale,
-            size=size,
-            pos_encoding=pos_encoding,
-            arithmetic=arithmetic,
-            periodic_lon=periodic_lon,
-        )
-        return _cut_checked(whole, region, h, w, periodic_lon)
-    if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
-        raise ValueError(
-            f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
-        )
-    if not isinstance(arithmetic, str) or arithmetic not in ("exact", "official"):
-        raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
-    H, W, r_v, r_h = resolve_output_size(h, w, scale=scale, size=size)
-    if arithmetic == "official" and size is None:
-        # The published code sizes the output as int(h * r) with no guard.
-        H, W = int(h * r_v), int(w * r_h)
-        if H < h or W < w:
-            raise ValueError("official arithmetic produced an output smaller than the input")
-    row_idx, row_off = axis_map(H, h, r_v, arithmetic)
-    col_idx, col_off = axis_map(W, w, r_h, arithmetic)
-    return _assemble(
-        h, w, H, W, r_v, r_h, row_idx, row_off, col_idx, col_off, pos_encoding, periodic_lon
-    )
+    request = UpscaleRequest(scale, size, coords, region, arithmetic, periodic_lon)
+    return request.geometry(h, w, pos_encoding)
 
 
 def _assemble(
@@ -704,10 +956,6 @@ def _assemble(
     periodic_lon: bool,
 ) -> Geometry:
     """A :class:`Geometry` from the axis maps: the position encoding's parts added."""
-    if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
-        raise ValueError(
-            f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
-        )
     P = POS_ENCODINGS[pos_encoding]
     row_pos = np.zeros((H, P))
     col_pos = np.zeros((W, P))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .checkpoints import LoadedModel
 from .io import Raster
+from .precision import inference_precision, resolve_precision
 from .tiling import DEFAULT_OVERLAP, upscale
 
 __all__ = [
@@ -81,8 +82,9 @@ def estimate_upscale(
 ) -> UpscaleEstimate:
     """Memory that :func:`upscale_array` of an input ``(C, h, w)`` needs, computed from shapes.
 
-    Nothing of the output's size is allocated: the request is first checked against the pixel
-    cap (:func:`metasr.geometry.resolve_output_size`), then only per-row/column tables exist.
+    Nothing of the output's size is allocated: the request is checked against the pixel cap
+    before its geometry's per-row/column tables exist, and the head is planned
+    (:func:`metasr.ops.meta_upscale.plan`) for a stand-in of its features.
 
     With ``tta`` (:func:`self_ensemble`), two more float32 results are counted where the result
     lives (the host when tiled, else the model's device): the accumulator, and the inverted
@@ -92,24 +94,22 @@ def estimate_upscale(
         ValueError: for a bad request, ``tta`` or an output over the pixel cap, or when no
             backend can run the head for reasons other than memory.
     """
-    from .geometry import build_geometry, resolve_output_size
-    from .ops.meta_upscale import _autocast_dtype
-    from .ops.meta_upscale._dispatch import select_backend
-    from .ops.meta_upscale.predictor import predictor_params
+    from .ops.meta_upscale import plan
     from .tiling import plan_tiles, tile_region
 
     C, h, w = in_shape
     model = loaded.model
     p = next(model.parameters())
-    H, W, _, _ = resolve_output_size(h, w, scale=scale, size=size)
+    n_tta = tta_count(tta)
+    request = model.request(scale, size)
+    geom = request.geometry(h, w, model.pos_encoding)
+    H, W = geom.H, geom.W
     n = 1 if C == loaded.in_channels else C
     cout = loaded.out_channels
-    ensemble = 2 * n * cout * H * W * 4 if tta_count(tta) > 1 else 0
+    ensemble = 2 * n * cout * H * W * 4 if n_tta > 1 else 0
     host = 2 * n * cout * H * W * 4 + 3 * C * H * W * 4
-    geom = build_geometry(
-        h, w, scale=scale, size=size, pos_encoding=model.pos_encoding, arithmetic=model.arithmetic
-    )
     tiled = _is_tiled(tile, h, w)
+    in_hw = (h, w)
     if tiled:
 
         def largest(tiles):
@@ -117,24 +117,21 @@ def estimate_upscale(
 
         # The tiles tiling.upscale will run (a periodic model's are full-width row bands).
         row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap)
-        rt, ct = largest(row_tiles), largest(col_tiles)
-        geom = geom.cut(tile_region(geom, rt, ct))
+        region = tile_region(geom, largest(row_tiles), largest(col_tiles))
+        request, in_hw = request.with_region(region), region.in_shape
         host += ensemble  # tiles are assembled on the host, so the ensemble's sums are there
     else:
         host -= n * cout * H * W * 4  # the whole-image result is the device's output, moved
     p2w = model.pos2weight
-    dtype = _autocast_dtype(p.device.type) or p.dtype
-    probe = torch.zeros(1, dtype=dtype, device=p.device).expand(n, p2w.in_channels, geom.h, geom.w)
-    params = predictor_params(p2w, dtype)
-    backend = select_backend(
-        getattr(model, "backend", "auto"), probe, params, geom, check_memory=False
-    )
-    out = n * cout * geom.H * geom.W * probe.element_size()
-    features = n * p2w.in_channels * geom.h * geom.w * probe.element_size()
-    work = backend.estimate_bytes(probe, params, geom) + out * (3 if model.bicubic_residual else 1)
+    features = p.new_empty(()).expand(n, p2w.in_channels, *in_hw)
+    head = plan(features, p2w, request, getattr(model, "backend", "auto"), check_memory=False)
+    item = head.probe.element_size()
+    out = n * cout * head.geometry.H * head.geometry.W * item
+    features_bytes = n * p2w.in_channels * in_hw[0] * in_hw[1] * item
+    work = head.estimate_bytes() + out * (3 if model.bicubic_residual else 1)
     if not tiled:
         work += ensemble  # a whole-image result is summed on the model's device
-    return UpscaleEstimate((H, W), host, work + 2 * features, p.device)
+    return UpscaleEstimate((H, W), host, work + 2 * features_bytes, p.device)
 
 
 def check_upscale_memory(
@@ -242,16 +239,12 @@ class Dihedral:
         ``(H, W)`` → ``(W, H)`` when transposed; unchanged otherwise (``None`` stays ``None``)."""
         if not self.transpose:
             return scale, size
+        from .geometry import UpscaleRequest
+
         if scale is not None:
-            from .geometry import parse_scale
-
-            r_v, r_h = parse_scale(scale)
-            scale = (r_h, r_v)
+            scale = UpscaleRequest(scale=scale).transposed().scale
         if size is not None:
-            from .geometry import _as_size_pair
-
-            H, W = _as_size_pair(size)
-            size = (W, H)
+            size = UpscaleRequest(size=size).transposed().size
         return scale, size
 
 
@@ -457,6 +450,7 @@ def upscale_array(
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
     tta: bool | int = False,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Upscale ``data`` ``(C, h, w)`` with a loaded model.
 
@@ -477,12 +471,16 @@ def upscale_array(
     :func:`tta_transforms`), each run whole or tiled like the plain call; it costs one model
     call per transform and one more output-sized buffer.
 
+    Precision: ``"fp32"``, ``"bf16"`` (CPU: bfloat16 autocast) or ``"auto"`` (bfloat16 where the
+    CPU has it natively), :mod:`metasr.precision`.
+
     Returns:
         ``(C, H, W)`` float32.
 
     Raises:
         ValueError: ``data`` is not a numeric ``(C, h, w)`` array, ``kind`` is unknown, ``tta``
-            is not a bool or 1, 2, 4 or 8, or the channels cannot be fed to the model.
+            is not a bool or 1, 2, 4 or 8, the channels cannot be fed to the model, or
+            ``precision`` is unknown (or ``"bf16"`` off the CPU).
     """
     _check_chw(data, "data")
     if kind not in ("image", "field"):
@@ -514,7 +512,7 @@ def upscale_array(
     def run(xt: torch.Tensor, s: object, z: object) -> torch.Tensor:
         return upscale(model, xt, scale=s, size=z, tile=tile, overlap=overlap, progress=progress)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), inference_precision(precision, p.device):
         y = run(x, scale, size) if n_tta == 1 else self_ensemble(run, x, scale, size, n_tta)
     y = y.float().cpu() / gain
     y = y.mean(dim=1) if per_channel else y[0]  # (C, H, W)
@@ -593,6 +591,7 @@ def upscale_raster(
     normalize: Literal["none", "minmax"] = "none",
     progress: bool = False,
     tta: bool | int = False,
+    precision: str = "fp32",
 ) -> Raster:
     """Upscale a whole :class:`metasr.io.Raster` (colour through the model, alpha bicubic).
 
@@ -607,6 +606,7 @@ def upscale_raster(
             range to 0..1 before the model and back after it (for models trained on images);
             ``"none"`` passes values as they are. Images are always in 0..1.
         tta: test-time self-ensemble, as in :func:`upscale_array`.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``, as in :func:`upscale_array`.
 
     Returns:
         A raster of the same kind and dtype, ``(C, H, W)``.
@@ -619,6 +619,7 @@ def upscale_raster(
     if normalize not in ("none", "minmax"):
         raise ValueError(f"normalize must be 'none' or 'minmax', got {normalize!r}")
     tta_count(tta)
+    resolve_precision(precision, next(loaded.model.parameters()).device)
     _check_raster(raster)
     data = raster.data
     kind = raster.kind
@@ -634,11 +635,22 @@ def upscale_raster(
         span = data.max(axis=(1, 2), keepdims=True) - lo
         span = np.where(span > 0, span, 1.0)  # a constant channel stays constant
         y = upscale_array(
-            loaded, (data - lo) / span, scale, size, "image", tile, overlap, progress, tta
+            loaded,
+            (data - lo) / span,
+            scale,
+            size,
+            "image",
+            tile,
+            overlap,
+            progress,
+            tta,
+            precision,
         )
         out = y.astype(np.float64) * span + lo
     else:
-        out = upscale_array(loaded, data, scale, size, kind, tile, overlap, progress, tta)
+        out = upscale_array(
+            loaded, data, scale, size, kind, tile, overlap, progress, tta, precision
+        )
     alpha = None
     if raster.alpha is not None:
         alpha = upscale_alpha(raster.alpha, (out.shape[1], out.shape[2]))

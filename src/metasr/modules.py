@@ -1,24 +1,39 @@
-"""``nn.Module`` front-ends of the Meta-Upscale op: ``Pos2Weight`` and ``MetaUpsample``."""
+"""``nn.Module`` front-ends of the Meta-Upscale op: ``Pos2Weight`` and ``MetaUpsample``, and
+``HeadConfig``, the head's options as one value."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .geometry import POS_ENCODINGS, Arithmetic, CoordinateGrid, Region
-from .ops.meta_upscale import meta_upscale
-from .ops.meta_upscale._dispatch import check_backend_name
+from .geometry import (
+    POS_ENCODINGS,
+    Arithmetic,
+    CoordinateGrid,
+    Region,
+    UpscaleRequest,
+    check_arithmetic,
+    check_periodic_lon,
+    check_pos_encoding,
+)
+from .ops.meta_upscale import UpscalePlan, meta_upscale, plan
+from .ops.meta_upscale.dispatch import check_backend_name
 
 __all__ = [
     "ACTIVATIONS",
     "ENCODINGS",
+    "HEAD_OPTION_NAMES",
     "FourierFeatures",
+    "HeadConfig",
     "MetaUpsample",
     "Pos2Weight",
-    "predictor_options",
+    "fold_head_options",
 ]
 
 #: Activations of :class:`Pos2Weight`'s hidden layers, by name.
@@ -55,22 +70,110 @@ def _positive_float(name: str, value: object) -> float:
     return float(value)
 
 
-def predictor_options(
-    hidden_layers: int = 1,
-    activation: str = "relu",
-    encoding: str | None = None,
-    fourier_features: int = 32,
-    fourier_scale: float = 1.0,
-) -> dict[str, object]:
-    """:class:`Pos2Weight`'s predictor options as keyword arguments (how the networks and
-    :class:`MetaUpsample` pass theirs through; validated by ``Pos2Weight``)."""
-    return {
-        "hidden_layers": hidden_layers,
-        "activation": activation,
-        "encoding": encoding,
-        "fourier_features": fourier_features,
-        "fourier_scale": fourier_scale,
-    }
+@dataclass(frozen=True)
+class HeadConfig:
+    """The options of a network's Meta-Upscale head (:class:`MetaUpsample`), as one value.
+
+    Networks take it as ``upsample=`` (a ``HeadConfig`` or a mapping of its fields). BasicSR
+    option files and checkpoint metadata spell the fields flat beside the network's own
+    arguments (``hidden: 64``, ``meta_kernel_size: 3``; :data:`HEAD_OPTION_NAMES`), which
+    :func:`fold_head_options` gathers into ``upsample=``.
+
+    Attributes:
+        kernel_size: ``k`` (odd), the LR window each output pixel sees (3 in the paper).
+        hidden: hidden width of the weight-prediction MLP (256 in the paper).
+        pos_encoding: ``"asymmetric"`` (default) or ``"official"``.
+        backend: ``"auto"`` or a backend name (see :func:`metasr.backends`).
+        arithmetic: ``"exact"`` (default) or ``"official"`` float32 grid arithmetic of the
+            published code (only for reproducing official checkpoints bit for bit).
+        hidden_layers, activation, encoding, fourier_features, fourier_scale: the predictor's
+            options (:class:`Pos2Weight`); the defaults build the paper's Linear-ReLU-Linear
+            (the fast path; official checkpoints load).
+    """
+
+    kernel_size: int = 3
+    hidden: int = 256
+    pos_encoding: str = "asymmetric"
+    backend: str = "auto"
+    arithmetic: Arithmetic = "exact"
+    hidden_layers: int = 1
+    activation: str = "relu"
+    encoding: str | None = None
+    fourier_features: int = 32
+    fourier_scale: float = 1.0
+
+    @classmethod
+    def of(cls, value: HeadConfig | Mapping[str, object] | None) -> HeadConfig:
+        """``value`` as a :class:`HeadConfig` (``None``: the defaults).
+
+        Raises:
+            TypeError: ``value`` is neither a ``HeadConfig``, a mapping nor ``None``.
+            ValueError: a mapping with a key that is not a field.
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, HeadConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(
+                f"upsample must be a metasr.HeadConfig or a mapping of its fields, got {value!r}"
+            )
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in value if k not in fields)
+        if unknown:
+            raise ValueError(
+                f"unknown head option(s) {unknown}; the head's options are {', '.join(fields)}"
+            )
+        return cls(**value)
+
+    def predictor_options(self) -> dict[str, object]:
+        """The :class:`Pos2Weight` options beyond its sizes and encoding, as keywords."""
+        return {
+            "hidden_layers": self.hidden_layers,
+            "activation": self.activation,
+            "encoding": self.encoding,
+            "fourier_features": self.fourier_features,
+            "fourier_scale": self.fourier_scale,
+        }
+
+
+#: The head's options as spelled flat among a network's arguments (BasicSR ``network_g``,
+#: checkpoint metadata) → :class:`HeadConfig` field. ``meta_kernel_size``, because a network's
+#: ``kernel_size`` is its backbone's.
+HEAD_OPTION_NAMES: dict[str, str] = {
+    "meta_kernel_size": "kernel_size",
+    **{f.name: f.name for f in dataclasses.fields(HeadConfig) if f.name != "kernel_size"},
+}
+
+
+def fold_head_options(kwargs: Mapping[str, object]) -> dict[str, object]:
+    """A network's keyword arguments with flat head options (:data:`HEAD_OPTION_NAMES`, as in
+    BasicSR option files and checkpoint metadata) gathered into ``upsample=``.
+
+    A :class:`HeadConfig` given as ``upsample`` is amended by the flat options.
+
+    Raises:
+        ValueError: an option given both flat and inside an ``upsample`` mapping.
+    """
+    flat = {k: v for k, v in kwargs.items() if k in HEAD_OPTION_NAMES}
+    if not flat:
+        return dict(kwargs)
+    rest = {k: v for k, v in kwargs.items() if k not in HEAD_OPTION_NAMES}
+    named = {HEAD_OPTION_NAMES[k]: v for k, v in flat.items()}
+    given = rest.get("upsample")
+    if isinstance(given, HeadConfig):
+        # A whole config names every field: the flat options amend it.
+        rest["upsample"] = dataclasses.replace(given, **named)
+        return rest
+    if given is not None and not isinstance(given, Mapping):
+        HeadConfig.of(given)  # raises its TypeError
+    head = dict(given or {})
+    for key, name in ((k, HEAD_OPTION_NAMES[k]) for k in flat):
+        if name in head:
+            raise ValueError(f"the head option {name!r} is given twice: as {key} and in upsample")
+    head.update(named)
+    rest["upsample"] = head
+    return rest
 
 
 class FourierFeatures(nn.Module):
@@ -182,10 +285,7 @@ class Pos2Weight(nn.Module):
         ):
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
         kernel_size = int(kernel_size)
-        if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
-            raise ValueError(
-                f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
-            )
+        check_pos_encoding(pos_encoding)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = kernel_size
@@ -290,18 +390,55 @@ class MetaUpsample(nn.Module):
             kernel_size,
             hidden,
             pos_encoding,
-            **predictor_options(
-                hidden_layers, activation, encoding, fourier_features, fourier_scale
-            ),
+            hidden_layers=hidden_layers,
+            activation=activation,
+            encoding=encoding,
+            fourier_features=fourier_features,
+            fourier_scale=fourier_scale,
         )
         check_backend_name(backend)
-        if not isinstance(arithmetic, str) or arithmetic not in ("exact", "official"):
-            raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
         self.backend = backend
-        self.arithmetic = arithmetic
-        if not isinstance(periodic_lon, bool):
-            raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
-        self.periodic_lon = periodic_lon
+        self.arithmetic = check_arithmetic(arithmetic)
+        self.periodic_lon = check_periodic_lon(periodic_lon)
+
+    @classmethod
+    def from_config(
+        cls,
+        in_channels: int,
+        out_channels: int,
+        config: HeadConfig | Mapping[str, object] | None = None,
+        periodic_lon: bool = False,
+    ) -> MetaUpsample:
+        """The head of a network: ``in_channels`` features → ``out_channels``, with the options
+        of ``config`` (:meth:`HeadConfig.of`)."""
+        c = HeadConfig.of(config)
+        return cls(
+            in_channels,
+            out_channels,
+            c.kernel_size,
+            c.hidden,
+            c.pos_encoding,
+            backend=c.backend,
+            arithmetic=c.arithmetic,
+            periodic_lon=periodic_lon,
+            **c.predictor_options(),
+        )
+
+    def request(
+        self,
+        scale: object = None,
+        size: object = None,
+        region: Region | None = None,
+        coords: CoordinateGrid | None = None,
+    ) -> UpscaleRequest:
+        """The :class:`~metasr.geometry.UpscaleRequest` of a call, with this head's
+        ``arithmetic`` and ``periodic_lon``."""
+        return UpscaleRequest(scale, size, coords, region, self.arithmetic, self.periodic_lon)
+
+    def plan(self, x: torch.Tensor, request: UpscaleRequest, **options: object) -> UpscalePlan:
+        """:func:`metasr.ops.meta_upscale.plan` of a call of this head (``x`` may be a
+        stand-in of the features' shape); ``options`` are that function's keywords."""
+        return plan(x, self.phi, request, self.backend, **options)
 
     def forward(
         self,
@@ -310,24 +447,21 @@ class MetaUpsample(nn.Module):
         size: tuple[int, int] | None = None,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        *,
+        plan: UpscalePlan | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` by ``scale`` or to ``size``; see :func:`metasr.meta_upscale`.
 
         ``region`` computes only that part of the whole image's output from the features of
         its LR window (tiled inference); ``coords`` places the output by latitude/longitude
-        instead of ``scale``/``size``.
+        instead of ``scale``/``size``; ``plan`` runs a plan made by :meth:`plan` instead (the
+        request is then left out).
         """
-        return meta_upscale(
-            x,
-            self.phi,
-            scale=scale,
-            size=size,
-            backend=self.backend,
-            arithmetic=self.arithmetic,
-            region=region,
-            periodic_lon=self.periodic_lon,
-            coords=coords,
-        )
+        if plan is None:
+            plan = self.plan(x, self.request(scale, size, region, coords))
+            return meta_upscale(x, self.phi, plan=plan)
+        # meta_upscale refuses a request beside the plan.
+        return meta_upscale(x, self.phi, scale, size, region=region, coords=coords, plan=plan)
 
     def extra_repr(self) -> str:
         extra = ", periodic_lon=True" if self.periodic_lon else ""

@@ -30,7 +30,7 @@ residual around the width, so every column can depend on every other: its tiles 
 rows spanning the whole width, and ``tile`` bounds the rows only.
 
 Coordinate-placed requests (``coords=``, a :class:`metasr.geometry.CoordinateGrid`) are tiled
-the same way on the coordinate geometry (:func:`metasr.geometry.build_geometry_from_coords`):
+the same way on the coordinate geometry (:meth:`metasr.geometry.UpscaleRequest.geometry`):
 each output row goes to the tile whose core holds its LR row by latitude. Two things differ
 from ``scale``/``size``:
 
@@ -51,13 +51,7 @@ import numpy as np
 import torch
 
 from .archs.base import MetaSRNet
-from .geometry import (
-    CoordinateGrid,
-    Geometry,
-    Region,
-    build_geometry,
-    build_geometry_from_coords,
-)
+from .geometry import CoordinateGrid, Geometry, Region, UpscaleRequest
 
 __all__ = [
     "DEFAULT_OVERLAP",
@@ -171,7 +165,7 @@ def plan_tiles(
     overlap = overlap if overlap < 0 else max(overlap, model.min_tile_overlap)
     also_rows = also_cols = None
     if by_coords and model.bicubic_residual:
-        ratio = build_geometry(geom.h, geom.w, size=(geom.H, geom.W))
+        ratio = UpscaleRequest(size=(geom.H, geom.W)).geometry(geom.h, geom.w)
         also_rows, also_cols = ratio.row_idx, ratio.col_idx
     rows = plan_axis(geom.row_idx, geom.h, tile, overlap, model.tile_alignment, also_rows)
     if model.periodic_lon:
@@ -200,7 +194,7 @@ def source_ordered_coords(
         ``row_order[i]`` of the output on ``sorted_coords`` (``None``: already in order; the
         columns likewise).
     """
-    geom = build_geometry_from_coords(coords, periodic_lon=periodic_lon)
+    geom = UpscaleRequest(coords=coords, periodic_lon=periodic_lon).geometry(*coords.in_shape)
     if geom.row_order is None and geom.col_order is None:
         return coords, None, None
     lat, lon = np.asarray(coords.dst_lat), np.asarray(coords.dst_lon)
@@ -208,7 +202,9 @@ def source_ordered_coords(
         lat = lat[_inverse(geom.row_order)]
     if geom.col_order is not None:
         lon = lon[_inverse(geom.col_order)]
-    ordered = CoordinateGrid(coords.src_lat, coords.src_lon, lat, lon, wrap_lon=coords.wrap_lon)
+    ordered = CoordinateGrid(
+        coords.src_lat, coords.src_lon, lat, lon, periodic_lon=coords.periodic_lon
+    )
     return ordered, geom.row_order, geom.col_order
 
 
@@ -260,28 +256,28 @@ def upscale(
     h, w = x.shape[-2:]
     # A periodic model's columns wrap, so it is cut into full-width bands of rows only.
     periodic = bool(getattr(model, "periodic_lon", False))
-    request = {"scale": scale, "size": size} if coords is None else {"coords": coords}
+    call = {"scale": scale, "size": size} if coords is None else {"coords": coords}
     if not tile or (tile >= h and (periodic or tile >= w)):
-        return model(x, **request)
+        return model(x, **call)
     if not isinstance(model, MetaSRNet):
         raise ValueError(
             f"tiling needs a metasr network (a MetaSRNet, whose forward takes region=), got "
             f"{type(model).__name__}; run without tiles"
         )
+    request = model.request(scale, size, coords=coords)
     row_order = col_order = None
-    if coords is None:
-        # Only the index maps matter for planning; the encoding is irrelevant to them.
-        geom = build_geometry(h, w, scale=scale, size=size, arithmetic=model.arithmetic)
-    else:
-        if scale is not None or size is not None:
-            raise ValueError("give either coords=... or scale=/size=, not both")
+    if coords is not None:
         coords, row_order, col_order = source_ordered_coords(coords, model.periodic_lon)
-        request = {"coords": coords}
-        geom = build_geometry_from_coords(coords, periodic_lon=model.periodic_lon)
-        if (h, w) != (geom.h, geom.w):
+        request = model.request(coords=coords)
+        call = {"coords": coords}
+        if (h, w) != coords.in_shape:
             raise ValueError(
-                f"the input is {h}x{w} but the source grid of coords is {geom.h}x{geom.w}"
+                f"the input is {h}x{w} but the source grid of coords is "
+                f"{coords.in_shape[0]}x{coords.in_shape[1]}"
             )
+    # Only the index maps matter for planning; the encoding is irrelevant to them. Every tile's
+    # forward cuts the same whole geometry (UpscaleRequest.geometry memoises it).
+    geom = request.geometry(h, w, model.pos_encoding)
     row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap, by_coords=coords is not None)
     jobs = [(rt, ct) for rt in row_tiles for ct in col_tiles]
     if progress and len(jobs) > 1:
@@ -293,7 +289,7 @@ def upscale(
     for rt, ct in jobs:
         region = tile_region(geom, rt, ct)
         xt = x[..., rt.in_lo : rt.in_hi, ct.in_lo : ct.in_hi]
-        yt = model(xt, **request, region=region)
+        yt = model(xt, **call, region=region)
         if tuple(yt.shape[-2:]) != region.out_shape:
             raise ValueError(
                 f"tiling: {type(model).__name__} gave a {tuple(yt.shape[-2:])} tile instead of "

@@ -216,13 +216,23 @@ def official_metardn_keys(
     return keys
 
 
+def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict in the official names: the head's predictor is ``P2W``."""
+    head = "upsample.phi."
+    return {
+        (f"P2W.{k[len(head) :]}" if k.startswith(head) else k): v
+        for k, v in model.state_dict().items()
+    }
+
+
 def _key_shapes(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    """The official names and shapes of ``model``'s entries."""
+    return [(k, tuple(v.shape)) for k, v in official_state_dict(model).items()]
 
 
 def test_metardn_config_b_keys_equal_official_model_1000():
     with torch.device("meta"):  # config B has 22M parameters; shapes are all we need
-        model = MetaRDN(pos_encoding="official")
+        model = MetaRDN(upsample={"pos_encoding": "official"})
     expected = official_metardn_keys()
     assert len(expected) == 304
     assert _key_shapes(model) == expected
@@ -232,10 +242,10 @@ def test_metardn_config_b_keys_equal_official_model_1000():
 def test_periodic_metardn_keeps_the_official_keys_and_loads_model_1000_layout():
     # periodic_lon swaps the convolutions' class, not their names: official weights still load.
     with torch.device("meta"):
-        model = MetaRDN(pos_encoding="official", periodic_lon=True)
+        model = MetaRDN(upsample={"pos_encoding": "official"}, periodic_lon=True)
     assert _key_shapes(model) == official_metardn_keys()
     src = _official_like_model()
-    periodic = load_official_metardn(src.state_dict(), periodic_lon=True)
+    periodic = load_official_metardn(official_state_dict(src), periodic_lon=True)
     assert periodic.periodic_lon
     for k, v in src.state_dict().items():
         assert torch.equal(periodic.state_dict()[k], v), k
@@ -243,12 +253,13 @@ def test_periodic_metardn_keeps_the_official_keys_and_loads_model_1000_layout():
 
 def test_metardn_config_a_and_small_keys():
     with torch.device("meta"):
-        a = MetaRDN(D=20, C=6, G=32, pos_encoding="official")
+        a = MetaRDN(D=20, C=6, G=32, upsample={"pos_encoding": "official"})
     assert _key_shapes(a) == official_metardn_keys(D=20, C=6, G=32)
-    small = MetaRDN(pos_encoding="official", **TINY["meta_rdn"] | {"hidden": 256})
+    official = {"hidden": 256, "pos_encoding": "official"}
+    small = MetaRDN(**TINY["meta_rdn"] | {"upsample": official})
     assert _key_shapes(small) == official_metardn_keys(G0=8, D=2, C=2, G=4)
     # The asymmetric encoding only changes the MLP's input width.
-    asym = dict(_key_shapes(MetaRDN(**TINY["meta_rdn"] | {"hidden": 256})))
+    asym = dict(_key_shapes(MetaRDN(**TINY["meta_rdn"] | {"upsample": {"hidden": 256}})))
     assert asym["P2W.meta_block.0.weight"] == (256, 4)
 
 
@@ -342,7 +353,8 @@ def _lin(sd: dict, i: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _official_like_model(**kwargs) -> MetaRDN:
     torch.manual_seed(0)
-    model = MetaRDN(G0=8, D=2, C=2, G=4, pos_encoding="official", **kwargs).eval()
+    model = create_model("meta_rdn", G0=8, D=2, C=2, G=4, pos_encoding="official", **kwargs)
+    model.eval()
     with torch.no_grad():  # trained MeanShift convs are not identities (see MeanShift's docstring)
         for ms in (model.sub_mean, model.add_mean):
             ms.weight.add_(0.05 * torch.randn_like(ms.weight))
@@ -359,7 +371,7 @@ def test_metardn_matches_official_forward(scale):
     model = _official_like_model()
     x = torch.rand(2, 3, 9, 11) * 255
     with torch.no_grad():
-        ref = official_metardn_forward(model.state_dict(), x, scale, D=2, C=2)
+        ref = official_metardn_forward(official_state_dict(model), x, scale, D=2, C=2)
         y = model(x, scale=scale)
     assert y.shape == ref.shape
     assert _rel_err(y, ref) < 1e-4
@@ -372,9 +384,9 @@ def test_metardn_official_arithmetic_matches_at_awkward_scales(scale):
     model = _official_like_model(arithmetic="official")
     x = torch.rand(1, 3, 31, 12) * 255
     with torch.no_grad():
-        ref = official_metardn_forward(model.state_dict(), x, scale, D=2, C=2)
+        ref = official_metardn_forward(official_state_dict(model), x, scale, D=2, C=2)
         y = model(x, scale=scale)
-        model.arithmetic = "exact"
+        model.upsample.arithmetic = "exact"
         y_exact = model(x, scale=scale)
     assert y.shape == ref.shape
     assert _rel_err(y, ref) < 1e-5
@@ -382,7 +394,7 @@ def test_metardn_official_arithmetic_matches_at_awkward_scales(scale):
 
 
 def test_metardn_official_encoding_rejects_asymmetric_scale():
-    model = MetaRDN(pos_encoding="official", **TINY["meta_rdn"])
+    model = create_model("meta_rdn", pos_encoding="official", **TINY["meta_rdn"])
     with pytest.raises(ValueError, match="needs r_v == r_h"):
         model(torch.rand(1, 3, 5, 5) * 255, scale=(2.0, 3.0))
 
@@ -394,20 +406,24 @@ def test_metardn_official_encoding_rejects_asymmetric_scale():
 
 def test_load_official_metardn_round_trip_config_b(tmp_path):
     torch.manual_seed(0)
-    src = MetaRDN(pos_encoding="official")
-    sd = src.state_dict()
+    src = MetaRDN(upsample={"pos_encoding": "official"})
+    sd = official_state_dict(src)
     path = tmp_path / "model_1000.pt"
     torch.save(sd, path)
     model = load_official_metardn(path)
     assert (model.G0, model.D, model.C, model.G, model.pos_encoding) == (64, 16, 8, 64, "official")
-    for k, v in model.state_dict().items():
+    for k, v in official_state_dict(model).items():
         assert torch.equal(v, sd[k]), k
+    # The network's own load_state_dict takes the official names too (its pre-hook).
+    again = MetaRDN(upsample={"pos_encoding": "official"})
+    again.load_state_dict(sd)
+    assert torch.equal(again.upsample.phi.meta_block[2].bias, sd["P2W.meta_block.2.bias"])
 
 
 @pytest.mark.parametrize("wrap", ["raw", "state_dict", "params", "module_prefix", "mapping"])
 def test_load_official_metardn_wrappers(tmp_path, wrap):
     src = _official_like_model()
-    sd = src.state_dict()
+    sd = official_state_dict(src)
     obj = {
         "raw": sd,
         "state_dict": {"state_dict": sd, "epoch": 1000},
@@ -429,7 +445,7 @@ def test_load_official_metardn_wrappers(tmp_path, wrap):
 
 
 def test_load_official_metardn_errors(tmp_path):
-    sd = _official_like_model().state_dict()
+    sd = official_state_dict(_official_like_model())
 
     def save(obj, name="bad.pt"):
         torch.save(obj, tmp_path / name)
@@ -454,7 +470,8 @@ def test_load_official_metardn_errors(tmp_path):
         load_official_metardn(save(extra))
     wrong = {**sd, "P2W.meta_block.0.weight": torch.zeros(256, 4)}  # an asymmetric-encoding MLP
     with pytest.raises(
-        ValueError, match=r"1 of another shape \(P2W.meta_block.0.weight: file \(256, 4\)"
+        ValueError,
+        match=r"1 of another shape \(upsample.phi.meta_block.0.weight: file \(256, 4\)",
     ):
         load_official_metardn(save(wrong))
     with pytest.raises(ValueError, match="'pos_encoding' is fixed by the checkpoint"):

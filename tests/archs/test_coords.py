@@ -44,7 +44,7 @@ def _manual(net: torch.nn.Module, x: torch.Tensor, c: CoordinateGrid) -> torch.T
         y = y + bicubic_upsample(net._normalize(x), size=size)
         return y / net.img_range + net.out_mean
     xs = net.sub_mean(x)
-    y = meta_upscale(net.forward_features(xs), net.P2W, backend=net.backend, coords=c)
+    y = meta_upscale(net.forward_features(xs), net.pos2weight, backend=net.backend, coords=c)
     return net.add_mean(y + bicubic_upsample(xs, size=size))
 
 
@@ -71,7 +71,7 @@ def test_coords_pole_rows_follow_latitude(name: str) -> None:
         np.arange(8) * 45.0,
         np.linspace(90, -90, 25),
         np.arange(16) * 22.5,
-        wrap_lon=False,
+        periodic_lon=False,
     )
     with torch.no_grad():
         a = net(x, coords=c)
@@ -104,7 +104,9 @@ def test_coords_refused_with_scale_size(name: str) -> None:
 
 def test_model_downscaler_passes_coords() -> None:
     torch.manual_seed(0)
-    net = MetaRDN(in_channels=1, out_channels=1, G0=8, D=2, C=2, G=4, hidden=16).eval()
+    net = MetaRDN(
+        in_channels=1, out_channels=1, G0=8, D=2, C=2, G=4, upsample={"hidden": 16}
+    ).eval()
     seen: list[dict] = []
     net.register_forward_pre_hook(lambda m, a, kw: seen.append(dict(kw)), with_kwargs=True)
     loaded = LoadedModel(net, "tiny", "meta_rdn", in_channels=1, out_channels=1)
@@ -116,7 +118,7 @@ def test_model_downscaler_passes_coords() -> None:
     assert out.shape == (3, 25, 16)
     assert len(seen) == 2
     c = seen[0]["coords"]
-    assert isinstance(c, CoordinateGrid) and c.wrap_lon is src.periodic
+    assert isinstance(c, CoordinateGrid) and c.periodic_lon is src.periodic
     # The network sees the canonical layout (latitude ascending; issue 23), not the file's.
     assert np.allclose(c.dst_lat, np.sort(dst.lat)) and np.allclose(c.src_lon, src.lon)
     # Tiled runs keep the coordinates (each tile gets them and its region).
@@ -134,7 +136,13 @@ def test_model_downscaler_official_arithmetic_keeps_size() -> None:
     # arithmetic="official" is an index-ratio grid (coords are refused with it): size= is used.
     torch.manual_seed(0)
     net = MetaRDN(
-        in_channels=1, out_channels=1, G0=8, D=2, C=2, G=4, hidden=16, arithmetic="official"
+        in_channels=1,
+        out_channels=1,
+        G0=8,
+        D=2,
+        C=2,
+        G=4,
+        upsample={"hidden": 16, "arithmetic": "official"},
     ).eval()
     seen: list[dict] = []
     net.register_forward_pre_hook(lambda m, a, kw: seen.append(dict(kw)), with_kwargs=True)

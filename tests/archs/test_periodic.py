@@ -29,11 +29,11 @@ WINDOW = 4
 
 
 def _rdn(**kw) -> MetaRDN:
-    return MetaRDN(2, 2, G0=8, D=2, C=2, G=4, img_range=1.0, hidden=16, **kw)
+    return MetaRDN(2, 2, G0=8, D=2, C=2, G=4, img_range=1.0, upsample={"hidden": 16}, **kw)
 
 
 def _edsr(**kw) -> MetaEDSR:
-    return MetaEDSR(2, 2, n_resblocks=2, n_feats=8, img_range=1.0, hidden=16, **kw)
+    return MetaEDSR(2, 2, n_resblocks=2, n_feats=8, img_range=1.0, upsample={"hidden": 16}, **kw)
 
 
 def _swinir(**kw) -> MetaSwinIR:
@@ -47,7 +47,7 @@ def _swinir(**kw) -> MetaSwinIR:
         mlp_ratio=2.0,
         num_feat=8,
         drop_path_rate=0.0,
-        hidden=16,
+        upsample={"hidden": 16},
         **kw,
     )
 

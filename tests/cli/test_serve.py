@@ -278,6 +278,21 @@ def test_json_endpoints_match_the_cli_and_refuse_on_the_header(server, data, tmp
          "conservative", "-o", str(ref), "-q")  # fmt: skip
     (tmp_path / "got.nc").write_bytes(r.content)
     _same_netcdf(tmp_path / "got.nc", ref)
+    # The target grid from an uploaded file's lat/lon.
+    shots.synthetic_field(data / "grid.nc", 15, 20)
+    with open(data / "t2m.nc", "rb") as f, open(data / "grid.nc", "rb") as g:
+        r = httpx.post(
+            f"{server}/api/downscale",
+            files={"file": ("t2m.nc", f), "grid_file": ("grid.nc", g)},
+            data={"var": "t2m", "baseline": "bilinear"},
+            timeout=WAIT_S,
+        )
+    assert r.status_code == 200, r.text
+    ref = tmp_path / "t2m_grid.nc"
+    _cli(data, "upscale", "t2m.nc", "--var", "t2m", "--target-grid", "grid.nc", "--baseline",
+         "bilinear", "-o", str(ref), "-q")  # fmt: skip
+    (tmp_path / "got_grid.nc").write_bytes(r.content)
+    _same_netcdf(tmp_path / "got_grid.nc", ref)
 
 
 def test_fit_size_keeps_the_aspect_ratio_inside_the_box():
@@ -309,3 +324,32 @@ def test_import_metasr_does_not_import_gradio():
     code = "import sys, metasr; print(sorted(m for m in ('gradio', 'fastapi') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_several_photos_zip_the_cli_outputs_and_keep_16_bits(data, tmp_path):
+    """Without the browser: two uploads (one 16-bit) give a zip of exactly the CLI's PNGs."""
+    import shutil
+    import zipfile
+
+    import png
+
+    from metasr.web.jobs import Workspace, upscale_photos
+
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    for folder in (inputs, outputs, tmp_path / "ws"):
+        folder.mkdir()
+    shutil.copy(data / "tiny.png", inputs)
+    rng = np.random.default_rng(1)
+    deep = (rng.random((10, 12, 3)) * 65535).astype(np.uint16)
+    with open(inputs / "deep.png", "wb") as f:
+        png.Writer(12, 10, greyscale=False, bitdepth=16).write(f, deep.reshape(10, 36).tolist())
+    uploads = [(inputs / "tiny.png", "tiny.png"), (inputs / "deep.png", "deep.png")]
+    results, bundle = upscale_photos(uploads, Workspace(tmp_path / "ws"), scale="2x1.5")
+    assert [r.out_shape for r in results] == [(40, 36), (20, 18)]
+    assert results[1].after.dtype == np.uint8 and results[1].after.shape == (20, 18, 3)
+    with zipfile.ZipFile(bundle) as zf:
+        assert sorted(zf.namelist()) == ["deep.png", "tiny.png"]
+        for name in ("tiny.png", "deep.png"):
+            _cli(inputs, "upscale", name, "--scale", "2x1.5", "-o", str(outputs / name), "-q")
+            assert zf.read(name) == (outputs / name).read_bytes(), name
+    assert png.Reader(bytes=(outputs / "deep.png").read_bytes()).read()[3]["bitdepth"] == 16

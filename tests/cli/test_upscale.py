@@ -43,7 +43,7 @@ def _tiny_edsr(bicubic_residual: bool = True) -> torch.nn.Module:
         # Undo the ×0.1 start of the head: a random head then changes the picture visibly,
         # so a geometry error in a tile could not hide under the bicubic term.
         with torch.no_grad():
-            model.P2W.meta_block[2].weight.mul_(10)
+            model.pos2weight.meta_block[2].weight.mul_(10)
     return model.eval()
 
 
@@ -328,7 +328,7 @@ def test_basicsr_checkpoint_from_metasr_training(tmp_path, capsys):
 
 
 def test_registry_name_and_backend(tmp_path, capsys, monkeypatch):
-    ops = importlib.import_module("metasr.ops.meta_upscale")  # the package, not the function
+    ops = importlib.import_module("metasr.ops.meta_upscale.planning")  # where it is chosen
 
     requested = []
     real = ops.select_backend

@@ -11,7 +11,7 @@ from metasr.climate import regrid
 from metasr.climate.constraint import ConservativeConstraint, pole_rows
 from metasr.climate.grids import Grid, gaussian_grid, regular_grid
 from metasr.climate.layout import canonical_layout, target_layout
-from metasr.climate.model import field_forward
+from metasr.climate.model import field_forward, regional_call
 from metasr.field_stats import FieldStats
 
 
@@ -112,10 +112,15 @@ def tiny_net() -> torch.nn.Module:
     return net.eval()
 
 
+def _call(net: torch.nn.Module, z: torch.Tensor, coords) -> torch.Tensor:  # noqa: ANN001
+    with regional_call(net, coords):
+        return net(z.float(), coords=coords).double()
+
+
 def _run(net: torch.nn.Module, field: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
     x = torch.tensor(np.ascontiguousarray(field)[None], dtype=torch.float64)
     with torch.no_grad():
-        y, _, _ = field_forward(lambda z, c: net(z.float(), coords=c).double(), x, src, dst)
+        y, _, _ = field_forward(lambda z, c: _call(net, z, c), x, src, dst)
     return y[0].numpy()
 
 
@@ -156,13 +161,13 @@ def test_field_forward_regional_never_wraps(tiny_net: torch.nn.Module) -> None:
     x_t = torch.tensor(x[None])
     with torch.no_grad():
         a, _, _ = field_forward(
-            lambda z, c: tiny_net(z.float(), coords=c).double(), x_t, src, dst,
+            lambda z, c: _call(tiny_net, z, c), x_t, src, dst,
             constraint="none", normalisation="dataset",
             stats=FieldStats(("t",), ("K",), (280.0,), (10.0,)),
         )  # fmt: skip
         b_in = torch.tensor(bumped[None])
         b, _, _ = field_forward(
-            lambda z, c: tiny_net(z.float(), coords=c).double(), b_in, src, dst,
+            lambda z, c: _call(tiny_net, z, c), b_in, src, dst,
             constraint="none", normalisation="dataset",
             stats=FieldStats(("t",), ("K",), (280.0,), (10.0,)),
         )  # fmt: skip

@@ -85,7 +85,7 @@ def test_whole_fields_at_asymmetric_ratio(nc_files):
     np.testing.assert_allclose(s["lq_lat"].numpy(), lq_grid.lat)
     np.testing.assert_allclose(s["lq_lon"].numpy(), lq_grid.lon)
     np.testing.assert_allclose(s["gt_lat"].numpy(), ds.grid.lat)
-    assert s["wrap_lon"] is True
+    assert s["periodic_lon"] is True
     # The LR is the conservative coarsening: the area-weighted global mean is kept.
     gt = s["gt"][0].double().numpy()
     lq = s["lq"][0].double().numpy()
@@ -169,9 +169,9 @@ def test_model_batch_coords_and_refusals():
     lon = torch.tensor([[0.0, 180.0], [0.0, 180.0]], dtype=torch.float64)
     hlat = torch.tensor([[10.0, 5.0, 0.0]] * 2, dtype=torch.float64)
     hlon = torch.tensor([[0.0, 90.0, 180.0, 270.0]] * 2, dtype=torch.float64)
-    data = {"lq_lat": lat, "lq_lon": lon, "gt_lat": hlat, "gt_lon": hlon, "wrap_lon": [True]}
+    data = {"lq_lat": lat, "lq_lon": lon, "gt_lat": hlat, "gt_lon": hlon, "periodic_lon": [True]}
     c = _batch_coords(data)
-    assert c.in_shape == (2, 2) and c.out_shape == (3, 4) and c.wrap_lon
+    assert c.in_shape == (2, 2) and c.out_shape == (3, 4) and c.periodic_lon
     assert _batch_coords({"scale": torch.ones(2, 2)}) is None
     bad = dict(data, gt_lat=torch.tensor([[10.0, 5.0, 0.0], [9.0, 5.0, 0.0]]))
     with pytest.raises(ValueError, match="different gt_lat"):

@@ -419,3 +419,50 @@ def test_dataset_errors(tmp_path, photos):
     np.save(bad / "x.npy", np.zeros((2, 2, 2, 2)))
     with pytest.raises(ValueError, match=r"\(H, W\) or \(C, H, W\)"):
         ArbitraryScaleTestDataset(dataroot_gt=str(bad))[0]
+
+
+# -- paired LR of the wrong size (issue 10, item 6) ---------------------------------------------
+
+
+def _paired(root: Path, lr_sizes: dict[str, tuple[int, int]], hr: tuple[int, int] = (60, 72)):
+    """HR images and, per scale label, LR images of the given sizes (folders ``lr/X{scale}``)."""
+    from metasr.data.files import write_image
+
+    make_synthetic_images(root / "hr", n=2, size=hr, seed=0)
+    torch.manual_seed(1)
+    for label, size in lr_sizes.items():
+        (root / "lr" / f"X{label}").mkdir(parents=True)
+        for i in range(2):
+            write_image(root / "lr" / f"X{label}" / f"img{i:03d}.png", torch.rand(3, *size))
+    return {"dataroot_gt": str(root / "hr"), "dataroot_lq": str(root / "lr" / "X{scale}")}
+
+
+def test_paired_lr_of_the_wrong_size_is_refused(tmp_path):
+    from metasr.data import ArbitraryScaleDataset, ArbitraryScaleTestDataset
+
+    # 60x72 at x2 wants 30x36; these LR files are 24x too small (thumbnails, another folder).
+    opts = _paired(tmp_path, {"2": (2, 3)})
+    ds = ArbitraryScaleTestDataset(opts, scales=[2])
+    with pytest.raises(ValueError, match=r"paired LR .*img000\.png is 2x3, but its HR img000\.png "
+                       r"\(60x72\) at scale 2 needs about 30x36"):  # fmt: skip
+        ds[0]
+    train = ArbitraryScaleDataset(
+        opts, lq_patch_size=1, scale_sampler={"type": "choice", "scales": [2]}
+    )
+    with pytest.raises(ValueError, match="is 2x3, but its HR"):
+        train[0]
+
+
+def test_paired_lr_tolerance_accepts_every_usual_convention(tmp_path):
+    from metasr.data import ArbitraryScaleTestDataset
+
+    # 60x72 at x2.3 is 26.1x31.3: MATLAB's ceil (27x32) and the protocol's floor (26x31) pass,
+    # and so does an LR of a mod-cropped HR a pixel short; four pixels off does not.
+    for size, ok in (((27, 32), True), ((26, 31), True), ((25, 30), True), ((22, 31), False)):
+        root = tmp_path / f"{size[0]}x{size[1]}"
+        ds = ArbitraryScaleTestDataset(_paired(root, {"2.3": size}), scales=[2.3])
+        if ok:
+            assert tuple(ds[0]["lq"].shape[-2:]) == size
+        else:
+            with pytest.raises(ValueError, match="needs about 26x31"):
+                ds[0]

@@ -39,15 +39,16 @@ def _fresh_dynamo():
 
 def test_custom_op_passes_opcheck():
     """Schema, fake kernel, autograd registration and AOT dispatch agree with the real kernel."""
-    import importlib
+    import metasr.ops.meta_upscale.custom_op  # noqa: F401  (registers metasr::meta_upscale)
+    from metasr.geometry import UpscaleRequest
 
-    custom_op = importlib.import_module("metasr.ops.meta_upscale.custom_op")
     torch.manual_seed(0)
     up = MetaUpsample(3, 2, hidden=8)
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
     p = MLPParams.from_module(up.phi, torch.float32)
-    args = (x, p.w1, p.b1, p.w2, p.b2, 3, 2, 10, 15, [2.5, 3.0], None, "asymmetric", "exact")
-    torch.library.opcheck(custom_op._meta_upscale_op, (*args, None, "torch"))
+    request = UpscaleRequest(scale=(2.5, 3.0)).to_flat()
+    args = (x, p.w1, p.b1, p.w2, p.b2, 3, 2, 10, 15, *request, "asymmetric", "torch")
+    torch.library.opcheck(torch.ops.metasr.meta_upscale.default, args)
 
 
 @pytest.mark.parametrize("scale", [2, (2.5, 3.0)])

@@ -24,7 +24,7 @@ from metasr import inference
 from metasr.checkpoints import load_model, save_checkpoint
 from metasr.geometry import resolve_output_size
 from metasr.ops import memory
-from metasr.ops.meta_upscale._dispatch import BACKENDS
+from metasr.ops.meta_upscale.dispatch import BACKENDS
 from metasr.ops.meta_upscale.params import MLPParams
 
 LIMIT = 3 << 30
@@ -170,9 +170,9 @@ def test_every_backend_estimate_counts_the_output():
 
 
 def test_refusal_first_line_names_the_estimate(monkeypatch):
-    from metasr.ops.meta_upscale import _dispatch
+    from metasr.ops.meta_upscale import dispatch
 
-    monkeypatch.setattr(_dispatch, "available_memory_bytes", lambda device: 1 << 20)
+    monkeypatch.setattr(dispatch, "available_memory_bytes", lambda device: 1 << 20)
     up = metasr.MetaUpsample(8, 3, hidden=16)
     with pytest.raises(metasr.BackendUnavailableError) as info:
         up(torch.randn(1, 8, 32, 32), scale=100)  # 0.1 GiB of output

@@ -280,9 +280,9 @@ def test_unavailable_backend_lists_all_reasons():
 
 
 def test_im2col_refuses_what_does_not_fit(monkeypatch):
-    from metasr.ops.meta_upscale import _dispatch
+    from metasr.ops.meta_upscale import dispatch
 
-    monkeypatch.setattr(_dispatch, "available_memory_bytes", lambda device: 64 * 2**20)
+    monkeypatch.setattr(dispatch, "available_memory_bytes", lambda device: 64 * 2**20)
     phi = make_phi(16, 3).float()
     x = torch.randn(1, 16, 64, 64)
     with pytest.raises(metasr.BackendUnavailableError, match="backend='torch'"):

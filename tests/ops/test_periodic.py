@@ -253,6 +253,7 @@ def test_bad_flag_is_refused(bad):
 
 
 def test_export_and_compile_forms_wrap():
+    from metasr.geometry import UpscaleRequest
     from metasr.ops.meta_upscale.custom_op import meta_upscale_custom_op
 
     phi = make_phi(2, 3)
@@ -260,8 +261,8 @@ def test_export_and_compile_forms_wrap():
     geom = build_geometry(4, 5, scale=(2, 2.5), periodic_lon=True)
     params = MLPParams.from_module(phi, x.dtype)
     want = meta_upscale_naive(x, params, geom)
-    got = meta_upscale_custom_op(x, params, (2, 2.5), None, "asymmetric", "exact", None, "torch",
-                                 True)  # fmt: skip
+    request = UpscaleRequest(scale=(2, 2.5), periodic_lon=True)
+    got = meta_upscale_custom_op(x, params, request, "asymmetric", "torch")
     torch.testing.assert_close(got, want)
     dy = torch.randn_like(want)
     torch.testing.assert_close(
@@ -276,14 +277,15 @@ def test_export_and_compile_forms_wrap():
 
 
 def test_custom_op_with_the_flag_passes_opcheck():
-    import importlib
+    import metasr.ops.meta_upscale.custom_op  # noqa: F401  (registers metasr::meta_upscale)
+    from metasr.geometry import UpscaleRequest
 
-    custom_op = importlib.import_module("metasr.ops.meta_upscale.custom_op")
     phi = make_phi(3, 2).float()
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
     p = MLPParams.from_module(phi, torch.float32)
-    args = (x, p.w1, p.b1, p.w2, p.b2, 3, 2, 10, 15, [2.5, 3.0], None, "asymmetric", "exact")
-    torch.library.opcheck(custom_op._meta_upscale_op, (*args, None, "torch", True))
+    request = UpscaleRequest(scale=(2.5, 3.0), periodic_lon=True).to_flat()
+    args = (x, p.w1, p.b1, p.w2, p.b2, 3, 2, 10, 15, *request, "asymmetric", "torch")
+    torch.library.opcheck(torch.ops.metasr.meta_upscale.default, args)
 
 
 def test_torch_export_wraps_and_reorders():
@@ -331,8 +333,7 @@ def test_triton_with_coordinates_from_the_dateline():
 
 
 def test_compiled_training_step_with_coordinates():
-    from metasr.geometry import CoordinateGrid
-    from metasr.ops.meta_upscale import custom_op
+    from metasr.geometry import CoordinateGrid, UpscaleRequest
 
     phi = make_phi(2, 3).float()
     coords = CoordinateGrid([50.0, 10.0, -30.0], [0.0, 90.0, 180.0, 270.0], [50, 30, 10, -10, -30],
@@ -349,7 +350,6 @@ def test_compiled_training_step_with_coordinates():
                     strict=True):  # fmt: skip
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
     p = MLPParams.from_module(phi, torch.float32)
-    args = (x, p.w1, p.b1, p.w2, p.b2, 3, 3, 5, 12, None, None, "asymmetric", "exact", None)
-    torch.library.opcheck(
-        custom_op._meta_upscale_op, (*args, "torch", True, custom_op._coords_list(coords))
-    )
+    request = UpscaleRequest(coords=coords, periodic_lon=True).to_flat()
+    args = (x, p.w1, p.b1, p.w2, p.b2, 3, 3, 5, 12, *request, "asymmetric", "torch")
+    torch.library.opcheck(torch.ops.metasr.meta_upscale.default, args)

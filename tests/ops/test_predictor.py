@@ -237,13 +237,14 @@ class _PathSpy:
 def test_default_pos2weight_takes_the_separable_fast_path(monkeypatch):
     spy = _PathSpy(monkeypatch)
     chosen = []
-    real = mu.select_backend
+    planning = importlib.import_module("metasr.ops.meta_upscale.planning")
+    real = planning.select_backend
 
     def select(backend, x, params, geom, **kw):
         chosen.append(type(params).__name__)
         return real(backend, x, params, geom, **kw)
 
-    monkeypatch.setattr(mu, "select_backend", select)
+    monkeypatch.setattr(planning, "select_backend", select)
     x = torch.randn(1, 3, 5, 6)
     mu.meta_upscale(x, metasr.Pos2Weight(3, 2, hidden=8), scale=2.3, backend="torch")
     assert chosen == ["MLPParams"] and spy.used == ["_SeparableHidden"]
@@ -462,7 +463,7 @@ def test_general_predictor_weights_first_float32_periodic_and_coords():
 
 
 def test_triton_refuses_other_predictors_with_a_reason():
-    from metasr.ops.meta_upscale._dispatch import BACKENDS
+    from metasr.ops.meta_upscale.dispatch import BACKENDS
 
     x = torch.randn(1, 3, 5, 6)
     geom = build_geometry(5, 6, scale=2.3)

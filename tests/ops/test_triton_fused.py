@@ -23,7 +23,7 @@ import metasr  # noqa: E402
 from metasr.geometry import build_geometry  # noqa: E402
 from metasr.ops import memory  # noqa: E402
 from metasr.ops.meta_upscale import triton_fused  # noqa: E402
-from metasr.ops.meta_upscale._dispatch import select_backend  # noqa: E402
+from metasr.ops.meta_upscale.dispatch import select_backend  # noqa: E402
 from metasr.ops.meta_upscale.params import MLPParams  # noqa: E402
 from metasr.ops.meta_upscale.triton_fused import TOLERANCES  # noqa: E402
 
@@ -298,7 +298,7 @@ def test_gpu_auto_picks_triton():
 def test_launch_grid_limits_are_reasons_not_crashes():
     # A batch that would overflow CUDA's third grid dimension makes `triton` unavailable with a
     # reason (so `auto` falls back to `torch`), instead of a launch error deep inside.
-    from metasr.ops.meta_upscale._dispatch import BACKENDS
+    from metasr.ops.meta_upscale.dispatch import BACKENDS
 
     phi = metasr.Pos2Weight(2, 64, hidden=256)
     params = MLPParams.from_module(phi, torch.float32)

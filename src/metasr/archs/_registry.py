@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
 
+from ..modules import HEAD_OPTION_NAMES, fold_head_options
 from ..ops.memory import available_memory_bytes
 
 __all__ = [
@@ -266,6 +267,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         >>> m(torch.rand(1, 3, 8, 8) * 255, scale=(2.5, 3.0)).shape
         torch.Size([1, 3, 20, 24])
 
+    A network's head options may be given flat (``hidden=64``, ``meta_kernel_size=3``, as
+    option files and checkpoint metadata spell them) or as ``upsample=``: the flat ones are
+    gathered into ``upsample`` (:func:`metasr.modules.fold_head_options`).
+
     The model is measured on the ``meta`` device first and refused when it passes
     :data:`MAX_MODEL_ELEMENTS` parameter and buffer elements, :data:`MAX_MODEL_MODULES` modules,
     or the free memory (:func:`build_bounded`).
@@ -275,12 +280,17 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             value (the constructors validate their arguments) or type, or a model too large.
     """
     entry = model_entry(name)
-    if entry.accepted is not None:
-        unknown = sorted(set(kwargs) - set(entry.accepted))
+    accepted = entry.accepted
+    if accepted is not None and "upsample" in accepted:
+        accepted = (*accepted, *HEAD_OPTION_NAMES)
+    if accepted is not None:
+        unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
             raise ValueError(
                 f"create_model({entry.name!r}) got unexpected argument(s) {unknown}; "
-                f"accepted: {', '.join(entry.accepted)}"
+                f"accepted: {', '.join(accepted)}"
             )
     merged = {**entry.defaults, **kwargs}
+    if accepted is not None and "upsample" in accepted:
+        merged = fold_head_options(merged)
     return build_bounded(lambda: entry.constructor(**merged), f"model {entry.name!r}")

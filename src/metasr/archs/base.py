@@ -23,26 +23,23 @@ rows only.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..geometry import (
-    POS_ENCODINGS,
     CoordinateGrid,
-    Geometry,
     Region,
-    build_geometry,
-    build_geometry_from_coords,
-    parse_scale,
+    UpscaleRequest,
+    check_arithmetic,
+    check_periodic_lon,
+    check_pos_encoding,
 )
-from ..modules import Pos2Weight
-from ..ops.meta_upscale import _autocast_dtype, meta_upscale
-from ..ops.meta_upscale._dispatch import select_backend
-from ..ops.meta_upscale._tracing import tracing_mode
-from ..ops.meta_upscale.predictor import predictor_params
+from ..modules import HeadConfig, MetaUpsample, Pos2Weight
+from ..ops.meta_upscale import UpscalePlan, plan
+from ..ops.meta_upscale.planning import autocast_dtype
 from ..ops.meta_upscale.tables import restore_order
 from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
 from .periodic import wrap_longitude
@@ -54,26 +51,12 @@ __all__ = [
     "MetaSRNet",
     "check_positive_float",
     "check_positive_int",
-    "residual_scale",
     "resolve_mean",
+    "upgrade_state_dict",
 ]
 
 #: Mean colour of DIV2K (RGB, in [0, 1]) used by EDSR, RDN, Meta-SR and SwinIR.
 DIV2K_RGB_MEAN: tuple[float, float, float] = (0.4488, 0.4371, 0.4040)
-
-
-def residual_scale(scale: object, coords: object = None) -> tuple[float, float] | None:
-    """The ``(r_v, r_h)`` the bicubic residual samples at, or None for the sizes' ratio.
-
-    A request by ``scale`` (a number or pair) places output row ``i`` at ``(i + 0.5)/r − 0.5``
-    in the head (Meta-SR's ``i/r``, centred as MATLAB's ``imresize``); the residual must sample
-    there too, not at ``F.interpolate(size=...)``'s ``(i + 0.5)·h/H − 0.5``, which drifts when
-    ``H = floor(h·r)`` is not ``h·r`` (:mod:`metasr.archs.bicubic`). A request by size, or onto
-    ``coords``' grid (index ratio), has no other ratio than the sizes'.
-    """
-    if scale is None or coords is not None:
-        return None
-    return parse_scale(scale)
 
 
 def check_positive_int(name: str, value: object) -> int:
@@ -147,23 +130,43 @@ class MetaSRNet(nn.Module):
     """Base class of the Meta-SR networks: input checks, early geometry validation, the
     optional bicubic global residual, and what tiled inference needs to know.
 
-    Subclasses set ``in_channels``, ``out_channels``, ``bicubic_residual``, ``pos_encoding``,
-    ``arithmetic``, ``periodic_lon``, expose their weight-prediction MLP as :attr:`pos2weight`
-    and the features their head reads as :meth:`head_features`.
+    Every network has one head, :attr:`upsample` (a :class:`metasr.MetaUpsample` built from a
+    :class:`metasr.HeadConfig` by :meth:`_init_head`), and exposes the features it reads as
+    :meth:`head_features`. Subclasses call :meth:`_init_meta_options` first and
+    :meth:`_init_head` where the head's parameters belong in the state dict.
     """
 
     in_channels: int
     out_channels: int
     bicubic_residual: bool
-    pos_encoding: str
-    arithmetic: str
+    upsample: MetaUpsample
     #: Periodic in the width (longitude); read by tiled inference, which then cuts rows only.
     periodic_lon: bool = False
 
     @property
     def pos2weight(self) -> Pos2Weight:
         """The :class:`metasr.Pos2Weight` of the Meta-Upscale head."""
-        raise NotImplementedError
+        return self.upsample.phi
+
+    @property
+    def pos_encoding(self) -> str:
+        """The head's position encoding."""
+        return self.upsample.phi.pos_encoding
+
+    @property
+    def arithmetic(self) -> str:
+        """The head's grid arithmetic."""
+        return self.upsample.arithmetic
+
+    # The backend lives on the head module; settable on the network (checkpoints.set_backend).
+    @property
+    def backend(self) -> str:
+        """The head's Meta-Upscale backend."""
+        return self.upsample.backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self.upsample.backend = value
 
     def head_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone: the feature map the Meta-Upscale head reads for the network's input.
@@ -198,19 +201,19 @@ class MetaSRNet(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        pos_encoding: str,
-        arithmetic: str,
+        upsample: HeadConfig | Mapping[str, object] | None,
         bicubic_residual: bool,
         periodic_lon: bool = False,
-    ) -> None:
+    ) -> HeadConfig:
+        """Check and keep the options every network shares; returns the head's
+        :class:`~metasr.HeadConfig` for :meth:`_init_head` (checked before the backbone is
+        built)."""
         self.in_channels = check_positive_int("in_channels", in_channels)
         self.out_channels = check_positive_int("out_channels", out_channels)
-        if pos_encoding not in POS_ENCODINGS:
-            raise ValueError(
-                f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
-            )
-        if arithmetic not in ("exact", "official"):
-            raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
+        config = HeadConfig.of(upsample)
+        check_pos_encoding(config.pos_encoding)
+        check_arithmetic(config.arithmetic)
+        periodic_lon = check_periodic_lon(periodic_lon)
         if not isinstance(bicubic_residual, bool):
             raise ValueError(f"bicubic_residual must be a bool, got {bicubic_residual!r}")
         if bicubic_residual and in_channels != out_channels:
@@ -218,12 +221,17 @@ class MetaSRNet(nn.Module):
                 "bicubic_residual adds the upsampled input to the output and needs "
                 f"in_channels == out_channels, got {in_channels} and {out_channels}"
             )
-        if not isinstance(periodic_lon, bool):
-            raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
-        self.pos_encoding = pos_encoding
-        self.arithmetic = arithmetic
         self.bicubic_residual = bicubic_residual
         self.periodic_lon = periodic_lon
+        return config
+
+    def _init_head(self, features: int, config: HeadConfig) -> None:
+        """Build the head :attr:`upsample` on ``features`` channels (its last layer started
+        ×0.1 with the bicubic residual)."""
+        self.upsample = MetaUpsample.from_config(
+            features, self.out_channels, config, self.periodic_lon
+        )
+        self._scale_head_for_residual()
 
     def _wrap_backbone_longitude(self) -> None:
         """With ``periodic_lon``, make every padded convolution wrap along the width (call once
@@ -240,15 +248,40 @@ class MetaSRNet(nn.Module):
                 last.weight.mul_(0.1)
                 last.bias.mul_(0.1)
 
-    def _check_call(
+    def request(
         self,
-        x: torch.Tensor,
-        scale: object,
-        size: object,
-        region: Region | None,
+        scale: object = None,
+        size: object = None,
+        region: Region | None = None,
         coords: CoordinateGrid | None = None,
-    ) -> None:
-        """Validate input, scale/size/coords and region before the (expensive) backbone runs."""
+    ) -> UpscaleRequest:
+        """The :class:`~metasr.geometry.UpscaleRequest` of a call: its head's
+        (:meth:`metasr.MetaUpsample.request`, with the network's ``arithmetic`` and
+        ``periodic_lon``)."""
+        return self.upsample.request(scale, size, region, coords)
+
+    def plan(self, x: torch.Tensor, request: UpscaleRequest) -> UpscalePlan:
+        """Check a call and plan its head, before the (expensive) backbone runs.
+
+        The head's features are stood in for by an expanded one-element tensor of their shape
+        (:func:`metasr.ops.meta_upscale.plan`), so the plan sees their shape, dtype and device
+        without anything being allocated. Besides the head's own estimate, the network's
+        output-sized copies are counted (mean shift or scaling, and the bicubic residual and
+        its sum).
+
+        Args:
+            x: ``(N, in_channels, h, w)``, the network's input.
+            request: the call's request (:meth:`request`).
+
+        Returns:
+            The head's plan, which :meth:`forward` hands to the head and the bicubic residual.
+
+        Raises:
+            ValueError: for a bad input or request (an output over the pixel cap included), an
+                asymmetric scale with ``"official"``, or a region that does not fit ``x`` or the
+                request; :class:`metasr.BackendUnavailableError` when no backend can run the
+                head (memory included).
+        """
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
@@ -260,36 +293,31 @@ class MetaSRNet(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
         if self.periodic_lon:
-            self._check_periodic(x, region)
-        mode = tracing_mode()
-        if mode == "compile":
-            # Under torch.compile the host-side geometry is built (and checked) inside the
-            # Meta-Upscale op's graph node, not traced here.
-            return
-        # Raises ValueError for a bad scale/size (an output over the pixel cap included), an
-        # asymmetric scale with "official", or a region that does not fit x or the request.
-        geom = build_geometry(
-            x.shape[2],
-            x.shape[3],
-            scale=scale,
-            size=size,
-            pos_encoding=self.pos_encoding,
-            arithmetic=self.arithmetic,
-            region=region,
-            periodic_lon=self.periodic_lon,
-            coords=coords,
+            self._check_periodic(request.region)
+        p2w = self.pos2weight
+        dtype = autocast_dtype(x.device.type) or x.dtype
+        features = x.new_empty((), dtype=dtype).expand(
+            x.shape[0], p2w.in_channels, x.shape[2], x.shape[3]
         )
-        if region is not None and self.bicubic_residual:
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        H, W = request.out_shape(x.shape[2], x.shape[3])
+        out = x.shape[0] * self.out_channels * H * W * features.element_size()
+        head = plan(
+            features,
+            p2w,
+            request,
+            self.backend,
+            requires_grad=grad,
+            extra_bytes=out * (3 if self.bicubic_residual else 1),
+        )
+        if request.region is not None and self.bicubic_residual:
             # Fails here, before the backbone, when the window lacks a bicubic tap.
-            check_bicubic_region(region, self.periodic_lon, residual_scale(scale, coords))
-        if mode is None:
-            # Eager only: the memory estimate reads concrete sizes, and under torch.export it
-            # would specialise the batch dimension that the exported graph keeps dynamic.
-            self._check_head(x, geom)
+            check_bicubic_region(request.region, self.periodic_lon, request.scale)
+        return head
 
-    def _check_periodic(self, x: torch.Tensor, region: Region | None) -> None:
+    def _check_periodic(self, region: Region | None) -> None:
         """Refuse what a periodic-longitude network cannot compute: a region narrower than the
-        whole width (wrapped neighbours would be missing), or a head op without wrapping."""
+        whole width (wrapped neighbours would be missing)."""
         if region is not None:
             w, W = region.image_size[1], region.output_size[1]
             if region.in_cols != (0, w) or region.out_cols != (0, W):
@@ -299,80 +327,75 @@ class MetaSRNet(nn.Module):
                     f"and output columns {region.out_cols}: tile rows only"
                 )
 
-    def _check_head(self, x: torch.Tensor, geom: Geometry) -> None:
-        """Refuse, before the backbone, a head call no backend can run (memory included).
-
-        The head's features are stood in for by an expanded one-element tensor of their shape,
-        so the dispatcher sees their shape, dtype and device without anything being allocated.
-        Besides the head's own estimate, the network's output-sized copies are counted (mean
-        shift or scaling, and the bicubic residual and its sum).
-        """
-        p2w = self.pos2weight
-        dtype = _autocast_dtype(x.device.type) or x.dtype
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        probe = torch.zeros(1, dtype=dtype, device=x.device, requires_grad=grad)
-        probe = probe.expand(x.shape[0], p2w.in_channels, x.shape[2], x.shape[3])
-        out = x.shape[0] * self.out_channels * geom.H * geom.W * probe.element_size()
-        extra = out * (3 if self.bicubic_residual else 1)
-        params = predictor_params(p2w, dtype)
-        select_backend(getattr(self, "backend", "auto"), probe, params, geom, extra_bytes=extra)
-
-    def _add_bicubic(
-        self,
-        y: torch.Tensor,
-        x: torch.Tensor,
-        region: Region | None = None,
-        coords: CoordinateGrid | None = None,
-        scale: object = None,
-    ) -> torch.Tensor:
+    def _add_bicubic(self, y: torch.Tensor, x: torch.Tensor, head: UpscalePlan) -> torch.Tensor:
         """``y`` plus the bicubic upsampling of ``x`` when ``bicubic_residual`` is on, else ``y``.
 
         The upsampling samples output row ``i`` at ``(i + 0.5)/r − 0.5`` with the request's
-        ``scale`` (:func:`residual_scale`; the sizes' ratio when a size was asked for), where
-        the head puts it. Without a region the upsampling is to ``y``'s size (with ``coords``: the
-        index-ratio bicubic to the target grid's shape, in the source's row and column order,
-        then put in the target's order as the head's output is, so that a target running the
-        other way or starting elsewhere on the circle gets its residual at the same latitude and
-        longitude); with one it is the whole image's upsampling restricted to the region
-        (:func:`~metasr.archs.bicubic.bicubic_upsample`).
+        ``scale``, where the head puts it (Meta-SR's ``i/r``, centred as MATLAB's ``imresize``),
+        not at ``F.interpolate(size=...)``'s ``(i + 0.5)·h/H − 0.5``, which drifts when
+        ``H = floor(h·r)`` is not ``h·r`` (:mod:`metasr.archs.bicubic`); a request by size or
+        by coordinates has no other ratio than the sizes'. Without a region the upsampling is to
+        ``y``'s size (with ``coords``: the index-ratio bicubic to the target grid's shape, in the
+        source's row and column order, then put in the target's order as the head's output is,
+        so that a target running the other way or starting elsewhere on the circle gets its
+        residual at the same latitude and longitude); with one it is the whole image's
+        upsampling restricted to the region (:func:`~metasr.archs.bicubic.bicubic_upsample`).
+
+        Args:
+            head: the head's plan (its request, and its geometry's row and column order).
 
         Shape:
             y: ``(N, Cout, H, W)``, x: ``(N, Cin, h, w)`` with ``Cin == Cout``.
         """
         if not self.bicubic_residual:
             return y
-        ratio = residual_scale(scale, coords)
-        if region is None:
+        request = head.request
+        ratio = request.scale  # None for size and coords: the sizes' ratio
+        if request.region is None:
             up = bicubic_upsample(
                 x, size=tuple(y.shape[-2:]), periodic_lon=self.periodic_lon, scale=ratio
             )
-            if coords is not None:
+            if request.coords is not None:
                 # Same permutation as the head's (a region never carries one: Geometry.cut).
-                up = restore_order(
-                    up, build_geometry_from_coords(coords, self.pos_encoding, self.periodic_lon)
-                )
+                geom = head.geometry
+                if geom is None:  # under torch.compile the head builds it inside its node
+                    geom = request.geometry(*request.coords.in_shape, self.pos_encoding)
+                up = restore_order(up, geom)
         else:
-            up = bicubic_upsample(x, region=region, periodic_lon=self.periodic_lon, scale=ratio)
+            up = bicubic_upsample(
+                x, region=request.region, periodic_lon=self.periodic_lon, scale=ratio
+            )
         return y + up.to(y.dtype)
+
+
+def upgrade_state_dict(state: Mapping[str, torch.Tensor], prefix: str = "") -> dict:
+    """``state`` with the official head names (``P2W.meta_block.*``, MetaRDN and MetaEDSR as
+    published) renamed to the head's (``upsample.phi.meta_block.*``); other names unchanged.
+
+    Args:
+        prefix: where the network's entries start in ``state`` (as in ``load_state_dict``).
+    """
+    old, new = prefix + "P2W.", prefix + "upsample.phi."
+    return {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in state.items()}
 
 
 class MeanShiftMetaSRNet(MetaSRNet):
     """A Meta-SR network in the EDSR/Meta-SR convention (MetaRDN, MetaEDSR).
 
-    ``sub_mean`` → :meth:`forward_features` → Meta-Upscale with ``P2W`` → (bicubic residual) →
+    ``sub_mean`` → :meth:`forward_features` → the head :attr:`upsample` → (bicubic residual) →
     ``add_mean``; input values in ``[0, img_range]``. Subclasses define ``sub_mean``,
-    ``add_mean``, ``P2W``, ``backend`` and :meth:`forward_features`.
+    ``add_mean`` and :meth:`forward_features`. The official checkpoints name the head's
+    predictor ``P2W``; a load-state-dict hook renames those entries
+    (:func:`upgrade_state_dict`), so they load unchanged.
     """
 
     sub_mean: nn.Module
     add_mean: nn.Module
-    P2W: Pos2Weight
-    backend: str
     img_range: float
 
-    @property
-    def pos2weight(self) -> Pos2Weight:
-        return self.P2W
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_load_state_dict_pre_hook(_official_head_names)
 
     @property
     def input_range(self) -> float:
@@ -412,18 +435,15 @@ class MeanShiftMetaSRNet(MetaSRNet):
         Returns:
             ``(N, out_channels, H, W)``, or ``(N, out_channels, *region.out_shape)``.
         """
-        self._check_call(x, scale, size, region, coords)
+        head = self.plan(x, self.request(scale, size, region, coords))
         x = self.sub_mean(x)
-        y = meta_upscale(
-            self.forward_features(x),
-            self.P2W,
-            scale=scale,
-            size=size,
-            backend=self.backend,
-            arithmetic=self.arithmetic,
-            region=region,
-            periodic_lon=self.periodic_lon,
-            coords=coords,
-        )
+        y = self.upsample(self.forward_features(x), plan=head)
         # The residual is added in the mean-shifted domain, so the mean is added back only once.
-        return self.add_mean(self._add_bicubic(y, x, region, coords, scale))
+        return self.add_mean(self._add_bicubic(y, x, head))
+
+
+def _official_head_names(module: nn.Module, state: dict, prefix: str, *args: object) -> None:
+    """Load-state-dict pre-hook: rename official ``P2W.*`` entries in place."""
+    renamed = upgrade_state_dict(state, prefix)
+    state.clear()
+    state.update(renamed)

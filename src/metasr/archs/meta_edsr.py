@@ -8,6 +8,10 @@ State_dict keys follow the official Meta-EDSR, so its checkpoints load::
     body.{n_resblocks}.*                Conv(F, F, 3) closing the body
     P2W.meta_block.{0,2}.*              Linear(P, hidden), Linear(hidden, 3·3·F·Cout)
 
+except that the head's predictor is ``upsample.phi.meta_block.*`` here, the head of every metasr
+network (:class:`metasr.MetaUpsample`); the official ``P2W.*`` names are renamed on load
+(:func:`metasr.archs.base.upgrade_state_dict`).
+
 Input convention (EDSR-PyTorch ``rgb_range``): values in ``[0, img_range]``; ``sub_mean``
 subtracts ``img_range · mean``, ``add_mean`` adds it back. Use ``img_range=1`` for data in
 ``[0, 1]`` (BasicSR), 255 for 8-bit values as in the official code.
@@ -15,13 +19,13 @@ subtracts ``img_range · mean``, ``add_mean`` adds it back. Use ``img_range=1`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..geometry import Arithmetic
-from ..modules import Pos2Weight, predictor_options
+from ..modules import HeadConfig
 from ._registry import register_model
 from .base import (
     MeanShift,
@@ -78,18 +82,14 @@ class MetaEDSR(MeanShiftMetaSRNet):
         img_range: inputs are in ``[0, img_range]`` (official ``rgb_range``: 255).
         mean: per-channel mean in ``[0, 1]`` units; ``None``: DIV2K RGB mean for 3 channels,
             else 0.
-        meta_kernel_size: LR window of the Meta-Upscale head.
-        hidden: hidden width of the weight-prediction MLP.
-        pos_encoding: ``"asymmetric"`` (default) or ``"official"``.
-        backend: Meta-Upscale backend.
-        arithmetic: ``"exact"`` or ``"official"`` output grid.
+        upsample: the Meta-Upscale head's options (:class:`metasr.HeadConfig`, or a mapping of
+            its fields; default: the paper's head). Option files and checkpoint metadata may
+            spell them flat (``hidden``, ``meta_kernel_size``, ...:
+            :func:`metasr.modules.fold_head_options`).
         bicubic_residual: add ``bicubic(x)`` to the output; the head's last layer starts ×0.1.
         periodic_lon: periodic in longitude (the width): every padded convolution wraps along
             the width (zero padding along the height), and so do the bicubic residual and the
             head's window. State_dict keys are those of the non-periodic network.
-        hidden_layers, activation, encoding, fourier_features, fourier_scale: the
-            weight-prediction MLP's options (:class:`metasr.Pos2Weight`); the defaults build
-            the paper's Linear-ReLU-Linear (the fast path, official checkpoints load).
 
     Shape:
         forward: ``x (N, in_channels, h, w)`` → ``(N, out_channels, H, W)``.
@@ -105,22 +105,13 @@ class MetaEDSR(MeanShiftMetaSRNet):
         kernel_size: int = 3,
         img_range: float = 255.0,
         mean: float | Sequence[float] | None = None,
-        meta_kernel_size: int = 3,
-        hidden: int = 256,
-        pos_encoding: str = "asymmetric",
-        backend: str = "auto",
-        arithmetic: Arithmetic = "exact",
+        upsample: HeadConfig | Mapping[str, Any] | None = None,
         bicubic_residual: bool = False,
         periodic_lon: bool = False,
-        hidden_layers: int = 1,
-        activation: str = "relu",
-        encoding: str | None = None,
-        fourier_features: int = 32,
-        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self._init_meta_options(
-            in_channels, out_channels, pos_encoding, arithmetic, bicubic_residual, periodic_lon
+        head = self._init_meta_options(
+            in_channels, out_channels, upsample, bicubic_residual, periodic_lon
         )
         self.n_resblocks = check_positive_int("n_resblocks", n_resblocks)
         self.n_feats = check_positive_int("n_feats", n_feats)
@@ -129,7 +120,6 @@ class MetaEDSR(MeanShiftMetaSRNet):
         if k % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.img_range = check_positive_float("img_range", img_range)
-        self.backend = backend
 
         # Registration order = the official state_dict order.
         self.sub_mean = MeanShift(
@@ -143,17 +133,7 @@ class MetaEDSR(MeanShiftMetaSRNet):
         self.add_mean = MeanShift(
             out_channels, self.img_range, resolve_mean(mean, out_channels, "output"), 1
         )
-        self.P2W = Pos2Weight(
-            n_feats,
-            out_channels,
-            meta_kernel_size,
-            hidden,
-            pos_encoding,
-            **predictor_options(
-                hidden_layers, activation, encoding, fourier_features, fourier_scale
-            ),
-        )
-        self._scale_head_for_residual()
+        self._init_head(n_feats, head)
         self._wrap_backbone_longitude()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,10 @@ its state_dict keys and shapes are identical::
     GFF.0.*, GFF.1.*                    Conv(D·G0, G0, 1), Conv(G0, G0, k)
     P2W.meta_block.{0,2}.*              Linear(P, 256), Linear(256, 3·3·G0·Cout)
 
+except that the head's predictor is ``upsample.phi.meta_block.*`` here, the head of every metasr
+network (:class:`metasr.MetaUpsample`); the official ``P2W.*`` names are renamed on load
+(:func:`metasr.archs.base.upgrade_state_dict`).
+
 Input convention (as the official code, ``rgb_range``): pixel values in ``[0, img_range]``
 (255 for the published model); ``sub_mean`` subtracts ``img_range · mean`` and ``add_mean`` adds
 it back, so the output is in the same range.
@@ -20,6 +24,7 @@ it back, so the output is in the same range.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,8 +33,7 @@ import torch
 from torch import nn
 
 from .._state_dict import clean_state_dict, describe_mismatch
-from ..geometry import Arithmetic
-from ..modules import Pos2Weight, predictor_options
+from ..modules import HeadConfig, fold_head_options
 from ._registry import register_model
 from .base import (
     MeanShift,
@@ -37,6 +41,7 @@ from .base import (
     check_positive_float,
     check_positive_int,
     resolve_mean,
+    upgrade_state_dict,
 )
 
 __all__ = ["MetaRDN", "load_official_metardn"]
@@ -94,19 +99,15 @@ class MetaRDN(MeanShiftMetaSRNet):
         img_range: inputs are in ``[0, img_range]`` (official ``rgb_range``: 255).
         mean: per-channel mean in ``[0, 1]`` units, subtracted (×``img_range``) by ``sub_mean``
             and added back by ``add_mean``; ``None``: DIV2K RGB mean for 3 channels, else 0.
-        meta_kernel_size: LR window of the Meta-Upscale head (3 in the paper).
-        hidden: hidden width of the weight-prediction MLP (256 in the paper).
-        pos_encoding: ``"asymmetric"`` (default) or ``"official"`` (``(1/r, Δv, Δh)``).
-        backend: Meta-Upscale backend (``"auto"``, ``"torch"``, ``"im2col"``, ...).
-        arithmetic: ``"exact"`` geometry or the official float32 grid (``"official"``).
+        upsample: the Meta-Upscale head's options (:class:`metasr.HeadConfig`, or a mapping of
+            its fields; default: the paper's head). Option files and checkpoint metadata may
+            spell them flat (``hidden``, ``meta_kernel_size``, ...:
+            :func:`metasr.modules.fold_head_options`).
         bicubic_residual: add ``bicubic(x)`` to the output (global residual; the head's last
             layer starts ×0.1). Off for the paper model.
         periodic_lon: periodic in longitude (the width): every padded convolution wraps along
             the width (zero padding along the height), and so do the bicubic residual and the
             head's window. State_dict keys are those of the non-periodic network.
-        hidden_layers, activation, encoding, fourier_features, fourier_scale: the
-            weight-prediction MLP's options (:class:`metasr.Pos2Weight`); the defaults build
-            the paper's Linear-ReLU-Linear (the fast path, official checkpoints load).
 
     Shape:
         forward: ``x (N, in_channels, h, w)`` → ``(N, out_channels, H, W)``.
@@ -123,22 +124,13 @@ class MetaRDN(MeanShiftMetaSRNet):
         kernel_size: int = 3,
         img_range: float = 255.0,
         mean: float | Sequence[float] | None = None,
-        meta_kernel_size: int = 3,
-        hidden: int = 256,
-        pos_encoding: str = "asymmetric",
-        backend: str = "auto",
-        arithmetic: Arithmetic = "exact",
+        upsample: HeadConfig | Mapping[str, Any] | None = None,
         bicubic_residual: bool = False,
         periodic_lon: bool = False,
-        hidden_layers: int = 1,
-        activation: str = "relu",
-        encoding: str | None = None,
-        fourier_features: int = 32,
-        fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self._init_meta_options(
-            in_channels, out_channels, pos_encoding, arithmetic, bicubic_residual, periodic_lon
+        head = self._init_meta_options(
+            in_channels, out_channels, upsample, bicubic_residual, periodic_lon
         )
         G0, D, C, G = (
             check_positive_int(n, v) for n, v in (("G0", G0), ("D", D), ("C", C), ("G", G))
@@ -148,7 +140,6 @@ class MetaRDN(MeanShiftMetaSRNet):
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.img_range = check_positive_float("img_range", img_range)
         self.G0, self.D, self.C, self.G = G0, D, C, G
-        self.backend = backend
 
         # Registration order = the official state_dict order.
         self.sub_mean = MeanShift(
@@ -161,17 +152,7 @@ class MetaRDN(MeanShiftMetaSRNet):
         self.SFENet2 = nn.Conv2d(G0, G0, k, padding=k // 2)
         self.RDBs = nn.ModuleList([_RDB(G0, G, C, k) for _ in range(D)])
         self.GFF = nn.Sequential(nn.Conv2d(D * G0, G0, 1), nn.Conv2d(G0, G0, k, padding=k // 2))
-        self.P2W = Pos2Weight(
-            G0,
-            out_channels,
-            meta_kernel_size,
-            hidden,
-            pos_encoding,
-            **predictor_options(
-                hidden_layers, activation, encoding, fourier_features, fourier_scale
-            ),
-        )
-        self._scale_head_for_residual()
+        self._init_head(G0, head)
         self._wrap_backbone_longitude()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,7 +180,7 @@ def _infer_rdn_config(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
         "SFENet1.weight",
         "add_mean.weight",
         "RDBs.0.convs.0.conv.0.weight",
-        "P2W.meta_block.2.weight",
+        "upsample.phi.meta_block.2.weight",  # P2W.meta_block.2.weight in the official names
     )
     missing = [k for k in needed if k not in sd]
     if missing:
@@ -240,7 +221,8 @@ def load_official_metardn(
         path: a file saved with ``torch.save`` holding the raw state_dict or a dict wrapping one
             (under ``params_ema``/``params``/``state_dict``/``model``/...; ``module.`` prefixes
             removed, see :func:`metasr._state_dict.clean_state_dict`), or such a mapping itself.
-        **kwargs: further :class:`MetaRDN` arguments (``backend``, ``arithmetic``, ...).
+        **kwargs: further :class:`MetaRDN` arguments (``upsample={"backend": ...}``, or the head's
+            options flat: ``backend``, ``arithmetic``, ...).
 
     Returns:
         The :class:`MetaRDN`, in training mode like any new module.
@@ -257,11 +239,17 @@ def load_official_metardn(
         except Exception as exc:  # unpickling errors have many types; report them uniformly
             raise ValueError(f"could not read checkpoint {os.fspath(path)!r}: {exc}") from exc
     sd, _ = clean_state_dict(obj)
+    sd = upgrade_state_dict(sd)  # the official P2W.* names are the head's upsample.phi.*
     config = _infer_rdn_config(sd)
-    for key in ("pos_encoding", *config):
-        if key in kwargs:
-            raise ValueError(f"load_official_metardn: {key!r} is fixed by the checkpoint")
-    model = MetaRDN(**config, pos_encoding="official", **kwargs)
+    kwargs = fold_head_options(kwargs)
+    given = kwargs.pop("upsample", None)
+    fixed = [k for k in ("pos_encoding", *config) if k in kwargs]
+    if isinstance(given, Mapping) and "pos_encoding" in given:
+        fixed.append("pos_encoding")
+    if fixed:
+        raise ValueError(f"load_official_metardn: {fixed[0]!r} is fixed by the checkpoint")
+    head = dataclasses.replace(HeadConfig.of(given), pos_encoding="official")
+    model = MetaRDN(**config, upsample=head, **kwargs)
     mismatch = describe_mismatch(model.state_dict(), sd)
     if mismatch is not None:
         raise ValueError(

@@ -33,14 +33,15 @@ features change (as they do for any Swin model).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import Arithmetic, CoordinateGrid, Region
-from ..modules import MetaUpsample, Pos2Weight, predictor_options
+from ..geometry import CoordinateGrid, Region
+from ..modules import HeadConfig
 from ._registry import register_model
 from .base import MetaSRNet, check_positive_float, check_positive_int, resolve_mean
 from .swin_blocks import RSTB, PatchEmbed, resi_conv, shift_attn_mask
@@ -99,18 +100,14 @@ class MetaSwinIR(MetaSRNet):
         resi_connection: ``"1conv"`` or ``"3conv"``.
         num_feat: channels of ``conv_before_upsample`` fed to the head (64 in SwinIR).
         mean: per-channel mean; ``None``: DIV2K RGB mean for 3 channels, else 0.
-        meta_kernel_size: LR window of the Meta-Upscale head.
-        hidden: hidden width of the weight-prediction MLP.
-        pos_encoding: ``"asymmetric"`` (default) or ``"official"``.
-        backend: Meta-Upscale backend; settable later as ``model.backend``.
-        arithmetic: ``"exact"`` or ``"official"`` output grid.
+        upsample: the Meta-Upscale head's options (:class:`metasr.HeadConfig`, or a mapping of
+            its fields; default: the paper's head; ``backend`` is settable later as
+            ``model.backend``). Option files and checkpoint metadata may spell them flat
+            (``hidden``, ``meta_kernel_size``, ...: :func:`metasr.modules.fold_head_options`).
         bicubic_residual: add ``bicubic(x)`` to the output; the head's last layer starts ×0.1.
         periodic_lon: periodic in longitude (the width): convolutions, shifted windows, the
             bicubic residual and the head's window wrap along the width, whose size must then
             be a multiple of the effective window. State_dict keys are unchanged.
-        hidden_layers, activation, encoding, fourier_features, fourier_scale: the
-            weight-prediction MLP's options (:class:`metasr.Pos2Weight`); the defaults build
-            the paper's Linear-ReLU-Linear (the fast path, official checkpoints load).
 
     Shape:
         forward: ``x (N, in_chans, h, w)`` → ``(N, out_chans, H, W)``.
@@ -139,18 +136,9 @@ class MetaSwinIR(MetaSRNet):
         resi_connection: str = "1conv",
         num_feat: int = 64,
         mean: float | Sequence[float] | None = None,
-        meta_kernel_size: int = 3,
-        hidden: int = 256,
-        pos_encoding: str = "asymmetric",
-        backend: str = "auto",
-        arithmetic: Arithmetic = "exact",
+        upsample: HeadConfig | Mapping[str, Any] | None = None,
         bicubic_residual: bool = False,
         periodic_lon: bool = False,
-        hidden_layers: int = 1,
-        activation: str = "relu",
-        encoding: str | None = None,
-        fourier_features: int = 32,
-        fourier_scale: float = 1.0,
         in_channels: int | None = None,
         out_channels: int | None = None,
     ) -> None:
@@ -166,8 +154,8 @@ class MetaSwinIR(MetaSRNet):
             out_chans = out_channels
         in_chans = check_positive_int("in_chans", in_chans)
         out_chans = in_chans if out_chans is None else check_positive_int("out_chans", out_chans)
-        self._init_meta_options(
-            in_chans, out_chans, pos_encoding, arithmetic, bicubic_residual, periodic_lon
+        head = self._init_meta_options(
+            in_chans, out_chans, upsample, bicubic_residual, periodic_lon
         )
 
         if patch_size != 1:
@@ -253,33 +241,7 @@ class MetaSwinIR(MetaSRNet):
         self.apply(_swinir_init)  # before the head exists: the head keeps PyTorch's init
         self._wrap_backbone_longitude()
         # --- head ---
-        self.upsample = MetaUpsample(
-            self.num_feat,
-            out_chans,
-            meta_kernel_size,
-            hidden,
-            pos_encoding,
-            backend=backend,
-            arithmetic=arithmetic,
-            periodic_lon=self.periodic_lon,
-            **predictor_options(
-                hidden_layers, activation, encoding, fourier_features, fourier_scale
-            ),
-        )
-        self._scale_head_for_residual()
-
-    # `backend` lives on the head module; expose it like the other models do.
-    @property
-    def backend(self) -> str:
-        return self.upsample.backend
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        self.upsample.backend = value
-
-    @property
-    def pos2weight(self) -> Pos2Weight:
-        return self.upsample.phi
+        self._init_head(self.num_feat, head)
 
     @property
     def effective_window_size(self) -> int:
@@ -363,11 +325,9 @@ class MetaSwinIR(MetaSRNet):
         Returns:
             ``(N, out_chans, H, W)``, or ``(N, out_chans, *region.out_shape)``.
         """
-        self._check_call(x, scale, size, region, coords)
-        y = self.upsample(
-            self.head_features(x), scale=scale, size=size, region=region, coords=coords
-        )
-        y = self._add_bicubic(y, self._normalize(x), region, coords, scale)
+        head = self.plan(x, self.request(scale, size, region, coords))
+        y = self.upsample(self.head_features(x), plan=head)
+        y = self._add_bicubic(y, self._normalize(x), head)
         return y / self.img_range + self.out_mean.to(y.dtype)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         run_benchmarks,
         write_csv,
     )
-    from ..ops.meta_upscale._dispatch import BACKENDS
+    from ..ops.meta_upscale.dispatch import BACKENDS
 
     if args.device == "auto":
         import torch

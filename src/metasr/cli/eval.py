@@ -104,9 +104,9 @@ def load_eval_model(spec: str, opt_path: str | None, device: str, backend: str |
         return as_upscaler("bicubic")
     network_opt = None
     if opt_path:
-        from .train import _load_options
+        from .options import load_options
 
-        network_opt = _load_options(opt_path).get("network_g")
+        network_opt = load_options(opt_path).get("network_g")
         if not isinstance(network_opt, dict):
             raise CLIError(f"{opt_path}: no 'network_g' mapping")
     loaded = load_model(spec, device="cpu", backend=backend, network_opt=network_opt)

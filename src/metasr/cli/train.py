@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from . import CLIError
+from .options import load_options
 
 __all__ = ["register"]
-
-_INSTALL_HINT = "pip install --no-build-isolation basicsr==1.4.2 && pip install 'metasr[train]'"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,23 +65,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # -- option files ------------------------------------------------------------------------------
-
-
-def _load_options(path_str: str) -> dict[str, Any]:
-    path = Path(path_str)
-    if not path.is_file():
-        raise CLIError(f"option file not found: {path}")
-    try:
-        import yaml
-    except ImportError:
-        raise CLIError(f"reading option files needs PyYAML: {_INSTALL_HINT}") from None
-    try:
-        opt = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CLIError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    if not isinstance(opt, dict):
-        raise CLIError(f"{path}: expected a mapping of options at the top level")
-    return opt
 
 
 def _need(opt: Mapping[str, Any], key: str, where: str, kind: type | tuple = dict) -> Any:
@@ -290,7 +272,7 @@ def apply_force_yml(opt: dict[str, Any], entries: list[str] | None, src: str) ->
 
 
 def _check_all(args: argparse.Namespace, is_train: bool) -> None:
-    opt = apply_force_yml(_load_options(args.opt), args.force_yml, str(args.opt))
+    opt = apply_force_yml(load_options(args.opt), args.force_yml, str(args.opt))
     _check_options(opt, str(args.opt), is_train)
     _import_integration()
     _check_registered(opt, str(args.opt))
@@ -305,7 +287,7 @@ def _start_distributed(args: argparse.Namespace) -> None:
     if args.local_rank and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     try:
-        opt = apply_force_yml(_load_options(args.opt), args.force_yml, str(args.opt))
+        opt = apply_force_yml(load_options(args.opt), args.force_yml, str(args.opt))
     except CLIError:
         opt = {}  # reported by the checks, on every rank
     params = opt.get("dist_params") if isinstance(opt.get("dist_params"), dict) else {}

@@ -21,7 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import DEVICE_HELP, MODEL_HELP, CLIError, device_arg
+from . import DEVICE_HELP, MODEL_HELP, CLIError, device_arg, parse_tile_arg
 
 __all__ = ["parse_scale_arg", "parse_size_arg", "register"]
 
@@ -34,19 +34,6 @@ def parse_scale_arg(text: str) -> tuple[float, float]:
         return parse_scale_spec(text)
     except ValueError as exc:
         raise CLIError(f"bad --scale: {exc}") from None
-
-
-def parse_tile_arg(text: str) -> int | str:
-    """``--tile``: ``auto`` or a whole number >= 0."""
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise CLIError(f"bad --tile {text!r}: give 'auto' or a whole number") from None
-    if value < 0:
-        raise CLIError(f"bad --tile {value}: must be >= 0 (0 disables tiling)")
-    return value
 
 
 def parse_size_arg(text: str) -> tuple[int, int]:
@@ -107,8 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-r",
         "--recursive",
         action="store_true",
-        help="take the images in sub-folders of folder inputs too; the output folder mirrors "
-        "them",
+        help="take the images in sub-folders of folder inputs too; the output folder mirrors them",
     )
     batch.add_argument(
         "--quality",
@@ -136,6 +122,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--half", action="store_true", help="float16 weights and activations (CUDA)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="CPU inference precision: fp32 (default), bf16 (bfloat16 autocast), auto (bf16 "
+        "where the CPU has native bfloat16, else fp32); measured cost in docs/benchmarks.md",
+    )
     p.add_argument(
         "--tile",
         default="auto",
@@ -450,6 +443,8 @@ def _run_rasters(args: argparse.Namespace) -> int:
     device = device_arg(args.device)
     if args.half and device.type != "cuda":
         raise CLIError("--half needs a CUDA device (half precision on CPU is slower than float32)")
+    if args.precision == "bf16" and device.type != "cpu":
+        raise CLIError("--precision bf16 is for CPU inference; on CUDA use --half")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise CLIError(f"bad --quality {args.quality}: must be 1..100")
     skip = Path(args.output) if args.recursive else None
@@ -500,6 +495,7 @@ def _run_rasters(args: argparse.Namespace) -> int:
                 progress=show,
                 tta=args.tta,
                 check_finite=False,  # below, with a hint at the cause
+                precision=args.precision,
             )
         except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
             if not isinstance(exc, OutOfMemoryError) and "allocate" not in str(exc):

@@ -21,8 +21,8 @@ datasets give it, for latitude/longitude fields:
   use to those latitudes (a band never straddles a row outside them), so the other latitudes
   stay unseen for scoring. Needs band crops.
 * **Coordinates**: each sample carries ``lq_lat``/``lq_lon``/``gt_lat``/``gt_lon`` (float64)
-  and ``wrap_lon``; the model calls the network with
-  ``coords=CoordinateGrid(lq_lat, lq_lon, gt_lat, gt_lon, wrap_lon)`` instead of ``scale``.
+  and ``periodic_lon``; the model calls the network with
+  ``coords=CoordinateGrid(lq_lat, lq_lon, gt_lat, gt_lon, periodic_lon)`` instead of ``scale``.
   One :class:`~metasr.data.datasets.BatchSpec` per batch fixes the ratio, the LR band height
   and the band's position (``spec.offset``), so all samples of a batch share one coordinate
   grid — the fields differ, not the geometry.
@@ -34,7 +34,7 @@ datasets give it, for latitude/longitude fields:
 
 Sample dict: ``lq`` ``(1, h, w)`` float32, ``gt`` ``(1, H, W)`` float32, ``scale`` float64
 ``(2,)`` (the batch's nominal ratio), ``lq_lat (h,)``, ``lq_lon (w,)``, ``gt_lat (H,)``,
-``gt_lon (W,)`` float64, ``wrap_lon`` bool, ``lq_path``/``gt_path`` (the field's name, e.g.
+``gt_lon (W,)`` float64, ``periodic_lon`` bool, ``lq_path``/``gt_path`` (the field's name, e.g.
 ``ensemble_003/2011-08``).
 """
 
@@ -241,7 +241,7 @@ def _sample_dict(
         "lq_lon": torch.from_numpy(lq_grid.lon.copy()),
         "gt_lat": torch.from_numpy(gt_grid.lat.copy()),
         "gt_lon": torch.from_numpy(gt_grid.lon.copy()),
-        "wrap_lon": bool(gt_grid.periodic),
+        "periodic_lon": bool(gt_grid.periodic),
         "lq_path": name,
         "gt_path": name,
     }

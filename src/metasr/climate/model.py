@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,7 +97,7 @@ def coordinate_grid(src: Grid, dst: Grid) -> CoordinateGrid:
         tuple(src.lon.tolist()),
         tuple(dst.lat.tolist()),
         tuple(dst.lon.tolist()),
-        wrap_lon=src.periodic,
+        periodic_lon=src.periodic,
     )
 
 
@@ -133,6 +134,26 @@ def _constraint_for(
         con = ConservativeConstraint(src, dst, frozen_rows=frozen, smooth=smooth)
         _CONSTRAINTS[key] = con
     return con
+
+
+@contextmanager
+def regional_call(model: torch.nn.Module, coords: CoordinateGrid) -> Iterator[None]:
+    """Run ``model`` on a regional (non-periodic) ``coords`` whatever ``periodic_lon`` it was
+    built with: its head and bicubic residual stop wrapping for the call (``periodic_lon`` is
+    off meanwhile); its backbone convolutions still wrap, but only the replicated columns that
+    :func:`field_forward` pads on both sides (``REGIONAL_PAD`` > the receptive field) meet."""
+    # The network and its head each hold the flag; the backbone's convolutions do not read it.
+    wrapping = [m for m in model.modules() if getattr(m, "periodic_lon", False) is True]
+    if coords.periodic_lon or not wrapping:
+        yield
+        return
+    for m in wrapping:
+        m.periodic_lon = False
+    try:
+        yield
+    finally:
+        for m in wrapping:
+            m.periodic_lon = True
 
 
 def _area_weights(grid: Grid) -> np.ndarray:
@@ -202,26 +223,32 @@ def field_forward(
     else:
         raise ValueError(f"normalisation must be 'per-sample' or 'dataset', got {normalisation!r}")
     z = (xc - mean) / std
-    regional = not sg.periodic
-    p = pad if regional else 0
-    q = 0
+    p = q = 0
     src_lon, dst_lon = sg.lon, dg.lon
-    if p:
+    if not sg.periodic and sg.shape[1] > 1:
         # Replicate the region's edges; the target grows by as many of its own columns as
-        # cover the padding, and is cropped back after the network.
-        z_in = torch.nn.functional.pad(z[:, None], (p, p, 0, 0), mode="replicate")
-        d_src = max(sg.lon[1] - sg.lon[0], sg.lon[-1] - sg.lon[-2]) if sg.shape[1] > 1 else 1.0
-        d_dst = min(dg.lon[1] - dg.lon[0], dg.lon[-1] - dg.lon[-2]) if dg.shape[1] > 1 else 1.0
-        q = int(np.ceil(p * d_src / d_dst)) + 1
-        src_lon, dst_lon = _extend(sg.lon, p), _extend(dg.lon, q)
-    else:
-        z_in = z[:, None]
+        # cover the padding, and is cropped back after the network. The padded source stays
+        # under 360° (a nearly global region gets less padding).
+        d_src = max(sg.lon[1] - sg.lon[0], sg.lon[-1] - sg.lon[-2])
+        span = sg.lon_bounds[-1] - sg.lon_bounds[0]
+        p = int(min(pad, max(0.0, np.floor((360.0 - span) / (2 * d_src)) - 1)))
+        if p:
+            src_lon = _extend(sg.lon, p)
+            if dg.shape[1] > 1:
+                d_dst = min(dg.lon[1] - dg.lon[0], dg.lon[-1] - dg.lon[-2])
+                q = int(np.ceil(p * d_src / d_dst)) + 1
+                dst_lon = _extend(dg.lon, q)
+                if dst_lon[-1] - dst_lon[0] >= 360.0 - 1e-6:  # a target (nearly) global
+                    q, dst_lon = 0, dg.lon
+    z_in = z[:, None]
+    if p:
+        z_in = torch.nn.functional.pad(z_in, (p, p, 0, 0), mode="replicate")
     coords = CoordinateGrid(
         tuple(sg.lat.tolist()),
         tuple(src_lon.tolist()),
         tuple(dg.lat.tolist()),
         tuple(dst_lon.tolist()),
-        wrap_lon=not regional,
+        periodic_lon=bool(sg.periodic),
     )
     y = run(z_in, coords)[:, 0]
     if q:
@@ -341,7 +368,7 @@ class ModelDownscaler:
         model = self.loaded.model
         p = next(model.parameters())  # the device and dtype the model runs in
         x = torch.from_numpy(np.ascontiguousarray(z))[:, None].to(device=p.device, dtype=p.dtype)
-        with torch.inference_mode():
+        with torch.inference_mode(), regional_call(model, coords):
             y = upscale(
                 model,
                 x,

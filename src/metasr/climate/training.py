@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .grids import Grid, gaussian_grid, regular_grid
-from .model import field_forward
+from .model import field_forward, regional_call
 from .regrid import fill_missing, regrid
 
 __all__ = [
@@ -251,7 +251,11 @@ def network_kwargs() -> dict[str, Any]:
 
 
 def _run_net(net: torch.nn.Module):  # noqa: ANN202
-    return lambda z, coords: net(z.float(), coords=coords)
+    def run(z: torch.Tensor, coords: Any) -> torch.Tensor:
+        with regional_call(net, coords):
+            return net(z.float(), coords=coords)
+
+    return run
 
 
 def batch_loss(net: torch.nn.Module, batch: Batch, constraint: str = "smooth") -> torch.Tensor:

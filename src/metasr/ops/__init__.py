@@ -14,7 +14,7 @@ by :mod:`metasr`.
 from __future__ import annotations
 
 from .meta_upscale import meta_upscale
-from .meta_upscale._dispatch import BackendUnavailableError, backends
+from .meta_upscale.dispatch import BackendUnavailableError, backends
 from .meta_upscale.weights import meta_upscale_weights
 
 __all__ = ["BackendUnavailableError", "backends", "meta_upscale", "meta_upscale_weights"]

@@ -447,7 +447,8 @@ def downscale_field(
         src = src.rename(src.with_name(src.name + ".nc"))
     grid = target_grid
     if grid_file is not None:
-        grid = str(take_upload(grid_file[0], job, "grid_" + safe_name(grid_file[1])))
+        (job / "grid").mkdir()  # its own folder: the grid file may share the input's name
+        grid = str(take_upload(grid_file[0], job / "grid", grid_file[1]))
     label = "grid" if grid_file is not None else safe_name(target_grid.strip())
     dst = job / "out" / f"{src.stem}_{label}.nc"
     dst.parent.mkdir(exist_ok=True)

@@ -115,9 +115,9 @@ def _batch_coords(data: dict[str, Any]) -> CoordinateGrid | None:
                 "(MetaSRFieldDataset places every sample of a batch alike)"
             )
         axes.append(tuple(a[0].tolist()))
-    wrap = data.get("wrap_lon", True)
+    wrap = data.get("periodic_lon", True)
     wrap = bool(torch.as_tensor(wrap).reshape(-1)[0])
-    return CoordinateGrid(*axes, wrap_lon=wrap)
+    return CoordinateGrid(*axes, periodic_lon=wrap)
 
 
 def _stats_of_options(opt: dict[str, Any]) -> FieldStats | None:

@@ -5,27 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...geometry import Arithmetic, CoordinateGrid, Region, build_geometry
-from ._dispatch import select_backend
-from ._tracing import tracing_mode
-from .params import MLPParams
-from .predictor import PredictorKind, check_predictor, predictor_params
+from ...geometry import Arithmetic, CoordinateGrid, Region, UpscaleRequest
+from . import planning
+from .planning import UpscalePlan, plan
 from .tables import restore_order
 
-__all__ = ["meta_upscale"]
-
-
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype active for ``device_type``, or None when autocast is off."""
-    try:
-        if torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
-    except TypeError:  # torch < 2.4 has no per-device query
-        if device_type == "cuda" and torch.is_autocast_enabled():
-            return torch.get_autocast_gpu_dtype()
-        if device_type == "cpu" and torch.is_autocast_cpu_enabled():
-            return torch.get_autocast_cpu_dtype()
-    return None
+__all__ = ["UpscalePlan", "meta_upscale", "plan"]
 
 
 def meta_upscale(
@@ -38,6 +23,8 @@ def meta_upscale(
     region: Region | None = None,
     periodic_lon: bool = False,
     coords: CoordinateGrid | None = None,
+    *,
+    plan: UpscalePlan | None = None,
 ) -> torch.Tensor:
     """Meta-Upscale ``x`` by ``scale`` (or to ``size``) with the weight-prediction MLP ``phi``.
 
@@ -84,6 +71,8 @@ def meta_upscale(
             (:class:`metasr.geometry.CoordinateGrid`; ``x``'s ``h×w`` is its source grid, the
             output its target grid, in the target's row and column order). Give it with
             ``periodic_lon=True`` for a global grid.
+        plan: run this plan (:func:`metasr.ops.meta_upscale.plan`, made for ``x``'s shape,
+            ``phi`` and a request) instead of the arguments above, which must then be left out.
 
     Returns:
         ``(N, Cout, H, W)`` (``region.out_shape`` with a region), in ``x``'s dtype (or the
@@ -95,67 +84,31 @@ def meta_upscale(
             under ``torch.compile``, a ``phi`` other than Linear-ReLU-Linear);
             :class:`metasr.BackendUnavailableError` (a ``ValueError``) when no backend can run.
     """
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4-D (N, C, h, w), got shape {tuple(x.shape)}")
-    if x.numel() == 0:
-        raise ValueError(f"x must not be empty, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
-    mode = tracing_mode()
-    # Validates phi (attributes, sizes, device, batch-dependent layers) and picks its path.
-    kind = check_predictor(phi, x, probe=mode is None)
-    if not isinstance(periodic_lon, bool):
-        raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
-    if coords is not None and (scale is not None or size is not None):
-        raise ValueError("give either coords=... or scale=/size=, not both")
-    if mode == "compile":
-        if kind is not PredictorKind.SEPARABLE:
-            raise ValueError(
-                "under torch.compile, meta_upscale supports only phi = Linear, ReLU, Linear "
-                f"(metasr.Pos2Weight's default); this phi is {kind.value} "
-                f"({type(phi).__name__}): call it outside the compiled region "
-                "(torch.compiler.disable) or eagerly"
-            )
-        # torch.compile: one opaque graph node; the geometry is built inside it (custom_op.py).
-        from .custom_op import meta_upscale_custom_op
-
-        dtype = _autocast_dtype(x.device.type) or x.dtype
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return meta_upscale_custom_op(
-                x.to(dtype),
-                MLPParams.from_module(phi, dtype),
-                scale,
-                size,
-                phi.pos_encoding,
-                arithmetic,
-                region,
-                backend,
-                periodic_lon,
-                coords,
-            )
-    geom = build_geometry(
-        x.shape[2],
-        x.shape[3],
-        scale=scale,
-        size=size,
-        pos_encoding=phi.pos_encoding,
-        arithmetic=arithmetic,
-        region=region,
-        periodic_lon=periodic_lon,
-        coords=coords,
-    )
-    dtype = _autocast_dtype(x.device.type) or x.dtype
-    # Autocast is handled here once: everything runs in `dtype`, with autocast off inside, so
-    # each backend sees one consistent dtype (the casts below are differentiable).
+    if plan is None:
+        request = UpscaleRequest(scale, size, coords, region, arithmetic, periodic_lon)
+        plan = planning.plan(x, phi, request, backend)
+    else:
+        if not isinstance(plan, UpscalePlan):
+            raise ValueError(f"plan must be an UpscalePlan, got {plan!r}")
+        given = (scale, size, coords, region, backend)
+        if any(v is not None for v in given) or arithmetic != "exact" or periodic_lon:
+            raise ValueError("give either plan=... or the request (scale, size, ...), not both")
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != tuple(plan.in_shape):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x is {shape} but the plan was made for {tuple(plan.in_shape)}")
+    geom = plan.geometry
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x = x.to(dtype)
-        params = predictor_params(phi, dtype, kind)
-        if mode == "export":
+        x = x.to(plan.dtype)
+        if plan.mode == "compile":
+            # torch.compile: one opaque graph node; the geometry is built inside it.
+            from .custom_op import meta_upscale_custom_op
+
+            return meta_upscale_custom_op(
+                x, plan.params, plan.request, phi.pos_encoding, plan.backend_name
+            )
+        if plan.mode == "export":
             # torch.export / ONNX: standard ops with the geometry as constants (static.py).
             from .static import meta_upscale_static
 
-            return restore_order(meta_upscale_static(x, params, geom), geom)
-        chosen = select_backend(backend, x, params, geom)
-        return restore_order(chosen.load()(x, params, geom), geom)
+            return restore_order(meta_upscale_static(x, plan.params, geom), geom)
+        return restore_order(plan.backend.load()(x, plan.params, geom), geom)

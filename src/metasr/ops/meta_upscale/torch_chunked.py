@@ -16,6 +16,11 @@ Two evaluation orders of the same function, chosen per call by counted cost:
 Per-phase costs ``Dv·Dh·Cout`` conv channels; features-first costs ``(hidden+1)·Cout`` conv
 channels plus the contraction, so per-phase is used when ``Dv·Dh ≤ hidden + 1``.
 
+A third order, **phase-grouped** (:mod:`.phase_grouped`, many-phase scales such as 2.3 or 3.7),
+predicts the pair weights as per-phase does but contracts each LR pixel only with the pairs its
+own output pixels use; it replaces whichever order the rule above (or the one below) picks when
+its counted cost is lower (:func:`.phase_grouped.prefer_grouped`).
+
 The predictor decides what ``hid`` is (:mod:`.predictor`): ``ReLU(A[i] + Bc[j] + c)`` for
 Linear-ReLU-Linear (:class:`.params.MLPParams`, the first layer split by axis), or the body's
 features ``g(pos(i, j))`` for any predictor with a linear last layer
@@ -46,6 +51,12 @@ from .params import (
     needs_grad,
     separable_first_layer,
 )
+from .phase_grouped import (
+    estimate_grouped_bytes,
+    meta_upscale_grouped,
+    pair_weights,
+    prefer_grouped,
+)
 from .tables import as_float, as_index, phases
 from .weights import MAX_BLOCK_BYTES, weights_first
 
@@ -59,11 +70,21 @@ TOLERANCES = {
     torch.bfloat16: (5e-2, 5e-2),
 }
 
-Order = Literal["auto", "per_phase", "features_first", "weights_first"]
+Order = Literal["auto", "per_phase", "features_first", "weights_first", "grouped"]
 
 
-def _auto_order(params: PredictorParams, geom: Geometry, Dv: int, Dh: int) -> str:
-    """The evaluation order ``"auto"`` picks for ``Dv × Dh`` distinct offsets."""
+def _auto_order(params: PredictorParams, geom: Geometry, Dv: int, Dh: int, n: int = 1) -> str:
+    """The evaluation order ``"auto"`` picks for ``Dv × Dh`` distinct offsets (batch ``n``).
+
+    The phase-grouped order (:mod:`.phase_grouped`) is taken where its counted cost is below
+    that of the order chosen otherwise (:func:`.phase_grouped.prefer_grouped`).
+    """
+    base = _base_order(params, geom, Dv, Dh)
+    return "grouped" if prefer_grouped(params, geom, Dv, Dh, n, base) else base
+
+
+def _base_order(params: PredictorParams, geom: Geometry, Dv: int, Dh: int) -> str:
+    """Per-phase, features-first or weights-first, as chosen before the phase-grouped order."""
     if isinstance(params, ModuleParams):
         # Per phase suits any predictor (one LR convolution, the predictor on Dv·Dh positions),
         # but its LR result grows with the distinct offsets: weights-first past 8× the output.
@@ -123,8 +144,10 @@ def meta_upscale_torch(
     row_first, row_phase = phases(geom.row_off)
     col_first, col_phase = phases(geom.col_off)
     if order == "auto":
-        order = _auto_order(params, geom, len(row_first), len(col_first))
-    if order == "per_phase":
+        order = _auto_order(params, geom, len(row_first), len(col_first), x.shape[0])
+    if order == "grouped":
+        y = meta_upscale_grouped(x, params, geom)
+    elif order == "per_phase":
         y = _per_phase(x, params, geom, row_first, row_phase, col_first, col_phase)
     elif order == "features_first":
         if isinstance(params, ModuleParams):
@@ -134,7 +157,8 @@ def meta_upscale_torch(
         y = _weights_first(x, params, geom)
     else:
         raise ValueError(
-            f"order must be 'auto', 'per_phase', 'features_first' or 'weights_first', got {order!r}"
+            "order must be 'auto', 'per_phase', 'features_first', 'weights_first' or 'grouped', "
+            f"got {order!r}"
         )
     return y.to(in_dtype)
 
@@ -163,7 +187,9 @@ def estimate_bytes(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> 
     Dv, Dh = len(phases(geom.row_off)[0]), len(phases(geom.col_off)[0])
     total = N * C * h * w * cs if half_on_cpu else 0  # float32 copy of x
     total += out * (item if half_on_cpu else 0)  # the final cast back
-    order = _auto_order(params, geom, Dv, Dh)
+    order = _auto_order(params, geom, Dv, Dh, N)
+    if order == "grouped":
+        return total + estimate_grouped_bytes(x, params, geom, cs, grad)
     if order == "weights_first":
         return total + (N * C * h * w + out) * cs * (2 if grad else 1) + MAX_BLOCK_BYTES
     if order == "per_phase":
@@ -203,10 +229,7 @@ def _per_phase(
     N, C, h, w = x.shape
     k, O = params.kernel_size, params.out_channels
     Dv, Dh = len(row_first), len(col_first)
-    pos = (
-        geom.row_pos[row_first][:, None, :] + geom.col_pos[col_first][None, :, :] + geom.const_pos
-    )  # (Dv, Dh, P), float64
-    weights = params.predict(as_float(pos.reshape(Dv * Dh, -1), x))  # (Dv·Dh, C·k·k·O)
+    weights = pair_weights(params, geom, row_first, col_first, x)  # (Dv·Dh, C·k·k·O)
     weights = weights.view(Dv * Dh, C, k, k, O).permute(0, 4, 1, 2, 3)
     r = lr_conv2d(x, weights.reshape(Dv * Dh * O, C, k, k), geom.periodic_lon)  # (N, Dv·Dh·O, h, w)
     # Flat index of y[n, o, i, j] in r[n]: ((pv·Dh + ph)·O + o)·h·w + i'·w + j'.

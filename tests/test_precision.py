@@ -1,0 +1,70 @@
+"""CPU inference precision (``metasr.precision``, ``metasr upscale --precision``; issue 27)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metasr import precision
+from metasr.checkpoints import load_model
+from metasr.cli import main
+from metasr.inference import upscale_array
+
+
+def test_resolve_precision():
+    assert precision.resolve_precision("fp32") == "fp32"
+    assert precision.resolve_precision("bf16") == "bf16"
+    native = precision.cpu_has_native_bf16()
+    assert precision.resolve_precision("auto") == ("bf16" if native else "fp32")
+    assert precision.resolve_precision("auto", "cuda") == "fp32"
+    with pytest.raises(ValueError, match="one of fp32, bf16, auto"):
+        precision.resolve_precision("fp16")
+    with pytest.raises(TypeError, match="string"):
+        precision.resolve_precision(16)
+    with pytest.raises(ValueError, match="--half"):
+        precision.resolve_precision("bf16", "cuda")
+
+
+def test_auto_follows_the_cpu_flags(monkeypatch):
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert precision.resolve_precision("auto", "cpu") == want
+
+
+def test_bf16_runs_the_body_in_bfloat16_and_stays_close():
+    loaded = load_model("default")
+    rng = np.random.default_rng(0)
+    data = rng.random((3, 20, 18)).astype(np.float32)
+    ref = upscale_array(loaded, data, scale=2.3)
+    seen = []
+    hook = loaded.model.register_forward_hook(
+        lambda m, i, o: seen.append(torch.is_autocast_enabled("cpu"))
+    )
+    try:
+        out = upscale_array(loaded, data, scale=2.3, precision="bf16")
+    finally:
+        hook.remove()
+    assert seen == [True]
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert not np.array_equal(out, ref)  # it did run in another precision
+    assert np.abs(out - ref).max() < 0.05  # bfloat16 has 8 bits of mantissa
+    assert not torch.is_autocast_enabled("cpu")  # restored after the call
+    with pytest.raises(ValueError, match="precision"):
+        upscale_array(loaded, data, scale=2, precision="half")
+
+
+def test_cli_precision(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "in.png"
+    Image.fromarray((np.random.default_rng(1).random((12, 14, 3)) * 255).astype(np.uint8)).save(src)
+    for p in ("fp32", "bf16", "auto"):
+        dst = tmp_path / f"out_{p}.png"
+        assert (
+            main(["upscale", str(src), "-o", str(dst), "--scale", "2", "--precision", p, "-q"]) == 0
+        )
+        assert Image.open(dst).size == (28, 24)
+    with pytest.raises(SystemExit) as exc:
+        main(["upscale", str(src), "-o", str(tmp_path / "x.png"), "--precision", "fp8"])
+    assert exc.value.code == 2
