@@ -206,7 +206,12 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CLIError(f"bad --target-grid: {exc}") from None
     method: Any = args.baseline
-    if method is None:
+    card = None
+    if method == "bicubic-conservative":
+        from ..climate.constraint import bicubic_conservative
+
+        method = bicubic_conservative
+    elif method is None:
         # torch only for a model: a --baseline run never imports it (start-up time).
         import torch
 
@@ -233,6 +238,7 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             overlap=overlap,
             progress=not args.quiet,
         )
+        card = method.card
     # Check every input first (metadata, then one lazy pass for "all missing"): a bad one must
     # not leave the others written.
     jobs = []
@@ -246,7 +252,9 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
                 if args.max_pixels is not None and grid.shape[0] * grid.shape[1] > args.max_pixels:
                     h, w = grid.shape
                     raise ValueError(f"{h}x{w} grid is over --max-pixels {args.max_pixels}")
-                if not isinstance(method, str):
+                if card is not None:
+                    ds = _check_card(ds, variables, card, grid, dst, args.strict, src)
+                elif args.baseline is None:  # a model without a card (no torch import here)
                     for v in variables:
                         units = ds[v].attrs.get("units")
                         mc.check_units(
@@ -271,6 +279,10 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
                 )
             except ValueError as exc:
                 raise _naming(exc, src) from None
+            if card is not None:
+                for v in variables:
+                    out[v].attrs["metasr_model"] = str(args.model)
+                    out[v].attrs["metasr_model_card"] = card.summary()
             # One chunk at a time: peak memory is one chunk's, whatever the file's length.
             with dask.config.set(scheduler="synchronous"):
                 cio.write_dataset(out, dst_path, overwrite=args.overwrite, sources=files)
@@ -290,6 +302,28 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_card(ds: Any, variables: list[str], card: Any, grid: Any, dst: Any, strict: bool,
+                src: Path) -> Any:  # fmt: skip
+    """The model card's checks of every variable (issue 23): one warning line per finding
+    (``--strict``: refused), a temperature in degrees Celsius converted to the card's kelvin."""
+    from ..climate.card import check_input
+
+    for v in variables:
+        da = ds[v]
+        units = da.attrs.get("units")
+        lead = {d: 0 for d in da.dims[:-2]}
+        # Missing values in the first field stand for the file (one field read, not all).
+        masked = bool(np.isnan(np.asarray(da.isel(lead).values)).any())
+        offset, warns = check_input(
+            card, grid, dst, None if units is None else str(units), masked, strict=strict
+        )
+        for line in warns:
+            print(f"warning: {src}: {v}: {line}", file=sys.stderr)
+        if offset:
+            ds[v] = (da + offset).assign_attrs({**da.attrs, "units": card.units})
+    return ds
+
+
 def field_data(args: argparse.Namespace) -> bool:
     """Whether ``metasr eval`` scores netCDF fields: ``--var`` given or ``--data`` netCDF."""
     data = Path(args.data)
@@ -303,6 +337,7 @@ def run_eval_fields(args: argparse.Namespace) -> int:
 
     from .. import climate as mc
     from ..checkpoints import load_model
+    from ..climate.evaluate import BASELINES
     from ..data.scales import parse_scale_list, parse_size_list
     from ..evaluate import write_results
     from ..metrics import format_table
@@ -319,9 +354,9 @@ def run_eval_fields(args: argparse.Namespace) -> int:
     if args.bicubic and "bicubic" not in baselines:
         baselines.append("bicubic")
     for b in baselines:
-        if b not in mc.METHODS:
+        if b not in BASELINES:
             raise CLIError(
-                f"unknown baseline {b!r} in --baselines; choose from {', '.join(mc.METHODS)}"
+                f"unknown baseline {b!r} in --baselines; choose from {', '.join(BASELINES)}"
             )
     settings: list[object] = []
     try:
@@ -334,7 +369,7 @@ def run_eval_fields(args: argparse.Namespace) -> int:
     stats = parse_stats_arg(args.stats) if args.stats is not None else None
     model = None
     name = args.model
-    if args.model in mc.METHODS:
+    if args.model in BASELINES:
         if args.model not in baselines:
             baselines.insert(0, args.model)
     else:

@@ -183,8 +183,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     nc.add_argument(
         "--baseline",
-        choices=("nearest", "bilinear", "bicubic", "conservative"),
-        help="write this regridding instead of running a model",
+        choices=("nearest", "bilinear", "bicubic", "conservative", "bicubic-conservative"),
+        help="write this regridding instead of running a model (bicubic-conservative: bicubic "
+        "then back-projection until the conservative coarsening equals the input)",
+    )
+    nc.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse an input outside what the model card covers (ratio, regional, missing "
+        "values, units) instead of warning",
     )
     nc.add_argument(
         "--stats",
