@@ -53,7 +53,11 @@ TINY_MODELS: dict[str, dict] = {
     "meta_edsr": dict(n_resblocks=1, n_feats=8, upsample={"hidden": 16}),
     "meta_edsr_tiny": dict(n_resblocks=1, n_feats=8, upsample={"hidden": 16}),
     "meta_swinir": dict(
-        img_size=16, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4,
+        img_size=16,
+        embed_dim=8,
+        depths=(2,),
+        num_heads=(2,),
+        window_size=4,
         upsample={"hidden": 16},
     ),  # fmt: skip
 }

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .ops.meta_upscale.dispatch import BackendUnavailableError, backends
     from .ops.meta_upscale.weights import meta_upscale_weights
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Every public name is imported on first use (PEP 562): `metasr --help` and the climate
 # baselines import `metasr.cli` / `metasr.climate`, which must not pay for importing torch.

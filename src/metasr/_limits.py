@@ -12,10 +12,26 @@ import sys
 
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_OUTPUT_PIXELS", "MAX_OUTPUT_SIDE", "check_fits_dtype", "pixel_cap"]
+__all__ = [
+    "DEFAULT_MAX_OUTPUT_PIXELS",
+    "MAX_MODEL_ELEMENTS",
+    "MAX_MODEL_MODULES",
+    "MAX_OUTPUT_SIDE",
+    "check_fits_dtype",
+    "pixel_cap",
+]
 
 #: Default cap on ``H·W`` of one output (see :data:`metasr.geometry.MAX_OUTPUT_PIXELS`).
 DEFAULT_MAX_OUTPUT_PIXELS = 1 << 30
+
+#: Most parameter + buffer elements a model built by :func:`metasr.create_model` (and a
+#: ``Pos2Weight``) may have: 2**30, 4 GiB in float32. The largest registered configuration
+#: (``meta_rdn``) has 22 million.
+MAX_MODEL_ELEMENTS = 1 << 30
+
+#: Most modules such a model may have (``meta_rdn`` has 574). Bounds deep requests such
+#: as ``n_resblocks=10**7`` of tiny blocks, whose Python objects alone would fill memory.
+MAX_MODEL_MODULES = 20_000
 
 #: Cap on ``H`` and on ``W`` (2**22): the geometry keeps about 80 bytes per output row and column.
 MAX_OUTPUT_SIDE = 1 << 22

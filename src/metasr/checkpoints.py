@@ -357,7 +357,8 @@ def save_checkpoint(
     _require_safetensors()
     from safetensors.torch import save_file
 
-    from . import __version__, archs
+    from . import archs
+    from ._version import __version__
     from .archs._registry import model_entry
     from .io import atomic_write
 

@@ -221,7 +221,7 @@ def _check_predictor_size(width: int, hidden: int, hidden_layers: int, out: int)
     Raises:
         ValueError: the count and the cap.
     """
-    from .archs._registry import MAX_MODEL_ELEMENTS, MAX_MODEL_MODULES
+    from ._limits import MAX_MODEL_ELEMENTS, MAX_MODEL_MODULES
 
     modules = 2 * hidden_layers + 2
     elements = (width + 1) * hidden + (hidden_layers - 1) * (hidden + 1) * hidden
@@ -230,7 +230,7 @@ def _check_predictor_size(width: int, hidden: int, hidden_layers: int, out: int)
         raise ValueError(
             f"the weight predictor would have {elements:,} parameters in {modules:,} modules, "
             f"over the limits ({MAX_MODEL_ELEMENTS:,} and {MAX_MODEL_MODULES:,}, "
-            "metasr.archs._registry.MAX_MODEL_ELEMENTS/MAX_MODEL_MODULES)"
+            "metasr._limits.MAX_MODEL_ELEMENTS/MAX_MODEL_MODULES)"
         )
 
 

@@ -30,7 +30,7 @@ xr = pytest.importorskip("xarray")
 pytest.importorskip("netCDF4")
 
 from metasr.cli import main  # noqa: E402
-from metasr.web.jobs import fit_size  # noqa: E402
+from metasr.cli.web.jobs import fit_size  # noqa: E402
 
 # The server and browser helpers are those of scripts/serve_screenshots.py.
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -333,7 +333,7 @@ def test_several_photos_zip_the_cli_outputs_and_keep_16_bits(data, tmp_path):
 
     import png
 
-    from metasr.web.jobs import Workspace, upscale_photos
+    from metasr.cli.web.jobs import Workspace, upscale_photos
 
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     for folder in (inputs, outputs, tmp_path / "ws"):

@@ -412,8 +412,9 @@ def test_general_predictor_runs_in_the_spec_im2col_and_per_phase():
     check_all(["torch-auto", "torch-per_phase", "torch"], x, phi, {"scale": 3})
 
 
-def test_general_predictor_routes_to_weights_first(monkeypatch):
-    # Many distinct offsets: the torch backend's only call site of the weights-first path.
+def test_general_predictor_routes_to_grouped_then_weights_first(monkeypatch):
+    # Many distinct offsets: the phase-grouped order is cheaper and taken; where it is not
+    # preferred, weights-first (the torch backend's only call site of it) runs instead.
     calls = []
 
     def fake(x, params, geom):
@@ -426,9 +427,13 @@ def test_general_predictor_routes_to_weights_first(monkeypatch):
     monkeypatch.setattr(phase_grouped, "MAX_PAIR_BYTES", 0)
     phi = make("general", 3, 2)
     x = torch.randn(1, 3, 5, 6, dtype=torch.float64)
+    spec = mu.meta_upscale(x, phi, scale=2.3, backend="naive")
+    torch.testing.assert_close(mu.meta_upscale(x, phi, scale=2.3, backend="torch"), spec)
+    assert calls == []  # the grouped order ran
+    monkeypatch.setattr(torch_chunked, "prefer_grouped", lambda *a, **k: False)
     y = mu.meta_upscale(x, phi, scale=2.3, backend="torch")
     assert calls == ["ModuleParams"]
-    torch.testing.assert_close(y, mu.meta_upscale(x, phi, scale=2.3, backend="naive"))
+    torch.testing.assert_close(y, spec)
     with pytest.raises(ValueError, match="linear"):
         run("torch-ff", x, phi, {"scale": 2.3})
 

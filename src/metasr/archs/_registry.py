@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
 
+from .._limits import MAX_MODEL_ELEMENTS, MAX_MODEL_MODULES
 from ..modules import HEAD_OPTION_NAMES, fold_head_options
 from ..ops.memory import available_memory_bytes
 
@@ -50,13 +51,6 @@ __all__ = [
     "register_model",
 ]
 
-#: Most parameter + buffer elements a model built by :func:`create_model` may have: 2**30, 4 GiB
-#: in float32. The largest registered configuration (``meta_rdn``) has 22 million.
-MAX_MODEL_ELEMENTS = 1 << 30
-
-#: Most modules such a model may have (``meta_rdn`` has 574). Bounds deep requests such
-#: as ``n_resblocks=10**7`` of tiny blocks, whose Python objects alone would fill memory.
-MAX_MODEL_MODULES = 20_000
 
 T = TypeVar("T", bound=Callable[..., nn.Module])
 
@@ -185,7 +179,7 @@ def _registration_counter(what: str) -> Iterator[None]:
         if count["elements"] > MAX_MODEL_ELEMENTS:
             raise _TooLarge(
                 f"{what} has more than {MAX_MODEL_ELEMENTS:,} parameter and buffer elements "
-                f"(the limit, metasr.archs._registry.MAX_MODEL_ELEMENTS)"
+                f"(the limit, metasr._limits.MAX_MODEL_ELEMENTS)"
             )
 
     def on_module(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
@@ -195,7 +189,7 @@ def _registration_counter(what: str) -> Iterator[None]:
         if count["modules"] > MAX_MODEL_MODULES:
             raise _TooLarge(
                 f"{what} has more than {MAX_MODEL_MODULES:,} modules "
-                f"(the limit, metasr.archs._registry.MAX_MODEL_MODULES)"
+                f"(the limit, metasr._limits.MAX_MODEL_MODULES)"
             )
 
     handles = [

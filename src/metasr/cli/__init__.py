@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="metasr",
         description="Magnification-arbitrary super-resolution with Meta-Upscale.",
     )
-    from .. import __version__
+    from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"metasr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

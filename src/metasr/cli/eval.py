@@ -221,7 +221,7 @@ def _eval_images(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _check_backend(args.backend)
-    _check_device(args.device)
+    args.device = _check_device(args.device)
     _check_outputs(args, ("--csv", "--json", "--plot"))
     if args.plot:
         _check_plot_available()

@@ -5,7 +5,7 @@ Examples::
     metasr serve                                  # http://127.0.0.1:7860
     metasr serve --model my_run.safetensors --port 8080 --device cuda
 
-Every request runs ``metasr upscale`` (:mod:`metasr.web.jobs`), so the page refuses what the
+Every request runs ``metasr upscale`` (:mod:`metasr.cli.web.jobs`), so the page refuses what the
 command refuses, with the same one-line message. Uploads and results live in one temporary
 folder, removed when the server stops. Needs ``pip install 'metasr[web]'``.
 """
@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..web.app import ServeOptions, build_server, model_choices
-        from ..web.jobs import Workspace
+        from .web.app import ServeOptions, build_server, model_choices
+        from .web.jobs import Workspace
 
         workspace = Workspace(root)
         models = model_choices([os.path.abspath(m) if os.path.isfile(m) else m for m in args.model])

@@ -121,7 +121,7 @@ def run_upscale(argv: Sequence[str], job: Path | None = None) -> str:
             not expect (a bug), one line naming the exception; the traceback goes to the
             server's log only.
     """
-    from ..cli import main
+    from .. import main
 
     out, err = io.StringIO(), io.StringIO()
     with _LOCK, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -236,8 +236,8 @@ def upscale_photos(
     Raises:
         JobError: the first refused image (the CLI's one-line message); nothing is returned.
     """
-    from ..data.resize import imresize
-    from ..io import atomic_write, read_raster
+    from ...data.resize import imresize
+    from ...io import atomic_write, read_raster
 
     if not uploads:
         raise JobError("metasr serve: error: upload one or more images first")
@@ -312,14 +312,14 @@ def upscale_photos(
 
 def _scale_pair(text: str) -> tuple[float, float]:
     """``--scale`` text as the CLI reads it (it has accepted ``text`` by now)."""
-    from ..cli.upscale import parse_scale_arg
+    from ..upscale import parse_scale_arg
 
     return parse_scale_arg(text)
 
 
 def _as_cli_line(exc: BaseException, job: Path) -> str:
     """A library error as the CLI prints it (``metasr upscale: error: ...``), one line."""
-    from ..cli import one_line
+    from .. import one_line
 
     text = one_line(exc).replace(f"{job}{os.sep}", "").replace(str(job), ".")
     return f"metasr upscale: error: {text}"
@@ -354,7 +354,7 @@ def field_info(path: str | os.PathLike, name: str, max_pixels: int | None = None
         JobError: not a readable netCDF file, no variable on a grid, or a grid over the pixel
             limit (checked here, before any values are read).
     """
-    from ..io import MAX_PIXELS
+    from ...io import MAX_PIXELS
 
     try:
         import xarray as xr
@@ -460,7 +460,7 @@ def downscale_field(
     start = time.perf_counter()
     run_upscale(argv, job)
     seconds = time.perf_counter() - start
-    from .. import climate as mc
+    from ... import climate as mc
 
     before, after = mc.read_field(src, var), mc.read_field(dst, var)
     what = f"{var} ({before.attrs.get('units', 'no units')}), step {step}"
@@ -488,7 +488,7 @@ def field_figure(before, after, step: int, path: Path, what: str, method: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_write
+    from ...io import atomic_write
 
     def plane(da) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = da.shape[-2:]

@@ -3,7 +3,7 @@
 Two tabs: **Photos** (images by any scale per axis, an exact size, or the largest size inside a
 box; a before/after slider of bicubic against the model at the same size) and **Fields**
 (netCDF variables onto ``era5``, ``n96``, ``HxW`` or an uploaded grid; maps and zonal means).
-Both run ``metasr upscale`` through :mod:`metasr.web.jobs`. Beside the page, two JSON-error
+Both run ``metasr upscale`` through :mod:`metasr.cli.web.jobs`. Beside the page, two JSON-error
 endpoints take a file and return the result (documented in docs/usage.md)::
 
     curl -sf -F file=@photo.png -F scale=3.5x2 http://127.0.0.1:7860/api/upscale -o big.png
@@ -421,7 +421,7 @@ def build_server(workspace: Workspace, options: ServeOptions):
                 raise JobError("metasr serve: error: give one of scale, size or fit")
             kwargs: dict[str, Any] = dict(given)
             if "fit" in kwargs:
-                from ..data.scales import parse_size_spec
+                from ...data.scales import parse_size_spec
 
                 try:
                     kwargs["fit"] = parse_size_spec(str(kwargs["fit"]))
@@ -488,6 +488,6 @@ def build_server(workspace: Workspace, options: ServeOptions):
 
 def model_choices(checkpoints: Sequence[str]) -> list[str]:
     """The bundled models' names, then the checkpoints given at start (in order, once each)."""
-    from ..weights import BUNDLED
+    from ...weights import BUNDLED
 
     return list(dict.fromkeys([*BUNDLED, *checkpoints]))
