@@ -23,7 +23,6 @@ from metasr.geometry import CoordinateGrid, Region, build_geometry
 mu = importlib.import_module("metasr.ops.meta_upscale")
 predictor = importlib.import_module("metasr.ops.meta_upscale.predictor")
 torch_chunked = importlib.import_module("metasr.ops.meta_upscale.torch_chunked")
-phase_grouped = importlib.import_module("metasr.ops.meta_upscale.phase_grouped")
 naive = importlib.import_module("metasr.ops.meta_upscale.naive")
 im2col = importlib.import_module("metasr.ops.meta_upscale.im2col")
 params_mod = importlib.import_module("metasr.ops.meta_upscale.params")
@@ -422,9 +421,6 @@ def test_general_predictor_routes_to_grouped_then_weights_first(monkeypatch):
         return im2col.meta_upscale_im2col(x, params, geom)
 
     monkeypatch.setattr(torch_chunked, "_weights_first", fake)
-    # Where the pair weights are too large for the phase-grouped order (which otherwise takes
-    # such predictors at many-phase scales: it predicts one weight per pair, not per pixel).
-    monkeypatch.setattr(phase_grouped, "MAX_PAIR_BYTES", 0)
     phi = make("general", 3, 2)
     x = torch.randn(1, 3, 5, 6, dtype=torch.float64)
     spec = mu.meta_upscale(x, phi, scale=2.3, backend="naive")
