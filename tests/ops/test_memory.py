@@ -9,6 +9,7 @@ came first.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -214,8 +215,12 @@ def test_tile_is_suggested_only_when_it_would_fit(monkeypatch, tiny_checkpoint):
     fits_tiled = tiled.host_bytes + tiled.work_bytes
     assert fits_tiled < whole.host_bytes + whole.work_bytes
     monkeypatch.setattr(memory, "available_memory_bytes", lambda device: fits_tiled)
-    with pytest.raises(ValueError, match="--tile 64"):
+    with pytest.raises(ValueError, match=r"--tile \d+") as info:
         inference.check_upscale_memory(loaded, shape, scale=4)
+    # The suggested tile (the largest that fits, with the network's own overlap) does fit.
+    suggested = int(re.search(r"--tile (\d+)", str(info.value)).group(1))
+    est = inference.estimate_upscale(loaded, shape, scale=4, tile=suggested)
+    assert 64 <= suggested < 256 and est.host_bytes + est.work_bytes <= fits_tiled
     # Already tiled at the smallest suggestion: nothing to suggest.
     monkeypatch.setattr(memory, "available_memory_bytes", lambda device: fits_tiled - 1)
     with pytest.raises(ValueError) as info:
