@@ -251,7 +251,7 @@ def test_region_bicubic_needs_its_taps():
 def test_meta_upscale_region_is_a_block_of_the_whole_output():
     """With one LR pixel of margin (the 3x3 window) a region reproduces the whole op exactly."""
     torch.manual_seed(0)
-    up = MetaUpsample(4, 2, upsample={"hidden": 16}).double()
+    up = MetaUpsample(4, 2, hidden=16).double()
     f = torch.randn(2, 4, 15, 19, dtype=torch.float64)
     for request_ in ({"scale": (2.3, 3.1)}, {"size": (50, 19)}):
         whole = up(f, **request_)
@@ -267,7 +267,7 @@ def test_meta_upscale_region_is_a_block_of_the_whole_output():
 
 def test_region_errors():
     torch.manual_seed(0)
-    up = MetaUpsample(4, 2, upsample={"hidden": 16})
+    up = MetaUpsample(4, 2, hidden=16)
     geom = build_geometry(15, 19, scale=2)
     rt, ct = plan_axis(geom.row_idx, 15, 5, 2)[1], plan_axis(geom.col_idx, 19, 5, 2)[1]
     region = tile_region(geom, rt, ct)

@@ -13,7 +13,7 @@ from metasr.checkpoints import build_network, load_model
 from metasr.modules import HeadConfig, fold_head_options
 from metasr.weights import BUNDLED
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SMALL = {
     "meta_rdn": dict(G0=8, D=1, C=1, G=4),
