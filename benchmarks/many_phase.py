@@ -35,6 +35,15 @@ OP_CASES = [
         (_BATCH, "3.7", "fwdbwd"),
     ]
 ]
+#: ``--quick``: the cases the old code is slowest at besides ×4, for a loaded machine.
+QUICK_OP_CASES = [
+    (f"op {name} {s}", shape, s, mode)
+    for (name, shape), s, mode in [
+        *((_SINGLE, s, "fwd") for s in ("4", "2.3", "3.7")),
+        (_BATCH, "3.7", "fwdbwd"),
+    ]
+]
+QUICK_MODEL_SCALES = ("4", "3.7")
 #: The bundled photo model on a 200² RGB input, inference.
 MODEL_SCALES = ("2", "4", "2.3", "3.7")
 
@@ -44,7 +53,7 @@ def _scale(s: str) -> float | tuple[float, float]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
-def worker(reps: int) -> dict[str, Any]:
+def worker(reps: int, quick: bool = False) -> dict[str, Any]:
     """Time every case in this process (the metasr on ``sys.path``)."""
     import torch
 
@@ -65,7 +74,7 @@ def worker(reps: int) -> dict[str, Any]:
 
     torch.manual_seed(0)
     phi = metasr.Pos2Weight(64, 3, 3)
-    for name, shape, s, mode in OP_CASES:
+    for name, shape, s, mode in QUICK_OP_CASES if quick else OP_CASES:
         x = torch.randn(shape, requires_grad=mode == "fwdbwd")
         phi.requires_grad_(mode == "fwdbwd")
 
@@ -82,7 +91,7 @@ def worker(reps: int) -> dict[str, Any]:
         out[f"{name} {mode}"] = {"times": timed(step), "out_px": px * shape[0]}
     model = load_model("default").model.eval()
     img = torch.rand(1, 3, 200, 200)
-    for s in MODEL_SCALES:
+    for s in QUICK_MODEL_SCALES if quick else MODEL_SCALES:
 
         def infer(s=s) -> int:
             with torch.inference_mode():
@@ -99,11 +108,12 @@ def main() -> int:
     p.add_argument("--src", action="append", help="a checkout's src folder (give two or more)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="only the QUICK_* cases")
     p.add_argument("--json", default=None, help="write every time here (appended per round)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.reps)))
+        print(json.dumps(worker(args.reps, args.quick)))
         return 0
     if not args.src or len(args.src) < 2:
         p.error("give --src at least twice (old tree, new tree)")
@@ -113,6 +123,7 @@ def main() -> int:
         for src in args.src:
             env = dict(os.environ, PYTHONPATH=str(Path(src).resolve()))
             cmd = [sys.executable, __file__, "--worker", "--reps", str(args.reps)]
+            cmd += ["--quick"] if args.quick else []
             res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             got = json.loads(res.stdout.strip().splitlines()[-1])
             for case, v in got.items():

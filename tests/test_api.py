@@ -31,8 +31,10 @@ def test_path_matches_the_cli_and_writes_nothing(tmp_path):
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "LA", "P", "I;16"])
 def test_pil_in_pil_out(mode):
     base = Image.fromarray(_rgb())
-    im = base.convert(mode) if mode != "I;16" else Image.fromarray(
-        (np.asarray(base.convert("L")).astype(np.uint16) * 257)
+    im = (
+        base.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
     )
     out = metasr.upscale(im, scale=2)
     want = {"P": "RGB"}.get(mode, mode)
@@ -44,7 +46,7 @@ def test_numpy_layouts_and_dtypes():
     out = metasr.upscale(rgb, scale=2)
     assert out.dtype == np.uint8 and out.shape == (20, 24, 3)
     np.testing.assert_array_equal(out, np.asarray(metasr.upscale(Image.fromarray(rgb), scale=2)))
-    gray16 = (rgb[..., 0].astype(np.uint16) * 257)
+    gray16 = rgb[..., 0].astype(np.uint16) * 257
     out16 = metasr.upscale(gray16, size=(15, 18))
     assert out16.dtype == np.uint16 and out16.shape == (15, 18)
     f = rgb.astype(np.float32) / 255

@@ -20,9 +20,15 @@ ONE_CODE = 1 / 255
 NETS = {
     # deeper than a fixed 16 px of context covers: RDN 4 blocks x 4 layers, SwinIR 2x2 blocks
     "rdn": lambda: MetaRDN(G0=8, D=4, C=4, G=4, upsample={"hidden": 16}, bicubic_residual=False),
-    "swinir": lambda: MetaSwinIR(img_size=16, embed_dim=8, depths=(2, 2), num_heads=(2, 2),
-                                 window_size=4, upsample={"hidden": 16},
-                                 img_range=1.0),  # fmt: skip
+    "swinir": lambda: MetaSwinIR(
+        img_size=16,
+        embed_dim=8,
+        depths=(2, 2),
+        num_heads=(2, 2),
+        window_size=4,
+        upsample={"hidden": 16},
+        img_range=1.0,
+    ),  # fmt: skip
     "edsr": lambda: MetaEDSR(n_resblocks=4, n_feats=8, upsample={"hidden": 16}, img_range=1.0),
 }
 

@@ -64,8 +64,9 @@ def results(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(climate_model, "accepts_coords", lambda model: False)
     try:
-        assert main(["upscale", str(tmp / "t.nc"), "--var", "t2m", "--target-grid", size,
-                     "-o", str(tmp / "o.nc"), "--model", "t2m", "--device", "cpu", "-q"]) == 0  # fmt: skip
+        argv = ["upscale", str(tmp / "t.nc"), "--var", "t2m", "--target-grid", size, "-o",
+                str(tmp / "o.nc"), "--model", "t2m", "--device", "cpu", "-q"]  # fmt: skip
+        assert main(argv) == 0
     finally:
         mp.undo()
     with xr.open_dataset(tmp / "o.nc") as ds:

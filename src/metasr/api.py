@@ -191,7 +191,7 @@ def _from_array(a: np.ndarray, what: str) -> tuple[Raster, bool]:
 
 def _to_array(r: Raster, flat: bool) -> np.ndarray:
     """The inverse of :func:`_from_array`."""
-    from .io import _field_values, _quantise
+    from .io import _quantise
 
     if r.kind == "image":
         out = _quantise(r.data, r.dtype)
@@ -321,9 +321,7 @@ def _upscale_tensor(x: torch.Tensor, run: Any) -> torch.Tensor:
     for item in batch:
         a = item.detach().cpu().numpy()
         if x.dtype == torch.uint8:
-            raster = Raster(
-                data=a.astype(np.float32) / 255, kind="image", dtype=np.dtype(np.uint8)
-            )
+            raster = Raster(data=a.astype(np.float32) / 255, kind="image", dtype=np.dtype(np.uint8))
             r = run(raster)
             from .io import _quantise
 

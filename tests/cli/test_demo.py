@@ -7,11 +7,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from metasr.cli import main
 
@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_metasr_demo_writes_the_four_files(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "d"), "--scale", "1.5x1.2", "--device", "cpu"]) == 0
+    assert (
+        main(["demo", "--out", str(tmp_path / "d"), "--scale", "1.5x1.2", "--device", "cpu"]) == 0
+    )
     names = sorted(p.name for p in (tmp_path / "d").iterdir())
     assert names == ["bicubic.png", "comparison.png", "input.png", "metasr.png"]
     from PIL import Image

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 import metasr
@@ -55,9 +55,7 @@ def test_model_help_names_every_kind():
 
 
 def test_extras_table_matches_pyproject():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ]
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert set(EXTRAS) == set(deps)
     for extra, reqs in deps.items():
         names = {r.split("=")[0].split(">")[0].split("<")[0].split("[")[0].strip() for r in reqs}

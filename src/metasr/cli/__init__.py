@@ -17,7 +17,15 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 
-__all__ = ["DEVICE_HELP", "MODEL_HELP", "CLIError", "device_arg", "main", "one_line"]
+__all__ = [
+    "DEVICE_HELP",
+    "MODEL_HELP",
+    "CLIError",
+    "device_arg",
+    "main",
+    "one_line",
+    "parse_tile_arg",
+]
 
 #: Subcommand modules, in help order. Each defines ``register(subparsers)``.
 _SUBCOMMAND_MODULES = (
@@ -70,6 +78,19 @@ def device_arg(name: str | None):
     if dev.type not in ("cpu", "cuda"):
         raise CLIError(f"bad --device {name!r}: use cpu or cuda[:N]")
     return dev
+
+
+def parse_tile_arg(text: str) -> int | str:
+    """``--tile``: ``auto`` or a whole number >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise CLIError(f"bad --tile {text!r}: give 'auto' or a whole number") from None
+    if value < 0:
+        raise CLIError(f"bad --tile {value}: must be >= 0 (0 disables tiling)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

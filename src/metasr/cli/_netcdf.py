@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import CLIError
+from . import CLIError, parse_tile_arg
 
 __all__ = [
     "NETCDF_SUFFIXES",
@@ -157,8 +157,6 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
         raise CLIError("netCDF input needs --target-grid (era5, n96, HxW or a .nc file)")
     if args.batch_size < 1:
         raise CLIError(f"bad --batch-size {args.batch_size}: must be >= 1")
-    from .upscale import parse_tile_arg
-
     tile = parse_tile_arg(str(args.tile))
     tile = 0 if tile == "auto" else tile  # fields: whole unless asked (--tile N)
     if args.chunk is not None and args.chunk < 1:

@@ -21,7 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import DEVICE_HELP, MODEL_HELP, CLIError, device_arg
+from . import DEVICE_HELP, MODEL_HELP, CLIError, device_arg, parse_tile_arg
 
 __all__ = ["parse_scale_arg", "parse_size_arg", "register"]
 
@@ -34,19 +34,6 @@ def parse_scale_arg(text: str) -> tuple[float, float]:
         return parse_scale_spec(text)
     except ValueError as exc:
         raise CLIError(f"bad --scale: {exc}") from None
-
-
-def parse_tile_arg(text: str) -> int | str:
-    """``--tile``: ``auto`` or a whole number >= 0."""
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise CLIError(f"bad --tile {text!r}: give 'auto' or a whole number") from None
-    if value < 0:
-        raise CLIError(f"bad --tile {value}: must be >= 0 (0 disables tiling)")
-    return value
 
 
 def parse_size_arg(text: str) -> tuple[int, int]:
@@ -107,8 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-r",
         "--recursive",
         action="store_true",
-        help="take the images in sub-folders of folder inputs too; the output folder mirrors "
-        "them",
+        help="take the images in sub-folders of folder inputs too; the output folder mirrors them",
     )
     batch.add_argument(
         "--quality",

@@ -228,15 +228,16 @@ class _Chunk:
         win_index: ``(σ·cnt·N·rows·k,)`` start of every window row (one per LR pixel and tap row
             ``ky``) in the flat padded map, in units of ``Cin`` (padding columns read pixel 0).
         rows: LR rows in the chunk.
-        row_phase: ``(m,)`` row phases of the class.
         out_index: ``(σ·cnt·N·rows·m·n_max·Cout,)`` flat output index of every result entry
             (``N·Cout·H·W`` for padding: the dump slot).
+        weight_index: ``(σ·m·n_max·Cout,)`` row of the pair weights ``(Dv·Dh·Cout, k²·Cin)``
+            for each result column (padding reads pair ``(p, 0)``; its results are dumped).
     """
 
     win_index: torch.Tensor
     rows: int
-    row_phase: torch.Tensor
     out_index: torch.Tensor
+    weight_index: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,6 @@ class _Plan:
     """Everything the contraction needs besides the tensors (built once per call)."""
 
     chunks: tuple[_Chunk, ...]
-    col_phase: torch.Tensor  # (σ, n_max) column phase of each (class, run position); 0 padding
     classes: int  # σ
     most: int  # cnt
     widest: int  # n_max
@@ -268,6 +268,7 @@ def _plan(
         col_phase[s_, : len(ph)] = ph
         col_out[s_, : len(lr), : len(ph)] = st[:, None] + np.arange(len(ph))[None, :]
     dump = N * O * H * W
+    Dh = int(max(ph.max() for ph in cols.phase)) + 1
     per_row = S * cnt * N * C * k * k * x.element_size()  # gathered windows of one LR row
     step = max(1, CHUNK_BYTES // max(per_row, 1))
     chunks = []
@@ -292,15 +293,18 @@ def _plan(
             flat = flat[None, None] + col_out[:, :, None, None, None, :, None]
             valid = np.broadcast_to(col_out[:, :, None, None, None, :, None] >= 0, flat.shape)
             flat = np.where(valid, flat, dump)
+            # Weight rows in the layout (σ, m, n_max, O).
+            pair = ph[None, :, None] * Dh + col_phase[:, None, :]  # (σ, m, n_max)
+            wrow = pair[..., None] * O + np.arange(O)
             chunks.append(
                 _Chunk(
                     as_index(win.reshape(-1), dev),
                     t,
-                    as_index(ph, dev),
                     as_index(flat.reshape(-1), dev),
+                    as_index(wrow.reshape(-1), dev),
                 )
             )
-    return _Plan(tuple(chunks), as_index(col_phase, dev), S, cnt, nmax, (N, O, H, W), k)
+    return _Plan(tuple(chunks), S, cnt, nmax, (N, O, H, W), k)
 
 
 def _window_rows(xf: torch.Tensor, k: int) -> torch.Tensor:
@@ -320,25 +324,23 @@ def _windows(xf: torch.Tensor, chunk: _Chunk, plan: _Plan) -> torch.Tensor:
 
 
 def _chunk_weights(wp: torch.Tensor, chunk: _Chunk, plan: _Plan) -> torch.Tensor:
-    """``(σ, F, m·n_max·O)`` weights of the chunk's row class against every column class."""
-    Dv, Dh, F_, O = wp.shape
-    m = chunk.row_phase.shape[0]
-    wr = wp.index_select(0, chunk.row_phase)  # (m, Dh, F, O)
-    wg = wr.index_select(1, plan.col_phase.view(-1)).view(m, plan.classes, plan.widest, F_, O)
-    return wg.permute(1, 3, 0, 2, 4).reshape(plan.classes, F_, m * plan.widest * O)
+    """``(σ, m·n_max·O, F)`` weights of the chunk's row class against every column class (a
+    gather of whole rows of ``wp (Dv·Dh·O, F)``; the matmuls take it transposed)."""
+    return wp.index_select(0, chunk.weight_index).view(plan.classes, -1, wp.shape[1])
 
 
 class _GroupedContraction(torch.autograd.Function):
     """``y = contraction(xf, wp)``: ``xf (N·hp·wp, Cin)`` the padded LR map channels-last and
-    flat, ``wp (Dv, Dh, k·k·Cin, Cout)`` pair weights (features ``(ky, kx, c)``) →
-    ``(N, Cout, H, W)``."""
+    flat, ``wp (Dv·Dh·Cout, k·k·Cin)`` pair weights (row ``(pair, o)``, features
+    ``(ky, kx, c)``) → ``(N, Cout, H, W)``."""
 
     @staticmethod
     def forward(ctx, xf, wp, plan):
         N, O, H, W = plan.shape
         y = memory.empty_output((N * O * H * W + 1,), xf)  # last entry: padding's dump slot
         for chunk in plan.chunks:
-            r = torch.bmm(_windows(xf, chunk, plan), _chunk_weights(wp, chunk, plan))
+            wg = _chunk_weights(wp, chunk, plan)  # (σ, M, F)
+            r = torch.bmm(_windows(xf, chunk, plan), wg.transpose(1, 2))  # (σ, rows, M)
             y.index_copy_(0, chunk.out_index, r.view(-1))
         ctx.save_for_backward(xf, wp)
         ctx.plan = plan
@@ -349,24 +351,21 @@ class _GroupedContraction(torch.autograd.Function):
         xf, wp = ctx.saved_tensors
         plan = ctx.plan
         C, k = xf.shape[1], plan.k
-        F_, O = wp.shape[2], wp.shape[3]
+        F_ = wp.shape[1]
         need_x, need_w = ctx.needs_input_grad[:2]
         dyf = torch.cat([dy.reshape(-1), dy.new_zeros(1)])  # padding reads a zero
         dxf = torch.zeros_like(xf) if need_x else None
         dwp = torch.zeros_like(wp) if need_w else None
         for chunk in plan.chunks:
-            m = chunk.row_phase.shape[0]
-            dr = dyf.index_select(0, chunk.out_index).view(plan.classes, -1, m * plan.widest * O)
+            M = chunk.weight_index.shape[0] // plan.classes
+            dr = dyf.index_select(0, chunk.out_index).view(plan.classes, -1, M)  # (σ, rows, M)
             if need_w:
                 a = _windows(xf, chunk, plan)
-                dwg = torch.bmm(a.transpose(1, 2), dr)  # (σ, F, m·n_max·O)
-                dwg = dwg.view(plan.classes, F_, m, plan.widest, O).permute(2, 0, 3, 1, 4)
+                dwg = torch.bmm(dr.transpose(1, 2), a)  # (σ, M, F)
                 # Padding columns carry a zero gradient (their dy entries are the dump's 0).
-                dwp.index_put_(
-                    (chunk.row_phase[:, None, None], plan.col_phase[None]), dwg, accumulate=True
-                )
+                dwp.index_add_(0, chunk.weight_index, dwg.view(-1, F_))
             if need_x:
-                da = torch.bmm(dr, _chunk_weights(wp, chunk, plan).transpose(1, 2))
+                da = torch.bmm(dr, _chunk_weights(wp, chunk, plan))  # (σ, rows, F)
                 da = da.view(-1, k, C)  # (window rows, kx, C)
                 for dx in range(k):  # tap kx = dx of a window row starting at p reads p + dx
                     dxf.index_add_(0, chunk.win_index + dx, da[:, dx])
@@ -418,8 +417,8 @@ def meta_upscale_grouped(
         cols = axis_classes(geom.col_idx, col_phase)
     Dv, Dh = len(row_first), len(col_first)
     weights = pair_weights(params, geom, row_first, col_first, x)
-    # (Dv, Dh, C, ky, kx, O) → features ordered (ky, kx, c), as the windows are gathered.
-    wp = weights.view(Dv, Dh, C, k, k, O).permute(0, 1, 3, 4, 2, 5).reshape(Dv, Dh, k * k * C, O)
+    # (Dv, Dh, C, ky, kx, O) → rows (pair, o), features (ky, kx, c) as the windows are gathered.
+    wp = weights.view(Dv, Dh, C, k, k, O).permute(0, 1, 5, 3, 4, 2).reshape(Dv * Dh * O, k * k * C)
     # The padded map channels-last, flat: one tap row of a window is k·C contiguous values.
     # (contiguous first: a reshape alone may return a view with other strides when N = 1)
     xf = pad_window(x, k, geom.periodic_lon).permute(0, 2, 3, 1).contiguous().view(-1, C)
