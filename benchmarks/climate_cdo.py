@@ -117,7 +117,7 @@ def timed(cmd: list[str], out: Path, *, cap: bool = False) -> dict[str, float | 
     result = {"wall_s": round(float(last[0]) if done.returncode == 0 else wall, 2),
               "peak_rss_mb": round(int(last[1]) / 1024, 1), "rc": done.returncode}  # fmt: skip
     if done.returncode != 0:
-        result["error"] = done.stderr.strip().splitlines()[-2:]
+        result["error"] = done.stderr.strip().splitlines()[-6:]
     if out.is_dir():
         shutil.rmtree(out)
     elif out.exists():

@@ -179,6 +179,82 @@ def independent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _v2_config(opt: dict):
+    from metasr.climate.training import TrainConfig
+
+    keys = TrainConfig._fields
+    return TrainConfig(
+        **{k: (tuple(v) if k == "ratio" else v) for k, v in opt.items() if k in keys}
+    )
+
+
+def train_v2(args: argparse.Namespace) -> int:
+    """Train (or continue) the issue-23 model; ``--minutes`` stops (saving) after that long."""
+    from metasr.climate.training import train
+
+    torch.set_num_threads(1)
+    opt = _options(args.opt)
+    out = args.out / opt["name"]
+    log_path = out / "train.log"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        with log_path.open("a") as fh:
+            fh.write(line + "\n")
+
+    it = train(_v2_config(opt), args.data, out, minutes=args.minutes, log=log)
+    log(f"stopped at iteration {it}")
+    return 0
+
+
+def export_v2(args: argparse.Namespace) -> int:
+    """``state.pt`` of a v2 run -> a metasr safetensors file with its model card and units."""
+    from metasr import create_model
+    from metasr.climate.card import ModelCard
+    from metasr.climate.training import glosea4_split, network_kwargs, temperature_sources
+    from metasr.field_stats import FieldStats, stats_metadata
+
+    opt = _options(args.opt)
+    sources = temperature_sources(args.data, opt["sources"])
+    if "glosea4" in sources:
+        sources["glosea4"], _ = glosea4_split(sources["glosea4"], opt.get("held_out_members", []))
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    net = create_model("meta_edsr", **network_kwargs())
+    net.load_state_dict(state["net"])
+    card = ModelCard(
+        variable="air_temperature",
+        units="K",
+        sources=[
+            {
+                "name": k,
+                "variable": v.variable,
+                "units": "K",
+                "fields": int(v.fields.shape[0]),
+                "grid": f"{v.grid.shape[0]}x{v.grid.shape[1]}",
+                "global": v.grid.periodic,
+            }
+            for k, v in sources.items()
+        ],  # fmt: skip
+        held_out=[*opt.get("held_out_members", []), *opt.get("held_out_sources", [])],
+        ratio_min=float(opt["ratio"][0]),
+        ratio_max=float(opt["ratio"][1]),
+        layouts=["global", "regional", "pole-rows", "no-pole-rows", "gaussian", "masked"],
+        normalisation="per-sample",
+        constraint=opt.get("constraint", "smooth"),
+        training={"iterations": int(state["iteration"]), "init": opt.get("init")},
+    )
+    # Units for the checks of metasr upscale; mean/std are informational (per-sample norm.).
+    stats = FieldStats(("air_temperature",), ("K",), (280.0,), (20.0,), "per-sample")
+    meta = {**stats_metadata(stats), **card.metadata(), "training_options": json.dumps(opt)}
+    save_checkpoint(args.output, net, "meta_edsr", network_kwargs(), metadata=meta)
+    size = args.output.stat().st_size
+    if size > MAX_BYTES:
+        raise SystemExit(f"{args.output}: {size} bytes, above the {MAX_BYTES}-byte cap")
+    print(f"wrote {args.output} ({size / 2**20:.1f} MiB, iteration {state['iteration']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -196,6 +272,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--coads", type=Path, help="ferret-datasets' coads_climatology.cdf")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.set_defaults(func=independent)
+    p = sub.add_parser("train", help="train or continue the issue-23 model (resumable)")
+    p.add_argument("--opt", type=Path, default=Path("options/train/MetaEDSR_t2m_v2.yml"))
+    p.add_argument("--data", type=Path, default=Path("datasets/climate"))
+    p.add_argument("--out", type=Path, default=Path("experiments"))
+    p.add_argument("--minutes", type=float, default=None, help="stop (saving) after this long")
+    p.set_defaults(func=train_v2)
+    p = sub.add_parser("export-v2", help="a v2 run's state.pt -> safetensors with model card")
+    p.add_argument("--opt", type=Path, default=Path("options/train/MetaEDSR_t2m_v2.yml"))
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=Path("datasets/climate"))
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=export_v2)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -99,8 +99,16 @@ def test_progress_bar_for_long_runs_only(monkeypatch):
     monkeypatch.setattr(api, "PROGRESS_TILE", 16)
     torch.manual_seed(0)
     net = MetaEDSR(n_resblocks=1, n_feats=8, upsample={"hidden": 16}, img_range=1.0).eval()
-    loaded = LoadedModel(model=net, name="tiny", arch="meta_edsr", in_channels=3,
-                         out_channels=3, value_range=1.0, metadata={}, format="registry")  # fmt: skip
+    loaded = LoadedModel(
+        model=net,
+        name="tiny",
+        arch="meta_edsr",
+        in_channels=3,
+        out_channels=3,
+        value_range=1.0,
+        metadata={},
+        format="registry",
+    )
     big = Raster(data=_x(40, 40).numpy()[0], kind="image", dtype=np.dtype(np.uint8))
     small = Raster(data=_x(12, 12).numpy()[0], kind="image", dtype=np.dtype(np.uint8))
     _Recorder.calls.clear()

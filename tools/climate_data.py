@@ -17,6 +17,9 @@ into ``DEST`` (read back with :mod:`metasr.climate.sources`):
   (iris-sample-data): near-surface air temperature from other sources, on which the t2m model
   is scored (COADS marine air temperature climatology, 2°, °C; HadGEM2 1.5 m air temperature,
   annual means, N96, K).
+- ``other/{air_temp.pp, ostia_monthly.nc, A1B_north_america.nc, E1_north_america.nc}``
+  (iris-sample-data): the other 2-D near-surface/low-level temperature fields, used to train
+  the t2m model of issue 23 (docs/climate.md lists each with its grid and role).
 - ``manifest.json``: package, version, licence, and size and SHA-256 of every file.
 
 Files already present are kept (delete ``DEST`` to fetch again).
@@ -48,6 +51,14 @@ COADS_MEMBER = "usr/share/ferret-vis/data/coads_climatology.cdf"
 HADGEM2_MEMBERS = tuple(
     f"iris_sample_data/sample_data/{name}"
     for name in ("pre-industrial.pp", "A1B.2098.pp", "E1.2098.pp")
+)
+# Every other 2-D near-surface or low-level temperature field of iris-sample-data (issue 23):
+# air_temp.pp (one global 73x96 air temperature field), OSTIA monthly SST (a tropical band,
+# 18x432, 54 months) and the HadCM3-style North America near-surface air temperature
+# scenarios (regional 37x49, 240 years each). Into DEST/other/.
+OTHER_IRIS_MEMBERS = tuple(
+    f"iris_sample_data/sample_data/{name}"
+    for name in ("air_temp.pp", "ostia_monthly.nc", "A1B_north_america.nc", "E1_north_america.nc")
 )
 
 
@@ -108,6 +119,11 @@ def fetch_glosea4(dest: Path, work: Path) -> dict[str, object]:
                 target = dest / "hadgem2" / Path(info.filename).name
                 target.write_bytes(zf.read(info))
                 files.append(f"hadgem2/{target.name}")
+            elif info.filename in OTHER_IRIS_MEMBERS:
+                (dest / "other").mkdir(exist_ok=True)
+                target = dest / "other" / Path(info.filename).name
+                target.write_bytes(zf.read(info))
+                files.append(f"other/{target.name}")
             elif info.filename.endswith(".dist-info/METADATA"):
                 (dest / "licences").mkdir(exist_ok=True)
                 (dest / "licences" / f"{IRIS_SAMPLE_PACKAGE}.METADATA").write_bytes(zf.read(info))
@@ -139,6 +155,7 @@ def fetch_climate_data(dest: str | Path) -> Path:
             entry = fetch_etopo5(dest, work / "deb")
             sources[entry["package"]] = entry  # type: ignore[index]
         hadgem2 = [dest / "hadgem2" / Path(m).name for m in HADGEM2_MEMBERS]
+        hadgem2 += [dest / "other" / Path(m).name for m in OTHER_IRIS_MEMBERS]
         if (
             not any((dest / "glosea4").glob("*.pp"))
             or not all(f.is_file() for f in hadgem2)
@@ -150,7 +167,11 @@ def fetch_climate_data(dest: str | Path) -> Path:
     for entry in sources.values():
         entry["sizes"] = {f: (dest / f).stat().st_size for f in entry["files"]}
         entry["sha256"] = {f: _sha256(dest / f) for f in entry["files"]}
-    manifest_path.write_text(json.dumps({"sources": list(sources.values())}, indent=2) + "\n")
+    from metasr.io import atomic_write_text
+
+    atomic_write_text(
+        manifest_path, json.dumps({"sources": list(sources.values())}, indent=2) + "\n"
+    )
     return manifest_path
 
 

@@ -79,6 +79,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from metasr.io import atomic_write, atomic_write_text
+
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
@@ -502,7 +504,7 @@ def _write_photo(
     rgb = img.convert("RGB")
     if rec.split == "val":
         target = dest / "val" / f"{stem}.png"
-        rgb.save(target, compress_level=3)
+        atomic_write(target, lambda tmp: rgb.save(tmp, compress_level=3))
         rec.outputs.append(target.relative_to(dest).as_posix())
         return
     arr = np.asarray(rgb)
@@ -513,7 +515,8 @@ def _write_photo(
             n_flat += 1
             continue
         target = dest / "train" / f"{stem}_s{i:03d}.png"
-        rgb.crop((l, t, r, b)).save(target, compress_level=3)
+        tile = rgb.crop((l, t, r, b))
+        atomic_write(target, lambda tmp, tile=tile: tile.save(tmp, compress_level=3))
         rec.outputs.append(target.relative_to(dest).as_posix())
     rec.reason = f"{n_flat} near-flat crops dropped" if n_flat else ""
 
@@ -606,7 +609,7 @@ def build_photo_dataset(
         "seconds": round(time.perf_counter() - start, 1),
         "files": [asdict(r) for r in records],
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return records
 
 
@@ -645,7 +648,7 @@ def write_contact_sheet(
         draw.text((x + 2, y + thumb), f"{label}", fill=colour)
         draw.text((x + 2, y + thumb + 11), Path(rec.source).name[:26], fill=(0, 0, 0))
     path = Path(target)
-    sheet.save(path)
+    atomic_write(path, lambda tmp: sheet.save(tmp))
     return path
 
 

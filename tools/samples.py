@@ -61,6 +61,8 @@ def export_skimage_photos(
         raise ImportError("scikit-image is needed: pip install scikit-image") from None
     from PIL import Image
 
+    from metasr.io import atomic_write
+
     src = Path(skimage.data.__file__).parent
     out: tuple[list[Path], list[Path]] = ([], [])
     for split, names, written in (("train", train, out[0]), ("val", val, out[1])):
@@ -72,7 +74,8 @@ def export_skimage_photos(
                 raise FileNotFoundError(f"scikit-image has no bundled {name} (looked in {src})")
             with Image.open(path) as im:
                 target = folder / f"{Path(name).stem}.png"
-                im.convert("RGB").save(target)
+                rgb = im.convert("RGB")
+                atomic_write(target, lambda tmp, rgb=rgb: rgb.save(tmp))
             written.append(target)
     return out
 
@@ -115,13 +118,16 @@ def make_synthetic_images(
     """
     from PIL import Image
 
+    from metasr.io import atomic_write
+
     rng = np.random.default_rng(seed)
     folder = Path(dest)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         path = folder / f"{prefix}{i:03d}.png"
-        Image.fromarray(_synthetic(rng, *size)).save(path)
+        image = Image.fromarray(_synthetic(rng, *size))
+        atomic_write(path, lambda tmp, image=image: image.save(tmp))
         paths.append(path)
     return paths
 

@@ -559,13 +559,17 @@ def _fmt_ms(ms: float) -> str:
 
 def write_csv(report: dict[str, Any], path: str | Path) -> None:
     import csv
+    import io
+
+    from .io import atomic_write_text
 
     keys = ["config", "mode", "backend", "dtype", "device", "ok", "median_ms", "runs", "peak_mib"]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=[*keys, "error"])
-        w.writeheader()
-        for r in report["results"]:
-            w.writerow({k: r.get(k) for k in [*keys, "error"]})
+    buffer = io.StringIO(newline="")
+    w = csv.DictWriter(buffer, fieldnames=[*keys, "error"])
+    w.writeheader()
+    for r in report["results"]:
+        w.writerow({k: r.get(k) for k in [*keys, "error"]})
+    atomic_write_text(path, buffer.getvalue())
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
@@ -600,7 +604,9 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
     m = report["machine"]
     fig.suptitle(f"metasr bench — {m.get('gpu') or m.get('cpu', '')} — {m['date']} {m['commit']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from .io import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
 
 
 if __name__ == "__main__":  # worker entry: python -m metasr.bench --worker '{json}'

@@ -479,7 +479,32 @@ def _sniff(path: Path) -> Literal["safetensors", "torch"] | None:
     return None
 
 
+def check_archive_size(path: Path) -> None:
+    """Refuse a ``torch.save`` zip archive whose declared (uncompressed) sizes exceed the free
+    memory, before ``torch.load`` inflates it (a 1.9 MB deflated file can declare 2 GB).
+
+    Raises:
+        ValueError: the declared size and the free memory.
+    """
+    import zipfile
+
+    from .ops.memory import available_memory_bytes, gib
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a (readable) zip: torch.load reports it
+    free = available_memory_bytes(torch.device("cpu"))
+    if free is not None and declared > free:
+        raise ValueError(
+            f"{path}: the archive declares {gib(declared)} of tensors, more than the "
+            f"{gib(free)} of free memory"
+        )
+
+
 def _read_torch(path: Path) -> object:
+    check_archive_size(path)
     try:
         # weights_only: a checkpoint is data; never run the code a pickle can carry.
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -487,6 +512,22 @@ def _read_torch(path: Path) -> object:
         raise ValueError(
             f"{path}: not a PyTorch weights file that can be loaded safely ({type(exc).__name__})"
         ) from exc
+
+
+def check_weights_file(path: Path) -> None:
+    """Refuse a file that is not weights metasr reads safely (a PNG, a pickle of code, a
+    truncated archive), in one line that never suggests ``weights_only=False``.
+
+    Raises:
+        ValueError: what the file is not.
+    """
+    kind = _sniff(path)
+    if kind is None:
+        raise ValueError(f"{path}: not a PyTorch (.pth) or safetensors weights file")
+    if kind == "torch":
+        _read_torch(path)
+    else:
+        load_checkpoint(path)
 
 
 def _from_basicsr(

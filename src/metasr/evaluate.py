@@ -329,18 +329,22 @@ def write_results(
     JSON has no infinity or NaN: such values are written as ``null``.
     """
     import csv
+    import io
     import json
     from pathlib import Path
 
+    from .io import atomic_write_text
+
     if csv_path:
         Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(csv_path, buffer.getvalue())
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = dict(header or {})
         payload["results"] = finite_or_none(rows)
         payload.update({name: finite_or_none(r) for name, r in row_lists.items()})
-        Path(json_path).write_text(json.dumps(payload, indent=2))
+        atomic_write_text(json_path, json.dumps(payload, indent=2))

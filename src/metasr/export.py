@@ -143,16 +143,40 @@ def export_onnx(
     Raises:
         ValueError: a bad request, or ``onnx``/``onnxscript`` missing.
     """
+    from .io import atomic_write
+
     for module in ("onnx", "onnxscript"):
         _need(module)
-    import onnx
-
     path = Path(path)
     net = net.eval()
     x, (H, W) = _example(net, input_size, scale, size, batch=2)
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(f"export a float32 CPU model, got {x.dtype} on {x.device}")
     size = None if size is None else (int(size[0]), int(size[1]))
+    # The graph and its metadata go to a temporary file renamed at the end (atomic_write): an
+    # interrupted export neither truncates nor destroys a previous good file at ``path``.
+    atomic_write(
+        path,
+        lambda tmp: _write_onnx(net, x, scale, size, (H, W), value_range, name, metadata, tmp),
+    )
+    return path
+
+
+def _write_onnx(
+    net: nn.Module,
+    x: torch.Tensor,
+    scale: object,
+    size: tuple[int, int] | None,
+    output_size: tuple[int, int],
+    value_range: float,
+    name: str,
+    metadata: dict[str, str] | None,
+    path: Path,
+) -> None:
+    """:func:`export_onnx`'s writing: the graph for example input ``x``, then the metadata."""
+    import onnx
+
+    H, W = output_size
     torch.onnx.export(
         _FixedRequest(net, scale, size).eval(),
         (x,),
@@ -180,12 +204,53 @@ def export_onnx(
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
-    return path
 
 
 def _pair(text: str) -> tuple[float, float]:
     a, b = text.split("x")
     return float(a), float(b)
+
+
+def _entry(meta: dict[str, str], key: str, parse):
+    """``parse(meta[key])``; any failure as ``ValueError("KEY 'VALUE'")`` (ONNX metadata)."""
+    text = meta[key]
+    try:
+        return parse(text)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"{key} {text!r}") from None
+
+
+def _positive(value):
+    """``value`` if it is finite and > 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(value)
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``"HxW"`` of positive integers within the output side cap."""
+    from .geometry import MAX_OUTPUT_SIDE
+
+    a, b = text.split("x")
+    h, w = int(a), int(b)
+    if not (1 <= h <= MAX_OUTPUT_SIDE and 1 <= w <= MAX_OUTPUT_SIDE):
+        raise ValueError(text)
+    return h, w
+
+
+def _request_ratios(
+    text: str, in_size: tuple[int, int], out_size: tuple[int, int]
+) -> tuple[float, float]:
+    """The per-axis ratios of ``"scale AxB"`` or ``"size HxW"`` (which must be ``out_size``)."""
+    kind, _, value = text.partition(" ")
+    if kind == "scale":
+        ratios = _pair(value)
+        if not all(math.isfinite(r) and r >= 1 for r in ratios):
+            raise ValueError(text)
+        return ratios
+    if kind == "size" and _size(value) == out_size:
+        return out_size[0] / in_size[0], out_size[1] / in_size[1]
+    raise ValueError(text)
 
 
 class OnnxModel(nn.Module):
@@ -216,23 +281,37 @@ class OnnxModel(nn.Module):
         meta = self.session.get_modelmeta().custom_metadata_map
         if "metasr.request" not in meta:
             raise ValueError(f"{self.path}: an ONNX file not written by `metasr export`")
-        self.request = meta["metasr.request"]
-        h, w = _pair(meta["metasr.input_size"])
-        H, W = _pair(meta["metasr.output_size"])
-        self.input_size, self.output_size = (int(h), int(w)), (int(H), int(W))
-        self.in_channels = int(meta["metasr.in_channels"])
-        self.out_channels = int(self.session.get_outputs()[0].shape[1])
-        self.value_range = float(meta["metasr.value_range"])
+        try:
+            self._read_metadata(meta)
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
+            detail = f"no {exc.args[0]} entry" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{self.path}: not a usable `metasr export` file ({detail})") from None
         #: every metadata entry of the file (``field_stats`` of a field model among them)
         self.metadata = dict(meta)
-        kind, value = self.request.split(" ")
-        if kind == "scale":
-            self._r = _pair(value)
-        else:
-            self._r = (H / h, W / w)
         # inference.upscale_array reads the device and dtype of the first parameter: float32
         # on the CPU is what the session takes (an empty tensor, no weights live here).
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def _read_metadata(self, meta: dict[str, str]) -> None:
+        """Sizes, channels, value range and request from the metadata and graph, checked
+        against each other (a file edited by hand or written by another tool says so)."""
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+            raise ValueError(
+                f"graph input {[i.name for i in inputs]} and output {[o.name for o in outputs]};"
+                f" expected [{INPUT_NAME!r}] and [{OUTPUT_NAME!r}]"
+            )
+        shape = outputs[0].shape
+        if len(shape) != 4 or not isinstance(shape[1], int) or shape[1] < 1:
+            raise ValueError(f"output {OUTPUT_NAME!r} has shape {shape}, not (N, C, H, W)")
+        h, w = _entry(meta, "metasr.input_size", _size)
+        H, W = _entry(meta, "metasr.output_size", _size)
+        self.input_size, self.output_size = (h, w), (H, W)
+        self.in_channels = _entry(meta, "metasr.in_channels", lambda t: _positive(int(t)))
+        self.out_channels = int(shape[1])
+        self.value_range = _entry(meta, "metasr.value_range", lambda t: _positive(float(t)))
+        self.request = meta["metasr.request"]
+        self._r = _entry(meta, "metasr.request", lambda t: _request_ratios(t, (h, w), (H, W)))
 
     def forward(
         self, x: torch.Tensor, scale: object = None, size: object = None, region: object = None
@@ -263,7 +342,19 @@ class OnnxModel(nn.Module):
                 "with `metasr export` for that request"
             )
         lr = x.detach().to("cpu", torch.float32).numpy()
-        (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(lr)})
+        try:
+            (y,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(lr)})
+        except Exception as exc:  # onnxruntime's own types: allocation failure, bad graph...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{self.path.name}: onnxruntime failed: {first}") from None
+        expected = (int(x.shape[0]), self.out_channels, H, W)
+        if tuple(y.shape) != expected:
+            # A file whose metadata promise more than its graph gives must not be written
+            # at the wrong size without a word.
+            raise ValueError(
+                f"{self.path.name} returned {tuple(y.shape)}, not the {expected} its metadata "
+                f"promise for {self.request}"
+            )
         return torch.from_numpy(y).to(device=x.device, dtype=x.dtype)
 
     def extra_repr(self) -> str:

@@ -37,12 +37,13 @@ import functools
 import itertools
 import math
 import numbers
-import os
 from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 import torch
+
+from . import _limits
 
 __all__ = [
     "CoordinateGrid",
@@ -78,7 +79,7 @@ POS_ENCODINGS: dict[str, int] = {"asymmetric": 4, "official": 3}
 MAX_OUTPUT_PIXELS = 1 << 30
 
 #: Cap on ``H`` and on ``W`` (2**22): the geometry keeps about 80 bytes per output row and column.
-MAX_OUTPUT_SIDE = 1 << 22
+MAX_OUTPUT_SIDE = _limits.MAX_OUTPUT_SIDE
 
 Arithmetic = Literal["exact", "official"]
 ScaleLike = float | int | tuple[float, float] | list[float]
@@ -131,16 +132,9 @@ def max_output_pixels() -> int:
     Raises:
         ValueError: if the environment variable is not a positive integer.
     """
-    text = os.environ.get("METASR_MAX_OUTPUT_PIXELS", "").strip()
-    if not text:
-        return MAX_OUTPUT_PIXELS
-    try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"METASR_MAX_OUTPUT_PIXELS must be a positive integer, got {text!r}")
-    return value
+    from ._limits import pixel_cap
+
+    return pixel_cap(MAX_OUTPUT_PIXELS)
 
 
 def _check_output_size(h: int, w: int, H: float, W: float) -> None:

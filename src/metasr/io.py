@@ -39,6 +39,7 @@ from typing import Literal
 
 import numpy as np
 
+from ._limits import check_fits_dtype
 from .validation import check_int
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
     "SUFFIXES",
     "Raster",
     "atomic_write",
+    "atomic_write_text",
+    "check_fits_dtype",
     "check_finite_result",
     "check_writable",
     "format_of",
@@ -478,6 +481,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write` (JSON, CSV reports)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def _replace(tmp: Path, path: Path) -> None:
     """``os.replace``, also for a folder (a Zarr store) written in place of the temporary file:
     an existing ``path`` is moved aside first and removed once ``tmp`` has its name."""
@@ -601,14 +609,8 @@ def check_finite_result(source: Raster, result: Raster) -> None:
             f"the result holds {bad:,} NaN or infinite values of {total:,} (the input has "
             "none); nothing written"
         )
-    if result.kind == "field" and np.issubdtype(result.dtype, np.floating):
-        top = float(np.finfo(result.dtype).max)
-        largest = float(np.abs(result.data).max())
-        if largest > top:
-            raise ValueError(
-                f"the result reaches {largest:.3g}, beyond the range of {result.dtype} "
-                f"(±{top:.3g}); nothing written"
-            )
+    if result.kind == "field":
+        check_fits_dtype(result.data, result.dtype)
 
 
 def _quantise(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

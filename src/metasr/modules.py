@@ -214,6 +214,26 @@ class FourierFeatures(nn.Module):
         return f"features={self.features}, scale={self.scale:g}"
 
 
+def _check_predictor_size(width: int, hidden: int, hidden_layers: int, out: int) -> None:
+    """Refuse, from arithmetic alone, a predictor past the model caps of ``create_model``
+    (``hidden_layers=10**6`` would take minutes and gigabytes before failing).
+
+    Raises:
+        ValueError: the count and the cap.
+    """
+    from .archs._registry import MAX_MODEL_ELEMENTS, MAX_MODEL_MODULES
+
+    modules = 2 * hidden_layers + 2
+    elements = (width + 1) * hidden + (hidden_layers - 1) * (hidden + 1) * hidden
+    elements += (hidden + 1) * out
+    if modules > MAX_MODEL_MODULES or elements > MAX_MODEL_ELEMENTS:
+        raise ValueError(
+            f"the weight predictor would have {elements:,} parameters in {modules:,} modules, "
+            f"over the limits ({MAX_MODEL_ELEMENTS:,} and {MAX_MODEL_MODULES:,}, "
+            "metasr.archs._registry.MAX_MODEL_ELEMENTS/MAX_MODEL_MODULES)"
+        )
+
+
 class Pos2Weight(nn.Module):
     """Weight-prediction MLP of Meta-SR: position → ``k·k·Cin·Cout`` filter weights.
 
@@ -294,6 +314,12 @@ class Pos2Weight(nn.Module):
         self.hidden_layers = hidden_layers
         self.activation = activation
         num_pos = POS_ENCODINGS[pos_encoding]
+        _check_predictor_size(
+            num_pos if encoding is None else 2 * fourier_features,
+            hidden,
+            hidden_layers,
+            kernel_size * kernel_size * in_channels * out_channels,
+        )
         # Registered before meta_block only when present: the default's keys stay meta_block.*.
         self.encoding: FourierFeatures | None = None
         if encoding == "fourier":

@@ -119,7 +119,8 @@ def test_model_downscaler_passes_coords() -> None:
     assert len(seen) == 2
     c = seen[0]["coords"]
     assert isinstance(c, CoordinateGrid) and c.periodic_lon is src.periodic
-    assert np.allclose(c.dst_lat, dst.lat) and np.allclose(c.src_lon, src.lon)
+    # The network sees the canonical layout (latitude ascending; issue 23), not the file's.
+    assert np.allclose(c.dst_lat, np.sort(dst.lat)) and np.allclose(c.src_lon, src.lon)
     # Tiled runs keep the coordinates (each tile gets them and its region).
     seen.clear()
     tiled = mc.ModelDownscaler(loaded, stats, tile=4)(fields, src, dst)

@@ -13,6 +13,7 @@ import metasr
 from metasr import climate as mc
 from metasr.checkpoints import checkpoint_stats, load_model, save_checkpoint
 from metasr.cli import main
+from metasr.climate.layout import canonical_layout
 from metasr.climate.model import coordinate_grid
 from metasr.climate.stats import FieldStats, add_checkpoint_stats, stats_metadata
 
@@ -108,11 +109,17 @@ def test_model_round_trip_keeps_coordinates_attributes_and_nans(files, tmp_path,
     api = mc.downscale_with_model(src, loaded, "16x32")
     np.testing.assert_allclose(var.values, api.values, rtol=0, atol=1e-4, equal_nan=True)
     filled, valid = mc.fill_missing(src.values, mc.grid_of(src))
+    # The network sees both grids in the canonical layout (latitude ascending, issue 23): the
+    # source and target here run north to south, so rows are flipped in and out.
+    s_c, d_c = canonical_layout(mc.grid_of(src)), canonical_layout(grid)
     with torch.no_grad():
-        z = torch.from_numpy(((filled - 280.0) / 2.0).astype(np.float32))[:, None]
+        z = torch.from_numpy(((s_c.apply(filled) - 280.0) / 2.0).astype(np.float32))[:, None]
         # The network places the target rows and columns by latitude/longitude.
-        coords = coordinate_grid(mc.grid_of(src), grid)
-        ref = loaded.model(z, coords=coords)[:, 0].numpy() * 2.0 + 280.0
+        coords = coordinate_grid(s_c.grid, d_c.grid)
+        ref = d_c.restore(loaded.model(z, coords=coords)[:, 0].numpy()) * 2.0 + 280.0
+    # Pole rows hold one value each (issue 23): their longitude mean; other rows as the network.
+    poles = np.abs(np.abs(grid.lat) - 90.0) < 1e-6
+    ref[:, poles] = ref[:, poles].mean(axis=-1, keepdims=True)
     np.testing.assert_allclose(api.values[keep], ref[keep], rtol=0, atol=1e-4)
 
 

@@ -119,7 +119,7 @@ def test_force_yml_num_gpu_before_checks(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     opt_file = str(ROOT / "options/train/MetaRDN_DIV2K.yml")
-    opt = cli_train._load_options(opt_file)
+    opt = cli_train.load_options(opt_file)
     with pytest.raises(CLIError, match="num_gpu is 1"):
         cli_train._check_options(opt, opt_file, True)
     # with the override, the num_gpu check passes and the next problem (the data) is reported
@@ -136,7 +136,7 @@ def test_force_yml_num_gpu_before_checks(tmp_path, monkeypatch):
         f"datasets:train:dataroot_gt={train_dir}",
         f"datasets:val:dataroot_gt={val_dir}",
     ]
-    opt = cli_train.apply_force_yml(cli_train._load_options(opt_file), overrides, opt_file)
+    opt = cli_train.apply_force_yml(cli_train.load_options(opt_file), overrides, opt_file)
     cli_train._check_options(opt, opt_file, True)
     with pytest.raises(CLIError, match="no section"):
         cli_train.apply_force_yml(opt, ["nosuch:key=1"], opt_file)

@@ -153,5 +153,5 @@ def test_import_metasr_does_not_import_xarray() -> None:
 
 def test_clear_error_without_xarray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "xarray", None)  # `import xarray` now raises ImportError
-    with pytest.raises(ImportError, match=r"pip install metasr\[climate\]"):
+    with pytest.raises(ImportError, match=r"pip install 'metasr\[climate\]'"):
         read_field(tmp_path / "x.nc", "t2m")

@@ -18,6 +18,7 @@ import glob
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,19 @@ def _expand(items: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def _outputs(files: list[Path], output: str, overwrite: bool = False) -> list[Path]:
+def _outputs(
+    files: list[Path], output: str, overwrite: bool = False, also_read: Sequence[str | None] = ()
+) -> list[Path]:
+    """The output of each input. Refused: two inputs of one name into one folder, an output
+    that is an input or one of ``also_read`` (model, statistics, target-grid file; the same
+    name, a symbolic or a hard link), an existing output without ``overwrite``."""
+    from ._outputs import check_outputs, refuse_same_names
+
     out = Path(output)
     zarr = out.suffix.lower() == ".zarr"
     if out.is_dir() and not zarr:
         targets = [out / f.name for f in files]
+        refuse_same_names(targets)
     elif len(files) > 1:
         raise CLIError(f"several inputs need an existing output folder; {output} is not one")
     else:
@@ -87,9 +96,8 @@ def _outputs(files: list[Path], output: str, overwrite: bool = False) -> list[Pa
                 f"output {output}: netCDF input is written as netCDF (.nc) or Zarr (.zarr)"
             )
         targets = [out]
-    for src, dst in zip(files, targets, strict=True):
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise CLIError(f"{dst}: output would overwrite its input; choose another -o")
+    check_outputs([("-o", t) for t in targets], [*files, *also_read])
+    for dst in targets:
         if (dst.exists() or dst.is_symlink()) and not overwrite:
             raise CLIError(f"{dst} exists; pass --overwrite to replace it")
     return targets
@@ -120,7 +128,7 @@ def parse_stats_arg(text: str):
 def _naming(exc: ValueError, path: Path) -> ValueError:
     """``exc`` with the file name in front (once)."""
     text = str(exc)
-    return ValueError(text if text.startswith(str(path)) else f"{path}: {text}")
+    return ValueError(text if str(path) in text else f"{path}: {text}")
 
 
 def _command_line(args: argparse.Namespace, src: Path) -> str:
@@ -131,6 +139,26 @@ def _command_line(args: argparse.Namespace, src: Path) -> str:
     if args.stats is not None and not args.baseline:
         words += ["--stats", args.stats]
     return "metasr upscale " + " ".join(shlex.quote(str(w)) for w in words)
+
+
+def check_run_options(args: argparse.Namespace) -> None:
+    """The options ``upscale`` shares between images and netCDF, checked before any file is
+    read or model loaded (usage errors, exit 2, the same words on both paths; ``--tile`` is
+    :func:`.upscale.parse_tile_arg`'s)."""
+    if args.tile_overlap is not None and args.tile_overlap < 0:
+        raise CLIError(f"bad --tile-overlap {args.tile_overlap}: must be >= 0")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise CLIError(f"bad --max-pixels {args.max_pixels}: must be >= 1")
+    if not args.model.strip():
+        raise CLIError("bad --model '': give 'default', a checkpoint file or a registry name")
+    if args.backend != "auto":
+        import metasr  # torch: only when a backend is named
+
+        if args.backend not in metasr.backends():
+            raise CLIError(
+                f"unknown --backend {args.backend!r}; choose from auto, "
+                f"{', '.join(metasr.backends())}"
+            )
 
 
 def _refuse_image_options(args: argparse.Namespace) -> None:
@@ -159,19 +187,31 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
         raise CLIError(f"bad --batch-size {args.batch_size}: must be >= 1")
     tile = parse_tile_arg(str(args.tile))
     tile = 0 if tile == "auto" else tile  # fields: whole unless asked (--tile N)
+    check_run_options(args)
+    if args.tta:
+        raise CLIError(
+            "--tta is for images and arrays: flips and transposes of a lat/lon field are not "
+            "the same field (a transpose swaps latitude and longitude)"
+        )
     if args.chunk is not None and args.chunk < 1:
         raise CLIError(f"bad --chunk {args.chunk}: must be >= 1")
     stats = parse_stats_arg(args.stats) if args.stats is not None else None
     if args.baseline is not None and args.stats is not None:
         raise CLIError("--stats is for a model; a --baseline needs no statistics")
+    files = _expand(args.inputs)
+    also_read = [args.model, args.stats, args.target_grid]
+    targets = _outputs(files, args.output, args.overwrite, also_read)
     try:
         dst = mc.resolve_grid(args.target_grid)
     except ValueError as exc:
         raise CLIError(f"bad --target-grid: {exc}") from None
-    files = _expand(args.inputs)
-    targets = _outputs(files, args.output, args.overwrite)
     method: Any = args.baseline
-    if method is None:
+    card = None
+    if method == "bicubic-conservative":
+        from ..climate.constraint import bicubic_conservative
+
+        method = bicubic_conservative
+    elif method is None:
         # torch only for a model: a --baseline run never imports it (start-up time).
         import torch
 
@@ -198,6 +238,7 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
             overlap=overlap,
             progress=not args.quiet,
         )
+        card = method.card
     # Check every input first (metadata, then one lazy pass for "all missing"): a bad one must
     # not leave the others written.
     jobs = []
@@ -211,7 +252,9 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
                 if args.max_pixels is not None and grid.shape[0] * grid.shape[1] > args.max_pixels:
                     h, w = grid.shape
                     raise ValueError(f"{h}x{w} grid is over --max-pixels {args.max_pixels}")
-                if not isinstance(method, str):
+                if card is not None:
+                    ds = _check_card(ds, variables, card, grid, dst, args.strict, src)
+                elif args.baseline is None:  # a model without a card (no torch import here)
                     for v in variables:
                         units = ds[v].attrs.get("units")
                         mc.check_units(
@@ -236,6 +279,10 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
                 )
             except ValueError as exc:
                 raise _naming(exc, src) from None
+            if card is not None:
+                for v in variables:
+                    out[v].attrs["metasr_model"] = str(args.model)
+                    out[v].attrs["metasr_model_card"] = card.summary()
             # One chunk at a time: peak memory is one chunk's, whatever the file's length.
             with dask.config.set(scheduler="synchronous"):
                 cio.write_dataset(out, dst_path, overwrite=args.overwrite, sources=files)
@@ -255,6 +302,28 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_card(ds: Any, variables: list[str], card: Any, grid: Any, dst: Any, strict: bool,
+                src: Path) -> Any:  # fmt: skip
+    """The model card's checks of every variable (issue 23): one warning line per finding
+    (``--strict``: refused), a temperature in degrees Celsius converted to the card's kelvin."""
+    from ..climate.card import check_input
+
+    for v in variables:
+        da = ds[v]
+        units = da.attrs.get("units")
+        lead = {d: 0 for d in da.dims[:-2]}
+        # Missing values in the first field stand for the file (one field read, not all).
+        masked = bool(np.isnan(np.asarray(da.isel(lead).values)).any())
+        offset, warns = check_input(
+            card, grid, dst, None if units is None else str(units), masked, strict=strict
+        )
+        for line in warns:
+            print(f"warning: {src}: {v}: {line}", file=sys.stderr)
+        if offset:
+            ds[v] = (da + offset).assign_attrs({**da.attrs, "units": card.units})
+    return ds
+
+
 def field_data(args: argparse.Namespace) -> bool:
     """Whether ``metasr eval`` scores netCDF fields: ``--var`` given or ``--data`` netCDF."""
     data = Path(args.data)
@@ -268,6 +337,7 @@ def run_eval_fields(args: argparse.Namespace) -> int:
 
     from .. import climate as mc
     from ..checkpoints import load_model
+    from ..climate.evaluate import BASELINES
     from ..data.scales import parse_scale_list, parse_size_list
     from ..evaluate import write_results
     from ..metrics import format_table
@@ -276,13 +346,17 @@ def run_eval_fields(args: argparse.Namespace) -> int:
         raise CLIError("netCDF data needs --var NAME (the variable to score)")
     if args.opt or args.plot:
         raise CLIError("--opt and --plot are for image data, not netCDF fields")
+    if args.tta:
+        raise CLIError(
+            "--tta is for image data: a flipped or transposed lat/lon field is not the same field"
+        )
     baselines = [b for b in (args.baselines or "").split(",") if b]
     if args.bicubic and "bicubic" not in baselines:
         baselines.append("bicubic")
     for b in baselines:
-        if b not in mc.METHODS:
+        if b not in BASELINES:
             raise CLIError(
-                f"unknown baseline {b!r} in --baselines; choose from {', '.join(mc.METHODS)}"
+                f"unknown baseline {b!r} in --baselines; choose from {', '.join(BASELINES)}"
             )
     settings: list[object] = []
     try:
@@ -295,7 +369,7 @@ def run_eval_fields(args: argparse.Namespace) -> int:
     stats = parse_stats_arg(args.stats) if args.stats is not None else None
     model = None
     name = args.model
-    if args.model in mc.METHODS:
+    if args.model in BASELINES:
         if args.model not in baselines:
             baselines.insert(0, args.model)
     else:

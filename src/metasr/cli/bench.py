@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 
 from . import CLIError
+from ._outputs import check_output_file, check_outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -108,9 +108,13 @@ def run(args: argparse.Namespace) -> int:
             f"--baseline {args.baseline!r} is not among the measured backends "
             f"({', '.join(backends)})"
         )
-    for flag, dest in (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)):
+    outputs = {"--json": args.json, "--csv": args.csv, "--plot": args.plot}
+    for flag, dest in outputs.items():
         if dest:
-            _check_output(flag, Path(dest))
+            check_output_file(Path(dest), flag)
+    check_outputs(outputs, [])  # two options naming one file
+    from ..io import atomic_write_text
+
     report = run_benchmarks(
         configs,
         backends,
@@ -126,20 +130,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_table(report, baseline=args.baseline))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        atomic_write_text(args.json, json.dumps(report, indent=2))
     if args.csv:
         write_csv(report, args.csv)
     if args.plot:
         plot(report, args.plot)
     return 0
-
-
-def _check_output(flag: str, path: Path) -> None:
-    """Refuse an output path that cannot be written (a folder, or inside a missing folder)."""
-    if path.is_dir():
-        raise CLIError(f"{flag} {path}: is a folder, expected a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise CLIError(f"{flag} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise CLIError(f"{flag} {path}: folder {parent} is not writable")

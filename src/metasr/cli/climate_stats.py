@@ -49,23 +49,37 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import climate as mc
     from ..climate.stats import add_checkpoint_stats
+    from ..io import atomic_write_text
+    from ._outputs import check_output_file, check_outputs
 
     if args.into is not None and args.checkpoint is None:
         raise CLIError("--into needs --checkpoint")
-    if args.output is not None and args.output.is_dir():
-        raise CLIError(f"-o {args.output}: is a folder; give a file name")
-    values, grid, attrs = [], None, {}
+    outputs = {"-o": args.output, "--into": args.into}
+    for flag, path in outputs.items():
+        if path is not None:
+            check_output_file(path, flag)
+    # --checkpoint without --into is rewritten in place (on purpose); it is an input for -o.
+    check_outputs(outputs, [*args.inputs, args.checkpoint])
+    values, grid, units = [], None, None
     for item in args.inputs:
         try:
             da = mc.read_field(item, args.var)
         except ValueError as exc:
-            raise ValueError(f"{item}: {exc}") from None
+            text = str(exc)
+            raise ValueError(text if str(item) in text else f"{item}: {text}") from None
         g = mc.grid_of(da)
         if grid is not None and not g.same_as(grid):
             raise ValueError(f"{item}: grid {g!r} differs from the first file's {grid!r}")
-        grid, attrs = g, attrs or dict(da.attrs)
+        these = str(da.attrs.get("units", ""))
+        if units is not None and not mc.same_units(these, units):
+            # Averaging K with degC gives "mean 139 K": every file must say the same units.
+            raise ValueError(
+                f"{item}: {args.var!r} is in {these or 'no units'!r}, the first file's in "
+                f"{units or 'no units'!r}; convert them to one unit first"
+            )
+        grid, units = g, these if units is None else units
         values.append(da.values.reshape(-1, *g.shape))
-    units = str(attrs["units"]) if "units" in attrs else ""
+    units = units or ""
     if not units:
         print(f"metasr: warning: {args.var!r} has no units attribute", file=sys.stderr)
     stats = mc.compute_stats(np.concatenate(values), grid, variable=args.var, units=units)
@@ -73,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         written = add_checkpoint_stats(args.checkpoint, stats, args.into)
         print(f"statistics stored in {written}")
     if args.output is not None:
-        args.output.write_text(stats.to_json() + "\n")
+        atomic_write_text(args.output, stats.to_json() + "\n")
         print(f"statistics written to {args.output}")
     print(
         f"{args.var}: mean {stats.mean[0]:.6g} {units}, std {stats.std[0]:.6g} {units} "

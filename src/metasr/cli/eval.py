@@ -16,7 +16,6 @@ scales, ``--backend``, ``--device`` (a device this machine has), and the ``--csv
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -152,27 +151,22 @@ def _check_device(device: str) -> str:
     return str(device_arg(device))
 
 
-def _check_output(path: Path | None, flag: str) -> None:
-    """Refuse a destination that cannot be written, before the evaluation runs.
+def _check_outputs(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
+    """Refuse ``--csv``/``--json``/``--plot`` destinations that cannot be written or that name
+    an input (the data, the model, the option or statistics file), before the evaluation runs.
 
     The file itself may not exist yet; its nearest existing ancestor must be a writable folder
     (missing folders below it are created when writing).
     """
-    if path is None:
-        return
-    if path.is_dir():
-        raise CLIError(f"{flag} {path}: is a folder; give a file name")
-    ancestor = path.parent
-    while not ancestor.exists():
-        if ancestor == ancestor.parent:
-            break
-        ancestor = ancestor.parent
-    if ancestor.exists() and not ancestor.is_dir():
-        raise CLIError(f"{flag} {path}: {ancestor} is a file, not a folder")
-    if ancestor.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
-        raise CLIError(f"{flag} {path}: folder {ancestor} is not writable")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise CLIError(f"{flag} {path}: the file is not writable")
+    from ._outputs import check_output_file, check_outputs
+
+    outputs = {flag: getattr(args, flag[2:]) for flag in flags}
+    for flag, path in outputs.items():
+        if path is not None:
+            check_output_file(path, flag, create_folders=True)
+    data = Path(args.data)
+    inputs: list[object] = list(data.iterdir()) if data.is_dir() else [data]
+    check_outputs(outputs, [*inputs, args.model, args.opt, args.stats])
 
 
 def _check_plot_available() -> None:
@@ -190,6 +184,8 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise CLIError("--plot needs matplotlib: pip install matplotlib") from None
+    from ..io import atomic_write
+
     body = [r for r in rows if r["scale"] != "mean"]
     labels = [f"×{r['scale']}" for r in body]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(body) + 2), 3.2))
@@ -202,7 +198,7 @@ def _plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
 
 
@@ -212,8 +208,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if field_data(args):  # netCDF fields: climate metrics against regridding baselines
         _check_backend(args.backend)
         args.device = _check_device(args.device)
-        for path, flag in ((args.csv, "--csv"), (args.json, "--json")):
-            _check_output(path, flag)
+        _check_outputs(args, ("--csv", "--json"))
         return run_eval_fields(args)
     if args.var is not None or args.stats is not None:
         raise CLIError("--var and --stats are for netCDF (.nc) data")
@@ -227,8 +222,7 @@ def _eval_images(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _check_backend(args.backend)
     _check_device(args.device)
-    for path, flag in ((args.csv, "--csv"), (args.json, "--json"), (args.plot, "--plot")):
-        _check_output(path, flag)
+    _check_outputs(args, ("--csv", "--json", "--plot"))
     if args.plot:
         _check_plot_available()
     model = load_eval_model(args.model, args.opt, args.device, args.backend)

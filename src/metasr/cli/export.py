@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from . import MODEL_HELP, CLIError
+from ._outputs import check_output_file, check_outputs
 
 __all__ = ["register"]
 
@@ -71,32 +72,62 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoints import checkpoint_stats, load_model
     from ..export import export_onnx, export_program, format_request
+    from ..io import atomic_write
 
     out = Path(args.output)
     suffix = out.suffix.lower()
     if suffix not in (".onnx", ".pt2"):
         raise CLIError(f"bad -o {out}: the file must end in .onnx or .pt2")
-    if not out.parent.is_dir():
-        raise CLIError(f"bad -o {out}: folder {out.parent} does not exist")
+    check_output_file(out, "-o")
+    check_outputs({"-o": out}, [args.model])
     scale = _spec("scale", args.scale) if args.scale is not None else None
     size = _spec("size", args.size) if args.size is not None else None
     input_size = _spec("input_size", args.input_size)
     loaded = load_model(args.model)
     if loaded.format == "onnx":
         raise CLIError(f"--model {args.model} is already an ONNX file")
+    _check_memory(loaded, input_size, scale, size)
     net = loaded.model.eval()
     if suffix == ".onnx":
         export_onnx(net, out, input_size, scale=scale, size=size,
                     value_range=loaded.value_range, name=str(args.model),
                     metadata=_stats_entry(checkpoint_stats(loaded)))  # fmt: skip
     else:
-        torch.export.save(export_program(net, input_size, scale=scale, size=size), str(out))
+        program = export_program(net, input_size, scale=scale, size=size)
+        # Atomic: an interrupted export keeps the previous file and leaves no truncated one.
+        atomic_write(out, lambda tmp: torch.export.save(program, str(tmp)))
     request = format_request(scale, size)
     print(f"{out}: {args.model} at {input_size[0]}x{input_size[1]} input, {request}")
     if args.check:
         diff = _check(out, net, input_size, scale, size, loaded.value_range)
         print(f"max |difference| / max |output| against PyTorch: {diff:.1e}", file=sys.stdout)
     return 0
+
+
+def _check_memory(loaded, input_size: tuple[int, int], scale, size) -> None:
+    """Refuse, before tracing, an export whose example run cannot fit in free memory.
+
+    The export traces a batch of two inputs through the network (the ONNX file's batch is
+    dynamic), so twice one upscale's estimate (:func:`metasr.inference.estimate_upscale`).
+
+    Raises:
+        ValueError: a request over the output caps, or the estimate and the free memory.
+    """
+    import torch
+
+    from ..inference import estimate_upscale
+    from ..ops.memory import available_memory_bytes, gib
+
+    h, w = input_size
+    est = estimate_upscale(loaded, (loaded.in_channels, h, w), scale, size)
+    need = 2 * (est.host_bytes + est.work_bytes)
+    free = available_memory_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        H, W = est.output_size
+        raise ValueError(
+            f"exporting {h}x{w} -> {H}x{W} traces a batch of 2 and needs about {gib(need)}, "
+            f"more than the {gib(free)} of free memory; export a smaller --input-size"
+        )
 
 
 def _stats_entry(stats) -> dict[str, str]:

@@ -143,7 +143,41 @@ def _print(info: dict) -> None:
         print(f"  {name:<13}{'present' if entry['present'] else 'MISSING'}: {entry['path']}")
 
 
+def _model_info(name: str) -> dict:
+    """What ``metasr info --model NAME`` prints: architecture, size and the model card."""
+    from metasr.checkpoints import load_model
+    from metasr.climate.card import model_card
+
+    loaded = load_model(name)
+    card = model_card(loaded)
+    n = sum(p.numel() for p in loaded.model.parameters())
+    return {
+        "model": name,
+        "arch": loaded.arch,
+        "parameters": n,
+        "kwargs": loaded.kwargs,
+        "card": None if card is None else json.loads(card.to_json()),
+        "card_text": None if card is None else card.describe(),
+    }
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        from . import CLIError
+
+        try:
+            info = _model_info(args.model)
+        except (ValueError, FileNotFoundError) as exc:
+            raise CLIError(f"bad --model {args.model!r}: {exc}") from None
+        if args.json:
+            print(json.dumps({k: v for k, v in info.items() if k != "card_text"}, indent=2))
+            return 0
+        print(f"model        {info['model']} ({info['arch']}, {info['parameters']} parameters)")
+        print(
+            info["card_text"]
+            or "no model card (a model from before issue 23, or not a field model)"
+        )
+        return 0
     info = collect()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -160,4 +194,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cannot run) and whether the bundled default model is present.",
     )
     p.add_argument("--json", action="store_true", help="print the same as JSON")
+    p.add_argument(
+        "--model", metavar="NAME", help="print this model's architecture and model card instead"
+    )
     p.set_defaults(func=run)

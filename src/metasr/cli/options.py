@@ -20,6 +20,8 @@ def load_options(path_str: str) -> dict[str, Any]:
         CLIError: the file is missing, PyYAML is not installed, or it is not a YAML mapping.
     """
     path = Path(path_str)
+    if path.is_dir():
+        raise CLIError(f"{path}: is a folder, not an option file")
     if not path.is_file():
         raise CLIError(f"option file not found: {path}")
     try:
@@ -27,7 +29,9 @@ def load_options(path_str: str) -> dict[str, Any]:
     except ImportError:
         raise CLIError(f"reading option files needs PyYAML: {INSTALL_HINT}") from None
     try:
-        opt = yaml.safe_load(path.read_text())
+        opt = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CLIError(f"{path}: not a text (YAML) option file") from None
     except yaml.YAMLError as exc:
         raise CLIError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(opt, dict):

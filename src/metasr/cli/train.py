@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -138,8 +139,87 @@ def _check_options(opt: dict[str, Any], src: str, is_train: bool) -> None:
         _need(logger, "save_checkpoint_freq", f"{src}: logger", (int, float))
         if opt.get("val") is not None:
             _need(opt["val"], "val_freq", f"{src}: val", (int, float))
+        _check_train_values(opt, src)
     else:
         _need(opt, "val", src)
+    _check_common_values(opt, src)
+
+
+#: What BasicSR 1.4.2's SRModel builds (base_model.get_optimizer / setup_schedulers).
+_OPTIMIZERS = ("Adam",)
+_SCHEDULERS = ("MultiStepLR", "MultiStepRestartLR", "CosineAnnealingRestartLR")
+
+
+def _number(value: object, where: str, *, low: float, integer: bool = False) -> float:
+    """``value`` as a finite number >= ``low`` (an integer if asked); ``CLIError`` otherwise.
+
+    YAML reads ``fast`` as a string, ``.nan``/``.inf`` as floats and ``1e-3`` (without a dot)
+    as a string: each is refused here, in one line, rather than inside BasicSR or mid-run.
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer and isinstance(value, float):
+        ok = math.isfinite(value) and value.is_integer()
+    if not ok or not math.isfinite(value) or value < low:
+        kind = "an integer" if integer else "a number"
+        raise CLIError(f"{where} must be {kind} >= {low:g}, got {value!r}")
+    return float(value)
+
+
+def _check_train_values(opt: dict[str, Any], src: str) -> None:
+    """Values BasicSR takes without a word and fails on later (or trains wrongly with):
+    iteration counts, frequencies (``x % 0`` after the first iteration), learning rate,
+    optimizer, scheduler and losses."""
+    train = opt["train"]
+    _number(train["total_iter"], f"{src}: train.total_iter", low=1, integer=True)
+    optim = _need(train, "optim_g", f"{src}: train")
+    kind = optim.get("type")
+    if kind not in _OPTIMIZERS:
+        raise CLIError(
+            f"{src}: train.optim_g.type {kind!r} is not supported (BasicSR builds "
+            f"{', '.join(_OPTIMIZERS)})"
+        )
+    lr = _number(optim.get("lr"), f"{src}: train.optim_g.lr", low=0)
+    if lr == 0:
+        raise CLIError(f"{src}: train.optim_g.lr must be > 0, got {optim.get('lr')!r}")
+    kind = train["scheduler"].get("type")
+    if kind not in _SCHEDULERS:
+        raise CLIError(
+            f"{src}: train.scheduler.type {kind!r} is not supported (choose from "
+            f"{', '.join(_SCHEDULERS)})"
+        )
+    losses = [k for k in ("pixel_opt", "perceptual_opt") if train.get(k)]
+    if not losses:
+        raise CLIError(f"{src}: train needs a loss (pixel_opt or perceptual_opt)")
+    for key in losses:
+        if not isinstance(train[key], dict) or not isinstance(train[key].get("type"), str):
+            raise CLIError(f"{src}: train.{key} needs a 'type' (e.g. L1Loss)")
+    logger = opt["logger"]
+    _number(logger["print_freq"], f"{src}: logger.print_freq", low=1, integer=True)
+    _number(logger["save_checkpoint_freq"], f"{src}: logger.save_checkpoint_freq", low=1)
+    if opt.get("val") is not None:
+        _number(opt["val"]["val_freq"], f"{src}: val.val_freq", low=1)
+    dopt = opt["datasets"]["train"]
+    _number(dopt["batch_size_per_gpu"], f"{src}: datasets.train.batch_size_per_gpu", low=1)
+    _number(dopt["num_worker_per_gpu"], f"{src}: datasets.train.num_worker_per_gpu", low=0)
+    if "dataset_enlarge_ratio" in dopt:
+        where = f"{src}: datasets.train.dataset_enlarge_ratio"
+        _number(dopt["dataset_enlarge_ratio"], where, low=1, integer=True)
+
+
+def _check_common_values(opt: dict[str, Any], src: str) -> None:
+    """Options of both ``train`` and ``test``: the seed, and a pretrained network file that
+    must be weights (read safely here: never torch's advice to unpickle it)."""
+    seed = opt.get("manual_seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise CLIError(f"{src}: manual_seed must be a non-negative integer, got {seed!r}")
+    pretrained = (opt.get("path") or {}).get("pretrain_network_g")
+    if isinstance(pretrained, str) and Path(os.path.expanduser(pretrained)).is_file():
+        from ..checkpoints import check_weights_file
+
+        try:
+            check_weights_file(Path(os.path.expanduser(pretrained)))
+        except ValueError as exc:
+            raise CLIError(f"{src}: path.pretrain_network_g: {exc}") from None
 
 
 def _check_registered(opt: dict[str, Any], src: str) -> None:
@@ -156,8 +236,17 @@ def _check_registered(opt: dict[str, Any], src: str) -> None:
     check(opt["model_type"], MODEL_REGISTRY, "model_type")
     check(opt["network_g"]["type"], ARCH_REGISTRY, "network_g.type")
     _check_network(opt["network_g"], src)
+    train = opt.get("train") or {}
+    for key in ("pixel_opt", "perceptual_opt"):
+        if isinstance(train.get(key), dict) and isinstance(train[key].get("type"), str):
+            from basicsr.utils.registry import LOSS_REGISTRY
+
+            if train[key]["type"] not in LOSS_REGISTRY:
+                raise CLIError(f"{src}: train.{key}: unknown loss type {train[key]['type']!r}")
     for phase, dopt in opt["datasets"].items():
         check(dopt["type"], DATASET_REGISTRY, f"datasets.{phase}.type")
+        if dopt["type"] in ("MetaSRFieldDataset", "MetaSRFieldTestDataset"):
+            _check_field_dataset(opt, phase, DATASET_REGISTRY.get(dopt["type"]), src)
         if dopt["type"] in ("MetaSRTrainDataset", "MetaSRTestDataset"):
             # Build it once now (file listing only) so that a bad scale sampler or patch size
             # is reported before BasicSR starts logging and training.
@@ -167,6 +256,32 @@ def _check_registered(opt: dict[str, Any], src: str) -> None:
                     _check_first_pairs(dataset)
             except (ValueError, FileNotFoundError) as exc:
                 raise CLIError(f"{src}: datasets.{phase}: {exc}") from None
+
+
+def _check_field_dataset(opt: dict[str, Any], phase: str, cls: Any, src: str) -> None:
+    """Build a field dataset now (its source is memoised, so BasicSR's build reads nothing
+    again): a missing variable, missing values, a constant field or a ratio too large for the
+    grid are one line before ``experiments/NAME`` exists; and the statistics' units and the
+    network's ``periodic_lon`` must fit the field."""
+    from ..climate import check_units
+    from ..climate.fields import stats_from_option
+
+    where = f"{src}: datasets.{phase}"
+    try:
+        dataset = cls(dict(opt["datasets"][phase]))
+        source = dataset.source
+        for given in (opt.get("field_stats"), opt["datasets"][phase].get("stats")):
+            stats = stats_from_option(given)
+            if stats is not None:
+                check_units(stats, source.units or None, f"the field {source.variable!r}")
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise CLIError(f"{where}: {exc}") from None
+    if opt["network_g"].get("periodic_lon") and not dataset.grid.periodic:
+        lon = dataset.grid.lon
+        raise CLIError(
+            f"{src}: network_g.periodic_lon wraps longitude, but the field of datasets.{phase} "
+            f"is regional (longitude {lon[0]:g}…{lon[-1]:g}); set periodic_lon: false"
+        )
 
 
 def _check_network(network_opt: dict[str, Any], src: str) -> None:
@@ -261,6 +376,11 @@ def apply_force_yml(opt: dict[str, Any], entries: list[str] | None, src: str) ->
             raise CLIError(f"bad --force_yml {entry!r}: expected KEY[:KEY...]=VALUE")
         keys, value = entry.split("=", 1)
         path = [k.strip() for k in keys.split(":")]
+        # BasicSR splits on every "=" and exec()s the keys as opt["KEY"]...: names only.
+        if "=" in value or not all(k.replace("-", "_").isidentifier() for k in path):
+            raise CLIError(
+                f"bad --force_yml {entry!r}: keys are option names, one '=' before the value"
+            )
         node: Any = opt
         for depth, key in enumerate(path[:-1]):
             if not isinstance(node, dict) or key not in node or not isinstance(node[key], dict):

@@ -19,6 +19,7 @@ import glob
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import DEVICE_HELP, MODEL_HELP, CLIError, device_arg, parse_tile_arg
@@ -182,8 +183,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     nc.add_argument(
         "--baseline",
-        choices=("nearest", "bilinear", "bicubic", "conservative"),
-        help="write this regridding instead of running a model",
+        choices=("nearest", "bilinear", "bicubic", "conservative", "bicubic-conservative"),
+        help="write this regridding instead of running a model (bicubic-conservative: bicubic "
+        "then back-projection until the conservative coarsening equals the input)",
+    )
+    nc.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse an input outside what the model card covers (ratio, regional, missing "
+        "values, units) instead of warning",
     )
     nc.add_argument(
         "--stats",
@@ -319,9 +327,11 @@ def plan_outputs(
     output: str,
     suffix: str = "",
     ext: str | None = None,
+    also_read: Sequence[str] = (),
 ) -> list[Path]:
     """The output path of each input (``(file, name)`` pairs from :func:`expand_input_names`,
-    or files); nothing is created here.
+    or files); nothing is created here. No output may be an input or ``also_read`` (the
+    model file): same name, symbolic or hard link (:func:`._outputs.check_outputs`).
 
     In an output folder each output is named ``STEM + suffix + (ext or the input's suffix)``.
 
@@ -330,6 +340,7 @@ def plan_outputs(
             folder is needed (or the reverse), ``--suffix``/``--ext`` with a file output.
     """
     from ..io import format_of
+    from ._outputs import check_outputs
 
     pairs = [f if isinstance(f, tuple) else (f, Path(f.name)) for f in files]
     out = Path(output)
@@ -362,9 +373,7 @@ def plan_outputs(
         targets = [out]
     for t in targets:
         format_of(t)
-    for (src, _), dst in zip(pairs, targets, strict=True):
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise CLIError(f"{dst}: output would overwrite its input; choose another -o")
+    check_outputs([("-o", t) for t in targets], [*(src for src, _ in pairs), *also_read])
     return targets
 
 
@@ -412,27 +421,17 @@ def run(args: argparse.Namespace) -> int:
 def _run_rasters(args: argparse.Namespace) -> int:
     import torch
 
-    import metasr
-
     from ..api import run_checked
     from ..checkpoints import load_model
     from ..io import check_finite_result, check_writable, format_of, read_raster, write_raster
     from ..ops.memory import OutOfMemoryError
+    from ._netcdf import check_run_options
 
     scale = parse_scale_arg(args.scale) if args.scale is not None else None
     size = parse_size_arg(args.size) if args.size is not None else None
     args.tile = parse_tile_arg(str(args.tile))
+    check_run_options(args)
     overlap = args.tile_overlap
-    if overlap is not None and overlap < 0:
-        raise CLIError(f"bad --tile-overlap {overlap}: must be >= 0")
-    if args.max_pixels is not None and args.max_pixels < 1:
-        raise CLIError(f"bad --max-pixels {args.max_pixels}: must be >= 1")
-    if not args.model.strip():
-        raise CLIError("bad --model '': give 'default', a checkpoint file or a registry name")
-    if args.backend != "auto" and args.backend not in metasr.backends():
-        raise CLIError(
-            f"unknown --backend {args.backend!r}; choose from auto, {', '.join(metasr.backends())}"
-        )
     device = device_arg(args.device)
     if args.half and device.type != "cuda":
         raise CLIError("--half needs a CUDA device (half precision on CPU is slower than float32)")
@@ -442,7 +441,7 @@ def _run_rasters(args: argparse.Namespace) -> int:
         raise CLIError(f"bad --quality {args.quality}: must be 1..100")
     skip = Path(args.output) if args.recursive else None
     named = expand_input_names(args.inputs, args.recursive, skip)
-    targets = plan_outputs(named, args.output, args.suffix, args.ext)
+    targets = plan_outputs(named, args.output, args.suffix, args.ext, [args.model])
     files = [f for f, _ in named]
     if args.quality is not None:
         lossless = sorted({t.suffix for t in targets if format_of(t) not in ("jpeg", "webp")})

@@ -17,6 +17,10 @@
 * :mod:`~metasr.climate.stats`: per-variable normalisation statistics (:class:`FieldStats`).
 * :mod:`~metasr.climate.model`: :func:`downscale_with_model`, a loaded network on fields
   (normalise → model → de-normalise, batched, fill-and-remask).
+* :mod:`~metasr.climate.layout`, :mod:`~metasr.climate.constraint`, :mod:`~metasr.climate.card`
+  (issue 23): the canonical grid layout, the conservation constraint (and the
+  ``bicubic-conservative`` baseline), the model card a field model carries;
+  :func:`field_forward` is the one differentiable field step of training and inference.
 * :mod:`~metasr.climate.evaluate`: climate scores of a model against regridding baselines.
 * :mod:`~metasr.climate.fields`: training pairs of fields for ``metasr train``
   (``MetaSRFieldDataset``/``MetaSRFieldTestDataset``: conservative coarsening at random per-axis
@@ -33,6 +37,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .card import ModelCard, model_card
+from .constraint import ConservativeConstraint, bicubic_conservative
 from .data import coarse_size, coarsen, latitude_channel, static_predictors, with_static_channels
 from .grids import Grid, check_finer, coarse_grid, gaussian_grid, named_grid, regular_grid
 from .io import (
@@ -47,6 +53,7 @@ from .io import (
     write_dataset,
     write_field,
 )
+from .layout import canonical_layout
 from .metrics import (
     anomaly_correlation,
     conservation_error,
@@ -79,7 +86,7 @@ if TYPE_CHECKING:
         score_field,
         summarize_fields,
     )
-    from .model import ModelDownscaler, downscale_with_model, model_stats
+    from .model import ModelDownscaler, downscale_with_model, field_forward, model_stats
     from .stats import FieldStats, check_units, compute_stats, describe_grid, same_units
 
 # The names whose modules import torch load on first use (PEP 562), so that the regridding
@@ -96,7 +103,9 @@ _LAZY = {
         ),
         ".evaluate",
     ),
-    **dict.fromkeys(("ModelDownscaler", "downscale_with_model", "model_stats"), ".model"),
+    **dict.fromkeys(
+        ("ModelDownscaler", "downscale_with_model", "field_forward", "model_stats"), ".model"
+    ),
     **dict.fromkeys(
         ("FieldStats", "check_units", "compute_stats", "describe_grid", "same_units"), ".stats"
     ),
@@ -118,6 +127,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "FIELD_COLUMNS",
     "METHODS",
+    "ConservativeConstraint",
+    "ModelCard",
     "FieldStats",
     "Grid",
     "LRSize",
@@ -127,6 +138,8 @@ __all__ = [
     "apply_downscaler",
     "as_field",
     "axis_weights",
+    "bicubic_conservative",
+    "canonical_layout",
     "check_finer",
     "check_units",
     "coarse_grid",
@@ -139,6 +152,7 @@ __all__ = [
     "downscale_dataset",
     "downscale_with_model",
     "evaluate_fields",
+    "field_forward",
     "fill_missing",
     "gaussian_grid",
     "inside_source",
@@ -147,6 +161,7 @@ __all__ = [
     "grid_of",
     "latitude_band_mask",
     "latitude_channel",
+    "model_card",
     "model_stats",
     "named_grid",
     "open_fields",

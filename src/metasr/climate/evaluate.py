@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..data.scales import Scale, format_scale, to_scale
+from .constraint import bicubic_conservative
 from .data import coarsen
 from .grids import Grid
 from .io import Downscaler
@@ -35,6 +36,11 @@ from .metrics import (
     weighted_rmse,
 )
 from .regrid import METHODS, apply_downscaler, regrid
+
+#: Baseline names :func:`evaluate_fields` accepts: the regridding methods and
+#: ``"bicubic-conservative"`` (bicubic + back-projection,
+#: :func:`~metasr.climate.constraint.bicubic_conservative`).
+BASELINES = (*METHODS, "bicubic-conservative")
 
 __all__ = [
     "FIELD_COLUMNS",
@@ -134,7 +140,7 @@ def evaluate_fields(
         settings: ratios (``2``, ``(2, 3)``, ``"2x3"``) or :class:`LRSize`.
         model: a downscaling function (e.g. :class:`~metasr.climate.model.ModelDownscaler`), or
             ``None`` for baselines only.
-        baselines: names of :data:`~metasr.climate.regrid.METHODS`.
+        baselines: names of :data:`BASELINES`.
         model_name: the model's ``method`` label.
         weights: ``"coslat"`` or ``"area"``.
         mask: bool, broadcastable to every field's ``(H, W)``: only these points are scored
@@ -154,9 +160,9 @@ def evaluate_fields(
     Raises:
         ValueError: an unknown baseline, nothing to evaluate, a bad setting.
     """
-    unknown = [b for b in baselines if b not in METHODS]
+    unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
     if model is None and not baselines:
         raise ValueError("nothing to evaluate: give a model or at least one baseline")
     parsed: list[tuple[str, dict[str, Any]]] = []
@@ -169,7 +175,7 @@ def evaluate_fields(
     methods: list[tuple[str, Downscaler | str]] = []
     if model is not None:
         methods.append((model_name, model))
-    methods += [(b, b) for b in baselines]
+    methods += [(b, bicubic_conservative if b == "bicubic-conservative" else b) for b in baselines]
     if sources is not None and len(sources) != len(fields):
         raise ValueError(f"{len(sources)} sources for {len(fields)} fields")
     rows: list[dict[str, Any]] = []

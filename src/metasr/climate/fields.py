@@ -247,6 +247,29 @@ def _sample_dict(
     }
 
 
+def _check_trainable(source: FieldSource) -> None:
+    """Refuse training fields with missing values (the loss, then every weight, would turn
+    NaN) or without any variation (nothing to learn; a standard deviation of 0 cannot
+    normalise them).
+
+    Raises:
+        ValueError: how many values are missing, or the constant value.
+    """
+    fields = source.fields
+    missing = int(np.count_nonzero(~np.isfinite(fields)))
+    if missing:
+        raise ValueError(
+            f"the training fields of {source.variable!r} hold {missing:,} missing (NaN) values "
+            f"of {fields.size:,}: the loss would be NaN; train on complete fields (fill or "
+            "crop the missing cells first)"
+        )
+    if fields.size and float(fields.max()) == float(fields.min()):
+        raise ValueError(
+            f"the training fields of {source.variable!r} are constant ({float(fields.min()):g} "
+            "everywhere): nothing to learn, and a standard deviation of 0 cannot normalise them"
+        )
+
+
 class _FieldBase(Dataset):
     kind = "field"
 
@@ -301,6 +324,7 @@ class FieldDataset(SpecBatchedDataset, _FieldBase):
         max_scale = getattr(self.scale_sampler, "max_scale", None)
         if max_scale is not None:
             coarse_size(self.grid.shape, max_scale)
+        _check_trainable(self.source)
 
     def __len__(self) -> int:
         return self.source.fields.shape[0]

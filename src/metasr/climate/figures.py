@@ -149,7 +149,9 @@ def plot_field_maps(
         bar = fig.colorbar(mesh, ax=axes[i].tolist(), shrink=0.9, pad=0.01)
         bar.set_label(units, fontsize=7)
         bar.ax.tick_params(labelsize=6)
+    from ..io import atomic_write
+
     path = Path(path)
-    fig.savefig(path, dpi=dpi)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
     plt.close(fig)
     return path

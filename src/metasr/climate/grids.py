@@ -258,6 +258,23 @@ def gaussian_grid(nlat: int, nlon: int | None = None) -> Grid:
 _HXW = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
+def check_grid_size(h: int, w: int) -> None:
+    """Refuse a grid beyond the output caps of :mod:`metasr.geometry` (``H·W`` and each side),
+    before any array of its size exists.
+
+    Raises:
+        ValueError: the size and the caps.
+    """
+    from .._limits import MAX_OUTPUT_SIDE, pixel_cap
+
+    cap = pixel_cap()
+    if h > MAX_OUTPUT_SIDE or w > MAX_OUTPUT_SIDE or h * w > cap:
+        raise ValueError(
+            f"grid {h}x{w} exceeds the limit of {cap} cells and {MAX_OUTPUT_SIDE} per side "
+            "(metasr.geometry.MAX_OUTPUT_PIXELS, env METASR_MAX_OUTPUT_PIXELS)"
+        )
+
+
 def named_grid(name: str) -> Grid:
     """``"era5"``, ``"n96"`` or ``"HxW"`` (see the module docstring)."""
     key = name.strip().lower()
@@ -267,7 +284,9 @@ def named_grid(name: str) -> Grid:
         return regular_grid(145, 192, pole_rows=True, north_first=False)
     match = _HXW.match(key)
     if match:
-        return regular_grid(int(match.group(1)), int(match.group(2)))
+        h, w = int(match.group(1)), int(match.group(2))
+        check_grid_size(h, w)  # before the coordinate arrays of that size are made
+        return regular_grid(h, w)
     raise ValueError(f"unknown grid {name!r}: use 'era5', 'n96' or 'HxW' (e.g. '96x144')")
 
 

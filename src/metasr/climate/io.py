@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from .grids import Grid, named_grid
+from .grids import Grid, check_grid_size, named_grid
 from .regrid import METHODS, apply_downscaler, grid_key, regrid_values
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ _LAT_UNITS = {"degrees_north", "degree_north", "degree_n", "degrees_n", "degreen
 _LON_UNITS = {"degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese"}
 _LAT_NAMES = {"lat", "latitude", "nav_lat", "lats", "xlat", "rlat"}
 _LON_NAMES = {"lon", "longitude", "nav_lon", "lons", "xlon", "long", "rlon"}
+_DEGREES = {"degrees", "degree", "deg", "degs", ""}  # CF also allows plain degrees (rotated grids)
 _FILL_VALUE = np.float32(1e20)
 
 Downscaler = Callable[[np.ndarray, Grid, Grid], np.ndarray]
@@ -62,6 +63,25 @@ def _kind(name: str, var: Any) -> str | None:
     return None
 
 
+def check_coord_units(name: str, var: Any, kind: str) -> None:
+    """Refuse a latitude/longitude in other units than degrees (radians would be read as
+    degrees: a ±1.57° band stretched over the globe). No ``units`` attribute means degrees.
+
+    Raises:
+        ValueError: the coordinate, its units and what is supported.
+    """
+    if "units" not in var.attrs:
+        return
+    units = str(var.attrs["units"]).lower().replace(" ", "")
+    if units in (_LAT_UNITS if kind == "lat" else _LON_UNITS) or units in _DEGREES:
+        return
+    expected = "degrees_north" if kind == "lat" else "degrees_east"
+    raise ValueError(
+        f"coordinate {name!r} is in {var.attrs['units']!r}; only degrees ({expected}) are "
+        "supported: convert it first"
+    )
+
+
 def _find_coord(da: Any, kind: str) -> str:
     found = [str(n) for n, c in da.coords.items() if _kind(str(n), c) == kind]
     if not found:
@@ -69,6 +89,7 @@ def _find_coord(da: Any, kind: str) -> str:
             f"variable {da.name!r} has no {'latitude' if kind == 'lat' else 'longitude'} "
             f"coordinate (coordinates: {sorted(map(str, da.coords))}; dims: {list(da.dims)})"
         )
+    check_coord_units(found[0], da[found[0]], kind)
     return found[0]
 
 
@@ -130,7 +151,32 @@ def check_some_valid(da: xr.DataArray) -> None:
 def _open_dataset(path: str | Path, *, decode_times: bool = True, chunks: Any = None) -> Any:
     """``xr.open_dataset`` with the time fallback: a time axis that cannot be decoded (COADS's
     ``hour since 0000-01-01``, an unknown calendar) is kept as raw numbers with its attributes,
-    with a warning, rather than failing the whole file."""
+    with a warning, rather than failing the whole file.
+
+    Raises:
+        ValueError: ``"not a readable netCDF file: PATH"`` for a truncated or corrupt file,
+            text, an image..., instead of the HDF traceback or xarray's backend advice; a
+            folder.
+        FileNotFoundError: no such file.
+    """
+    _xarray()  # the missing extra first: its message says what to install
+    p = Path(path)
+    if p.is_dir() and p.suffix.lower() != ".zarr":
+        raise ValueError(f"{p}: is a folder, not a netCDF file")
+    if not p.exists():
+        from ..io import missing_reason
+
+        raise FileNotFoundError(f"{p}: {missing_reason(p)}")
+    try:
+        return _open_decoding(path, decode_times, chunks)
+    except ImportError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError, RuntimeError):
+        raise ValueError(f"not a readable netCDF file: {p}") from None
+
+
+def _open_decoding(path: str | Path, decode_times: bool, chunks: Any) -> Any:
+    """:func:`_open_dataset`'s opening, with the time fallback."""
     xr = _xarray()
     if decode_times:
         try:
@@ -151,9 +197,12 @@ def _open_dataset(path: str | Path, *, decode_times: bool = True, chunks: Any = 
             if "time" not in str(exc) and "calendar" not in str(exc):
                 raise
             reason = one_line_text(exc)
+        # xarray's advice ("Try opening your dataset with decode_times=False or installing
+        # cftime") is not for metasr's users: the raw times are kept already.
+        reason = reason.split(" Try opening")[0].rstrip(". ")
         warnings.warn(
             f"{path}: time axis kept as raw numbers (it cannot be decoded: {reason})",
-            stacklevel=3,
+            stacklevel=4,
         )
     return xr.open_dataset(path, chunks=chunks, decode_times=False)
 
@@ -164,7 +213,32 @@ def one_line_text(message: object) -> str:
     return lines[0] if lines else type(message).__name__
 
 
-def read_field(path: str | Path, var: str, *, decode_times: bool = True) -> xr.DataArray:
+def _check_read_size(path: Path, da: Any, max_pixels: int | None) -> None:
+    """Refuse, from the header, a variable whose grid is over ``max_pixels`` or whose values
+    (as the float64 the pipeline computes in, beside the file's own) exceed free memory."""
+    import torch
+
+    from ..io import MAX_PIXELS
+    from ..ops.memory import available_memory_bytes, gib
+
+    cap = MAX_PIXELS if max_pixels is None else max_pixels
+    lat, lon = _find_coord(da, "lat"), _find_coord(da, "lon")
+    h, w = int(da[lat].size), int(da[lon].size)
+    if h * w > cap:
+        raise ValueError(f"{path}: {h}x{w} grid is over the limit of {cap} pixels (--max-pixels)")
+    need = int(da.size) * (da.dtype.itemsize + 8)
+    free = available_memory_bytes(torch.device("cpu"))
+    if free is not None and need > free:
+        shape = "x".join(str(n) for n in da.shape)
+        raise ValueError(
+            f"{path}: variable {da.name!r} is {shape} values, about {gib(need)} to read, more "
+            f"than the {gib(free)} of free memory"
+        )
+
+
+def read_field(
+    path: str | Path, var: str, *, decode_times: bool = True, max_pixels: int | None = None
+) -> xr.DataArray:
     """Read ``var`` from a netCDF file as a ``(..., lat, lon)`` DataArray (loaded into memory).
 
     Args:
@@ -172,13 +246,17 @@ def read_field(path: str | Path, var: str, *, decode_times: bool = True) -> xr.D
         var: variable name.
         decode_times: decode the time axis (an axis that cannot be decoded is kept as raw
             numbers with a warning either way).
+        max_pixels: refuse a grid of more than this many cells (default
+            :data:`metasr.io.MAX_PIXELS`); checked, with the free memory, from the header
+            before any value is read.
 
     Returns:
         The DataArray with its attributes (``units`` …), leading dims and coordinates; dims
         ``lat``/``lon`` last; missing values as NaN.
 
     Raises:
-        ValueError: see :func:`as_field`; a variable not in the file (listing those that are).
+        ValueError: see :func:`as_field`; a variable not in the file (listing those that are);
+            not a netCDF file (:func:`_open_dataset`); a grid or size over the limits.
         ImportError: without xarray/netCDF4.
     """
     with _open_dataset(path, decode_times=decode_times) as ds:
@@ -186,7 +264,11 @@ def read_field(path: str | Path, var: str, *, decode_times: bool = True) -> xr.D
             raise ValueError(
                 f"{path}: no variable {var!r}; it has {sorted(map(str, ds.data_vars))}"
             )
-        da = ds[var].load()
+        _check_read_size(Path(path), ds[var], max_pixels)
+        try:
+            da = ds[var].load()
+        except (OSError, RuntimeError):  # the header reads, the data does not (HDF error)
+            raise ValueError(f"not a readable netCDF file: {path}") from None
         # The file's provenance travels with the field (write_field puts it back globally).
         if "history" in ds.attrs and "history" not in da.attrs:
             da.attrs["history"] = str(ds.attrs["history"])
@@ -334,23 +416,39 @@ def resolve_grid(spec: Grid | str | Path) -> Grid:
     if isinstance(spec, Grid):
         return spec
     text = str(spec)
-    if os.path.exists(text):
-        xr = _xarray()
-        with xr.open_dataset(text, decode_times=False) as ds:
-            coords = {str(n): c for n, c in ds.variables.items()}
-            lat = [n for n, c in coords.items() if _kind(n, c) == "lat"]
-            lon = [n for n, c in coords.items() if _kind(n, c) == "lon"]
-            if not lat or not lon:
-                raise ValueError(f"{text}: no latitude/longitude coordinates to take a grid from")
+    if os.path.exists(text) or Path(text).suffix.lower() in (".nc", ".nc4", ".cdf", ".netcdf"):
+        with _open_dataset(text, decode_times=False) as ds:
+            lat, lon = _grid_coord(ds, text, "lat"), _grid_coord(ds, text, "lon")
+            check_grid_size(ds[lat].size, ds[lon].size)  # before any array of the grid's size
             edges = {}
-            for key, name in (("lat_bounds", lat[0]), ("lon_bounds", lon[0])):
+            for key, name in (("lat_bounds", lat), ("lon_bounds", lon)):
                 bname = ds[name].attrs.get("bounds")
                 if bname is not None and bname in ds.variables and ds[name].ndim == 1:
                     edges[key] = _edges(
                         ds[bname].values, ds[name].values, bname, lon=key == "lon_bounds"
                     )
-            return Grid.from_coords(ds[lat[0]].values, ds[lon[0]].values, **edges)
+            return Grid.from_coords(ds[lat].values, ds[lon].values, **edges)
     return named_grid(text)
+
+
+def _grid_coord(ds: Any, path: str, kind: str) -> str:
+    """The name of the 1-D latitude (or longitude) of a grid file: a dimension coordinate
+    first, never a bounds variable (a ``lat_bnds`` or a scalar latitude listed before ``lat``
+    does not make a valid file "curvilinear")."""
+    found = [
+        (str(n), v)
+        for n, v in ds.variables.items()
+        if v.ndim == 1
+        and _kind(str(n), v) == kind
+        and not str(n).lower().endswith(("bnds", "bounds"))
+    ]
+    found.sort(key=lambda item: item[1].dims[0] != item[0])  # dimension coordinates first
+    if not found:
+        what = "latitude" if kind == "lat" else "longitude"
+        raise ValueError(f"{path}: no 1-D {what} coordinate to take a grid from")
+    name, var = found[0]
+    check_coord_units(name, var, kind)
+    return name
 
 
 def _history(attrs: dict[str, Any], line: str) -> str:
@@ -432,6 +530,9 @@ def _block(
         out = regrid_values(values, src, dst, method)
     else:
         out = apply_downscaler(method, values, src, dst, mask_threshold)
+    from .._limits import check_fits_dtype
+
+    check_fits_dtype(out, dtype)  # a float64 result beyond float32 must not become +inf
     return out.astype(dtype, copy=False)
 
 
@@ -574,9 +675,18 @@ def downscale_dataset(
     xr = _xarray()
     names = grid_names(ds, variables)
     src, dst = grid_of(ds, variables[0]), resolve_grid(target)
-    lat_bname = ds[names.lat].attrs.get("bounds") or f"{names.lat}_bnds"
-    lon_bname = ds[names.lon].attrs.get("bounds") or f"{names.lon}_bnds"
-    bdim = next((ds[b].dims[-1] for b in (lat_bname, lon_bname) if b in ds.variables), "bnds")
+    # New bounds names never take a downscaled variable's name (a field called lat_bnds) nor
+    # an existing dimension's (a leading dimension called bnds).
+    taken = set(map(str, variables)) | set(map(str, ds.dims))
+    lat_bname = str(ds[names.lat].attrs.get("bounds") or _free_name(f"{names.lat}_bnds", taken))
+    lon_bname = str(ds[names.lon].attrs.get("bounds") or _free_name(f"{names.lon}_bnds", taken))
+    if lat_bname in variables or lon_bname in variables:
+        lat_bname = _free_name(f"{names.lat}_bnds", taken | {lon_bname})
+        lon_bname = _free_name(f"{names.lon}_bnds", taken | {lat_bname})
+    bdim = next(
+        (ds[b].dims[-1] for b in (lat_bname, lon_bname) if b in ds.variables),
+        _free_name("bnds", taken),
+    )
     on_grid = [n for n, v in ds.variables.items() if set(v.dims) & set(names.dims)]
     out = ds.drop_vars(on_grid)
     dropped = set(map(str, on_grid)) - set(variables)
@@ -748,6 +858,15 @@ def write_dataset(
     return path
 
 
+def _free_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``… whichever is not in ``taken``."""
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    return name
+
+
 def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = None) -> Path:
     """Write a field as CF-style netCDF (written to a temporary name, then renamed).
 
@@ -766,12 +885,19 @@ def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = Non
     grid = grid_of(da)
     name = str(da.name) if da.name is not None else "field"
     ds = da.to_dataset(name=name)
-    ds["lat"].attrs.update({**_coord_attrs("lat"), "bounds": "lat_bnds"})
-    ds["lon"].attrs.update({**_coord_attrs("lon"), "bounds": "lon_bnds"})
+    # A variable may itself be called lat_bnds (or have a dimension nv): the bounds then take
+    # other names rather than replacing it.
+    taken = {name, *map(str, ds.dims), *map(str, ds.coords)}
+    nv = _free_name("nv", taken)
+    bounds = {}
+    for kind in ("lat", "lon"):
+        bounds[kind] = _free_name(f"{kind}_bnds", taken | {nv})
+        taken.add(bounds[kind])
+        ds[kind].attrs.update({**_coord_attrs(kind), "bounds": bounds[kind]})
     lat_b = np.stack([grid.lat_bounds[:-1], grid.lat_bounds[1:]], axis=-1)
     lon_b = np.stack([grid.lon_bounds[:-1], grid.lon_bounds[1:]], axis=-1)
-    ds["lat_bnds"] = xr.DataArray(lat_b, dims=("lat", "nv"))
-    ds["lon_bnds"] = xr.DataArray(lon_b, dims=("lon", "nv"))
+    ds[bounds["lat"]] = xr.DataArray(lat_b, dims=("lat", nv))
+    ds[bounds["lon"]] = xr.DataArray(lon_b, dims=("lon", nv))
     ds.attrs["Conventions"] = "CF-1.8"
     if history:
         ds[name].attrs["history"] = _history(ds[name].attrs, history)
@@ -780,8 +906,8 @@ def write_field(da: xr.DataArray, path: str | Path, *, history: str | None = Non
         name: {"_FillValue": _FILL_VALUE.astype(da.dtype) if da.dtype.kind == "f" else None},
         "lat": {"_FillValue": None},
         "lon": {"_FillValue": None},
-        "lat_bnds": {"_FillValue": None},
-        "lon_bnds": {"_FillValue": None},
+        bounds["lat"]: {"_FillValue": None},
+        bounds["lon"]: {"_FillValue": None},
     }
     # Fill-and-remask on disk: NaN is stored as _FillValue; drop the source file's own
     # fill/missing settings so they cannot contradict it.

@@ -177,8 +177,10 @@ def plot_zonal_spectra(
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
+    from ..io import atomic_write
+
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
     return path
 

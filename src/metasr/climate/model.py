@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,14 +31,19 @@ from ..geometry import CoordinateGrid
 from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP, upscale
 from ..validation import check_int
+from .card import ModelCard, model_card
+from .constraint import ConservativeConstraint, pole_rows
 from .grids import Grid, check_finer
+from .layout import canonical_layout, target_layout
 from .stats import FieldStats, check_units
 
 if TYPE_CHECKING:
     import xarray as xr
 
 __all__ = [
+    "REGIONAL_PAD",
     "ModelDownscaler",
+    "field_forward",
     "accepts_coords",
     "check_finer",
     "coordinate_grid",
@@ -94,6 +101,172 @@ def coordinate_grid(src: Grid, dst: Grid) -> CoordinateGrid:
     )
 
 
+#: LR columns replicated on each side of a regional source before the network (more than the
+#: receptive field of the bundled networks, 19 columns), so that a network built with
+#: ``periodic_lon`` wraps one replicated edge onto the other and never the region's east edge
+#: onto its west edge.
+REGIONAL_PAD = 24
+
+#: Values of ``field_forward(constraint=...)`` and of a model card's ``constraint``.
+CONSTRAINTS = ("smooth", "min-change", "none")
+
+# A field whose area-weighted standard deviation is below this (in its units) is normalised by
+# this instead (a constant field must not divide by zero).
+_MIN_STD = 1e-3
+
+
+_CONSTRAINTS: dict[bytes, ConservativeConstraint] = {}
+
+
+def _constraint_for(
+    src: Grid, dst: Grid, frozen: np.ndarray, smooth: bool
+) -> ConservativeConstraint:
+    """The constraint of ``src`` → ``dst``, built once per grid pair (the fields of a file, the
+    batches of ``metasr upscale``, share it; the last 8 pairs are kept)."""
+    key = b"".join(
+        np.ascontiguousarray(a, dtype=np.float64).tobytes() + b"|"
+        for a in (src.lat_bounds, src.lon_bounds, dst.lat_bounds, dst.lon_bounds, frozen)
+    ) + bytes([smooth])
+    con = _CONSTRAINTS.get(key)
+    if con is None:
+        if len(_CONSTRAINTS) >= 8:
+            _CONSTRAINTS.pop(next(iter(_CONSTRAINTS)))
+        con = ConservativeConstraint(src, dst, frozen_rows=frozen, smooth=smooth)
+        _CONSTRAINTS[key] = con
+    return con
+
+
+@contextmanager
+def regional_call(model: torch.nn.Module, coords: CoordinateGrid) -> Iterator[None]:
+    """Run ``model`` on a regional (non-periodic) ``coords`` whatever ``periodic_lon`` it was
+    built with: its head and bicubic residual stop wrapping for the call (``periodic_lon`` is
+    off meanwhile); its backbone convolutions still wrap, but only the replicated columns that
+    :func:`field_forward` pads on both sides (``REGIONAL_PAD`` > the receptive field) meet."""
+    # The network and its head each hold the flag; the backbone's convolutions do not read it.
+    wrapping = [m for m in model.modules() if getattr(m, "periodic_lon", False) is True]
+    if coords.periodic_lon or not wrapping:
+        yield
+        return
+    for m in wrapping:
+        m.periodic_lon = False
+    try:
+        yield
+    finally:
+        for m in wrapping:
+            m.periodic_lon = True
+
+
+def _area_weights(grid: Grid) -> np.ndarray:
+    w = grid.cell_areas()
+    return w / w.sum()
+
+
+def _extend(coord: np.ndarray, n: int) -> np.ndarray:
+    """``coord`` with ``n`` more points on each side at its end spacings."""
+    if n == 0:
+        return coord
+    k = np.arange(n, 0, -1, dtype=np.float64)
+    d0, d1 = coord[1] - coord[0], coord[-1] - coord[-2]
+    return np.concatenate([coord[0] - k * d0, coord, coord[-1] + k[::-1] * d1])
+
+
+def field_forward(
+    run: Callable[[torch.Tensor, CoordinateGrid], torch.Tensor],
+    x: torch.Tensor,
+    src: Grid,
+    dst: Grid,
+    *,
+    normalisation: str = "per-sample",
+    stats: FieldStats | None = None,
+    constraint: str = "smooth",
+    pad: int = REGIONAL_PAD,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One differentiable field step, the same in training and inference.
+
+    canonical layout (:mod:`metasr.climate.layout`) → normalisation → (regional: ``pad``
+    replicated LR columns each side, target extended to match) → ``run`` → crop → one value
+    per pole row → conservation constraint
+    (:class:`~metasr.climate.constraint.ConservativeConstraint`)
+    → de-normalisation → the target's own order.
+
+    Args:
+        run: ``run(z, coords)``: ``z`` ``(B, 1, h', w')`` normalised canonical input →
+            ``(B, 1, H', W')`` on ``coords``' target (a network call, whole or tiled).
+        x: ``(B, h, w)`` finite values on ``src`` (physical units).
+        src, dst: the input's and the output's grids, any storage order.
+        normalisation: ``"per-sample"`` (each field by its own area-weighted mean and std) or
+            ``"dataset"`` (``stats``).
+        stats: the dataset statistics for ``"dataset"``.
+        constraint: the conservation constraint: ``"smooth"`` (the correction spread by bicubic
+            interpolation, the limit of back-projection), ``"min-change"`` (the area-weighted
+            minimum change) or ``"none"``.
+        pad: LR columns replicated at each edge of a regional (non-periodic) source.
+
+    Returns:
+        ``(y, mean, std)``: ``y`` ``(B, H, W)`` in physical units on ``dst`` in its order, and
+        the ``(B, 1, 1)`` mean and std used (a training loss compares in normalised units).
+    """
+    ls = canonical_layout(src)
+    ld = target_layout(dst, ls)
+    sg, dg = ls.grid, ld.grid
+    xc = ls.apply(x)
+    if normalisation == "per-sample":
+        w = torch.as_tensor(_area_weights(sg), dtype=xc.dtype, device=xc.device)
+        mean = (xc * w).sum(dim=(-2, -1), keepdim=True)
+        std = ((xc - mean) ** 2 * w).sum(dim=(-2, -1), keepdim=True).sqrt().clamp_min(_MIN_STD)
+        mean, std = mean.detach(), std.detach()
+    elif normalisation == "dataset":
+        if stats is None:
+            raise ValueError("normalisation 'dataset' needs the model's statistics")
+        mean = torch.full((x.shape[0], 1, 1), stats.mean[0], dtype=xc.dtype, device=xc.device)
+        std = torch.full((x.shape[0], 1, 1), stats.std[0], dtype=xc.dtype, device=xc.device)
+    else:
+        raise ValueError(f"normalisation must be 'per-sample' or 'dataset', got {normalisation!r}")
+    z = (xc - mean) / std
+    p = q = 0
+    src_lon, dst_lon = sg.lon, dg.lon
+    if not sg.periodic and sg.shape[1] > 1:
+        # Replicate the region's edges; the target grows by as many of its own columns as
+        # cover the padding, and is cropped back after the network. The padded source stays
+        # under 360° (a nearly global region gets less padding).
+        d_src = max(sg.lon[1] - sg.lon[0], sg.lon[-1] - sg.lon[-2])
+        span = sg.lon_bounds[-1] - sg.lon_bounds[0]
+        p = int(min(pad, max(0.0, np.floor((360.0 - span) / (2 * d_src)) - 1)))
+        if p:
+            src_lon = _extend(sg.lon, p)
+            if dg.shape[1] > 1:
+                d_dst = min(dg.lon[1] - dg.lon[0], dg.lon[-1] - dg.lon[-2])
+                q = int(np.ceil(p * d_src / d_dst)) + 1
+                dst_lon = _extend(dg.lon, q)
+                if dst_lon[-1] - dst_lon[0] >= 360.0 - 1e-6:  # a target (nearly) global
+                    q, dst_lon = 0, dg.lon
+    z_in = z[:, None]
+    if p:
+        z_in = torch.nn.functional.pad(z_in, (p, p, 0, 0), mode="replicate")
+    coords = CoordinateGrid(
+        tuple(sg.lat.tolist()),
+        tuple(src_lon.tolist()),
+        tuple(dg.lat.tolist()),
+        tuple(dst_lon.tolist()),
+        periodic_lon=bool(sg.periodic),
+    )
+    y = run(z_in, coords)[:, 0]
+    if q:
+        y = y[..., q : q + dg.shape[1]]
+    poles = pole_rows(dg)
+    if poles.any():
+        # One value per pole row: its longitude-weighted mean (a pole is one point).
+        wl = torch.as_tensor(np.diff(dg.lon_bounds) / 360.0, dtype=y.dtype, device=y.device)
+        mask = torch.as_tensor(poles, device=y.device)[:, None]
+        y = torch.where(mask, (y * wl).sum(dim=-1, keepdim=True), y)
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
+    if constraint != "none":
+        con = _constraint_for(sg, dg, poles, constraint == "smooth")
+        y = con(y.to(z.dtype), z)
+    return ld.restore(y * std + mean), mean, std
+
+
 class ModelDownscaler:
     """A network as a :data:`~metasr.climate.io.Downscaler`.
 
@@ -119,6 +292,7 @@ class ModelDownscaler:
         batch_size = check_int("batch_size", batch_size, minimum=1)
         self.loaded = loaded
         self.stats = model_stats(loaded, stats)
+        self.card: ModelCard | None = model_card(loaded)
         self.batch_size = batch_size
         self.tile = tile
         self.overlap = overlap
@@ -141,13 +315,15 @@ class ModelDownscaler:
         # The official code's float32 arithmetic is an index-ratio grid: coords need exact
         # arithmetic.
         by_coords = accepts_coords(model) and getattr(model, "arithmetic", "exact") == "exact"
-        coords = coordinate_grid(src, dst) if by_coords else None
         out = np.empty((filled.shape[0], *dst.shape), dtype=np.float64)
         for start in range(0, filled.shape[0], self.batch_size):
-            # (B, h, w): B fields of the one variable, normalised as every field input is.
-            z = self.stats.normalise(filled[start : start + self.batch_size])
-            # (B, h, w) go through a 1-channel model as one batch of B one-channel fields.
-            if coords is None:
+            chunk = filled[start : start + self.batch_size]
+            if by_coords:
+                y = self._run_pipeline(chunk, src, dst)
+            else:
+                # (B, h, w): B fields of the one variable, normalised as every field input is.
+                z = self.stats.normalise(chunk)
+                # (B, h, w) go through a 1-channel model as one batch of B one-channel fields.
                 y = upscale_array(
                     self.loaded,
                     z,
@@ -157,9 +333,8 @@ class ModelDownscaler:
                     overlap=self.overlap,
                     progress=self.progress,
                 )
-            else:
-                y = self._run_coords(z, coords)
-            out[start : start + y.shape[0]] = self.stats.denormalise(y)
+                y = self.stats.denormalise(y)
+            out[start : start + y.shape[0]] = y
         if not np.all(np.isfinite(out)):
             raise ValueError(
                 f"model {self.loaded.name} produced NaN or infinite values (its weights, or "
@@ -167,16 +342,33 @@ class ModelDownscaler:
             )
         return out
 
-    def _run_coords(self, z: np.ndarray, coords: CoordinateGrid) -> np.ndarray:
-        """The model on ``z`` ``(B, h, w)`` with ``coords``, whole or tiled: ``(B, H, W)``
-        float32.
+    def _run_pipeline(self, chunk: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+        """:func:`field_forward` with the card's normalisation and constraint (a model without
+        a card: its dataset statistics, no constraint); ``(B, h, w)`` → ``(B, H, W)`` float64."""
+        card = self.card
+        x = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float64))
+        with torch.inference_mode():
+            y, _, _ = field_forward(
+                lambda z, coords: self._run_coords(z[:, 0].numpy(), coords),
+                x,
+                src,
+                dst,
+                normalisation=card.normalisation if card else "dataset",
+                stats=self.stats,
+                constraint=card.constraint if card is not None else "none",
+            )
+        return y.numpy()
+
+    def _run_coords(self, z: np.ndarray, coords: CoordinateGrid) -> torch.Tensor:
+        """The model on ``z`` ``(B, h, w)`` with ``coords``, whole or tiled: ``(B, 1, H, W)``
+        float64 on the CPU.
 
         The network checks the head's memory before its backbone runs (as with ``size=``).
         """
         model = self.loaded.model
         p = next(model.parameters())  # the device and dtype the model runs in
         x = torch.from_numpy(np.ascontiguousarray(z))[:, None].to(device=p.device, dtype=p.dtype)
-        with torch.inference_mode():
+        with torch.inference_mode(), regional_call(model, coords):
             y = upscale(
                 model,
                 x,
@@ -185,7 +377,7 @@ class ModelDownscaler:
                 overlap=self.overlap,
                 progress=self.progress,
             )
-        return y[:, 0].float().cpu().numpy()
+        return y.double().cpu()
 
 
 def downscale_with_model(

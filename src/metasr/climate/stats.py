@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoints import load_checkpoint
+from ..checkpoints import check_archive_size, load_checkpoint
 from ..field_stats import STATS_KEY, FieldStats, stats_from_metadata, stats_metadata
 from .grids import Grid
 from .metrics import spatial_weights
@@ -162,9 +162,14 @@ def training_checkpoint_stats(path: str | os.PathLike) -> FieldStats | None:
             corrupt (the message names the file).
     """
     try:
+        check_archive_size(Path(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{path}: not a readable training checkpoint: {exc}") from None
+        # Not torch's text: it advises weights_only=False, i.e. running the file's code.
+        raise ValueError(
+            f"{path}: not a readable training checkpoint (it cannot be loaded safely: "
+            f"{type(exc).__name__})"
+        ) from None
     if not isinstance(obj, Mapping) or not isinstance(obj.get(STATS_KEY), str):
         return None
     return stats_from_metadata({STATS_KEY: obj[STATS_KEY]}, str(path), None)

@@ -202,6 +202,13 @@ class ScaleSampler:
         raise NotImplementedError
 
 
+def _check_probability(value: object, name: str) -> None:
+    """Refuse a probability outside 0..1 (``p_symmetric: 2.0`` would pass silently)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not 0.0 <= float(value) <= 1.0:  # NaN fails both comparisons
+        raise ValueError(f"{name} must be a probability between 0 and 1, got {value!r}")
+
+
 def _mix_symmetric(rng, p_symmetric: float) -> bool:
     return p_symmetric >= 1.0 or (p_symmetric > 0.0 and rng.random() < p_symmetric)
 
@@ -222,6 +229,7 @@ class GridScales(ScaleSampler):
     values: tuple[float, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        _check_probability(self.p_symmetric, "p_symmetric")
         if self.step <= 0:
             raise ValueError(f"grid step must be > 0, got {self.step}")
         parse_scale((self.min, self.max))
@@ -252,6 +260,7 @@ class UniformScales(ScaleSampler):
     p_symmetric: float = 1.0
 
     def __post_init__(self) -> None:
+        _check_probability(self.p_symmetric, "p_symmetric")
         self._lo = to_scale(self.min)
         self._hi = to_scale(self.max)
         if self._hi[0] < self._lo[0] or self._hi[1] < self._lo[1]:

@@ -139,8 +139,24 @@ def _load_resume_state(opt: dict[str, Any]) -> dict[str, Any] | None:
     return state
 
 
+class _PathAcceptingLists:
+    """``os.path`` for ``basicsr.utils.options``, whose ``expanduser(dataroot_gt)`` fails with a
+    ``TypeError`` on a list of roots, which field datasets accept (``dataroot_gt: [a.nc, b.nc]``):
+    each item is expanded instead."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(osp, name)
+
+    @staticmethod
+    def expanduser(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [osp.expanduser(v) for v in value]
+        return osp.expanduser(value)
+
+
 # train_pipeline looks the function up in its module's globals at call time.
 basicsr.train.load_resume_state = _load_resume_state
+sys.modules["basicsr.utils.options"].osp = _PathAcceptingLists()
 distributed.install()
 
 

@@ -39,6 +39,7 @@ Differences from ``SRModel``:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections import OrderedDict
@@ -59,6 +60,7 @@ from ...data.files import write_image
 from ...data.scales import Scale, format_scale, to_scale
 from ...evaluate import summarize
 from ...geometry import CoordinateGrid
+from ...io import atomic_write, atomic_write_text
 from ...metrics import format_table, quantize_8bit
 from .distributed import check_ranks_agree, check_replicas_identical, wrap_ddp
 from .metrics import calculate_psnr_metasr, calculate_ssim_metasr
@@ -394,12 +396,15 @@ class MetaSRModel(SRModel):
     def _write_results(self, dataset_name: str, rows: list[dict[str, Any]], metrics) -> None:
         root = self.opt["path"]["results_root"]
         os.makedirs(root, exist_ok=True)
-        with open(osp.join(root, f"{dataset_name}_metrics.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["scale", "images", *metrics])
-            writer.writeheader()
-            writer.writerows(rows)
-        with open(osp.join(root, f"{dataset_name}_metrics.json"), "w") as f:
-            json.dump({"dataset": dataset_name, "results": rows}, f, indent=2)
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fieldnames=["scale", "images", *metrics])
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(osp.join(root, f"{dataset_name}_metrics.csv"), buffer.getvalue())
+        atomic_write_text(
+            osp.join(root, f"{dataset_name}_metrics.json"),
+            json.dumps({"dataset": dataset_name, "results": rows}, indent=2),
+        )
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -429,7 +434,19 @@ class MetaSRModel(SRModel):
         save_dict[NETWORK_KEY] = _plain(self.opt["network_g"])
         if self.field_stats is not None:
             save_dict[STATS_KEY] = self.field_stats.to_json()
-        torch.save(save_dict, save_path)
+        # Atomic: a run killed while saving keeps the previous net_g_latest.pth.
+        atomic_write(save_path, lambda tmp: torch.save(save_dict, tmp))
+
+    @master_only
+    def save_training_state(self, epoch: int, current_iter: int) -> None:
+        """As BasicSR's (optimizer and scheduler states for resuming), written atomically."""
+        if current_iter == -1:
+            return
+        state: dict[str, Any] = {"epoch": epoch, "iter": current_iter}
+        state["optimizers"] = [o.state_dict() for o in self.optimizers]
+        state["schedulers"] = [s.state_dict() for s in self.schedulers]
+        path = osp.join(self.opt["path"]["training_states"], f"{current_iter}.state")
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _plain(value: Any) -> Any:

@@ -208,6 +208,14 @@ def _probe(phi: nn.Module, kind: PredictorKind, width: int, device: torch.device
                 f"phi must map positions (M, {phi.num_pos}) to (M, k*k*Cin*Cout) = (M, {width}), "
                 f"got {got} for M = 2"
             )
+        wider = w.is_floating_point() and w.itemsize > pos.element_size()
+        if not w.is_floating_point() or wider:
+            # Checked here: conv2d would otherwise fail later with a raw dtype mismatch. A
+            # narrower float (bfloat16 under autocast) is what autocast gives: allowed.
+            raise TypeError(
+                f"phi must return floating weights no wider than its positions ({pos.dtype}), "
+                f"got {w.dtype}"
+            )
         if kind is not PredictorKind.LINEAR_HEAD:
             return
         head, body = _head_and_body(phi)

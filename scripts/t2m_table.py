@@ -1,0 +1,238 @@
+"""The held-out table of docs/climate.md (issue 23): each cell's lat-weighted RMSE and bias.
+
+For every cell (a held-out source, a coarse layout and ratio) the HR fields are coarsened
+conservatively to the LR layout and put back on the HR grid by each method: the models given
+(``--model NAME=CHECKPOINT``, repeatable; ``NAME:noconstraint`` also runs a carded model with
+its constraint off), ``bicubic``, ``bicubic-conservative`` (bicubic + back-projection) and
+``conservative``. Scores are cos-latitude-weighted over the valid HR cells, per field, then
+averaged over the cell's fields (mean RMSE, mean bias). Also reported per model: the largest
+conservation error on covered LR cells, and in the JSON the RMSE per latitude row (the
+"why" of a cell that is not won).
+
+    python scripts/t2m_table.py --data datasets/climate --model t2m-v1=t2m-v1 \\
+        --model v2=experiments/MetaEDSR_t2m_v2/MetaEDSR_t2m_v2.safetensors \\
+        --json out.json --markdown out.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from metasr.checkpoints import load_model
+from metasr.climate.card import ModelCard
+from metasr.climate.constraint import ConservativeConstraint, bicubic_conservative, pole_rows
+from metasr.climate.grids import Grid, gaussian_grid, regular_grid
+from metasr.climate.metrics import weighted_bias, weighted_rmse
+from metasr.climate.model import ModelDownscaler, model_stats
+from metasr.climate.regrid import apply_downscaler, regrid
+from metasr.climate.training import glosea4_split, temperature_sources
+
+HELD_OUT = ["ensemble_011", "ensemble_012", "ensemble_013"]
+
+
+def _flip(grid: Grid) -> Grid:
+    return Grid.from_coords(grid.lat[::-1], grid.lon, lat_bounds=grid.lat_bounds[::-1])
+
+
+def _crop(
+    grid: Grid, lat: tuple[float, float], lon: tuple[float, float]
+) -> tuple[Grid, np.ndarray, np.ndarray]:
+    """Europe-like regional crop of a 0..360 global grid, returned with −180..180 longitudes."""
+    rows = np.flatnonzero((grid.lat >= lat[0]) & (grid.lat <= lat[1]))
+    lon180 = np.where(grid.lon >= 180, grid.lon - 360, grid.lon)
+    cols = np.flatnonzero((lon180 >= lon[0]) & (lon180 <= lon[1]))
+    cols = cols[np.argsort(lon180[cols])]
+    lb = np.where(grid.lon_bounds >= 180 - 1e-9, grid.lon_bounds - 360, grid.lon_bounds)
+    lo = lb[cols]
+    hi = lo + np.diff(grid.lon_bounds)[cols]
+    lat_b = grid.lat_bounds[rows[0] : rows[-1] + 2]
+    sub = Grid.from_coords(
+        grid.lat[rows], lon180[cols], lat_bounds=lat_b, lon_bounds=np.concatenate([lo, hi[-1:]])
+    )
+    return sub, rows, cols
+
+
+def _regional_lr(grid: Grid, h: int, w: int) -> Grid:
+    lat_e = np.linspace(grid.lat_bounds[0], grid.lat_bounds[-1], h + 1)
+    lon_e = np.linspace(grid.lon_bounds[0], grid.lon_bounds[-1], w + 1)
+    return Grid.from_coords(0.5 * (lat_e[1:] + lat_e[:-1]), 0.5 * (lon_e[1:] + lon_e[:-1]),
+                            lat_bounds=lat_e, lon_bounds=lon_e)  # fmt: skip
+
+
+def cells(data: Path) -> list[tuple[str, np.ndarray, Grid, Grid, bool]]:
+    """``(label, hr, hr_grid, lr_grid, flip_input)`` of every table cell."""
+    src = temperature_sources(data, ["glosea4", "hadgem2", "coads_airt"])
+    _, g4 = glosea4_split(src["glosea4"], HELD_OUT)
+    n96 = g4.grid
+    out = []
+    for label, lr in (
+        ("GloSea4 held-out, pole rows x2", regular_grid(73, 96, north_first=False)),
+        ("GloSea4 held-out, pole rows x4", regular_grid(37, 48, north_first=False)),
+        ("GloSea4 held-out, pole rows 2x3", regular_grid(73, 64, north_first=False)),
+        ("GloSea4 held-out, no pole rows 72x96", regular_grid(72, 96, pole_rows=False)),
+        ("GloSea4 held-out, Gaussian N48 (96x192)", gaussian_grid(96, 192)),
+        ("GloSea4 held-out, Gaussian N24 (48x96)", gaussian_grid(48, 96)),
+    ):
+        out.append((label, g4.fields, n96, lr, False))
+    out.append(
+        (
+            "GloSea4 held-out x2 stored north->south",
+            g4.fields,
+            n96,
+            regular_grid(73, 96, north_first=False),
+            True,
+        )
+    )
+    had = src["hadgem2"]
+    out.append(
+        (
+            "HadGEM2 (held out) x2",
+            had.fields,
+            had.grid,
+            regular_grid(73, 96, north_first=False),
+            False,
+        )
+    )
+    out.append(
+        (
+            "HadGEM2 (held out) x4",
+            had.fields,
+            had.grid,
+            regular_grid(37, 48, north_first=False),
+            False,
+        )
+    )
+    co = src["coads_airt"]
+    for label, (h, w) in (
+        ("COADS air temp. (held out) x2, 45x90", (45, 90)),
+        ("COADS air temp. (held out) x4, 22x45", (22, 45)),
+    ):
+        edges = np.linspace(-90, 90, h + 1)
+        lr = Grid.from_coords(
+            0.5 * (edges[1:] + edges[:-1]), co.grid.lon_bounds[0] + (np.arange(w) + 0.5) * 360 / w
+        )
+        out.append((label, co.fields, co.grid, lr, False))
+    eu, rows, cols = _crop(n96, (35.0, 70.0), (-10.0, 40.0))
+    hr_eu = g4.fields[:, rows][:, :, cols]
+    out.append(
+        (
+            "GloSea4 held-out, Europe crop x2 (regional)",
+            hr_eu,
+            eu,
+            _regional_lr(eu, eu.shape[0] // 2, eu.shape[1] // 2),
+            False,
+        )
+    )
+    return out
+
+
+def _score(pred: np.ndarray, hr: np.ndarray, grid: Grid) -> tuple[float, float]:
+    return float(np.mean(weighted_rmse(pred, hr, grid))), float(
+        np.mean(weighted_bias(pred, hr, grid))
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=Path("datasets/climate"))
+    p.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
+    p.add_argument("--variants", action="store_true",
+                   help="also run each model with the other constraints")  # fmt: skip
+    p.add_argument(
+        "--only", help="only the cells whose label contains one of these (comma-separated)"
+    )
+    p.add_argument("--json", type=Path)
+    p.add_argument("--markdown", type=Path)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    methods: dict[str, object] = {}
+    for spec in args.model:
+        name, _, ckpt = spec.partition("=")
+        loaded = load_model(ckpt)
+        fn = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
+        methods[name] = fn
+        if fn.card is None and args.variants:
+            # A model from before issue 23 (dataset statistics) with the smooth constraint added.
+            alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
+            alt.card = ModelCard("air_temperature", "K", normalisation="dataset")
+            methods[f"{name} (constraint smooth)"] = alt
+        if fn.card is not None and args.variants:
+            # The same weights with the other constraints (what the constraint costs and gains).
+            for other in ("smooth", "min-change", "none"):
+                if other != fn.card.constraint:
+                    alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
+                    alt.card = dataclasses.replace(fn.card, constraint=other)
+                    methods[f"{name} (constraint {other})"] = alt
+    methods["bicubic"] = "bicubic"
+    methods["bicubic-conservative"] = bicubic_conservative
+    methods["conservative"] = "conservative"
+    rows = []
+    for label, hr, grid, lr_grid, flip in cells(args.data):
+        if args.only and not any(part in label for part in args.only.split(",")):
+            continue
+        lr = regrid(hr, grid, lr_grid, "conservative")
+        in_grid, lr_in = (_flip(lr_grid), lr[:, ::-1]) if flip else (lr_grid, lr)
+        con = ConservativeConstraint(lr_grid, grid, frozen_rows=pole_rows(grid))
+        row = {
+            "cell": label,
+            "lr": f"{lr_grid.shape[0]}x{lr_grid.shape[1]}",
+            "hr": f"{grid.shape[0]}x{grid.shape[1]}",
+            "n": int(hr.shape[0]),
+        }
+        for name, how in methods.items():
+            t0 = time.perf_counter()
+            if isinstance(how, str):
+                pred = regrid(lr_in, in_grid, grid, how)
+            else:
+                pred = apply_downscaler(how, lr_in, in_grid, grid)  # type: ignore[arg-type]
+            rmse, bias = _score(pred, hr, grid)
+            filled = np.where(np.isfinite(pred), pred, np.nan)
+            cons = (
+                con.error(np.nan_to_num(filled), np.nan_to_num(lr))
+                if np.isfinite(pred).all()
+                else float("nan")
+            )
+            with np.errstate(invalid="ignore"):
+                per_lat = np.sqrt(np.nanmean((pred - hr) ** 2, axis=(0, 2)))
+            row[name] = {"rmse": rmse, "bias": bias, "conservation": cons,
+                         "seconds": time.perf_counter() - t0,
+                         "rmse_per_latitude": [round(float(v), 4) for v in per_lat]}  # fmt: skip
+        row["latitudes"] = [round(float(v), 4) for v in grid.lat]
+        rows.append(row)
+        print(
+            json.dumps(
+                {
+                    k: (
+                        {kk: vv for kk, vv in v.items() if kk != "rmse_per_latitude"}
+                        if isinstance(v, dict)
+                        else v
+                    )
+                    for k, v in row.items()
+                }
+            ),
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    if args.markdown:
+        names = list(methods)
+        lines = ["| cell | LR | " + " | ".join(f"{n} RMSE (bias)" for n in names) + " |",
+                 "|---|---|" + "---|" * len(names)]  # fmt: skip
+        for r in rows:
+            lines.append(f"| {r['cell']} | {r['lr']} | " + " | ".join(
+                f"{r[n]['rmse']:.3f} ({r[n]['bias']:+.3f})" for n in names) + " |")  # fmt: skip
+        args.markdown.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
