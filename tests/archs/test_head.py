@@ -13,7 +13,7 @@ from metasr.checkpoints import build_network, load_model
 from metasr.modules import HeadConfig, fold_head_options
 from metasr.weights import BUNDLED
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SMALL = {
     "meta_rdn": dict(G0=8, D=1, C=1, G=4),
@@ -67,7 +67,9 @@ def test_every_network_composes_one_head(name):
 @pytest.mark.parametrize("path", sorted((ROOT / "options" / "train").glob("*.yml")), ids=str)
 def test_option_files_spell_the_head_flat(path):
     yaml = pytest.importorskip("yaml")
-    opt = yaml.safe_load(path.read_text())["network_g"]
+    opt = yaml.safe_load(path.read_text()).get("network_g")
+    if opt is None:
+        pytest.skip(f"{path.name} is not a BasicSR option file (no network_g)")
     with torch.device("meta"):
         net = build_network(opt)
     for key, field in (("hidden", "hidden"), ("meta_kernel_size", "kernel_size")):
