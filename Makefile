@@ -116,13 +116,13 @@ climate-demo: venv
 		--model $(T2M_MODEL) $(if $(RELIEF_MODEL),--relief-model $(RELIEF_MODEL))
 
 # The temperature model of issue 23 (docs/climate.md, "A model that transfers"): fetch the data
-# if missing, train options/train/MetaEDSR_t2m_v2.yml (scripts/t2m_model.py train: its own
+# if missing, train options/climate/MetaEDSR_t2m_v2.yml (scripts/t2m_model.py train: its own
 # resumable loop, state in experiments/MetaEDSR_t2m_v2/state.pt; interrupted or stopped by
 # T2M_MINUTES? run it again and it continues), export it with its model card next to the run,
 # and write the held-out table (model / t2m-v1 / bicubic / bicubic-conservative / conservative).
 # The bundled t2m is replaced by hand (cp ... src/metasr/weights/t2m.safetensors) only when the
 # table shows the new model better than t2m-v1; the first model stays loadable as t2m-v1.
-T2M_OPT := options/train/MetaEDSR_t2m_v2.yml
+T2M_OPT := options/climate/MetaEDSR_t2m_v2.yml
 T2M_DIR := experiments/MetaEDSR_t2m_v2
 T2M_MINUTES ?=
 t2m-model: venv
