@@ -70,9 +70,10 @@ def _check(args: argparse.Namespace) -> None:
         raise CLIError(f"bad --port {args.port}: must be 1..65535")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise CLIError(f"bad --max-pixels {args.max_pixels}: must be >= 1")
-    from . import device_arg
+    if args.device != "auto":  # auto needs no check, and importing torch would slow start-up
+        from . import device_arg
 
-    device_arg(args.device)
+        device_arg(args.device)
     for spec in args.model:
         if not spec.strip():
             raise CLIError("bad --model '': give a checkpoint file or a bundled model's name")
