@@ -29,7 +29,7 @@ OPTIONAL_PACKAGES = {
 EXTRA_PURPOSE = {
     "triton": "fused GPU backend (CUDA)",
     "train": "metasr train/test (BasicSR), figures",
-    "climate": "netCDF fields (.nc input and output)",
+    "climate": "netCDF fields (.nc input, .nc or .zarr output, lazy dask runs)",
     "export": "metasr export, --model file.onnx",
     "web": "metasr serve (the local web app)",
     "dev": "running the tests",
