@@ -704,6 +704,21 @@ class UpscaleRequest:
         """This request for one part of the output (``None``: the whole output)."""
         return replace(self, region=region)
 
+    def for_head(self, arithmetic: str, periodic_lon: bool) -> UpscaleRequest:
+        """This request as a head with these options runs it: the head's grid ``arithmetic``
+        and ``periodic_lon`` replace the request's (a network, not its caller, knows how its
+        grid is computed and whether its window wraps). The same request when they agree."""
+        if (self.arithmetic, self.periodic_lon) == (arithmetic, periodic_lon):
+            return self
+        return replace(self, arithmetic=arithmetic, periodic_lon=periodic_lon)
+
+    def forward_kwargs(self) -> dict[str, object]:
+        """The request as the keywords of a network's ``forward`` (``scale``/``size``/
+        ``coords`` and ``region``), for a model that takes no ``request=`` (an exported one)."""
+        kwargs = {"scale": self.scale, "size": self.size, "coords": self.coords}
+        kwargs["region"] = self.region
+        return {k: v for k, v in kwargs.items() if v is not None}
+
     def transposed(self) -> UpscaleRequest:
         """The request for the transposed input (a test-time dihedral transform): scales
         ``(r_v, r_h)`` → ``(r_h, r_v)``, size ``(H, W)`` → ``(W, H)``, region rows ↔ columns.
@@ -722,6 +737,35 @@ class UpscaleRequest:
             size=None if self.size is None else self.size[::-1],
             region=None if self.region is None else _transposed_region(self.region),
         )
+
+    def source_ordered(self) -> tuple[UpscaleRequest, np.ndarray | None, np.ndarray | None]:
+        """A ``coords`` request with the target rows and columns in the source's order, and the
+        way back (any other request is its own, with no way back).
+
+        A region cannot cut a geometry whose target is reordered (:meth:`Geometry.cut`), so
+        tiles are run on this request, whose geometry has the same rows and columns sorted by
+        LR index.
+
+        Returns:
+            ``(sorted_request, row_order, col_order)``: row ``i`` of the requested output is
+            row ``row_order[i]`` of the output of ``sorted_request`` (``None``: already in
+            order; the columns likewise).
+        """
+        coords = self.coords
+        if coords is None:
+            return self, None, None
+        geom = self.whole().geometry(*coords.in_shape)
+        if geom.row_order is None and geom.col_order is None:
+            return self, None, None
+        lat, lon = np.asarray(coords.dst_lat), np.asarray(coords.dst_lon)
+        if geom.row_order is not None:
+            lat = lat[np.argsort(geom.row_order)]  # the inverse permutation
+        if geom.col_order is not None:
+            lon = lon[np.argsort(geom.col_order)]
+        ordered = CoordinateGrid(
+            coords.src_lat, coords.src_lon, lat, lon, periodic_lon=coords.periodic_lon
+        )
+        return replace(self, coords=ordered), geom.row_order, geom.col_order
 
     def out_shape(self, h: int, w: int) -> tuple[int, int]:
         """``(H, W)`` of the call's output for an ``h×w`` input (``region.out_shape`` with a

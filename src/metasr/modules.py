@@ -24,6 +24,7 @@ from .geometry import (
 )
 from .ops.meta_upscale import UpscalePlan, meta_upscale, plan
 from .ops.meta_upscale.dispatch import check_backend_name
+from .validation import ArgumentTypeError
 
 __all__ = [
     "ACTIVATIONS",
@@ -456,10 +457,26 @@ class MetaUpsample(nn.Module):
         size: object = None,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        *,
+        request: UpscaleRequest | None = None,
     ) -> UpscaleRequest:
         """The :class:`~metasr.geometry.UpscaleRequest` of a call, with this head's
-        ``arithmetic`` and ``periodic_lon``."""
-        return UpscaleRequest(scale, size, coords, region, self.arithmetic, self.periodic_lon)
+        ``arithmetic`` and ``periodic_lon``: made from ``scale``/``size``/``region``/``coords``,
+        or ``request`` made by the caller (:meth:`~metasr.geometry.UpscaleRequest.for_head`).
+
+        Raises:
+            TypeError: ``request`` is not an :class:`~metasr.geometry.UpscaleRequest`.
+            ValueError: ``request`` beside the loose form, or a bad request.
+        """
+        if request is None:
+            return UpscaleRequest(scale, size, coords, region, self.arithmetic, self.periodic_lon)
+        if not isinstance(request, UpscaleRequest):
+            raise ArgumentTypeError(
+                f"request must be a metasr.UpscaleRequest, got {type(request).__name__}"
+            )
+        if any(v is not None for v in (scale, size, region, coords)):
+            raise ValueError("give request= alone, or scale=/size=/region=/coords=, not both")
+        return request.for_head(self.arithmetic, self.periodic_lon)
 
     def plan(self, x: torch.Tensor, request: UpscaleRequest, **options: object) -> UpscalePlan:
         """:func:`metasr.ops.meta_upscale.plan` of a call of this head (``x`` may be a
@@ -474,17 +491,19 @@ class MetaUpsample(nn.Module):
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
         *,
+        request: UpscaleRequest | None = None,
         plan: UpscalePlan | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` by ``scale`` or to ``size``; see :func:`metasr.meta_upscale`.
 
         ``region`` computes only that part of the whole image's output from the features of
         its LR window (tiled inference); ``coords`` places the output by latitude/longitude
-        instead of ``scale``/``size``; ``plan`` runs a plan made by :meth:`plan` instead (the
-        request is then left out).
+        instead of ``scale``/``size``; ``request`` is all of these as one value
+        (:meth:`request`); ``plan`` runs a plan made by :meth:`plan` instead (the request is
+        then left out).
         """
         if plan is None:
-            plan = self.plan(x, self.request(scale, size, region, coords))
+            plan = self.plan(x, self.request(scale, size, region, coords, request=request))
             return meta_upscale(x, self.phi, plan=plan)
         # meta_upscale refuses a request beside the plan.
         return meta_upscale(x, self.phi, scale, size, region=region, coords=coords, plan=plan)

@@ -22,7 +22,7 @@ from metasr.archs import MetaEDSR, MetaRDN, MetaSwinIR
 from metasr.archs.bicubic import bicubic_upsample
 from metasr.archs.periodic import PeriodicLonConv2d, wrap_longitude
 from metasr.archs.swin_blocks import shift_attn_mask
-from metasr.geometry import Region
+from metasr.geometry import Region, UpscaleRequest
 from metasr.tiling import AxisTile, plan_tiles, upscale
 
 WINDOW = 4
@@ -243,12 +243,12 @@ def test_periodic_model_is_tiled_in_full_width_bands():
     model = _model("meta_edsr", periodic_lon=True)
     regions: list[Region] = []
 
-    def record(x, scale=None, size=None, region=None):
-        regions.append(region)
-        return torch.zeros(1, 2, *region.out_shape, dtype=x.dtype)
+    def record(x, request):
+        regions.append(request.region)
+        return torch.zeros(1, 2, *request.region.out_shape, dtype=x.dtype)
 
     model.forward = record
-    upscale(model, _field(12, 16), scale=(2.0, 3.0), tile=4, overlap=2)
+    upscale(model, _field(12, 16), UpscaleRequest(scale=(2.0, 3.0)), tile=4, overlap=2)
     assert len(regions) == 3
     assert all(r.in_cols == (0, 16) and r.out_cols == (0, 48) for r in regions)
     assert [r.out_rows for r in regions] == [(0, 8), (8, 16), (16, 24)]
@@ -284,7 +284,7 @@ def test_periodic_tiles_equal_the_whole_image(name):
     x = _field(24, 16)
     with torch.no_grad():
         whole = model(x, scale=(2.5, 2.0))
-        tiled = upscale(model, x, scale=(2.5, 2.0), tile=8, overlap=16)
+        tiled = upscale(model, x, UpscaleRequest(scale=(2.5, 2.0)), tile=8, overlap=16)
     torch.testing.assert_close(tiled, whole.float(), rtol=0, atol=1e-5)
 
 

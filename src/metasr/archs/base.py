@@ -254,11 +254,13 @@ class MetaSRNet(nn.Module):
         size: object = None,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        *,
+        request: UpscaleRequest | None = None,
     ) -> UpscaleRequest:
         """The :class:`~metasr.geometry.UpscaleRequest` of a call: its head's
         (:meth:`metasr.MetaUpsample.request`, with the network's ``arithmetic`` and
-        ``periodic_lon``)."""
-        return self.upsample.request(scale, size, region, coords)
+        ``periodic_lon``), from the loose form or from a caller's ``request``."""
+        return self.upsample.request(scale, size, region, coords, request=request)
 
     def plan(self, x: torch.Tensor, request: UpscaleRequest) -> UpscalePlan:
         """Check a call and plan its head, before the (expensive) backbone runs.
@@ -418,6 +420,8 @@ class MeanShiftMetaSRNet(MetaSRNet):
         size: tuple[int, int] | None = None,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        *,
+        request: UpscaleRequest | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` (values in ``[0, img_range]``) by ``scale``, to ``size`` or onto
         ``coords``' target grid.
@@ -431,11 +435,13 @@ class MeanShiftMetaSRNet(MetaSRNet):
             coords: place the output by latitude/longitude instead of ``scale``/``size``
                 (``x``'s grid is ``coords``' source grid; with ``region``, the target must be in
                 the source's order).
+            request: all of the above as one :class:`~metasr.geometry.UpscaleRequest`
+                (tiled inference hands each tile its request), instead of them.
 
         Returns:
             ``(N, out_channels, H, W)``, or ``(N, out_channels, *region.out_shape)``.
         """
-        head = self.plan(x, self.request(scale, size, region, coords))
+        head = self.plan(x, self.request(scale, size, region, coords, request=request))
         x = self.sub_mean(x)
         y = self.upsample(self.forward_features(x), plan=head)
         # The residual is added in the mean-shifted domain, so the mean is added back only once.

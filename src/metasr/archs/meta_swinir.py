@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import CoordinateGrid, Region
+from ..geometry import CoordinateGrid, Region, UpscaleRequest
 from ..modules import HeadConfig
 from ._registry import register_model
 from .base import MetaSRNet, check_positive_float, check_positive_int, resolve_mean
@@ -306,6 +306,8 @@ class MetaSwinIR(MetaSRNet):
         size: tuple[int, int] | None = None,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        *,
+        request: UpscaleRequest | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` (values in ``[0, 1]``) by ``scale``, to ``size`` or onto ``coords``'
         target grid.
@@ -321,11 +323,13 @@ class MetaSwinIR(MetaSRNet):
                 (``x``'s grid is ``coords``' source grid; with ``region``, the target must be in
                 the source's order). The bicubic residual is then the index-ratio bicubic to
                 the target grid's shape, in the target's order.
+            request: all of the above as one :class:`~metasr.geometry.UpscaleRequest`
+                (tiled inference hands each tile its request), instead of them.
 
         Returns:
             ``(N, out_chans, H, W)``, or ``(N, out_chans, *region.out_shape)``.
         """
-        head = self.plan(x, self.request(scale, size, region, coords))
+        head = self.plan(x, self.request(scale, size, region, coords, request=request))
         y = self.upsample(self.head_features(x), plan=head)
         y = self._add_bicubic(y, self._normalize(x), head)
         return y / self.img_range + self.out_mean.to(y.dtype)

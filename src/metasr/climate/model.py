@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import LoadedModel, checkpoint_stats
-from ..geometry import CoordinateGrid
+from ..geometry import CoordinateGrid, UpscaleRequest
 from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP, upscale
 from ..validation import check_int
@@ -327,7 +327,7 @@ class ModelDownscaler:
                 y = upscale_array(
                     self.loaded,
                     z,
-                    size=dst.shape,
+                    UpscaleRequest(size=dst.shape),
                     kind="field",
                     tile=self.tile,
                     overlap=self.overlap,
@@ -372,7 +372,7 @@ class ModelDownscaler:
             y = upscale(
                 model,
                 x,
-                coords=coords,
+                UpscaleRequest(coords=coords),
                 tile=self.tile,
                 overlap=self.overlap,
                 progress=self.progress,
