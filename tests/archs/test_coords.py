@@ -118,7 +118,7 @@ def test_model_downscaler_passes_coords() -> None:
     assert out.shape == (3, 25, 16)
     assert len(seen) == 2
     c = seen[0]["request"].coords  # the request is handed to the network as one value
-    assert isinstance(c, CoordinateGrid) and c.periodic_lon is src.periodic
+    assert isinstance(c, CoordinateGrid) and c.periodic_lon is src.periodic_lon
     # The network sees the canonical layout (latitude ascending; issue 23), not the file's.
     assert np.allclose(c.dst_lat, np.sort(dst.lat)) and np.allclose(c.src_lon, src.lon)
     # Tiled runs keep the coordinates (each tile gets them and its region).

@@ -61,7 +61,7 @@ def test_named_grids() -> None:
     ids=["era5", "n96", "cell-centred", "gaussian", "lon-180"],
 )
 def test_global_grids_tile_the_sphere(grid: Grid) -> None:
-    assert grid.periodic
+    assert grid.periodic_lon
     assert grid.cell_areas().sum() == pytest.approx(SPHERE, rel=1e-12)
 
 
@@ -74,7 +74,7 @@ def test_gaussian_bounds_match_weights() -> None:
 
 def test_regional_grid_not_periodic() -> None:
     grid = Grid.from_coords(np.arange(30.0, 61.0), np.arange(-10.0, 41.0))
-    assert not grid.periodic
+    assert not grid.periodic_lon
     assert grid.lat_bounds[0] == 29.5 and grid.lat_bounds[-1] == 60.5
 
 

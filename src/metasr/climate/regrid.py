@@ -176,7 +176,7 @@ def _axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.nda
             _overlap_matrix(src.lon_bounds, dst.lon_bounds, modulo=360.0),
         )
     a_lat = _interp_matrix(src.lat, dst.lat, method, periodic=False, wrap_targets=False)
-    a_lon = _interp_matrix(src.lon, dst.lon, method, periodic=src.periodic, wrap_targets=True)
+    a_lon = _interp_matrix(src.lon, dst.lon, method, periodic=src.periodic_lon, wrap_targets=True)
     return a_lat, a_lon
 
 
@@ -255,7 +255,7 @@ def inside_source(src: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray]:
     tol = 1e-9
     lo, hi = np.min(src.lat_bounds), np.max(src.lat_bounds)
     rows = (dst.lat >= lo - tol) & (dst.lat <= hi + tol)
-    if src.periodic:
+    if src.periodic_lon:
         cols = np.ones(dst.lon.shape, dtype=bool)
     else:
         start = src.lon_bounds[0]
