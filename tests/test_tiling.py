@@ -277,7 +277,7 @@ def test_region_errors():
         up(torch.randn(1, 4, 15, 19), scale=2, region=region)
     with pytest.raises(ValueError, match="region is part of"):
         up(ft, scale=2.5, region=region)  # the region was planned for x2
-    with pytest.raises(ValueError, match="must be a metasr.geometry.Region"):
+    with pytest.raises(TypeError, match="must be a metasr.geometry.Region"):
         up(ft, scale=2, region=(0, 5))
     model, _ = _net("rdn", False)
     with pytest.raises(ValueError, match="feature map is"):
@@ -350,9 +350,11 @@ def test_region_validates_its_ranges():
         ("in_rows", (5, 5)),
         ("in_cols", (0, 13)),
         ("out_rows", (-1, 3)),
-        ("out_cols", (1.5, 3)),
         ("image_size", (0, 12)),
         ("output_size", (20,)),
     ):
         with pytest.raises(ValueError, match="region"):
+            Region(**{**ok, field: bad})
+    for field, bad in (("out_cols", (1.5, 3)), ("in_rows", "0:5"), ("image_size", (10.0, 12))):
+        with pytest.raises(TypeError, match="region"):  # a wrong type
             Region(**{**ok, field: bad})

@@ -27,16 +27,32 @@ COORDS = CoordinateGrid(
         ({"size": (8, 8), "coords": COORDS}, "either coords"),
         ({"scale": 0.5}, ">= 1"),
         ({"scale": (2, 3, 4)}, "pair"),
-        ({"size": (8.0, 8)}, "must be an integer"),
+        ({"size": (8, 8, 8)}, "pair"),
         ({"scale": 2, "arithmetic": "fast"}, "arithmetic must be"),
         ({"coords": COORDS, "arithmetic": "official"}, "not coords"),
-        ({"scale": 2, "periodic_lon": 1}, "periodic_lon must be a bool"),
-        ({"scale": 2, "region": (0, 1)}, "region must be"),
-        ({"coords": "grid"}, "CoordinateGrid"),
     ],
 )
 def test_every_check_runs_when_the_request_is_made(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        UpscaleRequest(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scale": "2"}, "scale must be a real number"),
+        ({"scale": (2, None)}, "horizontal scale r_h must be a real number"),
+        ({"scale": True}, "scale must be a real number"),
+        ({"size": (8.0, 8)}, "must be an integer"),
+        ({"size": 8}, "size must be a pair"),
+        ({"scale": 2, "arithmetic": 1}, "arithmetic must be a string"),
+        ({"scale": 2, "periodic_lon": 1}, "periodic_lon must be True or False"),
+        ({"scale": 2, "region": (0, 1)}, "region must be"),
+        ({"coords": "grid"}, "CoordinateGrid"),
+    ],
+)
+def test_wrong_types_are_type_errors(kwargs, match):
+    with pytest.raises(TypeError, match=match):
         UpscaleRequest(**kwargs)
 
 
@@ -226,3 +242,24 @@ def test_an_inference_call_hands_one_request_down_to_every_tile(monkeypatch):
     assert {kw["request"].whole() for kw in seen} == {net.request(request=request)}
     assert len({kw["request"].region for kw in seen}) == 9
     assert calls[0] == 2  # one whole geometry: the estimate's and every tile's
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda x, phi: metasr.meta_upscale(x.numpy(), phi, scale=2), "x must be a torch.Tensor"),
+        (lambda x, phi: metasr.meta_upscale(x, "phi", scale=2), "phi must be an nn.Module"),
+        (lambda x, phi: metasr.meta_upscale(x, phi, scale="2"), "scale must be a real number"),
+        (lambda x, phi: metasr.meta_upscale(x, phi, size=(8.5, 8)), "must be an integer"),
+        (lambda x, phi: metasr.meta_upscale(x, phi, scale=2, backend=1), "backend must be a str"),
+        (lambda x, phi: metasr.meta_upscale(x, phi, scale=2, periodic_lon=1), "periodic_lon"),
+        (lambda x, phi: metasr.meta_upscale(x, phi, plan="plan"), "plan must be an UpscalePlan"),
+        (lambda x, phi: metasr.plan(x, phi, {"scale": 2}), "request must be a metasr"),
+        (lambda x, phi: metasr.plan(x.numpy(), phi, UpscaleRequest(scale=2)), "x must be a"),
+        (lambda x, phi: metasr.plan(x, phi, UpscaleRequest(scale=2), 1), "backend must be a str"),
+    ],
+)
+def test_wrong_types_at_the_op_are_type_errors(call, match):
+    phi = metasr.Pos2Weight(3, 2, hidden=8)
+    with pytest.raises(TypeError, match=match):
+        call(torch.randn(1, 3, 4, 4), phi)

@@ -32,7 +32,6 @@ features change (as they do for any Swin model).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,8 +41,9 @@ from torch import nn
 
 from ..geometry import CoordinateGrid, Region, UpscaleRequest
 from ..modules import HeadConfig
+from ..validation import ArgumentTypeError, check_positive_float, check_positive_int, is_real
 from ._registry import register_model
-from .base import MetaSRNet, check_positive_float, check_positive_int, resolve_mean
+from .base import MetaSRNet, resolve_mean
 from .swin_blocks import RSTB, PatchEmbed, resi_conv, shift_attn_mask
 
 __all__ = ["MetaSwinIR"]
@@ -183,7 +183,9 @@ class MetaSwinIR(MetaSRNet):
             ("attn_drop_rate", attn_drop_rate),
             ("drop_path_rate", drop_path_rate),
         ):
-            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+            if not is_real(p):
+                raise ArgumentTypeError(f"{name} must be a number in [0, 1), got {p!r}")
+            if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p!r}")
         self.img_range = check_positive_float("img_range", img_range)
         self.embed_dim = embed_dim
