@@ -61,7 +61,7 @@ def test_named_grids() -> None:
     ids=["era5", "n96", "cell-centred", "gaussian", "lon-180"],
 )
 def test_global_grids_tile_the_sphere(grid: Grid) -> None:
-    assert grid.periodic
+    assert grid.periodic_lon
     assert grid.cell_areas().sum() == pytest.approx(SPHERE, rel=1e-12)
 
 
@@ -74,7 +74,7 @@ def test_gaussian_bounds_match_weights() -> None:
 
 def test_regional_grid_not_periodic() -> None:
     grid = Grid.from_coords(np.arange(30.0, 61.0), np.arange(-10.0, 41.0))
-    assert not grid.periodic
+    assert not grid.periodic_lon
     assert grid.lat_bounds[0] == 29.5 and grid.lat_bounds[-1] == 60.5
 
 
@@ -298,3 +298,30 @@ def test_fill_missing_and_regrid_mask() -> None:
     np.testing.assert_allclose(filled[4], expected_row)
     mask = regrid_mask(valid, src, regular_grid(6, 8, pole_rows=False))
     np.testing.assert_array_equal(mask, valid)
+
+
+def test_regrid_and_the_op_place_coordinates_with_one_function():
+    """The regridding's interpolation positions and the op's coordinate geometry come from one
+    formula (metasr.geometry.fractional_index), so they cannot drift apart (a re-implementation
+    moved positions by ~1e-14 and flipped "nearest" at exact ties)."""
+    import importlib
+
+    from metasr import geometry
+
+    rg = importlib.import_module("metasr.climate.regrid")  # metasr.climate.regrid: the function
+
+    assert rg.fractional_index is geometry.fractional_index
+    src, dst = regular_grid(96, 144, pole_rows=False), named_grid("era5")  # ties: cell centres
+    for s, d, period, a in (
+        (src.lat, dst.lat, None, 0),
+        (src.lon, dst.lon, 360.0, 1),
+    ):
+        t = geometry.fractional_index(s, d, period, extrapolate=False)
+        idx, off = geometry.coordinate_axis_map(s, d, period)
+        inside = (idx > 0) & (idx < len(s) - 1)  # the op extrapolates past the ends, rg clamps
+        np.testing.assert_allclose((idx + off)[inside], t[inside], rtol=0, atol=1e-6)
+        weights = rg.axis_weights(src, dst, "bilinear")[a]
+        base = np.floor(t).astype(np.int64)
+        rows = np.arange(len(t))
+        ok = base < len(s) - 1 if period is None else slice(None)
+        np.testing.assert_array_equal(weights[rows, base % len(s)][ok], (1.0 - (t - base))[ok])

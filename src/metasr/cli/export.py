@@ -115,11 +115,14 @@ def _check_memory(loaded, input_size: tuple[int, int], scale, size) -> None:
     """
     import torch
 
+    from ..geometry import UpscaleRequest
     from ..inference import estimate_upscale
     from ..ops.memory import available_memory_bytes, gib
 
     h, w = input_size
-    est = estimate_upscale(loaded, (loaded.in_channels, h, w), scale, size)
+    est = estimate_upscale(
+        loaded, (loaded.in_channels, h, w), UpscaleRequest(scale=scale, size=size)
+    )
     need = 2 * (est.host_bytes + est.work_bytes)
     free = available_memory_bytes(torch.device("cpu"))
     if free is not None and need > free:

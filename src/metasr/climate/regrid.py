@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .._coordinates import fractional_index
 from ..validation import ArgumentTypeError
 from .grids import Grid
 
@@ -44,18 +45,6 @@ METHODS = ("nearest", "bilinear", "bicubic", "conservative")
 
 # A renormalisation weight below this is treated as "no valid neighbour".
 _MIN_WEIGHT = 1e-12
-
-
-def _source_positions(src: np.ndarray, targets: np.ndarray, periodic: bool) -> np.ndarray:
-    """Fractional source indices of ``targets`` along one axis (clamped unless periodic)."""
-    n = src.size
-    if periodic:
-        # Index n is column 0 again, one period on: the seam is an ordinary gap.
-        ext = np.concatenate([src, [src[0] + 360.0]])
-        return np.interp(targets, ext, np.arange(n + 1, dtype=np.float64))
-    if src[0] > src[-1]:  # descending latitude
-        return (n - 1) - np.interp(targets, src[::-1], np.arange(n, dtype=np.float64))
-    return np.interp(targets, src, np.arange(n, dtype=np.float64))
 
 
 def _keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -72,11 +61,16 @@ def _interp_matrix(
 ) -> np.ndarray:
     """``(len(dst), len(src))`` interpolation weights along one axis."""
     n = src.size
-    targets = dst
-    if wrap_targets:
-        # Longitude: bring targets into [src[0], src[0] + 360), so that e.g. −10° finds 350°.
-        targets = src[0] + np.mod(dst - src[0], 360.0)
-    u = _source_positions(src, targets, periodic)
+    if periodic:
+        # The op's coordinate geometry's formula (one function): targets brought into
+        # [src[0], src[0] + 360), index n is column 0 again, so the seam is an ordinary gap.
+        u = fractional_index(src, dst, 360.0)
+    else:
+        targets = dst
+        if wrap_targets:
+            # A regional longitude axis: −10° still finds 350°.
+            targets = src[0] + np.mod(dst - src[0], 360.0)
+        u = fractional_index(src, targets, extrapolate=False)  # clamped at the ends
     rows = np.arange(dst.size)
     mat = np.zeros((dst.size, n))
     if method == "nearest":
@@ -176,7 +170,7 @@ def _axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.nda
             _overlap_matrix(src.lon_bounds, dst.lon_bounds, modulo=360.0),
         )
     a_lat = _interp_matrix(src.lat, dst.lat, method, periodic=False, wrap_targets=False)
-    a_lon = _interp_matrix(src.lon, dst.lon, method, periodic=src.periodic, wrap_targets=True)
+    a_lon = _interp_matrix(src.lon, dst.lon, method, periodic=src.periodic_lon, wrap_targets=True)
     return a_lat, a_lon
 
 
@@ -255,7 +249,7 @@ def inside_source(src: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray]:
     tol = 1e-9
     lo, hi = np.min(src.lat_bounds), np.max(src.lat_bounds)
     rows = (dst.lat >= lo - tol) & (dst.lat <= hi + tol)
-    if src.periodic:
+    if src.periodic_lon:
         cols = np.ones(dst.lon.shape, dtype=bool)
     else:
         start = src.lon_bounds[0]
