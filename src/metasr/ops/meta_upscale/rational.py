@@ -27,6 +27,7 @@ The kernel is ``(q + k − 1)²/k²`` times larger than the useful taps (1.8× a
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 
@@ -35,7 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...geometry import UpscaleRequest, axis_map, parse_scale, resolve_output_size
+from ...geometry import (
+    MAX_OUTPUT_SIDE,
+    UpscaleRequest,
+    axis_map,
+    parse_scale,
+    resolve_output_size,
+)
 
 __all__ = [
     "MAX_DENOMINATOR",
@@ -49,6 +56,7 @@ __all__ = [
 MAX_DENOMINATOR = 10
 
 
+@functools.lru_cache(maxsize=64)
 def _axis_fraction(r: float, what: str) -> tuple[int, int]:
     """``(p, q)`` with ``r == p/q`` (to a few ulps), ``q ≤ MAX_DENOMINATOR``, checked against
     the geometry's output-size rule and LR map on inputs of every size up to ``2q`` plus a few
@@ -61,6 +69,8 @@ def _axis_fraction(r: float, what: str) -> tuple[int, int]:
             f"{p}/{q} = {p / q!r}), so its pattern of LR rows and offsets does not repeat"
         )
     for n in [*range(1, 2 * q + 1), 997, 4096, 65537]:
+        if n * r >= MAX_OUTPUT_SIDE:  # beyond what any request may ask for
+            break
         n_out = resolve_output_size(n, 1, scale=(r, 1.0))[0]
         idx, off = axis_map(n_out, n, r)
         i = np.arange(n_out)
