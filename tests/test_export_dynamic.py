@@ -111,12 +111,27 @@ def test_exact_quotient_scale_to_full_precision(tmp_path, default_net):
 
 
 def test_torch_export_program_refuses_a_dynamic_size(default_net, tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"\.pt2\) program takes a fixed input size"):
+    with pytest.raises(ValueError, match=r"\.pt2\) program takes a fixed input size.*export_onnx"):
         export_program(default_net, None, scale=2)
     rc = main(["export", "--scale", "2", "-o", str(tmp_path / "m.pt2")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "give --input-size HxW, or write an .onnx file" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "m.pt2").exists()
+
+
+def test_rdn_with_a_deeper_predictor_at_three_sizes(tmp_path):
+    # MetaRDN (dense blocks) with a two-hidden-layer GELU predictor (not Linear-ReLU-Linear).
+    torch.manual_seed(0)
+    net = metasr.create_model(
+        "meta_rdn", G0=8, D=1, C=2, G=4,
+        upsample={"hidden": 8, "hidden_layers": 2, "activation": "gelu"},
+    ).eval()  # fmt: skip
+    model = OnnxModel(export_onnx(net, tmp_path / "rdn.onnx", None, scale=(1.5, 3.0)))
+    for h, w in [(3, 4), (6, 5), (9, 10)]:
+        x = torch.rand(1, 3, h, w)
+        with torch.inference_mode():
+            ref = net(x, scale=(1.5, 3.0))
+        assert _rel(model(x, scale=(1.5, 3.0)), ref) <= 1e-5
 
 
 def _png(path, h, w, seed):

@@ -50,8 +50,7 @@ DYNAMIC = "dynamic"
 #: (``!=`` whole periods), so a program would refuse some sizes.
 PROGRAM_FIXED_SIZE = (
     "a torch.export (.pt2) program takes a fixed input size (torch.export guards the strided "
-    "convolution's and the crop's sizes); give an input size (HxW), or write an .onnx file "
-    "for any input size"
+    "convolution's and the crop's sizes)"
 )
 
 #: Largest head period kernel of a dynamic-size export, in values (128 MiB in float32).
@@ -222,7 +221,7 @@ def export_program(
             is for ONNX files only (:data:`PROGRAM_FIXED_SIZE`).
     """
     if input_size is None:
-        raise ValueError(PROGRAM_FIXED_SIZE)
+        raise ValueError(f"{PROGRAM_FIXED_SIZE}; give an input size, or export ONNX (export_onnx)")
     net = net.eval()
     x, _ = _example(net, input_size, scale, size, batch=2)
     module, dynamic_shapes = _traceable(net, input_size, scale, size)

@@ -103,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if dynamic:
         if suffix == ".pt2":
-            raise CLIError(PROGRAM_FIXED_SIZE.replace("an input size (HxW)", "--input-size HxW"))
+            raise CLIError(
+                f"{PROGRAM_FIXED_SIZE}: give --input-size HxW, or write an .onnx file for any "
+                "input size"
+            )
         _dynamic_scale(scale)
     loaded = load_model(args.model)
     if loaded.format == "onnx":
