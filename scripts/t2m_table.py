@@ -155,6 +155,11 @@ def methods_for(specs: list[str], variants: bool = False) -> dict[str, object]:
             alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
             alt.card = ModelCard("air_temperature", "K", normalisation="dataset")
             methods[f"{name} (constraint smooth)"] = alt
+            # Its own weights normalised per sample (the normalisation choice, measured alone).
+            for constraint in ("none", "smooth"):
+                alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
+                alt.card = ModelCard("air_temperature", "K", constraint=constraint)
+                methods[f"{name} (per-sample, constraint {constraint})"] = alt
         if fn.card is not None and variants:
             # The same weights with the other constraints (what the constraint costs and gains).
             for other in ("smooth", "min-change", "none"):
