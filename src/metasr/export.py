@@ -130,9 +130,9 @@ class _DynamicScale(nn.Module):
                 f"{MAX_PERIOD_VALUES:,}); give a fixed input size (HxW)"
             )
         self.halo = k // 2
-        self.periodic = bool(net.periodic_lon)
+        self.periodic_lon = bool(net.periodic_lon)
         self.register_buffer(
-            "head_weight", head_period_weight(up.phi, self.scale, up.arithmetic, self.periodic)
+            "head_weight", head_period_weight(up.phi, self.scale, up.arithmetic, self.periodic_lon)
         )
         self.bicubic = bool(net.bicubic_residual)
         if self.bicubic:
@@ -144,9 +144,9 @@ class _DynamicScale(nn.Module):
 
         x = self.net.sub_mean(x)
         f = self.net.forward_features(x)
-        y = period_conv(f, self.head_weight, self.period, self.halo, periodic=self.periodic)
+        y = period_conv(f, self.head_weight, self.period, self.halo, periodic=self.periodic_lon)
         if self.bicubic:
-            up = period_conv(x, self.bicubic_weight, self.period, 2, "replicate", self.periodic)
+            up = period_conv(x, self.bicubic_weight, self.period, 2, "replicate", self.periodic_lon)
             y = y + up
         return self.net.add_mean(y)
 
