@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TINY_MODELS
+from metasr import list_models as metasr_models
 from metasr import precision
+from metasr.archs import create_model
 from metasr.checkpoints import load_model
 from metasr.cli import main
 from metasr.geometry import UpscaleRequest
@@ -81,3 +84,53 @@ def test_python_api_precision():
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 8
     with pytest.raises(ValueError, match="precision"):
         metasr.upscale(img, scale=2, precision="int8")
+
+
+@pytest.mark.parametrize("name", metasr_models())
+@pytest.mark.parametrize("scale", [2, 3.7, (2.37, 3.13)])
+def test_channels_last_input_matches_contiguous(name, scale):
+    # Every network gives the same output (float rounding) for a channels-last input, and its
+    # parameters keep their layout: the layout precision="auto" may feed it.
+    torch.manual_seed(0)
+    model = create_model(name, **TINY_MODELS[name]).eval()
+    x = torch.rand(2, 3, 13, 11)
+    with torch.inference_mode():
+        ref = model(x, scale=scale)
+        out = model(x.contiguous(memory_format=torch.channels_last), scale=scale)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_input_memory_format():
+    edsr = create_model("meta_edsr", **TINY_MODELS["meta_edsr"])
+    rdn = create_model("meta_rdn", **TINY_MODELS["meta_rdn"])
+    cl, plain = torch.channels_last, torch.contiguous_format
+    assert edsr.channels_last_cpu and not rdn.channels_last_cpu
+    assert precision.input_memory_format(edsr, "auto") is cl
+    assert precision.input_memory_format(edsr, "auto", "cuda") is plain
+    assert precision.input_memory_format(edsr, "fp32") is plain
+    assert precision.input_memory_format(edsr, "bf16") is plain
+    assert precision.input_memory_format(rdn, "auto") is plain
+    with pytest.raises(ValueError, match="precision"):
+        precision.input_memory_format(edsr, "fp16")
+
+
+def test_auto_feeds_the_network_channels_last(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)  # auto = fp32 here
+    loaded = load_model("default")
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    data = np.random.default_rng(3).random((3, 17, 15)).astype(np.float32)
+    ref = upscale_array(loaded, data, scale=3.7)
+    seen = []
+    hook = loaded.model.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        out = upscale_array(loaded, data, scale=3.7, precision="auto")
+        upscale_array(loaded, data, scale=3.7, precision="fp32")
+    finally:
+        hook.remove()
+    assert seen == [True, False]
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    for k, v in loaded.model.state_dict().items():  # the loaded model is left as it was
+        assert v.is_contiguous() and torch.equal(v, before[k]), k

@@ -8,6 +8,13 @@ same loaded model serves every precision. ``"auto"`` is bfloat16 only on a CPU w
 bfloat16 arithmetic (AVX512-BF16 or AMX-BF16; without them oneDNN emulates bfloat16 and it is
 slower than float32) and float32 everywhere else; docs/benchmarks.md ("CPU inference
 precision") has the measured speed and PSNR cost. On CUDA use ``--half`` (float16 weights).
+
+``"auto"`` on the CPU also feeds the network its input in channels-last memory format where the
+network's class says that is faster (:attr:`metasr.archs.base.MetaSRNet.channels_last_cpu`,
+measured per network: ``benchmarks/channels_last.py``): PyTorch's CPU convolutions then run
+channels-last (the same values up to float rounding). Only the input changes layout; the
+loaded model's parameters are left as they are (the convolutions reorder their weights per call),
+so the model stays usable and savable as loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +25,13 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["PRECISIONS", "cpu_has_native_bf16", "inference_precision", "resolve_precision"]
+__all__ = [
+    "PRECISIONS",
+    "cpu_has_native_bf16",
+    "inference_precision",
+    "input_memory_format",
+    "resolve_precision",
+]
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -73,3 +86,24 @@ def inference_precision(precision: str, device: torch.device | str = "cpu") -> I
             yield resolved
     else:
         yield resolved
+
+
+def input_memory_format(
+    model: torch.nn.Module, precision: str, device: torch.device | str = "cpu"
+) -> torch.memory_format:
+    """The memory format :func:`metasr.inference.upscale_array` gives ``model``'s input.
+
+    ``torch.channels_last`` for ``precision="auto"`` on the CPU when ``model`` declares
+    ``channels_last_cpu`` (a network measured faster so), else ``torch.contiguous_format``.
+
+    Raises:
+        TypeError, ValueError: as :func:`resolve_precision`.
+    """
+    resolve_precision(precision, device)
+    if (
+        precision == "auto"
+        and torch.device(device).type == "cpu"
+        and getattr(model, "channels_last_cpu", False) is True
+    ):
+        return torch.channels_last
+    return torch.contiguous_format

@@ -293,9 +293,12 @@ def test_fill_missing_and_regrid_mask() -> None:
     x[4, :] = np.nan
     filled, valid = fill_missing(x, src)
     assert np.all(np.isfinite(filled)) and valid.sum() == 48 - 9
-    assert filled[2, 3] == pytest.approx(np.nanmean(x[2]))
-    expected_row = (np.nansum(x * src.cell_areas())) / np.where(valid, src.cell_areas(), 0).sum()
-    np.testing.assert_allclose(filled[4], expected_row)
+    np.testing.assert_array_equal(filled[valid], x[valid])
+    # Harmonic: a missing cell is the mean of its 4 neighbours (longitude wraps: global grid).
+    assert filled[2, 3] == pytest.approx((x[1, 3] + x[3, 3] + x[2, 2] + x[2, 4]) / 4)
+    for j in range(8):
+        around = filled[3, j] + filled[5, j] + filled[4, j - 1] + filled[4, (j + 1) % 8]
+        assert filled[4, j] == pytest.approx(around / 4)
     mask = regrid_mask(valid, src, regular_grid(6, 8, pole_rows=False))
     np.testing.assert_array_equal(mask, valid)
 
@@ -325,3 +328,28 @@ def test_regrid_and_the_op_place_coordinates_with_one_function():
         rows = np.arange(len(t))
         ok = base < len(s) - 1 if period is None else slice(None)
         np.testing.assert_array_equal(weights[rows, base % len(s)][ok], (1.0 - (t - base))[ok])
+
+
+def test_fill_missing_has_no_front_and_ignores_the_layout() -> None:
+    """Whole missing rows (COADS's Antarctic) continue the valid rows instead of taking the
+    field's mean; the fill stays within the valid range and follows a flip or roll of the
+    field; a regional grid's edges do not wrap; each leading field keeps its own mask."""
+    grid = regular_grid(20, 36, pole_rows=False)
+    rng = np.random.default_rng(3)
+    x = 250.0 + 2.0 * np.arange(20)[:, None] + rng.normal(0, 0.5, (2, 20, 36))
+    x[:, :4] = np.nan  # "Antarctica"
+    x[0, 8:12, 5:15] = np.nan  # a continent in the first field only
+    filled, valid = fill_missing(x, grid)
+    assert np.all(np.isfinite(filled))
+    assert filled.min() >= np.nanmin(x) and filled.max() <= np.nanmax(x)
+    # Next to row 4 (about 258 K), not the field's mean (about 269 K).
+    assert abs(filled[:, 3].mean() - np.nanmean(x[:, 4])) < 1.0
+    np.testing.assert_array_equal(valid[1, 8:12, 5:15], True)
+    np.testing.assert_array_equal(filled[1, 8:12, 5:15], x[1, 8:12, 5:15])
+    flipped, _ = fill_missing(np.roll(x[:, ::-1], 11, axis=-1), grid)
+    np.testing.assert_allclose(np.roll(flipped, -11, axis=-1)[:, ::-1], filled, atol=1e-9)
+    # Regional: the missing east edge is continued from the west only through the interior.
+    region = Grid.from_coords(10.0 + 2.0 * np.arange(10), 1.0 + 2.0 * np.arange(12))
+    r = np.tile(np.arange(12.0), (10, 1))
+    r[:, -3:] = np.nan
+    assert fill_missing(r, region)[0][:, -3:] == pytest.approx(8.0)

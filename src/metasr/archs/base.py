@@ -124,6 +124,10 @@ class MetaSRNet(nn.Module):
     upsample: MetaUpsample
     #: Periodic in the width (longitude); read by tiled inference, which then cuts rows only.
     periodic_lon: bool = False
+    #: CPU inference is faster with the input in channels-last memory format (measured per
+    #: network, ``benchmarks/channels_last.py``); ``precision="auto"`` then uses it
+    #: (:func:`metasr.precision.input_memory_format`).
+    channels_last_cpu: bool = False
 
     @property
     def pos2weight(self) -> Pos2Weight:

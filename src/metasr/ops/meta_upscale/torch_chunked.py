@@ -32,11 +32,11 @@ features-first order: it runs per phase while that costs at most 8 times the out
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ...geometry import Geometry
 from .. import memory
@@ -57,6 +57,7 @@ from .phase_grouped import (
     pair_weights,
     prefer_grouped,
 )
+from .relu_domain import restrict_to_domain
 from .tables import as_float, as_index, phases
 from .weights import MAX_BLOCK_BYTES, weights_first
 
@@ -81,6 +82,16 @@ def _auto_order(params: PredictorParams, geom: Geometry, Dv: int, Dh: int, n: in
     """
     base = _base_order(params, geom, Dv, Dh)
     return "grouped" if prefer_grouped(params, geom, Dv, Dh, n, base) else base
+
+
+def _restricted(params: PredictorParams, geom: Geometry) -> PredictorParams:
+    """Linear-ReLU-Linear with only the hidden units that switch within the call's positions
+    (:mod:`.relu_domain`; the same function there, exactly); other predictors as they are.
+
+    Every order and the cost counts then see the smaller hidden layer: features-first's LR
+    convolution has ``(hid' + 1)·Cout`` channels, the pair weights cost ``hid'`` per value.
+    """
+    return restrict_to_domain(params, geom) if isinstance(params, MLPParams) else params
 
 
 def _base_order(params: PredictorParams, geom: Geometry, Dv: int, Dh: int) -> str:
@@ -141,6 +152,7 @@ def meta_upscale_torch(
         # CPU half-precision GEMMs are slow and accumulate poorly; compute in float32.
         x = x.float()
         params = params.to(torch.float32)
+    params = _restricted(params, geom)
     row_first, row_phase = phases(geom.row_off)
     col_first, col_phase = phases(geom.col_off)
     if order == "auto":
@@ -184,6 +196,9 @@ def estimate_bytes(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> 
     half_on_cpu = x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16)
     cs = 4 if half_on_cpu else item  # compute dtype's size
     grad = needs_grad(x, params)
+    with torch.no_grad():
+        params = _restricted(params, geom)  # what meta_upscale_torch runs
+    O, hid = params.out_channels, params.hidden
     Dv, Dh = len(phases(geom.row_off)[0]), len(phases(geom.col_off)[0])
     total = N * C * h * w * cs if half_on_cpu else 0  # float32 copy of x
     total += out * (item if half_on_cpu else 0)  # the final cast back
@@ -275,11 +290,6 @@ def _features_first(
     )
 
 
-def _hid_ext(pre: torch.Tensor) -> torch.Tensor:
-    """``[ReLU(pre), 1]`` along the last axis: ``(..., hid)`` → ``(..., hid + 1)``."""
-    return torch.cat([F.relu(pre), pre.new_ones(pre.shape[:-1] + (1,))], dim=-1)
-
-
 def _with_one(g: torch.Tensor) -> torch.Tensor:
     """``[g, 1]`` along the last axis: ``(..., hid)`` → ``(..., hid + 1)``."""
     return torch.cat([g, g.new_ones(g.shape[:-1] + (1,))], dim=-1)
@@ -345,24 +355,30 @@ class _SeparableHidden(_StripHidden):
     def bind(self, tensors, phase_mode, col_phase, needs=None) -> None:
         self._t = tensors
         self._phase_mode, self._col_phase = phase_mode, col_phase
-        a, bc, _ = tensors
-        self._cols = bc if phase_mode else bc.index_select(0, col_phase)  # (Dc or W, hid)
+        a, bc, c = tensors
+        cols = bc if phase_mode else bc.index_select(0, col_phase)  # (Dc or W, hid)
+        self._cols = cols + c  # the constant added once, not per strip
         self._need = needs is not None and any(needs)
         if self._need:
-            self._acc = (torch.zeros_like(a), torch.zeros_like(self._cols))
+            self._acc = (torch.zeros_like(a), torch.zeros_like(cols))
 
     def strip(self, s, e):
-        a, _, c = self._t
-        return _hid_ext(a[s:e, None, :] + self._cols[None] + c)
+        # [ReLU(A[i] + Bc[j] + c), 1] written in place into one buffer (m, D, hid + 1).
+        a = self._t[0][s:e]
+        hid = self.hidden
+        out = a.new_empty((e - s, self._cols.shape[0], hid + 1))
+        torch.add(a[:, None, :], self._cols[None], out=out[..., :hid]).clamp_min_(0)
+        out[..., hid] = 1
+        return out
 
     def recompute(self, s, e):
-        a, _, c = self._t
-        pre = a[s:e, None, :] + self._cols[None] + c  # (m, Dc or W, hid)
-        return _hid_ext(pre), pre
+        hx = self.strip(s, e)
+        return hx, hx[..., : self.hidden]  # ReLU(pre) > 0 exactly where pre > 0
 
     def accumulate(self, s, e, saved, dhx) -> None:
         da, dbc_cols = self._acc
-        dpre = dhx[..., : self.hidden] * (saved > 0)
+        # ReLU's own backward in one pass (the gradient where ReLU(pre) > 0, else 0).
+        dpre = torch.ops.aten.threshold_backward(dhx[..., : self.hidden], saved, 0)
         da[s:e] = dpre.sum(1)
         dbc_cols += dpre.sum(0)
 
@@ -446,6 +462,71 @@ class _BodyHidden(_StripHidden):
         return tuple(self._acc) if self._need else (None,) * len(self._t)
 
 
+#: Elements of one broadcast product of :func:`_column_dots` (columns are taken in chunks).
+_DOT_ELEMENTS = 1 << 22
+#: Up to this many terms a sum in :func:`_column_dots` runs as multiply-add passes.
+_FEW = 8
+
+
+def _column_dots(
+    zc: torch.Tensor,
+    hx: torch.Tensor,
+    dyc: torch.Tensor | None = None,
+    need_h: bool = False,
+    need_z: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gather mode's per-column contraction, forward or backward, in column chunks.
+
+    Forward (``dyc`` None): ``y[n, j, o, i] = Σ_k zc[n, j, o, k]·hx[i, j, k]``. Backward:
+    ``dhx[i, j, k] = Σ_{n,o} dyc[n, i, j, o]·zc[n, j, o, k]`` (if ``need_h``) and
+    ``dzc[n, j, o, k] = Σ_i dyc[n, i, j, o]·hx[i, j, k]`` (if ``need_z``). Each as a broadcast
+    product and a sum, at most :data:`_DOT_ELEMENTS` elements at a time.
+
+    Args:
+        zc: ``(N, W, O, K)``, ``Z`` gathered to the output columns.
+        hx: ``(m, W, K)``, ``[hid, 1]`` of the strip.
+        dyc: ``(N, m, W, O)``, the strip's output gradient (backward only).
+
+    Returns:
+        ``(y (N, W, O, m), dhx (m, W, K), dzc (N, W, O, K))``, None where not computed.
+    """
+    N, W, O, K = zc.shape
+    m = hx.shape[0]
+    step = max(1, _DOT_ELEMENTS // max(1, N * O * m * K))
+    y = dhx = dzc = None
+    if dyc is None:
+        y = zc.new_empty((N, W, O, m))
+    if need_h:
+        dhx = hx.new_empty(hx.shape)
+    if need_z:
+        dzc = zc.new_empty(zc.shape)
+    for a in range(0, W, step):
+        b = min(W, a + step)
+        if dyc is None:  # (N, w, O, 1, K) * (1, w, 1, m, K)
+            y[:, a:b] = (zc[:, a:b, :, None, :] * hx[:, a:b].transpose(0, 1)[None, :, None]).sum(-1)
+            continue
+        d = dyc[:, :, a:b, :, None]  # (N, m, w, O, 1)
+        if need_h:
+            if N * O <= _FEW:  # one multiply-add pass per (n, o) beats a strided reduction
+                acc = dhx[:, a:b]
+                for t, (n, o) in enumerate(itertools.product(range(N), range(O))):
+                    if t == 0:
+                        torch.mul(d[n, :, :, o], zc[n, None, a:b, o], out=acc)
+                    else:
+                        acc.addcmul_(d[n, :, :, o], zc[n, None, a:b, o])
+            else:  # (N, m, w, O, 1) * (N, 1, w, O, K), summed over n and o
+                dhx[:, a:b] = (d * zc[:, None, a:b]).sum((0, 3))
+        if need_z:
+            if m <= _FEW:
+                acc = dzc[:, a:b]
+                torch.mul(d[:, 0], hx[None, 0, a:b, None, :], out=acc)
+                for i in range(1, m):  # (N, w, O, 1) * (1, w, 1, K)
+                    acc.addcmul_(d[:, i], hx[None, i, a:b, None, :])
+            else:  # (N, m, w, O, 1) * (1, m, w, 1, K), summed over i
+                dzc[:, a:b] = (d * hx[None, :, a:b, None, :]).sum(1)
+    return y, dhx, dzc
+
+
 class _FeaturesFirstContraction(torch.autograd.Function):
     """``y[n,o,i,j] = Σ_k hidext(i,j)[k] · Z[n, i'(i), j'(j), o, k]``, one LR row at a time.
 
@@ -466,8 +547,11 @@ class _FeaturesFirstContraction(torch.autograd.Function):
       one GEMM ``(m·Dc, K) × (K, w·O)`` of the ``Dc`` distinct ``hid`` vectors of each output row
       with the LR row of ``Z``, then each output column picks its ``(phase, j')`` entry. No
       column gather; exact work for integer scales.
-    * *gather mode*: gather the LR row's columns ``(W, O, K)`` once, then one small GEMM per
-      output column over its ``m`` rows.
+    * *gather mode*: gather the LR row's columns ``(W, O, K)`` once, then contract each output
+      column with its ``m`` rows' ``hid`` as a broadcast product summed over ``K``
+      (:func:`_column_dots`). (Batched matmuls of these tiny ``(O, K) × (K, m)`` matrices ran one
+      ``addmm`` per column on CPU: at 2.37×3.13 the contraction and its backward were 68% of a
+      training step's time, profiled 2026-12-07.)
 
     Backward recomputes ``hid`` (storing it would cost ``H·W·hid`` values).
     """
@@ -490,7 +574,7 @@ class _FeaturesFirstContraction(torch.autograd.Function):
                 y[:, :, s:e, :] = yc.permute(0, 3, 1, 2)
             else:
                 zc = z[:, r].index_select(1, col_idx)  # (N, W, O, K)
-                yc = torch.matmul(zc, hx.permute(1, 2, 0))  # (N, W, O, m)
+                yc = _column_dots(zc, hx)[0]  # (N, W, O, m)
                 y[:, :, s:e, :] = yc.permute(0, 2, 3, 1)
         hidden.unbind()
         ctx.save_for_backward(z, col_idx, col_phase, *tensors)
@@ -504,7 +588,7 @@ class _FeaturesFirstContraction(torch.autograd.Function):
         z, col_idx, col_phase, *tensors = ctx.saved_tensors
         hidden = ctx.hidden
         N, h, w, O, K = z.shape
-        W, Dc = col_idx.shape[0], hidden.col_phases
+        Dc = hidden.col_phases
         need_z = ctx.needs_input_grad[0]
         needs = tuple(ctx.needs_input_grad[5:])
         need_mlp = any(needs)
@@ -526,14 +610,9 @@ class _FeaturesFirstContraction(torch.autograd.Function):
                     dz[:, r] = torch.matmul(dt.transpose(1, 2), hx.view(m * Dc, K)).view(N, w, O, K)
             else:
                 zc = z[:, r].index_select(1, col_idx)  # (N, W, O, K)
-                dyt = dyc.permute(2, 1, 0, 3).reshape(W, m, N * O)  # (W, m, N·O)
-                if need_mlp:
-                    zt = zc.transpose(0, 1).reshape(W, N * O, K)
-                    dhx = torch.bmm(dyt, zt).transpose(0, 1)  # (m, W, K)
-                if need_z:
-                    dzc = torch.bmm(dyt.transpose(1, 2), hx.transpose(0, 1))  # (W, N·O, K)
-                    dzc = dzc.view(W, N, O, K).transpose(0, 1)  # (N, W, O, K)
-                    dz[:, r] = dz.new_zeros((N, w, O, K)).index_add_(1, col_idx, dzc)
+                _, dhx, dzc = _column_dots(zc, hx, dyc, need_mlp, need_z)
+                if need_z:  # dz[:, r] is still zero: add in place
+                    dz[:, r].index_add_(1, col_idx, dzc)
             if need_mlp:
                 hidden.accumulate(s, e, saved, dhx)
         grads = hidden.gradients()
