@@ -118,10 +118,10 @@ climate-demo: venv
 # The temperature model of issue 23 (docs/climate.md, "A model that transfers"): fetch the data
 # if missing, train options/climate/MetaEDSR_t2m_v2.yml (scripts/t2m_model.py train: its own
 # resumable loop, state in experiments/MetaEDSR_t2m_v2/state.pt; interrupted or stopped by
-# T2M_MINUTES? run it again and it continues), export it with its model card next to the run,
-# and write the held-out table (model / t2m-v1 / bicubic / bicubic-conservative / conservative).
-# The bundled t2m is replaced by hand (cp ... src/metasr/weights/t2m.safetensors) only when the
-# table shows the new model better than t2m-v1; the first model stays loadable as t2m-v1.
+# T2M_MINUTES? run it again and it continues), export it with its model card as the bundled
+# src/metasr/weights/t2m.safetensors, and write the held-out table (model / t2m-v1 / bicubic /
+# bicubic-conservative / conservative) and the error maps of the cells it loses next to the
+# run. The first model stays loadable as t2m-v1 (make t2m-v1-model).
 T2M_OPT := options/climate/MetaEDSR_t2m_v2.yml
 T2M_DIR := experiments/MetaEDSR_t2m_v2
 T2M_MINUTES ?=
@@ -130,10 +130,10 @@ t2m-model: venv
 	OMP_NUM_THREADS=1 $(PY) scripts/t2m_model.py train --opt $(T2M_OPT) --data datasets/climate \
 		--out experiments $(if $(T2M_MINUTES),--minutes $(T2M_MINUTES))
 	$(PY) scripts/t2m_model.py export-v2 --opt $(T2M_OPT) --checkpoint $(T2M_DIR)/state.pt \
-		--data datasets/climate -o $(T2M_DIR)/MetaEDSR_t2m_v2.safetensors
-	$(PY) scripts/t2m_table.py --data datasets/climate --model t2m-v1=t2m-v1 \
-		--model v2=$(T2M_DIR)/MetaEDSR_t2m_v2.safetensors \
-		--json $(T2M_DIR)/table.json --markdown $(T2M_DIR)/table.md
+		--data datasets/climate -o src/metasr/weights/t2m.safetensors
+	$(PY) scripts/t2m_table.py --data datasets/climate --model t2m=t2m --model t2m-v1=t2m-v1 \
+		--variants --json $(T2M_DIR)/table.json --markdown $(T2M_DIR)/table.md
+	$(PY) scripts/t2m_maps.py --data datasets/climate --model t2m=t2m -o $(T2M_DIR)/maps
 
 # The first temperature model, t2m-v1 (issue 12, part 9): options/train/MetaEDSR_t2m.yml on 10
 # GloSea4 members through BasicSR (CPU, 1 thread: the shipped run took 49 min on a 2-core

@@ -307,9 +307,20 @@ def test_t2m_resolves_with_its_stats():
     assert stats is not None and mc.same_units(stats.units[0], "K")
     assert 250 < stats.mean[0] < 300 and 5 < stats.std[0] < 40
     assert loaded.model.periodic_lon and loaded.in_channels == loaded.out_channels == 1
-    held = json.loads(loaded.metadata["heldout_members"])
-    train = json.loads(loaded.metadata["train_members"])
-    assert held and train and not set(held) & set(train)
+    # The issue-23 model: its card names what it was trained on and what was held out.
+    from metasr.climate.card import model_card
+
+    card = model_card(loaded)
+    assert card is not None and card.units == "K"
+    assert card.normalisation == "per-sample" and card.constraint == "smooth"
+    held = {"ensemble_011", "ensemble_012", "ensemble_013", "hadgem2", "coads_airt", "coads_sst"}
+    assert held <= set(card.held_out)
+    assert not {s["name"] for s in card.sources} & set(card.held_out)
+    # The first model stays loadable as t2m-v1, with its member split.
+    v1 = load_model("t2m-v1")
+    held_v1 = json.loads(v1.metadata["heldout_members"])
+    train_v1 = json.loads(v1.metadata["train_members"])
+    assert held_v1 and train_v1 and not set(held_v1) & set(train_v1)
     # N96 coarsened ×4 back onto N96, placed by coordinates.
     n96 = mc.named_grid("n96")
     x = 288 - 30 * np.sin(np.deg2rad(n96.lat))[:, None] ** 2 + np.zeros(n96.shape)
@@ -320,7 +331,7 @@ def test_t2m_resolves_with_its_stats():
     assert mc.weighted_rmse(y[0], x, n96) < 2.0
 
 
-def test_upscale_cli_with_model_t2m(tmp_path):
+def test_upscale_cli_with_model_t2m(tmp_path, capsys):
     from metasr.cli import main
     from metasr.weights import T2M_CHECKPOINT
 
@@ -337,12 +348,16 @@ def test_upscale_cli_with_model_t2m(tmp_path):
     # Close to the smooth field's bicubic regridding (the model corrects a bicubic base).
     base = mc.regrid(da.values.astype(np.float64), mc.grid_of(da), mc.named_grid("n96"), "bicubic")
     assert mc.weighted_rmse(hr.values, base, mc.named_grid("n96")).max() < 1.5
-    # Fields in °C are refused: the statistics are in K.
+    # Fields in °C: the card says temperature, so they are converted to K (one warning line)
+    # and give the same output; --strict refuses them and writes nothing.
     celsius = (da - 273.15).assign_attrs(units="degC")
     src_c = mc.write_field(celsius.rename("t2m"), tmp_path / "in_c.nc")
-    assert main(["upscale", str(src_c), "--var", "t2m", "--target-grid", "n96",
-                 "--model", "t2m", "-o", str(tmp_path / "c.nc")]) != 0  # fmt: skip
-    assert not (tmp_path / "c.nc").exists()
+    argv = ["upscale", str(src_c), "--var", "t2m", "--target-grid", "n96", "--model", "t2m"]
+    assert main([*argv, "--strict", "-o", str(tmp_path / "strict.nc")]) != 0
+    assert not (tmp_path / "strict.nc").exists()
+    assert main([*argv, "-o", str(tmp_path / "c.nc")]) == 0
+    assert "converted to K" in capsys.readouterr().err
+    np.testing.assert_allclose(mc.read_field(tmp_path / "c.nc", "t2m").values, hr.values, atol=1e-3)
 
 
 @pytest.mark.skipif(not GLOSEA4.is_dir(), reason="GloSea4 data not fetched (make climate-data)")

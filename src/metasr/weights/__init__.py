@@ -12,14 +12,16 @@ written from a BasicSR training run:
   with a bicubic residual trained 50 minutes on scikit-image's photographs
   (``options/train/MetaEDSR_tiny_default.yml``, ``make default-v1-model``), kept loadable by
   name so that results made with it stay reproducible;
-* ``"t2m"``: the temperature model (``t2m.safetensors``): a periodic Meta-EDSR with a bicubic
-  residual and coordinate placement, trained on the GloSea4 sample ensemble (surface
-  temperature, K) by ``make t2m-model``, with its normalisation statistics (``field_stats``) in
-  the metadata; see ``docs/climate.md``;
+* ``"t2m"``: the temperature model of issue 23 (``t2m.safetensors``): a periodic Meta-EDSR
+  with a bicubic residual and coordinate placement, run through
+  :func:`metasr.climate.model.field_forward` (canonical layout, per-sample normalisation, one
+  value per pole row, the ``smooth`` conservation constraint), trained on four temperature
+  sources with a random grid layout per batch by ``make t2m-model``; its model card
+  (``model_card``: sources, held-out sources, ratios, layouts, normalisation, constraint) and
+  units are in the metadata; see ``docs/climate.md``;
 * ``"t2m-v1"``: the first temperature model (``t2m_v1.safetensors``, trained on GloSea4 alone
-  with dataset statistics), kept loadable by name so results made with it stay reproducible.
-  Until a model of issue 23 is measured better on the held-out table, ``"t2m"`` is the same
-  file.
+  with dataset statistics, ``make t2m-v1-model``), kept loadable by name so results made with
+  it stay reproducible.
 
 Load them with ``metasr.checkpoints.load_model(name)``.
 """
