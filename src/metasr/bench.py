@@ -107,8 +107,10 @@ for _s, _call in (
     )
 for _s, _call in (
     ("x4", {"scale": 4}),
+    ("x2.3", {"scale": 2.3}),
     ("x3.7", {"scale": 3.7}),
     ("2.37x3.13", {"scale": (2.37, 3.13)}),
+    ("1.13x3.91", {"scale": (1.13, 3.91)}),
 ):
     CONFIGS[f"batch16-{_s}"] = BenchConfig(
         (16, 64, 48, 48), _call, 3, ("fwd", "fwdbwd"), f"training batch 16x64x48², {_s}"
@@ -119,6 +121,7 @@ for _s, _call in (
     ("x2.3", {"scale": 2.3}),
     ("x3.7", {"scale": 3.7}),
     ("2.37x3.13", {"scale": (2.37, 3.13)}),
+    ("1.13x3.91", {"scale": (1.13, 3.91)}),
 ):
     CONFIGS[f"model-default-{_s}"] = BenchConfig(
         (1, 3, 200, 200),
@@ -128,6 +131,15 @@ for _s, _call in (
         f"the bundled photo model on a 200² RGB input, {_s}",
         model="default",
     )
+    if _s != "x2":
+        CONFIGS[f"model-t2m-{_s}"] = BenchConfig(
+            (1, 1, 96, 144),
+            _call,
+            1,
+            ("fwd", "fwdbwd"),
+            f"the bundled 2 m temperature model on a 96x144 field, {_s}",
+            model="t2m",
+        )
 
 #: Benchmark-only variants for any predictor (:mod:`metasr.ops.meta_upscale.weights`):
 #: ``weights_first`` predicts, contracts and frees the weights block by block;
