@@ -39,6 +39,7 @@ from metasr.checkpoints import LoadedModel, load_model
 from metasr.data.datasets import bicubic_pair
 from metasr.data.scales import format_scale, parse_scale_spec
 from metasr.evaluate import evaluate
+from metasr.geometry import UpscaleRequest
 from metasr.inference import DIHEDRAL, self_ensemble, tta_transforms, upscale_array
 from metasr.io import read_raster
 from metasr.metrics import quantize_8bit
@@ -68,7 +69,9 @@ def model_upscaler(loaded: LoadedModel, tta: bool = False, precision: str = "fp3
     """The model as an evaluation callable, through :func:`metasr.inference.upscale_array`."""
 
     def fn(lq: torch.Tensor, scale: tuple[float, float], size: tuple[int, int]) -> torch.Tensor:
-        sr = upscale_array(loaded, lq[0].float().numpy(), scale=scale, tta=tta, precision=precision)
+        sr = upscale_array(
+            loaded, lq[0].float().numpy(), UpscaleRequest(scale=scale), tta=tta, precision=precision
+        )
         return torch.from_numpy(sr).double()[None]
 
     return fn
@@ -102,11 +105,11 @@ def time_tta(
             used.add(len(tta_transforms(True, x.shape[1], x.shape[2], scale)))
             runs: dict[bool, list[float]] = {False: [], True: []}
             # Warm-up: the first call of each input shape (a transposed one included) is slower.
-            upscale_array(loaded, x, scale=scale, tta=True)
+            upscale_array(loaded, x, UpscaleRequest(scale=scale), tta=True)
             for _ in range(repeat):
                 for tta in (False, True):
                     t0 = time.perf_counter()
-                    upscale_array(loaded, x, scale=scale, tta=tta)
+                    upscale_array(loaded, x, UpscaleRequest(scale=scale), tta=tta)
                     runs[tta].append(time.perf_counter() - t0)
             plain_s += statistics.median(runs[False])
             tta_s += statistics.median(runs[True])

@@ -27,6 +27,7 @@ from metasr.checkpoints import load_model
 from metasr.data.datasets import bicubic_pair
 from metasr.data.resize import imresize
 from metasr.data.scales import format_scale, parse_scale_spec
+from metasr.geometry import UpscaleRequest
 from metasr.inference import upscale_array
 from metasr.io import read_raster
 from metasr.metrics import psnr, quantize_8bit
@@ -66,7 +67,7 @@ def panels(
     out.append(("bicubic", crop(bic)))
     for name, label in zip(models, labels or models, strict=True):
         loaded = load_model(name)
-        sr = upscale_array(loaded, lq.float().numpy(), scale=scale)
+        sr = upscale_array(loaded, lq.float().numpy(), UpscaleRequest(scale=scale))
         out.append((label, crop(quantize_8bit(torch.from_numpy(sr).double().clamp(0, 1)))))
     out.append(("HR", crop(hr)))
     return out

@@ -25,6 +25,7 @@ import torch
 
 from metasr.checkpoints import load_model
 from metasr.data.scales import parse_scale_spec
+from metasr.geometry import UpscaleRequest
 from metasr.inference import upscale_array
 from metasr.tiling import DEFAULT_OVERLAP
 from metasr.weights import DEFAULT_CHECKPOINT
@@ -74,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             x = photo(name)
             for s in args.scales:
                 scale = parse_scale_spec(s)
-                whole = upscale_array(loaded, x, scale=scale)
-                tiled = upscale_array(loaded, x, scale=scale, tile=args.tile, overlap=args.overlap)
+                whole = upscale_array(loaded, x, UpscaleRequest(scale=scale))
+                tiled = upscale_array(
+                    loaded, x, UpscaleRequest(scale=scale), tile=args.tile, overlap=args.overlap
+                )
                 diff = float(np.abs(whole - tiled).max())
                 codes = np.abs(
                     np.rint(np.clip(whole, 0, 1) * 255) - np.rint(np.clip(tiled, 0, 1) * 255)

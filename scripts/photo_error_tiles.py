@@ -35,6 +35,7 @@ from metasr.checkpoints import load_model
 from metasr.data.datasets import bicubic_pair
 from metasr.data.scales import Scale, parse_scale_spec
 from metasr.evaluate import as_upscaler
+from metasr.geometry import UpscaleRequest
 from metasr.inference import upscale_array
 from metasr.io import read_raster
 from metasr.metrics import border_shave, quantize_8bit, rgb_to_y, shave
@@ -154,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.photo} is not an RGB photograph")
         loaded = load_model(args.model)
         hr = quantize_8bit(torch.from_numpy(raster.data).double())
-        ref, sr, bic = reconstructions(hr, scale, lambda x, s: upscale_array(loaded, x, scale=s))
+        ref, sr, bic = reconstructions(
+            hr, scale, lambda x, s: upscale_array(loaded, x, UpscaleRequest(scale=s))
+        )
         border = border_shave(scale)
         report = tile_report(*(_y_levels(t, border) for t in (ref, sr, bic)), tile=args.tile)
     except (ValueError, OSError) as exc:

@@ -232,7 +232,7 @@ def export_v2(args: argparse.Namespace) -> int:
                 "units": "K",
                 "fields": int(v.fields.shape[0]),
                 "grid": f"{v.grid.shape[0]}x{v.grid.shape[1]}",
-                "global": v.grid.periodic,
+                "global": v.grid.periodic_lon,
             }
             for k, v in sources.items()
         ],  # fmt: skip

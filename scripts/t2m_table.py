@@ -133,6 +133,46 @@ def cells(data: Path) -> list[tuple[str, np.ndarray, Grid, Grid, bool]]:
     return out
 
 
+def predict(how: object, lr: np.ndarray, lr_grid: Grid, grid: Grid) -> np.ndarray:
+    """``lr`` ``(N, h, w)`` on ``lr_grid`` put on ``grid`` by ``how``: a regridding method's
+    name (NaN-aware by itself) or a downscaler (missing values filled, output re-masked)."""
+    if isinstance(how, str):
+        return regrid(lr, lr_grid, grid, how)
+    return apply_downscaler(how, lr, lr_grid, grid)  # type: ignore[arg-type]
+
+
+def methods_for(specs: list[str], variants: bool = False) -> dict[str, object]:
+    """``NAME=CHECKPOINT`` models (with ``variants``: also the other constraints) and the
+    three baselines, by name."""
+    methods: dict[str, object] = {}
+    for spec in specs:
+        name, _, ckpt = spec.partition("=")
+        loaded = load_model(ckpt)
+        fn = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
+        methods[name] = fn
+        if fn.card is None and variants:
+            # A model from before issue 23 (dataset statistics) with the smooth constraint added.
+            alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
+            alt.card = ModelCard("air_temperature", "K", normalisation="dataset")
+            methods[f"{name} (constraint smooth)"] = alt
+            # Its own weights normalised per sample (the normalisation choice, measured alone).
+            for constraint in ("none", "smooth"):
+                alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
+                alt.card = ModelCard("air_temperature", "K", constraint=constraint)
+                methods[f"{name} (per-sample, constraint {constraint})"] = alt
+        if fn.card is not None and variants:
+            # The same weights with the other constraints (what the constraint costs and gains).
+            for other in ("smooth", "min-change", "none"):
+                if other != fn.card.constraint:
+                    alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
+                    alt.card = dataclasses.replace(fn.card, constraint=other)
+                    methods[f"{name} (constraint {other})"] = alt
+    methods["bicubic"] = "bicubic"
+    methods["bicubic-conservative"] = bicubic_conservative
+    methods["conservative"] = "conservative"
+    return methods
+
+
 def _score(pred: np.ndarray, hr: np.ndarray, grid: Grid) -> tuple[float, float]:
     return float(np.mean(weighted_rmse(pred, hr, grid))), float(
         np.mean(weighted_bias(pred, hr, grid))
@@ -154,27 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    methods: dict[str, object] = {}
-    for spec in args.model:
-        name, _, ckpt = spec.partition("=")
-        loaded = load_model(ckpt)
-        fn = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
-        methods[name] = fn
-        if fn.card is None and args.variants:
-            # A model from before issue 23 (dataset statistics) with the smooth constraint added.
-            alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
-            alt.card = ModelCard("air_temperature", "K", normalisation="dataset")
-            methods[f"{name} (constraint smooth)"] = alt
-        if fn.card is not None and args.variants:
-            # The same weights with the other constraints (what the constraint costs and gains).
-            for other in ("smooth", "min-change", "none"):
-                if other != fn.card.constraint:
-                    alt = ModelDownscaler(loaded, model_stats(loaded), batch_size=6)
-                    alt.card = dataclasses.replace(fn.card, constraint=other)
-                    methods[f"{name} (constraint {other})"] = alt
-    methods["bicubic"] = "bicubic"
-    methods["bicubic-conservative"] = bicubic_conservative
-    methods["conservative"] = "conservative"
+    methods = methods_for(args.model, args.variants)
     rows = []
     for label, hr, grid, lr_grid, flip in cells(args.data):
         if args.only and not any(part in label for part in args.only.split(",")):
@@ -190,10 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, how in methods.items():
             t0 = time.perf_counter()
-            if isinstance(how, str):
-                pred = regrid(lr_in, in_grid, grid, how)
-            else:
-                pred = apply_downscaler(how, lr_in, in_grid, grid)  # type: ignore[arg-type]
+            pred = predict(how, lr_in, in_grid, grid)
             rmse, bias = _score(pred, hr, grid)
             filled = np.where(np.isfinite(pred), pred, np.nan)
             cons = (

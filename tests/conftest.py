@@ -9,6 +9,7 @@ fixture, flash-linear-attention's trick), so a pixel a kernel skips fails the te
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,3 +59,16 @@ def hr_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("hr")
     make_synthetic_images(root, n=1, size=(24, 24), seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A saved tiny MetaEDSR (1 block, 8 features): load it with load_model(str(path))."""
+    import metasr
+    from metasr.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    kwargs = dict(n_resblocks=1, n_feats=8, hidden=16)
+    path = tmp_path_factory.mktemp("limits") / "tiny.safetensors"
+    save_checkpoint(path, metasr.create_model("meta_edsr", **kwargs), "meta_edsr", kwargs)
+    return path

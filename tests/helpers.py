@@ -63,6 +63,32 @@ TINY_MODELS: dict[str, dict] = {
 }
 
 
+#: Registered names that are another registered network with other defaults (the same class):
+#: a test that sets every option itself would run that network twice.
+SAME_NETWORK: dict[str, str] = {"meta_edsr_tiny": "meta_edsr"}
+
+
+def registered_networks(table: dict) -> list:
+    """``metasr.list_models()`` as pytest parameters for a test with its own per-network
+    options in ``table``: a name of :data:`SAME_NETWORK` is skipped with that reason; any other
+    name must have an entry (a newly registered network without one fails the test)."""
+    import pytest
+
+    import metasr
+
+    params = []
+    for name in metasr.list_models():
+        if name in SAME_NETWORK and name not in table:
+            reason = (
+                f"{name} is {SAME_NETWORK[name]}'s class with other defaults, which this "
+                "test's own options override: the same network again"
+            )
+            params.append(pytest.param(name, marks=pytest.mark.skip(reason=reason)))
+        else:
+            params.append(name)
+    return params
+
+
 def png_chunk(kind: bytes, data: bytes) -> bytes:
     """One PNG chunk (length, type, data, CRC), for hand-made PNG files."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -11,6 +11,7 @@ import torch
 from metasr import api
 from metasr.archs import MetaEDSR, MetaRDN, MetaSwinIR
 from metasr.checkpoints import LoadedModel, load_model
+from metasr.geometry import UpscaleRequest
 from metasr.inference import estimate_upscale
 from metasr.io import Raster
 from metasr.tiling import DEFAULT_OVERLAP, default_overlap, upscale
@@ -47,7 +48,7 @@ def test_default_overlap_covers_the_receptive_field(name):
         span = (whole.max() - whole.min()).item()
 
         def diff(ov: int) -> float:
-            tiled = upscale(model, x, scale=(2.3, 1.7), tile=10, overlap=ov)
+            tiled = upscale(model, x, UpscaleRequest(scale=(2.3, 1.7)), tile=10, overlap=ov)
             return (tiled - whole).abs().max().item() / span
 
         ov = default_overlap(model)
@@ -63,21 +64,21 @@ def test_auto_tiles_only_what_does_not_fit(monkeypatch):
     loaded = load_model("default")
     raster = Raster(data=np.random.default_rng(0).random((3, 96, 90), np.float32),
                     kind="image", dtype=np.dtype(np.uint8))  # fmt: skip
-    whole, tile = api.run_checked(loaded, raster, scale=2)
+    whole, tile = api.run_checked(loaded, raster, UpscaleRequest(scale=2))
     assert tile == 0
     ov = default_overlap(loaded.model)
-    est = estimate_upscale(loaded, raster.data.shape, 2, None, 64, ov)
+    est = estimate_upscale(loaded, raster.data.shape, UpscaleRequest(scale=2), 64, ov)
     free = est.host_bytes + est.work_bytes + 1
     from metasr.ops import memory
 
     monkeypatch.setattr(memory, "available_memory_bytes", lambda device: free)
-    tiled, tile = api.run_checked(loaded, raster, scale=2)
+    tiled, tile = api.run_checked(loaded, raster, UpscaleRequest(scale=2))
     assert tile == 64
     # tiled and whole agree within one 8-bit code
     assert np.abs(tiled.data - whole.data).max() <= ONE_CODE
     monkeypatch.setattr(memory, "available_memory_bytes", lambda device: 1000)
     with pytest.raises(ValueError, match="needs about"):
-        api.run_checked(loaded, raster, scale=2)
+        api.run_checked(loaded, raster, UpscaleRequest(scale=2))
 
 
 class _Recorder:
@@ -112,11 +113,11 @@ def test_progress_bar_for_long_runs_only(monkeypatch):
     big = Raster(data=_x(40, 40).numpy()[0], kind="image", dtype=np.dtype(np.uint8))
     small = Raster(data=_x(12, 12).numpy()[0], kind="image", dtype=np.dtype(np.uint8))
     _Recorder.calls.clear()
-    _, tile = api.run_checked(loaded, big, scale=2, progress=True)
+    _, tile = api.run_checked(loaded, big, UpscaleRequest(scale=2), progress=True)
     assert tile == 16 and len(_Recorder.calls) == 1
     # shown only after 2 s, and never when stderr is not a terminal (tqdm's disable=None)
     assert _Recorder.calls[0]["delay"] == 2.0 and _Recorder.calls[0]["disable"] is None
     _Recorder.calls.clear()
-    _, tile = api.run_checked(loaded, big, scale=2, progress=False)  # -q
-    _, tile_small = api.run_checked(loaded, small, scale=2, progress=True)
+    _, tile = api.run_checked(loaded, big, UpscaleRequest(scale=2), progress=False)  # -q
+    _, tile_small = api.run_checked(loaded, small, UpscaleRequest(scale=2), progress=True)
     assert tile == 0 and tile_small == 0 and _Recorder.calls == []

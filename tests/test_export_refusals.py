@@ -27,6 +27,13 @@ GOOD_META = {
     "metasr.name": "hand-made",
 }
 
+#: A dynamic input size with a request by output size (which would change with the input).
+DYNAMIC_SIZE_REQUEST = {
+    "metasr.input_size": "dynamic",
+    "metasr.output_size": "dynamic",
+    "metasr.request": "size 16x16",
+}
+
 
 def _onnx_file(
     path: Path,
@@ -98,6 +105,8 @@ def test_output_smaller_than_the_metadata_claim_is_refused(tmp_path, capsys):
         (dict(GOOD_META), "flat", "sr", "not (N, C, H, W)"),
         (dict(GOOD_META), "resize", "out", "expected"),
         (GOOD_META | {"metasr.input_size": "axb"}, "resize", "sr", "input_size"),
+        (GOOD_META | {"metasr.input_size": "dynamic"}, "resize", "sr", "'dynamic' and a scale"),
+        (GOOD_META | DYNAMIC_SIZE_REQUEST, "resize", "sr", "'dynamic' and a scale"),
         (GOOD_META | {"metasr.output_size": "0x-3"}, "resize", "sr", "output_size"),
         (GOOD_META | {"metasr.output_size": "99999999x99999999"}, "resize", "sr", "output_size"),
         (GOOD_META | {"metasr.request": "zoom 2"}, "resize", "sr", "request"),

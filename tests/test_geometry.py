@@ -100,8 +100,7 @@ def test_position_encodings():
 
 
 @pytest.mark.parametrize(
-    "scale",
-    [0.5, 0.999, float("nan"), float("inf"), -2, "2", None, (2, 3, 4), (1.5, 0.9), True],
+    "scale", [0.5, 0.999, float("nan"), float("inf"), -2, None, (2, 3, 4), (1.5, 0.9)]
 )
 def test_bad_scales(scale):
     with pytest.raises(ValueError):
@@ -111,15 +110,23 @@ def test_bad_scales(scale):
             resolve_output_size(4, 4, scale=scale)
 
 
+@pytest.mark.parametrize("scale", ["2", True, (2, "3"), [None, 2]])
+def test_scales_of_the_wrong_type_are_type_errors(scale):
+    with pytest.raises(TypeError, match="scale"):
+        resolve_output_size(4, 4, scale=scale)
+
+
 def test_bad_size_and_both():
     with pytest.raises(ValueError, match="exactly one"):
         resolve_output_size(4, 4, scale=2, size=(8, 8))
     with pytest.raises(ValueError, match="smaller than the input"):
         resolve_output_size(4, 4, size=(3, 8))
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(TypeError, match="integer"):
         resolve_output_size(4, 4, size=(8.5, 8))
-    with pytest.raises(ValueError, match="pair"):
+    with pytest.raises(TypeError, match="pair"):
         resolve_output_size(4, 4, size=8)
+    with pytest.raises(ValueError, match="pair"):
+        resolve_output_size(4, 4, size=(8, 8, 8))
 
 
 def test_official_encoding_needs_equal_scales():
@@ -192,7 +199,7 @@ def test_region_errors_in_build_geometry():
         build_geometry(10, 10, scale=2, region=region)
     with pytest.raises(ValueError, match="region is part of"):
         build_geometry(6, 10, scale=2.5, region=region)
-    with pytest.raises(ValueError, match="must be a metasr.geometry.Region"):
+    with pytest.raises(TypeError, match="must be a metasr.geometry.Region"):
         build_geometry(6, 10, scale=2, region="rows 2..8")
     # Output rows 2..3 belong to LR row 1, outside the window's rows [2, 8).
     early = _whole_region(whole, (2, 8), (0, 10), (2, 14), (0, 20))
@@ -354,7 +361,8 @@ def test_coordinate_geometry_under_compile_and_in_the_module():
         ({"src_lon": [0.0, 180.0, 360.0]}, "less than 360"),
         ({"dst_lon": [0.0, 90.0, 270.0, 180.0]}, "round the circle once"),
         ({"dst_lat": [0.0, float("nan"), 1.0]}, "finite"),
-        ({"periodic_lon": 1}, "periodic_lon must be a bool"),
+        ({"periodic_lon": 1}, "periodic_lon must be True or False"),
+        ({"src_lat": ["north", "south"]}, "1-D array of numbers"),
     ],
 )
 def test_bad_coordinates_are_refused(kwargs, match):
@@ -365,7 +373,10 @@ def test_bad_coordinates_are_refused(kwargs, match):
         "dst_lon": [0.0, 90.0, 180.0, 270.0],
     }
     args.update(kwargs)
-    with pytest.raises(ValueError, match=match):
+    # A wrong type (a non-bool flag, strings for numbers) is a TypeError, a bad value a
+    # ValueError.
+    wrong_type = "periodic_lon" in kwargs or "numbers" in match
+    with pytest.raises(TypeError if wrong_type else ValueError, match=match):
         CoordinateGrid(**args)
 
 
@@ -377,7 +388,7 @@ def test_bad_coordinate_requests_are_refused():
         metasr.meta_upscale(x, phi, scale=2, coords=coords)
     with pytest.raises(ValueError, match="source grid of coords is 2x2"):
         metasr.meta_upscale(torch.randn(1, 2, 3, 2), phi, coords=coords)
-    with pytest.raises(ValueError, match="CoordinateGrid"):
+    with pytest.raises(TypeError, match="CoordinateGrid"):
         build_geometry(2, 2, coords=(1, 2))
     region = Region((2, 2), (3, 4), (0, 2), (0, 2), (0, 3), (0, 2))
     with pytest.raises(ValueError, match="reordered"):

@@ -21,7 +21,7 @@ from metasr.checkpoints import LoadedModel, network_value_range, save_checkpoint
 from metasr.cli import main
 from metasr.data.resize import imresize
 from metasr.evaluate import evaluate
-from metasr.geometry import parse_scale, resolve_output_size
+from metasr.geometry import UpscaleRequest, parse_scale, resolve_output_size
 from metasr.inference import (
     DIHEDRAL,
     Dihedral,
@@ -117,8 +117,8 @@ def test_each_transform_gets_the_transposed_request(scale, size):
 def test_shapes_match_the_plain_output(tta, scale, size):
     loaded = _tiny()
     data = _data()
-    plain = upscale_array(loaded, data, scale=scale, size=size)
-    got = upscale_array(loaded, data, scale=scale, size=size, tta=tta)
+    plain = upscale_array(loaded, data, UpscaleRequest(scale=scale, size=size))
+    got = upscale_array(loaded, data, UpscaleRequest(scale=scale, size=size), tta=tta)
     assert got.shape == plain.shape and got.dtype == np.float32
     assert np.isfinite(got).all()
     if len(tta_transforms(tta, 14, 19, scale, size)) > 1:  # 19 × 2.5 keeps no column flip
@@ -175,8 +175,8 @@ def test_network_reduced_to_its_bicubic_residual_is_unchanged_by_tta(scale, size
     """``F.interpolate`` samples ``(i + 0.5)·h/H − 0.5``: symmetric under every transform."""
     loaded = _tiny(zero_head=True)
     data = _data()
-    plain = upscale_array(loaded, data, scale=scale, size=size)
-    got = upscale_array(loaded, data, scale=scale, size=size, tile=tile, tta=True)
+    plain = upscale_array(loaded, data, UpscaleRequest(scale=scale, size=size))
+    got = upscale_array(loaded, data, UpscaleRequest(scale=scale, size=size), tile=tile, tta=True)
     np.testing.assert_allclose(got, plain, rtol=0, atol=2e-6)
 
 
@@ -184,20 +184,20 @@ def test_tiled_tta_equals_whole_tta_for_the_default_model():
     loaded = metasr.checkpoints.load_model("default")
     data = _data(h=30, w=37, seed=5)
     for scale in ((2.5, 1.5), 3):
-        whole = upscale_array(loaded, data, scale=scale, tta=True)
-        tiled = upscale_array(loaded, data, scale=scale, tta=True, tile=12)
+        whole = upscale_array(loaded, data, UpscaleRequest(scale=scale), tta=True)
+        tiled = upscale_array(loaded, data, UpscaleRequest(scale=scale), tta=True, tile=12)
         # The tiling tolerance of tests/test_tiling.py (tiled == whole within 1e-4).
         np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4)
-        assert np.abs(whole - upscale_array(loaded, data, scale=scale)).max() > 1e-3
+        assert np.abs(whole - upscale_array(loaded, data, UpscaleRequest(scale=scale))).max() > 1e-3
 
 
 def test_raster_and_minmax_fields_pass_tta_through():
     loaded = _tiny()
     field = (_data(1) * 50 + 270).astype(np.float64)
     raster = Raster(field, kind="field", dtype=np.dtype(np.float64))
-    got = upscale_raster(loaded, raster, scale=2, normalize="minmax", tta=4)
+    got = upscale_raster(loaded, raster, UpscaleRequest(scale=2), normalize="minmax", tta=4)
     lo, span = field.min(), field.max() - field.min()
-    want = upscale_array(loaded, (field - lo) / span, scale=2, tta=4) * span + lo
+    want = upscale_array(loaded, (field - lo) / span, UpscaleRequest(scale=2), tta=4) * span + lo
     np.testing.assert_allclose(got.data, want, rtol=1e-6)
 
 
@@ -219,10 +219,10 @@ def test_bad_tta_values_are_refused(bad):
     with pytest.raises(ValueError, match="tta must be"):
         tta_count(bad)
     with pytest.raises(ValueError, match="tta must be"):
-        upscale_array(loaded, _data(), scale=2, tta=bad)
+        upscale_array(loaded, _data(), UpscaleRequest(scale=2), tta=bad)
     raster = Raster((_data() * 255).astype(np.uint8), kind="image", dtype=np.dtype(np.uint8))
     with pytest.raises(ValueError, match="tta must be"):
-        upscale_raster(loaded, raster, scale=2, tta=bad)
+        upscale_raster(loaded, raster, UpscaleRequest(scale=2), tta=bad)
     with pytest.raises(ValueError, match="tta must be"):
         evaluate("bicubic", [torch.rand(3, 12, 12)], ["2"], tta=bad)
 
@@ -265,7 +265,9 @@ def test_cli_upscale_tta(tmp_path, ckpt, capsys):
         )  # fmt: skip
         assert code == 0, capsys.readouterr().err
         outs[name] = np.asarray(Image.open(tmp_path / f"{name}.png")).astype(int)
-    want = upscale_array(_tiny(), pixels.transpose(2, 0, 1) / 255.0, scale=(2.5, 2), tta=True)
+    want = upscale_array(
+        _tiny(), pixels.transpose(2, 0, 1) / 255.0, UpscaleRequest(scale=(2.5, 2)), tta=True
+    )
     want = np.clip(np.round(want * 255), 0, 255).astype(int).transpose(1, 2, 0)
     assert outs["tta"].shape == (27, 26, 3)
     assert np.abs(outs["tta"] - want).max() <= 1  # 8-bit rounding of float32 sums

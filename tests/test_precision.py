@@ -12,6 +12,7 @@ from metasr import precision
 from metasr.archs import create_model
 from metasr.checkpoints import load_model
 from metasr.cli import main
+from metasr.geometry import UpscaleRequest
 from metasr.inference import upscale_array
 
 
@@ -39,13 +40,13 @@ def test_bf16_runs_the_body_in_bfloat16_and_stays_close():
     loaded = load_model("default")
     rng = np.random.default_rng(0)
     data = rng.random((3, 20, 18)).astype(np.float32)
-    ref = upscale_array(loaded, data, scale=2.3)
+    ref = upscale_array(loaded, data, UpscaleRequest(scale=2.3))
     seen = []
     hook = loaded.model.register_forward_hook(
         lambda m, i, o: seen.append(torch.is_autocast_enabled("cpu"))
     )
     try:
-        out = upscale_array(loaded, data, scale=2.3, precision="bf16")
+        out = upscale_array(loaded, data, UpscaleRequest(scale=2.3), precision="bf16")
     finally:
         hook.remove()
     assert seen == [True]
@@ -54,7 +55,7 @@ def test_bf16_runs_the_body_in_bfloat16_and_stays_close():
     assert np.abs(out - ref).max() < 0.05  # bfloat16 has 8 bits of mantissa
     assert not torch.is_autocast_enabled("cpu")  # restored after the call
     with pytest.raises(ValueError, match="precision"):
-        upscale_array(loaded, data, scale=2, precision="half")
+        upscale_array(loaded, data, UpscaleRequest(scale=2), precision="half")
 
 
 def test_cli_precision(tmp_path):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from metasr import MetaUpsample, build_geometry, meta_upscale
 from metasr.archs import MetaEDSR, MetaRDN, MetaSwinIR
 from metasr.archs.bicubic import BICUBIC_CONTEXT, bicubic_upsample
-from metasr.geometry import Region
+from metasr.geometry import Region, UpscaleRequest
 from metasr.tiling import plan_axis, tile_region, upscale
 
 # Receptive-field radius in LR pixels: EDSR 2 blocks = 6 convs, RDN D=C=2 = 7, both plus the
@@ -82,12 +82,12 @@ def test_tiled_equals_whole_with_enough_overlap(name, bicubic_residual, request_
     x = _image(29, 41)
     with torch.no_grad():
         whole = model(x, **request_)
-        tiled = upscale(model, x, tile=10, overlap=radius, **request_)
+        tiled = upscale(model, x, UpscaleRequest(**request_), tile=10, overlap=radius)
         assert tiled.shape == whole.shape
         assert _rel_diff(tiled, whole) < 1e-6
         # Not vacuous: a tile without context differs from the whole image.
         if not bicubic_residual:
-            cut = upscale(model, x, tile=10, overlap=0, **request_)
+            cut = upscale(model, x, UpscaleRequest(**request_), tile=10, overlap=0)
             assert _rel_diff(cut, whole) > 1e-3
 
 
@@ -127,7 +127,7 @@ def test_swinir_tiles_align_to_the_effective_window(img_size, window_size, effec
     with torch.no_grad():
         whole = model(x, **request_)
         # Overlap 17 puts unaligned tile inputs at LR rows 7 and 19.
-        tiled = upscale(model, x, tile=12, overlap=17, **request_)
+        tiled = upscale(model, x, UpscaleRequest(**request_), tile=12, overlap=17)
         assert _rel_diff(tiled, whole) < 1e-6
         # The configured window (8 in the shrunk case) or no alignment puts windows elsewhere.
         for wrong in {window_size + 1 if window_size == effective else window_size, 1}:
@@ -147,7 +147,7 @@ def test_bicubic_residual_sets_the_minimum_overlap():
     # overlap=0 is raised to the bicubic taps' context instead of failing on them.
     x = _image(20, 26)
     with torch.no_grad():
-        y = upscale(model, x, tile=7, overlap=0, scale=(2.7, 3.3))
+        y = upscale(model, x, UpscaleRequest(scale=(2.7, 3.3)), tile=7, overlap=0)
     assert y.shape == (1, 3, 54, 85)
 
 
@@ -277,7 +277,7 @@ def test_region_errors():
         up(torch.randn(1, 4, 15, 19), scale=2, region=region)
     with pytest.raises(ValueError, match="region is part of"):
         up(ft, scale=2.5, region=region)  # the region was planned for x2
-    with pytest.raises(ValueError, match="must be a metasr.geometry.Region"):
+    with pytest.raises(TypeError, match="must be a metasr.geometry.Region"):
         up(ft, scale=2, region=(0, 5))
     model, _ = _net("rdn", False)
     with pytest.raises(ValueError, match="feature map is"):
@@ -290,9 +290,9 @@ def test_tiling_needs_a_metasr_network():
             return F.interpolate(x, scale_factor=scale)
 
     x = torch.rand(1, 3, 20, 20)
-    assert upscale(Plain(), x, scale=2).shape == (1, 3, 40, 40)  # whole: any model
+    assert upscale(Plain(), x, UpscaleRequest(scale=2)).shape == (1, 3, 40, 40)  # whole: any model
     with pytest.raises(ValueError, match="MetaSRNet"):
-        upscale(Plain(), x, scale=2, tile=8)
+        upscale(Plain(), x, UpscaleRequest(scale=2), tile=8)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -332,7 +332,7 @@ def test_plan_axis_errors():
             plan_axis(idx, 10, **kwargs)
     model, _ = _net("edsr", False)
     with pytest.raises(ValueError, match="overlap must be"):
-        upscale(model, _image(20, 20), scale=2, tile=8, overlap=-1)
+        upscale(model, _image(20, 20), UpscaleRequest(scale=2), tile=8, overlap=-1)
 
 
 def test_region_validates_its_ranges():
@@ -350,9 +350,11 @@ def test_region_validates_its_ranges():
         ("in_rows", (5, 5)),
         ("in_cols", (0, 13)),
         ("out_rows", (-1, 3)),
-        ("out_cols", (1.5, 3)),
         ("image_size", (0, 12)),
         ("output_size", (20,)),
     ):
         with pytest.raises(ValueError, match="region"):
+            Region(**{**ok, field: bad})
+    for field, bad in (("out_cols", (1.5, 3)), ("in_rows", "0:5"), ("image_size", (10.0, 12))):
+        with pytest.raises(TypeError, match="region"):  # a wrong type
             Region(**{**ok, field: bad})

@@ -1,4 +1,4 @@
-"""Tiled inference of coordinate-placed networks (``tiling.upscale(..., coords=...)``).
+"""Tiled inference of coordinate-placed networks (``tiling.upscale`` of a ``coords`` request).
 
 Tiles are full-width bands of rows of the coordinate geometry; with more overlap than a
 network's receptive field the assembled tiles equal the whole field's output up to rounding
@@ -24,8 +24,8 @@ from metasr.checkpoints import LoadedModel
 from metasr.climate import model as mcm
 from metasr.climate.grids import Grid, regular_grid
 from metasr.climate.stats import FieldStats
-from metasr.geometry import CoordinateGrid, Region, build_geometry_from_coords
-from metasr.tiling import plan_tiles, source_ordered_coords, tile_region, upscale
+from metasr.geometry import CoordinateGrid, Region, UpscaleRequest, build_geometry_from_coords
+from metasr.tiling import plan_tiles, tile_region, upscale
 
 # Receptive field in LR rows of each tiny network (convs; SwinIR: plus two windows of 4).
 NETS = {
@@ -106,12 +106,12 @@ def test_coordinate_tiles_equal_the_whole_field(name, bicubic_residual, grid):
     x = _field(13, 16)
     with torch.no_grad():
         whole = model(x, coords=coords)
-        tiled = upscale(model, x, coords=coords, tile=4, overlap=radius)
+        tiled = upscale(model, x, UpscaleRequest(coords=coords), tile=4, overlap=radius)
         assert tiled.shape == whole.shape == (2, 1, 49, 40)
         assert _rel_diff(tiled, whole) < 1e-6
         if not bicubic_residual:
             # Not vacuous: tiles without context differ from the whole field.
-            cut = upscale(model, x, coords=coords, tile=4, overlap=0)
+            cut = upscale(model, x, UpscaleRequest(coords=coords), tile=4, overlap=0)
             assert _rel_diff(cut, whole) > 1e-4
 
 
@@ -137,7 +137,7 @@ def test_windows_hold_the_index_ratio_residual_taps():
     x = _field(13, 16)
     with torch.no_grad():
         whole = model(x, coords=coords)
-        tiled = upscale(model, x, coords=coords, tile=1, overlap=0)  # raised to 3
+        tiled = upscale(model, x, UpscaleRequest(coords=coords), tile=1, overlap=0)  # raised to 3
     assert tiled.shape == whole.shape
     geom = build_geometry_from_coords(coords, periodic_lon=True)
     plain = plan_tiles(model, geom, tile=1, overlap=3)[0]
@@ -161,16 +161,20 @@ def test_residual_follows_a_reordered_target(name):
     torch.testing.assert_close(rolled, same.roll(-20, dims=-1), rtol=0, atol=1e-12)
 
 
-def test_source_ordered_coords_round_trip():
+def test_source_ordered_request_round_trip():
     coords = _reordered()
-    ordered, row_order, col_order = source_ordered_coords(coords, periodic_lon=True)
+    request = UpscaleRequest(coords=coords, periodic_lon=True)
+    ordered_request, row_order, col_order = request.source_ordered()
+    ordered = ordered_request.coords
+    assert ordered_request.periodic_lon
     assert row_order is not None and col_order is not None
     np.testing.assert_array_equal(np.asarray(ordered.dst_lat)[row_order], coords.dst_lat)
     np.testing.assert_array_equal(np.asarray(ordered.dst_lon)[col_order], coords.dst_lon)
     geom = build_geometry_from_coords(ordered, periodic_lon=True)
     assert geom.row_order is None and geom.col_order is None
-    same, r, c = source_ordered_coords(_pole_rows())
-    assert same == _pole_rows() and r is None and c is None
+    request = UpscaleRequest(coords=_pole_rows())
+    same, r, c = request.source_ordered()
+    assert same is request and r is None and c is None
 
 
 def test_a_region_of_a_reordered_target_is_refused():
@@ -180,7 +184,9 @@ def test_a_region_of_a_reordered_target_is_refused():
     with pytest.raises(ValueError, match="reordered"):
         model(_field(13, 16), coords=coords, region=region)
     # In the source's order the same region is the whole output.
-    ordered, row_order, col_order = source_ordered_coords(coords, periodic_lon=True)
+    request = UpscaleRequest(coords=coords, periodic_lon=True)
+    ordered_request, row_order, col_order = request.source_ordered()
+    ordered = ordered_request.coords
     geom = build_geometry_from_coords(ordered, periodic_lon=True)
     rows, cols = plan_tiles(model, geom, tile=13, overlap=0, by_coords=True)
     with torch.no_grad():
@@ -192,9 +198,9 @@ def test_a_region_of_a_reordered_target_is_refused():
 def test_coords_and_scale_are_exclusive_when_tiled():
     model = _net("meta_edsr")
     with pytest.raises(ValueError, match="not both"):
-        upscale(model, _field(13, 16), scale=2, coords=_pole_rows(), tile=4)
+        upscale(model, _field(13, 16), UpscaleRequest(scale=2, coords=_pole_rows()), tile=4)
     with pytest.raises(ValueError, match="source grid"):
-        upscale(model, _field(12, 16), coords=_pole_rows(), tile=4)
+        upscale(model, _field(12, 16), UpscaleRequest(coords=_pole_rows()), tile=4)
 
 
 # ------------------------------------------------------------------------------ ModelDownscaler

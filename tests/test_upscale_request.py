@@ -27,16 +27,32 @@ COORDS = CoordinateGrid(
         ({"size": (8, 8), "coords": COORDS}, "either coords"),
         ({"scale": 0.5}, ">= 1"),
         ({"scale": (2, 3, 4)}, "pair"),
-        ({"size": (8.0, 8)}, "must be an integer"),
+        ({"size": (8, 8, 8)}, "pair"),
         ({"scale": 2, "arithmetic": "fast"}, "arithmetic must be"),
         ({"coords": COORDS, "arithmetic": "official"}, "not coords"),
-        ({"scale": 2, "periodic_lon": 1}, "periodic_lon must be a bool"),
-        ({"scale": 2, "region": (0, 1)}, "region must be"),
-        ({"coords": "grid"}, "CoordinateGrid"),
     ],
 )
 def test_every_check_runs_when_the_request_is_made(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        UpscaleRequest(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scale": "2"}, "scale must be a real number"),
+        ({"scale": (2, None)}, "horizontal scale r_h must be a real number"),
+        ({"scale": True}, "scale must be a real number"),
+        ({"size": (8.0, 8)}, "must be an integer"),
+        ({"size": 8}, "size must be a pair"),
+        ({"scale": 2, "arithmetic": 1}, "arithmetic must be a string"),
+        ({"scale": 2, "periodic_lon": 1}, "periodic_lon must be True or False"),
+        ({"scale": 2, "region": (0, 1)}, "region must be"),
+        ({"coords": "grid"}, "CoordinateGrid"),
+    ],
+)
+def test_wrong_types_are_type_errors(kwargs, match):
+    with pytest.raises(TypeError, match=match):
         UpscaleRequest(**kwargs)
 
 
@@ -167,7 +183,9 @@ def test_a_tiled_call_builds_the_whole_geometry_once(monkeypatch):
     x = torch.rand(1, 1, 12, 10)
     calls = _count_builds(monkeypatch)
     with torch.no_grad():
-        y = upscale(net, x, scale=2.5, tile=4, overlap=16)  # each window: the whole input
+        y = upscale(
+            net, x, UpscaleRequest(scale=2.5), tile=4, overlap=16
+        )  # each window: the whole input
     assert calls[0] == 2  # the whole image's two axis maps, cut for each of the 9 tiles
     with torch.no_grad():
         torch.testing.assert_close(y, net(x, scale=2.5), rtol=0, atol=1e-5)
@@ -193,3 +211,55 @@ def test_plan_decides_and_meta_upscale_runs_it():
         metasr.meta_upscale(x[:1], up.phi, plan=plan)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert metasr.plan(stand_in, up.phi, UpscaleRequest(scale=2)).dtype == torch.bfloat16
+
+
+def test_an_inference_call_hands_one_request_down_to_every_tile(monkeypatch):
+    """metasr.api.run_checked (what ``metasr upscale`` runs): the request made once by the
+    caller reaches every tile's forward as ``request=`` (no loose scale/size re-derived on the
+    way), and the memory estimate and the tiles all cut one whole geometry."""
+    from metasr.api import run_checked
+    from metasr.checkpoints import LoadedModel, network_value_range
+    from metasr.io import Raster
+
+    torch.manual_seed(0)
+    net = metasr.create_model("meta_edsr_tiny", n_resblocks=1, n_feats=8, hidden=8).eval()
+    loaded = LoadedModel(net, "tiny", "meta_edsr_tiny", {}, 3, 3, network_value_range(net))
+    raster = Raster(np.random.default_rng(0).random((3, 12, 10)), "field", np.dtype(np.float32))
+    request = UpscaleRequest(scale=(2.5, 1.5))
+    seen: list[dict] = []
+    real_forward = type(net).forward
+
+    def spy(self, x, *args, **kwargs):
+        seen.append(kwargs)
+        return real_forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(type(net), "forward", spy)
+    calls = _count_builds(monkeypatch)
+    result, tile = run_checked(loaded, raster, request, tile=4, overlap=16)
+    assert tile == 4 and result.data.shape == (3, 30, 15)
+    assert len(seen) == 9  # 3 x 3 tiles
+    assert all(set(kw) == {"request"} for kw in seen)
+    assert {kw["request"].whole() for kw in seen} == {net.request(request=request)}
+    assert len({kw["request"].region for kw in seen}) == 9
+    assert calls[0] == 2  # one whole geometry: the estimate's and every tile's
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda x, phi: metasr.meta_upscale(x.numpy(), phi, scale=2), "x must be a torch.Tensor"),
+        (lambda x, phi: metasr.meta_upscale(x, "phi", scale=2), "phi must be an nn.Module"),
+        (lambda x, phi: metasr.meta_upscale(x, phi, scale="2"), "scale must be a real number"),
+        (lambda x, phi: metasr.meta_upscale(x, phi, size=(8.5, 8)), "must be an integer"),
+        (lambda x, phi: metasr.meta_upscale(x, phi, scale=2, backend=1), "backend must be a str"),
+        (lambda x, phi: metasr.meta_upscale(x, phi, scale=2, periodic_lon=1), "periodic_lon"),
+        (lambda x, phi: metasr.meta_upscale(x, phi, plan="plan"), "plan must be an UpscalePlan"),
+        (lambda x, phi: metasr.plan(x, phi, {"scale": 2}), "request must be a metasr"),
+        (lambda x, phi: metasr.plan(x.numpy(), phi, UpscaleRequest(scale=2)), "x must be a"),
+        (lambda x, phi: metasr.plan(x, phi, UpscaleRequest(scale=2), 1), "backend must be a str"),
+    ],
+)
+def test_wrong_types_at_the_op_are_type_errors(call, match):
+    phi = metasr.Pos2Weight(3, 2, hidden=8)
+    with pytest.raises(TypeError, match=match):
+        call(torch.randn(1, 3, 4, 4), phi)

@@ -38,6 +38,7 @@ EXTRAS: dict[str, tuple[tuple[str, str], ...]] = {
         ("dask", "dask"),
         ("distributed", "distributed"),
         ("zarr", "zarr"),
+        ("scipy", "scipy"),
     ),
     "export": (("onnx", "onnx"), ("onnxruntime", "onnxruntime"), ("onnxscript", "onnxscript")),
     "web": (("gradio", "gradio"), ("matplotlib", "matplotlib")),

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoints import LoadedModel
+from .geometry import UpscaleRequest
 from .io import Raster
 
 __all__ = ["AUTO_TILES", "auto_tile", "cached_model", "run_checked", "upscale"]
@@ -43,14 +44,16 @@ def cached_model(spec: str, device: str, backend: str | None, dtype: torch.dtype
 def auto_tile(
     loaded: LoadedModel,
     in_shape: tuple[int, int, int],
-    scale: object,
-    size: object,
+    request: UpscaleRequest,
     overlap: int,
     tta: bool | int = False,
+    progress: bool = False,
 ) -> int:
     """The tile size for ``tile="auto"``: 0 (whole) when the whole input fits in free memory
     (:func:`metasr.inference.check_upscale_memory`), else the largest of :data:`AUTO_TILES`
-    that fits.
+    that fits. With ``progress``, an output of at least :data:`PROGRESS_PIXELS` that fits whole
+    is cut into :data:`PROGRESS_TILE` tiles all the same, so that the bar over the tiles has
+    something to count.
 
     Raises:
         ValueError: not even the smallest tile fits (the whole input's refusal, which says
@@ -60,8 +63,7 @@ def auto_tile(
 
     _, h, w = in_shape
     try:
-        check_upscale_memory(loaded, in_shape, scale, size, 0, overlap, tta)
-        return 0
+        est = check_upscale_memory(loaded, in_shape, request, 0, overlap, tta)
     except ValueError as whole:
         if loaded.format == "onnx":
             raise
@@ -69,18 +71,22 @@ def auto_tile(
             if t >= max(h, w):
                 continue
             try:
-                check_upscale_memory(loaded, in_shape, scale, size, t, overlap, tta)
+                check_upscale_memory(loaded, in_shape, request, t, overlap, tta)
                 return t
             except ValueError:
                 continue
         raise whole from None
+    if progress and est is not None and max(h, w) > PROGRESS_TILE:  # est: not ONNX
+        H, W = est.output_size
+        if H * W >= PROGRESS_PIXELS:
+            return PROGRESS_TILE
+    return 0
 
 
 def run_checked(
     loaded: LoadedModel,
     raster: Raster,
-    scale: object = None,
-    size: object = None,
+    request: UpscaleRequest,
     tile: int | str = "auto",
     overlap: int | None = None,
     normalize: str = "none",
@@ -93,12 +99,14 @@ def run_checked(
     the result.
 
     Args:
+        request: the :class:`~metasr.geometry.UpscaleRequest` (``scale`` or ``size``), made
+            once by the caller and handed down to the network as it is.
         tile: ``"auto"`` (:func:`auto_tile`), 0 (whole) or a tile size in input pixels.
         overlap: input pixels of context around a tile (default: the model's
             :func:`metasr.tiling.default_overlap`).
-        scale, size, normalize, progress, tta: as :func:`metasr.inference.upscale_raster`;
+        normalize, progress, tta: as :func:`metasr.inference.upscale_raster`;
             with ``progress`` and ``tile="auto"`` a large output (:data:`PROGRESS_PIXELS`) is
-            run in tiles, so that the bar over the tiles has something to count.
+            run in tiles (:func:`auto_tile`).
         check_finite: refuse a result with NaN or infinite values
             (:func:`metasr.io.check_finite_result`).
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`metasr.precision`).
@@ -120,22 +128,15 @@ def run_checked(
         raise ValueError(f"overlap must be an integer >= 0, got {overlap!r}")
     shape = raster.data.shape
     if tile == "auto":
-        tile = auto_tile(loaded, shape, scale, size, overlap, tta)
-        if tile == 0 and progress and loaded.format != "onnx" and max(shape[1:]) > PROGRESS_TILE:
-            from .geometry import resolve_output_size
-
-            H, W, _, _ = resolve_output_size(shape[1], shape[2], scale=scale, size=size)
-            if H * W >= PROGRESS_PIXELS:
-                tile = PROGRESS_TILE
+        tile = auto_tile(loaded, shape, request, overlap, tta, progress)
     elif isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 0:
         raise ValueError(f"tile must be 'auto' or an integer >= 0, got {tile!r}")
     else:
-        check_upscale_memory(loaded, shape, scale, size, tile, overlap, tta)
+        check_upscale_memory(loaded, shape, request, tile, overlap, tta)
     result = upscale_raster(
         loaded,
         raster,
-        scale=scale,
-        size=size,
+        request,
         tile=int(tile),
         overlap=int(overlap),
         normalize=normalize,
@@ -148,20 +149,16 @@ def run_checked(
     return result, int(tile)
 
 
-def _request(scale: object, size: object) -> tuple[object, object]:
-    """``scale`` and ``size`` as the library takes them; strings in the CLI's grammar
-    (``"3.5x2"``, ``"721x1440"``) are read as the CLI reads them."""
-    from .data.scales import parse_scale_spec, parse_size_spec
+def _request(scale: object, size: object) -> UpscaleRequest:
+    """``scale`` or ``size`` as one request; strings in the CLI's grammar (``"3.5x2"``,
+    ``"721x1440"``) are read as the CLI reads them (:func:`metasr.data.scales.parse_request`)."""
+    from .data.scales import parse_request
 
     if scale is None and size is None:
         raise ValueError("give scale=... or size=(H, W)")
     if scale is not None and size is not None:
         raise ValueError("give scale=... or size=(H, W), not both")
-    if isinstance(scale, str):
-        scale = parse_scale_spec(scale)
-    if isinstance(size, str):
-        size = parse_size_spec(size)
-    return scale, size
+    return parse_request(scale, size)
 
 
 #: numpy sample types read as image codes (0..max); floating-point arrays are values.
@@ -265,7 +262,7 @@ def upscale(
     from .checkpoints import resolve_device
     from .io import MAX_PIXELS, raster_from_pillow, raster_to_pillow, read_raster
 
-    scale, size = _request(scale, size)
+    request = _request(scale, size)
     if isinstance(model, LoadedModel):
         loaded = model
     else:
@@ -291,7 +288,7 @@ def upscale(
         if g != 1.0:
             raster = raster.with_data(raster.data * g)
         out, _ = run_checked(
-            loaded, raster, scale, size, tile, overlap, normalize, progress, tta, True, precision
+            loaded, raster, request, tile, overlap, normalize, progress, tta, True, precision
         )
         return out if g == 1.0 else out.with_data(out.data / g, out.alpha)
 

@@ -659,12 +659,14 @@ def _looks_like_onnx(path: Path) -> bool:
 def _load_onnx(path: Path) -> LoadedModel:
     """An ONNX file written by ``metasr export``, run by onnxruntime (:class:`~.export.OnnxModel`).
 
-    Its ``model`` takes only the input size and request it was exported for.
+    Its ``model`` takes only the input size (or any, for a dynamic-size file) and request it
+    was exported for.
     """
     from .export import OnnxModel
 
     model = OnnxModel(path)
-    meta = {"request": model.request, "input_size": "{}x{}".format(*model.input_size)}
+    size = "dynamic" if model.input_size is None else "{}x{}".format(*model.input_size)
+    meta = {"request": model.request, "input_size": size}
     if STATS_KEY in model.metadata:  # validated like a checkpoint's entry: checkpoint_stats
         meta[STATS_KEY] = model.metadata[STATS_KEY]
     return LoadedModel(

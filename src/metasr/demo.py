@@ -28,6 +28,7 @@ from .assets import SAMPLE_IMAGE
 from .checkpoints import load_model
 from .data.resize import imresize
 from .data.scales import parse_scale_spec
+from .geometry import UpscaleRequest
 from .inference import upscale_raster
 from .io import atomic_write, read_raster, write_raster
 
@@ -105,7 +106,7 @@ def run(
         raise ValueError(f"{image}: the demo takes an RGB image")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    result = upscale_raster(loaded, raster, scale=(r_v, r_h))
+    result = upscale_raster(loaded, raster, UpscaleRequest(scale=(r_v, r_h)))
     H, W = result.shape
     lr = torch.from_numpy(raster.data).double()
     bicubic = imresize(lr, scale=(r_v, r_h), size=(H, W)).numpy()

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 
 from . import _limits
+from ._coordinates import fractional_index
+from .validation import ArgumentTypeError, check_bool, check_choice, check_ratio
 
 __all__ = [
     "CoordinateGrid",
@@ -89,41 +91,36 @@ ARITHMETICS: tuple[str, ...] = ("exact", "official")
 
 
 def check_arithmetic(arithmetic: object) -> str:
-    """``arithmetic`` if it is ``"exact"`` or ``"official"``, else a ``ValueError``."""
-    if not isinstance(arithmetic, str) or arithmetic not in ARITHMETICS:
-        raise ValueError(f"arithmetic must be 'exact' or 'official', got {arithmetic!r}")
-    return arithmetic
+    """``arithmetic`` if it is ``"exact"`` or ``"official"``.
+
+    Raises:
+        TypeError: not a string. ValueError: another string.
+    """
+    return check_choice("arithmetic", arithmetic, ARITHMETICS)
 
 
 def check_periodic_lon(periodic_lon: object) -> bool:
-    """``periodic_lon`` (a Python or NumPy bool) as a ``bool``, else a ``ValueError``."""
-    if not isinstance(periodic_lon, (bool, np.bool_)):
-        raise ValueError(f"periodic_lon must be a bool, got {periodic_lon!r}")
-    return bool(periodic_lon)
+    """``periodic_lon`` (a Python or NumPy bool) as a ``bool``.
+
+    Raises:
+        TypeError: anything else (``1``, ``"yes"``).
+    """
+    return check_bool("periodic_lon", periodic_lon)
 
 
 def check_pos_encoding(pos_encoding: object) -> str:
-    """``pos_encoding`` if it is one of :data:`POS_ENCODINGS`, else a ``ValueError``."""
-    if not isinstance(pos_encoding, str) or pos_encoding not in POS_ENCODINGS:
-        raise ValueError(
-            f"pos_encoding must be one of {sorted(POS_ENCODINGS)}, got {pos_encoding!r}"
-        )
-    return pos_encoding
+    """``pos_encoding`` if it is one of :data:`POS_ENCODINGS`.
+
+    Raises:
+        TypeError: not a string. ValueError: another string.
+    """
+    return check_choice("pos_encoding", pos_encoding, tuple(POS_ENCODINGS))
 
 
 def _check_ratio(value: object, what: str) -> float:
-    """Return ``value`` as a finite float ≥ 1 or raise ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = float(value.item())
-        else:
-            raise ValueError(f"{what} must be a real number, got {value!r}")
-    r = float(value)
-    if not math.isfinite(r):
-        raise ValueError(f"{what} must be finite, got {r}")
-    if r < 1.0:
-        raise ValueError(f"{what} must be >= 1 (Meta-Upscale only magnifies), got {r}")
-    return r
+    """``value`` as a finite float ≥ 1 (:func:`metasr.validation.check_ratio`): a
+    ``TypeError`` for a non-number, a ``ValueError`` naming ``what`` otherwise."""
+    return check_ratio(what, value)
 
 
 def max_output_pixels() -> int:
@@ -158,10 +155,12 @@ def _as_size_pair(size: object) -> tuple[object, object]:
     if isinstance(size, (np.ndarray, torch.Tensor)) and size.ndim == 1 and len(size) == 2:
         if isinstance(size, torch.Tensor):
             if size.is_floating_point() or size.is_complex() or size.dtype == torch.bool:
-                raise ValueError(f"size must hold integers, got {size!r}")
+                raise ArgumentTypeError(f"size must hold integers, got {size!r}")
             return int(size[0]), int(size[1])
         return size[0], size[1]
-    if not isinstance(size, (tuple, list, torch.Size)) or len(size) != 2:
+    if not isinstance(size, (tuple, list, torch.Size, np.ndarray, torch.Tensor)):
+        raise ArgumentTypeError(f"size must be a pair (H, W), got {type(size).__name__} {size!r}")
+    if len(size) != 2:
         raise ValueError(f"size must be a pair (H, W), got {size!r}")
     return size[0], size[1]
 
@@ -170,7 +169,8 @@ def parse_scale(scale: object) -> tuple[float, float]:
     """Normalise ``scale`` (a number or a ``(r_v, r_h)`` pair) to two validated floats.
 
     Raises:
-        ValueError: if a factor is not a real number, not finite, or below 1.
+        TypeError: a factor is not a real number (or ``scale`` neither a number nor a pair).
+        ValueError: a factor not finite, or below 1; a sequence of another length than 2.
     """
     if isinstance(scale, (tuple, list)):
         if len(scale) != 2:
@@ -201,30 +201,32 @@ def resolve_output_size(
         ``r_v = H / h`` (likewise for columns).
 
     Raises:
+        TypeError: a factor or size of the wrong type.
         ValueError: for a bad request, or an output beyond :data:`MAX_OUTPUT_SIDE` or
             :func:`max_output_pixels` (checked before anything of the output's size exists).
     """
-    if (scale is None) == (size is None):
-        raise ValueError("give exactly one of scale=... or size=(H, W)")
+    return _output_size(UpscaleRequest(scale=scale, size=size), h, w)
+
+
+def _output_size(request: UpscaleRequest, h: int, w: int) -> tuple[int, int, float, float]:
+    """``(H, W, r_v, r_h)`` of a ``scale`` or ``size`` request for an ``h×w`` input: the checks
+    that need the input's size (a size not smaller than it, the output caps), on the request's
+    already checked values."""
     if h < 1 or w < 1:
         raise ValueError(f"input must have positive height and width, got {h}x{w}")
-    if scale is not None:
-        r_v, r_h = parse_scale(scale)
+    if request.scale is not None:
+        r_v, r_h = request.scale
         # Judged as floats first: h·r can be inf for a finite r (1e308), which floor rejects.
         _check_output_size(h, w, h * r_v + EPS, w * r_h + EPS)
         H = math.floor(h * r_v + EPS)
         W = math.floor(w * r_h + EPS)
         _check_output_size(h, w, H, W)
         return H, W, r_v, r_h
-    H, W = _as_size_pair(size)
-    for name, v, lo in (("H", H, h), ("W", W, w)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ValueError(f"size {name} must be an integer, got {v!r}")
-        if v < lo:
-            raise ValueError(
-                f"size ({H}, {W}) is smaller than the input ({h}, {w}); Meta-Upscale only magnifies"
-            )
-    H, W = int(H), int(W)
+    H, W = request.size
+    if H < h or W < w:
+        raise ValueError(
+            f"size ({H}, {W}) is smaller than the input ({h}, {w}); Meta-Upscale only magnifies"
+        )
     _check_output_size(h, w, H, W)
     return H, W, H / h, W / w
 
@@ -254,12 +256,14 @@ def axis_map(n_out: int, n_in: int, r: float, arithmetic: Arithmetic = "exact"):
 
 def _check_range(name: str, value: object, n: int) -> tuple[int, int]:
     """``value`` as a pair ``(lo, hi)`` of ints with ``0 <= lo < hi <= n``, or a ``ValueError``."""
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
+    if not isinstance(value, (tuple, list)):
+        raise ArgumentTypeError(f"region {name} must be a pair (lo, hi), got {value!r}")
+    if len(value) != 2:
         raise ValueError(f"region {name} must be a pair (lo, hi), got {value!r}")
     lo, hi = value
     for v in (lo, hi):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ValueError(f"region {name} must hold integers, got {value!r}")
+            raise ArgumentTypeError(f"region {name} must hold integers, got {value!r}")
     if not 0 <= lo < hi <= n:
         raise ValueError(f"region {name} [{lo}, {hi}) is not a non-empty part of [0, {n})")
     return int(lo), int(hi)
@@ -292,10 +296,14 @@ class Region:
     def __post_init__(self) -> None:
         for name in ("image_size", "output_size"):
             v = getattr(self, name)
-            if not isinstance(v, (tuple, list)) or len(v) != 2:
+            if not isinstance(v, (tuple, list)):
+                raise ArgumentTypeError(f"region {name} must be a pair, got {v!r}")
+            if len(v) != 2:
                 raise ValueError(f"region {name} must be a pair, got {v!r}")
             for n in v:
-                if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+                    raise ArgumentTypeError(f"region {name} must hold integers, got {v!r}")
+                if n < 1:
                     raise ValueError(f"region {name} must hold positive integers, got {v!r}")
             object.__setattr__(self, name, (int(v[0]), int(v[1])))
         (h, w), (H, W) = self.image_size, self.output_size
@@ -427,7 +435,7 @@ def _coordinate_array(
     try:
         a = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a 1-D array of numbers, got {values!r}") from None
+        raise ArgumentTypeError(f"{name} must be a 1-D array of numbers, got {values!r}") from None
     if a.ndim != 1:
         raise ValueError(
             f"{name} must be 1-D, got shape {a.shape} (2-D, curvilinear grids are not supported "
@@ -501,43 +509,6 @@ class CoordinateGrid:
     def out_shape(self) -> tuple[int, int]:
         """``(H, W)`` of the target grid."""
         return len(self.dst_lat), len(self.dst_lon)
-
-
-def fractional_index(src: np.ndarray, dst: np.ndarray, period: float | None = None) -> np.ndarray:
-    """Fractional source index ``t`` of every target coordinate along one axis.
-
-    ``t`` interpolates the index ``0..n_in-1`` linearly against the source coordinates; beyond
-    the first or last source coordinate it is extrapolated with the end interval. With a
-    ``period`` (longitude, 360), coordinates are taken relative to ``src[0]`` modulo the period,
-    in the source's direction, and the source is extended by its first coordinate one period
-    on, so ``t ∈ [0, n_in)`` (``n_in`` is column 0 again).
-
-    Args:
-        src: ``(n_in,)`` strictly monotonic source coordinates (``n_in ≥ 2``; with a period,
-            once round the circle).
-        dst: ``(n_out,)`` target coordinates.
-        period: ``None`` or the period of the axis.
-
-    Returns:
-        ``(n_out,)`` float64.
-    """
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    n_in = len(src)
-    index = np.arange(n_in, dtype=np.float64)
-    if period is not None:
-        # Distances from the first source coordinate along the source's direction, in [0, P).
-        sign = 1.0 if np.all(np.diff(np.mod(src - src[0], period)) > 0) else -1.0
-        rel_src = np.mod(sign * (src - src[0]), period)  # strictly increasing (validated)
-        x = np.mod(sign * (dst - src[0]), period)
-        return np.interp(x, np.r_[rel_src, period], np.r_[index, n_in])
-    sign = 1.0 if src[-1] > src[0] else -1.0
-    xs, x = sign * src, sign * dst  # ascending in xs
-    t = np.interp(x, xs, index)
-    lo, hi = x < xs[0], x > xs[-1]
-    t[lo] = (x[lo] - xs[0]) / (xs[1] - xs[0])
-    t[hi] = n_in - 1 + (x[hi] - xs[-1]) / (xs[-1] - xs[-2])
-    return t
 
 
 def coordinate_axis_map(
@@ -645,6 +616,8 @@ class UpscaleRequest:
             must be periodic too; with ``region``, the region must span the whole width.
 
     Raises:
+        TypeError: a value of the wrong type (a float size, a region that is not a
+            :class:`Region`, a non-bool ``periodic_lon``, ...).
         ValueError: for a request that is not exactly one of scale/size/coords, or a bad value.
 
     Example:
@@ -664,7 +637,7 @@ class UpscaleRequest:
             if self.scale is not None or self.size is not None:
                 raise ValueError("give either coords=... or scale=/size=, not both")
             if not isinstance(self.coords, CoordinateGrid):
-                raise ValueError(
+                raise ArgumentTypeError(
                     f"coords must be a metasr.geometry.CoordinateGrid, got {self.coords!r}"
                 )
         elif (self.scale is None) == (self.size is None):
@@ -676,11 +649,11 @@ class UpscaleRequest:
             for name, v in (("H", H), ("W", W)):
                 # A torch.SymInt is a size torch.compile keeps symbolic: left as it is.
                 if isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.SymInt)):
-                    raise ValueError(f"size {name} must be an integer, got {v!r}")
+                    raise ArgumentTypeError(f"size {name} must be an integer, got {v!r}")
             size = tuple(v if isinstance(v, torch.SymInt) else int(v) for v in (H, W))
             object.__setattr__(self, "size", size)
         if self.region is not None and not isinstance(self.region, Region):
-            raise ValueError(f"region must be a metasr.geometry.Region, got {self.region!r}")
+            raise ArgumentTypeError(f"region must be a metasr.geometry.Region, got {self.region!r}")
         check_arithmetic(self.arithmetic)
         if self.coords is not None and self.arithmetic != "exact":
             raise ValueError("arithmetic='official' applies to scale=/size= requests, not coords")
@@ -704,6 +677,21 @@ class UpscaleRequest:
         """This request for one part of the output (``None``: the whole output)."""
         return replace(self, region=region)
 
+    def for_head(self, arithmetic: str, periodic_lon: bool) -> UpscaleRequest:
+        """This request as a head with these options runs it: the head's grid ``arithmetic``
+        and ``periodic_lon`` replace the request's (a network, not its caller, knows how its
+        grid is computed and whether its window wraps). The same request when they agree."""
+        if (self.arithmetic, self.periodic_lon) == (arithmetic, periodic_lon):
+            return self
+        return replace(self, arithmetic=arithmetic, periodic_lon=periodic_lon)
+
+    def forward_kwargs(self) -> dict[str, object]:
+        """The request as the keywords of a network's ``forward`` (``scale``/``size``/
+        ``coords`` and ``region``), for a model that takes no ``request=`` (an exported one)."""
+        kwargs = {"scale": self.scale, "size": self.size, "coords": self.coords}
+        kwargs["region"] = self.region
+        return {k: v for k, v in kwargs.items() if v is not None}
+
     def transposed(self) -> UpscaleRequest:
         """The request for the transposed input (a test-time dihedral transform): scales
         ``(r_v, r_h)`` → ``(r_h, r_v)``, size ``(H, W)`` → ``(W, H)``, region rows ↔ columns.
@@ -722,6 +710,35 @@ class UpscaleRequest:
             size=None if self.size is None else self.size[::-1],
             region=None if self.region is None else _transposed_region(self.region),
         )
+
+    def source_ordered(self) -> tuple[UpscaleRequest, np.ndarray | None, np.ndarray | None]:
+        """A ``coords`` request with the target rows and columns in the source's order, and the
+        way back (any other request is its own, with no way back).
+
+        A region cannot cut a geometry whose target is reordered (:meth:`Geometry.cut`), so
+        tiles are run on this request, whose geometry has the same rows and columns sorted by
+        LR index.
+
+        Returns:
+            ``(sorted_request, row_order, col_order)``: row ``i`` of the requested output is
+            row ``row_order[i]`` of the output of ``sorted_request`` (``None``: already in
+            order; the columns likewise).
+        """
+        coords = self.coords
+        if coords is None:
+            return self, None, None
+        geom = self.whole().geometry(*coords.in_shape)
+        if geom.row_order is None and geom.col_order is None:
+            return self, None, None
+        lat, lon = np.asarray(coords.dst_lat), np.asarray(coords.dst_lon)
+        if geom.row_order is not None:
+            lat = lat[np.argsort(geom.row_order)]  # the inverse permutation
+        if geom.col_order is not None:
+            lon = lon[np.argsort(geom.col_order)]
+        ordered = CoordinateGrid(
+            coords.src_lat, coords.src_lon, lat, lon, periodic_lon=coords.periodic_lon
+        )
+        return replace(self, coords=ordered), geom.row_order, geom.col_order
 
     def out_shape(self, h: int, w: int) -> tuple[int, int]:
         """``(H, W)`` of the call's output for an ``h×w`` input (``region.out_shape`` with a
@@ -835,7 +852,7 @@ def _whole_geometry(request: UpscaleRequest, h: int, w: int, pos_encoding: str) 
     """The whole image's :class:`Geometry` of ``request`` (without a region) for ``h×w``."""
     if request.coords is not None:
         return _coords_geometry(request.coords, pos_encoding, request.periodic_lon)
-    H, W, r_v, r_h = resolve_output_size(h, w, scale=request.scale, size=request.size)
+    H, W, r_v, r_h = _output_size(request, h, w)
     if request.arithmetic == "official" and request.size is None:
         H, W = request.out_shape(h, w)
         if H < h or W < w:

@@ -26,9 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import LoadedModel
+from .geometry import UpscaleRequest
 from .io import Raster
 from .precision import inference_precision, input_memory_format, resolve_precision
-from .tiling import DEFAULT_OVERLAP, upscale
+from .tiling import DEFAULT_OVERLAP, is_tiled, plan_tiling, upscale
+from .validation import ArgumentTypeError
 
 __all__ = [
     "DIHEDRAL",
@@ -66,16 +68,10 @@ class UpscaleEstimate:
     device: torch.device
 
 
-def _is_tiled(tile: int, h: int, w: int) -> bool:
-    """Whether ``tile`` splits an ``h × w`` input (0, or a tile covering it, runs it whole)."""
-    return bool(tile) and (tile < h or tile < w)
-
-
 def estimate_upscale(
     loaded: LoadedModel,
     in_shape: tuple[int, int, int],
-    scale: object = None,
-    size: object = None,
+    request: UpscaleRequest,
     tile: int = 0,
     overlap: int = DEFAULT_OVERLAP,
     tta: bool | int = False,
@@ -95,30 +91,26 @@ def estimate_upscale(
             backend can run the head for reasons other than memory.
     """
     from .ops.meta_upscale import plan
-    from .tiling import plan_tiles, tile_region
 
     C, h, w = in_shape
     model = loaded.model
     p = next(model.parameters())
     n_tta = tta_count(tta)
-    request = model.request(scale, size)
+    request = model.request(request=request)  # with the network's arithmetic and periodic_lon
     geom = request.geometry(h, w, model.pos_encoding)
     H, W = geom.H, geom.W
     n = 1 if C == loaded.in_channels else C
     cout = loaded.out_channels
     ensemble = 2 * n * cout * H * W * 4 if n_tta > 1 else 0
     host = 2 * n * cout * H * W * 4 + 3 * C * H * W * 4
-    tiled = _is_tiled(tile, h, w)
+    tiled = is_tiled(model, tile, h, w)
     in_hw = (h, w)
     if tiled:
-
-        def largest(tiles):
-            return max(tiles, key=lambda t: (t.out_hi - t.out_lo, t.in_hi - t.in_lo))
-
-        # The tiles tiling.upscale will run (a periodic model's are full-width row bands).
-        row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap)
-        region = tile_region(geom, largest(row_tiles), largest(col_tiles))
-        request, in_hw = request.with_region(region), region.in_shape
+        # The largest of the tiles tiling.upscale will run (a periodic model's are full-width
+        # row bands).
+        cut = plan_tiling(model, request, h, w, tile, overlap)
+        request = cut.tile_request(*cut.largest())
+        in_hw = request.region.in_shape
         host += ensemble  # tiles are assembled on the host, so the ensemble's sums are there
     else:
         host -= n * cout * H * W * 4  # the whole-image result is the device's output, moved
@@ -137,8 +129,7 @@ def estimate_upscale(
 def check_upscale_memory(
     loaded: LoadedModel,
     in_shape: tuple[int, int, int],
-    scale: object = None,
-    size: object = None,
+    request: UpscaleRequest,
     tile: int = 0,
     overlap: int = DEFAULT_OVERLAP,
     tta: bool | int = False,
@@ -160,7 +151,7 @@ def check_upscale_memory(
 
     if loaded.format == "onnx":
         return None
-    est = estimate_upscale(loaded, in_shape, scale, size, tile, overlap, tta)
+    est = estimate_upscale(loaded, in_shape, request, tile, overlap, tta)
     cpu = torch.device("cpu")
     on_host = est.device.type == "cpu"
 
@@ -177,7 +168,7 @@ def check_upscale_memory(
     if fits(est):
         return est
     (H, W), (_, h, w) = est.output_size, in_shape
-    tiled = _is_tiled(tile, h, w)
+    tiled = is_tiled(loaded.model, tile, h, w)
     where = "per tile" if tiled else "whole"
     msg = (
         f"upscaling {h}x{w} to {H}x{W} needs about {gib(est.host_bytes)} on the host for the "
@@ -190,9 +181,7 @@ def check_upscale_memory(
     if free_host is None or est.host_bytes <= free_host:
         current = tile if tiled else max(h, w)
         for t in (512, 256, 128, 64):
-            if t < current and fits(
-                estimate_upscale(loaded, in_shape, scale, size, t, overlap, tta)
-            ):
+            if t < current and fits(estimate_upscale(loaded, in_shape, request, t, overlap, tta)):
                 msg += f"; tiles of {t} (--tile {t}) would fit"
                 break
     raise ValueError(msg)
@@ -443,8 +432,7 @@ def _check_raster(raster: object) -> None:
 def upscale_array(
     loaded: LoadedModel,
     data: np.ndarray,
-    scale: object = None,
-    size: object = None,
+    request: UpscaleRequest,
     kind: Literal["image", "field"] = "image",
     tile: int = 0,
     overlap: int = DEFAULT_OVERLAP,
@@ -452,7 +440,8 @@ def upscale_array(
     tta: bool | int = False,
     precision: str = "fp32",
 ) -> np.ndarray:
-    """Upscale ``data`` ``(C, h, w)`` with a loaded model.
+    """Upscale ``data`` ``(C, h, w)`` with a loaded model, as ``request`` asks
+    (an :class:`~metasr.geometry.UpscaleRequest`: ``scale``, ``size`` or ``coords``).
 
     Channels: when ``C`` equals the model's input channels they go through together. Otherwise
     (a gray image or one-channel field on an RGB model, a multi-channel field, ...) each channel
@@ -479,14 +468,21 @@ def upscale_array(
         ``(C, H, W)`` float32.
 
     Raises:
+        TypeError: ``request`` is not an :class:`~metasr.geometry.UpscaleRequest`.
         ValueError: ``data`` is not a numeric ``(C, h, w)`` array, ``kind`` is unknown, ``tta``
-            is not a bool or 1, 2, 4 or 8, the channels cannot be fed to the model, or
-            ``precision`` is unknown (or ``"bf16"`` off the CPU).
+            is not a bool or 1, 2, 4 or 8 (or not 1 with ``coords``), the channels cannot be fed
+            to the model, or ``precision`` is unknown (or ``"bf16"`` off the CPU).
     """
     _check_chw(data, "data")
     if kind not in ("image", "field"):
         raise ValueError(f"kind must be 'image' or 'field', got {kind!r}")
     n_tta = tta_count(tta)
+    if not isinstance(request, UpscaleRequest):
+        raise ArgumentTypeError(
+            f"request must be a metasr.UpscaleRequest, got {type(request).__name__}"
+        )
+    if n_tta > 1 and request.coords is not None:
+        raise ValueError("tta flips and transposes the input; a coords request cannot follow")
     model = loaded.model
     p = next(model.parameters())  # the device and dtype the model runs in
     C, h, w = data.shape
@@ -512,10 +508,14 @@ def upscale_array(
     x = x.contiguous(memory_format=input_memory_format(model, precision, p.device))
 
     def run(xt: torch.Tensor, s: object, z: object) -> torch.Tensor:
-        return upscale(model, xt, scale=s, size=z, tile=tile, overlap=overlap, progress=progress)
+        # One term of the self-ensemble: the request of its (possibly transposed) input.
+        return upscale(model, xt, UpscaleRequest(scale=s, size=z), tile, overlap, progress)
 
     with torch.inference_mode(), inference_precision(precision, p.device):
-        y = run(x, scale, size) if n_tta == 1 else self_ensemble(run, x, scale, size, n_tta)
+        if n_tta == 1:
+            y = upscale(model, x, request, tile, overlap, progress)
+        else:
+            y = self_ensemble(run, x, request.scale, request.size, n_tta)
     y = y.float().cpu() / gain
     y = y.mean(dim=1) if per_channel else y[0]  # (C, H, W)
     return y.numpy()
@@ -586,8 +586,7 @@ def _field_stats(loaded: LoadedModel, raster: Raster, normalize: str):
 def upscale_raster(
     loaded: LoadedModel,
     raster: Raster,
-    scale: object = None,
-    size: object = None,
+    request: UpscaleRequest,
     tile: int = 0,
     overlap: int = DEFAULT_OVERLAP,
     normalize: Literal["none", "minmax"] = "none",
@@ -595,7 +594,8 @@ def upscale_raster(
     tta: bool | int = False,
     precision: str = "fp32",
 ) -> Raster:
-    """Upscale a whole :class:`metasr.io.Raster` (colour through the model, alpha bicubic).
+    """Upscale a whole :class:`metasr.io.Raster` (colour through the model, alpha bicubic) as
+    ``request`` asks (an :class:`~metasr.geometry.UpscaleRequest`).
 
     A field (``kind="field"``) on a model with normalisation statistics
     (:func:`metasr.checkpoints.checkpoint_stats`, ONNX files included) is normalised with them
@@ -629,7 +629,7 @@ def upscale_raster(
     if stats is not None:
         # A field model: its stored statistics, as for netCDF input (FieldStats.normalise).
         y = upscale_array(
-            loaded, stats.normalise(data), scale, size, "field", tile, overlap, progress, tta
+            loaded, stats.normalise(data), request, "field", tile, overlap, progress, tta
         )
         out = stats.denormalise(y)
     elif kind == "field" and normalize == "minmax":
@@ -639,8 +639,7 @@ def upscale_raster(
         y = upscale_array(
             loaded,
             (data - lo) / span,
-            scale,
-            size,
+            request,
             "image",
             tile,
             overlap,
@@ -650,9 +649,7 @@ def upscale_raster(
         )
         out = y.astype(np.float64) * span + lo
     else:
-        out = upscale_array(
-            loaded, data, scale, size, kind, tile, overlap, progress, tta, precision
-        )
+        out = upscale_array(loaded, data, request, kind, tile, overlap, progress, tta, precision)
     alpha = None
     if raster.alpha is not None:
         alpha = upscale_alpha(raster.alpha, (out.shape[1], out.shape[2]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,6 +23,13 @@ from .geometry import (
 )
 from .ops.meta_upscale import UpscalePlan, meta_upscale, plan
 from .ops.meta_upscale.dispatch import check_backend_name
+from .validation import (
+    ArgumentTypeError,
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    is_integer,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -49,25 +55,6 @@ ENCODINGS = ("fourier",)
 
 #: Seed of :class:`FourierFeatures`' projection: the same options give the same module.
 FOURIER_SEED = 0
-
-
-def _positive_int(name: str, value: object) -> int:
-    """``value`` (any integer, NumPy's included; not a bool) as an ``int`` ≥ 1, or ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _positive_float(name: str, value: object) -> float:
-    """``value`` (a real number, not a bool) as a finite ``float`` > 0, or ValueError."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -115,7 +102,7 @@ class HeadConfig:
         if isinstance(value, HeadConfig):
             return value
         if not isinstance(value, Mapping):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"upsample must be a metasr.HeadConfig or a mapping of its fields, got {value!r}"
             )
         fields = [f.name for f in dataclasses.fields(cls)]
@@ -196,8 +183,8 @@ class FourierFeatures(nn.Module):
 
     def __init__(self, num_pos: int, features: int = 32, scale: float = 1.0) -> None:
         super().__init__()
-        self.features = _positive_int("fourier_features", features)
-        self.scale = _positive_float("fourier_scale", scale)
+        self.features = check_positive_int("fourier_features", features)
+        self.scale = check_positive_float("fourier_scale", scale)
         gen = torch.Generator().manual_seed(FOURIER_SEED)
         proj = torch.randn(self.features, num_pos, generator=gen, dtype=torch.float64) * self.scale
         self.register_buffer("projection", proj.to(torch.get_default_dtype()))
@@ -283,26 +270,21 @@ class Pos2Weight(nn.Module):
         fourier_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        in_channels = _positive_int("in_channels", in_channels)
-        out_channels = _positive_int("out_channels", out_channels)
-        hidden = _positive_int("hidden", hidden)
-        hidden_layers = _positive_int("hidden_layers", hidden_layers)
-        _positive_int("fourier_features", fourier_features)
-        _positive_float("fourier_scale", fourier_scale)
-        if not isinstance(activation, str) or activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
+        in_channels = check_positive_int("in_channels", in_channels)
+        out_channels = check_positive_int("out_channels", out_channels)
+        hidden = check_positive_int("hidden", hidden)
+        hidden_layers = check_positive_int("hidden_layers", hidden_layers)
+        check_positive_int("fourier_features", fourier_features)
+        check_positive_float("fourier_scale", fourier_scale)
+        check_choice("activation", activation, tuple(ACTIVATIONS))
+        if encoding is not None:
+            check_choice("encoding", encoding, ENCODINGS)
+        if not is_integer(kernel_size):
+            raise ArgumentTypeError(
+                f"kernel_size must be a positive odd integer, got {type(kernel_size).__name__} "
+                f"{kernel_size!r}"
             )
-        if encoding is not None and encoding not in ENCODINGS:
-            raise ValueError(
-                f"encoding must be None or one of {', '.join(ENCODINGS)}, got {encoding!r}"
-            )
-        if (
-            isinstance(kernel_size, bool)
-            or not isinstance(kernel_size, numbers.Integral)
-            or kernel_size < 1
-            or kernel_size % 2 == 0
-        ):
+        if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
         kernel_size = int(kernel_size)
         check_pos_encoding(pos_encoding)
@@ -456,10 +438,26 @@ class MetaUpsample(nn.Module):
         size: object = None,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        *,
+        request: UpscaleRequest | None = None,
     ) -> UpscaleRequest:
         """The :class:`~metasr.geometry.UpscaleRequest` of a call, with this head's
-        ``arithmetic`` and ``periodic_lon``."""
-        return UpscaleRequest(scale, size, coords, region, self.arithmetic, self.periodic_lon)
+        ``arithmetic`` and ``periodic_lon``: made from ``scale``/``size``/``region``/``coords``,
+        or ``request`` made by the caller (:meth:`~metasr.geometry.UpscaleRequest.for_head`).
+
+        Raises:
+            TypeError: ``request`` is not an :class:`~metasr.geometry.UpscaleRequest`.
+            ValueError: ``request`` beside the loose form, or a bad request.
+        """
+        if request is None:
+            return UpscaleRequest(scale, size, coords, region, self.arithmetic, self.periodic_lon)
+        if not isinstance(request, UpscaleRequest):
+            raise ArgumentTypeError(
+                f"request must be a metasr.UpscaleRequest, got {type(request).__name__}"
+            )
+        if any(v is not None for v in (scale, size, region, coords)):
+            raise ValueError("give request= alone, or scale=/size=/region=/coords=, not both")
+        return request.for_head(self.arithmetic, self.periodic_lon)
 
     def plan(self, x: torch.Tensor, request: UpscaleRequest, **options: object) -> UpscalePlan:
         """:func:`metasr.ops.meta_upscale.plan` of a call of this head (``x`` may be a
@@ -474,17 +472,19 @@ class MetaUpsample(nn.Module):
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
         *,
+        request: UpscaleRequest | None = None,
         plan: UpscalePlan | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` by ``scale`` or to ``size``; see :func:`metasr.meta_upscale`.
 
         ``region`` computes only that part of the whole image's output from the features of
         its LR window (tiled inference); ``coords`` places the output by latitude/longitude
-        instead of ``scale``/``size``; ``plan`` runs a plan made by :meth:`plan` instead (the
-        request is then left out).
+        instead of ``scale``/``size``; ``request`` is all of these as one value
+        (:meth:`request`); ``plan`` runs a plan made by :meth:`plan` instead (the request is
+        then left out).
         """
         if plan is None:
-            plan = self.plan(x, self.request(scale, size, region, coords))
+            plan = self.plan(x, self.request(scale, size, region, coords, request=request))
             return meta_upscale(x, self.phi, plan=plan)
         # meta_upscale refuses a request beside the plan.
         return meta_upscale(x, self.phi, scale, size, region=region, coords=coords, plan=plan)

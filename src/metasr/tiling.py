@@ -16,11 +16,11 @@ Tiled and whole-image results then differ only where the model's receptive field
 the tile's input (its convolutions see zero padding instead of image content), which
 ``overlap`` pushes away from the core. ``docs/usage.md`` reports the measured difference.
 
-Each tile is one call of the network's ordinary ``forward`` with the whole image's request and
-a :class:`metasr.geometry.Region` naming the tile's input window and outputs:
-``model(x_tile, scale=..., size=..., region=...)``. The network passes the region down to
-:func:`metasr.meta_upscale`, which computes that part of the global grid, and restricts its own
-bicubic residual to it. The network also says how tiles must be placed
+Each tile is one call of the network's ordinary ``forward`` with the whole image's
+:class:`metasr.geometry.UpscaleRequest` and a :class:`metasr.geometry.Region` naming the tile's
+input window and outputs: ``model(x_tile, request=request.with_region(region))``. The network
+passes the region down to :func:`metasr.meta_upscale`, which computes that part of the global
+grid, and restricts its own bicubic residual to it. The network also says how tiles must be placed
 (:attr:`metasr.archs.base.MetaSRNet.tile_alignment`: MetaSwinIR's tiles start at multiples of
 its effective attention window) and how much context a region needs at least
 (:attr:`~metasr.archs.base.MetaSRNet.min_tile_overlap`: the bicubic residual's taps).
@@ -51,16 +51,19 @@ import numpy as np
 import torch
 
 from .archs.base import MetaSRNet
-from .geometry import CoordinateGrid, Geometry, Region, UpscaleRequest
+from .geometry import Geometry, Region, UpscaleRequest
+from .validation import ArgumentTypeError
 
 __all__ = [
     "DEFAULT_OVERLAP",
     "AxisTile",
+    "TilePlan",
     "default_overlap",
+    "is_tiled",
     "receptive_radius",
     "plan_axis",
     "plan_tiles",
-    "source_ordered_coords",
+    "plan_tiling",
     "tile_region",
     "upscale",
 ]
@@ -175,39 +178,6 @@ def plan_tiles(
     return rows, cols
 
 
-def _inverse(order: np.ndarray) -> np.ndarray:
-    inv = np.empty_like(order)
-    inv[order] = np.arange(len(order))
-    return inv
-
-
-def source_ordered_coords(
-    coords: CoordinateGrid, periodic_lon: bool = False
-) -> tuple[CoordinateGrid, np.ndarray | None, np.ndarray | None]:
-    """``coords`` with the target rows and columns in the source's order, and the way back.
-
-    A region cannot cut a geometry whose target is reordered (:meth:`Geometry.cut`), so tiles
-    are run on this grid, whose geometry has the same rows and columns sorted by LR index.
-
-    Returns:
-        ``(sorted_coords, row_order, col_order)``: row ``i`` of the requested output is row
-        ``row_order[i]`` of the output on ``sorted_coords`` (``None``: already in order; the
-        columns likewise).
-    """
-    geom = UpscaleRequest(coords=coords, periodic_lon=periodic_lon).geometry(*coords.in_shape)
-    if geom.row_order is None and geom.col_order is None:
-        return coords, None, None
-    lat, lon = np.asarray(coords.dst_lat), np.asarray(coords.dst_lon)
-    if geom.row_order is not None:
-        lat = lat[_inverse(geom.row_order)]
-    if geom.col_order is not None:
-        lon = lon[_inverse(geom.col_order)]
-    ordered = CoordinateGrid(
-        coords.src_lat, coords.src_lon, lat, lon, periodic_lon=coords.periodic_lon
-    )
-    return ordered, geom.row_order, geom.col_order
-
-
 def tile_region(geom: Geometry, rows: AxisTile, cols: AxisTile) -> Region:
     """The :class:`~metasr.geometry.Region` of the tile ``rows × cols`` of the whole ``geom``."""
     return Region(
@@ -220,66 +190,132 @@ def tile_region(geom: Geometry, rows: AxisTile, cols: AxisTile) -> Region:
     )
 
 
+def _whole(model: torch.nn.Module, x: torch.Tensor, request: UpscaleRequest) -> torch.Tensor:
+    """One call of ``model`` on all of ``x``: the request handed over as it is to a metasr
+    network, as its keywords to any other model (an exported one)."""
+    if isinstance(model, MetaSRNet):
+        return model(x, request=request)
+    return model(x, **request.forward_kwargs())
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one tiled call is cut: planned once (:func:`plan_tiling`), then each tile's forward
+    is handed its request (:meth:`tile_request`).
+
+    Attributes:
+        request: the whole image's request as the network runs it (its ``arithmetic`` and
+            ``periodic_lon``; a ``coords`` target in the source's order,
+            :meth:`~metasr.geometry.UpscaleRequest.source_ordered`).
+        geometry: the whole image's geometry of ``request`` (memoised: every tile cuts it).
+        tiles: ``(rows, cols)`` of every tile, row-major; their outputs partition the output.
+        row_order, col_order: the way back to a reordered ``coords`` target (``None``: none).
+    """
+
+    request: UpscaleRequest
+    geometry: Geometry
+    tiles: list[tuple[AxisTile, AxisTile]]
+    row_order: np.ndarray | None = None
+    col_order: np.ndarray | None = None
+
+    def tile_request(self, rows: AxisTile, cols: AxisTile) -> UpscaleRequest:
+        """The request of the tile ``rows × cols``: the whole image's, with the tile's region."""
+        return self.request.with_region(tile_region(self.geometry, rows, cols))
+
+    def largest(self) -> tuple[AxisTile, AxisTile]:
+        """The tile with the most output (then input) rows and the most columns: the one that
+        needs the most memory."""
+        rows = max(dict.fromkeys(r for r, _ in self.tiles), key=_extent)
+        cols = max(dict.fromkeys(c for _, c in self.tiles), key=_extent)
+        return rows, cols
+
+
+def _extent(t: AxisTile) -> tuple[int, int]:
+    return t.out_hi - t.out_lo, t.in_hi - t.in_lo
+
+
+def plan_tiling(
+    model: MetaSRNet, request: UpscaleRequest, h: int, w: int, tile: int, overlap: int
+) -> TilePlan:
+    """Cut an ``h × w`` input of ``model`` into tiles of ``tile`` LR pixels (:func:`plan_tiles`
+    on the whole image's geometry of ``request``, completed with the network's options).
+
+    Raises:
+        ValueError: a bad request, ``tile`` or ``overlap``, or ``coords`` for another source grid.
+    """
+    request = model.request(request=request)  # with the network's arithmetic and periodic_lon
+    row_order = col_order = None
+    if request.coords is not None:
+        if (h, w) != request.coords.in_shape:
+            raise ValueError(
+                f"the input is {h}x{w} but the source grid of coords is "
+                f"{request.coords.in_shape[0]}x{request.coords.in_shape[1]}"
+            )
+        request, row_order, col_order = request.source_ordered()
+    # Only the index maps matter for planning; the encoding is irrelevant to them. Every tile's
+    # forward cuts the same whole geometry (UpscaleRequest.geometry memoises it).
+    geom = request.geometry(h, w, model.pos_encoding)
+    row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap, request.coords is not None)
+    tiles = [(rt, ct) for rt in row_tiles for ct in col_tiles]
+    return TilePlan(request, geom, tiles, row_order, col_order)
+
+
+def is_tiled(model: torch.nn.Module, tile: int, h: int, w: int) -> bool:
+    """Whether ``tile`` cuts an ``h × w`` input of ``model``: not 0, and smaller than the input
+    (a periodic model's tiles are full-width bands, so only its rows count)."""
+    periodic = bool(getattr(model, "periodic_lon", False))
+    return bool(tile) and (tile < h or (not periodic and tile < w))
+
+
 def upscale(
     model: torch.nn.Module,
     x: torch.Tensor,
-    scale: object = None,
-    size: object = None,
+    request: UpscaleRequest,
     tile: int = 0,
     overlap: int = DEFAULT_OVERLAP,
     progress: bool = False,
-    coords: CoordinateGrid | None = None,
 ) -> torch.Tensor:
     """Upscale ``x`` with ``model``, whole (``tile=0``) or in tiles of ``tile`` LR pixels.
 
     Args:
         model: a metasr network in eval mode; tiling needs a
-            :class:`~metasr.archs.base.MetaSRNet` (``forward(x, scale, size, region, coords)``).
+            :class:`~metasr.archs.base.MetaSRNet` (``forward(x, request=...)``).
         x: ``(N, C, h, w)``, on the model's device and in its dtype.
-        scale: a number or ``(r_v, r_h)``; or ``size=(H, W)``; or ``coords``.
+        request: the whole image's :class:`~metasr.geometry.UpscaleRequest` (``scale``,
+            ``size`` or ``coords``; the network adds its own ``arithmetic`` and
+            ``periodic_lon``). Tiled, the call is planned once (:func:`plan_tiling`) and each
+            tile's forward is handed the request with its region.
         tile: core size of a tile in LR pixels; 0 (or ≥ the input) runs the whole input at once.
             For a model with ``periodic_lon`` only the rows are cut (full-width bands).
         overlap: LR pixels of context on each side of a tile's core (raised to the model's
             ``min_tile_overlap`` when smaller).
         progress: show a tqdm bar over the tiles (when there are several).
-        coords: place the output by latitude/longitude (``x``'s grid is the source grid) instead
-            of ``scale``/``size``; tiled, every tile runs with ``coords`` and its region of the
-            coordinate geometry.
 
     Returns:
         ``(N, Cout, H, W)``: the whole-image result on ``x``'s device; the tiled result as
         float32 on the CPU (it is assembled there so device memory holds one tile at a time).
 
     Raises:
+        TypeError: ``request`` is not an :class:`~metasr.geometry.UpscaleRequest`.
         ValueError: for a bad ``tile`` or ``overlap``, or a model that cannot run on regions.
     """
-    h, w = x.shape[-2:]
-    # A periodic model's columns wrap, so it is cut into full-width bands of rows only.
-    periodic = bool(getattr(model, "periodic_lon", False))
-    call = {"scale": scale, "size": size} if coords is None else {"coords": coords}
-    if not tile or (tile >= h and (periodic or tile >= w)):
-        return model(x, **call)
+    if not isinstance(request, UpscaleRequest):
+        raise ArgumentTypeError(
+            f"request must be a metasr.UpscaleRequest, got {type(request).__name__}"
+        )
+    if not is_tiled(model, tile, *x.shape[-2:]):
+        if isinstance(model, MetaSRNet):
+            return model(x, request=request)
+        return model(x, **request.forward_kwargs())  # a model without request= (exported)
     if not isinstance(model, MetaSRNet):
         raise ValueError(
             f"tiling needs a metasr network (a MetaSRNet, whose forward takes region=), got "
             f"{type(model).__name__}; run without tiles"
         )
-    request = model.request(scale, size, coords=coords)
-    row_order = col_order = None
-    if coords is not None:
-        coords, row_order, col_order = source_ordered_coords(coords, model.periodic_lon)
-        request = model.request(coords=coords)
-        call = {"coords": coords}
-        if (h, w) != coords.in_shape:
-            raise ValueError(
-                f"the input is {h}x{w} but the source grid of coords is "
-                f"{coords.in_shape[0]}x{coords.in_shape[1]}"
-            )
-    # Only the index maps matter for planning; the encoding is irrelevant to them. Every tile's
-    # forward cuts the same whole geometry (UpscaleRequest.geometry memoises it).
-    geom = request.geometry(h, w, model.pos_encoding)
-    row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap, by_coords=coords is not None)
-    jobs = [(rt, ct) for rt in row_tiles for ct in col_tiles]
+    if request.region is not None:
+        raise ValueError("a tiled call computes the whole output: give a request without region")
+    cut = plan_tiling(model, request, *x.shape[-2:], tile, overlap)
+    jobs = cut.tiles
     if progress and len(jobs) > 1:
         from tqdm.auto import tqdm
 
@@ -287,22 +323,23 @@ def upscale(
         jobs = tqdm(jobs, desc="tiles", unit="tile", leave=False, disable=None, delay=2.0)
     out: torch.Tensor | None = None
     for rt, ct in jobs:
-        region = tile_region(geom, rt, ct)
         xt = x[..., rt.in_lo : rt.in_hi, ct.in_lo : ct.in_hi]
-        yt = model(xt, **call, region=region)
-        if tuple(yt.shape[-2:]) != region.out_shape:
+        tile_request = cut.tile_request(rt, ct)
+        yt = model(xt, request=tile_request)
+        if tuple(yt.shape[-2:]) != tile_request.region.out_shape:
             raise ValueError(
                 f"tiling: {type(model).__name__} gave a {tuple(yt.shape[-2:])} tile instead of "
-                f"{region.out_shape}; it does not compute the region it is given"
+                f"{tile_request.region.out_shape}; it does not compute the region it is given"
             )
         if out is None:
-            out = torch.empty((x.shape[0], yt.shape[1], geom.H, geom.W), dtype=torch.float32)
+            H, W = cut.geometry.H, cut.geometry.W
+            out = torch.empty((x.shape[0], yt.shape[1], H, W), dtype=torch.float32)
         out[..., rt.out_lo : rt.out_hi, ct.out_lo : ct.out_hi] = yt.float().cpu()
     assert out is not None  # plan_axis covers every output row and column
-    if row_order is not None:
-        out = out[..., torch.from_numpy(row_order), :]
-    if col_order is not None:
-        out = out[..., torch.from_numpy(col_order)]
+    if cut.row_order is not None:
+        out = out[..., torch.from_numpy(cut.row_order), :]
+    if cut.col_order is not None:
+        out = out[..., torch.from_numpy(cut.col_order)]
     return out
 
 

@@ -22,6 +22,7 @@ from metasr.archs import (
     create_model,
     list_models,
     load_official_metardn,
+    model_entry,
     register_model,
 )
 
@@ -74,7 +75,7 @@ def test_registry_errors():
         create_model("meta_rdnn")
     with pytest.raises(ValueError, match="registered models: meta_edsr"):
         create_model("resnet50")
-    with pytest.raises(ValueError, match="must be a string"):
+    with pytest.raises(TypeError, match="model name must be a string"):
         create_model(3)
     with pytest.raises(ValueError, match=r"unexpected argument\(s\) \['n_blocks'\]"):
         create_model("meta_edsr", n_blocks=3)
@@ -676,7 +677,7 @@ def test_swinir_seed_config_full_size_builds():
         ("meta_edsr", dict(arithmetic="fast"), "arithmetic must be"),
         ("meta_edsr", dict(mean=(0.5, 0.5)), "mean has 2 values but the input has 3 channels"),
         ("meta_edsr", dict(bicubic_residual=True, out_channels=1), "needs in_channels == out"),
-        ("meta_edsr", dict(bicubic_residual="yes"), "bicubic_residual must be a bool"),
+        ("meta_edsr", dict(bicubic_residual="yes"), "bicubic_residual must be True or False"),
         ("meta_rdn", dict(D=0), "D must be a positive integer"),
         ("meta_rdn", dict(in_channels=2.5), "in_channels must be a positive integer"),
         ("meta_swinir", dict(embed_dim=10, num_heads=(3,)), "not divisible by num_heads"),
@@ -691,6 +692,42 @@ def test_swinir_seed_config_full_size_builds():
 def test_bad_constructor_arguments(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         create_model(name, **{**TINY[name], **kwargs})
+
+
+#: A wrong type for an argument every registered network takes.
+WRONG_TYPES = [
+    (dict(in_channels=2.5), "in_(channels|chans) must be a positive integer"),  # SwinIR: chans
+    (dict(out_channels="3"), "out_(channels|chans) must be a positive integer"),
+    (dict(bicubic_residual="yes"), "bicubic_residual must be True or False"),
+    (dict(periodic_lon=1), "periodic_lon must be True or False"),
+    (dict(upsample=[("hidden", 8)]), "upsample must be a metasr.HeadConfig"),
+    (dict(upsample={"hidden": 8.0}), "hidden must be a positive integer"),
+    (dict(upsample={"arithmetic": 1}), "arithmetic must be a string"),
+    (dict(mean="gray"), "mean must be a number or a sequence"),
+]
+
+
+@pytest.mark.parametrize("kwargs, match", WRONG_TYPES)
+@pytest.mark.parametrize("name", MODELS)
+def test_wrong_constructor_types_are_type_errors(name, kwargs, match):
+    """The constructor itself (create_model, for option files, reports them as ValueError)."""
+    entry = model_entry(name)
+    with pytest.raises(TypeError, match=match):
+        entry.constructor(**{**entry.defaults, **TINY[name], **kwargs})
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_wrong_call_types_are_type_errors(name):
+    model = create_model(name, **TINY[name])
+    x = _input(name, 1, 3, 5, 5)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        model(x.numpy(), scale=2)
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        model(x, scale="2")
+    with pytest.raises(TypeError, match="size W must be an integer"):
+        model(x, size=(10, 10.5))
+    with pytest.raises(TypeError, match="request must be a metasr.UpscaleRequest"):
+        model(x, request={"scale": 2})
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -117,14 +117,14 @@ def test_model_downscaler_passes_coords() -> None:
     out = mc.ModelDownscaler(loaded, stats, batch_size=2)(fields, src, dst)
     assert out.shape == (3, 25, 16)
     assert len(seen) == 2
-    c = seen[0]["coords"]
-    assert isinstance(c, CoordinateGrid) and c.periodic_lon is src.periodic
+    c = seen[0]["request"].coords  # the request is handed to the network as one value
+    assert isinstance(c, CoordinateGrid) and c.periodic_lon is src.periodic_lon
     # The network sees the canonical layout (latitude ascending; issue 23), not the file's.
     assert np.allclose(c.dst_lat, np.sort(dst.lat)) and np.allclose(c.src_lon, src.lon)
     # Tiled runs keep the coordinates (each tile gets them and its region).
     seen.clear()
     tiled = mc.ModelDownscaler(loaded, stats, tile=4)(fields, src, dst)
-    assert seen[0]["coords"] == c and seen[0]["region"] is not None
+    assert seen[0]["request"].coords == c and seen[0]["request"].region is not None
     np.testing.assert_allclose(tiled, out, rtol=0, atol=1e-4)
     # The same model through the index-ratio path gives another field (the rows move).
     with torch.no_grad():
@@ -151,4 +151,4 @@ def test_model_downscaler_official_arithmetic_keeps_size() -> None:
     fields = 280.0 + np.random.default_rng(0).standard_normal((1, 13, 8))
     out = mc.ModelDownscaler(loaded, stats)(fields, regular_grid(13, 8), regular_grid(26, 16))
     assert out.shape == (1, 26, 16)
-    assert "coords" not in seen[0] and seen[0]["size"] == (26, 16)
+    assert seen[0]["request"].coords is None and seen[0]["request"].size == (26, 16)

@@ -21,6 +21,7 @@ import metasr
 from metasr import tiling
 from metasr.checkpoints import load_checkpoint, load_model, save_checkpoint
 from metasr.cli import main
+from metasr.geometry import UpscaleRequest
 from metasr.inference import upscale_array
 from metasr.io import read_raster
 from metasr.weights import DEFAULT_CHECKPOINT
@@ -131,8 +132,8 @@ def test_tiled_equals_whole(bicubic_residual, request_):
     model = _tiny_edsr(bicubic_residual)
     x = torch.from_numpy(smooth_image(31, 43)).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
-        whole = tiling.upscale(model, x, **request_)
-        tiled = tiling.upscale(model, x, tile=12, **request_)
+        whole = tiling.upscale(model, x, UpscaleRequest(**request_))
+        tiled = tiling.upscale(model, x, UpscaleRequest(**request_), tile=12)
         assert tiled.shape == whole.shape
         assert (tiled - whole).abs().max().item() < 1e-4
 
@@ -542,7 +543,9 @@ def test_default_model_beats_bicubic():
     loaded = load_model("default")
     hr = torch.from_numpy(read_raster(SAMPLE_IMAGE).data).double()  # (3, 160, 200), held out
     lr = torch.round(imresize(hr, scale=0.5) * 255) / 255
-    sr = torch.from_numpy(upscale_array(loaded, lr.float().numpy(), scale=2)).double()
+    sr = torch.from_numpy(
+        upscale_array(loaded, lr.float().numpy(), UpscaleRequest(scale=2))
+    ).double()
     bic = imresize(lr, scale=2)
     sr, bic = (torch.round(t.clamp(0, 1) * 255) / 255 for t in (sr, bic))
     assert psnr(sr, hr, scale=2).item() > psnr(bic, hr, scale=2).item()

@@ -164,7 +164,7 @@ def test_training_batches_cover_layouts_and_train() -> None:
         b = sample_batch(sources, r, batch_size=2)
         assert np.isfinite(b.lr).all() and b.lr.shape[0] == 2
         assert b.hr_grid.shape[0] >= b.lr_grid.shape[0] and b.hr_grid.shape[1] >= b.lr_grid.shape[1]
-        seen.add((b.hr_grid.periodic, b.lr_grid.has_pole_rows))
+        seen.add((b.hr_grid.periodic_lon, b.lr_grid.has_pole_rows))
         loss = batch_loss(net, b)
         assert torch.isfinite(loss)
     loss.backward()

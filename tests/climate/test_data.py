@@ -29,7 +29,7 @@ def test_coarse_size_and_grid_layout() -> None:
     assert coarse_size((145, 192), 2.5) == (58, 76)
     era5 = named_grid("era5")
     g = coarse_grid(era5, (96, 144))
-    assert g.has_pole_rows and g.lat[0] == 90.0 and g.lon[0] == 0.0 and g.periodic
+    assert g.has_pole_rows and g.lat[0] == 90.0 and g.lon[0] == 0.0 and g.periodic_lon
     assert g.same_as(named_grid("96x144"))
     cell = regular_grid(40, 80, pole_rows=False)
     c = coarse_grid(cell, (15, 30))
@@ -109,7 +109,7 @@ def test_etopo5_every_third_point_is_the_era5_grid() -> None:
     assert 0.003 < off.max() < 0.0034
     da = read_etopo5(ETOPO5)
     grid = grid_of(da)
-    assert grid.periodic
+    assert grid.periodic_lon
     era5 = named_grid("era5")
     every_third = Grid.from_coords(da["lat"].values[::3][::-1], da["lon"].values[::3])
     np.testing.assert_array_equal(every_third.lat, era5.lat)  # poles included

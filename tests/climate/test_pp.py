@@ -54,7 +54,7 @@ def test_synthetic_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(fields[0].lon, np.arange(8) * 45.0, atol=1e-5)
     assert fields[0].stash == 24 and fields[0].field_code == 16
     assert fields[0].t1 == (2011, 8, 1, 0) and fields[0].t2 == (2011, 9, 1, 0)
-    assert fields[0].grid.periodic
+    assert fields[0].grid.periodic_lon
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,8 @@ def smooth(grid: mc.Grid, nt: int = 2) -> np.ndarray:
 
 
 def test_global_and_regional_are_told_apart_by_the_cells():
-    assert N96.periodic and ERA5.periodic
-    assert not UK.periodic and not EUROPE.periodic
+    assert N96.periodic_lon and ERA5.periodic_lon
+    assert not UK.periodic_lon and not EUROPE.periodic_lon
 
 
 def test_coarser_compares_cell_size_not_point_count():

@@ -61,7 +61,7 @@ def test_named_grids() -> None:
     ids=["era5", "n96", "cell-centred", "gaussian", "lon-180"],
 )
 def test_global_grids_tile_the_sphere(grid: Grid) -> None:
-    assert grid.periodic
+    assert grid.periodic_lon
     assert grid.cell_areas().sum() == pytest.approx(SPHERE, rel=1e-12)
 
 
@@ -74,7 +74,7 @@ def test_gaussian_bounds_match_weights() -> None:
 
 def test_regional_grid_not_periodic() -> None:
     grid = Grid.from_coords(np.arange(30.0, 61.0), np.arange(-10.0, 41.0))
-    assert not grid.periodic
+    assert not grid.periodic_lon
     assert grid.lat_bounds[0] == 29.5 and grid.lat_bounds[-1] == 60.5
 
 
@@ -293,8 +293,63 @@ def test_fill_missing_and_regrid_mask() -> None:
     x[4, :] = np.nan
     filled, valid = fill_missing(x, src)
     assert np.all(np.isfinite(filled)) and valid.sum() == 48 - 9
-    assert filled[2, 3] == pytest.approx(np.nanmean(x[2]))
-    expected_row = (np.nansum(x * src.cell_areas())) / np.where(valid, src.cell_areas(), 0).sum()
-    np.testing.assert_allclose(filled[4], expected_row)
+    np.testing.assert_array_equal(filled[valid], x[valid])
+    # Harmonic: a missing cell is the mean of its 4 neighbours (longitude wraps: global grid).
+    assert filled[2, 3] == pytest.approx((x[1, 3] + x[3, 3] + x[2, 2] + x[2, 4]) / 4)
+    for j in range(8):
+        around = filled[3, j] + filled[5, j] + filled[4, j - 1] + filled[4, (j + 1) % 8]
+        assert filled[4, j] == pytest.approx(around / 4)
     mask = regrid_mask(valid, src, regular_grid(6, 8, pole_rows=False))
     np.testing.assert_array_equal(mask, valid)
+
+
+def test_regrid_and_the_op_place_coordinates_with_one_function():
+    """The regridding's interpolation positions and the op's coordinate geometry come from one
+    formula (metasr.geometry.fractional_index), so they cannot drift apart (a re-implementation
+    moved positions by ~1e-14 and flipped "nearest" at exact ties)."""
+    import importlib
+
+    from metasr import geometry
+
+    rg = importlib.import_module("metasr.climate.regrid")  # metasr.climate.regrid: the function
+
+    assert rg.fractional_index is geometry.fractional_index
+    src, dst = regular_grid(96, 144, pole_rows=False), named_grid("era5")  # ties: cell centres
+    for s, d, period, a in (
+        (src.lat, dst.lat, None, 0),
+        (src.lon, dst.lon, 360.0, 1),
+    ):
+        t = geometry.fractional_index(s, d, period, extrapolate=False)
+        idx, off = geometry.coordinate_axis_map(s, d, period)
+        inside = (idx > 0) & (idx < len(s) - 1)  # the op extrapolates past the ends, rg clamps
+        np.testing.assert_allclose((idx + off)[inside], t[inside], rtol=0, atol=1e-6)
+        weights = rg.axis_weights(src, dst, "bilinear")[a]
+        base = np.floor(t).astype(np.int64)
+        rows = np.arange(len(t))
+        ok = base < len(s) - 1 if period is None else slice(None)
+        np.testing.assert_array_equal(weights[rows, base % len(s)][ok], (1.0 - (t - base))[ok])
+
+
+def test_fill_missing_has_no_front_and_ignores_the_layout() -> None:
+    """Whole missing rows (COADS's Antarctic) continue the valid rows instead of taking the
+    field's mean; the fill stays within the valid range and follows a flip or roll of the
+    field; a regional grid's edges do not wrap; each leading field keeps its own mask."""
+    grid = regular_grid(20, 36, pole_rows=False)
+    rng = np.random.default_rng(3)
+    x = 250.0 + 2.0 * np.arange(20)[:, None] + rng.normal(0, 0.5, (2, 20, 36))
+    x[:, :4] = np.nan  # "Antarctica"
+    x[0, 8:12, 5:15] = np.nan  # a continent in the first field only
+    filled, valid = fill_missing(x, grid)
+    assert np.all(np.isfinite(filled))
+    assert filled.min() >= np.nanmin(x) and filled.max() <= np.nanmax(x)
+    # Next to row 4 (about 258 K), not the field's mean (about 269 K).
+    assert abs(filled[:, 3].mean() - np.nanmean(x[:, 4])) < 1.0
+    np.testing.assert_array_equal(valid[1, 8:12, 5:15], True)
+    np.testing.assert_array_equal(filled[1, 8:12, 5:15], x[1, 8:12, 5:15])
+    flipped, _ = fill_missing(np.roll(x[:, ::-1], 11, axis=-1), grid)
+    np.testing.assert_allclose(np.roll(flipped, -11, axis=-1)[:, ::-1], filled, atol=1e-9)
+    # Regional: the missing east edge is continued from the west only through the interior.
+    region = Grid.from_coords(10.0 + 2.0 * np.arange(10), 1.0 + 2.0 * np.arange(12))
+    r = np.tile(np.arange(12.0), (10, 1))
+    r[:, -3:] = np.nan
+    assert fill_missing(r, region)[0][:, -3:] == pytest.approx(8.0)

@@ -9,7 +9,6 @@ came first.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -22,9 +21,7 @@ import torch
 
 import metasr
 from metasr import inference
-from metasr.checkpoints import load_model, save_checkpoint
 from metasr.geometry import resolve_output_size
-from metasr.ops import memory
 from metasr.ops.meta_upscale.dispatch import BACKENDS
 from metasr.ops.meta_upscale.params import MLPParams
 
@@ -99,15 +96,6 @@ def test_network_output_over_free_memory_is_refused_with_the_estimate():
     )
     line = _assert_refused(_run_limited(_API_CALL.format(call=call)), 3, "BackendUnavailableError")
     assert "GiB" in line and "output alone 10.1 GiB" in line
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    kwargs = dict(n_resblocks=1, n_feats=8, hidden=16)
-    path = tmp_path_factory.mktemp("limits") / "tiny.safetensors"
-    save_checkpoint(path, metasr.create_model("meta_edsr", **kwargs), "meta_edsr", kwargs)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -204,93 +192,3 @@ def test_cli_memory_error_is_one_line(monkeypatch, tiny_checkpoint, small_png, t
     )
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "out of memory" in err, err
-
-
-def test_tile_is_suggested_only_when_it_would_fit(monkeypatch, tiny_checkpoint):
-    loaded = load_model(str(tiny_checkpoint), device=torch.device("cpu"))
-    shape = (3, 256, 256)
-    whole = inference.estimate_upscale(loaded, shape, scale=4)
-    tiled = inference.estimate_upscale(loaded, shape, scale=4, tile=64)
-    assert tiled.work_bytes < whole.work_bytes
-    fits_tiled = tiled.host_bytes + tiled.work_bytes
-    assert fits_tiled < whole.host_bytes + whole.work_bytes
-    monkeypatch.setattr(memory, "available_memory_bytes", lambda device: fits_tiled)
-    with pytest.raises(ValueError, match=r"--tile \d+") as info:
-        inference.check_upscale_memory(loaded, shape, scale=4)
-    # The suggested tile (the largest that fits, with the network's own overlap) does fit.
-    suggested = int(re.search(r"--tile (\d+)", str(info.value)).group(1))
-    est = inference.estimate_upscale(loaded, shape, scale=4, tile=suggested)
-    assert 64 <= suggested < 256 and est.host_bytes + est.work_bytes <= fits_tiled
-    # Already tiled at the smallest suggestion: nothing to suggest.
-    monkeypatch.setattr(memory, "available_memory_bytes", lambda device: fits_tiled - 1)
-    with pytest.raises(ValueError) as info:
-        inference.check_upscale_memory(loaded, shape, scale=4, tile=64)
-    assert "--tile" not in str(info.value)
-    # The result alone does not fit: tiles cannot help.
-    monkeypatch.setattr(memory, "available_memory_bytes", lambda device: whole.host_bytes // 2)
-    with pytest.raises(ValueError) as info:
-        inference.check_upscale_memory(loaded, shape, scale=4)
-    assert "--tile" not in str(info.value)
-
-
-# ------------------------------------------------------------------- item 11: API types
-
-
-def test_numpy_integers_are_accepted_and_bools_refused():
-    up = metasr.MetaUpsample(np.int64(4), np.int32(3), kernel_size=np.int64(3), hidden=np.int16(8))
-    assert type(up.phi.in_channels) is int and up.phi.meta_block[2].out_features == 9 * 4 * 3
-    for kwargs in (dict(kernel_size=True), dict(hidden=True), dict(in_channels=True)):
-        args = {"in_channels": 4, "out_channels": 3} | kwargs
-        with pytest.raises(ValueError, match="integer"):
-            metasr.Pos2Weight(**args)
-    with pytest.raises(ValueError, match="backend"):
-        metasr.MetaUpsample(4, 3, backend=3)
-    with pytest.raises(ValueError, match="unknown backend"):
-        metasr.MetaUpsample(4, 3, backend="bogus")
-    with pytest.raises(ValueError, match="arithmetic"):
-        metasr.MetaUpsample(4, 3, arithmetic="fast")
-    with pytest.raises(ValueError, match="pos_encoding"):
-        metasr.Pos2Weight(4, 3, pos_encoding=["asymmetric"])
-
-
-@pytest.mark.parametrize(
-    "size",
-    [np.array([9, 10]), torch.tensor([9, 10]), torch.Size([9, 10]), (np.int64(9), np.int32(10))],
-)
-def test_size_accepts_arrays_and_numpy_ints(size):
-    up = metasr.MetaUpsample(2, 1, hidden=4)
-    assert up(torch.randn(1, 2, 3, 4), size=size).shape == (1, 1, 9, 10)
-
-
-@pytest.mark.parametrize(
-    "size", [np.array([9.0, 10.0]), np.array([[9, 10]]), torch.tensor([9.0, 10.0]), "9x10"]
-)
-def test_bad_size_is_a_value_error(size):
-    up = metasr.MetaUpsample(2, 1, hidden=4)
-    with pytest.raises(ValueError, match="size"):
-        up(torch.randn(1, 2, 3, 4), size=size)
-
-
-def test_self_ensemble_is_counted_where_the_result_is(monkeypatch, tiny_checkpoint):
-    """--tta keeps an accumulator and an inverted term beside the result: two more results."""
-    loaded = load_model(str(tiny_checkpoint), device=torch.device("cpu"))
-    shape = (3, 200, 160)
-    result = 3 * 800 * 640 * 4  # float32 (3, H, W) at ×4
-    plain = inference.estimate_upscale(loaded, shape, scale=4)
-    ens = inference.estimate_upscale(loaded, shape, scale=4, tta=8)
-    assert (ens.host_bytes, ens.work_bytes) == (plain.host_bytes, plain.work_bytes + 2 * result)
-    assert inference.estimate_upscale(loaded, shape, scale=4, tta=1) == plain
-    plain_t = inference.estimate_upscale(loaded, shape, scale=4, tile=64)
-    ens_t = inference.estimate_upscale(loaded, shape, scale=4, tile=64, tta=True)
-    assert (ens_t.host_bytes, ens_t.work_bytes) == (
-        plain_t.host_bytes + 2 * result,
-        plain_t.work_bytes,
-    )
-    with pytest.raises(ValueError, match="tta must be"):
-        inference.estimate_upscale(loaded, shape, scale=4, tta=3)
-    # Memory that fits the plain call but not the ensemble refuses the ensemble only.
-    need = plain.host_bytes + plain.work_bytes
-    monkeypatch.setattr(memory, "available_memory_bytes", lambda device: need)
-    assert inference.check_upscale_memory(loaded, shape, scale=4) == plain
-    with pytest.raises(ValueError, match="needs about"):
-        inference.check_upscale_memory(loaded, shape, scale=4, tta=8)

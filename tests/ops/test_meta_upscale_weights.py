@@ -315,7 +315,6 @@ def _ok_args():
     [
         (lambda x, w: (x[0], w, {}), "4-D"),
         (lambda x, w: (x.long(), w, {}), "floating-point"),
-        (lambda x, w: (x, w.numpy(), {}), "weight must be a torch.Tensor"),
         (lambda x, w: (x, w.double(), {}), "weight is torch.float64 but x is torch.float32"),
         (lambda x, w: (x, w.to("meta"), {}), "weight is on meta but x is on cpu"),
         (lambda x, w: (x, w, {"layout": "hwcko"}), "layout must be one of"),
@@ -329,12 +328,10 @@ def _ok_args():
         (lambda x, w: (x, w, {"kernel_size": 4, "out_channels": None}), "must be odd, got 4"),
         (lambda x, w: (x, w[:, :50], {"kernel_size": 3, "out_channels": None}), "any integer Cout"),
         (lambda x, w: (x, w, {"out_channels": 0}), "positive integer"),
-        (lambda x, w: (x, w, {"out_channels": 2.5}), "positive integer"),
         (lambda x, w: (x, w, {"scale": 0.5}), "scale"),
         (lambda x, w: (x, w, {"scale": float("nan")}), "scale"),
         (lambda x, w: (x, w, {"scale": None, "size": (3, 10)}), "size"),
         (lambda x, w: (x, w, {"size": (8, 10)}), "exactly one of scale"),
-        (lambda x, w: (x, w, {"periodic_lon": 1}), "periodic_lon must be a bool"),
     ],
 )
 def test_bad_input_flat(change, match):
@@ -342,6 +339,25 @@ def test_bad_input_flat(change, match):
     x, w, kw = change(x, w)
     kwargs = {"scale": 2, "out_channels": 3, **kw}
     with pytest.raises(ValueError, match=match):
+        meta_upscale_weights(x, w, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda x, w: (x.numpy(), w, {}), "x must be a torch.Tensor"),
+        (lambda x, w: (x, w.numpy(), {}), "weight must be a torch.Tensor"),
+        (lambda x, w: (x, w, {"layout": 1}), "layout must be a string"),
+        (lambda x, w: (x, w, {"out_channels": 2.5}), "out_channels must be a positive integer"),
+        (lambda x, w: (x, w, {"scale": "2"}), "scale must be a real number"),
+        (lambda x, w: (x, w, {"periodic_lon": 1}), "periodic_lon must be True or False"),
+    ],
+)
+def test_wrong_types_flat(change, match):
+    x, w, _ = _ok_args()
+    x, w, kw = change(x, w)
+    kwargs = {"scale": 2, "out_channels": 3, **kw}
+    with pytest.raises(TypeError, match=match):
         meta_upscale_weights(x, w, **kwargs)
 
 

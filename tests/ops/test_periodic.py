@@ -243,12 +243,12 @@ def test_region_narrower_than_the_width_is_refused():
 
 
 @pytest.mark.parametrize("bad", [1, "yes", None])
-def test_bad_flag_is_refused(bad):
+def test_bad_flag_is_a_type_error(bad):
     phi = make_phi(2, 3)
-    with pytest.raises(ValueError, match="periodic_lon must be a bool"):
+    with pytest.raises(TypeError, match="periodic_lon must be True or False"):
         metasr.meta_upscale(torch.randn(1, 2, 3, 3, dtype=torch.float64), phi, scale=2,
                             periodic_lon=bad)  # fmt: skip
-    with pytest.raises(ValueError, match="periodic_lon must be a bool"):
+    with pytest.raises(TypeError, match="periodic_lon must be True or False"):
         metasr.MetaUpsample(2, 3, periodic_lon=bad)
 
 

@@ -37,6 +37,7 @@ from torch.nn.modules import module as _module_hooks
 from .._limits import MAX_MODEL_ELEMENTS, MAX_MODEL_MODULES
 from ..modules import HEAD_OPTION_NAMES, fold_head_options
 from ..ops.memory import available_memory_bytes
+from ..validation import check_str
 
 __all__ = [
     "MAX_MODEL_ELEMENTS",
@@ -125,8 +126,7 @@ def model_entry(name: str) -> ModelEntry:
     Raises:
         ValueError: for an unknown name; the message lists the registered names and close matches.
     """
-    if not isinstance(name, str):
-        raise ValueError(f"model name must be a string, got {type(name).__name__}")
+    check_str("model name", name)
     key = name.strip().lower()
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, _REGISTRY, n=3)

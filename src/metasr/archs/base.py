@@ -41,6 +41,7 @@ from ..modules import HeadConfig, MetaUpsample, Pos2Weight
 from ..ops.meta_upscale import UpscalePlan, plan
 from ..ops.meta_upscale.planning import autocast_dtype
 from ..ops.meta_upscale.tables import restore_order
+from ..validation import ArgumentTypeError, check_bool, check_positive_int, is_real
 from .bicubic import BICUBIC_CONTEXT, bicubic_upsample, check_bicubic_region
 from .periodic import wrap_longitude
 
@@ -49,31 +50,12 @@ __all__ = [
     "MeanShift",
     "MeanShiftMetaSRNet",
     "MetaSRNet",
-    "check_positive_float",
-    "check_positive_int",
     "resolve_mean",
     "upgrade_state_dict",
 ]
 
 #: Mean colour of DIV2K (RGB, in [0, 1]) used by EDSR, RDN, Meta-SR and SwinIR.
 DIV2K_RGB_MEAN: tuple[float, float, float] = (0.4488, 0.4371, 0.4040)
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """``value`` as an ``int`` ≥ 1, or a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_positive_float(name: str, value: object) -> float:
-    """``value`` as a finite ``float`` > 0, or a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    v = float(value)
-    if not (v > 0.0 and v < float("inf")):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return v
 
 
 def resolve_mean(
@@ -91,13 +73,13 @@ def resolve_mean(
     if isinstance(mean, torch.Tensor):
         mean = mean.flatten().tolist()
     if not isinstance(mean, Sequence) or isinstance(mean, str):
-        raise ValueError(f"mean must be a number or a sequence of numbers, got {mean!r}")
+        raise ArgumentTypeError(f"mean must be a number or a sequence of numbers, got {mean!r}")
     if len(mean) != channels:
         raise ValueError(f"mean has {len(mean)} values but the {what} has {channels} channels")
     out = []
     for m in mean:
-        if isinstance(m, bool) or not isinstance(m, numbers.Real):
-            raise ValueError(f"mean values must be numbers, got {m!r}")
+        if not is_real(m):
+            raise ArgumentTypeError(f"mean values must be numbers, got {m!r}")
         out.append(float(m))
     return tuple(out)
 
@@ -218,8 +200,7 @@ class MetaSRNet(nn.Module):
         check_pos_encoding(config.pos_encoding)
         check_arithmetic(config.arithmetic)
         periodic_lon = check_periodic_lon(periodic_lon)
-        if not isinstance(bicubic_residual, bool):
-            raise ValueError(f"bicubic_residual must be a bool, got {bicubic_residual!r}")
+        bicubic_residual = check_bool("bicubic_residual", bicubic_residual)
         if bicubic_residual and in_channels != out_channels:
             raise ValueError(
                 "bicubic_residual adds the upsampled input to the output and needs "
@@ -258,11 +239,13 @@ class MetaSRNet(nn.Module):
         size: object = None,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        *,
+        request: UpscaleRequest | None = None,
     ) -> UpscaleRequest:
         """The :class:`~metasr.geometry.UpscaleRequest` of a call: its head's
         (:meth:`metasr.MetaUpsample.request`, with the network's ``arithmetic`` and
-        ``periodic_lon``)."""
-        return self.upsample.request(scale, size, region, coords)
+        ``periodic_lon``), from the loose form or from a caller's ``request``."""
+        return self.upsample.request(scale, size, region, coords, request=request)
 
     def plan(self, x: torch.Tensor, request: UpscaleRequest) -> UpscalePlan:
         """Check a call and plan its head, before the (expensive) backbone runs.
@@ -281,13 +264,14 @@ class MetaSRNet(nn.Module):
             The head's plan, which :meth:`forward` hands to the head and the bicubic residual.
 
         Raises:
+            TypeError: ``x`` is not a tensor.
             ValueError: for a bad input or request (an output over the pixel cap included), an
                 asymmetric scale with ``"official"``, or a region that does not fit ``x`` or the
                 request; :class:`metasr.BackendUnavailableError` when no backend can run the
                 head (memory included).
         """
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+            raise ArgumentTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(f"x must be 4-D (N, C, h, w), got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
@@ -422,6 +406,8 @@ class MeanShiftMetaSRNet(MetaSRNet):
         size: tuple[int, int] | None = None,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        *,
+        request: UpscaleRequest | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` (values in ``[0, img_range]``) by ``scale``, to ``size`` or onto
         ``coords``' target grid.
@@ -435,11 +421,13 @@ class MeanShiftMetaSRNet(MetaSRNet):
             coords: place the output by latitude/longitude instead of ``scale``/``size``
                 (``x``'s grid is ``coords``' source grid; with ``region``, the target must be in
                 the source's order).
+            request: all of the above as one :class:`~metasr.geometry.UpscaleRequest`
+                (tiled inference hands each tile its request), instead of them.
 
         Returns:
             ``(N, out_channels, H, W)``, or ``(N, out_channels, *region.out_shape)``.
         """
-        head = self.plan(x, self.request(scale, size, region, coords))
+        head = self.plan(x, self.request(scale, size, region, coords, request=request))
         x = self.sub_mean(x)
         y = self.upsample(self.forward_features(x), plan=head)
         # The residual is added in the mean-shifted domain, so the mean is added back only once.

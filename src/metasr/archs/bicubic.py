@@ -31,7 +31,12 @@ import torch.nn.functional as F
 
 from ..geometry import Region
 
-__all__ = ["BICUBIC_CONTEXT", "bicubic_upsample", "check_bicubic_region"]
+__all__ = [
+    "BICUBIC_CONTEXT",
+    "bicubic_period_kernel",
+    "bicubic_upsample",
+    "check_bicubic_region",
+]
 
 #: LR pixels of context a region needs on each side of the LR pixels its outputs belong to for
 #: the bicubic taps: output ``i`` samples ``s = (i + 0.5)/r − 0.5``, which lies in
@@ -198,3 +203,40 @@ def bicubic_upsample(
     mh_t = torch.as_tensor(mh, dtype=dtype, device=x.device)
     # Separable: rows (H_t, h_t) @ x (N, C, h_t, w_t) @ columns (w_t, W_t).
     return (mv_t @ x.to(dtype) @ mh_t.T).to(x.dtype)
+
+
+def bicubic_period_kernel(
+    period: tuple[tuple[int, int], tuple[int, int]],
+    channels: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The bicubic upsampling at a rational scale as a period kernel (dynamic-size export).
+
+    At ``r = p/q`` output row ``i = p·m + s`` samples ``q·m + (s + 0.5)/r − 0.5``: its four taps
+    and their weights depend on ``s`` only, and lie in rows ``q·m − 2 … q·m + q + 1``. So the
+    upsampling of any ``h×w`` input is :func:`metasr.ops.meta_upscale.rational.period_conv`
+    with this kernel, ``halo=2`` and replicated borders (ATen clamps the taps to the image),
+    or wrapped columns with ``periodic_lon`` (as :func:`bicubic_upsample` wraps them).
+
+    Args:
+        period: ``((p_v, q_v), (p_h, q_h))``.
+        channels: ``C``; each channel is upsampled on its own.
+        dtype: of the kernel (the weights are computed in float64).
+
+    Returns:
+        ``(p_v·p_h·C, C, q_v + 4, q_h + 4)``, channel ``(s_v·p_h + s_h)·C + c``.
+    """
+    taps = []
+    for p, q in period:
+        # Outputs of the third period (m = 2): no tap is clamped there, and its taps start at
+        # LR row 2q − 2, the kernel's first row.
+        m, lo = _bicubic_matrix(2 * p, 3 * p, 4 * q + 4, 4 * p, ratio=p / q)
+        full = np.zeros((p, q + 4))
+        full[:, lo - (2 * q - 2) : lo - (2 * q - 2) + m.shape[1]] = m
+        taps.append(full)
+    kv, kh = taps
+    (p_v, q_v), (p_h, q_h) = period
+    k2 = torch.as_tensor(kv[:, None, :, None] * kh[None, :, None, :])  # (p_v, p_h, Kv, Kh)
+    eye = torch.eye(channels, dtype=torch.float64)
+    kernel = k2[:, :, None, None] * eye[None, None, :, :, None, None]  # (p_v, p_h, C, C, Kv, Kh)
+    return kernel.reshape(p_v * p_h * channels, channels, q_v + 4, q_h + 4).to(dtype)

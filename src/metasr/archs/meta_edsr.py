@@ -26,14 +26,9 @@ import torch
 from torch import nn
 
 from ..modules import HeadConfig
+from ..validation import check_positive_float, check_positive_int
 from ._registry import register_model
-from .base import (
-    MeanShift,
-    MeanShiftMetaSRNet,
-    check_positive_float,
-    check_positive_int,
-    resolve_mean,
-)
+from .base import MeanShift, MeanShiftMetaSRNet, resolve_mean
 
 __all__ = ["MetaEDSR"]
 

@@ -34,15 +34,9 @@ from torch import nn
 
 from .._state_dict import clean_state_dict, describe_mismatch
 from ..modules import HeadConfig, fold_head_options
+from ..validation import check_positive_float, check_positive_int
 from ._registry import register_model
-from .base import (
-    MeanShift,
-    MeanShiftMetaSRNet,
-    check_positive_float,
-    check_positive_int,
-    resolve_mean,
-    upgrade_state_dict,
-)
+from .base import MeanShift, MeanShiftMetaSRNet, resolve_mean, upgrade_state_dict
 
 __all__ = ["MetaRDN", "load_official_metardn"]
 

@@ -32,7 +32,6 @@ features change (as they do for any Swin model).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,10 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import CoordinateGrid, Region
+from ..geometry import CoordinateGrid, Region, UpscaleRequest
 from ..modules import HeadConfig
+from ..validation import ArgumentTypeError, check_positive_float, check_positive_int, is_real
 from ._registry import register_model
-from .base import MetaSRNet, check_positive_float, check_positive_int, resolve_mean
+from .base import MetaSRNet, resolve_mean
 from .swin_blocks import RSTB, PatchEmbed, resi_conv, shift_attn_mask
 
 __all__ = ["MetaSwinIR"]
@@ -183,7 +183,9 @@ class MetaSwinIR(MetaSRNet):
             ("attn_drop_rate", attn_drop_rate),
             ("drop_path_rate", drop_path_rate),
         ):
-            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+            if not is_real(p):
+                raise ArgumentTypeError(f"{name} must be a number in [0, 1), got {p!r}")
+            if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p!r}")
         self.img_range = check_positive_float("img_range", img_range)
         self.embed_dim = embed_dim
@@ -306,6 +308,8 @@ class MetaSwinIR(MetaSRNet):
         size: tuple[int, int] | None = None,
         region: Region | None = None,
         coords: CoordinateGrid | None = None,
+        *,
+        request: UpscaleRequest | None = None,
     ) -> torch.Tensor:
         """Upscale ``x`` (values in ``[0, 1]``) by ``scale``, to ``size`` or onto ``coords``'
         target grid.
@@ -321,11 +325,13 @@ class MetaSwinIR(MetaSRNet):
                 (``x``'s grid is ``coords``' source grid; with ``region``, the target must be in
                 the source's order). The bicubic residual is then the index-ratio bicubic to
                 the target grid's shape, in the target's order.
+            request: all of the above as one :class:`~metasr.geometry.UpscaleRequest`
+                (tiled inference hands each tile its request), instead of them.
 
         Returns:
             ``(N, out_chans, H, W)``, or ``(N, out_chans, *region.out_shape)``.
         """
-        head = self.plan(x, self.request(scale, size, region, coords))
+        head = self.plan(x, self.request(scale, size, region, coords, request=request))
         y = self.upsample(self.head_features(x), plan=head)
         y = self._add_bicubic(y, self._normalize(x), head)
         return y / self.img_range + self.out_mean.to(y.dtype)

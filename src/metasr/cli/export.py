@@ -1,19 +1,21 @@
-"""``metasr export``: write a model at one input size and request as ONNX or a torch.export file.
+"""``metasr export``: write a model at one request as ONNX or a torch.export file.
 
 Examples::
 
-    metasr export --model default --input-size 256x256 --scale 2 -o photo_x2.onnx
-    metasr export --model climate.safetensors --input-size 96x144 --size 721x1440 -o t2m.onnx
+    metasr export --model default --scale 2 -o photo_x2.onnx            # any input size
     metasr export --model default --input-size 64x64 --scale 3.5x2 -o photo.pt2
+    metasr export --model t2m --input-size 96x144 --size 721x1440 -o t2m.onnx
 
-The file takes a fixed input size (any batch) and bakes the geometry of the request in; run an
-``.onnx`` file with ``metasr upscale --model file.onnx`` (onnxruntime) or any ONNX runtime.
+Without ``--input-size`` (or with ``--input-size dynamic``) the file takes any height and width
+at the scale (:mod:`metasr.export`: scales ``p/q`` with ``q ≤ 10``, convolutional networks);
+with ``--input-size HxW`` it takes that size only and bakes the request's geometry in (any
+request, any network). Run an ``.onnx`` file with ``metasr upscale --model file.onnx``
+(onnxruntime) or any ONNX runtime.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from . import MODEL_HELP, CLIError
@@ -26,10 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``export``."""
     p = subparsers.add_parser(
         "export",
-        help="export a model at a fixed input size and scale/size to ONNX (or torch.export)",
-        description="Export a model for one input size and one request (--scale or --size) as "
-        "an ONNX file (plain standard ops, opset 18, dynamic batch; needs metasr[export]) or, "
-        "for a .pt2 output, a torch.export program.",
+        help="export a model at one scale (any input size) or one input size and scale/size "
+        "to ONNX (or torch.export)",
+        description="Export a model for one request (--scale or --size) as an ONNX file (plain "
+        "standard ops, opset 18, dynamic batch; needs metasr[export]) or, for a .pt2 output, a "
+        "torch.export program: for any input size (the default, at a --scale) or for one "
+        "--input-size.",
     )
     p.add_argument(
         "--model",
@@ -43,8 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--input-size",
         "--input_size",
         dest="input_size",
-        required=True,
-        help="input HEIGHTxWIDTH the exported file takes (96x144)",
+        default="dynamic",
+        help="input HEIGHTxWIDTH the exported file takes (96x144), or 'dynamic' (the default): "
+        "any height and width, at a --scale p/q with q <= 10 (2, 2.5, 3.5x2, 2.3), for the "
+        "convolutional networks (not meta_swinir), .onnx only",
     )
     p.add_argument(
         "-o", "--output", required=True, help="output file: .onnx (ONNX) or .pt2 (torch.export)"
@@ -71,7 +77,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..checkpoints import checkpoint_stats, load_model
-    from ..export import export_onnx, export_program, format_request
+    from ..export import (
+        DYNAMIC_EXAMPLE,
+        PROGRAM_FIXED_SIZE,
+        export_onnx,
+        export_program,
+        format_request,
+    )
     from ..io import atomic_write
 
     out = Path(args.output)
@@ -82,11 +94,24 @@ def run(args: argparse.Namespace) -> int:
     check_outputs({"-o": out}, [args.model])
     scale = _spec("scale", args.scale) if args.scale is not None else None
     size = _spec("size", args.size) if args.size is not None else None
-    input_size = _spec("input_size", args.input_size)
+    dynamic = args.input_size.strip().lower() == "dynamic"
+    input_size = None if dynamic else _spec("input_size", args.input_size)
+    if dynamic and size is not None:
+        raise CLIError(
+            "--size needs --input-size HxW: an output size is a different scale for every "
+            "input size, so a file for any input size takes a --scale"
+        )
+    if dynamic:
+        if suffix == ".pt2":
+            raise CLIError(
+                f"{PROGRAM_FIXED_SIZE}: give --input-size HxW, or write an .onnx file for any "
+                "input size"
+            )
+        _dynamic_scale(scale)
     loaded = load_model(args.model)
     if loaded.format == "onnx":
         raise CLIError(f"--model {args.model} is already an ONNX file")
-    _check_memory(loaded, input_size, scale, size)
+    _check_memory(loaded, DYNAMIC_EXAMPLE if dynamic else input_size, scale, size)
     net = loaded.model.eval()
     if suffix == ".onnx":
         export_onnx(net, out, input_size, scale=scale, size=size,
@@ -97,11 +122,35 @@ def run(args: argparse.Namespace) -> int:
         # Atomic: an interrupted export keeps the previous file and leaves no truncated one.
         atomic_write(out, lambda tmp: torch.export.save(program, str(tmp)))
     request = format_request(scale, size)
-    print(f"{out}: {args.model} at {input_size[0]}x{input_size[1]} input, {request}")
+    shown = "any input size" if dynamic else f"{input_size[0]}x{input_size[1]} input"
+    print(f"{out}: {args.model} at {shown}, {request}")
     if args.check:
-        diff = _check(out, net, input_size, scale, size, loaded.value_range)
-        print(f"max |difference| / max |output| against PyTorch: {diff:.1e}", file=sys.stdout)
+        sizes = _check_sizes(scale) if dynamic else [input_size]
+        diff = max(_check(out, net, s, scale, size, loaded.value_range) for s in sizes)
+        at = ", ".join(f"{h}x{w}" for h, w in sizes)
+        print(f"max |difference| / max |output| against PyTorch at {at}: {diff:.1e}")
     return 0
+
+
+def _dynamic_scale(scale) -> None:
+    """Refuse, before the model loads, a scale without a dynamic-size form."""
+    from ..ops.meta_upscale.rational import rational_scale
+
+    try:
+        rational_scale(scale)
+    except ValueError as exc:
+        raise CLIError(
+            f"bad --scale for a dynamic input size: {exc}; or give --input-size HxW"
+        ) from None
+
+
+def _check_sizes(scale) -> list[tuple[int, int]]:
+    """Three small input sizes to check a dynamic-size file at: whole periods of the scale
+    and sizes that are not (the crop), each axis different."""
+    from ..ops.meta_upscale.rational import rational_scale
+
+    (_, q_v), (_, q_h) = rational_scale(scale)
+    return [(4 * q_v, 3 * q_h), (3 * q_v + 1, 5 * q_h + 2), (7, 9)]
 
 
 def _check_memory(loaded, input_size: tuple[int, int], scale, size) -> None:
@@ -115,11 +164,14 @@ def _check_memory(loaded, input_size: tuple[int, int], scale, size) -> None:
     """
     import torch
 
+    from ..geometry import UpscaleRequest
     from ..inference import estimate_upscale
     from ..ops.memory import available_memory_bytes, gib
 
     h, w = input_size
-    est = estimate_upscale(loaded, (loaded.in_channels, h, w), scale, size)
+    est = estimate_upscale(
+        loaded, (loaded.in_channels, h, w), UpscaleRequest(scale=scale, size=size)
+    )
     need = 2 * (est.host_bytes + est.work_bytes)
     free = available_memory_bytes(torch.device("cpu"))
     if free is not None and need > free:

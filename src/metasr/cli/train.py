@@ -276,7 +276,7 @@ def _check_field_dataset(opt: dict[str, Any], phase: str, cls: Any, src: str) ->
                 check_units(stats, source.units or None, f"the field {source.variable!r}")
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise CLIError(f"{where}: {exc}") from None
-    if opt["network_g"].get("periodic_lon") and not dataset.grid.periodic:
+    if opt["network_g"].get("periodic_lon") and not dataset.grid.periodic_lon:
         lon = dataset.grid.lon
         raise CLIError(
             f"{src}: network_g.periodic_lon wraps longitude, but the field of datasets.{phase} "

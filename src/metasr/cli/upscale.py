@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import DEVICE_HELP, MODEL_HELP, CLIError, device_arg, parse_tile_arg
 
-__all__ = ["parse_scale_arg", "parse_size_arg", "register"]
+__all__ = ["parse_scale_arg", "register"]
 
 
 def parse_scale_arg(text: str) -> tuple[float, float]:
@@ -35,16 +35,6 @@ def parse_scale_arg(text: str) -> tuple[float, float]:
         return parse_scale_spec(text)
     except ValueError as exc:
         raise CLIError(f"bad --scale: {exc}") from None
-
-
-def parse_size_arg(text: str) -> tuple[int, int]:
-    """``--size``: ``HEIGHTxWIDTH`` in positive integers (``721x1440``)."""
-    from ..data.scales import parse_size_spec
-
-    try:
-        return parse_size_spec(text)
-    except ValueError as exc:
-        raise CLIError(f"bad --size: {exc}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -371,9 +361,9 @@ def plan_outputs(
         if out.parent.exists() and not out.parent.is_dir():
             raise CLIError(f"output folder {out.parent} is a file, not a folder")
         targets = [out]
+    check_outputs([("-o", t) for t in targets], [*(src for src, _ in pairs), *also_read])
     for t in targets:
         format_of(t)
-    check_outputs([("-o", t) for t in targets], [*(src for src, _ in pairs), *also_read])
     return targets
 
 
@@ -423,12 +413,11 @@ def _run_rasters(args: argparse.Namespace) -> int:
 
     from ..api import run_checked
     from ..checkpoints import load_model
+    from ..data.scales import parse_request
     from ..io import check_finite_result, check_writable, format_of, read_raster, write_raster
     from ..ops.memory import OutOfMemoryError
     from ._netcdf import check_run_options
 
-    scale = parse_scale_arg(args.scale) if args.scale is not None else None
-    size = parse_size_arg(args.size) if args.size is not None else None
     args.tile = parse_tile_arg(str(args.tile))
     check_run_options(args)
     overlap = args.tile_overlap
@@ -439,6 +428,11 @@ def _run_rasters(args: argparse.Namespace) -> int:
         raise CLIError("--precision bf16 is for CPU inference; on CUDA use --half")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise CLIError(f"bad --quality {args.quality}: must be 1..100")
+    try:
+        # The one request of the run, handed down as it is to every file's network call.
+        request = parse_request(args.scale, args.size)
+    except ValueError as exc:
+        raise CLIError(f"bad --{'scale' if args.scale is not None else 'size'}: {exc}") from None
     skip = Path(args.output) if args.recursive else None
     named = expand_input_names(args.inputs, args.recursive, skip)
     targets = plan_outputs(named, args.output, args.suffix, args.ext, [args.model])
@@ -479,8 +473,7 @@ def _run_rasters(args: argparse.Namespace) -> int:
             result, tile = run_checked(
                 loaded,
                 raster,
-                scale=scale,
-                size=size,
+                request,
                 tile=args.tile,
                 overlap=overlap,
                 normalize=args.normalize,

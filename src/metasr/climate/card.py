@@ -166,7 +166,7 @@ def card_warnings(
                 f"{axis} ratio x{r:.3g} is outside the trained "
                 f"x{card.ratio_min:g}..x{card.ratio_max:g}"
             )
-    if not src.periodic and "regional" not in card.layouts:
+    if not src.periodic_lon and "regional" not in card.layouts:
         out.append("the source is regional but the model was trained on global fields only")
     if masked and "masked" not in card.layouts:
         out.append("the source has missing values but the model was trained on complete fields")

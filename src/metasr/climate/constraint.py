@@ -38,7 +38,7 @@ _COVERED = 1.0 - 1e-6
 
 def pole_rows(grid: Grid) -> np.ndarray:
     """``(H,)`` bool: rows centred on a pole of a global (periodic) grid."""
-    if not grid.periodic:
+    if not grid.periodic_lon:
         return np.zeros(grid.shape[0], dtype=bool)
     return np.abs(np.abs(grid.lat) - 90.0) < 1e-6
 

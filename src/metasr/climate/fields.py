@@ -241,7 +241,7 @@ def _sample_dict(
         "lq_lon": torch.from_numpy(lq_grid.lon.copy()),
         "gt_lat": torch.from_numpy(gt_grid.lat.copy()),
         "gt_lon": torch.from_numpy(gt_grid.lon.copy()),
-        "periodic_lon": bool(gt_grid.periodic),
+        "periodic_lon": bool(gt_grid.periodic_lon),
         "lq_path": name,
         "gt_path": name,
     }

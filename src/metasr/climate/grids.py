@@ -154,7 +154,7 @@ class Grid:
         return (self.lat.size, self.lon.size)
 
     @property
-    def periodic(self) -> bool:
+    def periodic_lon(self) -> bool:
         """Whether the longitude cells cover the whole circle (first and last columns touch)."""
         return bool(abs(self.lon_bounds[-1] - self.lon_bounds[0] - 360.0) < 1e-9)
 
@@ -175,7 +175,7 @@ class Grid:
         h, w = self.shape
         return (
             f"Grid({h}x{w}, lat {self.lat[0]:g}…{self.lat[-1]:g}, "
-            f"lon {self.lon[0]:g}…{self.lon[-1]:g}, periodic={self.periodic})"
+            f"lon {self.lon[0]:g}…{self.lon[-1]:g}, periodic_lon={self.periodic_lon})"
         )
 
     def same_as(self, other: Grid, atol: float = _DEG_TOL) -> bool:
@@ -309,7 +309,7 @@ def coarse_grid(grid: Grid, size: tuple[int, int]) -> Grid:
     else:
         edges = np.linspace(grid.lat_bounds[0], grid.lat_bounds[-1], h + 1)
         lat = 0.5 * (edges[1:] + edges[:-1])
-    if grid.periodic:
+    if grid.periodic_lon:
         lon = grid.lon[0] + np.arange(w) * (360.0 / w)
     else:
         edges = np.linspace(grid.lon_bounds[0], grid.lon_bounds[-1], w + 1)

@@ -76,7 +76,7 @@ def canonical_layout(grid: Grid) -> Layout:
     A global grid's longitudes go to [0, 360); a regional grid keeps its cells contiguous,
     shifted by a multiple of 360° so its western edge lies in [0, 360).
     """
-    if grid.periodic:
+    if grid.periodic_lon:
         return _layout(grid, 0.0)
     west = float(grid.lon_bounds[0])
     return _layout(grid, west - 360.0 * np.floor(west / 360.0) - 1e-9)
@@ -90,7 +90,7 @@ def target_layout(grid: Grid, source: Layout) -> Layout:
     contiguous with it whatever convention the target uses.
     """
     src = source.grid
-    if src.periodic:
+    if src.periodic_lon:
         return _layout(grid, 0.0)
     middle = 0.5 * (src.lon_bounds[0] + src.lon_bounds[-1])
     return _layout(grid, middle - 180.0)

@@ -133,7 +133,7 @@ def zonal_power_spectrum(
         ``(k, power)``: zonal wavenumbers ``0 … W//2`` (cycles per circle) and the ``(..., W//2+1)``
         power; rows with a NaN are left out.
     """
-    if not grid.periodic:
+    if not grid.periodic_lon:
         raise ValueError(f"a zonal spectrum needs a periodic (global) grid, got {grid!r}")
     x = np.asarray(field, dtype=np.float64)
     check_field(x, grid)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import LoadedModel, checkpoint_stats
-from ..geometry import CoordinateGrid
+from ..geometry import CoordinateGrid, UpscaleRequest
 from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP, upscale
 from ..validation import check_int
@@ -97,7 +97,7 @@ def coordinate_grid(src: Grid, dst: Grid) -> CoordinateGrid:
         tuple(src.lon.tolist()),
         tuple(dst.lat.tolist()),
         tuple(dst.lon.tolist()),
-        periodic_lon=src.periodic,
+        periodic_lon=src.periodic_lon,
     )
 
 
@@ -225,7 +225,7 @@ def field_forward(
     z = (xc - mean) / std
     p = q = 0
     src_lon, dst_lon = sg.lon, dg.lon
-    if not sg.periodic and sg.shape[1] > 1:
+    if not sg.periodic_lon and sg.shape[1] > 1:
         # Replicate the region's edges; the target grows by as many of its own columns as
         # cover the padding, and is cropped back after the network. The padded source stays
         # under 360° (a nearly global region gets less padding).
@@ -248,7 +248,7 @@ def field_forward(
         tuple(src_lon.tolist()),
         tuple(dg.lat.tolist()),
         tuple(dst_lon.tolist()),
-        periodic_lon=bool(sg.periodic),
+        periodic_lon=bool(sg.periodic_lon),
     )
     y = run(z_in, coords)[:, 0]
     if q:
@@ -327,7 +327,7 @@ class ModelDownscaler:
                 y = upscale_array(
                     self.loaded,
                     z,
-                    size=dst.shape,
+                    UpscaleRequest(size=dst.shape),
                     kind="field",
                     tile=self.tile,
                     overlap=self.overlap,
@@ -372,7 +372,7 @@ class ModelDownscaler:
             y = upscale(
                 model,
                 x,
-                coords=coords,
+                UpscaleRequest(coords=coords),
                 tile=self.tile,
                 overlap=self.overlap,
                 progress=self.progress,

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .._coordinates import fractional_index
 from ..validation import ArgumentTypeError
 from .grids import Grid
 
@@ -44,18 +45,6 @@ METHODS = ("nearest", "bilinear", "bicubic", "conservative")
 
 # A renormalisation weight below this is treated as "no valid neighbour".
 _MIN_WEIGHT = 1e-12
-
-
-def _source_positions(src: np.ndarray, targets: np.ndarray, periodic: bool) -> np.ndarray:
-    """Fractional source indices of ``targets`` along one axis (clamped unless periodic)."""
-    n = src.size
-    if periodic:
-        # Index n is column 0 again, one period on: the seam is an ordinary gap.
-        ext = np.concatenate([src, [src[0] + 360.0]])
-        return np.interp(targets, ext, np.arange(n + 1, dtype=np.float64))
-    if src[0] > src[-1]:  # descending latitude
-        return (n - 1) - np.interp(targets, src[::-1], np.arange(n, dtype=np.float64))
-    return np.interp(targets, src, np.arange(n, dtype=np.float64))
 
 
 def _keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -72,11 +61,16 @@ def _interp_matrix(
 ) -> np.ndarray:
     """``(len(dst), len(src))`` interpolation weights along one axis."""
     n = src.size
-    targets = dst
-    if wrap_targets:
-        # Longitude: bring targets into [src[0], src[0] + 360), so that e.g. −10° finds 350°.
-        targets = src[0] + np.mod(dst - src[0], 360.0)
-    u = _source_positions(src, targets, periodic)
+    if periodic:
+        # The op's coordinate geometry's formula (one function): targets brought into
+        # [src[0], src[0] + 360), index n is column 0 again, so the seam is an ordinary gap.
+        u = fractional_index(src, dst, 360.0)
+    else:
+        targets = dst
+        if wrap_targets:
+            # A regional longitude axis: −10° still finds 350°.
+            targets = src[0] + np.mod(dst - src[0], 360.0)
+        u = fractional_index(src, targets, extrapolate=False)  # clamped at the ends
     rows = np.arange(dst.size)
     mat = np.zeros((dst.size, n))
     if method == "nearest":
@@ -176,7 +170,7 @@ def _axis_weights(src: Grid, dst: Grid, method: str) -> tuple[np.ndarray, np.nda
             _overlap_matrix(src.lon_bounds, dst.lon_bounds, modulo=360.0),
         )
     a_lat = _interp_matrix(src.lat, dst.lat, method, periodic=False, wrap_targets=False)
-    a_lon = _interp_matrix(src.lon, dst.lon, method, periodic=src.periodic, wrap_targets=True)
+    a_lon = _interp_matrix(src.lon, dst.lon, method, periodic=src.periodic_lon, wrap_targets=True)
     return a_lat, a_lon
 
 
@@ -255,7 +249,7 @@ def inside_source(src: Grid, dst: Grid) -> tuple[np.ndarray, np.ndarray]:
     tol = 1e-9
     lo, hi = np.min(src.lat_bounds), np.max(src.lat_bounds)
     rows = (dst.lat >= lo - tol) & (dst.lat <= hi + tol)
-    if src.periodic:
+    if src.periodic_lon:
         cols = np.ones(dst.lon.shape, dtype=bool)
     else:
         start = src.lon_bounds[0]
@@ -309,9 +303,17 @@ def _tensor_info(field: Any) -> bool:
 def fill_missing(field: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """Fill NaNs for a network that needs finite input; keep the mask for re-masking.
 
-    Each missing value takes the mean of the valid values in its latitude row (a zonal mean,
-    which keeps the strong meridional gradient of climate fields); a row with no valid value
-    takes the area-weighted mean of the whole 2-D field.
+    The missing values are the *harmonic* continuation of the valid ones: each missing cell
+    equals the mean of its four grid neighbours (rows end at the first and last row;
+    longitude wraps on a global grid and ends at a regional grid's edges), the valid cells
+    held fixed — the discrete Laplace equation, solved directly (sparse LU, once per distinct
+    mask of the leading fields). The fill joins the valid values without a step at the mask's
+    edge (a coast, a sea-ice edge), stays within their range, and is the same for any storage
+    order or longitude origin of the field. (A zonal-mean fill, used before, put the field's
+    mean, 290 K, into COADS's missing Antarctic rows beside 271 K: an artificial front that a
+    network and the conservation constraint spread into the valid cells; docs/climate.md.)
+
+    Needs scipy (the ``climate`` extra) where a value is missing.
 
     Args:
         field: ``(..., H, W)`` on ``grid``.
@@ -319,24 +321,65 @@ def fill_missing(field: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]
 
     Returns:
         ``(filled, valid)``: the filled ``(..., H, W)`` float64 array and the boolean mask of the
-        originally valid values.
+        originally valid values. A field with no valid value at all is filled with 0.
     """
     x = np.asarray(field, dtype=np.float64)
     check_field(x, grid)
     valid = np.isfinite(x)
     if valid.all():
         return x.copy(), valid
-    count = valid.sum(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        row_mean = np.where(valid, x, 0.0).sum(axis=-1, keepdims=True) / count
-    area = grid.cell_areas()
-    total = np.where(valid, area, 0.0).sum(axis=(-2, -1), keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        field_mean = np.where(valid, x * area, 0.0).sum(axis=(-2, -1), keepdims=True) / total
-    # A leading slice may be all NaN even if the whole array is not: fall back to 0 there.
-    field_mean = np.where(np.isfinite(field_mean), field_mean, 0.0)
-    fill = np.where(count > 0, row_mean, field_mean)
-    return np.where(valid, x, np.broadcast_to(fill, x.shape)), valid
+    xs = x.reshape(-1, *x.shape[-2:])
+    vs = valid.reshape(xs.shape)
+    out = np.where(vs, xs, 0.0)
+    groups: dict[bytes, list[int]] = {}
+    for k in range(xs.shape[0]):
+        if vs[k].any() and not vs[k].all():
+            groups.setdefault(np.packbits(vs[k]).tobytes(), []).append(k)
+    for members in groups.values():
+        out[members] = _harmonic_fill(out[members], vs[members[0]], bool(grid.periodic_lon))
+    return out.reshape(x.shape), valid
+
+
+def _harmonic_fill(xs: np.ndarray, valid: np.ndarray, periodic: bool) -> np.ndarray:
+    """The missing cells of ``xs`` ``(N, H, W)`` (one mask ``valid`` ``(H, W)``, some valid)
+    solved from ``A u = b``: ``A`` = (number of neighbours) − (missing neighbours), ``b`` = sum
+    of the valid neighbours (symmetric positive definite: every missing cell reaches a valid
+    one through its neighbours on a connected grid)."""
+    from .._extras import require
+
+    sp = require("scipy.sparse", "climate", "filling missing values")
+    splu = require("scipy.sparse.linalg", "climate", "filling missing values").splu
+
+    n, h, w = xs.shape
+    missing = ~valid
+    index = np.full((h, w), -1, dtype=np.int64)
+    index[missing] = np.arange(int(missing.sum()))
+    ii, jj = np.nonzero(missing)
+    me = index[ii, jj]
+    rows, cols, vals = [me], [me], [np.zeros(me.size)]
+    b = np.zeros((me.size, n))
+    for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        ni, nj = ii + di, jj + dj
+        inside = (ni >= 0) & (ni < h)
+        if periodic:
+            nj = nj % w
+        else:
+            inside &= (nj >= 0) & (nj < w)
+        src, ni, nj = me[inside], ni[inside], nj[inside]
+        vals[0][src] += 1.0  # one more neighbour
+        other = index[ni, nj]
+        free = other >= 0
+        rows.append(src[free])
+        cols.append(other[free])
+        vals.append(-np.ones(int(free.sum())))
+        np.add.at(b, src[~free], xs[:, ni[~free], nj[~free]].T)
+    a = sp.csc_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(me.size, me.size),
+    )
+    out = xs.copy()
+    out[:, missing] = splu(a).solve(b).T
+    return out
 
 
 def regrid_mask(valid: np.ndarray, src: Grid, dst: Grid, threshold: float = 0.5) -> np.ndarray:

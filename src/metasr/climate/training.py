@@ -158,7 +158,7 @@ def _sub_grid(grid: Grid, rows: slice, cols: np.ndarray) -> Grid:
 
 def _lr_grid(hr: Grid, h: int, w: int, rng: random.Random) -> Grid:
     """A coarse grid over ``hr``'s area: global ones of a random kind, regional ones regular."""
-    if hr.periodic and abs(hr.lat_bounds[0]) > 89.99 and abs(hr.lat_bounds[-1]) > 89.99:
+    if hr.periodic_lon and abs(hr.lat_bounds[0]) > 89.99 and abs(hr.lat_bounds[-1]) > 89.99:
         kind = rng.choice(["pole", "nopole", "gauss"])
         if kind == "gauss" and h >= 4:
             return gaussian_grid(h, w)
@@ -200,13 +200,13 @@ def sample_batch(
         hh = rng.randint(min(24, H), min(H, 72))
         ww = rng.randint(min(24, W), min(W, 96))
         top = rng.randrange(H - hh + 1)
-        left = rng.randrange(W) if grid.periodic else rng.randrange(W - ww + 1)
+        left = rng.randrange(W) if grid.periodic_lon else rng.randrange(W - ww + 1)
         cols = (left + np.arange(ww)) % W
-        if ww == W and grid.periodic:
+        if ww == W and grid.periodic_lon:
             cols = np.arange(W)
         grid = _sub_grid(grid, slice(top, top + hh), cols)
         hr = hr[:, top : top + hh][:, :, cols]
-    elif choice < 0.7 and grid.periodic and grid.has_pole_rows:
+    elif choice < 0.7 and grid.periodic_lon and grid.has_pole_rows:
         # The same fields conservatively regridded to a global grid of another kind.
         h2 = max(16, int(H * rng.uniform(0.55, 1.0)) // 2 * 2)
         w2 = max(16, int(W * rng.uniform(0.55, 1.0)))

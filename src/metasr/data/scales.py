@@ -40,7 +40,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..geometry import parse_scale, resolve_output_size
+from ..geometry import UpscaleRequest, parse_scale, resolve_output_size
 
 __all__ = [
     "ARBSR_ASYMMETRIC_SCALES",
@@ -55,6 +55,7 @@ __all__ = [
     "build_scale_sampler",
     "format_scale",
     "lq_size_for",
+    "parse_request",
     "parse_scale_list",
     "parse_scale_spec",
     "parse_size_list",
@@ -138,6 +139,22 @@ def parse_size_spec(text: str) -> tuple[int, int]:
             f"bad size {text.strip()!r}: use HEIGHTxWIDTH with positive integers (721x1440)"
         )
     return int(m.group(1)), int(m.group(2))
+
+
+def parse_request(scale: object = None, size: object = None) -> UpscaleRequest:
+    """``scale`` or ``size`` as one :class:`~metasr.geometry.UpscaleRequest`: strings in the
+    grammar above (``"3.5x2"``: :func:`parse_scale_spec`; ``"721x1440"``:
+    :func:`parse_size_spec`), or the values the request takes (a number, ``(r_v, r_h)``,
+    ``(H, W)``).
+
+    Raises:
+        ValueError: a bad spec or request (both or neither given).
+    """
+    if isinstance(scale, str):
+        scale = parse_scale_spec(scale)
+    if isinstance(size, str):
+        size = parse_size_spec(size)
+    return UpscaleRequest(scale=scale, size=size)
 
 
 def parse_size_list(text: str) -> list[tuple[int, int]]:

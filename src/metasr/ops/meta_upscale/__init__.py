@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ...geometry import Arithmetic, CoordinateGrid, Region, UpscaleRequest
+from ...validation import ArgumentTypeError
 from . import planning
 from .planning import UpscalePlan, plan
 from .tables import restore_order
@@ -89,7 +90,7 @@ def meta_upscale(
         plan = planning.plan(x, phi, request, backend)
     else:
         if not isinstance(plan, UpscalePlan):
-            raise ValueError(f"plan must be an UpscalePlan, got {plan!r}")
+            raise ArgumentTypeError(f"plan must be an UpscalePlan, got {type(plan).__name__}")
         given = (scale, size, coords, region, backend)
         if any(v is not None for v in given) or arithmetic != "exact" or periodic_lon:
             raise ValueError("give either plan=... or the request (scale, size, ...), not both")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...geometry import Geometry
+from ...validation import check_str
 from ..memory import available_memory_bytes, gib
 from .params import MLPParams, PredictorParams
 
@@ -260,8 +261,7 @@ def check_backend_name(backend: object) -> str:
     """
     if backend is None:
         return "auto"
-    if not isinstance(backend, str):
-        raise ValueError(f"backend must be a string, got {backend!r}")
+    check_str("backend", backend)
     name = backend.strip().lower() or "auto"
     if name != "auto" and name not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(BACKENDS)}")

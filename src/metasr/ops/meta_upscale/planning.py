@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...geometry import Geometry, UpscaleRequest
+from ...validation import ArgumentTypeError
 from .dispatch import BACKENDS, Backend, check_backend_name, select_backend
 from .params import MLPParams, PredictorParams
 from .predictor import PredictorKind, check_predictor, predictor_params
@@ -92,7 +93,7 @@ class UpscalePlan:
 
 def _check_features(x: object) -> None:
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        raise ArgumentTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (N, C, h, w), got shape {tuple(x.shape)}")
     if x.numel() == 0:
@@ -136,7 +137,9 @@ def plan(
     """
     _check_features(x)
     if not isinstance(request, UpscaleRequest):
-        raise ValueError(f"request must be a metasr.geometry.UpscaleRequest, got {request!r}")
+        raise ArgumentTypeError(
+            f"request must be a metasr.geometry.UpscaleRequest, got {type(request).__name__}"
+        )
     mode = tracing_mode()
     # Validates phi (attributes, sizes, device, batch-dependent layers) and picks its path.
     kind = check_predictor(phi, x, probe=mode is None)

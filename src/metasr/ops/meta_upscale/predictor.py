@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ...geometry import POS_ENCODINGS
+from ...validation import ArgumentTypeError
 from .params import (
     FunctionalModule,
     LinearHeadParams,
@@ -139,7 +140,9 @@ def check_predictor(phi: object, x: torch.Tensor, probe: bool = True) -> Predict
             its body depends on batch statistics or dropout, or it lives on another device.
     """
     if not isinstance(phi, nn.Module):
-        raise ValueError(f"phi must be an nn.Module (e.g. metasr.Pos2Weight), got {type(phi)}")
+        raise ArgumentTypeError(
+            f"phi must be an nn.Module (e.g. metasr.Pos2Weight), got {type(phi).__name__}"
+        )
     missing = [a for a in PREDICTOR_ATTRIBUTES if not hasattr(phi, a)]
     if missing:
         raise ValueError(

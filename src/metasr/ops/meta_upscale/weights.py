@@ -20,7 +20,6 @@ block size comes from the free memory (:func:`_rows_per_block`), at least one ou
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -32,6 +31,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ...geometry import Arithmetic, CoordinateGrid, Geometry, Region, build_geometry
+from ...validation import ArgumentTypeError, check_choice, check_positive_int
 from .. import memory
 from .padding import pad_window
 from .tables import as_index
@@ -498,9 +498,7 @@ def weights_first(
 def _optional_positive_int(name: str, value: object) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_positive_int(name, value)
 
 
 def _flat_kernel_and_cout(
@@ -612,19 +610,18 @@ def meta_upscale_weights(
             ``k·k·Cin·Cout`` for an odd integer ``k``, the request).
     """
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        raise ArgumentTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4 or x.numel() == 0:
         raise ValueError(f"x must be a non-empty 4-D (N, C, h, w) tensor, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     if not isinstance(weight, torch.Tensor):
-        raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+        raise ArgumentTypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dtype != x.dtype:
         raise ValueError(f"weight is {weight.dtype} but x is {x.dtype}; give both in one dtype")
     if weight.device != x.device:
         raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    check_choice("layout", layout, LAYOUTS)
     out_channels = _optional_positive_int("out_channels", out_channels)
     kernel_size = _optional_positive_int("kernel_size", kernel_size)
     if kernel_size is not None and kernel_size % 2 == 0:
