@@ -120,14 +120,14 @@ def test_auto_feeds_the_network_channels_last(monkeypatch):
     loaded = load_model("default")
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     data = np.random.default_rng(3).random((3, 17, 15)).astype(np.float32)
-    ref = upscale_array(loaded, data, scale=3.7)
+    ref = upscale_array(loaded, data, UpscaleRequest(scale=3.7))
     seen = []
     hook = loaded.model.register_forward_pre_hook(
         lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
     )
     try:
-        out = upscale_array(loaded, data, scale=3.7, precision="auto")
-        upscale_array(loaded, data, scale=3.7, precision="fp32")
+        out = upscale_array(loaded, data, UpscaleRequest(scale=3.7), precision="auto")
+        upscale_array(loaded, data, UpscaleRequest(scale=3.7), precision="fp32")
     finally:
         hook.remove()
     assert seen == [True, False]
