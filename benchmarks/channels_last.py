@@ -30,6 +30,7 @@ SIDES = {
     "meta_rdn": 48,
     "meta_swinir": 48,
     "default": 128,
+    "t2m": 128,
 }
 
 
