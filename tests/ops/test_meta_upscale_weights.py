@@ -335,11 +335,15 @@ def _ok_args():
     ],
 )
 def test_bad_input_flat(change, match):
+    with pytest.raises(ValueError, match=match):
+        _call_flat(change)
+
+
+def _call_flat(change) -> None:
+    """``meta_upscale_weights`` on good flat arguments with ``change`` applied."""
     x, w, _ = _ok_args()
     x, w, kw = change(x, w)
-    kwargs = {"scale": 2, "out_channels": 3, **kw}
-    with pytest.raises(ValueError, match=match):
-        meta_upscale_weights(x, w, **kwargs)
+    meta_upscale_weights(x, w, **{"scale": 2, "out_channels": 3, **kw})
 
 
 @pytest.mark.parametrize(
@@ -354,11 +358,8 @@ def test_bad_input_flat(change, match):
     ],
 )
 def test_wrong_types_flat(change, match):
-    x, w, _ = _ok_args()
-    x, w, kw = change(x, w)
-    kwargs = {"scale": 2, "out_channels": 3, **kw}
     with pytest.raises(TypeError, match=match):
-        meta_upscale_weights(x, w, **kwargs)
+        _call_flat(change)
 
 
 @pytest.mark.parametrize(
