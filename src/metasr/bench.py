@@ -124,22 +124,15 @@ for _s, _call in (
     ("2.37x3.13", {"scale": (2.37, 3.13)}),
     ("1.13x3.91", {"scale": (1.13, 3.91)}),
 ):
-    CONFIGS[f"model-default-{_s}"] = BenchConfig(
-        (1, 3, 200, 200),
-        _call,
-        3,
-        ("fwd", "fwdbwd"),
-        f"the bundled photo model on a 200² RGB input, {_s}",
-        model="default",
-    )
-    if _s != "x2":
-        CONFIGS[f"model-t2m-{_s}"] = BenchConfig(
-            (1, 1, 96, 144),
-            _call,
-            1,
-            ("fwd", "fwdbwd"),
-            f"the bundled 2 m temperature model on a 96x144 field, {_s}",
-            model="t2m",
+    # The bundled models (whole network: inference, and a training step's forward + backward).
+    for _model, _shape, _what in (
+        ("default", (1, 3, 200, 200), "the bundled photo model on a 200² RGB input"),
+        ("t2m", (1, 1, 96, 144), "the bundled 2 m temperature model on a 96x144 field"),
+    ):
+        if _model == "t2m" and _s == "x2":
+            continue
+        CONFIGS[f"model-{_model}-{_s}"] = BenchConfig(
+            _shape, _call, _shape[1], ("fwd", "fwdbwd"), f"{_what}, {_s}", model=_model
         )
 
 #: Benchmark-only variants for any predictor (:mod:`metasr.ops.meta_upscale.weights`):
