@@ -502,8 +502,14 @@ def _column_dots(
         dzc = zc.new_empty(zc.shape)
     for a in range(0, W, step):
         b = min(W, a + step)
-        if dyc is None:  # (N, w, O, 1, K) * (1, w, 1, m, K)
-            y[:, a:b] = (zc[:, a:b, :, None, :] * hx[:, a:b].transpose(0, 1)[None, :, None]).sum(-1)
+        if dyc is None:
+            if m <= _FEW:  # per row: (N, w, O, K) * (1, w, 1, K), contiguous operands
+                for i in range(m):
+                    torch.sum(zc[:, a:b] * hx[i, a:b, None, :], -1, out=y[:, a:b, :, i])
+            else:  # (N, w, O, 1, K) * (1, w, 1, m, K)
+                y[:, a:b] = (
+                    zc[:, a:b, :, None, :] * hx[:, a:b].transpose(0, 1)[None, :, None]
+                ).sum(-1)
             continue
         d = dyc[:, :, a:b, :, None]  # (N, m, w, O, 1)
         if need_h:
