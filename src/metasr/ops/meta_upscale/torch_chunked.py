@@ -21,6 +21,9 @@ predicts the pair weights as per-phase does but contracts each LR pixel only wit
 own output pixels use; it replaces whichever order the rule above (or the one below) picks when
 its counted cost is lower (:func:`.phase_grouped.prefer_grouped`).
 
+Linear-ReLU-Linear is first restricted to the hidden units that switch within the call's
+positions (:mod:`.relu_domain`, exact), so every order and the cost counts see ``hid'`` units.
+
 The predictor decides what ``hid`` is (:mod:`.predictor`): ``ReLU(A[i] + Bc[j] + c)`` for
 Linear-ReLU-Linear (:class:`.params.MLPParams`, the first layer split by axis), or the body's
 features ``g(pos(i, j))`` for any predictor with a linear last layer
