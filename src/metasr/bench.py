@@ -3,9 +3,10 @@
 Every measurement runs in a fresh subprocess, so the peak memory of one backend cannot hide in
 another's allocator cache: on CPU it is the peak RSS (``ru_maxrss``) minus the RSS after the
 inputs were built and one step on a tiny input (so lazy imports and torch's first-call set-up are
-not counted; op configs at a plain scale, not compiled variants); on CUDA ``max_memory_allocated`` minus the memory allocated before the call.
-Time is the median of several runs after a warm-up (CUDA: events). Backends of one config run
-one after another in the same invocation, so the ratios in the table are side by side.
+not counted; op configs at a plain scale, not compiled variants); on CUDA
+``max_memory_allocated`` minus the memory allocated before the call. Time is the median of
+several runs after a warm-up (CUDA: events). Backends of one config run one after another in the
+same invocation, so the ratios in the table are side by side.
 """
 
 from __future__ import annotations
