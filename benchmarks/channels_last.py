@@ -24,12 +24,24 @@ import metasr
 from metasr.checkpoints import load_model
 
 #: LR side per network (the transformer and RDN are slow on a CPU at full width).
-SIDES = {"meta_edsr": 96, "meta_edsr_tiny": 128, "meta_rdn": 48, "meta_swinir": 48}
+SIDES = {
+    "meta_edsr": 96,
+    "meta_edsr_tiny": 128,
+    "meta_rdn": 48,
+    "meta_swinir": 48,
+    "default": 128,
+    "t2m": 128,
+}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=None, help="default: every registry name")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="registry names or bundled models (default: every registry name)",
+    )
     p.add_argument("--scales", nargs="+", type=float, default=[4.0, 3.7])
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()

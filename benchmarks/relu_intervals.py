@@ -3,19 +3,23 @@
 At 2.37×3.13 and 1.13×3.91 on a 128² input there are 237×314 and 113×391 distinct offset
 pairs, about as many as output pixels, so predicting a weight per pair does not amortise and
 the ``torch`` backend keeps features-first. This script measures, in one process and
-interleaved (medians), two exact alternatives for the default Linear-ReLU-Linear predictor:
+interleaved (medians), the features-first order of the torch backend as it was at a git
+revision (``before``, default ``main``: its module file loaded beside today's), today's
+(``today``: the hidden units restricted to the call's positions,
+:mod:`metasr.ops.meta_upscale.relu_domain`, and gather mode's contraction as broadcast
+products), today's without the restriction (``unrestricted``), and a prototype of another exact
+order (forward only, defined here only):
 
-* ``restricted``: features-first with the hidden units restricted to the call's positions
-  (:mod:`metasr.ops.meta_upscale.relu_domain`: units off everywhere dropped, units on
-  everywhere merged into the linear position terms);
-* ``intervals`` (prototype, forward only, here only): for a fixed row offset ``Δv`` each hidden
-  unit switches at one ``Δh``, so within an interval of the active set ``S`` the weight is affine,
-  ``W = Δh·B_S + C_S``; ``B_S, C_S`` for all intervals come from signed cumulative sums over the
-  switching units, and each output pixel is ``Δh·(X_q·B_S) + X_q·C_S``, contracted per group
-  ``(Δv, S)`` with one batched matmul over groups (windows gathered per output pixel).
+* ``intervals``: for a fixed row offset ``Δv`` each hidden unit switches at one ``Δh``, so
+  within an interval of the active set ``S`` the weight is affine, ``W = Δh·B_S + C_S``;
+  ``B_S, C_S`` for all intervals come from signed cumulative sums over the switching units, and
+  each output pixel is ``Δh·(X_q·B_S) + X_q·C_S``, contracted per group ``(Δv, S)`` with one
+  batched matmul over groups (windows gathered per output pixel).
 
-against today's features-first at the same scale and the ×4 per-phase order per output pixel.
-It also prints the counts behind the cost argument (units that switch, intervals, pairs).
+Each is also compared per output pixel with the ×4 per-phase order, forward and training step
+(forward + backward to the input and every predictor parameter). It also prints the counts
+behind the cost argument (units that switch, interval groups, pairs) and checks both exact
+orders against the float64 spec on a small input. Run it from the repository (``git show``).
 
 Usage::
 
@@ -27,7 +31,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import time
+import types
 from unittest import mock
 
 import numpy as np
@@ -179,10 +185,27 @@ def check(phi):
         )
 
 
+def load_before(rev: str):
+    """``torch_chunked`` as it is at git revision ``rev``, as a module beside today's (its
+    relative imports resolve to today's package; the file alone is taken from ``rev``)."""
+    src = subprocess.run(
+        ["git", "show", f"{rev}:src/metasr/ops/meta_upscale/torch_chunked.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    mod = types.ModuleType("metasr.ops.meta_upscale._torch_chunked_before")
+    mod.__package__ = "metasr.ops.meta_upscale"
+    exec(compile(src, f"{rev}:torch_chunked.py", "exec"), mod.__dict__)
+    return mod
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--before", default="main", help="git revision of the 'before' variant")
     ap.add_argument("--no-step", action="store_true")
+    ap.add_argument("--no-intervals", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     torch.manual_seed(0)
@@ -192,45 +215,43 @@ def main() -> int:
 
     counts(phi, "init")
     counts(load_model("default").model.upsample.phi, "bundled")
+    before = load_before(args.before)
     x = torch.randn(1, 64, 128, 128)
     geoms = {s: build_geometry(128, 128, scale=s) for s in [4.0, (2.37, 3.13), (1.13, 3.91)]}
     p = MLPParams.from_module(phi, torch.float32)
     groups = {s: interval_groups(p, g) for s, g in geoms.items() if s != 4.0}
 
+    def op(variant, xx, q, g):
+        if variant == "x4":
+            return meta_upscale_torch(xx, q, g)
+        if variant == "before":
+            return before.meta_upscale_torch(xx, q, g, order="features_first")
+        if variant == "unrestricted":  # today's contraction, every hidden unit
+            with UNRESTRICTED:
+                return meta_upscale_torch(xx, q, g, order="features_first")
+        return meta_upscale_torch(xx, q, g, order="features_first")  # "today"
+
     def fwd(variant, s):
         g = geoms[s]
         with torch.no_grad():
-            if variant == "x4":
-                return meta_upscale_torch(x, p, g)
-            if variant == "today":
-                with UNRESTRICTED:
-                    return meta_upscale_torch(x, p, g, order="features_first")
-            if variant == "restricted":
-                return meta_upscale_torch(x, p, g, order="features_first")
-            return meta_upscale_intervals(x, p, g, groups[s])
+            if variant == "intervals":
+                return meta_upscale_intervals(x, p, g, groups[s])
+            return op(variant, x, p, g)
 
     def step(variant, s):
-        g = geoms[s]
         xg = x.detach().requires_grad_(True)
-        q = MLPParams.from_module(phi, torch.float32)
-        if variant == "x4":
-            y = meta_upscale_torch(xg, q, g)
-        elif variant == "today":
-            with UNRESTRICTED:
-                y = meta_upscale_torch(xg, q, g, order="features_first")
-        else:
-            y = meta_upscale_torch(xg, q, g, order="features_first")
+        y = op(variant, xg, MLPParams.from_module(phi, torch.float32), geoms[s])
         y.backward(torch.ones_like(y))
         phi.zero_grad(set_to_none=True)
         return y
 
+    ff = ("before", "unrestricted", "today")
     cases = [("fwd", "x4", 4.0)]
     for s in [(2.37, 3.13), (1.13, 3.91)]:
-        cases += [("fwd", v, s) for v in ("today", "restricted", "intervals")]
+        cases += [("fwd", v, s) for v in ff + (() if args.no_intervals else ("intervals",))]
     if not args.no_step:
-        cases += [("step", "x4", 4.0)] + [
-            ("step", v, (2.37, 3.13)) for v in ("today", "restricted")
-        ]
+        cases += [("step", "x4", 4.0)]
+        cases += [("step", v, s) for s in [(2.37, 3.13), (1.13, 3.91)] for v in ff]
     times: dict = {}
     px = {s: g.H * g.W for s, g in geoms.items()}
     for kind, v, s in cases:  # warm-up

@@ -71,7 +71,12 @@ def test_model_config_times_the_bundled_network(monkeypatch):
 def test_many_phase_configs_exist():
     names = {"phases-x2.3", "phases-x3.7", "phases-2.37x3.13", "phases-1.13x3.91", "phases-x4"}
     assert names <= set(bench.CONFIGS)
-    assert {"batch16-x3.7", "model-default-x2.3", "model-default-x4"} <= set(bench.CONFIGS)
+    # Forward and training step, op alone and the bundled models, at every scale of issue 27.
+    for s in ("x4", "x2.3", "x3.7", "2.37x3.13", "1.13x3.91"):
+        for prefix in ("phases", "batch16", "model-default", "model-t2m"):
+            assert bench.CONFIGS[f"{prefix}-{s}"].modes == ("fwd", "fwdbwd")
+    assert bench.CONFIGS["model-t2m-x3.7"].model == "t2m"
+    assert bench.CONFIGS["model-default-x2"].model == "default"
 
 
 def test_worker_reports_unavailable_backend(tiny_config, monkeypatch):

@@ -90,7 +90,7 @@ class MetaEDSR(MeanShiftMetaSRNet):
         forward: ``x (N, in_channels, h, w)`` → ``(N, out_channels, H, W)``.
     """
 
-    # Channels-last input measured 1.3-1.6x faster on CPU (docs/benchmarks.md).
+    # A channels-last input measured 1.3-1.7x faster on CPU (docs/benchmarks.md).
     channels_last_cpu = True
 
     def __init__(

@@ -48,14 +48,25 @@ def unit_states(params: MLPParams, geom: Geometry) -> tuple[np.ndarray, np.ndarr
     """
     w1 = params.w1.detach().to("cpu", torch.float64).numpy()
     b1 = params.b1.detach().to("cpu", torch.float64).numpy()
-    a = geom.row_pos @ w1.T  # (H, hid)
-    bc = geom.col_pos @ w1.T  # (W, hid)
-    c = geom.const_pos @ w1.T + b1
+    # The distinct rows of each axis only, and products summed by component rather than a
+    # float64 matrix product: no BLAS kernel that the call would not run anyway (a first
+    # double-precision GEMM alone adds megabytes of library code to the process).
+    a = _project(np.unique(geom.row_pos, axis=0), w1)  # (rows, hid)
+    bc = _project(np.unique(geom.col_pos, axis=0), w1)  # (cols, hid)
+    c = _project(geom.const_pos[None], w1)[0] + b1
     zmin = a.min(0) + bc.min(0) + c
     zmax = a.max(0) + bc.max(0) + c
     on = zmin > 0
     off = zmax <= 0
     return on, ~on & ~off
+
+
+def _project(pos: np.ndarray, w1: np.ndarray) -> np.ndarray:
+    """``pos @ w1.T`` for ``pos (M, P)``, ``w1 (hid, P)``, summed over the ``P`` components."""
+    out = np.zeros((pos.shape[0], w1.shape[0]))
+    for t in range(w1.shape[1]):
+        out += np.multiply.outer(pos[:, t], w1[:, t])
+    return out
 
 
 def restrict_to_domain(params: MLPParams, geom: Geometry) -> MLPParams:
@@ -102,9 +113,7 @@ def restrict_to_domain(params: MLPParams, geom: Geometry) -> MLPParams:
         b2 = b2 + w2_on @ params.b1.index_select(0, oi) + m @ shift
         if len(vary):
             vi = as_index(vary, dev)
-            eye = torch.zeros((len(vary), params.w1.shape[1]), dtype=like.dtype, device=dev)
-            eye[torch.arange(len(vary), device=dev), vi] = 1
-            w1 = torch.cat([w1, eye])
+            w1 = torch.cat([w1, as_float(np.eye(params.w1.shape[1])[vary], like)])
             b1 = torch.cat([b1, -shift.index_select(0, vi)])
             w2 = torch.cat([w2, m.index_select(1, vi)], dim=1)
     return MLPParams(w1, b1, w2, b2, params.kernel_size, params.in_channels, params.out_channels)

@@ -21,6 +21,9 @@ predicts the pair weights as per-phase does but contracts each LR pixel only wit
 own output pixels use; it replaces whichever order the rule above (or the one below) picks when
 its counted cost is lower (:func:`.phase_grouped.prefer_grouped`).
 
+Linear-ReLU-Linear is first restricted to the hidden units that switch within the call's
+positions (:mod:`.relu_domain`, exact), so every order and the cost counts see ``hid'`` units.
+
 The predictor decides what ``hid`` is (:mod:`.predictor`): ``ReLU(A[i] + Bc[j] + c)`` for
 Linear-ReLU-Linear (:class:`.params.MLPParams`, the first layer split by axis), or the body's
 features ``g(pos(i, j))`` for any predictor with a linear last layer
@@ -502,8 +505,14 @@ def _column_dots(
         dzc = zc.new_empty(zc.shape)
     for a in range(0, W, step):
         b = min(W, a + step)
-        if dyc is None:  # (N, w, O, 1, K) * (1, w, 1, m, K)
-            y[:, a:b] = (zc[:, a:b, :, None, :] * hx[:, a:b].transpose(0, 1)[None, :, None]).sum(-1)
+        if dyc is None:
+            if m <= _FEW:  # per row: (N, w, O, K) * (1, w, 1, K), contiguous operands
+                for i in range(m):
+                    torch.sum(zc[:, a:b] * hx[i, a:b, None, :], -1, out=y[:, a:b, :, i])
+            else:  # (N, w, O, 1, K) * (1, w, 1, m, K)
+                y[:, a:b] = (
+                    zc[:, a:b, :, None, :] * hx[:, a:b].transpose(0, 1)[None, :, None]
+                ).sum(-1)
             continue
         d = dyc[:, :, a:b, :, None]  # (N, m, w, O, 1)
         if need_h:
