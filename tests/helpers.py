@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 import zlib
 
+import numpy as np
 import torch
 
 ModuleT = torch.nn.Module
@@ -109,3 +110,37 @@ def single_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def reordered_coordinate_grid():
+    """A coordinate request with pole rows (not at an index ratio) and a descending target
+    starting at 180°E: irregular phase classes, a periodic seam and the final reordering.
+    Source 7 × 8, target 23 × 26."""
+    from metasr.geometry import CoordinateGrid
+
+    return CoordinateGrid(
+        np.linspace(-90, 90, 7),
+        np.arange(8) * 45.0,
+        np.linspace(90, -90, 23),
+        (180.0 + np.arange(26) * (360 / 26)) % 360.0,
+    )
+
+
+def assert_matches_spec(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, phi, what: str):
+    """Forward and the gradients of ``x`` and ``phi``'s parameters against the spec's (float64
+    tolerances of the torch backend, scaled by each tensor's largest value)."""
+    from metasr.ops.meta_upscale.torch_chunked import TOLERANCES
+
+    rtol, atol = TOLERANCES[torch.float64]
+    scale = max(1.0, ref.abs().max().item())
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol * scale, msg=lambda m: what + m)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=ref.dtype)
+    wrt = [x, *phi.parameters()]
+    got = torch.autograd.grad(out, wrt, dy)
+    want = torch.autograd.grad(ref, wrt, dy)
+    for i, (g, e) in enumerate(zip(got, want, strict=True)):
+        s = max(1.0, e.abs().max().item())
+        torch.testing.assert_close(
+            g, e, rtol=rtol, atol=atol * s, msg=lambda m, i=i: f"{what} grad {i}: {m}"
+        )

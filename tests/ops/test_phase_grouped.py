@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import metasr
-from helpers import randomize_parameters
-from metasr.geometry import CoordinateGrid, Region, build_geometry
+from helpers import assert_matches_spec as check
+from helpers import randomize_parameters, reordered_coordinate_grid
+from metasr.geometry import Region, build_geometry
 from metasr.ops.meta_upscale.naive import TOLERANCES as NAIVE_TOL
 from metasr.ops.meta_upscale.params import MLPParams
 from metasr.ops.meta_upscale.phase_grouped import axis_classes, meta_upscale_grouped
@@ -40,23 +41,6 @@ SCALES = [
 def pos2weight(cin: int = 3, cout: int = 2, k: int = 3, hidden: int = 16) -> metasr.Pos2Weight:
     torch.manual_seed(0)
     return randomize_parameters(metasr.Pos2Weight(cin, cout, k, hidden=hidden).double())
-
-
-def check(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, phi, what: str) -> None:
-    """Forward and the gradients of ``x`` and ``phi``'s parameters against the spec's."""
-    rtol, atol = TOLERANCES[torch.float64]
-    scale = max(1.0, ref.abs().max().item())
-    assert out.shape == ref.shape and out.dtype == ref.dtype
-    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol * scale, msg=lambda m: what + m)
-    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=ref.dtype)
-    wrt = [x, *phi.parameters()]
-    got = torch.autograd.grad(out, wrt, dy)
-    want = torch.autograd.grad(ref, wrt, dy)
-    for i, (g, e) in enumerate(zip(got, want, strict=True)):
-        s = max(1.0, e.abs().max().item())
-        torch.testing.assert_close(
-            g, e, rtol=rtol, atol=atol * s, msg=lambda m, i=i: f"{what} grad {i}: {m}"
-        )
 
 
 def grouped(x: torch.Tensor, phi, **call) -> torch.Tensor:
@@ -119,15 +103,8 @@ def test_region_matches_whole_image(periodic_lon):
 
 
 def test_coordinate_geometry_reordered_target():
-    # Pole rows (not at index ratio), a descending target starting at 180°E: irregular classes,
-    # a periodic seam and the final reordering.
     phi = pos2weight()
-    coords = CoordinateGrid(
-        np.linspace(-90, 90, 7),
-        np.arange(8) * 45.0,
-        np.linspace(90, -90, 23),
-        (180.0 + np.arange(26) * (360 / 26)) % 360.0,
-    )
+    coords = reordered_coordinate_grid()
     x = torch.randn(1, 3, 7, 8, dtype=torch.float64, requires_grad=True)
     ref = metasr.meta_upscale(x, phi, backend="naive", coords=coords, periodic_lon=True)
     out = grouped(x, phi, coords=coords, periodic_lon=True)

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 import metasr
-from helpers import randomize_parameters
-from metasr.geometry import CoordinateGrid, Region, build_geometry
+from helpers import assert_matches_spec as check
+from helpers import randomize_parameters, reordered_coordinate_grid
+from metasr.geometry import Region, build_geometry
 from metasr.ops.meta_upscale.params import MLPParams
 from metasr.ops.meta_upscale.phase_grouped import pair_weights
 from metasr.ops.meta_upscale.relu_domain import restrict_to_domain, unit_states
 from metasr.ops.meta_upscale.tables import phases, restore_order
 from metasr.ops.meta_upscale.torch_chunked import TOLERANCES, _auto_order, meta_upscale_torch
-from tests.ops.test_phase_grouped import check
 
 SCALES = [
     pytest.param({"scale": 3}, id="x3"),
@@ -122,12 +122,7 @@ def test_region_and_coordinates_match_spec():
     win = torch.randn(1, 3, 5, 5, dtype=torch.float64, requires_grad=True)
     ref = metasr.meta_upscale(win, phi, backend="naive", scale=3.7, region=region)
     check(run(win, phi, "features_first", scale=3.7, region=region), ref, win, phi, "region: ")
-    coords = CoordinateGrid(
-        np.linspace(-90, 90, 7),
-        np.arange(8) * 45.0,
-        np.linspace(90, -90, 23),
-        (180.0 + np.arange(26) * (360 / 26)) % 360.0,
-    )
+    coords = reordered_coordinate_grid()
     x = torch.randn(1, 3, 7, 8, dtype=torch.float64, requires_grad=True)
     ref = metasr.meta_upscale(x, phi, backend="naive", coords=coords, periodic_lon=True)
     out = run(x, phi, "features_first", coords=coords, periodic_lon=True)
