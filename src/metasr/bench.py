@@ -313,13 +313,11 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             elif backend == "im2col" and deep:
                 y = meta_upscale_im2col(x, _ModuleParams(phi, k, C, O), geom)
             else:
-                y = op(x) if x is x_full else eager_op(x)
+                y = op(x)
             if train:
                 y.backward(dy)
                 x.grad = None
                 phi.zero_grad(set_to_none=True)
-
-    x_full = x
 
     def step() -> None:
         step_on(x, geom, dy)
