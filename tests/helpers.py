@@ -144,3 +144,26 @@ def assert_matches_spec(out: torch.Tensor, ref: torch.Tensor, x: torch.Tensor, p
         torch.testing.assert_close(
             g, e, rtol=rtol, atol=atol * s, msg=lambda m, i=i: f"{what} grad {i}: {m}"
         )
+
+
+def field_dataset(shape=(2, 8, 16), *, lat, name="t2m", value=280.0,
+                  lat_units="degrees_north", units="K"):  # fmt: skip
+    """A (time, lat, lon) float32 field ``value`` + N(0, 1) noise (seed 0) on the latitudes
+    ``lat`` (h values, in ``lat_units``) and a global regular longitude axis, as an xarray
+    Dataset; ``units=None`` leaves the variable without units."""
+    import xarray as xr
+
+    n, h, w = shape
+    data = (value + np.random.default_rng(0).standard_normal(shape)).astype(np.float32)
+    da = xr.DataArray(
+        data,
+        dims=("time", "lat", "lon"),
+        coords={
+            "time": np.arange(n),
+            "lat": ("lat", lat, {"units": lat_units}),
+            "lon": ("lon", np.arange(w) * (360.0 / w), {"units": "degrees_east"}),
+        },
+        attrs={"units": units} if units else {},
+        name=name,
+    )
+    return da.to_dataset()

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import metasr
+from helpers import field_dataset
 from metasr.checkpoints import save_checkpoint
 from metasr.cli import main
 from metasr.field_stats import FieldStats, stats_metadata
@@ -31,22 +32,10 @@ KW3 = {"in_channels": 3, "out_channels": 3, "n_resblocks": 1, "n_feats": 8}
 
 def _nc(path: Path, *, name="t2m", lat_units="degrees_north", units="K", shape=(2, 8, 16),
         lat=None, value=280.0) -> None:  # fmt: skip
-    n, h, w = shape
-    data = (value + np.random.default_rng(0).standard_normal(shape)).astype(np.float32)
-    lat = np.linspace(80, -80, h) if lat is None else lat
-    attrs = {"units": units} if units else {}
-    da = xr.DataArray(
-        data,
-        dims=("time", "lat", "lon"),
-        coords={
-            "time": np.arange(n),
-            "lat": ("lat", lat, {"units": lat_units}),
-            "lon": ("lon", np.arange(w) * (360.0 / w), {"units": "degrees_east"}),
-        },
-        attrs=attrs,
-        name=name,
-    )
-    da.to_dataset().to_netcdf(path)
+    lat = np.linspace(80, -80, shape[1]) if lat is None else lat
+    field_dataset(
+        shape, lat=lat, name=name, value=value, lat_units=lat_units, units=units
+    ).to_netcdf(path)
 
 
 @pytest.fixture(scope="module")

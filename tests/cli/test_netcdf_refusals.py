@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import field_dataset
 from metasr.cli import main
 
 xr = pytest.importorskip("xarray")
@@ -23,23 +24,10 @@ def _dataset(
     lat_units: str = "degrees_north",
     shape: tuple[int, int, int] = (2, 8, 16),
 ) -> xr.Dataset:
-    n, h, w = shape
-    data = (value + np.random.default_rng(0).standard_normal(shape)).astype(np.float32)
-    lat = np.linspace(87.5, -87.5, h)
+    lat = np.linspace(87.5, -87.5, shape[1])
     if lat_units == "radians":
         lat = np.deg2rad(lat)
-    da = xr.DataArray(
-        data,
-        dims=("time", "lat", "lon"),
-        coords={
-            "time": np.arange(n),
-            "lat": ("lat", lat, {"units": lat_units}),
-            "lon": ("lon", np.arange(w) * (360.0 / w), {"units": "degrees_east"}),
-        },
-        attrs={"units": "K"},
-        name=name,
-    )
-    return da.to_dataset()
+    return field_dataset(shape, lat=lat, name=name, value=value, lat_units=lat_units)
 
 
 def _file(path: Path, **kw) -> Path:
