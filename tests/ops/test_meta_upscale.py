@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -364,16 +365,21 @@ def test_poisoned_outputs_are_fully_written():
 def test_skipped_pixels_are_caught():
     """The poisoning reaches the backends: the features-first contraction told about only two
     of three LR rows (×2, so output rows 4 and 5 are never written) leaves those rows NaN."""
-    from metasr.ops.meta_upscale.torch_chunked import _FeaturesFirstContraction, _SeparableHidden
+    from metasr.ops.meta_upscale.torch_chunked import (
+        _columns,
+        _FeaturesFirstContraction,
+        _SeparableHidden,
+    )
 
     hid, O = 4, 2
-    z = torch.randn(1, 3, 3, O, hid + 1)  # (N, h, w, O, hid + 1)
+    z = torch.randn(3, 3, O, hid + 1)  # (h, w, N·O, hid + 1)
     a, bc, c = torch.randn(6, hid), torch.randn(2, hid), torch.randn(hid)
-    col_idx = torch.tensor([0, 0, 1, 1, 2, 2])
-    col_phase = torch.tensor([0, 1, 0, 1, 0, 1])
+    col_idx = np.array([0, 0, 1, 1, 2, 2])
+    col_phase = np.array([0, 1, 0, 1, 0, 1])
     cells = ((0, 0, 2), (1, 2, 4))  # (LR row, first output row, end); LR row 2 is left out
     hidden = _SeparableHidden(6, 2, hid)
-    y = _FeaturesFirstContraction.apply(z, col_idx, col_phase, cells, hidden, a, bc, c)
+    columns = _columns(col_idx, col_phase, 2, 3, 1, O, z.device)
+    y = _FeaturesFirstContraction.apply(z, columns, cells, hidden, a, bc, c)
     assert torch.isnan(y[:, :, 4:]).all()
     assert not torch.isnan(y[:, :, :4]).any()
 

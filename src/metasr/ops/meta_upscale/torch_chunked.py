@@ -35,7 +35,6 @@ features-first order: it runs per phase while that costs at most 8 times the out
 
 from __future__ import annotations
 
-import itertools
 from typing import Literal
 
 import numpy as np
@@ -220,17 +219,26 @@ def estimate_bytes(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> 
         K = hid + 1
         z = N * h * w * O * K * cs
         m = int(np.max(np.diff(np.flatnonzero(np.r_[True, np.diff(geom.row_idx) != 0, True]))))
-        # hid of a strip exists three times over at the peak (its pre-activation, ReLU, concat);
-        # a body's activations (every layer's, kept for its backward) come on top of [g, 1].
+        # hid of a strip exists up to three times over at the peak (in backward: itself, its
+        # gradient and ReLU's); a body's activations (every layer's, kept for its backward)
+        # come on top of its features.
         per_pos = 3 * K if isinstance(params, MLPParams) else params.body_width + 2 * K
+        NO = N * O
         if Dh * w <= 2 * W:  # phase mode
-            strip = per_pos * m * Dh + N * m * Dh * w * O + N * m * W * O
-        else:
-            strip = per_pos * m * W + N * W * O * K + N * W * O * m
-        total += z + N * C * h * w * cs + (H + Dh) * hid * cs + strip * cs + out * cs
+            strip = per_pos * m * Dh + m * Dh * w * NO + 2 * m * W * NO
+        else:  # gather mode: G·L slots, the product (G, b·N·O, m·L), its int64 index per m
+            b, G, L = _gather_blocks(geom.col_idx, w)
+            strip = per_pos * m * G * L + (b * NO) * m * G * L + 2 * m * W * NO + G * b * NO * K
+            total += 3 * 8 * m * W * NO  # the cached indices (up to three strip heights)
+        # Z as the contraction reads it ((h, w, N·O, K); a copy when N > 1), the bias map at
+        # the output columns (h·W·N·O).
+        zt = z if N > 1 else 0
+        total += z + zt + N * C * h * w * cs + (H + Dh) * hid * cs + strip * cs + out * cs
+        total += h * W * NO * cs
         if grad:
-            # dZ and its contiguous copy for the convolution's backward, dy, strip, dA
-            total += 2 * z + out * cs + strip * cs + H * hid * cs
+            # dZ and its copies back to the convolution's layout, dy, strip, dA, the bias map's
+            # gradient at the output columns
+            total += 2 * z + zt + out * cs + strip * cs + H * hid * cs + h * W * NO * cs
     return total
 
 
@@ -268,9 +276,10 @@ def _features_first(
     """LR convolution to ``Z`` then the row-by-row contraction. Shapes as the public function."""
     N, _, h, w = x.shape
     O, hid = params.out_channels, params.hidden
-    K = hid + 1  # hid channels of Z plus the bias map B, contracted with a constant 1
-    # Channels-last Z: one LR row of it is a contiguous (w·O, K) matrix per sample.
-    z = features_first_z(x, params, geom.periodic_lon).permute(0, 2, 3, 1).reshape(N, h, w, O, K)
+    K = hid + 1  # hid channels of Z plus the bias map B
+    # One LR pixel's (n, o, k) values contiguous: the contraction reads Z[r] as (w, N·O, K). The
+    # convolution writes channels-last, so for N = 1 this is a view.
+    z = features_first_z(x, params, geom.periodic_lon).permute(2, 3, 0, 1).reshape(h, w, N * O, K)
     if isinstance(params, MLPParams):
         # First MLP layer, separably: W1·(row_pos[i] + col_pos[j] + const) + b1 = A[i] + Bc[j] + c.
         tensors = separable_first_layer(  # (H, hid), (Dc, hid), (hid,)
@@ -287,25 +296,19 @@ def _features_first(
     starts = np.flatnonzero(np.r_[True, np.diff(geom.row_idx) != 0])
     ends = np.r_[starts[1:], geom.H]
     cells = tuple(zip(geom.row_idx[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
-    dev = x.device
-    return _FeaturesFirstContraction.apply(
-        z, as_index(geom.col_idx, dev), as_index(col_phase, dev), cells, hidden, *tensors
-    )
-
-
-def _with_one(g: torch.Tensor) -> torch.Tensor:
-    """``[g, 1]`` along the last axis: ``(..., hid)`` → ``(..., hid + 1)``."""
-    return torch.cat([g, g.new_ones(g.shape[:-1] + (1,))], dim=-1)
+    columns = _columns(geom.col_idx, col_phase, len(col_first), w, N, O, x.device)
+    return _FeaturesFirstContraction.apply(z, columns, cells, hidden, *tensors)
 
 
 class _StripHidden:
     """The hidden features ``hid(i, j)`` of a strip of output rows, for the contraction.
 
-    The contraction passes the tensors they depend on to :meth:`bind` (its saved inputs) and
-    asks, per strip ``s..e`` of output rows, for ``[hid, 1]`` of shape ``(m, D, hid + 1)``, with
-    ``D`` the column phases (phase mode) or every output column (gather mode). Backward asks
-    again (:meth:`recompute`; nothing of output size is stored) and hands back ``d[hid, 1]``
-    (:meth:`accumulate`); :meth:`gradients` returns the bound tensors' gradients.
+    The contraction passes the tensors they depend on to :meth:`bind` (its saved inputs) with
+    the column layout of its strips: ``G`` groups of ``L`` *slots*, each slot standing for one
+    column phase (``slot_phase``, ``(G·L,)``). Per strip ``s..e`` of output rows it asks for
+    ``hid`` of shape ``(G, m, L, hid)``: group, output row, slot. Backward asks again
+    (:meth:`recompute`; nothing of output size is stored) and hands back ``d hid`` of the same
+    shape (:meth:`accumulate`); :meth:`gradients` returns the bound tensors' gradients.
 
     Attributes:
         rows: ``H``, output rows.
@@ -320,8 +323,8 @@ class _StripHidden:
     def bind(
         self,
         tensors: tuple[torch.Tensor, ...],
-        phase_mode: bool,
-        col_phase: torch.Tensor,
+        slot_phase: torch.Tensor,
+        groups: int,
         needs: tuple[bool, ...] | None = None,
     ) -> None:
         """Read ``tensors`` from now on; ``needs`` (backward only): which need a gradient."""
@@ -332,7 +335,7 @@ class _StripHidden:
         self.__dict__.update(dict.fromkeys(("_t", "_cols", "_acc", "_fn"), None))
 
     def strip(self, s: int, e: int) -> torch.Tensor:
-        """``[hid, 1]`` of output rows ``s..e-1``: ``(m, D, hid + 1)``."""
+        """``hid`` of output rows ``s..e-1`` at every slot: ``(G, m, L, hid)``."""
         raise NotImplementedError
 
     def recompute(self, s: int, e: int) -> tuple[torch.Tensor, object]:
@@ -340,7 +343,7 @@ class _StripHidden:
         raise NotImplementedError
 
     def accumulate(self, s: int, e: int, saved: object, dhx: torch.Tensor) -> None:
-        """Add the gradient ``dhx (m, D, hid + 1)`` of the strip to the bound tensors'."""
+        """Add the gradient ``dhx (G, m, L, hid)`` of the strip to the bound tensors'."""
         raise NotImplementedError
 
     def gradients(self) -> tuple[torch.Tensor | None, ...]:
@@ -355,44 +358,41 @@ class _SeparableHidden(_StripHidden):
     def __init__(self, rows: int, col_phases: int, hidden: int) -> None:
         self.rows, self.col_phases, self.hidden = rows, col_phases, hidden
 
-    def bind(self, tensors, phase_mode, col_phase, needs=None) -> None:
+    def bind(self, tensors, slot_phase, groups, needs=None) -> None:
         self._t = tensors
-        self._phase_mode, self._col_phase = phase_mode, col_phase
+        self._slot_phase = slot_phase
         a, bc, c = tensors
-        cols = bc if phase_mode else bc.index_select(0, col_phase)  # (Dc or W, hid)
-        self._cols = cols + c  # the constant added once, not per strip
+        # The constant added once, not per strip; (G, 1, L, hid) broadcasts over the rows.
+        self._cols = (bc + c).index_select(0, slot_phase).view(groups, 1, -1, self.hidden)
         self._need = needs is not None and any(needs)
         if self._need:
-            self._acc = (torch.zeros_like(a), torch.zeros_like(cols))
+            self._acc = (torch.zeros_like(a), torch.zeros_like(self._cols[:, 0]))
 
     def strip(self, s, e):
-        # [ReLU(A[i] + Bc[j] + c), 1] written in place into one buffer (m, D, hid + 1).
-        a = self._t[0][s:e]
-        hid = self.hidden
-        out = a.new_empty((e - s, self._cols.shape[0], hid + 1))
-        torch.add(a[:, None, :], self._cols[None], out=out[..., :hid]).clamp_min_(0)
-        out[..., hid] = 1
-        return out
+        # ReLU(A[i] + Bc[j] + c) with one broadcast add and an in-place clamp (contiguous).
+        a = self._t[0][s:e, None, :]  # (m, 1, hid)
+        cols = self._cols
+        out = a.new_empty((cols.shape[0], e - s, cols.shape[2], self.hidden))
+        return torch.add(cols, a, out=out).clamp_min_(0)
 
     def recompute(self, s, e):
         hx = self.strip(s, e)
-        return hx, hx[..., : self.hidden]  # ReLU(pre) > 0 exactly where pre > 0
+        return hx, hx  # ReLU(pre) > 0 exactly where pre > 0
 
     def accumulate(self, s, e, saved, dhx) -> None:
-        da, dbc_cols = self._acc
+        da, dcols = self._acc
         # ReLU's own backward in one pass (the gradient where ReLU(pre) > 0, else 0).
-        dpre = torch.ops.aten.threshold_backward(dhx[..., : self.hidden], saved, 0)
-        da[s:e] = dpre.sum(1)
-        dbc_cols += dpre.sum(0)
+        dpre = torch.ops.aten.threshold_backward(dhx, saved, 0)  # (G, m, L, hid)
+        da[s:e] = dpre.sum(2).sum(0)
+        dcols += dpre.sum(1)
 
     def gradients(self):
         if not self._need:
             return None, None, None
-        da, dbc_cols = self._acc
-        if self._phase_mode:
-            dbc = dbc_cols
-        else:
-            dbc = torch.zeros_like(self._t[1]).index_add_(0, self._col_phase, dbc_cols)
+        da, dcols = self._acc
+        dbc = torch.zeros_like(self._t[1]).index_add_(
+            0, self._slot_phase, dcols.view(-1, self.hidden)
+        )
         return da, dbc, da.sum(0)
 
 
@@ -400,9 +400,9 @@ class _BodyHidden(_StripHidden):
     """``hid(i, j) = g(pos(i, j))`` for a linear-headed predictor's body ``g``.
 
     ``g`` runs once per distinct position of the strip, ``m`` rows × ``Dc`` column phases, on
-    positions summed in float64 and then cast (as the spec does); gather mode then picks each
-    output column's phase. Backward reruns ``g`` per strip with autograd on and passes
-    ``d hid`` to the body's tensors (storing ``g``'s activations would cost ``H·W·width``).
+    positions summed in float64 and then cast (as the spec does); each slot then picks its
+    phase. Backward reruns ``g`` per strip with autograd on and passes ``d hid`` to the body's
+    tensors (storing ``g``'s activations would cost ``H·W·width``).
     Bound tensors: the body's (:attr:`.params.FunctionalModule.tensors`).
     """
 
@@ -421,8 +421,8 @@ class _BodyHidden(_StripHidden):
         self._col = torch.as_tensor(np.ascontiguousarray(geom.col_pos[col_first]), **f64)
         self._const = torch.as_tensor(geom.const_pos, **f64)  # (P,)
 
-    def bind(self, tensors, phase_mode, col_phase, needs=None) -> None:
-        self._phase_mode, self._col_phase = phase_mode, col_phase
+    def bind(self, tensors, slot_phase, groups, needs=None) -> None:
+        self._slot_phase, self._groups = slot_phase, groups
         self._need = needs is not None and any(needs)
         if self._need:
             # Leaves of this backward; the strips' gradients are summed into _acc.
@@ -434,14 +434,15 @@ class _BodyHidden(_StripHidden):
         self._fn = self._body.with_tensors(tensors)
 
     def _features(self, s: int, e: int) -> torch.Tensor:
-        """``g`` of the strip's distinct positions, per output column in gather mode."""
+        """``g`` of the strip's distinct positions, laid out by slot: ``(G, m, L, hid)``."""
         m, D = e - s, self.col_phases
         pos = self._row[s:e, None, :] + self._col[None] + self._const  # (m, Dc, P), float64
         g = self._fn(pos.to(self._dtype).reshape(m * D, -1)).view(m, D, self.hidden)
-        return g if self._phase_mode else g.index_select(1, self._col_phase)
+        g = g.index_select(1, self._slot_phase).view(m, self._groups, -1, self.hidden)
+        return g.transpose(0, 1).contiguous()
 
     def strip(self, s, e):
-        return _with_one(self._features(s, e))
+        return self._features(s, e)
 
     def recompute(self, s, e):
         if not self._need:
@@ -450,13 +451,11 @@ class _BodyHidden(_StripHidden):
         # the recomputation must see the forward's dtype, as the forward did.
         with torch.enable_grad(), torch.autocast(self._row.device.type, enabled=False):
             g = self._features(s, e)
-        return _with_one(g.detach()), g
+        return g.detach(), g
 
     def accumulate(self, s, e, saved, dhx) -> None:
         wanted = [i for i, t in enumerate(self._t) if t.requires_grad]
-        got = torch.autograd.grad(
-            saved, [self._t[i] for i in wanted], dhx[..., : self.hidden], allow_unused=True
-        )
+        got = torch.autograd.grad(saved, [self._t[i] for i in wanted], dhx, allow_unused=True)
         for i, g in zip(wanted, got, strict=True):
             if g is not None:
                 self._acc[i] = g if self._acc[i] is None else self._acc[i].add_(g)
@@ -465,165 +464,267 @@ class _BodyHidden(_StripHidden):
         return tuple(self._acc) if self._need else (None,) * len(self._t)
 
 
-#: Elements of one broadcast product of :func:`_column_dots` (columns are taken in chunks).
-_DOT_ELEMENTS = 1 << 22
-#: Up to this many terms a sum in :func:`_column_dots` runs as multiply-add passes.
-_FEW = 8
+class _Columns:
+    """How the contraction of one strip treats the output columns (phase or gather mode).
 
-
-def _column_dots(
-    zc: torch.Tensor,
-    hx: torch.Tensor,
-    dyc: torch.Tensor | None = None,
-    need_h: bool = False,
-    need_z: bool = False,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gather mode's per-column contraction, forward or backward, in column chunks.
-
-    Forward (``dyc`` None): ``y[n, j, o, i] = Σ_k zc[n, j, o, k]·hx[i, j, k]``. Backward:
-    ``dhx[i, j, k] = Σ_{n,o} dyc[n, i, j, o]·zc[n, j, o, k]`` (if ``need_h``) and
-    ``dzc[n, j, o, k] = Σ_i dyc[n, i, j, o]·hx[i, j, k]`` (if ``need_z``). Each as a broadcast
-    product and a sum, at most :data:`_DOT_ELEMENTS` elements at a time.
-
-    Args:
-        zc: ``(N, W, O, K)``, ``Z`` gathered to the output columns.
-        hx: ``(m, W, K)``, ``[hid, 1]`` of the strip.
-        dyc: ``(N, m, W, O)``, the strip's output gradient (backward only).
-
-    Returns:
-        ``(y (N, W, O, m), dhx (m, W, K), dzc (N, W, O, K))``, None where not computed.
+    Both read one LR row of ``Z``, ``zr (w, N·O, K)`` (``K = hid + 1``; the last channel, the
+    bias map ``B``, is left to the contraction, which adds it per output column), and the
+    strip's hidden features ``hx (G, m, L, hid)`` laid out in :attr:`groups` groups of
+    :attr:`width` slots of column phases :attr:`slot_phase` (:class:`_StripHidden`). The
+    strip's output is ``(m, W, N·O)``.
     """
-    N, W, O, K = zc.shape
-    m = hx.shape[0]
-    step = max(1, _DOT_ELEMENTS // max(1, N * O * m * K))
-    y = dhx = dzc = None
-    if dyc is None:
-        y = zc.new_empty((N, W, O, m))
-    if need_h:
-        dhx = hx.new_empty(hx.shape)
-    if need_z:
-        dzc = zc.new_empty(zc.shape)
-    for a in range(0, W, step):
-        b = min(W, a + step)
-        if dyc is None:
-            if m <= _FEW:  # per row: (N, w, O, K) * (1, w, 1, K), contiguous operands
-                for i in range(m):
-                    torch.sum(zc[:, a:b] * hx[i, a:b, None, :], -1, out=y[:, a:b, :, i])
-            else:  # (N, w, O, 1, K) * (1, w, 1, m, K)
-                y[:, a:b] = (
-                    zc[:, a:b, :, None, :] * hx[:, a:b].transpose(0, 1)[None, :, None]
-                ).sum(-1)
-            continue
-        d = dyc[:, :, a:b, :, None]  # (N, m, w, O, 1)
-        if need_h:
-            if N * O <= _FEW:  # one multiply-add pass per (n, o) beats a strided reduction
-                acc = dhx[:, a:b]
-                for t, (n, o) in enumerate(itertools.product(range(N), range(O))):
-                    if t == 0:
-                        torch.mul(d[n, :, :, o], zc[n, None, a:b, o], out=acc)
-                    else:
-                        acc.addcmul_(d[n, :, :, o], zc[n, None, a:b, o])
-            else:  # (N, m, w, O, 1) * (N, 1, w, O, K), summed over n and o
-                dhx[:, a:b] = (d * zc[:, None, a:b]).sum((0, 3))
-        if need_z:
-            if m <= _FEW:
-                acc = dzc[:, a:b]
-                torch.mul(d[:, 0], hx[None, 0, a:b, None, :], out=acc)
-                for i in range(1, m):  # (N, w, O, 1) * (1, w, 1, K)
-                    acc.addcmul_(d[:, i], hx[None, i, a:b, None, :])
-            else:  # (N, m, w, O, 1) * (1, m, w, 1, K), summed over i
-                dzc[:, a:b] = (d * hx[None, :, a:b, None, :]).sum(1)
-    return y, dhx, dzc
+
+    groups: int
+    width: int
+    slot_phase: torch.Tensor
+
+    def __init__(self, col_idx: torch.Tensor, batch: int, channels: int) -> None:
+        self.col_idx = col_idx  # (W,) LR column of each output column
+        self.batch, self.channels = batch, channels  # N, O
+
+    def products(self, zr: torch.Tensor, hx: torch.Tensor) -> torch.Tensor:
+        """``Σ_k hid[i, j, k]·Z[r, j'(j), :, k]`` without the bias: ``(m, W, N·O)``."""
+        raise NotImplementedError
+
+    def product_grads(
+        self,
+        zr: torch.Tensor,
+        hx: torch.Tensor,
+        dyr: torch.Tensor,
+        need_h: bool,
+        dzr: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """Backward of :meth:`products` for ``dyr (m, W, N·O)``: returns ``d hid`` (if
+        ``need_h``, shaped as ``hx``) and adds ``dZ[r]``'s first ``hid`` channels into ``dzr``."""
+        raise NotImplementedError
+
+
+class _PhaseColumns(_Columns):
+    """*Phase mode* (``Dc·w ≤ 2·W``, e.g. scales whose columns have few distinct offsets): one
+    GEMM ``(m·Dc, hid) × (hid, w·N·O)`` of the ``Dc`` distinct ``hid`` vectors of each output
+    row with the LR row of ``Z``, then each output column picks its ``(phase, j')`` entry. One
+    group of ``Dc`` slots, one per phase; no column gather, exact work for integer scales."""
+
+    def __init__(
+        self,
+        col_idx: torch.Tensor,
+        col_phase: torch.Tensor,
+        Dc: int,
+        w: int,
+        batch: int,
+        channels: int,
+    ) -> None:
+        super().__init__(col_idx, batch, channels)
+        self.groups, self.width = 1, Dc
+        self.slot_phase = torch.arange(Dc, device=col_idx.device)
+        self.flat = col_phase * w + col_idx  # (W,) index into the (Dc·w) axis
+
+    def products(self, zr, hx):
+        w, NO, K = zr.shape
+        m, Dc = hx.shape[1], self.width
+        t = torch.matmul(hx.view(m * Dc, K - 1), zr[..., :-1].reshape(w * NO, K - 1).T)
+        return t.view(m, Dc * w, NO).index_select(1, self.flat)
+
+    def product_grads(self, zr, hx, dyr, need_h, dzr):
+        w, NO, K = zr.shape
+        m, Dc = hx.shape[1], self.width
+        dt = dyr.new_zeros((m, Dc * w, NO)).index_add_(1, self.flat, dyr).view(m * Dc, w * NO)
+        if dzr is not None:
+            dzr[..., :-1] = torch.matmul(dt.T, hx.view(m * Dc, K - 1)).view(w, NO, K - 1)
+        if not need_h:
+            return None
+        return torch.matmul(dt, zr[..., :-1].reshape(w * NO, K - 1)).view(hx.shape)
+
+
+class _GatherColumns(_Columns):
+    """*Gather mode* (many column phases): blocks of ``b`` consecutive LR columns with their
+    output columns, as one batched matmul per strip.
+
+    Block ``t`` holds LR columns ``t·b … t·b + b - 1`` and the output columns that read them
+    (a contiguous run, the column map being non-decreasing), padded to ``L`` slots (the longest
+    run; a padding slot repeats a column of its block and is never read back). The strip's
+    product is ``(G, m·L, hid) × (G, hid, b·N·O)``; each output pixel then takes the entry of its
+    own LR column. ``b > 1`` spends ``b`` times the multiply-adds to make the matrices larger
+    and the padding relatively smaller (:func:`_columns` picks ``b``). Backward is the same
+    product transposed, with the output gradient scattered to its slots (zero elsewhere, so the
+    padding contributes nothing). Per-column products, as broadcast products summed over the
+    hidden units, streamed ``m·W·N·O·(hid + 1)`` products through memory and took most of the
+    forward at 2.37×3.13 (docs/benchmarks.md, issue 27); a ``bmm`` per output column ran one
+    ``addmm`` per column.
+    """
+
+    def __init__(
+        self,
+        col_idx_np: np.ndarray,
+        col_idx: torch.Tensor,
+        col_phase: torch.Tensor,
+        w: int,
+        b: int,
+        batch: int,
+        channels: int,
+    ) -> None:
+        super().__init__(col_idx, batch, channels)
+        dev = col_idx.device
+        first, L = _block_runs(col_idx_np, w, b)
+        G = len(first) - 1
+        slot = first[:-1, None] + np.arange(L)[None, :]  # (G, L) output column of each slot
+        last = np.maximum(first[1:] - 1, first[:-1])
+        slot = np.minimum(slot, last[:, None])  # padding repeats the block's last column
+        slot = np.minimum(slot, len(col_idx_np) - 1)
+        self.groups, self.width, self.b = G, L, b
+        self.slot_phase = col_phase.index_select(0, as_index(slot.reshape(-1), dev))
+        blk = np.minimum(np.arange(G * b), w - 1)  # LR columns of the blocks (last one clamped)
+        self.blk_cols = None if G * b == w else as_index(blk, dev)
+        j = np.arange(len(col_idx_np))
+        t = col_idx_np // b
+        self._t, self._s, self._l = t, j - first[t], col_idx_np - t * b
+        self._index: dict[int, torch.Tensor] = {}
+        self._dev = dev
+
+    def index(self, m: int) -> torch.Tensor:
+        """Where output ``(i, j, n·O + o)`` of an ``m``-row strip lies in the product
+        ``(G, b, N·O, m, L)`` flattened: ``(((t·b + l)·N·O + no)·m + i)·L + s``; ``(m·W·N·O,)``,
+        cached per ``m``."""
+        if m not in self._index:
+            NO = self.batch * self.channels
+            i = np.arange(m)[:, None, None]
+            no = np.arange(NO)[None, None, :]
+            t, s, l = (v[None, :, None] for v in (self._t, self._s, self._l))
+            flat = (((t * self.b + l) * NO + no) * m + i) * self.width + s
+            self._index[m] = as_index(flat.reshape(-1), self._dev)
+        return self._index[m]
+
+    def _blocks(self, zr: torch.Tensor) -> torch.Tensor:
+        """The first ``hid`` channels of ``zr`` by block: ``(G, b·N·O, hid)``."""
+        zb = zr if self.blk_cols is None else zr.index_select(0, self.blk_cols)
+        return zb.view(self.groups, -1, zr.shape[-1])[..., :-1]
+
+    def products(self, zr, hx):
+        G, m, L, hid = hx.shape
+        # Z × hidᵀ rather than hid × Zᵀ: with these skinny shapes (m·L ≈ 12 rows, b·N·O = 3
+        # columns) CPU bmm took up to 8 times longer for the latter (1 thread, measured).
+        res = torch.bmm(self._blocks(zr), hx.view(G, m * L, hid).transpose(1, 2))
+        return res.view(-1).index_select(0, self.index(m)).view(m, -1, zr.shape[1])
+
+    def product_grads(self, zr, hx, dyr, need_h, dzr):
+        G, m, L, hid = hx.shape
+        NO = zr.shape[1]
+        dres = dyr.new_zeros(G * self.b * NO * m * L)
+        dres.index_copy_(0, self.index(m), dyr.reshape(-1))
+        dres = dres.view(G, self.b * NO, m * L)
+        if dzr is not None:
+            dzb = torch.bmm(dres, hx.view(G, m * L, hid)).view(G * self.b, NO, hid)
+            if self.blk_cols is None:
+                dzr[..., :-1] = dzb
+            else:
+                dzr[..., :-1].index_add_(0, self.blk_cols, dzb)
+        if not need_h:
+            return None
+        return torch.bmm(dres.transpose(1, 2), self._blocks(zr)).view(hx.shape)
+
+
+#: Cost of forming one padding slot's hidden features, in units of contracting it with one LR
+#: column's ``N·O`` values (:func:`_gather_blocks`).
+_SLOT_COST = 4.0
+
+
+def _block_runs(col_idx: np.ndarray, w: int, b: int) -> tuple[np.ndarray, int]:
+    """First output column of each block of ``b`` LR columns (and ``W`` at the end), and the
+    longest block's number of output columns ``L`` (the column map is non-decreasing)."""
+    first = np.searchsorted(col_idx, np.arange(-(-w // b) + 1) * b)
+    first[-1] = len(col_idx)
+    return first, max(1, int(np.diff(first).max()))
+
+
+def _gather_blocks(col_idx: np.ndarray, w: int) -> tuple[int, int, int]:
+    """Gather mode's block size ``b``, number of blocks ``G`` and slots per block ``L``.
+
+    ``b`` is the one of least counted cost per strip row: ``G·L`` slots, each formed once
+    (:data:`_SLOT_COST`) and contracted with ``b`` LR columns. ``b = 1`` wastes the most slots
+    where LR columns have uneven numbers of output columns (``L`` = the largest).
+    """
+    best = None
+    for b in (1, 2, 4, 8):
+        first, L = _block_runs(col_idx, w, b)
+        G = len(first) - 1
+        cost = G * L * (_SLOT_COST + b)
+        if best is None or cost < best[0]:
+            best = (cost, b, G, L)
+    return best[1:]
+
+
+def _columns(
+    col_idx: np.ndarray, col_phase: np.ndarray, Dc: int, w: int, N: int, O: int, dev: torch.device
+) -> _Columns:
+    """The column treatment of the features-first contraction (:class:`_Columns`): phase mode
+    where ``Dc·w ≤ 2·W``, else gather mode with blocks of :func:`_gather_blocks`."""
+    ci, cp = as_index(col_idx, dev), as_index(col_phase, dev)
+    if Dc * w <= 2 * len(col_idx):
+        return _PhaseColumns(ci, cp, Dc, w, N, O)
+    b = _gather_blocks(col_idx, w)[0]
+    return _GatherColumns(col_idx, ci, cp, w, b, N, O)
 
 
 class _FeaturesFirstContraction(torch.autograd.Function):
-    """``y[n,o,i,j] = Σ_k hidext(i,j)[k] · Z[n, i'(i), j'(j), o, k]``, one LR row at a time.
+    """``y[n,o,i,j] = Σ_k hid(i,j)[k]·Z[i', j', n·O + o, k] + B[i', j', n·O + o]``, by LR row.
 
     Inputs:
-        z: ``(N, h, w, O, K)`` contiguous, ``K = hid + 1`` (last channel: the bias map).
-        col_idx ``(W,)``, col_phase ``(W,)``: int64 column maps.
+        z: ``(h, w, N·O, K)``, ``K = hid + 1`` (last channel: the bias map ``B``); the last two
+            dimensions contiguous.
+        columns: the column treatment (:class:`_PhaseColumns` or :class:`_GatherColumns`).
         cells: ``(r, s, e)`` per LR row ``r``: output rows ``s..e-1`` read it.
-        hidden: a :class:`_StripHidden` that computes ``hidext = [hid, 1]`` per strip from
-            ``*tensors`` (``a (H, hid)``, ``bc (Dc, hid)``, ``c (hid,)`` for Linear-ReLU-Linear,
-            or a predictor body's tensors).
+        hidden: a :class:`_StripHidden` that computes ``hid`` per strip from ``*tensors``
+            (``a (H, hid)``, ``bc (Dc, hid)``, ``c (hid,)`` for Linear-ReLU-Linear, or a
+            predictor body's tensors).
 
     Work is done per LR row ``r`` and all of its ``m = e - s`` output rows together, so ``Z``
-    is never gathered along rows and ``dZ[:, r]`` is written once, without any scatter. Temporary
-    storage is one strip of the output (``m`` rows) times a small factor. Columns are treated in
-    one of two ways, chosen by cost:
+    is never gathered along rows and ``dZ[r]`` is written once, without any scatter. Temporary
+    storage is one strip of the output (``m`` rows) times a small factor. Backward recomputes
+    ``hid`` (storing it would cost ``H·W·hid`` values).
 
-    * *phase mode* (``Dc·w ≤ 2·W``, e.g. any scale whose columns have few distinct offsets):
-      one GEMM ``(m·Dc, K) × (K, w·O)`` of the ``Dc`` distinct ``hid`` vectors of each output row
-      with the LR row of ``Z``, then each output column picks its ``(phase, j')`` entry. No
-      column gather; exact work for integer scales.
-    * *gather mode*: gather the LR row's columns ``(W, O, K)`` once, then contract each output
-      column with its ``m`` rows' ``hid`` as a broadcast product summed over ``K``
-      (:func:`_column_dots`). (Batched matmuls of these tiny ``(O, K) × (K, m)`` matrices ran one
-      ``addmm`` per column on CPU: at 2.37×3.13 the contraction and its backward were 68% of a
-      training step's time, profiled 2026-12-07.)
-
-    Backward recomputes ``hid`` (storing it would cost ``H·W·hid`` values).
+    Returns:
+        ``(N, O, H, W)``.
     """
 
     @staticmethod
-    def forward(ctx, z, col_idx, col_phase, cells, hidden, *tensors):
-        N, h, w, O, K = z.shape
-        H, W, Dc = hidden.rows, col_idx.shape[0], hidden.col_phases
-        phase_mode = Dc * w <= 2 * W
-        flat_idx = col_phase * w + col_idx  # (W,) index into the (Dc·w) axis
-        hidden.bind(tensors, phase_mode, col_phase)
+    def forward(ctx, z, columns, cells, hidden, *tensors):
+        NO = z.shape[2]
+        N, O = columns.batch, NO // columns.batch
+        H, W = hidden.rows, columns.col_idx.shape[0]
+        hidden.bind(tensors, columns.slot_phase, columns.groups)
         y = memory.empty_output((N, O, H, W), z)
+        # The bias map at every output column of every LR row, once: (h, W, N·O).
+        bias = z[..., -1].index_select(1, columns.col_idx)
         for r, s, e in cells:
-            m = e - s
-            hx = hidden.strip(s, e)  # (m, Dc or W, K)
-            if phase_mode:
-                zr = z[:, r].view(N, w * O, K)
-                t = torch.matmul(hx.view(m * Dc, K), zr.transpose(1, 2))  # (N, m·Dc, w·O)
-                yc = t.view(N, m, Dc * w, O).index_select(2, flat_idx)  # (N, m, W, O)
-                y[:, :, s:e, :] = yc.permute(0, 3, 1, 2)
-            else:
-                zc = z[:, r].index_select(1, col_idx)  # (N, W, O, K)
-                yc = _column_dots(zc, hx)[0]  # (N, W, O, m)
-                y[:, :, s:e, :] = yc.permute(0, 2, 3, 1)
+            yr = columns.products(z[r], hidden.strip(s, e)).add_(bias[r])  # (m, W, N·O)
+            y[:, :, s:e, :] = yr.view(e - s, W, N, O).permute(2, 3, 0, 1)
         hidden.unbind()
-        ctx.save_for_backward(z, col_idx, col_phase, *tensors)
-        ctx.phase_mode = phase_mode
-        ctx.cells = cells
-        ctx.hidden = hidden
+        ctx.save_for_backward(z, *tensors)
+        ctx.columns, ctx.cells, ctx.hidden = columns, cells, hidden
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        z, col_idx, col_phase, *tensors = ctx.saved_tensors
-        hidden = ctx.hidden
-        N, h, w, O, K = z.shape
-        Dc = hidden.col_phases
+        z, *tensors = ctx.saved_tensors
+        columns, hidden = ctx.columns, ctx.hidden
+        N, O, H, W = dy.shape
         need_z = ctx.needs_input_grad[0]
-        needs = tuple(ctx.needs_input_grad[5:])
+        needs = tuple(ctx.needs_input_grad[4:])
         need_mlp = any(needs)
         # LR rows that no output row reads (none for scales >= 1) keep a zero gradient.
         dz = z.new_zeros(z.shape) if need_z else None
-        hidden.bind(tuple(tensors), ctx.phase_mode, col_phase, needs)
-        flat_idx = col_phase * w + col_idx
+        dbias = z.new_zeros((z.shape[0], W, N * O)) if need_z else None
+        hidden.bind(tuple(tensors), columns.slot_phase, columns.groups, needs)
         for r, s, e in ctx.cells:
-            m = e - s
             hx, saved = hidden.recompute(s, e)
-            dyc = dy[:, :, s:e, :].permute(0, 2, 3, 1)  # (N, m, W, O)
-            if ctx.phase_mode:
-                dt = dyc.new_zeros((N, m, Dc * w, O)).index_add_(2, flat_idx, dyc)
-                dt = dt.view(N, m * Dc, w * O)
-                if need_mlp:
-                    zr = z[:, r].view(N, w * O, K)
-                    dhx = torch.matmul(dt, zr).sum(0).view(m, Dc, K)
-                if need_z:
-                    dz[:, r] = torch.matmul(dt.transpose(1, 2), hx.view(m * Dc, K)).view(N, w, O, K)
-            else:
-                zc = z[:, r].index_select(1, col_idx)  # (N, W, O, K)
-                _, dhx, dzc = _column_dots(zc, hx, dyc, need_mlp, need_z)
-                if need_z:  # dz[:, r] is still zero: add in place
-                    dz[:, r].index_add_(1, col_idx, dzc)
+            dyr = dy[:, :, s:e, :].permute(2, 3, 0, 1).reshape(e - s, W, N * O)
+            if need_z:
+                torch.sum(dyr, 0, out=dbias[r])
+            dhx = columns.product_grads(z[r], hx, dyr, need_mlp, dz[r] if need_z else None)
             if need_mlp:
                 hidden.accumulate(s, e, saved, dhx)
+        if need_z:
+            dz[..., -1].index_add_(1, columns.col_idx, dbias)
         grads = hidden.gradients()
         hidden.unbind()
-        return (dz, None, None, None, None, *grads)
+        return (dz, None, None, None, *grads)
