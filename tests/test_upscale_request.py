@@ -140,7 +140,7 @@ def _count_builds(monkeypatch) -> list[int]:
     """Count whole geometries built (each builds its two axis maps once)."""
     geometry._whole_geometry.cache_clear()
     calls = [0]
-    for name in ("axis_map", "coordinate_axis_map"):
+    for name in ("_axis_map", "coordinate_axis_map"):
         real = getattr(geometry, name)
 
         def counted(*args, _real=real, **kwargs):

@@ -271,14 +271,14 @@ def _grid_exact_axes(h: int, w: int, scale: object, size: object) -> tuple[bool,
     With ``size`` alone ``r_v = H/h``, so this always holds; with a scale ``H = floor(h·r_v)``
     and a flip moves the output grid by ``h·r_v − H`` output rows (see :func:`self_ensemble`).
     """
-    from .geometry import EPS, parse_scale, resolve_output_size
+    from .geometry import EPS, UpscaleRequest, resolve_output_size
 
     if scale is None:
         return True, True
-    r_v, r_h = parse_scale(scale)
     if size is None:
-        H, W, _, _ = resolve_output_size(h, w, scale=scale)
-    else:
+        H, W, r_v, r_h = resolve_output_size(h, w, scale=scale)
+    else:  # an evaluator's pair: the nominal scale, the exact size
+        r_v, r_h = UpscaleRequest(scale=scale).scale
         H, W, _, _ = resolve_output_size(h, w, size=size)
     return abs(h * r_v - H) <= EPS, abs(w * r_h - W) <= EPS
 
