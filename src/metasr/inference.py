@@ -73,7 +73,7 @@ def estimate_upscale(
     in_shape: tuple[int, int, int],
     request: UpscaleRequest,
     tile: int = 0,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = DEFAULT_OVERLAP,
     tta: bool | int = False,
 ) -> UpscaleEstimate:
     """Memory that :func:`upscale_array` of an input ``(C, h, w)`` needs, computed from shapes.
@@ -96,19 +96,16 @@ def estimate_upscale(
     model = loaded.model
     p = next(model.parameters())
     n_tta = tta_count(tta)
-    request = model.request(request=request)  # with the network's arithmetic and periodic_lon
-    geom = request.geometry(h, w, model.pos_encoding)
-    H, W = geom.H, geom.W
+    # The call as tiling.upscale will run it: whole, or in tiles (a periodic model's are
+    # full-width row bands), of which the largest is measured.
+    cut = plan_tiling(model, request, h, w, tile, overlap)
+    H, W = cut.geometry.H, cut.geometry.W
     n = 1 if C == loaded.in_channels else C
     cout = loaded.out_channels
     ensemble = 2 * n * cout * H * W * 4 if n_tta > 1 else 0
     host = 2 * n * cout * H * W * 4 + 3 * C * H * W * 4
-    tiled = is_tiled(model, tile, h, w)
-    in_hw = (h, w)
-    if tiled:
-        # The largest of the tiles tiling.upscale will run (a periodic model's are full-width
-        # row bands).
-        cut = plan_tiling(model, request, h, w, tile, overlap)
+    request, in_hw = cut.request, (h, w)
+    if cut.tiled:
         request = cut.tile_request(*cut.largest())
         in_hw = request.region.in_shape
         host += ensemble  # tiles are assembled on the host, so the ensemble's sums are there
@@ -121,7 +118,7 @@ def estimate_upscale(
     out = n * cout * head.geometry.H * head.geometry.W * item
     features_bytes = n * p2w.in_channels * in_hw[0] * in_hw[1] * item
     work = head.estimate_bytes() + out * (3 if model.bicubic_residual else 1)
-    if not tiled:
+    if not cut.tiled:
         work += ensemble  # a whole-image result is summed on the model's device
     return UpscaleEstimate((H, W), host, work + 2 * features_bytes, p.device)
 
@@ -131,7 +128,7 @@ def check_upscale_memory(
     in_shape: tuple[int, int, int],
     request: UpscaleRequest,
     tile: int = 0,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = DEFAULT_OVERLAP,
     tta: bool | int = False,
 ) -> UpscaleEstimate | None:
     """Refuse, before any work, an :func:`upscale_array` call that cannot fit in free memory.
@@ -435,7 +432,7 @@ def upscale_array(
     request: UpscaleRequest,
     kind: Literal["image", "field"] = "image",
     tile: int = 0,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = DEFAULT_OVERLAP,
     progress: bool = False,
     tta: bool | int = False,
     precision: str = "fp32",
@@ -588,7 +585,7 @@ def upscale_raster(
     raster: Raster,
     request: UpscaleRequest,
     tile: int = 0,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = DEFAULT_OVERLAP,
     normalize: Literal["none", "minmax"] = "none",
     progress: bool = False,
     tta: bool | int = False,
