@@ -232,3 +232,14 @@ def test_new_modules_import_without_warnings():
         warnings.simplefilter("error")
         for name in ("metasr.checkpoints", "metasr.inference", "metasr.io", "metasr.data"):
             importlib.import_module(name)
+
+
+def test_build_network_wrong_types_are_type_errors():
+    # A wrong type, refused by the constructor's validators, is a TypeError named with the
+    # network; Python's own TypeError (a keyword it does not have) is a bad argument.
+    with pytest.raises(TypeError, match="MetaEDSR: n_feats must be a positive integer"):
+        build_network({"type": "MetaEDSR", "n_feats": "8"})
+    with pytest.raises(TypeError, match="model 'meta_edsr': hidden must be a positive integer"):
+        build_network({"type": "meta_edsr", "hidden": 8.0})
+    with pytest.raises(ValueError, match="unexpected keyword argument 'n_blocks'"):
+        build_network({"type": "MetaEDSR", "n_blocks": 3})

@@ -449,7 +449,7 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
         )
     try:
         model = archs.create_model(arch, **kwargs)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:  # the file's content, not the caller's argument
         raise ValueError(f"{path}: cannot build {arch} from its metadata: {exc}") from exc
     stats_from_metadata(meta, str(path), model.in_channels)  # field statistics, if any
     try:
