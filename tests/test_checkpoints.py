@@ -222,6 +222,14 @@ def test_load_model_backend_and_unknown_backend():
         assert load_model("meta_swinir", backend="im2col").model.backend == "im2col"
     with pytest.raises(ValueError, match="unknown backend 'bogus'"):
         set_backend(_edsr(), "bogus")
+    # Checked once, by the op's own rule, before anything is read (not after the load).
+    with pytest.raises(ValueError, match="unknown backend 'bogus'"):
+        load_model("no/such/file.safetensors", backend="bogus")
+    with pytest.raises(TypeError, match="backend must be a str"):
+        load_model("no/such/file.safetensors", backend=1)
+    model = _edsr()
+    set_backend(model, "Naive")
+    assert model.backend == "naive"
 
 
 # ------------------------------------------------------------------------------------ imports

@@ -52,7 +52,7 @@ from torch import nn
 from ._state_dict import clean_state_dict, describe_mismatch, is_state_dict, non_finite_tensors
 from .field_stats import STATS_KEY, FieldStats, stats_from_metadata
 from .modules import fold_head_options
-from .validation import ArgumentTypeError, check_str
+from .validation import ArgumentTypeError
 from .weights import BUNDLED
 
 __all__ = [
@@ -198,17 +198,21 @@ def set_backend(model: nn.Module, backend: str) -> None:
     The networks keep the backend on themselves (MetaRDN, MetaEDSR) or on their
     :class:`~metasr.MetaUpsample` head (MetaSwinIR, exposed as a property); every module with a
     ``backend`` attribute is set, so no head is missed whichever way a model stores it.
+    The name is checked (and normalised: any case, ``None`` for ``"auto"``) by the op's own
+    :func:`~metasr.ops.meta_upscale.dispatch.check_backend_name`.
 
     Raises:
         TypeError: ``backend`` is not a string.
         ValueError: ``backend`` is neither ``"auto"`` nor a known backend name.
     """
-    from .ops.meta_upscale.dispatch import backends
+    from .ops.meta_upscale.dispatch import check_backend_name
 
-    known = list(backends())
-    check_str("backend", backend)
-    if backend != "auto" and backend not in known:
-        raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(known)}")
+    _use_backend(model, check_backend_name(backend))
+
+
+def _use_backend(model: nn.Module, backend: str) -> None:
+    """:func:`set_backend` with a name already checked
+    (:func:`metasr.ops.meta_upscale.dispatch.check_backend_name`)."""
     for module in model.modules():
         if hasattr(module, "backend"):
             module.backend = backend
@@ -716,7 +720,9 @@ def load_model(
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     if backend is not None:
-        check_str("backend", backend)  # before anything is built; its name is checked there
+        from .ops.meta_upscale.dispatch import check_backend_name
+
+        backend = check_backend_name(backend)  # before anything is read or built
     spec = str(spec)
     path = Path(spec)
     if spec in BUNDLED_MODELS:
@@ -743,7 +749,7 @@ def load_model(
         )
         loaded = _finish(archs.create_model(spec), spec, spec.lower(), {}, {}, "registry")
     if backend is not None:
-        set_backend(loaded.model, backend)
+        _use_backend(loaded.model, backend)
     loaded.model.to(device=device, dtype=dtype)
     return loaded
 
