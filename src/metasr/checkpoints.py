@@ -110,6 +110,12 @@ class LoadedModel:
         metadata: the checkpoint's metadata (metasr files), or where the weights came from
             (BasicSR: ``param_key``, ``basicsr_type``); empty for registry models.
         format: ``"metasr"``, ``"basicsr"``, ``"official"`` or ``"registry"``.
+        stats: the field statistics recorded in ``metadata`` (:func:`checkpoint_stats`), read
+            once when the record is made; ``None`` without an entry.
+
+    Raises:
+        ValueError: ``metadata`` holds corrupt statistics, or statistics of another number of
+            variables than ``in_channels``.
     """
 
     model: nn.Module
@@ -121,6 +127,10 @@ class LoadedModel:
     value_range: float = 1.0
     metadata: dict[str, str] = field(default_factory=dict)
     format: ModelFormat = "metasr"
+    stats: FieldStats | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.stats = stats_from_metadata(self.metadata, self.name, self.in_channels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,8 +767,7 @@ def load_model(
 def checkpoint_stats(loaded: LoadedModel) -> FieldStats | None:
     """The normalisation statistics stored with a loaded model, or ``None``.
 
-    Raises:
-        ValueError: the entry is corrupt or counts another number of variables than the
-            network's input channels (already refused by :func:`load_checkpoint`).
+    A corrupt entry, or one for another number of variables than the network's input
+    channels, was refused when the model was loaded (:class:`LoadedModel`).
     """
-    return stats_from_metadata(loaded.metadata, loaded.name, loaded.in_channels)
+    return loaded.stats

@@ -551,9 +551,7 @@ def _field_stats(loaded: LoadedModel, raster: Raster, normalize: str):
     """
     import warnings
 
-    from .checkpoints import checkpoint_stats
-
-    stats = checkpoint_stats(loaded)
+    stats = loaded.stats
     lo, hi = float(raster.data.min()), float(raster.data.max())
     if stats is not None and raster.kind == "image":
         warnings.warn(
