@@ -426,8 +426,9 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
     Raises:
         ValueError: the file is not a safetensors file, lacks metasr metadata, names an unknown
             architecture, has ``kwargs`` that are not a JSON object of constructor arguments,
-            describes a network above the size caps of :func:`metasr.create_model`, or its
-            tensors do not fit the architecture or hold NaN or infinity.
+            describes a network above the size caps of :func:`metasr.create_model`, its
+            tensors do not fit the architecture or hold NaN or infinity, or its field
+            statistics are corrupt (:class:`LoadedModel`).
     """
     _require_safetensors()
     from safetensors import safe_open
@@ -465,7 +466,6 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
         model = archs.create_model(arch, **kwargs)
     except (TypeError, ValueError) as exc:  # the file's content, not the caller's argument
         raise ValueError(f"{path}: cannot build {arch} from its metadata: {exc}") from exc
-    stats_from_metadata(meta, str(path), model.in_channels)  # field statistics, if any
     try:
         state = load_file(str(path))
     except Exception as exc:
@@ -567,10 +567,10 @@ def _from_basicsr(
     _load_state(net, state, path)
     kwargs = {k: v for k, v in opt.items() if k != "type"}
     metadata = {"param_key": key or "", "basicsr_type": str(opt["type"])}
-    # A field model trained by MetaSRModel records its normalisation statistics in the file.
+    # A field model trained by MetaSRModel records its normalisation statistics in the file
+    # (read and checked by LoadedModel).
     if isinstance(obj.get(STATS_KEY), str):
         metadata[STATS_KEY] = obj[STATS_KEY]
-        stats_from_metadata(metadata, str(path), net.in_channels)
     return _finish(net, str(path), _registry_name(str(opt["type"])), kwargs, metadata, "basicsr")
 
 
