@@ -325,9 +325,7 @@ def upscale(
             f"request must be a metasr.UpscaleRequest, got {type(request).__name__}"
         )
     if not is_tiled(model, tile, *x.shape[-2:]):
-        if isinstance(model, MetaSRNet):
-            return model(x, request=request)
-        return model(x, **request.forward_kwargs())  # a model without request= (exported)
+        return _whole(model, x, request)
     if not isinstance(model, MetaSRNet):
         raise ValueError(
             f"tiling needs a metasr network (a MetaSRNet, whose forward takes region=), got "
