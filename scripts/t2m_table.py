@@ -187,12 +187,15 @@ CELL_SETS = {
 }
 
 
-def predict(how: object, lr: np.ndarray, lr_grid: Grid, grid: Grid) -> np.ndarray:
+def predict(
+    how: object, lr: np.ndarray, lr_grid: Grid, grid: Grid, target_valid: np.ndarray | None = None
+) -> np.ndarray:
     """``lr`` ``(N, h, w)`` on ``lr_grid`` put on ``grid`` by ``how``: a regridding method's
-    name (NaN-aware by itself) or a downscaler (missing values filled, output re-masked)."""
+    name (NaN-aware by itself) or a downscaler (missing values filled, output re-masked; with
+    ``target_valid`` ``(N, H, W)``, masked by it and constrained over its valid cells)."""
     if isinstance(how, str):
         return regrid(lr, lr_grid, grid, how)
-    return apply_downscaler(how, lr, lr_grid, grid)  # type: ignore[arg-type]
+    return apply_downscaler(how, lr, lr_grid, grid, target_valid=target_valid)  # type: ignore[arg-type]
 
 
 def methods_for(specs: list[str], variants: bool = False) -> dict[str, object]:
@@ -243,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cells", choices=sorted(CELL_SETS), default="main",
         help="main (default): the sources fold main holds out; aux: fold aux's",
     )  # fmt: skip
+    p.add_argument("--target-mask", action="store_true",
+                   help="masked cells: also each model and bicubic-conservative with the HR's "
+                   "mask as the target mask")  # fmt: skip
     p.add_argument(
         "--only", help="only the cells whose label contains one of these (comma-separated)"
     )
@@ -258,21 +264,31 @@ def main(argv: list[str] | None = None) -> int:
         for cell in CELL_SETS[args.cells](args.data)
         if not args.only or any(part in cell[0] for part in args.only.split(","))
     ]
-    rows = score_cells(todo, methods)
+    rows = score_cells(todo, methods, args.target_mask)
     if args.json:
         atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
     if args.markdown:
-        atomic_write_text(args.markdown, markdown(rows, list(methods)))
+        names = list(dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, dict)))
+        atomic_write_text(args.markdown, markdown(rows, names))
     return 0
 
 
 def score_cells(
-    todo: list[tuple[str, np.ndarray, Grid, Grid, bool]], methods: dict[str, object]
+    todo: list[tuple[str, np.ndarray, Grid, Grid, bool]],
+    methods: dict[str, object],
+    target_mask: bool = False,
 ) -> list[dict]:
     """Score every method on every cell (see the module docstring); one JSON line per cell
-    on stdout as it is done."""
+    on stdout as it is done. With ``target_mask``, a cell with missing HR values also runs
+    each model and ``bicubic-conservative`` with the HR's own mask as the target mask
+    (``NAME + target mask``: conservation over the valid HR cells); its ``conservation`` is
+    then the largest error of the NaN-aware coarsening of the masked output."""
     rows = []
     for label, hr, grid, lr_grid, flip in todo:
+        runs = [(name, how, None) for name, how in methods.items()]
+        if target_mask and np.isnan(hr).any():
+            runs += [(f"{name} + target mask", how, np.isfinite(hr))
+                     for name, how in methods.items() if not isinstance(how, str)]  # fmt: skip
         lr = regrid(hr, grid, lr_grid, "conservative")
         in_grid, lr_in = (_flip(lr_grid), lr[:, ::-1]) if flip else (lr_grid, lr)
         con = ConservativeConstraint(lr_grid, grid, frozen_rows=pole_rows(grid))
@@ -282,16 +298,18 @@ def score_cells(
             "hr": f"{grid.shape[0]}x{grid.shape[1]}",
             "n": int(hr.shape[0]),
         }
-        for name, how in methods.items():
+        for name, how, valid in runs:
             t0 = time.perf_counter()
-            pred = predict(how, lr_in, in_grid, grid)
+            pred = predict(how, lr_in, in_grid, grid, valid)
             rmse, bias = _score(pred, hr, grid)
-            filled = np.where(np.isfinite(pred), pred, np.nan)
-            cons = (
-                con.error(np.nan_to_num(filled), np.nan_to_num(lr))
-                if np.isfinite(pred).all()
-                else float("nan")
-            )
+            if valid is not None:
+                back = regrid(pred, grid, lr_grid, "conservative")  # over the valid cells
+                ok = np.isfinite(back) & np.isfinite(lr)
+                cons = float(np.max(np.abs(back - lr)[ok]))
+            elif np.isfinite(pred).all() and np.isfinite(lr).all():
+                cons = con.error(pred, lr)  # whole cells: only meaningful for complete fields
+            else:
+                cons = float("nan")
             with np.errstate(invalid="ignore"):
                 per_lat = np.sqrt(np.nanmean((pred - hr) ** 2, axis=(0, 2)))
             row[name] = {"rmse": rmse, "bias": bias, "conservation": cons,
@@ -320,8 +338,8 @@ def markdown(rows: list[dict], names: list[str]) -> str:
     lines = ["| cell | LR | " + " | ".join(f"{n} RMSE (bias)" for n in names) + " |",
              "|---|---|" + "---|" * len(names)]  # fmt: skip
     for r in rows:
-        lines.append(f"| {r['cell']} | {r['lr']} | " + " | ".join(
-            f"{r[n]['rmse']:.3f} ({r[n]['bias']:+.3f})" for n in names) + " |")  # fmt: skip
+        cells = [f"{r[n]['rmse']:.3f} ({r[n]['bias']:+.3f})" if n in r else "" for n in names]
+        lines.append(f"| {r['cell']} | {r['lr']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

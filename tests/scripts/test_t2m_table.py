@@ -75,3 +75,20 @@ def test_aux_cells_scored_by_the_baselines() -> None:
             assert row["bicubic-conservative"]["conservation"] < 1e-4
     md = t.markdown(rows, list(methods))
     assert md.count("\n") == 2 + len(rows) and "OSTIA SST (held out by aux) 2x4" in md
+
+
+def test_target_mask_runs_on_masked_cells_only() -> None:
+    t = _table()
+    cells = t.aux_cells(_sources())
+    rows = t.score_cells(cells, t.methods_for([]), target_mask=True)
+    masked = {r["cell"] for r in rows if "bicubic-conservative + target mask" in r}
+    assert masked == {label for label, hr, *_ in cells if np.isnan(hr).any()} != set()
+    for r in rows:
+        if r["cell"] in masked:
+            m = r["bicubic-conservative + target mask"]
+            assert (
+                m["conservation"] <= 1e-4
+                and abs(m["bias"]) < abs(r["bicubic-conservative"]["bias"]) + 1e-9
+            )
+    md = t.markdown(rows, ["bicubic", "bicubic-conservative + target mask"])
+    assert md.count("|  |") >= 1  # complete cells leave the masked column empty
