@@ -301,3 +301,15 @@ def test_apply_downscaler_target_mask() -> None:
     assert np.array_equal(np.isfinite(out), np.broadcast_to(valid, out.shape))
     with pytest.raises(ValueError, match="target_valid has shape"):
         apply_downscaler(bicubic_conservative, lr, src, dst, target_valid=valid[:, :-1])
+
+
+def test_float32_pole_rows_are_pole_rows(tiny_net: torch.nn.Module) -> None:
+    """air_temp.pp's latitudes (BZY + i·BDY in float32) miss the poles by 1.4e-5° and 5.4e-5°:
+    still pole rows, one value each."""
+    dst = Grid.from_coords(np.linspace(89.99998569, -89.99994564, 73), np.arange(96) * 3.75)
+    assert dst.has_pole_rows and 1e-5 < abs(dst.lat[0] - 90.0) < 1e-4
+    assert pole_rows(dst)[[0, -1]].all() and pole_rows(dst).sum() == 2
+    src = regular_grid(19, 24, pole_rows=True)
+    out = _run(tiny_net, _field(src), src, dst)
+    assert np.ptp(out[0]) < 1e-9 and np.ptp(out[-1]) < 1e-9
+    assert not regular_grid(1801, 8).lat[1] > 90.0 - 1e-4  # a 0.1° grid's next row is no pole

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .grids import Grid
+from .grids import POLE_TOL, Grid
 from .regrid import axis_weights
 
 __all__ = [
@@ -47,7 +47,7 @@ def pole_rows(grid: Grid) -> np.ndarray:
     """``(H,)`` bool: rows centred on a pole of a global (periodic) grid."""
     if not grid.periodic_lon:
         return np.zeros(grid.shape[0], dtype=bool)
-    return np.abs(np.abs(grid.lat) - 90.0) < 1e-6
+    return np.abs(np.abs(grid.lat) - 90.0) < POLE_TOL
 
 
 def _axis_projector(
