@@ -69,8 +69,12 @@ def _interp_matrix(
     else:
         targets = dst
         if wrap_targets:
-            # A regional longitude axis: −10° still finds 350°.
-            targets = src[0] + np.mod(dst - src[0], 360.0)
+            # A regional longitude axis: −10° still finds 350°. Targets go into the 360° window
+            # centred on the region, not the one starting at its first centre: a target just
+            # west of that centre (inside the region's first cell) must stay at the west edge,
+            # not become +360° and be clamped to the east edge's value.
+            start = 0.5 * (src[0] + src[-1]) - 180.0
+            targets = start + np.mod(dst - start, 360.0)
         u = fractional_index(src, targets, extrapolate=False)  # clamped at the ends
     rows = np.arange(dst.size)
     mat = np.zeros((dst.size, n))
