@@ -202,7 +202,7 @@ def network_value_range(net: nn.Module) -> float:
     return float(getattr(net, "input_range", 1.0))
 
 
-def set_backend(model: nn.Module, backend: str) -> None:
+def set_backend(model: nn.Module, backend: str | None) -> None:
     """Use Meta-Upscale ``backend`` in every head of ``model``.
 
     The networks keep the backend on themselves (MetaRDN, MetaEDSR) or on their
@@ -212,7 +212,7 @@ def set_backend(model: nn.Module, backend: str) -> None:
     :func:`~metasr.ops.meta_upscale.dispatch.check_backend_name`.
 
     Raises:
-        TypeError: ``backend`` is not a string.
+        TypeError: ``backend`` is neither a string nor ``None``.
         ValueError: ``backend`` is neither ``"auto"`` nor a known backend name.
     """
     from .ops.meta_upscale.dispatch import check_backend_name
