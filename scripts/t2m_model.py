@@ -212,13 +212,11 @@ def export_v2(args: argparse.Namespace) -> int:
     """``state.pt`` of a v2 run -> a metasr safetensors file with its model card and units."""
     from metasr import create_model
     from metasr.climate.card import ModelCard
-    from metasr.climate.training import glosea4_split, network_kwargs, temperature_sources
+    from metasr.climate.training import fold_sources, network_kwargs, temperature_sources
     from metasr.field_stats import FieldStats, stats_metadata
 
     opt = _options(args.opt)
-    sources = temperature_sources(args.data, opt["sources"])
-    if "glosea4" in sources:
-        sources["glosea4"], _ = glosea4_split(sources["glosea4"], opt.get("held_out_members", []))
+    sources = fold_sources(_v2_config(opt), temperature_sources(args.data, opt["sources"]))
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     net = create_model("meta_edsr", **network_kwargs())
     net.load_state_dict(state["net"])

@@ -12,6 +12,9 @@ conservation error on covered LR cells, and in the JSON the RMSE per latitude ro
     python scripts/t2m_table.py --data datasets/climate --model t2m-v1=t2m-v1 \\
         --model v2=experiments/MetaEDSR_t2m_v2/MetaEDSR_t2m_v2.safetensors \\
         --json out.json --markdown out.md
+
+``--cells aux`` scores the sources fold "aux" holds out instead (air_temp, OSTIA, North
+America: :func:`aux_cells`), e.g. with ``--model aux=<fold aux export> --model t2m=t2m``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from metasr.climate.grids import Grid, gaussian_grid, regular_grid
 from metasr.climate.metrics import weighted_bias, weighted_rmse
 from metasr.climate.model import ModelDownscaler, model_stats
 from metasr.climate.regrid import apply_downscaler, regrid
-from metasr.climate.training import glosea4_split, temperature_sources
+from metasr.climate.training import Source, glosea4_split, temperature_sources
+from metasr.io import atomic_write_text
 
 HELD_OUT = ["ensemble_011", "ensemble_012", "ensemble_013"]
 
@@ -133,12 +137,65 @@ def cells(data: Path) -> list[tuple[str, np.ndarray, Grid, Grid, bool]]:
     return out
 
 
-def predict(how: object, lr: np.ndarray, lr_grid: Grid, grid: Grid) -> np.ndarray:
+def _pole_lr(grid: Grid, ratio: int) -> Grid:
+    """A pole-row global grid ``ratio`` times coarser than the pole-row ``grid``, stored in
+    the same latitude order (``(H − 1)/ratio + 1`` rows, ``W/ratio`` columns)."""
+    return regular_grid((grid.shape[0] - 1) // ratio + 1, grid.shape[1] // ratio,
+                        north_first=bool(grid.lat[0] > grid.lat[-1]))  # fmt: skip
+
+
+def aux_cells(src: dict[str, Source]) -> list[tuple[str, np.ndarray, Grid, Grid, bool]]:
+    """The cells of the sources fold "aux" holds out (same tuples as :func:`cells`).
+
+    * ``air_temp`` (73×96, pole rows, stored north first): pole-row grids ×2 and ×4, north
+      first as the source.
+    * ``ostia`` (18×432 tropical band, land missing; global in longitude, regional in
+      latitude): ×2 in both axes (9×216) and ×2 in latitude × ×4 in longitude (9×108). The
+      band has only 18 rows, so latitude stays at ×2 (×4 leaves 4.5 rows: not nested, and 4
+      rows is below what a 3×3 convolution stack sees of a field); its long axis takes the ×4.
+    * ``north_america`` (regional 37×49): even subdivisions of the domain into about half and
+      a quarter of the rows and columns (18×24, 9×12; ×2.06 × ×2.04 and ×4.1 × ×4.1).
+
+    Args:
+        src: the three sources by name (:func:`~metasr.climate.training.temperature_sources`).
+    """
+    out = []
+    air = src["air_temp"]
+    for r in (2, 4):
+        out.append((f"air_temp (held out by aux) x{r}", air.fields, air.grid,
+                    _pole_lr(air.grid, r), False))  # fmt: skip
+    ost = src["ostia"]
+    H, W = ost.grid.shape
+    for rv, rh in ((2, 2), (2, 4)):
+        lr = _regional_lr(ost.grid, H // rv, W // rh)
+        out.append((f"OSTIA SST (held out by aux) {rv}x{rh}", ost.fields, ost.grid, lr, False))
+    na = src["north_america"]
+    H, W = na.grid.shape
+    for r in (2, 4):
+        lr = _regional_lr(na.grid, H // r, W // r)
+        out.append((f"North America (held out by aux) x{r} (regional)", na.fields, na.grid,
+                    lr, False))  # fmt: skip
+    return out
+
+
+#: The cell sets of ``--cells``: fold "main"'s held-out sources, fold "aux"'s.
+CELL_SETS = {
+    "main": cells,
+    "aux": lambda data: aux_cells(
+        temperature_sources(data, ["air_temp", "ostia", "north_america"])
+    ),
+}
+
+
+def predict(
+    how: object, lr: np.ndarray, lr_grid: Grid, grid: Grid, target_valid: np.ndarray | None = None
+) -> np.ndarray:
     """``lr`` ``(N, h, w)`` on ``lr_grid`` put on ``grid`` by ``how``: a regridding method's
-    name (NaN-aware by itself) or a downscaler (missing values filled, output re-masked)."""
+    name (NaN-aware by itself) or a downscaler (missing values filled, output re-masked; with
+    ``target_valid`` ``(N, H, W)``, masked by it and constrained over its valid cells)."""
     if isinstance(how, str):
         return regrid(lr, lr_grid, grid, how)
-    return apply_downscaler(how, lr, lr_grid, grid)  # type: ignore[arg-type]
+    return apply_downscaler(how, lr, lr_grid, grid, target_valid=target_valid)  # type: ignore[arg-type]
 
 
 def methods_for(specs: list[str], variants: bool = False) -> dict[str, object]:
@@ -186,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", action="store_true",
                    help="also run each model with the other constraints")  # fmt: skip
     p.add_argument(
+        "--cells", choices=sorted(CELL_SETS), default="main",
+        help="main (default): the sources fold main holds out; aux: fold aux's",
+    )  # fmt: skip
+    p.add_argument("--target-mask", action="store_true",
+                   help="masked cells: also each model and bicubic-conservative with the HR's "
+                   "mask as the target mask")  # fmt: skip
+    p.add_argument(
         "--only", help="only the cells whose label contains one of these (comma-separated)"
     )
     p.add_argument("--json", type=Path)
@@ -195,10 +259,36 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     methods = methods_for(args.model, args.variants)
+    todo = [
+        cell
+        for cell in CELL_SETS[args.cells](args.data)
+        if not args.only or any(part in cell[0] for part in args.only.split(","))
+    ]
+    rows = score_cells(todo, methods, args.target_mask)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
+    if args.markdown:
+        names = list(dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, dict)))
+        atomic_write_text(args.markdown, markdown(rows, names))
+    return 0
+
+
+def score_cells(
+    todo: list[tuple[str, np.ndarray, Grid, Grid, bool]],
+    methods: dict[str, object],
+    target_mask: bool = False,
+) -> list[dict]:
+    """Score every method on every cell (see the module docstring); one JSON line per cell
+    on stdout as it is done. With ``target_mask``, a cell with missing HR values also runs
+    each model and ``bicubic-conservative`` with the HR's own mask as the target mask
+    (``NAME + target mask``: conservation over the valid HR cells); its ``conservation`` is
+    then the largest error of the NaN-aware coarsening of the masked output."""
     rows = []
-    for label, hr, grid, lr_grid, flip in cells(args.data):
-        if args.only and not any(part in label for part in args.only.split(",")):
-            continue
+    for label, hr, grid, lr_grid, flip in todo:
+        runs = [(name, how, None) for name, how in methods.items()]
+        if target_mask and np.isnan(hr).any():
+            runs += [(f"{name} + target mask", how, np.isfinite(hr))
+                     for name, how in methods.items() if not isinstance(how, str)]  # fmt: skip
         lr = regrid(hr, grid, lr_grid, "conservative")
         in_grid, lr_in = (_flip(lr_grid), lr[:, ::-1]) if flip else (lr_grid, lr)
         con = ConservativeConstraint(lr_grid, grid, frozen_rows=pole_rows(grid))
@@ -208,16 +298,18 @@ def main(argv: list[str] | None = None) -> int:
             "hr": f"{grid.shape[0]}x{grid.shape[1]}",
             "n": int(hr.shape[0]),
         }
-        for name, how in methods.items():
+        for name, how, valid in runs:
             t0 = time.perf_counter()
-            pred = predict(how, lr_in, in_grid, grid)
+            pred = predict(how, lr_in, in_grid, grid, valid)
             rmse, bias = _score(pred, hr, grid)
-            filled = np.where(np.isfinite(pred), pred, np.nan)
-            cons = (
-                con.error(np.nan_to_num(filled), np.nan_to_num(lr))
-                if np.isfinite(pred).all()
-                else float("nan")
-            )
+            if valid is not None:
+                back = regrid(pred, grid, lr_grid, "conservative")  # over the valid cells
+                ok = np.isfinite(back) & np.isfinite(lr)
+                cons = float(np.max(np.abs(back - lr)[ok]))
+            elif np.isfinite(pred).all() and np.isfinite(lr).all():
+                cons = con.error(pred, lr)  # whole cells: only meaningful for complete fields
+            else:
+                cons = float("nan")
             with np.errstate(invalid="ignore"):
                 per_lat = np.sqrt(np.nanmean((pred - hr) ** 2, axis=(0, 2)))
             row[name] = {"rmse": rmse, "bias": bias, "conservation": cons,
@@ -238,17 +330,17 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
-    if args.markdown:
-        names = list(methods)
-        lines = ["| cell | LR | " + " | ".join(f"{n} RMSE (bias)" for n in names) + " |",
-                 "|---|---|" + "---|" * len(names)]  # fmt: skip
-        for r in rows:
-            lines.append(f"| {r['cell']} | {r['lr']} | " + " | ".join(
-                f"{r[n]['rmse']:.3f} ({r[n]['bias']:+.3f})" for n in names) + " |")  # fmt: skip
-        args.markdown.write_text("\n".join(lines) + "\n")
-    return 0
+    return rows
+
+
+def markdown(rows: list[dict], names: list[str]) -> str:
+    """The table of ``rows`` (from :func:`score_cells`) as Markdown, one column per method."""
+    lines = ["| cell | LR | " + " | ".join(f"{n} RMSE (bias)" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]  # fmt: skip
+    for r in rows:
+        cells = [f"{r[n]['rmse']:.3f} ({r[n]['bias']:+.3f})" if n in r else "" for n in names]
+        lines.append(f"| {r['cell']} | {r['lr']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -222,6 +222,14 @@ def test_load_model_backend_and_unknown_backend():
         assert load_model("meta_swinir", backend="im2col").model.backend == "im2col"
     with pytest.raises(ValueError, match="unknown backend 'bogus'"):
         set_backend(_edsr(), "bogus")
+    # Checked once, by the op's own rule, before anything is read (not after the load).
+    with pytest.raises(ValueError, match="unknown backend 'bogus'"):
+        load_model("no/such/file.safetensors", backend="bogus")
+    with pytest.raises(TypeError, match="backend must be a str"):
+        load_model("no/such/file.safetensors", backend=1)
+    model = _edsr()
+    set_backend(model, "Naive")
+    assert model.backend == "naive"
 
 
 # ------------------------------------------------------------------------------------ imports
@@ -232,3 +240,14 @@ def test_new_modules_import_without_warnings():
         warnings.simplefilter("error")
         for name in ("metasr.checkpoints", "metasr.inference", "metasr.io", "metasr.data"):
             importlib.import_module(name)
+
+
+def test_build_network_wrong_types_are_type_errors():
+    # A wrong type, refused by the constructor's validators, is a TypeError named with the
+    # network; Python's own TypeError (a keyword it does not have) is a bad argument.
+    with pytest.raises(TypeError, match="MetaEDSR: n_feats must be a positive integer"):
+        build_network({"type": "MetaEDSR", "n_feats": "8"})
+    with pytest.raises(TypeError, match="model 'meta_edsr': hidden must be a positive integer"):
+        build_network({"type": "meta_edsr", "hidden": 8.0})
+    with pytest.raises(ValueError, match="unexpected keyword argument 'n_blocks'"):
+        build_network({"type": "MetaEDSR", "n_blocks": 3})

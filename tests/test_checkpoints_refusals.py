@@ -116,9 +116,12 @@ def test_size_caps_in_the_api():
         metasr.create_model("meta_rdn", G0=10**6)
     with pytest.raises(ValueError, match="more than 1,073,741,824"):
         build_network({"type": "MetaEDSR", "n_feats": 10**6})
-    # A wrong argument type is a ValueError, not a TypeError from deep inside a layer.
-    with pytest.raises(ValueError, match="model 'meta_swinir'"):
+    # A wrong argument type is refused by the constructor's checks (a TypeError naming the
+    # model and the argument), not by Python deep inside a layer.
+    with pytest.raises(TypeError, match="model 'meta_swinir': depths must be a list or tuple"):
         metasr.create_model("meta_swinir", depths=5)
+    with pytest.raises(ValueError, match=r"num_heads\[1\] must be a positive integer"):
+        metasr.create_model("meta_swinir", depths=(2, 2), num_heads=(2, 0))
     with pytest.raises(TypeError, match="network options must be a mapping"):
         build_network([("type", "MetaEDSR")])  # type: ignore[arg-type]
     size = _registry.measure_model(lambda: metasr.archs.MetaEDSR(**TINY_EDSR))

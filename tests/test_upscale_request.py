@@ -140,7 +140,7 @@ def _count_builds(monkeypatch) -> list[int]:
     """Count whole geometries built (each builds its two axis maps once)."""
     geometry._whole_geometry.cache_clear()
     calls = [0]
-    for name in ("axis_map", "coordinate_axis_map"):
+    for name in ("_axis_map", "coordinate_axis_map"):
         real = getattr(geometry, name)
 
         def counted(*args, _real=real, **kwargs):
@@ -189,6 +189,29 @@ def test_a_tiled_call_builds_the_whole_geometry_once(monkeypatch):
     assert calls[0] == 2  # the whole image's two axis maps, cut for each of the 9 tiles
     with torch.no_grad():
         torch.testing.assert_close(y, net(x, scale=2.5), rtol=0, atol=1e-5)
+
+
+def test_a_tiled_coords_call_builds_three_whole_geometries_and_no_tile_builds_one(monkeypatch):
+    """A tiled coords call (the target's longitudes start at -180, so the source's order
+    differs): the target's geometry, the same in the source's order (the tiles run on it),
+    and the index-ratio grid of the bicubic residual's taps, whatever the number of tiles;
+    every tile's forward cuts the source-ordered one (UpscaleRequest.geometry, memoised)."""
+    from metasr.tiling import plan_tiling, upscale
+
+    torch.manual_seed(0)
+    net = metasr.create_model("meta_edsr_tiny", in_channels=1, out_channels=1, n_resblocks=1,
+                              n_feats=8, hidden=8, periodic_lon=True).eval()  # fmt: skip
+    request = UpscaleRequest(coords=COORDS, periodic_lon=True)
+    x = torch.rand(1, 1, 3, 4)
+    with torch.no_grad():
+        whole = net(x, coords=COORDS)
+    for tile in (1, 2):
+        calls = _count_builds(monkeypatch)
+        with torch.no_grad():
+            y = upscale(net, x, request, tile=tile, overlap=16)
+        assert len(plan_tiling(net, request, 3, 4, tile, 16).tiles) == 3 // tile + (tile == 2)
+        assert calls[0] == 3 * 2  # three whole geometries, two axis maps each
+        torch.testing.assert_close(y, whole, rtol=0, atol=1e-5)
 
 
 def test_plan_decides_and_meta_upscale_runs_it():

@@ -15,6 +15,7 @@ from metasr.validation import (
     check_int,
     check_positive_float,
     check_positive_int,
+    check_positive_ints,
     check_ratio,
     check_real,
     check_str,
@@ -34,6 +35,14 @@ def test_integers():
         check_int("n", -1, minimum=0)
     with pytest.raises(ValueError, match="n must be a positive integer, got 0"):
         check_positive_int("n", 0)
+    assert check_positive_ints("d", (2, np.int64(3))) == [2, 3]
+    for bad in (5, "23", {2: 3}, None):
+        with pytest.raises(ArgumentTypeError, match="d must be a list or tuple of positive"):
+            check_positive_ints("d", bad)
+    with pytest.raises(ArgumentTypeError, match=r"d\[1\] must be a positive integer"):
+        check_positive_ints("d", [2, 2.5])
+    with pytest.raises(ValueError, match=r"d\[0\] must be a positive integer, got 0"):
+        check_positive_ints("d", [0])
 
 
 def test_reals_and_ratios():

@@ -45,7 +45,7 @@ def auto_tile(
     loaded: LoadedModel,
     in_shape: tuple[int, int, int],
     request: UpscaleRequest,
-    overlap: int,
+    overlap: int | None,
     tta: bool | int = False,
     progress: bool = False,
 ) -> int:
@@ -120,11 +120,11 @@ def run_checked(
     """
     from .inference import check_upscale_memory, upscale_raster
     from .io import check_finite_result
-    from .tiling import default_overlap
 
-    if overlap is None:
-        overlap = default_overlap(loaded.model)
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
+    # None stays None down to the tiling, which plans with the model's default_overlap.
+    if overlap is not None and (
+        isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0
+    ):
         raise ValueError(f"overlap must be an integer >= 0, got {overlap!r}")
     shape = raster.data.shape
     if tile == "auto":
@@ -138,7 +138,7 @@ def run_checked(
         raster,
         request,
         tile=int(tile),
-        overlap=int(overlap),
+        overlap=None if overlap is None else int(overlap),
         normalize=normalize,
         progress=progress,
         tta=tta,

@@ -52,7 +52,7 @@ from torch import nn
 from ._state_dict import clean_state_dict, describe_mismatch, is_state_dict, non_finite_tensors
 from .field_stats import STATS_KEY, FieldStats, stats_from_metadata
 from .modules import fold_head_options
-from .validation import ArgumentTypeError, check_str
+from .validation import ArgumentTypeError
 from .weights import BUNDLED
 
 __all__ = [
@@ -110,6 +110,12 @@ class LoadedModel:
         metadata: the checkpoint's metadata (metasr files), or where the weights came from
             (BasicSR: ``param_key``, ``basicsr_type``); empty for registry models.
         format: ``"metasr"``, ``"basicsr"``, ``"official"`` or ``"registry"``.
+        stats: the field statistics recorded in ``metadata`` (:func:`checkpoint_stats`), read
+            once when the record is made; ``None`` without an entry.
+
+    Raises:
+        ValueError: ``metadata`` holds corrupt statistics, or statistics of another number of
+            variables than ``in_channels``.
     """
 
     model: nn.Module
@@ -121,6 +127,10 @@ class LoadedModel:
     value_range: float = 1.0
     metadata: dict[str, str] = field(default_factory=dict)
     format: ModelFormat = "metasr"
+    stats: FieldStats | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.stats = stats_from_metadata(self.metadata, self.name, self.in_channels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,23 +202,27 @@ def network_value_range(net: nn.Module) -> float:
     return float(getattr(net, "input_range", 1.0))
 
 
-def set_backend(model: nn.Module, backend: str) -> None:
+def set_backend(model: nn.Module, backend: str | None) -> None:
     """Use Meta-Upscale ``backend`` in every head of ``model``.
 
     The networks keep the backend on themselves (MetaRDN, MetaEDSR) or on their
     :class:`~metasr.MetaUpsample` head (MetaSwinIR, exposed as a property); every module with a
     ``backend`` attribute is set, so no head is missed whichever way a model stores it.
+    The name is checked (and normalised: any case, ``None`` for ``"auto"``) by the op's own
+    :func:`~metasr.ops.meta_upscale.dispatch.check_backend_name`.
 
     Raises:
-        TypeError: ``backend`` is not a string.
+        TypeError: ``backend`` is neither a string nor ``None``.
         ValueError: ``backend`` is neither ``"auto"`` nor a known backend name.
     """
-    from .ops.meta_upscale.dispatch import backends
+    from .ops.meta_upscale.dispatch import check_backend_name
 
-    known = list(backends())
-    check_str("backend", backend)
-    if backend != "auto" and backend not in known:
-        raise ValueError(f"unknown backend {backend!r}; choose from auto, {', '.join(known)}")
+    _use_backend(model, check_backend_name(backend))
+
+
+def _use_backend(model: nn.Module, backend: str) -> None:
+    """:func:`set_backend` with a name already checked
+    (:func:`metasr.ops.meta_upscale.dispatch.check_backend_name`)."""
     for module in model.modules():
         if hasattr(module, "backend"):
             module.backend = backend
@@ -412,8 +426,9 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
     Raises:
         ValueError: the file is not a safetensors file, lacks metasr metadata, names an unknown
             architecture, has ``kwargs`` that are not a JSON object of constructor arguments,
-            describes a network above the size caps of :func:`metasr.create_model`, or its
-            tensors do not fit the architecture or hold NaN or infinity.
+            describes a network above the size caps of :func:`metasr.create_model`, its
+            tensors do not fit the architecture or hold NaN or infinity, or its field
+            statistics are corrupt (:class:`LoadedModel`).
     """
     _require_safetensors()
     from safetensors import safe_open
@@ -449,9 +464,8 @@ def load_checkpoint(path: str | os.PathLike, name: str | None = None) -> LoadedM
         )
     try:
         model = archs.create_model(arch, **kwargs)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:  # the file's content, not the caller's argument
         raise ValueError(f"{path}: cannot build {arch} from its metadata: {exc}") from exc
-    stats_from_metadata(meta, str(path), model.in_channels)  # field statistics, if any
     try:
         state = load_file(str(path))
     except Exception as exc:
@@ -553,10 +567,10 @@ def _from_basicsr(
     _load_state(net, state, path)
     kwargs = {k: v for k, v in opt.items() if k != "type"}
     metadata = {"param_key": key or "", "basicsr_type": str(opt["type"])}
-    # A field model trained by MetaSRModel records its normalisation statistics in the file.
+    # A field model trained by MetaSRModel records its normalisation statistics in the file
+    # (read and checked by LoadedModel).
     if isinstance(obj.get(STATS_KEY), str):
         metadata[STATS_KEY] = obj[STATS_KEY]
-        stats_from_metadata(metadata, str(path), net.in_channels)
     return _finish(net, str(path), _registry_name(str(opt["type"])), kwargs, metadata, "basicsr")
 
 
@@ -716,7 +730,9 @@ def load_model(
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     if backend is not None:
-        check_str("backend", backend)  # before anything is built; its name is checked there
+        from .ops.meta_upscale.dispatch import check_backend_name
+
+        backend = check_backend_name(backend)  # before anything is read or built
     spec = str(spec)
     path = Path(spec)
     if spec in BUNDLED_MODELS:
@@ -743,7 +759,7 @@ def load_model(
         )
         loaded = _finish(archs.create_model(spec), spec, spec.lower(), {}, {}, "registry")
     if backend is not None:
-        set_backend(loaded.model, backend)
+        _use_backend(loaded.model, backend)
     loaded.model.to(device=device, dtype=dtype)
     return loaded
 
@@ -751,8 +767,7 @@ def load_model(
 def checkpoint_stats(loaded: LoadedModel) -> FieldStats | None:
     """The normalisation statistics stored with a loaded model, or ``None``.
 
-    Raises:
-        ValueError: the entry is corrupt or counts another number of variables than the
-            network's input channels (already refused by :func:`load_checkpoint`).
+    A corrupt entry, or one for another number of variables than the network's input
+    channels, was refused when the model was loaded (:class:`LoadedModel`).
     """
-    return stats_from_metadata(loaded.metadata, loaded.name, loaded.in_channels)
+    return loaded.stats

@@ -242,14 +242,22 @@ def axis_map(n_out: int, n_in: int, r: float, arithmetic: Arithmetic = "exact"):
 
     Returns:
         ``(idx, off)``: int64 array ``(n_out,)`` and float64 array ``(n_out,)``.
+
+    Raises:
+        TypeError, ValueError: ``arithmetic`` is not ``"exact"`` or ``"official"``.
     """
+    return _axis_map(n_out, n_in, r, check_arithmetic(arithmetic) == "official")
+
+
+def _axis_map(n_out: int, n_in: int, r: float, official: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`axis_map` on an arithmetic already checked (a request's: ``official`` or exact)."""
     i = np.arange(n_out, dtype=np.float64)
-    if arithmetic == "exact":
-        t = i / r
-        idx = np.minimum(np.floor(t + EPS), n_in - 1)
-    elif check_arithmetic(arithmetic) == "official":
+    if official:
         t = (i.astype(np.float32) * np.float32(1.0 / r)).astype(np.float64)
         idx = np.minimum(np.floor(t), n_in - 1)
+    else:
+        t = i / r
+        idx = np.minimum(np.floor(t + EPS), n_in - 1)
     off = np.clip(t - idx, 0.0, 1.0)
     return idx.astype(np.int64), off
 
@@ -857,8 +865,9 @@ def _whole_geometry(request: UpscaleRequest, h: int, w: int, pos_encoding: str) 
         H, W = request.out_shape(h, w)
         if H < h or W < w:
             raise ValueError("official arithmetic produced an output smaller than the input")
-    row_idx, row_off = axis_map(H, h, r_v, request.arithmetic)
-    col_idx, col_off = axis_map(W, w, r_h, request.arithmetic)
+    official = request.arithmetic == "official"  # checked when the request was made
+    row_idx, row_off = _axis_map(H, h, r_v, official)
+    col_idx, col_off = _axis_map(W, w, r_h, official)
     return _assemble(
         h, w, H, W, r_v, r_h, row_idx, row_off, col_idx, col_off, pos_encoding,
         request.periodic_lon,

@@ -73,7 +73,7 @@ def estimate_upscale(
     in_shape: tuple[int, int, int],
     request: UpscaleRequest,
     tile: int = 0,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = DEFAULT_OVERLAP,
     tta: bool | int = False,
 ) -> UpscaleEstimate:
     """Memory that :func:`upscale_array` of an input ``(C, h, w)`` needs, computed from shapes.
@@ -96,19 +96,16 @@ def estimate_upscale(
     model = loaded.model
     p = next(model.parameters())
     n_tta = tta_count(tta)
-    request = model.request(request=request)  # with the network's arithmetic and periodic_lon
-    geom = request.geometry(h, w, model.pos_encoding)
-    H, W = geom.H, geom.W
+    # The call as tiling.upscale will run it: whole, or in tiles (a periodic model's are
+    # full-width row bands), of which the largest is measured.
+    cut = plan_tiling(model, request, h, w, tile, overlap)
+    H, W = cut.geometry.H, cut.geometry.W
     n = 1 if C == loaded.in_channels else C
     cout = loaded.out_channels
     ensemble = 2 * n * cout * H * W * 4 if n_tta > 1 else 0
     host = 2 * n * cout * H * W * 4 + 3 * C * H * W * 4
-    tiled = is_tiled(model, tile, h, w)
-    in_hw = (h, w)
-    if tiled:
-        # The largest of the tiles tiling.upscale will run (a periodic model's are full-width
-        # row bands).
-        cut = plan_tiling(model, request, h, w, tile, overlap)
+    request, in_hw = cut.request, (h, w)
+    if cut.tiled:
         request = cut.tile_request(*cut.largest())
         in_hw = request.region.in_shape
         host += ensemble  # tiles are assembled on the host, so the ensemble's sums are there
@@ -121,7 +118,7 @@ def estimate_upscale(
     out = n * cout * head.geometry.H * head.geometry.W * item
     features_bytes = n * p2w.in_channels * in_hw[0] * in_hw[1] * item
     work = head.estimate_bytes() + out * (3 if model.bicubic_residual else 1)
-    if not tiled:
+    if not cut.tiled:
         work += ensemble  # a whole-image result is summed on the model's device
     return UpscaleEstimate((H, W), host, work + 2 * features_bytes, p.device)
 
@@ -131,7 +128,7 @@ def check_upscale_memory(
     in_shape: tuple[int, int, int],
     request: UpscaleRequest,
     tile: int = 0,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = DEFAULT_OVERLAP,
     tta: bool | int = False,
 ) -> UpscaleEstimate | None:
     """Refuse, before any work, an :func:`upscale_array` call that cannot fit in free memory.
@@ -271,14 +268,14 @@ def _grid_exact_axes(h: int, w: int, scale: object, size: object) -> tuple[bool,
     With ``size`` alone ``r_v = H/h``, so this always holds; with a scale ``H = floor(h·r_v)``
     and a flip moves the output grid by ``h·r_v − H`` output rows (see :func:`self_ensemble`).
     """
-    from .geometry import EPS, parse_scale, resolve_output_size
+    from .geometry import EPS, UpscaleRequest, resolve_output_size
 
     if scale is None:
         return True, True
-    r_v, r_h = parse_scale(scale)
     if size is None:
-        H, W, _, _ = resolve_output_size(h, w, scale=scale)
-    else:
+        H, W, r_v, r_h = resolve_output_size(h, w, scale=scale)
+    else:  # an evaluator's pair: the nominal scale, the exact size
+        r_v, r_h = UpscaleRequest(scale=scale).scale
         H, W, _, _ = resolve_output_size(h, w, size=size)
     return abs(h * r_v - H) <= EPS, abs(w * r_h - W) <= EPS
 
@@ -435,7 +432,7 @@ def upscale_array(
     request: UpscaleRequest,
     kind: Literal["image", "field"] = "image",
     tile: int = 0,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = DEFAULT_OVERLAP,
     progress: bool = False,
     tta: bool | int = False,
     precision: str = "fp32",
@@ -554,9 +551,7 @@ def _field_stats(loaded: LoadedModel, raster: Raster, normalize: str):
     """
     import warnings
 
-    from .checkpoints import checkpoint_stats
-
-    stats = checkpoint_stats(loaded)
+    stats = loaded.stats
     lo, hi = float(raster.data.min()), float(raster.data.max())
     if stats is not None and raster.kind == "image":
         warnings.warn(
@@ -588,7 +583,7 @@ def upscale_raster(
     raster: Raster,
     request: UpscaleRequest,
     tile: int = 0,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = DEFAULT_OVERLAP,
     normalize: Literal["none", "minmax"] = "none",
     progress: bool = False,
     tta: bool | int = False,

@@ -208,7 +208,8 @@ class TilePlan:
             ``periodic_lon``; a ``coords`` target in the source's order,
             :meth:`~metasr.geometry.UpscaleRequest.source_ordered`).
         geometry: the whole image's geometry of ``request`` (memoised: every tile cuts it).
-        tiles: ``(rows, cols)`` of every tile, row-major; their outputs partition the output.
+        tiles: ``(rows, cols)`` of every tile, row-major; their outputs partition the output
+            (empty for a call that runs whole).
         row_order, col_order: the way back to a reordered ``coords`` target (``None``: none).
     """
 
@@ -217,6 +218,11 @@ class TilePlan:
     tiles: list[tuple[AxisTile, AxisTile]]
     row_order: np.ndarray | None = None
     col_order: np.ndarray | None = None
+
+    @property
+    def tiled(self) -> bool:
+        """Whether the call is cut into tiles (``False``: it runs whole, :attr:`tiles` empty)."""
+        return bool(self.tiles)
 
     def tile_request(self, rows: AxisTile, cols: AxisTile) -> UpscaleRequest:
         """The request of the tile ``rows × cols``: the whole image's, with the tile's region."""
@@ -235,15 +241,30 @@ def _extent(t: AxisTile) -> tuple[int, int]:
 
 
 def plan_tiling(
-    model: MetaSRNet, request: UpscaleRequest, h: int, w: int, tile: int, overlap: int
+    model: MetaSRNet,
+    request: UpscaleRequest,
+    h: int,
+    w: int,
+    tile: int,
+    overlap: int | None = DEFAULT_OVERLAP,
 ) -> TilePlan:
-    """Cut an ``h × w`` input of ``model`` into tiles of ``tile`` LR pixels (:func:`plan_tiles`
-    on the whole image's geometry of ``request``, completed with the network's options).
+    """Plan one call of ``model`` on an ``h × w`` input: the whole image's geometry of
+    ``request`` (completed with the network's options) and, when ``tile`` cuts the input
+    (:func:`is_tiled`), its tiles of ``tile`` LR pixels (:func:`plan_tiles`). A call that runs
+    whole gets no tiles.
+
+    Args:
+        overlap: LR pixels of context around a tile's core; ``None``: :func:`default_overlap`.
 
     Raises:
         ValueError: a bad request, ``tile`` or ``overlap``, or ``coords`` for another source grid.
     """
+    tiled = is_tiled(model, tile, h, w)
+    if tiled and overlap is None:
+        overlap = default_overlap(model)
     request = model.request(request=request)  # with the network's arithmetic and periodic_lon
+    if not tiled:
+        return TilePlan(request, request.geometry(h, w, model.pos_encoding), [])
     row_order = col_order = None
     if request.coords is not None:
         if (h, w) != request.coords.in_shape:
@@ -272,7 +293,7 @@ def upscale(
     x: torch.Tensor,
     request: UpscaleRequest,
     tile: int = 0,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = DEFAULT_OVERLAP,
     progress: bool = False,
 ) -> torch.Tensor:
     """Upscale ``x`` with ``model``, whole (``tile=0``) or in tiles of ``tile`` LR pixels.
@@ -288,7 +309,7 @@ def upscale(
         tile: core size of a tile in LR pixels; 0 (or ≥ the input) runs the whole input at once.
             For a model with ``periodic_lon`` only the rows are cut (full-width bands).
         overlap: LR pixels of context on each side of a tile's core (raised to the model's
-            ``min_tile_overlap`` when smaller).
+            ``min_tile_overlap`` when smaller); ``None``: :func:`default_overlap`.
         progress: show a tqdm bar over the tiles (when there are several).
 
     Returns:
@@ -304,9 +325,7 @@ def upscale(
             f"request must be a metasr.UpscaleRequest, got {type(request).__name__}"
         )
     if not is_tiled(model, tile, *x.shape[-2:]):
-        if isinstance(model, MetaSRNet):
-            return model(x, request=request)
-        return model(x, **request.forward_kwargs())  # a model without request= (exported)
+        return _whole(model, x, request)
     if not isinstance(model, MetaSRNet):
         raise ValueError(
             f"tiling needs a metasr network (a MetaSRNet, whose forward takes region=), got "

@@ -30,6 +30,7 @@ __all__ = [
     "check_int",
     "check_positive_float",
     "check_positive_int",
+    "check_positive_ints",
     "check_ratio",
     "check_real",
     "check_str",
@@ -82,6 +83,18 @@ def check_positive_int(name: str, value: object) -> int:
     if value < 1:  # type: ignore[operator]
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)  # type: ignore[call-overload]
+
+
+def check_positive_ints(name: str, value: object) -> list[int]:
+    """``value`` (a list or tuple) as a list of ``int`` ≥ 1.
+
+    Raises:
+        ArgumentTypeError: not a list or tuple, or an item not an integer.
+        ValueError: an item below 1.
+    """
+    if not isinstance(value, (list, tuple)):
+        raise _type_error(name, "a list or tuple of positive integers", value)
+    return [check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value)]
 
 
 def check_real(name: str, value: object, finite: bool = True) -> float:

@@ -199,3 +199,41 @@ def test_training_resumes_from_its_state(tmp_path) -> None:  # noqa: ANN001
     more = cfg._replace(iterations=3)
     assert train(more, tmp_path, tmp_path / "run", sources=sources, log=lines.append) == 3
     assert any("resumed" in line and "iteration 2" in line for line in lines)
+
+
+def test_a_fold_never_trains_on_its_held_out_sources(tmp_path) -> None:  # noqa: ANN001
+    from metasr.climate.training import TrainConfig, fold_sources, train
+
+    g = regular_grid(19, 24, pole_rows=True)
+    base = 280 + 20 * np.cos(np.deg2rad(g.lat))[None, :, None] + np.zeros((2, *g.shape))
+    sources = {
+        "g": Source(base, g, "t", ["a", "b"]),
+        "h": Source(base + 1000.0, g, "t", ["c", "d"]),  # a loss far from 0 if ever drawn
+    }
+    cfg = TrainConfig(["g"], [], iterations=6, batch_size=1, save_every=100, init=None,
+                      held_out_sources=["h"])  # fmt: skip
+    assert list(fold_sources(cfg, sources)) == ["g"]
+    drawn: list[str] = []
+    import metasr.climate.training as training
+
+    real = training.sample_batch
+
+    def spy(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        batch = real(*a, **kw)
+        drawn.append(batch.source)
+        return batch
+
+    training.sample_batch = spy
+    try:
+        assert train(cfg, tmp_path, tmp_path / "run", sources=sources, log=lambda _: None) == 6
+    finally:
+        training.sample_batch = real
+    assert drawn == ["g"] * 6
+    with pytest.raises(ValueError, match=r"\['h'\] are both trained on and held out"):
+        fold_sources(cfg._replace(sources=["g", "h"]), sources)
+    with pytest.raises(ValueError, match="no training source left"):
+        fold_sources(cfg._replace(held_out_sources=["g", "h"], sources=[]), sources)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="both trained on and held out"):
+        train(cfg._replace(sources=["g", "h"]), tmp_path, tmp_path / "bad", sources=sources)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

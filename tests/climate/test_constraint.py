@@ -173,3 +173,143 @@ def test_field_forward_regional_never_wraps(tiny_net: torch.nn.Module) -> None:
         )  # fmt: skip
     assert torch.equal(a[..., -6:], b[..., -6:])
     assert np.isfinite(out).all() and np.isfinite(ref).all()
+
+
+def _land(grid: Grid, seed: int = 3) -> np.ndarray:
+    """``(H, W)`` bool valid cells: a few rectangular continents and a masked polar cap."""
+    lat, lon = grid.lat[:, None], grid.lon[None, :] % 360.0
+    land = (lat < -70) | ((lat > 10) & (lat < 50) & (lon > 60) & (lon < 130))
+    land |= (lat > -30) & (lat < 20) & (lon > 200) & (lon < 230)
+    rng = np.random.default_rng(seed)
+    return ~(land | (rng.random(grid.shape) < 0.05))  # and scattered islands
+
+
+def _masked_back(out: np.ndarray, valid: np.ndarray, dst: Grid, src: Grid) -> np.ndarray:
+    """The NaN-aware conservative coarsening of the masked output: what the input is of it."""
+    return regrid(np.where(valid, out, np.nan), dst, src, "conservative")
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        (regular_grid(22, 45, pole_rows=False), regular_grid(90, 180, pole_rows=False)),  # ~x4.1
+        (regular_grid(13, 17, pole_rows=False), gaussian_grid(48, 97)),  # not nested
+        (regular_grid(19, 24, pole_rows=True), regular_grid(73, 96, pole_rows=True)),  # poles
+    ],
+)
+@pytest.mark.parametrize("smooth", [False, True])
+def test_masked_constraint_conserves_over_the_valid_cells(
+    src: Grid, dst: Grid, smooth: bool
+) -> None:
+    from metasr.climate.constraint import MaskedConservativeConstraint
+
+    valid = _land(dst)
+    truth = np.stack([_field(dst, s) for s in (4, 5)])
+    x = _masked_back(truth, valid, dst, src)  # the input: means over the valid part
+    src_valid = np.isfinite(x[0])
+    x = np.nan_to_num(x, nan=280.0)  # filled, as a downscaler gets it
+    con = MaskedConservativeConstraint(src, dst, valid, src_valid, pole_rows(dst), smooth)
+    y = regrid(x, src, dst, "bicubic") + np.random.default_rng(6).normal(0, 2, truth.shape)
+    out = con(y, x)
+    assert con.error(out, x) <= 1e-4
+    back = _masked_back(out, valid, dst, src)
+    check = np.zeros(src.shape, bool)
+    check.flat[con.index] = True
+    assert check.sum() > 0.5 * src_valid.sum()
+    assert np.max(np.abs(back - x)[:, check]) <= 1e-4  # independent: the regridder's own sums
+    assert np.array_equal(out[:, pole_rows(dst)], y[:, pole_rows(dst)])
+    # The whole-cell constraint is off over the valid cells wherever a cell is partly masked.
+    whole = ConservativeConstraint(src, dst, pole_rows(dst), smooth)(y, x)
+    assert np.max(np.abs(_masked_back(whole, valid, dst, src) - x)[:, check]) > 0.01
+    if not smooth:
+        # Minimum change over the valid cells: it cannot move the output away from the truth,
+        # which satisfies the same constraints (area-weighted, valid cells).
+        a = dst.cell_areas() * valid
+        assert np.sum(a * (out - truth) ** 2) <= np.sum(a * (y - truth) ** 2)
+
+
+def test_masked_constraint_straddling_cell_is_one_constraint() -> None:
+    """Two source cells whose only valid target cell is the same one (non-nested rows) make
+    one constraint, not a singular system."""
+    from metasr.climate.constraint import MaskedConservativeConstraint
+
+    src, dst = regular_grid(6, 8, pole_rows=False), regular_grid(9, 16, pole_rows=False)
+    valid = np.zeros(dst.shape, bool)
+    valid[4, 3] = True  # row 4 of 9 straddles source rows 2 and 3 of 6
+    valid[0, :] = True
+    x = np.nan_to_num(_masked_back(np.full((1, *dst.shape), 285.0), valid, dst, src), nan=0.0)
+    for smooth in (False, True):
+        con = MaskedConservativeConstraint(src, dst, valid, np.abs(x[0]) > 0, smooth=smooth)
+        out = con(np.full((1, *dst.shape), 280.0), x)
+        assert con.error(out, x) <= 1e-4 and abs(out[0, 4, 3] - 285.0) <= 1e-4
+    with pytest.raises(ValueError, match="dst_valid has shape"):
+        MaskedConservativeConstraint(src, dst, valid[:-1])
+    with pytest.raises(ValueError, match="no source cell"):
+        MaskedConservativeConstraint(src, dst, np.zeros(dst.shape, bool))
+
+
+def test_field_forward_masked_target_is_layout_invariant(tiny_net: torch.nn.Module) -> None:
+    src = regular_grid(19, 24, pole_rows=False, north_first=False)
+    dst = regular_grid(72, 96, pole_rows=False, north_first=True)
+    valid = _land(dst)
+    truth = _field(dst)[None]
+    x = _masked_back(truth, valid, dst, src)
+    src_valid = np.isfinite(x[0])
+    x = np.nan_to_num(x, nan=float(np.nanmean(x)))[0]
+
+    def run(field: np.ndarray, s: Grid, d: Grid, dv: np.ndarray, sv: np.ndarray) -> np.ndarray:
+        t = torch.tensor(np.ascontiguousarray(field)[None], dtype=torch.float64)
+        with torch.no_grad():
+            y, _, _ = field_forward(lambda z, c: _call(tiny_net, z, c), t, s, d,
+                                    dst_valid=dv, src_valid=sv)  # fmt: skip
+        return y[0].numpy()
+
+    ref = run(x, src, dst, valid, src_valid)
+    back = _masked_back(ref[None], valid, dst, src)[0]
+    assert np.nanmax(np.abs(back - x)[src_valid]) <= 1e-4
+    for s, field, sv in (
+        (_flip_lat(src), x[::-1], src_valid[::-1]),
+        (_roll_lon(src, 7), np.roll(x, -7, axis=1), np.roll(src_valid, -7, axis=1)),
+        (_roll_lon(src, 12, -360.0), np.roll(x, -12, axis=1), np.roll(src_valid, -12, axis=1)),
+    ):
+        assert np.max(np.abs(run(field, s, dst, valid, sv) - ref)) <= 1e-4
+    flipped = run(x, src, _flip_lat(dst), valid[::-1], src_valid)
+    assert np.max(np.abs(flipped[::-1] - ref)) <= 1e-4
+    with pytest.raises(ValueError, match="inference"):
+        t = torch.tensor(x[None])
+        field_forward(lambda z, c: _call(tiny_net, z, c), t, src, dst, dst_valid=valid)
+
+
+def test_apply_downscaler_target_mask() -> None:
+    from metasr.climate.constraint import bicubic_conservative
+    from metasr.climate.regrid import apply_downscaler
+
+    src = regular_grid(22, 45, pole_rows=False)
+    dst = regular_grid(90, 180, pole_rows=False)
+    valid = _land(dst)
+    truth = np.stack([_field(dst, s) for s in (7, 8)])
+    lr = _masked_back(truth, valid, dst, src)
+    out = apply_downscaler(bicubic_conservative, lr, src, dst, target_valid=valid)
+    assert np.array_equal(np.isfinite(out), np.broadcast_to(valid, out.shape))
+    assert np.nanmax(np.abs(_masked_back(out, valid, dst, src) - lr)) <= 1e-4
+    # Without the mask: the whole-cell constraint, re-masked from the input's mask.
+    plain = apply_downscaler(bicubic_conservative, lr, src, dst)
+    assert np.nanmax(np.abs(_masked_back(plain, valid, dst, src) - lr)) > 0.01
+    # A function without mask keywords still gets the target's mask applied to its output.
+    out = apply_downscaler(lambda f, s, d: regrid(f, s, d, "bilinear"), lr, src, dst,
+                           target_valid=np.stack([valid, valid]))  # fmt: skip
+    assert np.array_equal(np.isfinite(out), np.broadcast_to(valid, out.shape))
+    with pytest.raises(ValueError, match="target_valid has shape"):
+        apply_downscaler(bicubic_conservative, lr, src, dst, target_valid=valid[:, :-1])
+
+
+def test_float32_pole_rows_are_pole_rows(tiny_net: torch.nn.Module) -> None:
+    """air_temp.pp's latitudes (BZY + i·BDY in float32) miss the poles by 1.4e-5° and 5.4e-5°:
+    still pole rows, one value each."""
+    dst = Grid.from_coords(np.linspace(89.99998569, -89.99994564, 73), np.arange(96) * 3.75)
+    assert dst.has_pole_rows and 1e-5 < abs(dst.lat[0] - 90.0) < 1e-4
+    assert pole_rows(dst)[[0, -1]].all() and pole_rows(dst).sum() == 2
+    src = regular_grid(19, 24, pole_rows=True)
+    out = _run(tiny_net, _field(src), src, dst)
+    assert np.ptp(out[0]) < 1e-9 and np.ptp(out[-1]) < 1e-9
+    assert not regular_grid(1801, 8).lat[1] > 90.0 - 1e-4  # a 0.1° grid's next row is no pole

@@ -200,6 +200,27 @@ def test_bicubic_exact_on_quadratic_field() -> None:
     np.testing.assert_allclose(y, np.broadcast_to(expected[:, None], dst.shape), rtol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["nearest", "bilinear", "bicubic"])
+def test_regional_edge_targets_stay_at_their_edge(method: str) -> None:
+    """A target inside a region's first cell but west of its first centre (the HR columns of
+    a regional field coarsened onto its own domain) takes the west edge's value, not the
+    east edge's: it was wrapped by +360° and clamped to the last column (8.9 K off on the
+    North America field, issue 23)."""
+    src = Grid.from_coords(np.arange(16.0, 60.0, 2.5), np.arange(226.0, 314.0, 3.75))
+    for lon0 in (225.0, 225.0 - 360.0):  # and the same target written in −180…180
+        dst = Grid.from_coords(np.arange(15.0, 60.0, 1.25), lon0 + np.arange(72) * 1.25)
+        y = regrid(np.broadcast_to(280.0 + 0.1 * src.lon, src.shape), src, dst, method)
+        # Clamped at the edge: the first source column's value, within one cell's gradient.
+        assert np.max(np.abs(y[:, 0] - (280.0 + 0.1 * src.lon[0]))) < 0.4, lon0
+    # A region across the date line / Greenwich still finds its columns on the other side.
+    src = Grid.from_coords(np.arange(30.0, 60.0, 2.0), np.arange(-30.0, 30.0, 2.0))
+    dst = Grid.from_coords(np.arange(31.0, 58.0, 1.0), np.arange(331.0, 389.0, 1.0))
+    y = regrid(np.broadcast_to(0.5 * src.lon, src.shape), src, dst, method)
+    lon = np.where(dst.lon > 180, dst.lon - 360, dst.lon)
+    tol = {"nearest": 1.0, "bilinear": 1e-9, "bicubic": 0.1}[method]  # bicubic: clamped ends
+    assert np.max(np.abs(y - 0.5 * lon[None, :])) <= tol
+
+
 @pytest.mark.parametrize(("method", "tol"), [("bilinear", 4e-5), ("bicubic", 1e-6)])
 def test_periodic_smooth_field(method: str, tol: float) -> None:
     src = regular_grid(91, 360)  # 2° × 1°

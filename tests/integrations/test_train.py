@@ -330,6 +330,12 @@ def test_test_refuses_paired_lr_of_another_size_and_huge_networks(workdir, capsy
         2,
         r"network_g: MetaEDSR has more than 1,073,741,824 parameter and buffer elements",
     )
+    typed = dict(opt, datasets={"test_1": test_1}, network_g=dict(opt["network_g"], n_feats="8"))
+    _one_line_error(  # a wrong type (a TypeError) is one line too
+        run_cli(capsys, "test", "-opt", str(_write_yaml(workdir / "typed.yml", typed))),
+        2,
+        r"network_g: MetaEDSR: n_feats must be a positive integer, got str '8'",
+    )
 
 
 def test_import_metasr_does_not_load_basicsr():

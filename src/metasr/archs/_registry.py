@@ -37,7 +37,7 @@ from torch.nn.modules import module as _module_hooks
 from .._limits import MAX_MODEL_ELEMENTS, MAX_MODEL_MODULES
 from ..modules import HEAD_OPTION_NAMES, fold_head_options
 from ..ops.memory import available_memory_bytes
-from ..validation import check_str
+from ..validation import ArgumentTypeError, check_str
 
 __all__ = [
     "MAX_MODEL_ELEMENTS",
@@ -212,17 +212,19 @@ def measure_model(build: Callable[[], nn.Module], what: str = "the model") -> Mo
         what: the model, as error messages name it.
 
     Raises:
+        TypeError: the constructor refuses an argument of the wrong type
+            (:class:`metasr.validation.ArgumentTypeError`, named with ``what``).
         ValueError: the model passes :data:`MAX_MODEL_ELEMENTS` or :data:`MAX_MODEL_MODULES`
             (found while building, so the build stops early), or the constructor refuses its
-            arguments (a ``TypeError`` for a wrong argument type included).
+            arguments (a bad value, or a keyword it does not have).
     """
     try:
         with _registration_counter(what), torch.device("meta"):
             model = build()
     except _TooLarge as exc:
         raise ValueError(f"{exc}; refused before building it") from None
-    except TypeError as exc:  # a wrong argument type reaching a layer constructor
-        raise ValueError(f"{what}: {exc}") from exc
+    except TypeError as exc:
+        raise _named_call_error(exc, what) from exc
     params = {id(p): p for p in model.parameters()}.values()  # tied weights count once
     buffers = list(model.buffers())
     return ModelSize(
@@ -233,12 +235,22 @@ def measure_model(build: Callable[[], nn.Module], what: str = "the model") -> Mo
     )
 
 
+def _named_call_error(exc: TypeError, what: str) -> Exception:
+    """A constructor's ``TypeError`` named with the model: a wrong argument type (metasr's
+    validators, :class:`~metasr.validation.ArgumentTypeError`) stays a ``TypeError``; Python's
+    own (a keyword the constructor does not have) is a bad argument, a ``ValueError``."""
+    if isinstance(exc, ArgumentTypeError):
+        return ArgumentTypeError(f"{what}: {exc}")
+    return ValueError(f"{what}: {exc}")
+
+
 def build_bounded(build: Callable[[], nn.Module], what: str = "the model") -> nn.Module:
     """``build()``, after :func:`measure_model` found it within the caps and the free memory.
 
     Raises:
+        TypeError: the constructor refuses an argument of the wrong type.
         ValueError: the model is above a cap, needs more bytes than the CPU has available, or
-            the constructor refuses its arguments.
+            the constructor refuses its arguments (a bad value, a keyword it does not have).
     """
     size = measure_model(build, what)
     free = available_memory_bytes(torch.device("cpu"))
@@ -250,7 +262,7 @@ def build_bounded(build: Callable[[], nn.Module], what: str = "the model") -> nn
     try:
         return build()
     except TypeError as exc:
-        raise ValueError(f"{what}: {exc}") from exc
+        raise _named_call_error(exc, what) from exc
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -270,8 +282,10 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     or the free memory (:func:`build_bounded`).
 
     Raises:
+        TypeError: ``name`` is not a string, or an argument has the wrong type (the
+            constructors validate their arguments with :mod:`metasr.validation`).
         ValueError: for an unknown name, a keyword the constructor does not accept, an invalid
-            value (the constructors validate their arguments) or type, or a model too large.
+            value, or a model too large.
     """
     entry = model_entry(name)
     accepted = entry.accepted

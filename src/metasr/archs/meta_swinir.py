@@ -41,7 +41,13 @@ from torch import nn
 
 from ..geometry import CoordinateGrid, Region, UpscaleRequest
 from ..modules import HeadConfig
-from ..validation import ArgumentTypeError, check_positive_float, check_positive_int, is_real
+from ..validation import (
+    ArgumentTypeError,
+    check_positive_float,
+    check_positive_int,
+    check_positive_ints,
+    is_real,
+)
 from ._registry import register_model
 from .base import MetaSRNet, resolve_mean
 from .swin_blocks import RSTB, PatchEmbed, resi_conv, shift_attn_mask
@@ -163,8 +169,8 @@ class MetaSwinIR(MetaSRNet):
         self.img_size = _pair(img_size, "img_size")
         embed_dim = check_positive_int("embed_dim", embed_dim)
         window_size = check_positive_int("window_size", window_size)
-        depths = [check_positive_int("depths[i]", d) for d in depths]
-        num_heads = [check_positive_int("num_heads[i]", h) for h in num_heads]
+        depths = check_positive_ints("depths", depths)
+        num_heads = check_positive_ints("num_heads", num_heads)
         if not depths or len(depths) != len(num_heads):
             raise ValueError(
                 f"depths and num_heads must be non-empty and of equal length, got {depths} and "

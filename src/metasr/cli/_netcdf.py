@@ -138,6 +138,8 @@ def _command_line(args: argparse.Namespace, src: Path) -> str:
     words += ["--baseline", args.baseline] if args.baseline else ["--model", args.model]
     if args.stats is not None and not args.baseline:
         words += ["--stats", args.stats]
+    if getattr(args, "target_mask", None) is not None:
+        words += ["--target-mask", args.target_mask]
     return "metasr upscale " + " ".join(shlex.quote(str(w)) for w in words)
 
 
@@ -199,12 +201,22 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
     if args.baseline is not None and args.stats is not None:
         raise CLIError("--stats is for a model; a --baseline needs no statistics")
     files = _expand(args.inputs)
-    also_read = [args.model, args.stats, args.target_grid]
+    mask_spec = getattr(args, "target_mask", None)
+    mask_file = None
+    if mask_spec is not None:
+        mask_file = mask_spec if Path(mask_spec).exists() else mask_spec.rpartition(":")[0]
+    also_read = [args.model, args.stats, args.target_grid, mask_file or None]
     targets = _outputs(files, args.output, args.overwrite, also_read)
     try:
         dst = mc.resolve_grid(args.target_grid)
     except ValueError as exc:
         raise CLIError(f"bad --target-grid: {exc}") from None
+    target_mask = None
+    if mask_spec is not None:
+        try:
+            target_mask = cio.read_target_mask(mask_spec, dst)
+        except (ValueError, OSError) as exc:
+            raise CLIError(f"bad --target-mask: {exc}") from None
     method: Any = args.baseline
     card = None
     if method == "bicubic-conservative":
@@ -275,8 +287,9 @@ def run_upscale_netcdf(args: argparse.Namespace) -> int:
         for (src, ds), dst_path in zip(jobs, targets, strict=True):
             try:
                 out = cio.downscale_dataset(
-                    ds, variables, dst, method, history=_command_line(args, src)
-                )
+                    ds, variables, dst, method, history=_command_line(args, src),
+                    target_mask=target_mask,
+                )  # fmt: skip
             except ValueError as exc:
                 raise _naming(exc, src) from None
             if card is not None:

@@ -296,7 +296,7 @@ def _check_network(network_opt: dict[str, Any], src: str) -> None:
     try:
         with torch.device("meta"):
             build_network(network_opt)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:  # TypeError: a wrong type (ArgumentTypeError)
         raise CLIError(f"{src}: network_g: {exc}") from None
 
 

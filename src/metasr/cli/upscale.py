@@ -178,6 +178,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "then back-projection until the conservative coarsening equals the input)",
     )
     nc.add_argument(
+        "--target-mask",
+        metavar="FILE[:VAR]",
+        help="the target's own mask: a netCDF file on the target grid whose VAR (default: its "
+        "only variable) is missing where the output must be (land for SST); the output is "
+        "missing exactly there, and the model's or bicubic-conservative's constraint conserves "
+        "over the valid target cells",
+    )
+    nc.add_argument(
         "--strict",
         action="store_true",
         help="refuse an input outside what the model card covers (ratio, regional, missing "
@@ -400,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
 
     if netcdf_inputs(args.inputs):  # fields on lat/lon grids: a branch of their own
         return run_upscale_netcdf(args)
-    for flag in ("target_grid", "var", "baseline", "stats"):
+    for flag in ("target_grid", "var", "baseline", "stats", "target_mask"):
         if getattr(args, flag) is not None:
             raise CLIError(f"--{flag.replace('_', '-')} is for netCDF (.nc) inputs")
     if args.scale is None and args.size is None:

@@ -38,7 +38,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .card import ModelCard, model_card
-from .constraint import ConservativeConstraint, bicubic_conservative
+from .constraint import ConservativeConstraint, MaskedConservativeConstraint, bicubic_conservative
 from .data import coarse_size, coarsen, latitude_channel, static_predictors, with_static_channels
 from .grids import Grid, check_finer, coarse_grid, gaussian_grid, named_grid, regular_grid
 from .io import (
@@ -49,6 +49,7 @@ from .io import (
     grid_of,
     open_fields,
     read_field,
+    read_target_mask,
     resolve_grid,
     write_dataset,
     write_field,
@@ -128,6 +129,7 @@ __all__ = [
     "FIELD_COLUMNS",
     "METHODS",
     "ConservativeConstraint",
+    "MaskedConservativeConstraint",
     "ModelCard",
     "FieldStats",
     "Grid",
@@ -169,6 +171,7 @@ __all__ = [
     "plot_zonal_spectra",
     "read_field",
     "read_pp",
+    "read_target_mask",
     "regrid",
     "regrid_mask",
     "regular_grid",

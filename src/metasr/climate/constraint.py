@@ -27,10 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from .grids import Grid
+from .grids import POLE_TOL, Grid
 from .regrid import axis_weights
 
-__all__ = ["ConservativeConstraint", "pole_rows"]
+__all__ = [
+    "ConservativeConstraint",
+    "MaskedConservativeConstraint",
+    "bicubic_conservative",
+    "conserve_masked",
+    "constraint_for",
+    "pole_rows",
+]
 
 # A source cell counts as covered when the target's cells fill this fraction of it.
 _COVERED = 1.0 - 1e-6
@@ -40,7 +47,7 @@ def pole_rows(grid: Grid) -> np.ndarray:
     """``(H,)`` bool: rows centred on a pole of a global (periodic) grid."""
     if not grid.periodic_lon:
         return np.zeros(grid.shape[0], dtype=bool)
-    return np.abs(np.abs(grid.lat) - 90.0) < 1e-6
+    return np.abs(np.abs(grid.lat) - 90.0) < POLE_TOL
 
 
 def _axis_projector(
@@ -164,7 +171,228 @@ class ConservativeConstraint:
         return float(np.max(np.abs(self.coarsen(np.asarray(y, np.float64)) - target)))
 
 
-def bicubic_conservative(field: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+class MaskedConservativeConstraint:
+    """The conservation constraint over the *valid* target cells (a masked target grid).
+
+    For a field with missing values (SST, marine air temperature: land missing), an input
+    value is the mean over the valid part of its cell (what :func:`~metasr.climate.regrid`'s
+    NaN-aware ``"conservative"`` gives, and what an observation over the sea is). The
+    constraint then asks the same of the output: its mean over the valid target cells in each
+    source cell equals the input, ``C_M y' = x`` with ``C_M[i, k] = a_ik m_k / Σ_k a_ik m_k``
+    (``a_ik`` the overlap of target cell ``k`` with source cell ``i``, ``m`` the target's
+    validity) — the "fraction of valid area" normalisation of conservative remapping. The
+    whole-cell :class:`ConservativeConstraint` instead makes the mean over the whole cell
+    equal ``x``, so the valid cells of a coastal cell are off by what the network put over
+    land; that is a bias wherever the field changes towards the coast.
+
+    ``C_M`` is not separable, so the correction is a sparse solve (one LU factorisation per
+    mask, built once): ``smooth`` as in :class:`ConservativeConstraint`, ``y' = y + U_c
+    (C_M U_c)⁻¹ r`` with ``U_c`` the bicubic interpolation from the constrained source cells;
+    it falls back to the area-weighted minimum change over the valid target cells, ``y' = y +
+    D⁻¹C_Mᵀ(C_M D⁻¹C_Mᵀ + εI)⁻¹ r`` (``ε`` 1e-12 of the mean diagonal, for constraints that
+    depend on each other), where the smooth system is singular or does not solve to 1e-9.
+    Duplicate constraints (two source cells over the same single valid target cell) are
+    kept once. NumPy and SciPy only: an inference step, not differentiable.
+
+    A source cell is constrained when the target covers it completely, the source value is
+    valid (``src_valid``) and some valid, non-frozen target cell overlaps it.
+
+    Args:
+        src, dst: the input's and the output's grids (any order; the matrices follow it).
+        dst_valid: ``(H, W)`` bool, the valid target cells.
+        src_valid: ``(h, w)`` bool, the source values that are data (not filled); default all.
+        frozen_rows: ``(H,)`` bool target rows left unchanged (the pole rows).
+        smooth: the ``smooth`` correction (else minimum change).
+
+    Raises:
+        ValueError: masks of the wrong shape, or no source cell to constrain.
+    """
+
+    def __init__(
+        self,
+        src: Grid,
+        dst: Grid,
+        dst_valid: np.ndarray,
+        src_valid: np.ndarray | None = None,
+        frozen_rows: np.ndarray | None = None,
+        smooth: bool = False,
+    ) -> None:
+        import scipy.sparse as sp
+
+        dst_valid = np.asarray(dst_valid, dtype=bool)
+        if dst_valid.shape != dst.shape:
+            raise ValueError(f"dst_valid has shape {dst_valid.shape}, the target grid {dst.shape}")
+        src_valid = np.ones(src.shape, bool) if src_valid is None else np.asarray(src_valid, bool)
+        if src_valid.shape != src.shape:
+            raise ValueError(f"src_valid has shape {src_valid.shape}, the source grid {src.shape}")
+        frozen = np.zeros(dst.shape[0], bool) if frozen_rows is None else np.asarray(frozen_rows)
+        ov_lat, ov_lon = axis_weights(dst, src, "conservative")  # (h, H), (w, W)
+        dsin_src = np.abs(np.diff(np.sin(np.deg2rad(src.lat_bounds))))
+        dsin_dst = np.abs(np.diff(np.sin(np.deg2rad(dst.lat_bounds))))
+        dlon_src, dlon_dst = np.diff(src.lon_bounds), np.diff(dst.lon_bounds)
+        covered = (ov_lat.sum(1) >= _COVERED * dsin_src)[:, None] & (
+            ov_lon.sum(1) >= _COVERED * dlon_src
+        )[None, :]
+        c = sp.kron(sp.csr_matrix(ov_lat / dsin_src[:, None]),
+                    sp.csr_matrix(ov_lon / dlon_src[:, None]), format="csr")  # fmt: skip
+        m = dst_valid.ravel().astype(np.float64)
+        movable = m * np.repeat(~frozen, dst.shape[1])
+        cm = c @ sp.diags(m)
+        frac = np.asarray(cm.sum(axis=1)).ravel()
+        room = np.asarray((c @ sp.diags(movable)).sum(axis=1)).ravel()
+        ok = covered.ravel() & src_valid.ravel() & (frac > 1e-9) & (room > 1e-9)
+        index = np.flatnonzero(ok)
+        if index.size == 0:
+            raise ValueError("no source cell is covered, valid and over valid target cells")
+        c = (sp.diags(1.0 / frac[index]) @ cm[index]).tocsr()
+        # Two source cells whose only valid target cells are the same (one valid target cell
+        # straddling their common edge, non-nested grids) give the same row: keep one, or the
+        # system is singular. Their inputs agree when they come from that mask.
+        seen: dict[bytes, int] = {}
+        keep = []
+        for i in range(c.shape[0]):
+            lo, hi = c.indptr[i], c.indptr[i + 1]
+            key = c.indices[lo:hi].tobytes() + np.round(c.data[lo:hi], 12).tobytes()
+            if seen.setdefault(key, i) == i:
+                keep.append(i)
+        self.index = index[keep]  # constrained source cells (flat)
+        self.c = c[keep]  # (n, H*W)
+        self.shape = dst.shape
+        self._solve = None
+        if smooth:
+            u_lat, u_lon = axis_weights(src, dst, "bicubic")  # (H, h), (W, w)
+            u = sp.kron(sp.csr_matrix(u_lat), sp.csr_matrix(u_lon), format="csc")
+            u = sp.diags(np.repeat(~frozen, dst.shape[1]).astype(float)) @ u[:, self.index]
+            self._try(u.tocsr(), (self.c @ u).tocsc())
+        if self._solve is None:
+            area = np.outer(dsin_dst, np.abs(dlon_dst)).ravel()
+            dinv = movable / area
+            spread = (sp.diags(dinv) @ self.c.T).tocsr()  # (H*W, n)
+            gram = (self.c @ spread).tocsc()
+            # Constraints that still depend on each other: a tiny ridge gives their least-
+            # squares compromise (exact where the inputs are consistent, as from one mask).
+            ridge = 1e-12 * float(gram.diagonal().mean())
+            self._try(spread, (gram + ridge * sp.identity(gram.shape[0])).tocsc(), check=False)
+
+    def _try(self, spread: Any, system: Any, check: bool = True) -> None:
+        """Use ``y + spread · system⁻¹ r`` if ``system`` factorises (and, with ``check``, solves
+        to 1e-9)."""
+        from scipy.sparse.linalg import splu
+
+        try:
+            lu = splu(system)
+        except RuntimeError:  # exactly singular
+            return
+        probe = np.cos(np.arange(system.shape[0]))
+        if check and np.max(np.abs(system @ lu.solve(probe) - probe)) > 1e-9:
+            return
+        self._solve = lambda r: spread @ lu.solve(r)
+
+    def __call__(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """``y`` ``(..., H, W)`` corrected so that its mean over the valid target cells of
+        every constrained source cell equals ``x`` ``(..., h, w)`` there."""
+        y = np.asarray(y, dtype=np.float64)
+        lead = y.shape[:-2]
+        yf = y.reshape(-1, self.shape[0] * self.shape[1]).T  # (H*W, N)
+        xf = np.asarray(x, dtype=np.float64).reshape(len(yf.T), -1).T[self.index]
+        out = yf + self._solve(xf - self.c @ yf)
+        return out.T.reshape(*lead, *self.shape)
+
+    def error(self, y: np.ndarray, x: np.ndarray) -> float:
+        """Largest ``|C_M y − x|`` over the constrained source cells."""
+        yf = np.asarray(y, np.float64).reshape(-1, self.shape[0] * self.shape[1]).T
+        xf = np.asarray(x, dtype=np.float64).reshape(yf.shape[1], -1).T[self.index]
+        return float(np.max(np.abs(self.c @ yf - xf)))
+
+
+_CACHE: dict[bytes, Any] = {}
+
+
+def constraint_for(
+    src: Grid,
+    dst: Grid,
+    frozen: np.ndarray,
+    smooth: bool,
+    dst_valid: np.ndarray | None = None,
+    src_valid: np.ndarray | None = None,
+) -> ConservativeConstraint | MaskedConservativeConstraint:
+    """The constraint of ``src`` → ``dst`` (masked when ``dst_valid`` is given), built once
+    per grid pair and masks (the fields of a file, the batches of ``metasr upscale`` share it;
+    the last 16 are kept)."""
+    parts = [src.lat_bounds, src.lon_bounds, dst.lat_bounds, dst.lon_bounds, frozen]
+    key = b"".join(np.ascontiguousarray(a, dtype=np.float64).tobytes() + b"|" for a in parts)
+    key += bytes([smooth])
+    if dst_valid is not None:
+        key += b"|m" + np.packbits(dst_valid).tobytes()
+        key += b"|s" + (b"" if src_valid is None else np.packbits(src_valid).tobytes())
+    con = _CACHE.get(key)
+    if con is None:
+        if len(_CACHE) >= 16:
+            _CACHE.pop(next(iter(_CACHE)))
+        if dst_valid is None:
+            con = ConservativeConstraint(src, dst, frozen_rows=frozen, smooth=smooth)
+        else:
+            con = MaskedConservativeConstraint(src, dst, dst_valid, src_valid, frozen, smooth)
+        _CACHE[key] = con
+    return con
+
+
+def conserve_masked(
+    y: np.ndarray,
+    x: np.ndarray,
+    src: Grid,
+    dst: Grid,
+    dst_valid: np.ndarray,
+    src_valid: np.ndarray | None = None,
+    frozen: np.ndarray | None = None,
+    smooth: bool = True,
+) -> np.ndarray:
+    """:class:`MaskedConservativeConstraint` on a batch whose fields may have their own masks.
+
+    Args:
+        y: ``(N, H, W)`` output on ``dst``.
+        x: ``(N, h, w)`` finite input on ``src`` (missing values filled).
+        dst_valid: ``(H, W)`` or ``(N, H, W)`` bool, the valid target cells.
+        src_valid: ``(h, w)`` or ``(N, h, w)`` bool, the input values that are data; default all.
+        frozen: ``(H,)`` bool rows left unchanged (default none).
+        smooth: the ``smooth`` correction (else minimum change).
+
+    Returns:
+        ``(N, H, W)`` float64; fields with the same masks share one factorisation.
+
+    Raises:
+        ValueError: masks of the wrong shape.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = y.shape[0]
+    dv = np.asarray(dst_valid, dtype=bool)
+    sv = np.ones((n, *src.shape), bool) if src_valid is None else np.asarray(src_valid, bool)
+    try:
+        dv = np.broadcast_to(dv, (n, *dst.shape))
+        sv = np.broadcast_to(sv, (n, *src.shape))
+    except ValueError:
+        raise ValueError(
+            f"masks {dv.shape} / {sv.shape} do not fit {n} fields on {dst.shape} / {src.shape}"
+        ) from None
+    frozen = np.zeros(dst.shape[0], bool) if frozen is None else np.asarray(frozen, bool)
+    out = np.empty_like(y)
+    groups: dict[bytes, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(np.packbits(dv[i]).tobytes() + np.packbits(sv[i]).tobytes(), []).append(i)
+    for idx in groups.values():
+        con = constraint_for(src, dst, frozen, smooth, dv[idx[0]], sv[idx[0]])
+        out[idx] = con(y[idx], np.asarray(x, dtype=np.float64)[idx])
+    return out
+
+
+def bicubic_conservative(
+    field: np.ndarray,
+    src: Grid,
+    dst: Grid,
+    *,
+    src_valid: np.ndarray | None = None,
+    dst_valid: np.ndarray | None = None,
+) -> np.ndarray:
     """Bicubic regridding followed by back-projection (``--baseline bicubic-conservative``).
 
     Back-projection repeats ``y ← y + U(x − C y)`` (``U``: bicubic from ``src`` to ``dst``,
@@ -178,6 +406,9 @@ def bicubic_conservative(field: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
         field: ``(..., h, w)`` finite values on ``src`` (fill missing values first:
             :func:`~metasr.climate.regrid.apply_downscaler`).
         src, dst: source and (finer) target grid.
+        src_valid, dst_valid: with ``dst_valid`` (``(H, W)`` or one per field), conservation
+            over the valid target cells (:class:`MaskedConservativeConstraint`), from the
+            source values ``src_valid`` marks as data (:func:`conserve_masked`).
 
     Returns:
         ``(..., H, W)`` float64 on ``dst``.
@@ -185,4 +416,11 @@ def bicubic_conservative(field: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
     from .regrid import regrid
 
     x = np.asarray(field, dtype=np.float64)
-    return ConservativeConstraint(src, dst, smooth=True)(regrid(x, src, dst, "bicubic"), x)
+    y = regrid(x, src, dst, "bicubic")
+    if dst_valid is None:
+        return constraint_for(src, dst, np.zeros(dst.shape[0], bool), True)(y, x)
+    lead = x.shape[:-2]
+    out = conserve_masked(
+        y.reshape(-1, *dst.shape), x.reshape(-1, *src.shape), src, dst, dst_valid, src_valid
+    )
+    return out.reshape(*lead, *dst.shape)

@@ -34,6 +34,12 @@ EARTH_RADIUS_M = 6_371_000.0
 # Coordinates equal within this many degrees are treated as equal (float32 files, 1/12° steps).
 _DEG_TOL = 1e-6
 
+#: A row centred within this many degrees of a pole is a pole row. Wider than ``_DEG_TOL``: a
+#: PP file's float32 BZY/BDY put air_temp.pp's pole rows at 89.99998569° and −89.99994564°
+#: (BZY + i·BDY accumulates the rounding of BDY); no real grid has another row within 11 m
+#: of a pole.
+POLE_TOL = 1e-4
+
 
 def _as_1d(values: object, name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
@@ -162,7 +168,7 @@ class Grid:
     def has_pole_rows(self) -> bool:
         """Whether the outermost latitude centres sit on the poles (ERA5, UM N96 layouts)."""
         return bool(
-            abs(abs(self.lat[0]) - 90.0) < _DEG_TOL and abs(abs(self.lat[-1]) - 90.0) < _DEG_TOL
+            abs(abs(self.lat[0]) - 90.0) < POLE_TOL and abs(abs(self.lat[-1]) - 90.0) < POLE_TOL
         )
 
     def cell_areas(self, radius: float = EARTH_RADIUS_M) -> np.ndarray:

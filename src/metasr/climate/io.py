@@ -431,6 +431,43 @@ def resolve_grid(spec: Grid | str | Path) -> Grid:
     return named_grid(text)
 
 
+def read_target_mask(spec: str | Path, dst: Grid) -> np.ndarray:
+    """The target's own valid cells from ``FILE[:VAR]``: ``(H, W)`` bool, False where the
+    first field of ``VAR`` (default: the file's only variable on its lat/lon grid) is missing
+    (NaN or its ``_FillValue``) — a high-resolution field of the same kind (an SST analysis on
+    the target grid: land missing), or a mask made missing outside the domain.
+
+    Raises:
+        ValueError: the file's grid is not ``dst`` (same cells, same order), no or several
+            candidate variables, or no valid cell.
+    """
+    text = str(spec)
+    path, var = text, ""
+    if not os.path.exists(text) and ":" in text:
+        path, _, var = text.rpartition(":")
+    grid = resolve_grid(path)
+    if not grid.same_as(dst):
+        raise ValueError(
+            f"{path}: its grid {grid.shape[0]}x{grid.shape[1]} is not the target grid "
+            f"{dst.shape[0]}x{dst.shape[1]} (same cells in the same order)"
+        )
+    with _open_dataset(path, decode_times=False) as ds:
+        dims = (ds[_grid_coord(ds, path, "lat")].dims[0], ds[_grid_coord(ds, path, "lon")].dims[0])
+        names = [str(n) for n, v in ds.data_vars.items() if tuple(v.dims[-2:]) == dims]
+        if var and var not in names:
+            raise ValueError(f"{path}: no variable {var!r} on its lat/lon grid (has {names})")
+        if not var and len(names) != 1:
+            raise ValueError(
+                f"{path}: {len(names)} variables on its lat/lon grid {names}; name one: {path}:VAR"
+            )
+        da = ds[var or names[0]]
+        first = da.isel({d: 0 for d in da.dims[:-2]})
+        valid = np.isfinite(np.asarray(first.values, dtype=np.float64))
+    if not valid.any():
+        raise ValueError(f"{path}: {var or names[0]} has no valid cell")
+    return valid
+
+
 def _grid_coord(ds: Any, path: str, kind: str) -> str:
     """The name of the 1-D latitude (or longitude) of a grid file: a dimension coordinate
     first, never a bounds variable (a ``lat_bnds`` or a scalar latitude listed before ``lat``
@@ -522,14 +559,17 @@ def _block(
     method: str | Downscaler,
     mask_threshold: float,
     dtype: np.dtype,
+    target_mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Downscale one block ``(..., h, w)`` → ``(..., H, W)`` in ``dtype`` (a dask task, so a
     module-level function: it is pickled to the workers of a distributed cluster)."""
     values = np.asarray(x, dtype=np.float64)
     if isinstance(method, str):
         out = regrid_values(values, src, dst, method)
+        if target_mask is not None:
+            out = np.where(target_mask, out, np.nan)
     else:
-        out = apply_downscaler(method, values, src, dst, mask_threshold)
+        out = apply_downscaler(method, values, src, dst, mask_threshold, target_valid=target_mask)
     from .._limits import check_fits_dtype
 
     check_fits_dtype(out, dtype)  # a float64 result beyond float32 must not become +inf
@@ -543,6 +583,7 @@ def downscale(
     *,
     mask_threshold: float = 0.5,
     source_grid: Grid | None = None,
+    target_mask: np.ndarray | None = None,
 ) -> xr.DataArray:
     """Put ``da`` on ``target``: a baseline regridding or any downscaling function.
 
@@ -561,6 +602,10 @@ def downscale(
         mask_threshold: see ``method``.
         source_grid: ``da``'s grid with the file's cell bounds (:func:`grid_of` of the
             Dataset); default: from ``da``'s coordinates, bounds at midpoints.
+        target_mask: ``(H, W)`` bool, the target's own valid cells (:func:`read_target_mask`):
+            the output is missing exactly where it is False (in place of ``mask_threshold``),
+            and a model's or the back-projected bicubic's constraint conserves over the valid
+            cells (:func:`~metasr.climate.regrid.apply_downscaler`).
 
     Returns:
         ``(..., lat, lon)`` DataArray on the target grid with ``da``'s name, attributes
@@ -581,7 +626,11 @@ def downscale(
         how = f"{method} regridding"
     else:
         how = getattr(method, "__name__", "a downscaling function")
-    args = (src, dst, method, mask_threshold, dtype)
+    if target_mask is not None:
+        target_mask = np.asarray(target_mask, dtype=bool)
+        if target_mask.shape != dst.shape:
+            raise ValueError(f"target_mask has shape {target_mask.shape}, the target {dst.shape}")
+    args = (src, dst, method, mask_threshold, dtype, target_mask)
     if da.chunks is not None:
         import dask.array as dsa
         from dask.base import tokenize
@@ -590,8 +639,9 @@ def downscale(
         # An explicit name: dask would otherwise hash the method, which may hold a network.
         tag = method if isinstance(method, str) else uuid.uuid4().hex
         name = "metasr-downscale-" + tokenize(
-            data.name, grid_key(src), grid_key(dst), tag, mask_threshold, str(dtype)
-        )
+            data.name, grid_key(src), grid_key(dst), tag, mask_threshold, str(dtype),
+            None if target_mask is None else np.packbits(target_mask).tobytes(),
+        )  # fmt: skip
         out = dsa.map_blocks(
             _block,
             data,
@@ -651,6 +701,7 @@ def downscale_dataset(
     *,
     mask_threshold: float = 0.5,
     history: str | None = None,
+    target_mask: np.ndarray | None = None,
 ) -> xr.Dataset:
     """Downscale ``variables`` of a Dataset, keeping the rest of the file that still applies.
 
@@ -665,7 +716,8 @@ def downscale_dataset(
     Args:
         ds: from :func:`open_fields` (lazy or loaded) or any Dataset.
         variables: the fields to downscale, all on one grid.
-        target, method, mask_threshold: see :func:`downscale` (one method for every variable).
+        target, method, mask_threshold, target_mask: see :func:`downscale` (one method for
+            every variable).
         history: a further ``history`` line (e.g. the command line) above the one that says
             what was done.
 
@@ -708,7 +760,10 @@ def downscale_dataset(
     )
     how = ""
     for v in variables:
-        field = downscale(ds[v], dst, method, mask_threshold=mask_threshold, source_grid=src)
+        field = downscale(
+            ds[v], dst, method, mask_threshold=mask_threshold, source_grid=src,
+            target_mask=target_mask,
+        )  # fmt: skip
         how = field.attrs["history"].splitlines()[0].split(" ", 1)[1]  # after the time stamp
         field = field.rename({"lat": names.lat, "lon": names.lon})
         attrs = {k: a for k, a in ds[v].attrs.items() if k not in _STALE_ATTRS}

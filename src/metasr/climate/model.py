@@ -32,7 +32,7 @@ from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP, upscale
 from ..validation import check_int
 from .card import ModelCard, model_card
-from .constraint import ConservativeConstraint, pole_rows
+from .constraint import conserve_masked, constraint_for, pole_rows
 from .grids import Grid, check_finer
 from .layout import canonical_layout, target_layout
 from .stats import FieldStats, check_units
@@ -115,27 +115,6 @@ CONSTRAINTS = ("smooth", "min-change", "none")
 _MIN_STD = 1e-3
 
 
-_CONSTRAINTS: dict[bytes, ConservativeConstraint] = {}
-
-
-def _constraint_for(
-    src: Grid, dst: Grid, frozen: np.ndarray, smooth: bool
-) -> ConservativeConstraint:
-    """The constraint of ``src`` → ``dst``, built once per grid pair (the fields of a file, the
-    batches of ``metasr upscale``, share it; the last 8 pairs are kept)."""
-    key = b"".join(
-        np.ascontiguousarray(a, dtype=np.float64).tobytes() + b"|"
-        for a in (src.lat_bounds, src.lon_bounds, dst.lat_bounds, dst.lon_bounds, frozen)
-    ) + bytes([smooth])
-    con = _CONSTRAINTS.get(key)
-    if con is None:
-        if len(_CONSTRAINTS) >= 8:
-            _CONSTRAINTS.pop(next(iter(_CONSTRAINTS)))
-        con = ConservativeConstraint(src, dst, frozen_rows=frozen, smooth=smooth)
-        _CONSTRAINTS[key] = con
-    return con
-
-
 @contextmanager
 def regional_call(model: torch.nn.Module, coords: CoordinateGrid) -> Iterator[None]:
     """Run ``model`` on a regional (non-periodic) ``coords`` whatever ``periodic_lon`` it was
@@ -180,6 +159,8 @@ def field_forward(
     stats: FieldStats | None = None,
     constraint: str = "smooth",
     pad: int = REGIONAL_PAD,
+    dst_valid: np.ndarray | None = None,
+    src_valid: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One differentiable field step, the same in training and inference.
 
@@ -201,6 +182,12 @@ def field_forward(
             interpolation, the limit of back-projection), ``"min-change"`` (the area-weighted
             minimum change) or ``"none"``.
         pad: LR columns replicated at each edge of a regional (non-periodic) source.
+        dst_valid: ``(H, W)`` or ``(B, H, W)`` bool in ``dst``'s order, the valid target
+            cells (a masked target: SST, land missing): the constraint then conserves over
+            them (:class:`~metasr.climate.constraint.MaskedConservativeConstraint`;
+            inference only, not differentiable). Default: whole cells.
+        src_valid: ``(h, w)`` or ``(B, h, w)`` bool, the inputs that are data (not filled):
+            only those are constrained with ``dst_valid``. Default: all.
 
     Returns:
         ``(y, mean, std)``: ``y`` ``(B, H, W)`` in physical units on ``dst`` in its order, and
@@ -261,9 +248,24 @@ def field_forward(
         y = torch.where(mask, (y * wl).sum(dim=-1, keepdim=True), y)
     if constraint not in CONSTRAINTS:
         raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
-    if constraint != "none":
-        con = _constraint_for(sg, dg, poles, constraint == "smooth")
+    if constraint != "none" and dst_valid is None:
+        con = constraint_for(sg, dg, poles, constraint == "smooth")
         y = con(y.to(z.dtype), z)
+    elif constraint != "none":
+        if y.requires_grad:
+            raise ValueError(
+                "dst_valid (the masked constraint) is for inference: not differentiable"
+            )
+        b = x.shape[0]
+        dv = ld.apply(np.broadcast_to(np.asarray(dst_valid, bool), (b, *dst.shape)))
+        sv = None if src_valid is None else ls.apply(
+            np.broadcast_to(np.asarray(src_valid, bool), (b, *src.shape))
+        )  # fmt: skip
+        yc = conserve_masked(
+            y.detach().cpu().double().numpy(), z.detach().cpu().double().numpy(), sg, dg, dv,
+            sv, poles, constraint == "smooth",
+        )  # fmt: skip
+        y = torch.as_tensor(yc, dtype=z.dtype, device=y.device)
     return ld.restore(y * std + mean), mean, std
 
 
@@ -299,7 +301,15 @@ class ModelDownscaler:
         self.progress = progress
         self.__name__ = f"model {loaded.arch} ({Path(loaded.name).name})"
 
-    def __call__(self, filled: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+    def __call__(
+        self,
+        filled: np.ndarray,
+        src: Grid,
+        dst: Grid,
+        *,
+        src_valid: np.ndarray | None = None,
+        dst_valid: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Downscale finite fields.
 
         Args:
@@ -307,6 +317,10 @@ class ModelDownscaler:
             src: source grid.
             dst: target grid (the network runs with ``coords`` from ``src`` to ``dst`` when it
                 takes them, else at ``size=dst.shape``).
+            src_valid, dst_valid: ``(h, w)``/``(H, W)`` or one per field: the inputs that are
+                data and the valid target cells; with ``dst_valid`` the card's constraint
+                conserves over the valid target cells (:func:`field_forward`). A model without
+                a constraint (no card, or no coordinates) ignores them.
 
         Returns:
             ``(N, H, W)`` float64 on ``dst``.
@@ -315,11 +329,22 @@ class ModelDownscaler:
         # The official code's float32 arithmetic is an index-ratio grid: coords need exact
         # arithmetic.
         by_coords = accepts_coords(model) and getattr(model, "arithmetic", "exact") == "exact"
-        out = np.empty((filled.shape[0], *dst.shape), dtype=np.float64)
-        for start in range(0, filled.shape[0], self.batch_size):
+        n = filled.shape[0]
+        out = np.empty((n, *dst.shape), dtype=np.float64)
+        if dst_valid is not None:
+            dst_valid = np.broadcast_to(np.asarray(dst_valid, bool), (n, *dst.shape))
+            if src_valid is not None:
+                src_valid = np.broadcast_to(np.asarray(src_valid, bool), (n, *src.shape))
+        for start in range(0, n, self.batch_size):
             chunk = filled[start : start + self.batch_size]
             if by_coords:
-                y = self._run_pipeline(chunk, src, dst)
+                part = slice(start, start + self.batch_size)
+                masks = (
+                    (None, None)
+                    if dst_valid is None
+                    else (dst_valid[part], None if src_valid is None else src_valid[part])
+                )
+                y = self._run_pipeline(chunk, src, dst, *masks)
             else:
                 # (B, h, w): B fields of the one variable, normalised as every field input is.
                 z = self.stats.normalise(chunk)
@@ -342,7 +367,14 @@ class ModelDownscaler:
             )
         return out
 
-    def _run_pipeline(self, chunk: np.ndarray, src: Grid, dst: Grid) -> np.ndarray:
+    def _run_pipeline(
+        self,
+        chunk: np.ndarray,
+        src: Grid,
+        dst: Grid,
+        dst_valid: np.ndarray | None = None,
+        src_valid: np.ndarray | None = None,
+    ) -> np.ndarray:
         """:func:`field_forward` with the card's normalisation and constraint (a model without
         a card: its dataset statistics, no constraint); ``(B, h, w)`` → ``(B, H, W)`` float64."""
         card = self.card
@@ -356,6 +388,8 @@ class ModelDownscaler:
                 normalisation=card.normalisation if card else "dataset",
                 stats=self.stats,
                 constraint=card.constraint if card is not None else "none",
+                dst_valid=dst_valid,
+                src_valid=src_valid,
             )
         return y.numpy()
 

@@ -30,6 +30,7 @@ renormalising them is unstable). With NaNs, conservative remapping preserves the
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -68,8 +69,12 @@ def _interp_matrix(
     else:
         targets = dst
         if wrap_targets:
-            # A regional longitude axis: −10° still finds 350°.
-            targets = src[0] + np.mod(dst - src[0], 360.0)
+            # A regional longitude axis: −10° still finds 350°. Targets go into the 360° window
+            # centred on the region, not the one starting at its first centre: a target just
+            # west of that centre (inside the region's first cell) must stay at the west edge,
+            # not become +360° and be clamped to the east edge's value.
+            start = 0.5 * (src[0] + src[-1]) - 180.0
+            targets = start + np.mod(dst - start, 360.0)
         u = fractional_index(src, targets, extrapolate=False)  # clamped at the ends
     rows = np.arange(dst.size)
     mat = np.zeros((dst.size, n))
@@ -398,12 +403,22 @@ def regrid_mask(valid: np.ndarray, src: Grid, dst: Grid, threshold: float = 0.5)
     return np.nan_to_num(frac, nan=0.0) >= threshold
 
 
+def _keywords(fn: Callable[..., Any]) -> set[str]:
+    """Keyword parameters of ``fn`` (empty where it has no inspectable signature)."""
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def apply_downscaler(
     fn: Callable[[np.ndarray, Grid, Grid], np.ndarray],
     field: Any,
     src: Grid,
     dst: Grid,
     mask_threshold: float = 0.5,
+    *,
+    target_valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run a downscaling function with fill-and-remask of missing values.
 
@@ -414,6 +429,12 @@ def apply_downscaler(
         dst: target grid.
         mask_threshold: a target cell is NaN where less than this fraction of its area is
             valid (:func:`regrid_mask`).
+        target_valid: ``(H, W)`` or ``(..., H, W)`` (one per field) bool, the target's own
+            mask (a finer land-sea mask): the output is NaN exactly where it is False, in place
+            of ``mask_threshold``'s, and a function that takes ``dst_valid`` and ``src_valid``
+            keywords (:class:`~metasr.climate.model.ModelDownscaler`,
+            :func:`~metasr.climate.constraint.bicubic_conservative`) gets both masks, so its
+            constraint conserves over the valid target cells.
 
     Returns:
         ``(..., H, W)`` float64; all NaN for an all-missing ``field`` (a chunk of time steps of
@@ -427,10 +448,21 @@ def apply_downscaler(
     if not np.any(np.isfinite(values)):
         return np.full((*lead, *dst.shape), np.nan)
     filled, valid = fill_missing(values.reshape(-1, *src.shape), src)
-    out = np.asarray(fn(filled, src, dst), dtype=np.float64)
-    if out.shape != (filled.shape[0], *dst.shape):
-        expected = (filled.shape[0], *dst.shape)
-        raise ValueError(f"downscaler returned {out.shape}, expected {expected}")
-    if not valid.all():
+    n = filled.shape[0]
+    tv = None
+    if target_valid is not None:
+        tv = np.asarray(target_valid, dtype=bool)
+        if tv.shape[-2:] != dst.shape or tv.ndim not in (2, len(lead) + 2):
+            raise ValueError(f"target_valid has shape {tv.shape}, expected (..., {dst.shape})")
+        tv = np.broadcast_to(tv.reshape(-1, *dst.shape), (n, *dst.shape))
+    if tv is not None and "dst_valid" in _keywords(fn):
+        out = np.asarray(fn(filled, src, dst, src_valid=valid, dst_valid=tv), dtype=np.float64)
+    else:
+        out = np.asarray(fn(filled, src, dst), dtype=np.float64)
+    if out.shape != (n, *dst.shape):
+        raise ValueError(f"downscaler returned {out.shape}, expected {(n, *dst.shape)}")
+    if tv is not None:
+        out = np.where(tv, out, np.nan)
+    elif not valid.all():
         out = np.where(regrid_mask(valid, src, dst, mask_threshold), out, np.nan)
     return _blank_outside(out, src, dst).reshape(*lead, *dst.shape)

@@ -37,6 +37,7 @@ from .regrid import fill_missing, regrid
 __all__ = [
     "Source",
     "TrainConfig",
+    "fold_sources",
     "sample_batch",
     "temperature_sources",
     "train",
@@ -240,6 +241,28 @@ class TrainConfig(NamedTuple):
     save_every: int = 50
     init: str | None = "t2m-v1"
     constraint: str = "smooth"
+    #: Whole sources this fold never trains on (leave-one-source-out); refused in ``sources``.
+    held_out_sources: Sequence[str] = ()
+
+
+def fold_sources(config: TrainConfig, sources: dict[str, Source]) -> dict[str, Source]:
+    """The sources a fold trains on: ``sources`` less the held-out ones, GloSea4 less its
+    held-out members.
+
+    Raises:
+        ValueError: a source is both in ``config.sources`` and in ``config.held_out_sources``
+            (the option file contradicts itself), or no source is left to train on.
+    """
+    held = set(config.held_out_sources)
+    both = sorted(held & set(config.sources))
+    if both:
+        raise ValueError(f"sources {both} are both trained on and held out")
+    out = {k: v for k, v in sources.items() if k not in held}
+    if "glosea4" in out:
+        out["glosea4"], _ = glosea4_split(out["glosea4"], config.held_out_members)
+    if not out:
+        raise ValueError("no training source left after the held-out ones")
+    return out
 
 
 def network_kwargs() -> dict[str, Any]:
@@ -286,14 +309,13 @@ def train(
     """
     from .. import create_model
     from ..checkpoints import load_model
-    from ..io import atomic_write
+    from ..io import atomic_write, atomic_write_text
 
+    read = temperature_sources(data, config.sources) if sources is None else dict(sources)
+    all_sources = fold_sources(config, read)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config._asdict(), indent=1) + "\n")
-    all_sources = temperature_sources(data, config.sources) if sources is None else dict(sources)
-    if "glosea4" in all_sources:
-        all_sources["glosea4"], _ = glosea4_split(all_sources["glosea4"], config.held_out_members)
+    atomic_write_text(out / "config.json", json.dumps(config._asdict(), indent=1) + "\n")
     torch.manual_seed(config.seed)
     net = create_model("meta_edsr", **network_kwargs())
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
