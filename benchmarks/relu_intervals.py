@@ -6,8 +6,8 @@ the ``torch`` backend keeps features-first. This script measures, in one process
 interleaved (medians), the features-first order of the torch backend as it was at a git
 revision (``before``, default ``main``: its module file loaded beside today's), today's
 (``today``: the hidden units restricted to the call's positions,
-:mod:`metasr.ops.meta_upscale.relu_domain`, and gather mode's contraction as broadcast
-products), today's without the restriction (``unrestricted``), and a prototype of another exact
+:mod:`metasr.ops.meta_upscale.relu_domain`, and the contraction as batched matmuls per chunk of
+LR rows), today's without the restriction (``unrestricted``), and a prototype of another exact
 order (forward only, defined here only):
 
 * ``intervals``: for a fixed row offset ``Δv`` each hidden unit switches at one ``Δh``, so
@@ -19,11 +19,15 @@ order (forward only, defined here only):
 Each is also compared per output pixel with the ×4 per-phase order, forward and training step
 (forward + backward to the input and every predictor parameter). It also prints the counts
 behind the cost argument (units that switch, interval groups, pairs) and checks both exact
-orders against the float64 spec on a small input. Run it from the repository (``git show``).
+orders against the float64 spec on a small input. With ``--others``, ×2.3, ×3.7 and 2.5×3.5
+(the auto order, ``before`` and today's) run in the same rounds. Every case is reported in wall
+time and in the process's CPU time (with 1 thread, the time it actually ran on a shared
+machine). Run it from the repository (``git show``).
 
 Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/relu_intervals.py --repeat 5
+    OMP_NUM_THREADS=1 python benchmarks/relu_intervals.py --repeat 3 --before 6ff8397 \
+        --no-intervals --others
 """
 
 from __future__ import annotations
