@@ -183,6 +183,25 @@ def test_mixed_dtypes_follow_input_and_autocast():
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in phi.parameters())
 
 
+@pytest.mark.parametrize("call", [{"scale": (2.37, 3.13)}, {"scale": 2.5}], ids=["gather", "phase"])
+def test_features_first_backward_inside_autocast(monkeypatch, call):
+    """Backward called inside the caller's autocast (CPU runs it on the calling thread): the
+    public op computes in float32, and the contraction's backward must too (its batched
+    matmuls would otherwise return bfloat16 into float32 buffers); gradients match float32's
+    to bfloat16 rounding of the input."""
+    monkeypatch.setattr(torch_chunked, "_auto_order", lambda *a, **k: "features_first")
+    phi = make_phi(4, 3, hidden=16).float()
+    x = torch.randn(1, 4, 6, 7, requires_grad=True)
+    y = metasr.meta_upscale(x, phi, backend="torch", **call)
+    want = torch.autograd.grad(y.sum(), [x, *phi.parameters()])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ac = metasr.meta_upscale(x, phi, backend="torch", **call)
+        got = torch.autograd.grad(y_ac.float().sum(), [x, *phi.parameters()])
+    for g, e in zip(got, want, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, e, rtol=5e-2, atol=5e-2 * e.abs().max().item())
+
+
 @pytest.mark.parametrize("variant", ["naive", "im2col", "torch-per_phase", "torch-ff"])
 def test_gradcheck_float64(variant):
     phi = make_phi(2, 2, hidden=4)

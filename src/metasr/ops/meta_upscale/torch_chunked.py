@@ -699,6 +699,15 @@ class _FeaturesFirstContraction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, columns, chunks, hidden, *tensors):
+        # In the inputs' dtype: a caller's autocast would run the batched matmuls in its dtype.
+        with torch.autocast(z.device.type, enabled=False):
+            y = _FeaturesFirstContraction._forward(z, columns, chunks, hidden, tensors)
+        ctx.save_for_backward(z, *tensors)
+        ctx.columns, ctx.chunks, ctx.hidden = columns, chunks, hidden
+        return y
+
+    @staticmethod
+    def _forward(z, columns, chunks, hidden, tensors):
         N, O = columns.batch, columns.channels
         H, W = hidden.rows, columns.col_idx.shape[0]
         hidden.bind(tensors, columns.slot_phase, columns.groups)
@@ -710,13 +719,17 @@ class _FeaturesFirstContraction(torch.autograd.Function):
             yr.add_(bias.index_select(0, lr).transpose(0, 1)[:, :, None])
             y.index_copy_(2, rows, yr.view(N, O, R * m, W))
         hidden.unbind()
-        ctx.save_for_backward(z, *tensors)
-        ctx.columns, ctx.chunks, ctx.hidden = columns, chunks, hidden
         return y
 
     @staticmethod
     def backward(ctx, dy):
         z, *tensors = ctx.saved_tensors
+        # Backward may run inside the caller's autocast (CPU runs it on the calling thread).
+        with torch.autocast(z.device.type, enabled=False):
+            return _FeaturesFirstContraction._backward(ctx, z, tensors, dy)
+
+    @staticmethod
+    def _backward(ctx, z, tensors, dy):
         columns, hidden = ctx.columns, ctx.hidden
         N, O, H, W = dy.shape
         need_z = ctx.needs_input_grad[0]
