@@ -473,9 +473,29 @@ def upscale_array(
     _check_chw(data, "data")
     if kind not in ("image", "field"):
         raise ValueError(f"kind must be 'image' or 'field', got {kind!r}")
-    n_tta = tta_count(tta)
+    transforms = _call_transforms(tta, request, *data.shape[1:])
     prec = plan_precision(precision, loaded.model, next(loaded.model.parameters()).device)
-    return _upscale_array(loaded, data, request, kind, tile, overlap, progress, n_tta, prec)
+    return _upscale_array(loaded, data, request, kind, tile, overlap, progress, transforms, prec)
+
+
+def _call_transforms(tta: object, request: object, h: int, w: int) -> list[Dihedral] | None:
+    """The self-ensemble's transforms of a call on an ``h × w`` input (:func:`tta_transforms`;
+    ``None``: a plain call), decided once at the call's door with the checks of its request.
+
+    Raises:
+        TypeError: ``request`` is not an :class:`~metasr.geometry.UpscaleRequest`.
+        ValueError: a bad ``tta``, or ``tta`` with a ``coords`` request.
+    """
+    n_tta = tta_count(tta)
+    if not isinstance(request, UpscaleRequest):
+        raise ArgumentTypeError(
+            f"request must be a metasr.UpscaleRequest, got {type(request).__name__}"
+        )
+    if n_tta == 1:
+        return None
+    if request.coords is not None:
+        raise ValueError("tta flips and transposes the input; a coords request cannot follow")
+    return tta_transforms(n_tta, h, w, request.scale, request.size)
 
 
 def _upscale_array(
@@ -486,22 +506,15 @@ def _upscale_array(
     tile: int,
     overlap: int | None,
     progress: bool,
-    n_tta: int,
+    transforms: list[Dihedral] | None,
     prec: Precision,
 ) -> np.ndarray:
-    """:func:`upscale_array` of a checked array, kind and transform count, in a precision
-    already planned for the model (:func:`metasr.precision.plan_precision`)."""
-    if not isinstance(request, UpscaleRequest):
-        raise ArgumentTypeError(
-            f"request must be a metasr.UpscaleRequest, got {type(request).__name__}"
-        )
-    if n_tta > 1 and request.coords is not None:
-        raise ValueError("tta flips and transposes the input; a coords request cannot follow")
+    """:func:`upscale_array` of a checked array and request, with the self-ensemble's
+    transforms (:func:`_call_transforms`) and the precision
+    (:func:`metasr.precision.plan_precision`) decided at the call's door."""
     model = loaded.model
     p = next(model.parameters())  # the device and dtype the model runs in
     C, h, w = data.shape
-    # The transforms are decided once, from the request, before anything runs.
-    transforms = tta_transforms(n_tta, h, w, request.scale, request.size) if n_tta > 1 else None
     cin, cout = loaded.in_channels, loaded.out_channels
     if C == cin:
         if cout != cin:
@@ -634,9 +647,9 @@ def upscale_raster(
     """
     if normalize not in ("none", "minmax"):
         raise ValueError(f"normalize must be 'none' or 'minmax', got {normalize!r}")
-    n_tta = tta_count(tta)
-    prec = plan_precision(precision, loaded.model, next(loaded.model.parameters()).device)
     _check_raster(raster)
+    transforms = _call_transforms(tta, request, *raster.data.shape[1:])
+    prec = plan_precision(precision, loaded.model, next(loaded.model.parameters()).device)
     data = raster.data
     kind = raster.kind
     stats = _field_stats(loaded, raster, normalize)
@@ -644,7 +657,7 @@ def upscale_raster(
         # A field model: its stored statistics, as for netCDF input (FieldStats.normalise);
         # it runs in float32 whatever ``precision`` says (as it always has).
         y = _upscale_array(
-            loaded, stats.normalise(data), request, "field", tile, overlap, progress, n_tta,
+            loaded, stats.normalise(data), request, "field", tile, overlap, progress, transforms,
             FLOAT32,
         )  # fmt: skip
         out = stats.denormalise(y)
@@ -653,11 +666,11 @@ def upscale_raster(
         span = data.max(axis=(1, 2), keepdims=True) - lo
         span = np.where(span > 0, span, 1.0)  # a constant channel stays constant
         y = _upscale_array(
-            loaded, (data - lo) / span, request, "image", tile, overlap, progress, n_tta, prec
+            loaded, (data - lo) / span, request, "image", tile, overlap, progress, transforms, prec
         )
         out = y.astype(np.float64) * span + lo
     else:
-        out = _upscale_array(loaded, data, request, kind, tile, overlap, progress, n_tta, prec)
+        out = _upscale_array(loaded, data, request, kind, tile, overlap, progress, transforms, prec)
     alpha = None
     if raster.alpha is not None:
         alpha = upscale_alpha(raster.alpha, (out.shape[1], out.shape[2]))
