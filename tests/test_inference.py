@@ -96,7 +96,8 @@ def test_minmax_normalisation():
     # A constant channel is mapped with span 1: the model's output on zeros, shifted by 5.
     zeros = _run(loaded, torch.zeros(1, 1, 7, 9), 2)[0, 0].numpy()
     np.testing.assert_allclose(out.data[1], zeros + 5.0, atol=1e-6)
-    plain = upscale_raster(loaded, raster, UpscaleRequest(scale=2))
+    with pytest.warns(UserWarning, match="give --normalize minmax"):  # values outside 0..1
+        plain = upscale_raster(loaded, raster, UpscaleRequest(scale=2))
     raw = torch.from_numpy(field[0].astype(np.float32))[None, None]  # "none": values as stored
     np.testing.assert_allclose(plain.data[0], _run(loaded, raw, 2)[0, 0].numpy(), atol=1e-3)
     with pytest.raises(ValueError, match="normalize must be"):
