@@ -6,8 +6,8 @@ the ``torch`` backend keeps features-first. This script measures, in one process
 interleaved (medians), the features-first order of the torch backend as it was at a git
 revision (``before``, default ``main``: its module file loaded beside today's), today's
 (``today``: the hidden units restricted to the call's positions,
-:mod:`metasr.ops.meta_upscale.relu_domain`, and gather mode's contraction as broadcast
-products), today's without the restriction (``unrestricted``), and a prototype of another exact
+:mod:`metasr.ops.meta_upscale.relu_domain`, and the contraction as batched matmuls per chunk of
+LR rows), today's without the restriction (``unrestricted``), and a prototype of another exact
 order (forward only, defined here only):
 
 * ``intervals``: for a fixed row offset ``Δv`` each hidden unit switches at one ``Δh``, so
@@ -19,11 +19,15 @@ order (forward only, defined here only):
 Each is also compared per output pixel with the ×4 per-phase order, forward and training step
 (forward + backward to the input and every predictor parameter). It also prints the counts
 behind the cost argument (units that switch, interval groups, pairs) and checks both exact
-orders against the float64 spec on a small input. Run it from the repository (``git show``).
+orders against the float64 spec on a small input. With ``--others``, ×2.3, ×3.7 and 2.5×3.5
+(the auto order, ``before`` and today's) run in the same rounds. Every case is reported in wall
+time and in the process's CPU time (with 1 thread, the time it actually ran on a shared
+machine). Run it from the repository (``git show``).
 
 Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/relu_intervals.py --repeat 5
+    OMP_NUM_THREADS=1 python benchmarks/relu_intervals.py --repeat 3 --before 6ff8397 \
+        --no-intervals --others
 """
 
 from __future__ import annotations
@@ -206,6 +210,11 @@ def main() -> int:
     ap.add_argument("--before", default="main", help="git revision of the 'before' variant")
     ap.add_argument("--no-step", action="store_true")
     ap.add_argument("--no-intervals", action="store_true")
+    ap.add_argument(
+        "--others",
+        action="store_true",
+        help="also ×2.3, ×3.7 and 2.5×3.5 (auto order, before and today) in the same rounds",
+    )
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     torch.manual_seed(0)
@@ -217,13 +226,18 @@ def main() -> int:
     counts(load_model("default").model.upsample.phi, "bundled")
     before = load_before(args.before)
     x = torch.randn(1, 64, 128, 128)
-    geoms = {s: build_geometry(128, 128, scale=s) for s in [4.0, (2.37, 3.13), (1.13, 3.91)]}
+    others = [2.3, 3.7, (2.5, 3.5)] if args.others else []
+    geoms = {
+        s: build_geometry(128, 128, scale=s) for s in [4.0, (2.37, 3.13), (1.13, 3.91), *others]
+    }
     p = MLPParams.from_module(phi, torch.float32)
-    groups = {s: interval_groups(p, g) for s, g in geoms.items() if s != 4.0}
+    groups = {s: interval_groups(p, geoms[s]) for s in [(2.37, 3.13), (1.13, 3.91)]}
 
     def op(variant, xx, q, g):
-        if variant == "x4":
+        if variant in ("x4", "auto"):
             return meta_upscale_torch(xx, q, g)
+        if variant == "before-auto":
+            return before.meta_upscale_torch(xx, q, g)
         if variant == "before":
             return before.meta_upscale_torch(xx, q, g, order="features_first")
         if variant == "unrestricted":  # today's contraction, every hidden unit
@@ -249,27 +263,34 @@ def main() -> int:
     cases = [("fwd", "x4", 4.0)]
     for s in [(2.37, 3.13), (1.13, 3.91)]:
         cases += [("fwd", v, s) for v in ff + (() if args.no_intervals else ("intervals",))]
+    cases += [("fwd", v, s) for s in others for v in ("before-auto", "auto")]
     if not args.no_step:
         cases += [("step", "x4", 4.0)]
         cases += [("step", v, s) for s in [(2.37, 3.13), (1.13, 3.91)] for v in ff]
-    times: dict = {}
+        cases += [("step", v, s) for s in others for v in ("before-auto", "auto")]
+    wall: dict = {}
+    cpu: dict = {}  # process CPU time: with 1 thread, the time this process actually ran
     px = {s: g.H * g.W for s, g in geoms.items()}
     for kind, v, s in cases:  # warm-up
         (fwd if kind == "fwd" else step)(v, s)
     for _ in range(args.repeat):
         for kind, v, s in cases:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             (fwd if kind == "fwd" else step)(v, s)
-            times.setdefault((kind, v, s), []).append(time.perf_counter() - t0)
+            wall.setdefault((kind, v, s), []).append(time.perf_counter() - t0)
+            cpu.setdefault((kind, v, s), []).append(time.process_time() - c0)
     print(f"{torch.get_num_threads()} threads, medians of {args.repeat} interleaved rounds")
-    print("| case | ms | ns per output px | vs ×4 per px |")
-    print("|---|---|---|---|")
+    print("| case | ms | ns per output px | vs ×4 per px | CPU ms | CPU vs ×4 per px |")
+    print("|---|---|---|---|---|---|")
     for kind, v, s in cases:
-        t = statistics.median(times[(kind, v, s)])
-        ref = statistics.median(times[(kind, "x4", 4.0)]) / px[4.0]
-        sc = "4" if s == 4.0 else f"{s[0]}×{s[1]}"
+        t = statistics.median(wall[(kind, v, s)])
+        ref = statistics.median(wall[(kind, "x4", 4.0)]) / px[4.0]
+        c = statistics.median(cpu[(kind, v, s)])
+        cref = statistics.median(cpu[(kind, "x4", 4.0)]) / px[4.0]
+        sc = "4" if s == 4.0 else (f"{s[0]}×{s[1]}" if isinstance(s, tuple) else f"{s}")
         print(
-            f"| {kind} {v} ×{sc} | {t * 1e3:.1f} | {t * 1e9 / px[s]:.0f} | {t / px[s] / ref:.2f}× |"
+            f"| {kind} {v} ×{sc} | {t * 1e3:.1f} | {t * 1e9 / px[s]:.0f} | "
+            f"{t / px[s] / ref:.2f}× | {c * 1e3:.1f} | {c / px[s] / cref:.2f}× |"
         )
     return 0
 

@@ -325,6 +325,8 @@ def test_temporary_names_fit_and_keep_whole_characters():
     raw = os.fsencode(name)
     assert len(raw) <= 255 and raw.decode("utf-8").endswith(".0123abcd.tiff")
     assert is_temporary_name(name)
+    # Hidden, so folder and glob expansion (which skips hidden files) never takes one as an input.
+    assert name.startswith(".") and not is_temporary_name(name[1:])
 
 
 def _apng16(path: Path) -> None:

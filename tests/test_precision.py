@@ -13,7 +13,8 @@ from metasr.archs import create_model
 from metasr.checkpoints import load_model
 from metasr.cli import main
 from metasr.geometry import UpscaleRequest
-from metasr.inference import upscale_array
+from metasr.inference import upscale_array, upscale_raster
+from metasr.io import Raster
 
 
 def test_resolve_precision():
@@ -136,3 +137,30 @@ def test_auto_feeds_the_network_channels_last(monkeypatch):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
     for k, v in loaded.model.state_dict().items():  # the loaded model is left as it was
         assert v.is_contiguous() and torch.equal(v, before[k]), k
+
+
+def test_plan_precision():
+    edsr = create_model("meta_edsr", **TINY_MODELS["meta_edsr"])
+    cl, plain = torch.channels_last, torch.contiguous_format
+    bf16 = precision.plan_precision("bf16", edsr)
+    assert (bf16.compute, bf16.memory_format) == ("bf16", plain)
+    with bf16.autocast():
+        assert torch.is_autocast_enabled("cpu")
+    with precision.FLOAT32.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    assert precision.plan_precision("auto", edsr).memory_format is cl
+    with pytest.raises(ValueError, match="precision"):
+        precision.plan_precision("bf16", edsr, "cuda")
+
+
+def test_a_call_resolves_its_precision_once(monkeypatch):
+    # upscale_raster plans the precision at its door and hands it down (it was resolved there,
+    # again for the input's memory format and again for the autocast).
+    resolve = precision.resolve_precision
+    calls = []
+    monkeypatch.setattr(precision, "resolve_precision", lambda *a: calls.append(a) or resolve(*a))
+    loaded = load_model("default")
+    data = np.random.default_rng(4).random((3, 9, 8)).astype(np.float32)
+    raster = Raster(data, "field", np.dtype(np.float32))
+    out = upscale_raster(loaded, raster, UpscaleRequest(scale=2), tta=2, precision="auto")
+    assert out.shape == (18, 16) and len(calls) == 1

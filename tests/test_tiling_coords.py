@@ -66,6 +66,12 @@ def _net(name: str, bicubic_residual: bool = True, periodic_lon: bool = True) ->
     )
 
 
+def _residual(geom) -> object:
+    """The grid a coordinate-placed network's bicubic residual reads: the index-ratio
+    upsampling to the target's shape."""
+    return UpscaleRequest(size=(geom.H, geom.W)).geometry(geom.h, geom.w)
+
+
 def _field(h: int, w: int, seed: int = 1) -> torch.Tensor:
     return random_field(2, 1, h, w, seed=seed)
 
@@ -119,7 +125,7 @@ def test_coordinate_tiles_are_full_width_bands_in_latitude():
     model = _net("meta_edsr")
     coords = _pole_rows()
     geom = build_geometry_from_coords(coords, periodic_lon=True)
-    rows, cols = plan_tiles(model, geom, tile=4, overlap=3, by_coords=True)
+    rows, cols = plan_tiles(model, geom, tile=4, overlap=3, residual=_residual(geom))
     assert len(cols) == 1 and (cols[0].in_lo, cols[0].in_hi, cols[0].out_hi) == (0, 16, 40)
     # Each output row sits in the tile whose core holds its LR row by latitude.
     for t in rows:
@@ -141,7 +147,7 @@ def test_windows_hold_the_index_ratio_residual_taps():
     assert tiled.shape == whole.shape
     geom = build_geometry_from_coords(coords, periodic_lon=True)
     plain = plan_tiles(model, geom, tile=1, overlap=3)[0]
-    widened = plan_tiles(model, geom, tile=1, overlap=3, by_coords=True)[0]
+    widened = plan_tiles(model, geom, tile=1, overlap=3, residual=_residual(geom))[0]
     assert any(a.in_hi < b.in_hi or a.in_lo > b.in_lo for a, b in zip(plain, widened, strict=True))
 
 
@@ -188,7 +194,7 @@ def test_a_region_of_a_reordered_target_is_refused():
     ordered_request, row_order, col_order = request.source_ordered()
     ordered = ordered_request.coords
     geom = build_geometry_from_coords(ordered, periodic_lon=True)
-    rows, cols = plan_tiles(model, geom, tile=13, overlap=0, by_coords=True)
+    rows, cols = plan_tiles(model, geom, tile=13, overlap=0, residual=_residual(geom))
     with torch.no_grad():
         y = model(_field(13, 16), coords=ordered, region=tile_region(geom, rows[0], cols[0]))
         whole = model(_field(13, 16), coords=coords)

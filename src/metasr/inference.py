@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .checkpoints import LoadedModel
 from .geometry import UpscaleRequest
 from .io import Raster
-from .precision import inference_precision, input_memory_format, resolve_precision
+from .precision import FLOAT32, Precision, plan_precision
 from .tiling import DEFAULT_OVERLAP, is_tiled, plan_tiling, upscale
 from .validation import ArgumentTypeError
 
@@ -473,13 +473,45 @@ def upscale_array(
     _check_chw(data, "data")
     if kind not in ("image", "field"):
         raise ValueError(f"kind must be 'image' or 'field', got {kind!r}")
+    transforms = _call_transforms(tta, request, *data.shape[1:])
+    prec = plan_precision(precision, loaded.model, next(loaded.model.parameters()).device)
+    return _upscale_array(loaded, data, request, kind, tile, overlap, progress, transforms, prec)
+
+
+def _call_transforms(tta: object, request: object, h: int, w: int) -> list[Dihedral] | None:
+    """The self-ensemble's transforms of a call on an ``h × w`` input (:func:`tta_transforms`;
+    ``None``: a plain call), decided once at the call's door with the checks of its request.
+
+    Raises:
+        TypeError: ``request`` is not an :class:`~metasr.geometry.UpscaleRequest`.
+        ValueError: a bad ``tta``, or ``tta`` with a ``coords`` request.
+    """
     n_tta = tta_count(tta)
     if not isinstance(request, UpscaleRequest):
         raise ArgumentTypeError(
             f"request must be a metasr.UpscaleRequest, got {type(request).__name__}"
         )
-    if n_tta > 1 and request.coords is not None:
+    if n_tta == 1:
+        return None
+    if request.coords is not None:
         raise ValueError("tta flips and transposes the input; a coords request cannot follow")
+    return tta_transforms(n_tta, h, w, request.scale, request.size)
+
+
+def _upscale_array(
+    loaded: LoadedModel,
+    data: np.ndarray,
+    request: UpscaleRequest,
+    kind: str,
+    tile: int,
+    overlap: int | None,
+    progress: bool,
+    transforms: list[Dihedral] | None,
+    prec: Precision,
+) -> np.ndarray:
+    """:func:`upscale_array` of a checked array and request, with the self-ensemble's
+    transforms (:func:`_call_transforms`) and the precision
+    (:func:`metasr.precision.plan_precision`) decided at the call's door."""
     model = loaded.model
     p = next(model.parameters())  # the device and dtype the model runs in
     C, h, w = data.shape
@@ -502,17 +534,17 @@ def upscale_array(
         )
     gain = loaded.value_range if kind == "image" else 1.0
     x = (x * gain).to(device=p.device, dtype=p.dtype)
-    x = x.contiguous(memory_format=input_memory_format(model, precision, p.device))
+    x = x.contiguous(memory_format=prec.memory_format)
 
     def run(xt: torch.Tensor, s: object, z: object) -> torch.Tensor:
         # One term of the self-ensemble: the request of its (possibly transposed) input.
         return upscale(model, xt, UpscaleRequest(scale=s, size=z), tile, overlap, progress)
 
-    with torch.inference_mode(), inference_precision(precision, p.device):
-        if n_tta == 1:
+    with torch.inference_mode(), prec.autocast():
+        if transforms is None:
             y = upscale(model, x, request, tile, overlap, progress)
         else:
-            y = self_ensemble(run, x, request.scale, request.size, n_tta)
+            y = self_ensemble(run, x, request.scale, request.size, transforms)
     y = y.float().cpu() / gain
     y = y.mean(dim=1) if per_channel else y[0]  # (C, H, W)
     return y.numpy()
@@ -615,36 +647,30 @@ def upscale_raster(
     """
     if normalize not in ("none", "minmax"):
         raise ValueError(f"normalize must be 'none' or 'minmax', got {normalize!r}")
-    tta_count(tta)
-    resolve_precision(precision, next(loaded.model.parameters()).device)
     _check_raster(raster)
+    transforms = _call_transforms(tta, request, *raster.data.shape[1:])
+    prec = plan_precision(precision, loaded.model, next(loaded.model.parameters()).device)
     data = raster.data
     kind = raster.kind
     stats = _field_stats(loaded, raster, normalize)
     if stats is not None:
-        # A field model: its stored statistics, as for netCDF input (FieldStats.normalise).
-        y = upscale_array(
-            loaded, stats.normalise(data), request, "field", tile, overlap, progress, tta
-        )
+        # A field model: its stored statistics, as for netCDF input (FieldStats.normalise);
+        # it runs in float32 whatever ``precision`` says (as it always has).
+        y = _upscale_array(
+            loaded, stats.normalise(data), request, "field", tile, overlap, progress, transforms,
+            FLOAT32,
+        )  # fmt: skip
         out = stats.denormalise(y)
     elif kind == "field" and normalize == "minmax":
         lo = data.min(axis=(1, 2), keepdims=True)
         span = data.max(axis=(1, 2), keepdims=True) - lo
         span = np.where(span > 0, span, 1.0)  # a constant channel stays constant
-        y = upscale_array(
-            loaded,
-            (data - lo) / span,
-            request,
-            "image",
-            tile,
-            overlap,
-            progress,
-            tta,
-            precision,
+        y = _upscale_array(
+            loaded, (data - lo) / span, request, "image", tile, overlap, progress, transforms, prec
         )
         out = y.astype(np.float64) * span + lo
     else:
-        out = upscale_array(loaded, data, request, kind, tile, overlap, progress, tta, precision)
+        out = _upscale_array(loaded, data, request, kind, tile, overlap, progress, transforms, prec)
     alpha = None
     if raster.alpha is not None:
         alpha = upscale_alpha(raster.alpha, (out.shape[1], out.shape[2]))

@@ -22,14 +22,18 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "FLOAT32",
     "PRECISIONS",
+    "Precision",
     "cpu_has_native_bf16",
     "inference_precision",
     "input_memory_format",
+    "plan_precision",
     "resolve_precision",
 ]
 
@@ -77,21 +81,35 @@ def resolve_precision(precision: object, device: torch.device | str = "cpu") -> 
     return precision
 
 
-@contextlib.contextmanager
-def inference_precision(precision: str, device: torch.device | str = "cpu") -> Iterator[str]:
-    """Run the block in ``precision`` (:func:`resolve_precision`); yields what it resolved to."""
-    resolved = resolve_precision(precision, device)
-    if resolved == "bf16":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            yield resolved
-    else:
-        yield resolved
+@dataclass(frozen=True)
+class Precision:
+    """A precision as one call runs it: resolved once for a model on a device
+    (:func:`plan_precision`) and handed down.
+
+    Attributes:
+        compute: ``"fp32"`` or ``"bf16"`` (:func:`resolve_precision`).
+        memory_format: the memory format of the network's input (:func:`input_memory_format`).
+    """
+
+    compute: str
+    memory_format: torch.memory_format
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The block's autocast: bfloat16 on the CPU for ``"bf16"``, none for ``"fp32"``."""
+        if self.compute == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
-def input_memory_format(
-    model: torch.nn.Module, precision: str, device: torch.device | str = "cpu"
-) -> torch.memory_format:
-    """The memory format :func:`metasr.inference.upscale_array` gives ``model``'s input.
+#: Plain float32: no autocast, the input contiguous.
+FLOAT32 = Precision("fp32", torch.contiguous_format)
+
+
+def plan_precision(
+    precision: object, model: torch.nn.Module, device: torch.device | str = "cpu"
+) -> Precision:
+    """What ``precision`` (one of :data:`PRECISIONS`) means for ``model`` on ``device``: the
+    compute precision (:func:`resolve_precision`) and the input's memory format.
 
     ``torch.channels_last`` for ``precision="auto"`` on the CPU when ``model`` declares
     ``channels_last_cpu`` (a network measured faster so), else ``torch.contiguous_format``.
@@ -99,11 +117,30 @@ def input_memory_format(
     Raises:
         TypeError, ValueError: as :func:`resolve_precision`.
     """
-    resolve_precision(precision, device)
-    if (
+    compute = resolve_precision(precision, device)
+    channels_last = (
         precision == "auto"
         and torch.device(device).type == "cpu"
         and getattr(model, "channels_last_cpu", False) is True
-    ):
-        return torch.channels_last
-    return torch.contiguous_format
+    )
+    return Precision(compute, torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@contextlib.contextmanager
+def inference_precision(precision: str, device: torch.device | str = "cpu") -> Iterator[str]:
+    """Run the block in ``precision`` (:func:`resolve_precision`); yields what it resolved to."""
+    resolved = resolve_precision(precision, device)
+    with Precision(resolved, torch.contiguous_format).autocast():
+        yield resolved
+
+
+def input_memory_format(
+    model: torch.nn.Module, precision: str, device: torch.device | str = "cpu"
+) -> torch.memory_format:
+    """The memory format :func:`metasr.inference.upscale_array` gives ``model``'s input
+    (:attr:`Precision.memory_format` of :func:`plan_precision`).
+
+    Raises:
+        TypeError, ValueError: as :func:`resolve_precision`.
+    """
+    return plan_precision(precision, model, device).memory_format

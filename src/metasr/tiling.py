@@ -149,7 +149,7 @@ def plan_axis(
 
 
 def plan_tiles(
-    model: MetaSRNet, geom: Geometry, tile: int, overlap: int, by_coords: bool = False
+    model: MetaSRNet, geom: Geometry, tile: int, overlap: int, residual: Geometry | None = None
 ) -> tuple[list[AxisTile], list[AxisTile]]:
     """Row and column tiles of ``geom`` for ``model``: :func:`plan_axis` on each axis with the
     model's :attr:`~metasr.archs.base.MetaSRNet.tile_alignment`, and ``overlap`` raised to its
@@ -159,17 +159,17 @@ def plan_tiles(
     tile and only the rows are cut.
 
     Args:
-        by_coords: ``geom`` is a coordinate geometry (in the source's order): the windows also
-            hold the taps of the model's index-ratio bicubic residual, when it has one.
+        residual: the grid the model's bicubic residual reads, where it is not ``geom``'s (a
+            coordinate geometry's residual is the index-ratio upsampling to the target's shape,
+            :func:`plan_tiling`): the windows also hold its taps.
 
     Returns:
         ``(row_tiles, col_tiles)``; the tiles are their product.
     """
     overlap = overlap if overlap < 0 else max(overlap, model.min_tile_overlap)
     also_rows = also_cols = None
-    if by_coords and model.bicubic_residual:
-        ratio = UpscaleRequest(size=(geom.H, geom.W)).geometry(geom.h, geom.w)
-        also_rows, also_cols = ratio.row_idx, ratio.col_idx
+    if residual is not None:
+        also_rows, also_cols = residual.row_idx, residual.col_idx
     rows = plan_axis(geom.row_idx, geom.h, tile, overlap, model.tile_alignment, also_rows)
     if model.periodic_lon:
         cols = [AxisTile(0, geom.w, 0, geom.w, 0, geom.W)]
@@ -276,7 +276,12 @@ def plan_tiling(
     # Only the index maps matter for planning; the encoding is irrelevant to them. Every tile's
     # forward cuts the same whole geometry (UpscaleRequest.geometry memoises it).
     geom = request.geometry(h, w, model.pos_encoding)
-    row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap, request.coords is not None)
+    residual = None
+    if request.coords is not None and model.bicubic_residual:
+        # The residual of a coordinate-placed call is the index-ratio bicubic to the target's
+        # shape (MetaSRNet._add_bicubic): its grid, beside the head's, is what the tiles cut.
+        residual = UpscaleRequest(size=(geom.H, geom.W)).geometry(h, w)
+    row_tiles, col_tiles = plan_tiles(model, geom, tile, overlap, residual)
     tiles = [(rt, ct) for rt in row_tiles for ct in col_tiles]
     return TilePlan(request, geom, tiles, row_order, col_order)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
+import helpers
 import metasr
 from helpers import randomize_parameters
 from metasr.geometry import build_geometry
@@ -18,6 +20,7 @@ from metasr.ops import memory
 from metasr.ops.meta_upscale import im2col, naive, torch_chunked
 from metasr.ops.meta_upscale.naive import meta_upscale_naive
 from metasr.ops.meta_upscale.params import MLPParams
+from metasr.ops.meta_upscale.tables import phases
 from metasr.ops.meta_upscale.torch_chunked import meta_upscale_torch
 
 SCALES = [
@@ -178,6 +181,25 @@ def test_mixed_dtypes_follow_input_and_autocast():
     y.float().sum().backward()
     assert x.grad is not None and x.grad.dtype == torch.float32
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in phi.parameters())
+
+
+@pytest.mark.parametrize("call", [{"scale": (2.37, 3.13)}, {"scale": 2.5}], ids=["gather", "phase"])
+def test_features_first_backward_inside_autocast(monkeypatch, call):
+    """Backward called inside the caller's autocast (CPU runs it on the calling thread): the
+    public op computes in float32, and the contraction's backward must too (its batched
+    matmuls would otherwise return bfloat16 into float32 buffers); gradients match float32's
+    to bfloat16 rounding of the input."""
+    monkeypatch.setattr(torch_chunked, "_auto_order", lambda *a, **k: "features_first")
+    phi = make_phi(4, 3, hidden=16).float()
+    x = torch.randn(1, 4, 6, 7, requires_grad=True)
+    y = metasr.meta_upscale(x, phi, backend="torch", **call)
+    want = torch.autograd.grad(y.sum(), [x, *phi.parameters()])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_ac = metasr.meta_upscale(x, phi, backend="torch", **call)
+        got = torch.autograd.grad(y_ac.float().sum(), [x, *phi.parameters()])
+    for g, e in zip(got, want, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, e, rtol=5e-2, atol=5e-2 * e.abs().max().item())
 
 
 @pytest.mark.parametrize("variant", ["naive", "im2col", "torch-per_phase", "torch-ff"])
@@ -364,18 +386,53 @@ def test_poisoned_outputs_are_fully_written():
 def test_skipped_pixels_are_caught():
     """The poisoning reaches the backends: the features-first contraction told about only two
     of three LR rows (×2, so output rows 4 and 5 are never written) leaves those rows NaN."""
-    from metasr.ops.meta_upscale.torch_chunked import _FeaturesFirstContraction, _SeparableHidden
+    from metasr.ops.meta_upscale.torch_chunked import (
+        _columns,
+        _FeaturesFirstContraction,
+        _SeparableHidden,
+    )
 
     hid, O = 4, 2
-    z = torch.randn(1, 3, 3, O, hid + 1)  # (N, h, w, O, hid + 1)
+    z = torch.randn(3, 3, O, hid + 1)  # (h, w, N·O, hid + 1)
     a, bc, c = torch.randn(6, hid), torch.randn(2, hid), torch.randn(hid)
-    col_idx = torch.tensor([0, 0, 1, 1, 2, 2])
-    col_phase = torch.tensor([0, 1, 0, 1, 0, 1])
-    cells = ((0, 0, 2), (1, 2, 4))  # (LR row, first output row, end); LR row 2 is left out
+    col_idx = np.array([0, 0, 1, 1, 2, 2])
+    col_phase = np.array([0, 1, 0, 1, 0, 1])
+    # One chunk: LR rows 0 and 1 with output rows 0-1 and 2-3; LR row 2 is left out.
+    chunks = ((torch.tensor([0, 1]), torch.tensor([0, 1, 2, 3]), 2, 2),)
     hidden = _SeparableHidden(6, 2, hid)
-    y = _FeaturesFirstContraction.apply(z, col_idx, col_phase, cells, hidden, a, bc, c)
+    columns = _columns(col_idx, col_phase, 2, 3, 1, O, z.device)
+    y = _FeaturesFirstContraction.apply(z, columns, chunks, hidden, a, bc, c)
     assert torch.isnan(y[:, :, 4:]).all()
     assert not torch.isnan(y[:, :, :4]).any()
+
+
+@pytest.mark.parametrize("b", [1, 2, 4, 8])
+@pytest.mark.parametrize("chunk", [1, 1 << 30], ids=["row-by-row", "one-chunk-per-m"])
+@pytest.mark.parametrize(
+    "call",
+    [{"scale": (2.37, 3.13)}, {"scale": (1.13, 3.91)}, {"scale": 2.3}],
+    ids=["2.37x3.13", "1.13x3.91", "x2.3"],
+)
+def test_features_first_blocks_and_chunks_match_spec(monkeypatch, call, chunk, b):
+    """The contraction's gather mode at every block size ``b`` (``w = 7`` is a multiple of
+    none of 2, 4 and 8, so the last block is clamped) and with chunks of one LR row or of all
+    LR rows with the same number of output rows: float64 forward and the gradients of ``x``
+    and every predictor parameter against the spec, batch of 2."""
+
+    def blocks(col_idx, w):
+        first, L = torch_chunked._block_runs(col_idx, w, b)
+        return b, len(first) - 1, L
+
+    monkeypatch.setattr(torch_chunked, "_gather_blocks", blocks)
+    monkeypatch.setattr(torch_chunked, "_CHUNK_BYTES", chunk)
+    phi = make_phi(3, 2)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    geom = build_geometry(6, 7, **call)
+    cols = torch_chunked._columns(geom.col_idx, phases(geom.col_off)[1], 9, 7, 2, 2, x.device)
+    assert cols.b == b and cols.groups == -(-7 // b)  # gather mode (9 > 2·W/w phases)
+    ref = metasr.meta_upscale(x, phi, backend="naive", **call)
+    out = run("torch-ff", x, phi, call)
+    helpers.assert_matches_spec(out, ref, x, phi, f"b={b} chunk={chunk} {call}: ")
 
 
 @pytest.mark.gpu

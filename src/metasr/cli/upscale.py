@@ -223,10 +223,11 @@ def _has_magic(text: str) -> bool:
 
 def _is_input(path: Path) -> bool:
     """A supported file a folder or glob contributes (hidden and temporary files are not)."""
-    from ..io import SUFFIXES, is_temporary_name
+    from ..io import SUFFIXES
 
-    # A dot file may be a temporary output of a killed run (is_temporary_name), never an input.
-    hidden = path.name.startswith(".") or is_temporary_name(path.name)
+    # Hidden files include the temporary outputs of a killed run: atomic_write names them
+    # ".STEM.TOKEN.SUFFIX" (metasr.io.is_temporary_name), so they are never inputs.
+    hidden = path.name.startswith(".")
     return not hidden and path.suffix.lower() in SUFFIXES and path.is_file()
 
 

@@ -51,14 +51,27 @@ def unit_states(params: MLPParams, geom: Geometry) -> tuple[np.ndarray, np.ndarr
     # The distinct rows of each axis only, and products summed by component rather than a
     # float64 matrix product: no BLAS kernel that the call would not run anyway (a first
     # double-precision GEMM alone adds megabytes of library code to the process).
-    a = _project(np.unique(geom.row_pos, axis=0), w1)  # (rows, hid)
-    bc = _project(np.unique(geom.col_pos, axis=0), w1)  # (cols, hid)
+    a = _project(_extremes(geom.row_pos), w1)  # (rows, hid)
+    bc = _project(_extremes(geom.col_pos), w1)  # (cols, hid)
     c = _project(geom.const_pos[None], w1)[0] + b1
     zmin = a.min(0) + bc.min(0) + c
     zmax = a.max(0) + bc.max(0) + c
     on = zmin > 0
     off = zmax <= 0
     return on, ~on & ~off
+
+
+def _extremes(pos: np.ndarray) -> np.ndarray:
+    """Rows of ``pos (M, P)`` among which every linear function of a row takes its smallest
+    and largest value over all rows: where at most one component varies (every encoding's
+    row and column parts), the rows where it is smallest and largest; else the distinct rows.
+    (All distinct rows cost ``H·hid·P`` host operations per call; these two rows halved the
+    restriction's time at 1.13×3.91 on 128², 1 CPU thread, issue 27.)"""
+    vary = np.flatnonzero(pos.max(0) > pos.min(0))
+    if len(vary) > 1:
+        return np.unique(pos, axis=0)
+    t = vary[0] if len(vary) else 0
+    return pos[[int(pos[:, t].argmin()), int(pos[:, t].argmax())]]
 
 
 def _project(pos: np.ndarray, w1: np.ndarray) -> np.ndarray:

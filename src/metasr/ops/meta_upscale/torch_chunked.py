@@ -9,9 +9,10 @@ Two evaluation orders of the same function, chosen per call by counted cost:
 * **features-first** (``docs/design.md`` §3, any scale): with
   ``hid(p) = ReLU(A[i] + Bc[j] + c)`` and ``Z = conv(x, W2)``, ``B = conv(x, b2)`` at LR resolution,
   ``y[n,o,p] = Σ_h hid(p)[h]·Z[n,h,o,q] + B[n,o,q]``. A custom ``autograd.Function`` does the
-  contraction one LR row (and its strip of output rows) at a time and recomputes ``hid`` in
-  backward, so neither the
-  per-pixel weights, nor ``hid`` or the gathered ``Z`` of the whole output, ever exist.
+  contraction a chunk of LR rows (and their output rows) at a time, as one batched matmul of
+  each LR pixel's ``Z`` with its output pixels' ``hid`` (:class:`_Columns`), and recomputes
+  ``hid`` in backward, so neither the per-pixel weights, nor ``hid`` or the gathered ``Z`` of
+  the whole output, ever exist.
 
 Per-phase costs ``Dv·Dh·Cout`` conv channels; features-first costs ``(hidden+1)·Cout`` conv
 channels plus the contraction, so per-phase is used when ``Dv·Dh ≤ hidden + 1``.
@@ -27,7 +28,7 @@ positions (:mod:`.relu_domain`, exact), so every order and the cost counts see `
 The predictor decides what ``hid`` is (:mod:`.predictor`): ``ReLU(A[i] + Bc[j] + c)`` for
 Linear-ReLU-Linear (:class:`.params.MLPParams`, the first layer split by axis), or the body's
 features ``g(pos(i, j))`` for any predictor with a linear last layer
-(:class:`.params.LinearHeadParams`, ``g`` run per strip for its distinct positions and again in
+(:class:`.params.LinearHeadParams`, ``g`` run per chunk for its distinct positions and again in
 backward). A predictor without a linear last layer (:class:`.params.ModuleParams`) has no
 features-first order: it runs per phase while that costs at most 8 times the output, else
 **weights-first** (:func:`_weights_first`).
@@ -35,7 +36,6 @@ features-first order: it runs per phase while that costs at most 8 times the out
 
 from __future__ import annotations
 
-import itertools
 from typing import Literal
 
 import numpy as np
@@ -183,7 +183,7 @@ def estimate_bytes(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> 
 
     Counts the output, the LR-resolution tensor of the chosen order (the per-phase convolution
     ``N·Dv·Dh·Cout·h·w`` with the int64 gather index ``Cout·H·W`` and its broadcast temporaries;
-    or ``Z`` ``N·h·w·Cout·(hid+1)`` with the largest strip temporaries, a predictor body's
+    or ``Z`` ``N·h·w·Cout·(hid+1)`` with the largest chunk temporaries, a predictor body's
     activations included), and under autograd the gradients of both. For the weights-first
     order it counts ``x``, the output and their gradients plus one block of predicted weights at
     its cap (:data:`.weights.MAX_BLOCK_BYTES`).
@@ -220,17 +220,26 @@ def estimate_bytes(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> 
         K = hid + 1
         z = N * h * w * O * K * cs
         m = int(np.max(np.diff(np.flatnonzero(np.r_[True, np.diff(geom.row_idx) != 0, True]))))
-        # hid of a strip exists three times over at the peak (its pre-activation, ReLU, concat);
-        # a body's activations (every layer's, kept for its backward) come on top of [g, 1].
+        # hid of a chunk exists up to three times over at the peak (in backward: itself, its
+        # gradient and ReLU's); a body's activations (every layer's, kept for its backward)
+        # come on top of its features.
         per_pos = 3 * K if isinstance(params, MLPParams) else params.body_width + 2 * K
-        if Dh * w <= 2 * W:  # phase mode
-            strip = per_pos * m * Dh + N * m * Dh * w * O + N * m * W * O
-        else:
-            strip = per_pos * m * W + N * W * O * K + N * W * O * m
-        total += z + N * C * h * w * cs + (H + Dh) * hid * cs + strip * cs + out * cs
+        NO = N * O
+        # A chunk (_row_chunks): at most _CHUNK_BYTES of hidden features and products, or one
+        # LR row's m output rows; G·L slots per output row, the product's b·N·O per slot.
+        G, L, b = _column_layout(geom.col_idx, Dh, w)
+        rows = max(m, _CHUNK_BYTES // (G * L * (hid + b * NO) * cs))
+        strip = rows * (per_pos * G * L + b * NO * G * L + 2 * W * NO + G * b * NO * K)
+        total += 6 * 8 * rows * W * NO  # cached int64 indices, two chunk sizes per m (<= 3)
+        # Z as the contraction reads it ((h, w, N·O, K); a copy when N > 1), the bias map at
+        # the output columns (h·W·N·O).
+        zt = z if N > 1 else 0
+        total += z + zt + N * C * h * w * cs + (H + Dh) * hid * cs + strip * cs + out * cs
+        total += h * W * NO * cs
         if grad:
-            # dZ and its contiguous copy for the convolution's backward, dy, strip, dA
-            total += 2 * z + out * cs + strip * cs + H * hid * cs
+            # dZ and its copies back to the convolution's layout, dy, chunk, dA, the bias map's
+            # gradient at the output columns
+            total += 2 * z + zt + out * cs + strip * cs + H * hid * cs + h * W * NO * cs
     return total
 
 
@@ -268,9 +277,10 @@ def _features_first(
     """LR convolution to ``Z`` then the row-by-row contraction. Shapes as the public function."""
     N, _, h, w = x.shape
     O, hid = params.out_channels, params.hidden
-    K = hid + 1  # hid channels of Z plus the bias map B, contracted with a constant 1
-    # Channels-last Z: one LR row of it is a contiguous (w·O, K) matrix per sample.
-    z = features_first_z(x, params, geom.periodic_lon).permute(0, 2, 3, 1).reshape(N, h, w, O, K)
+    K = hid + 1  # hid channels of Z plus the bias map B
+    # One LR pixel's (n, o, k) values contiguous: the contraction reads Z[r] as (w, N·O, K). The
+    # convolution writes channels-last, so for N = 1 this is a view.
+    z = features_first_z(x, params, geom.periodic_lon).permute(2, 3, 0, 1).reshape(h, w, N * O, K)
     if isinstance(params, MLPParams):
         # First MLP layer, separably: W1·(row_pos[i] + col_pos[j] + const) + b1 = A[i] + Bc[j] + c.
         tensors = separable_first_layer(  # (H, hid), (Dc, hid), (hid,)
@@ -283,29 +293,51 @@ def _features_first(
     else:
         hidden = _BodyHidden(params.body, geom, col_first, hid, x)
         tensors = params.body.tensors
-    # Output rows of one LR row form a contiguous run (the row map is non-decreasing).
-    starts = np.flatnonzero(np.r_[True, np.diff(geom.row_idx) != 0])
-    ends = np.r_[starts[1:], geom.H]
-    cells = tuple(zip(geom.row_idx[starts].tolist(), starts.tolist(), ends.tolist(), strict=True))
-    dev = x.device
-    return _FeaturesFirstContraction.apply(
-        z, as_index(geom.col_idx, dev), as_index(col_phase, dev), cells, hidden, *tensors
-    )
+    columns = _columns(geom.col_idx, col_phase, len(col_first), w, N, O, x.device)
+    chunks = _row_chunks(geom.row_idx, columns.slot_bytes(hid, x.element_size()), x.device)
+    return _FeaturesFirstContraction.apply(z, columns, chunks, hidden, *tensors)
 
 
-def _with_one(g: torch.Tensor) -> torch.Tensor:
-    """``[g, 1]`` along the last axis: ``(..., hid)`` → ``(..., hid + 1)``."""
-    return torch.cat([g, g.new_ones(g.shape[:-1] + (1,))], dim=-1)
+#: Bytes of one chunk's hidden features and products (:func:`_row_chunks`): several LR rows per
+#: batched matmul, so that the per-operation overhead of eager PyTorch is paid per chunk.
+_CHUNK_BYTES = 2 << 20
+
+
+def _row_chunks(
+    row_idx: np.ndarray, row_bytes: int, dev: torch.device
+) -> tuple[tuple[torch.Tensor, torch.Tensor, int, int], ...]:
+    """The contraction's chunks: LR rows with the same number ``m`` of output rows, ``R`` at a
+    time (at most :data:`_CHUNK_BYTES` of temporaries, ``row_bytes`` per output row).
+
+    Output rows of one LR row form a contiguous run (the row map is non-decreasing).
+
+    Returns:
+        ``(lr_rows (R,), out_rows (R·m,), R, m)`` per chunk, ``out_rows`` row-major by LR row.
+    """
+    starts = np.flatnonzero(np.r_[True, np.diff(row_idx) != 0])
+    runs = np.diff(np.r_[starts, len(row_idx)])
+    chunks = []
+    for m in np.unique(runs).tolist():
+        sel = np.flatnonzero(runs == m)
+        R = max(1, _CHUNK_BYTES // (m * row_bytes))
+        for a in range(0, len(sel), R):
+            part = sel[a : a + R]
+            rows = starts[part][:, None] + np.arange(m)[None, :]
+            lr = as_index(row_idx[starts[part]], dev)
+            chunks.append((lr, as_index(rows.reshape(-1), dev), len(part), m))
+    return tuple(chunks)
 
 
 class _StripHidden:
-    """The hidden features ``hid(i, j)`` of a strip of output rows, for the contraction.
+    """The hidden features ``hid(i, j)`` of a chunk of output rows, for the contraction.
 
-    The contraction passes the tensors they depend on to :meth:`bind` (its saved inputs) and
-    asks, per strip ``s..e`` of output rows, for ``[hid, 1]`` of shape ``(m, D, hid + 1)``, with
-    ``D`` the column phases (phase mode) or every output column (gather mode). Backward asks
-    again (:meth:`recompute`; nothing of output size is stored) and hands back ``d[hid, 1]``
-    (:meth:`accumulate`); :meth:`gradients` returns the bound tensors' gradients.
+    The contraction passes the tensors they depend on to :meth:`bind` (its saved inputs) with
+    the column layout of its products: ``G`` groups of ``L`` *slots*, each slot standing for
+    one column phase (``slot_phase``, ``(G·L,)``). Per chunk of ``R`` LR rows with ``m`` output
+    rows each (``rows``, ``(R·m,)``) it asks for ``hid`` of shape ``(R, G, m, L, hid)``. Backward
+    asks again (:meth:`recompute`; nothing of output size is stored) and hands back ``d hid``
+    of the same shape (:meth:`accumulate`); :meth:`gradients` returns the bound tensors'
+    gradients.
 
     Attributes:
         rows: ``H``, output rows.
@@ -320,8 +352,8 @@ class _StripHidden:
     def bind(
         self,
         tensors: tuple[torch.Tensor, ...],
-        phase_mode: bool,
-        col_phase: torch.Tensor,
+        slot_phase: torch.Tensor,
+        groups: int,
         needs: tuple[bool, ...] | None = None,
     ) -> None:
         """Read ``tensors`` from now on; ``needs`` (backward only): which need a gradient."""
@@ -331,16 +363,16 @@ class _StripHidden:
         """Drop the references taken by :meth:`bind`."""
         self.__dict__.update(dict.fromkeys(("_t", "_cols", "_acc", "_fn"), None))
 
-    def strip(self, s: int, e: int) -> torch.Tensor:
-        """``[hid, 1]`` of output rows ``s..e-1``: ``(m, D, hid + 1)``."""
+    def strip(self, rows: torch.Tensor, R: int, m: int) -> torch.Tensor:
+        """``hid`` of output rows ``rows`` at every slot: ``(R, G, m, L, hid)``."""
         raise NotImplementedError
 
-    def recompute(self, s: int, e: int) -> tuple[torch.Tensor, object]:
+    def recompute(self, rows: torch.Tensor, R: int, m: int) -> tuple[torch.Tensor, object]:
         """:meth:`strip` again in backward, with what :meth:`accumulate` needs."""
         raise NotImplementedError
 
-    def accumulate(self, s: int, e: int, saved: object, dhx: torch.Tensor) -> None:
-        """Add the gradient ``dhx (m, D, hid + 1)`` of the strip to the bound tensors'."""
+    def accumulate(self, rows: torch.Tensor, saved: object, dhx: torch.Tensor) -> None:
+        """Add the gradient ``dhx (R, G, m, L, hid)`` of the chunk to the bound tensors'."""
         raise NotImplementedError
 
     def gradients(self) -> tuple[torch.Tensor | None, ...]:
@@ -355,54 +387,53 @@ class _SeparableHidden(_StripHidden):
     def __init__(self, rows: int, col_phases: int, hidden: int) -> None:
         self.rows, self.col_phases, self.hidden = rows, col_phases, hidden
 
-    def bind(self, tensors, phase_mode, col_phase, needs=None) -> None:
+    def bind(self, tensors, slot_phase, groups, needs=None) -> None:
         self._t = tensors
-        self._phase_mode, self._col_phase = phase_mode, col_phase
+        self._slot_phase = slot_phase
         a, bc, c = tensors
-        cols = bc if phase_mode else bc.index_select(0, col_phase)  # (Dc or W, hid)
-        self._cols = cols + c  # the constant added once, not per strip
+        # The constant added once, not per chunk; (1, G, 1, L, hid) broadcasts over the rows.
+        self._cols = (bc + c).index_select(0, slot_phase).view(1, groups, 1, -1, self.hidden)
         self._need = needs is not None and any(needs)
         if self._need:
-            self._acc = (torch.zeros_like(a), torch.zeros_like(cols))
+            self._acc = (torch.zeros_like(a), torch.zeros_like(self._cols[0, :, 0]))
 
-    def strip(self, s, e):
-        # [ReLU(A[i] + Bc[j] + c), 1] written in place into one buffer (m, D, hid + 1).
-        a = self._t[0][s:e]
-        hid = self.hidden
-        out = a.new_empty((e - s, self._cols.shape[0], hid + 1))
-        torch.add(a[:, None, :], self._cols[None], out=out[..., :hid]).clamp_min_(0)
-        out[..., hid] = 1
-        return out
+    def strip(self, rows, R, m):
+        # ReLU(A[i] + Bc[j] + c) with one broadcast add and an in-place clamp (contiguous).
+        a = self._t[0].index_select(0, rows).view(R, 1, m, 1, self.hidden)
+        cols = self._cols
+        out = a.new_empty((R, cols.shape[1], m, cols.shape[3], self.hidden))
+        return torch.add(cols, a, out=out).clamp_min_(0)
 
-    def recompute(self, s, e):
-        hx = self.strip(s, e)
-        return hx, hx[..., : self.hidden]  # ReLU(pre) > 0 exactly where pre > 0
+    def recompute(self, rows, R, m):
+        hx = self.strip(rows, R, m)
+        return hx, hx  # ReLU(pre) > 0 exactly where pre > 0
 
-    def accumulate(self, s, e, saved, dhx) -> None:
-        da, dbc_cols = self._acc
+    def accumulate(self, rows, saved, dhx) -> None:
+        da, dcols = self._acc
         # ReLU's own backward in one pass (the gradient where ReLU(pre) > 0, else 0).
-        dpre = torch.ops.aten.threshold_backward(dhx[..., : self.hidden], saved, 0)
-        da[s:e] = dpre.sum(1)
-        dbc_cols += dpre.sum(0)
+        dpre = torch.ops.aten.threshold_backward(dhx, saved, 0)  # (R, G, m, L, hid)
+        # Outer axes first: on 1 CPU thread these orders of the sums ran 1.5-2× faster than
+        # the others, and 10-20× faster than one call over two axes (measured).
+        da.index_copy_(0, rows, dpre.sum(1).sum(2).view(-1, self.hidden))  # over (G, L)
+        dcols += dpre.sum(0).sum(1)  # over (R, m)
 
     def gradients(self):
         if not self._need:
             return None, None, None
-        da, dbc_cols = self._acc
-        if self._phase_mode:
-            dbc = dbc_cols
-        else:
-            dbc = torch.zeros_like(self._t[1]).index_add_(0, self._col_phase, dbc_cols)
+        da, dcols = self._acc
+        dbc = torch.zeros_like(self._t[1]).index_add_(
+            0, self._slot_phase, dcols.view(-1, self.hidden)
+        )
         return da, dbc, da.sum(0)
 
 
 class _BodyHidden(_StripHidden):
     """``hid(i, j) = g(pos(i, j))`` for a linear-headed predictor's body ``g``.
 
-    ``g`` runs once per distinct position of the strip, ``m`` rows × ``Dc`` column phases, on
-    positions summed in float64 and then cast (as the spec does); gather mode then picks each
-    output column's phase. Backward reruns ``g`` per strip with autograd on and passes
-    ``d hid`` to the body's tensors (storing ``g``'s activations would cost ``H·W·width``).
+    ``g`` runs once per distinct position of the chunk, its output rows × ``Dc`` column phases,
+    on positions summed in float64 and then cast (as the spec does); each slot then picks its
+    phase. Backward reruns ``g`` per chunk with autograd on and passes ``d hid`` to the body's
+    tensors (storing ``g``'s activations would cost ``H·W·width``).
     Bound tensors: the body's (:attr:`.params.FunctionalModule.tensors`).
     """
 
@@ -421,11 +452,11 @@ class _BodyHidden(_StripHidden):
         self._col = torch.as_tensor(np.ascontiguousarray(geom.col_pos[col_first]), **f64)
         self._const = torch.as_tensor(geom.const_pos, **f64)  # (P,)
 
-    def bind(self, tensors, phase_mode, col_phase, needs=None) -> None:
-        self._phase_mode, self._col_phase = phase_mode, col_phase
+    def bind(self, tensors, slot_phase, groups, needs=None) -> None:
+        self._slot_phase, self._groups = slot_phase, groups
         self._need = needs is not None and any(needs)
         if self._need:
-            # Leaves of this backward; the strips' gradients are summed into _acc.
+            # Leaves of this backward; the chunks' gradients are summed into _acc.
             tensors = tuple(
                 t.detach().requires_grad_(n) for t, n in zip(tensors, needs, strict=True)
             )
@@ -433,30 +464,29 @@ class _BodyHidden(_StripHidden):
         self._t = tensors
         self._fn = self._body.with_tensors(tensors)
 
-    def _features(self, s: int, e: int) -> torch.Tensor:
-        """``g`` of the strip's distinct positions, per output column in gather mode."""
-        m, D = e - s, self.col_phases
-        pos = self._row[s:e, None, :] + self._col[None] + self._const  # (m, Dc, P), float64
-        g = self._fn(pos.to(self._dtype).reshape(m * D, -1)).view(m, D, self.hidden)
-        return g if self._phase_mode else g.index_select(1, self._col_phase)
+    def _features(self, rows: torch.Tensor, R: int, m: int) -> torch.Tensor:
+        """``g`` of the chunk's distinct positions, laid out by slot: ``(R, G, m, L, hid)``."""
+        D = self.col_phases
+        pos = self._row.index_select(0, rows)[:, None, :] + self._col[None] + self._const
+        g = self._fn(pos.to(self._dtype).reshape(R * m * D, -1)).view(R * m, D, self.hidden)
+        g = g.index_select(1, self._slot_phase).view(R, m, self._groups, -1, self.hidden)
+        return g.transpose(1, 2).contiguous()
 
-    def strip(self, s, e):
-        return _with_one(self._features(s, e))
+    def strip(self, rows, R, m):
+        return self._features(rows, R, m)
 
-    def recompute(self, s, e):
+    def recompute(self, rows, R, m):
         if not self._need:
-            return self.strip(s, e), None
+            return self.strip(rows, R, m), None
         # Backward may run inside the caller's autocast (CPU runs it on the calling thread);
         # the recomputation must see the forward's dtype, as the forward did.
         with torch.enable_grad(), torch.autocast(self._row.device.type, enabled=False):
-            g = self._features(s, e)
-        return _with_one(g.detach()), g
+            g = self._features(rows, R, m)
+        return g.detach(), g
 
-    def accumulate(self, s, e, saved, dhx) -> None:
+    def accumulate(self, rows, saved, dhx) -> None:
         wanted = [i for i, t in enumerate(self._t) if t.requires_grad]
-        got = torch.autograd.grad(
-            saved, [self._t[i] for i in wanted], dhx[..., : self.hidden], allow_unused=True
-        )
+        got = torch.autograd.grad(saved, [self._t[i] for i in wanted], dhx, allow_unused=True)
         for i, g in zip(wanted, got, strict=True):
             if g is not None:
                 self._acc[i] = g if self._acc[i] is None else self._acc[i].add_(g)
@@ -465,165 +495,261 @@ class _BodyHidden(_StripHidden):
         return tuple(self._acc) if self._need else (None,) * len(self._t)
 
 
-#: Elements of one broadcast product of :func:`_column_dots` (columns are taken in chunks).
-_DOT_ELEMENTS = 1 << 22
-#: Up to this many terms a sum in :func:`_column_dots` runs as multiply-add passes.
-_FEW = 8
+class _Columns:
+    """How the contraction treats the output columns: blocks of LR columns against slots.
 
+    The LR columns are cut into ``G`` blocks of ``b``; each block has ``L`` *slots*, each slot
+    a column phase (:attr:`slot_phase`) whose hidden features the chunk forms
+    (:class:`_StripHidden`). For each LR row ``r`` of a chunk the product is one batched matmul
+    ``Z[r] by block (G, b·N·O, hid) × hidᵀ (G, hid, m·L)``; output pixel ``(i, j)`` then picks
+    the entry of its block ``t(j)``, its LR column ``l(j)`` within the block and its slot
+    ``s(j)`` through one flat index (:meth:`index`), already in the output's order. Two
+    layouts (:func:`_columns`):
 
-def _column_dots(
-    zc: torch.Tensor,
-    hx: torch.Tensor,
-    dyc: torch.Tensor | None = None,
-    need_h: bool = False,
-    need_z: bool = False,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gather mode's per-column contraction, forward or backward, in column chunks.
+    * *phase mode* (``Dc·w ≤ 2·W``, e.g. scales whose columns have few distinct offsets): one
+      block of all ``w`` LR columns, one slot per column phase: ``(w·N·O, hid) × (hid, m·Dc)``,
+      no column gather, exact work for integer scales;
+    * *gather mode* (many column phases): block ``t`` holds LR columns ``t·b … t·b + b - 1`` and
+      its slots are the output columns that read them (a contiguous run, the column map being
+      non-decreasing), padded to ``L`` (the longest run; a padding slot repeats a column nearby
+      and is never read back). ``b > 1`` spends ``b`` times the multiply-adds to make the
+      matrices larger and the padding relatively smaller (:func:`_gather_blocks`).
 
-    Forward (``dyc`` None): ``y[n, j, o, i] = Σ_k zc[n, j, o, k]·hx[i, j, k]``. Backward:
-    ``dhx[i, j, k] = Σ_{n,o} dyc[n, i, j, o]·zc[n, j, o, k]`` (if ``need_h``) and
-    ``dzc[n, j, o, k] = Σ_i dyc[n, i, j, o]·hx[i, j, k]`` (if ``need_z``). Each as a broadcast
-    product and a sum, at most :data:`_DOT_ELEMENTS` elements at a time.
-
-    Args:
-        zc: ``(N, W, O, K)``, ``Z`` gathered to the output columns.
-        hx: ``(m, W, K)``, ``[hid, 1]`` of the strip.
-        dyc: ``(N, m, W, O)``, the strip's output gradient (backward only).
-
-    Returns:
-        ``(y (N, W, O, m), dhx (m, W, K), dzc (N, W, O, K))``, None where not computed.
+    Backward is the same product transposed, with the output gradient scattered to its entries
+    (zero elsewhere, so padding contributes nothing). ``Z`` is read as ``(h, w, N·O, K)``
+    (``K = hid + 1``; the last channel, the bias map ``B``, is left to the contraction).
+    Per-column products as broadcast products summed over the hidden units (before issue 27's
+    third round) streamed ``m·W·N·O·(hid + 1)`` products through memory; a ``bmm`` per output
+    column ran one ``addmm`` per column on CPU.
     """
-    N, W, O, K = zc.shape
-    m = hx.shape[0]
-    step = max(1, _DOT_ELEMENTS // max(1, N * O * m * K))
-    y = dhx = dzc = None
-    if dyc is None:
-        y = zc.new_empty((N, W, O, m))
-    if need_h:
-        dhx = hx.new_empty(hx.shape)
-    if need_z:
-        dzc = zc.new_empty(zc.shape)
-    for a in range(0, W, step):
-        b = min(W, a + step)
-        if dyc is None:
-            if m <= _FEW:  # per row: (N, w, O, K) * (1, w, 1, K), contiguous operands
-                for i in range(m):
-                    torch.sum(zc[:, a:b] * hx[i, a:b, None, :], -1, out=y[:, a:b, :, i])
-            else:  # (N, w, O, 1, K) * (1, w, 1, m, K)
-                y[:, a:b] = (
-                    zc[:, a:b, :, None, :] * hx[:, a:b].transpose(0, 1)[None, :, None]
-                ).sum(-1)
-            continue
-        d = dyc[:, :, a:b, :, None]  # (N, m, w, O, 1)
-        if need_h:
-            if N * O <= _FEW:  # one multiply-add pass per (n, o) beats a strided reduction
-                acc = dhx[:, a:b]
-                for t, (n, o) in enumerate(itertools.product(range(N), range(O))):
-                    if t == 0:
-                        torch.mul(d[n, :, :, o], zc[n, None, a:b, o], out=acc)
-                    else:
-                        acc.addcmul_(d[n, :, :, o], zc[n, None, a:b, o])
-            else:  # (N, m, w, O, 1) * (N, 1, w, O, K), summed over n and o
-                dhx[:, a:b] = (d * zc[:, None, a:b]).sum((0, 3))
+
+    def __init__(
+        self,
+        col_idx: np.ndarray,
+        slots: tuple[np.ndarray, int, int, int],
+        place: tuple[np.ndarray, np.ndarray, np.ndarray],
+        w: int,
+        batch: int,
+        channels: int,
+        dev: torch.device,
+    ) -> None:
+        """``slots``: ``(slot_phase (G·L,), G, L, b)``; ``place``: ``(t, l, s)`` per output
+        column (``(W,)`` each)."""
+        slot_phase, self.groups, self.width, self.b = slots
+        self._t, self._l, self._s = place
+        self.col_idx = as_index(col_idx, dev)  # (W,) LR column of each output column
+        self.slot_phase = as_index(slot_phase, dev)
+        self.batch, self.channels = batch, channels  # N, O
+        self.lr_width = w
+        blk = np.minimum(np.arange(self.groups * self.b), w - 1)  # the last block clamped
+        self.blk_cols = None if self.groups * self.b == w else as_index(blk, dev)
+        # Phase mode: two output columns may share an entry (repeated target coordinates).
+        self.unique = len(np.unique((self._t * self.b + self._l) * self.width + self._s)) == len(
+            col_idx
+        )
+        self._index: dict[tuple[int, int], torch.Tensor] = {}
+        self._dev = dev
+
+    def slot_bytes(self, hid: int, item: int) -> int:
+        """Bytes per output row of a chunk: its hidden features and its products."""
+        return self.groups * self.width * (hid + self.b * self.batch * self.channels) * item
+
+    def index(self, R: int, m: int) -> torch.Tensor:
+        """Where output ``(n·O + o, ρ, i, j)`` of a chunk of ``R`` LR rows with ``m`` output
+        rows each lies in the chunk's product ``(R, G, b, N·O, m, L)`` flattened:
+        ``(N·O·R·m·W,)``, cached per ``(R, m)``."""
+        if (R, m) not in self._index:
+            NO = self.batch * self.channels
+            G, b, L = self.groups, self.b, self.width
+            no = np.arange(NO)[:, None, None, None]
+            rho = np.arange(R)[None, :, None, None]
+            i = np.arange(m)[None, None, :, None]
+            t, l, s = (v[None, None, None] for v in (self._t, self._l, self._s))
+            flat = ((((rho * G + t) * b + l) * NO + no) * m + i) * L + s
+            self._index[(R, m)] = as_index(flat.reshape(-1), self._dev)
+        return self._index[(R, m)]
+
+    def _blocks(self, z: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """``Z``'s first ``hid`` channels at LR rows ``lr`` by block: ``(R·G, b·N·O, hid)``."""
+        zb = z.index_select(0, lr)  # (R, w, N·O, K)
+        if self.blk_cols is not None:
+            zb = zb.index_select(1, self.blk_cols)
+        return zb.view(-1, self.b * zb.shape[2], zb.shape[3])[..., :-1]
+
+    def products(self, z: torch.Tensor, lr: torch.Tensor, hx: torch.Tensor) -> torch.Tensor:
+        """``Σ_k hid[i, j, k]·Z[r, j'(j), :, k]`` of a chunk, no bias: ``(N·O, R, m, W)``."""
+        R, G, m, L, hid = hx.shape
+        # Z × hidᵀ rather than hid × Zᵀ: with these skinny shapes (m·L ≈ 12 rows, b·N·O = 3
+        # columns) CPU bmm took up to 8 times longer for the latter (1 thread, measured).
+        res = torch.bmm(self._blocks(z, lr), hx.view(R * G, m * L, hid).transpose(1, 2))
+        out = res.view(-1).index_select(0, self.index(R, m))
+        return out.view(self.batch * self.channels, R, m, -1)
+
+    def product_grads(
+        self,
+        z: torch.Tensor,
+        lr: torch.Tensor,
+        hx: torch.Tensor,
+        dyr: torch.Tensor,
+        need_h: bool,
+        need_z: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Backward of :meth:`products` for ``dyr (N·O, R, m, W)``.
+
+        Returns:
+            ``d hid`` (if ``need_h``, shaped as ``hx``) and the gradient of ``Z``'s first
+            ``hid`` channels at rows ``lr`` (if ``need_z``, ``(R, w, N·O, hid)``).
+        """
+        R, G, m, L, hid = hx.shape
+        NO = self.batch * self.channels
+        dres = dyr.new_zeros(R * G * self.b * NO * m * L)
+        if self.unique:
+            dres.index_copy_(0, self.index(R, m), dyr.reshape(-1))
+        else:
+            dres.index_add_(0, self.index(R, m), dyr.reshape(-1))
+        dres = dres.view(R * G, self.b * NO, m * L)
+        dzr = dhx = None
         if need_z:
-            if m <= _FEW:
-                acc = dzc[:, a:b]
-                torch.mul(d[:, 0], hx[None, 0, a:b, None, :], out=acc)
-                for i in range(1, m):  # (N, w, O, 1) * (1, w, 1, K)
-                    acc.addcmul_(d[:, i], hx[None, i, a:b, None, :])
-            else:  # (N, m, w, O, 1) * (1, m, w, 1, K), summed over i
-                dzc[:, a:b] = (d * hx[None, :, a:b, None, :]).sum(1)
-    return y, dhx, dzc
+            dzr = torch.bmm(dres, hx.view(R * G, m * L, hid)).view(R, G * self.b, NO, hid)
+            if self.blk_cols is not None:  # the clamped last block repeats LR column w - 1
+                dzr = dzr.new_zeros((R, self.lr_width, NO, hid)).index_add_(1, self.blk_cols, dzr)
+        if need_h:
+            dhx = torch.bmm(dres.transpose(1, 2), self._blocks(z, lr)).view(hx.shape)
+        return dhx, dzr
+
+
+def _block_runs(col_idx: np.ndarray, w: int, b: int) -> tuple[np.ndarray, int]:
+    """First output column of each block of ``b`` LR columns (and ``W`` at the end), and the
+    longest block's number of output columns ``L`` (the column map is non-decreasing)."""
+    first = np.searchsorted(col_idx, np.arange(-(-w // b) + 1) * b)
+    first[-1] = len(col_idx)
+    return first, max(1, int(np.diff(first).max()))
+
+
+#: Cost of forming one padding slot's hidden features, in units of contracting it with one LR
+#: column's ``N·O`` values (:func:`_gather_blocks`).
+_SLOT_COST = 4.0
+
+
+def _gather_blocks(col_idx: np.ndarray, w: int) -> tuple[int, int, int]:
+    """Gather mode's block size ``b``, number of blocks ``G`` and slots per block ``L``.
+
+    ``b`` is the one of least counted cost per output row: ``G·L`` slots, each formed once
+    (:data:`_SLOT_COST`) and contracted with ``b`` LR columns. ``b = 1`` wastes the most slots
+    where LR columns have uneven numbers of output columns (``L`` = the largest).
+    """
+    best = None
+    for b in (1, 2, 4, 8):
+        first, L = _block_runs(col_idx, w, b)
+        G = len(first) - 1
+        cost = G * L * (_SLOT_COST + b)
+        if best is None or cost < best[0]:
+            best = (cost, b, G, L)
+    return best[1:]
+
+
+def _column_layout(col_idx: np.ndarray, Dc: int, w: int) -> tuple[int, int, int]:
+    """``(G, L, b)`` of :class:`_Columns`: phase mode (``Dc·w ≤ 2·W``) is one block of all
+    ``w`` LR columns with one slot per column phase; else :func:`_gather_blocks`."""
+    if Dc * w <= 2 * len(col_idx):
+        return 1, Dc, w
+    b, G, L = _gather_blocks(col_idx, w)
+    return G, L, b
+
+
+def _columns(
+    col_idx: np.ndarray, col_phase: np.ndarray, Dc: int, w: int, N: int, O: int, dev: torch.device
+) -> _Columns:
+    """The column treatment of the features-first contraction (:class:`_Columns`): phase mode
+    where ``Dc·w ≤ 2·W``, else gather mode with blocks of :func:`_gather_blocks`."""
+    W = len(col_idx)
+    G, L, b = _column_layout(col_idx, Dc, w)
+    if Dc * w <= 2 * W:  # phase mode
+        place = (np.zeros(W, dtype=np.int64), col_idx, col_phase)
+        return _Columns(col_idx, (np.arange(Dc), G, L, b), place, w, N, O, dev)
+    first, _ = _block_runs(col_idx, w, b)
+    slot = first[:-1, None] + np.arange(L)[None, :]  # (G, L) output column of each slot
+    last = np.maximum(first[1:] - 1, first[:-1])
+    slot = np.minimum(np.minimum(slot, last[:, None]), W - 1)  # padding: a column nearby
+    t = col_idx // b
+    place = (t, col_idx - t * b, np.arange(W) - first[t])
+    return _Columns(col_idx, (col_phase[slot.reshape(-1)], G, L, b), place, w, N, O, dev)
 
 
 class _FeaturesFirstContraction(torch.autograd.Function):
-    """``y[n,o,i,j] = Σ_k hidext(i,j)[k] · Z[n, i'(i), j'(j), o, k]``, one LR row at a time.
+    """``y[n,o,i,j] = Σ_k hid(i,j)[k]·Z[i', j', n·O + o, k] + B[i', j', n·O + o]``, by LR row.
 
     Inputs:
-        z: ``(N, h, w, O, K)`` contiguous, ``K = hid + 1`` (last channel: the bias map).
-        col_idx ``(W,)``, col_phase ``(W,)``: int64 column maps.
-        cells: ``(r, s, e)`` per LR row ``r``: output rows ``s..e-1`` read it.
-        hidden: a :class:`_StripHidden` that computes ``hidext = [hid, 1]`` per strip from
-            ``*tensors`` (``a (H, hid)``, ``bc (Dc, hid)``, ``c (hid,)`` for Linear-ReLU-Linear,
-            or a predictor body's tensors).
+        z: ``(h, w, N·O, K)``, ``K = hid + 1`` (last channel: the bias map ``B``); the last two
+            dimensions contiguous.
+        columns: the column treatment (:class:`_Columns`).
+        chunks: ``(lr_rows, out_rows, R, m)`` (:func:`_row_chunks`): ``R`` LR rows whose ``m``
+            output rows each are contracted together.
+        hidden: a :class:`_StripHidden` that computes ``hid`` per chunk from ``*tensors``
+            (``a (H, hid)``, ``bc (Dc, hid)``, ``c (hid,)`` for Linear-ReLU-Linear, or a
+            predictor body's tensors).
 
-    Work is done per LR row ``r`` and all of its ``m = e - s`` output rows together, so ``Z``
-    is never gathered along rows and ``dZ[:, r]`` is written once, without any scatter. Temporary
-    storage is one strip of the output (``m`` rows) times a small factor. Columns are treated in
-    one of two ways, chosen by cost:
-
-    * *phase mode* (``Dc·w ≤ 2·W``, e.g. any scale whose columns have few distinct offsets):
-      one GEMM ``(m·Dc, K) × (K, w·O)`` of the ``Dc`` distinct ``hid`` vectors of each output row
-      with the LR row of ``Z``, then each output column picks its ``(phase, j')`` entry. No
-      column gather; exact work for integer scales.
-    * *gather mode*: gather the LR row's columns ``(W, O, K)`` once, then contract each output
-      column with its ``m`` rows' ``hid`` as a broadcast product summed over ``K``
-      (:func:`_column_dots`). (Batched matmuls of these tiny ``(O, K) × (K, m)`` matrices ran one
-      ``addmm`` per column on CPU: at 2.37×3.13 the contraction and its backward were 68% of a
-      training step's time, profiled 2026-12-07.)
-
+    ``Z`` is never gathered along output rows, and each row of ``dZ`` is written once, without
+    atomics. Temporary storage is one chunk (:data:`_CHUNK_BYTES`) times a small factor.
     Backward recomputes ``hid`` (storing it would cost ``H·W·hid`` values).
+
+    Returns:
+        ``(N, O, H, W)``.
     """
 
     @staticmethod
-    def forward(ctx, z, col_idx, col_phase, cells, hidden, *tensors):
-        N, h, w, O, K = z.shape
-        H, W, Dc = hidden.rows, col_idx.shape[0], hidden.col_phases
-        phase_mode = Dc * w <= 2 * W
-        flat_idx = col_phase * w + col_idx  # (W,) index into the (Dc·w) axis
-        hidden.bind(tensors, phase_mode, col_phase)
+    def forward(ctx, z, columns, chunks, hidden, *tensors):
+        # In the inputs' dtype: a caller's autocast would run the batched matmuls in its dtype.
+        with torch.autocast(z.device.type, enabled=False):
+            y = _FeaturesFirstContraction._forward(z, columns, chunks, hidden, tensors)
+        ctx.save_for_backward(z, *tensors)
+        ctx.columns, ctx.chunks, ctx.hidden = columns, chunks, hidden
+        return y
+
+    @staticmethod
+    def _forward(z, columns, chunks, hidden, tensors):
+        N, O = columns.batch, columns.channels
+        H, W = hidden.rows, columns.col_idx.shape[0]
+        hidden.bind(tensors, columns.slot_phase, columns.groups)
         y = memory.empty_output((N, O, H, W), z)
-        for r, s, e in cells:
-            m = e - s
-            hx = hidden.strip(s, e)  # (m, Dc or W, K)
-            if phase_mode:
-                zr = z[:, r].view(N, w * O, K)
-                t = torch.matmul(hx.view(m * Dc, K), zr.transpose(1, 2))  # (N, m·Dc, w·O)
-                yc = t.view(N, m, Dc * w, O).index_select(2, flat_idx)  # (N, m, W, O)
-                y[:, :, s:e, :] = yc.permute(0, 3, 1, 2)
-            else:
-                zc = z[:, r].index_select(1, col_idx)  # (N, W, O, K)
-                yc = _column_dots(zc, hx)[0]  # (N, W, O, m)
-                y[:, :, s:e, :] = yc.permute(0, 2, 3, 1)
+        # The bias map at every output column of every LR row, once: (h, N·O, W).
+        bias = z[..., -1].index_select(1, columns.col_idx).transpose(1, 2).contiguous()
+        for lr, rows, R, m in chunks:
+            yr = columns.products(z, lr, hidden.strip(rows, R, m))  # (N·O, R, m, W)
+            yr.add_(bias.index_select(0, lr).transpose(0, 1)[:, :, None])
+            y.index_copy_(2, rows, yr.view(N, O, R * m, W))
         hidden.unbind()
-        ctx.save_for_backward(z, col_idx, col_phase, *tensors)
-        ctx.phase_mode = phase_mode
-        ctx.cells = cells
-        ctx.hidden = hidden
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        z, col_idx, col_phase, *tensors = ctx.saved_tensors
-        hidden = ctx.hidden
-        N, h, w, O, K = z.shape
-        Dc = hidden.col_phases
+        z, *tensors = ctx.saved_tensors
+        # Backward may run inside the caller's autocast (CPU runs it on the calling thread).
+        with torch.autocast(z.device.type, enabled=False):
+            return _FeaturesFirstContraction._backward(ctx, z, tensors, dy)
+
+    @staticmethod
+    def _backward(ctx, z, tensors, dy):
+        columns, hidden = ctx.columns, ctx.hidden
+        N, O, H, W = dy.shape
         need_z = ctx.needs_input_grad[0]
-        needs = tuple(ctx.needs_input_grad[5:])
+        needs = tuple(ctx.needs_input_grad[4:])
         need_mlp = any(needs)
         # LR rows that no output row reads (none for scales >= 1) keep a zero gradient.
         dz = z.new_zeros(z.shape) if need_z else None
-        hidden.bind(tuple(tensors), ctx.phase_mode, col_phase, needs)
-        flat_idx = col_phase * w + col_idx
-        for r, s, e in ctx.cells:
-            m = e - s
-            hx, saved = hidden.recompute(s, e)
-            dyc = dy[:, :, s:e, :].permute(0, 2, 3, 1)  # (N, m, W, O)
-            if ctx.phase_mode:
-                dt = dyc.new_zeros((N, m, Dc * w, O)).index_add_(2, flat_idx, dyc)
-                dt = dt.view(N, m * Dc, w * O)
-                if need_mlp:
-                    zr = z[:, r].view(N, w * O, K)
-                    dhx = torch.matmul(dt, zr).sum(0).view(m, Dc, K)
-                if need_z:
-                    dz[:, r] = torch.matmul(dt.transpose(1, 2), hx.view(m * Dc, K)).view(N, w, O, K)
-            else:
-                zc = z[:, r].index_select(1, col_idx)  # (N, W, O, K)
-                _, dhx, dzc = _column_dots(zc, hx, dyc, need_mlp, need_z)
-                if need_z:  # dz[:, r] is still zero: add in place
-                    dz[:, r].index_add_(1, col_idx, dzc)
+        dbias = z.new_zeros((z.shape[0], W, N * O)) if need_z else None
+        hidden.bind(tuple(tensors), columns.slot_phase, columns.groups, needs)
+        for lr, rows, R, m in ctx.chunks:
+            hx, saved = hidden.recompute(rows, R, m)
+            dyr = dy.index_select(2, rows).view(N * O, R, m, W)
+            dhx, dzr = columns.product_grads(z, lr, hx, dyr, need_mlp, need_z)
+            if need_z:
+                dz[..., :-1].index_copy_(0, lr, dzr)
+                dbias.index_copy_(0, lr, dyr.sum(2).permute(1, 2, 0))
             if need_mlp:
-                hidden.accumulate(s, e, saved, dhx)
+                hidden.accumulate(rows, saved, dhx)
+        if need_z:
+            dz[..., -1].index_add_(1, columns.col_idx, dbias)
         grads = hidden.gradients()
         hidden.unbind()
-        return (dz, None, None, None, None, *grads)
+        return (dz, None, None, None, *grads)
