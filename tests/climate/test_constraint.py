@@ -8,7 +8,7 @@ import torch
 
 from metasr import create_model
 from metasr.climate import regrid
-from metasr.climate.constraint import ConservativeConstraint, pole_rows
+from metasr.climate.constraint import ConservativeConstraint, broadcast_masks, pole_rows
 from metasr.climate.grids import Grid, gaussian_grid, regular_grid
 from metasr.climate.layout import canonical_layout, target_layout
 from metasr.climate.model import field_forward, regional_call
@@ -313,3 +313,15 @@ def test_float32_pole_rows_are_pole_rows(tiny_net: torch.nn.Module) -> None:
     out = _run(tiny_net, _field(src), src, dst)
     assert np.ptp(out[0]) < 1e-9 and np.ptp(out[-1]) < 1e-9
     assert not regular_grid(1801, 8).lat[1] > 90.0 - 1e-4  # a 0.1° grid's next row is no pole
+
+
+def test_masks_broadcast_per_field_or_are_refused():
+    src, dst = regular_grid(6, 8), regular_grid(12, 16)
+    dv, sv = broadcast_masks(np.ones((12, 16), bool), None, 3, src, dst)
+    assert dv.shape == (3, 12, 16) and sv is None
+    dv, sv = broadcast_masks(np.ones((3, 12, 16)), np.zeros((6, 8)), 3, src, dst)
+    assert dv.dtype == bool and sv.shape == (3, 6, 8) and not sv.any()
+    with pytest.raises(ValueError, match="do not fit 3 fields"):
+        broadcast_masks(np.ones((2, 12, 16), bool), None, 3, src, dst)
+    with pytest.raises(ValueError, match="do not fit 3 fields"):
+        broadcast_masks(np.ones((12, 16), bool), np.ones((6, 9), bool), 3, src, dst)

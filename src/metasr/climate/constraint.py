@@ -34,6 +34,7 @@ __all__ = [
     "ConservativeConstraint",
     "MaskedConservativeConstraint",
     "bicubic_conservative",
+    "broadcast_masks",
     "conserve_masked",
     "constraint_for",
     "pole_rows",
@@ -337,6 +338,40 @@ def constraint_for(
     return con
 
 
+def broadcast_masks(
+    dst_valid: np.ndarray,
+    src_valid: np.ndarray | None,
+    n: int,
+    src: Grid,
+    dst: Grid,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The masks of ``n`` fields, one per field (read-only views, nothing copied).
+
+    Args:
+        dst_valid: ``(H, W)`` or ``(n, H, W)`` bool, the valid target cells.
+        src_valid: ``(h, w)`` or ``(n, h, w)`` bool, the input values that are data, or None.
+        n: the number of fields.
+        src, dst: the source and target grids.
+
+    Returns:
+        ``(n, H, W)`` and ``(n, h, w)`` bool (None stays None).
+
+    Raises:
+        ValueError: masks that fit neither one grid nor ``n`` fields on it.
+    """
+    dv = np.asarray(dst_valid, dtype=bool)
+    sv = None if src_valid is None else np.asarray(src_valid, dtype=bool)
+    try:
+        dv = np.broadcast_to(dv, (n, *dst.shape))
+        sv = None if sv is None else np.broadcast_to(sv, (n, *src.shape))
+    except ValueError:
+        given = None if sv is None else sv.shape
+        raise ValueError(
+            f"masks {dv.shape} / {given} do not fit {n} fields on {dst.shape} / {src.shape}"
+        ) from None
+    return dv, sv
+
+
 def conserve_masked(
     y: np.ndarray,
     x: np.ndarray,
@@ -365,15 +400,9 @@ def conserve_masked(
     """
     y = np.asarray(y, dtype=np.float64)
     n = y.shape[0]
-    dv = np.asarray(dst_valid, dtype=bool)
-    sv = np.ones((n, *src.shape), bool) if src_valid is None else np.asarray(src_valid, bool)
-    try:
-        dv = np.broadcast_to(dv, (n, *dst.shape))
-        sv = np.broadcast_to(sv, (n, *src.shape))
-    except ValueError:
-        raise ValueError(
-            f"masks {dv.shape} / {sv.shape} do not fit {n} fields on {dst.shape} / {src.shape}"
-        ) from None
+    dv, sv = broadcast_masks(dst_valid, src_valid, n, src, dst)
+    if sv is None:
+        sv = np.ones((n, *src.shape), bool)
     frozen = np.zeros(dst.shape[0], bool) if frozen is None else np.asarray(frozen, bool)
     out = np.empty_like(y)
     groups: dict[bytes, list[int]] = {}

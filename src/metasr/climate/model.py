@@ -32,7 +32,7 @@ from ..inference import upscale_array
 from ..tiling import DEFAULT_OVERLAP, upscale
 from ..validation import check_int
 from .card import ModelCard, model_card
-from .constraint import conserve_masked, constraint_for, pole_rows
+from .constraint import broadcast_masks, conserve_masked, constraint_for, pole_rows
 from .grids import Grid, check_finer
 from .layout import canonical_layout, target_layout
 from .stats import FieldStats, check_units
@@ -256,11 +256,8 @@ def field_forward(
             raise ValueError(
                 "dst_valid (the masked constraint) is for inference: not differentiable"
             )
-        b = x.shape[0]
-        dv = ld.apply(np.broadcast_to(np.asarray(dst_valid, bool), (b, *dst.shape)))
-        sv = None if src_valid is None else ls.apply(
-            np.broadcast_to(np.asarray(src_valid, bool), (b, *src.shape))
-        )  # fmt: skip
+        dv, sv = broadcast_masks(dst_valid, src_valid, x.shape[0], src, dst)
+        dv, sv = ld.apply(dv), None if sv is None else ls.apply(sv)
         yc = conserve_masked(
             y.detach().cpu().double().numpy(), z.detach().cpu().double().numpy(), sg, dg, dv,
             sv, poles, constraint == "smooth",
@@ -332,9 +329,7 @@ class ModelDownscaler:
         n = filled.shape[0]
         out = np.empty((n, *dst.shape), dtype=np.float64)
         if dst_valid is not None:
-            dst_valid = np.broadcast_to(np.asarray(dst_valid, bool), (n, *dst.shape))
-            if src_valid is not None:
-                src_valid = np.broadcast_to(np.asarray(src_valid, bool), (n, *src.shape))
+            dst_valid, src_valid = broadcast_masks(dst_valid, src_valid, n, src, dst)
         for start in range(0, n, self.batch_size):
             chunk = filled[start : start + self.batch_size]
             if by_coords:
