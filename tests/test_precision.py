@@ -102,20 +102,20 @@ def test_channels_last_input_matches_contiguous(name, scale):
     assert all(p.is_contiguous() for p in model.parameters())
 
 
-def test_input_memory_format():
+def test_plan_precision_memory_format():
     edsr = create_model("meta_edsr", **TINY_MODELS["meta_edsr"])
     swin = create_model("meta_swinir", **TINY_MODELS["meta_swinir"])
     cl, plain = torch.channels_last, torch.contiguous_format
     # Measured (docs/benchmarks.md): EDSR and RDN faster channels-last, SwinIR not.
     assert edsr.channels_last_cpu and not swin.channels_last_cpu
     assert create_model("meta_rdn", **TINY_MODELS["meta_rdn"]).channels_last_cpu
-    assert precision.input_memory_format(edsr, "auto") is cl
-    assert precision.input_memory_format(edsr, "auto", "cuda") is plain
-    assert precision.input_memory_format(edsr, "fp32") is plain
-    assert precision.input_memory_format(edsr, "bf16") is plain
-    assert precision.input_memory_format(swin, "auto") is plain
+    assert precision.plan_precision("auto", edsr).memory_format is cl
+    assert precision.plan_precision("auto", edsr, "cuda").memory_format is plain
+    assert precision.plan_precision("fp32", edsr).memory_format is plain
+    assert precision.plan_precision("bf16", edsr).memory_format is plain
+    assert precision.plan_precision("auto", swin).memory_format is plain
     with pytest.raises(ValueError, match="precision"):
-        precision.input_memory_format(edsr, "fp16")
+        precision.plan_precision("fp16", edsr)
 
 
 def test_auto_feeds_the_network_channels_last(monkeypatch):

@@ -32,7 +32,6 @@ __all__ = [
     "Precision",
     "cpu_has_native_bf16",
     "inference_precision",
-    "input_memory_format",
     "plan_precision",
     "resolve_precision",
 ]
@@ -88,7 +87,7 @@ class Precision:
 
     Attributes:
         compute: ``"fp32"`` or ``"bf16"`` (:func:`resolve_precision`).
-        memory_format: the memory format of the network's input (:func:`input_memory_format`).
+        memory_format: the memory format of the network's input (:func:`plan_precision`).
     """
 
     compute: str
@@ -132,15 +131,3 @@ def inference_precision(precision: str, device: torch.device | str = "cpu") -> I
     resolved = resolve_precision(precision, device)
     with Precision(resolved, torch.contiguous_format).autocast():
         yield resolved
-
-
-def input_memory_format(
-    model: torch.nn.Module, precision: str, device: torch.device | str = "cpu"
-) -> torch.memory_format:
-    """The memory format :func:`metasr.inference.upscale_array` gives ``model``'s input
-    (:attr:`Precision.memory_format` of :func:`plan_precision`).
-
-    Raises:
-        TypeError, ValueError: as :func:`resolve_precision`.
-    """
-    return plan_precision(precision, model, device).memory_format

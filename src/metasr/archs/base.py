@@ -126,7 +126,7 @@ class MetaSRNet(nn.Module):
     periodic_lon: bool = False
     #: CPU inference is faster with the input in channels-last memory format (measured per
     #: network, ``benchmarks/channels_last.py``); ``precision="auto"`` then uses it
-    #: (:func:`metasr.precision.input_memory_format`).
+    #: (:func:`metasr.precision.plan_precision`).
     channels_last_cpu: bool = False
 
     @property
