@@ -1,8 +1,9 @@
-"""Size and range limits that need no torch (the netCDF baseline path never imports it).
+"""Size limits that need no torch (the netCDF baseline path never imports it).
 
 :mod:`metasr.geometry` exposes the output caps (``MAX_OUTPUT_PIXELS``, ``MAX_OUTPUT_SIDE``,
-``max_output_pixels``); the parsing of ``METASR_MAX_OUTPUT_PIXELS`` and the float-range check
-live here so that :mod:`metasr.climate` can apply them without importing torch.
+``max_output_pixels``); the parsing of ``METASR_MAX_OUTPUT_PIXELS`` lives here so that
+:mod:`metasr.climate` can apply it without importing torch, and the model-size caps so that
+the registry and :mod:`metasr.modules` share them without importing each other.
 """
 
 from __future__ import annotations
@@ -10,14 +11,11 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
-
 __all__ = [
     "DEFAULT_MAX_OUTPUT_PIXELS",
     "MAX_MODEL_ELEMENTS",
     "MAX_MODEL_MODULES",
     "MAX_OUTPUT_SIDE",
-    "check_fits_dtype",
     "pixel_cap",
 ]
 
@@ -58,25 +56,3 @@ def pixel_cap(default: int | None = None) -> int:
     if value < 1:
         raise ValueError(f"METASR_MAX_OUTPUT_PIXELS must be a positive integer, got {text!r}")
     return value
-
-
-def check_fits_dtype(values: np.ndarray, dtype: np.dtype | type) -> None:
-    """Refuse finite ``values`` (computed in a wider type) that a float ``dtype`` cannot hold.
-
-    The cast would turn them into infinity without a word (3e38 K through a model, stored as
-    float32). NaN and infinity already in ``values`` are not counted: the caller checks those.
-
-    Raises:
-        ValueError: the largest magnitude and the range of ``dtype``.
-    """
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f" or values.size == 0:
-        return
-    top = float(np.finfo(dtype).max)
-    finite = np.abs(values[np.isfinite(values)])
-    largest = float(finite.max()) if finite.size else 0.0
-    if largest > top:
-        raise ValueError(
-            f"the result reaches {largest:.3g}, beyond the range of {dtype} "
-            f"(±{top:.3g}); nothing written"
-        )

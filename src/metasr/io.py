@@ -25,6 +25,9 @@ images (multi-page TIFF, animated PNG/WebP) are refused rather than reduced to t
 
 Training and evaluation data read the same files through :mod:`metasr.data.files` (float32
 ``(C, H, W)`` tensors made from a :class:`Raster`).
+
+Nothing here imports torch: the netCDF baseline path (:mod:`metasr.climate.io`) writes with
+:func:`atomic_write` and checks its results with :func:`check_fits_dtype` without loading it.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from typing import Literal
 
 import numpy as np
 
-from ._limits import check_fits_dtype
 from .validation import check_int
 
 __all__ = [
@@ -585,6 +587,28 @@ def check_writable(raster: Raster, path: str | os.PathLike) -> str:
             f"{path}: {fmt.upper()} stores gray or RGB, not {raster.data.shape[0]} channels"
         )
     return fmt
+
+
+def check_fits_dtype(values: np.ndarray, dtype: np.dtype | type) -> None:
+    """Refuse finite ``values`` (computed in a wider type) that a float ``dtype`` cannot hold.
+
+    The cast would turn them into infinity without a word (3e38 K through a model, stored as
+    float32). NaN and infinity already in ``values`` are not counted: the caller checks those.
+
+    Raises:
+        ValueError: the largest magnitude and the range of ``dtype``.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or values.size == 0:
+        return
+    top = float(np.finfo(dtype).max)
+    finite = np.abs(values[np.isfinite(values)])
+    largest = float(finite.max()) if finite.size else 0.0
+    if largest > top:
+        raise ValueError(
+            f"the result reaches {largest:.3g}, beyond the range of {dtype} "
+            f"(±{top:.3g}); nothing written"
+        )
 
 
 def check_finite_result(source: Raster, result: Raster) -> None:

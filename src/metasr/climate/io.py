@@ -570,7 +570,7 @@ def _block(
             out = np.where(target_mask, out, np.nan)
     else:
         out = apply_downscaler(method, values, src, dst, mask_threshold, target_valid=target_mask)
-    from .._limits import check_fits_dtype
+    from ..io import check_fits_dtype
 
     check_fits_dtype(out, dtype)  # a float64 result beyond float32 must not become +inf
     return out.astype(dtype, copy=False)
