@@ -15,10 +15,12 @@ at 3.7 or 2.3, 1 at ×4); columns likewise. Every LR pixel of row class ``ρ`` a
 **Contraction**, per row class (rows in chunks of bounded size): gather the ``k`` LR rows of each
 of its LR rows, take the ``k×k`` windows at the LR columns of every column class (columns
 padded to the largest class, ``cnt`` columns), and run one batched matmul over the column
-classes, ``(σ, cnt·N·rows, k·k·Cin) × (σ, k·k·Cin, m·n·Cout)``; the results are scattered into
-the output through a precomputed flat index (padding entries go to one dump slot). The multiply
-count is the output's ``N·H·W·Cout·Cin·k²`` (times the padding), the same per output pixel as
-per-phase at ×4; the windows gathered are ``Cin·k²`` per *LR* pixel.
+classes, ``(σ, cnt·N·rows, k·k·Cin) × (σ, k·k·Cin, m·n·Cout)``; the results are put in
+output-row order and their columns picked out of the padded slots (two small index vectors per
+chunk; until 2026-12-07 one int64 index per output value, built with numpy at every call, which
+took longer than the matmuls at 3.7 on a 200² image). The multiply count is the output's
+``N·H·W·Cout·Cin·k²`` (times the padding), the same per output pixel as per-phase at ×4; the
+windows gathered are ``Cin·k²`` per *LR* pixel.
 
 **Backward** (:class:`_GroupedContraction`) recomputes the windows per chunk, forms the pair
 weights' gradient with one batched matmul and the windows' gradient with another, and folds the
@@ -199,11 +201,11 @@ def estimate_grouped_bytes(
 ) -> int:
     """Peak bytes of :func:`meta_upscale_grouped` (output included), ``item`` bytes per value.
 
-    Counts the output and its dump slot, the padded channels-last copy of ``x``, the pair
-    weights (predicted, then permuted) with the predictor's activations, the output index of
-    every chunk (int64, one per result entry), one chunk's windows and result, and under
-    autograd the input's and weights' gradients, a copy of the output gradient and one chunk's
-    window gradient.
+    Counts the output, the padded channels-last copy of ``x``, the pair weights (predicted,
+    then permuted) with the predictor's activations, one chunk's windows and result with the
+    result's two reorderings on its way to the output (each smaller than the windows), and
+    under autograd the input's and weights' gradients, one chunk's output gradient in the
+    result's layout (two copies) and one chunk's window gradient.
     """
     N, C, h, w = x.shape
     k, O = params.kernel_size, params.out_channels
@@ -214,9 +216,9 @@ def estimate_grouped_bytes(
     xf = N * C * (h + k - 1) * (w + k - 1)
     wts = pairs * (2 * k * k * C * O + params.hidden)
     chunk = CHUNK_BYTES // item
-    total = (out + xf + wts + 2 * chunk) * item + 8 * 2 * out
+    total = (out + xf + wts + 4 * chunk) * item
     if grad:
-        total += (out + xf + wts + chunk) * item
+        total += (out + xf + wts + 3 * chunk) * item
     return total
 
 
@@ -228,21 +230,28 @@ class _Chunk:
         win_index: ``(σ·cnt·N·rows·k,)`` start of every window row (one per LR pixel and tap row
             ``ky``) in the flat padded map, in units of ``Cin`` (padding columns read pixel 0).
         rows: LR rows in the chunk.
-        out_index: ``(σ·cnt·N·rows·m·n_max·Cout,)`` flat output index of every result entry
-            (``N·Cout·H·W`` for padding: the dump slot).
+        run: ``m``, the output rows each of them produces.
+        out_rows: ``(rows·m,)`` output row of every ``(LR row, run row)``, in that order.
         weight_index: ``(σ·m·n_max·Cout,)`` row of the pair weights ``(Dv·Dh·Cout, k²·Cin)``
-            for each result column (padding reads pair ``(p, 0)``; its results are dumped).
+            for each result column (padding reads pair ``(p, 0)``; its results are dropped).
     """
 
     win_index: torch.Tensor
     rows: int
-    out_index: torch.Tensor
+    run: int
+    out_rows: torch.Tensor
     weight_index: torch.Tensor
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """Everything the contraction needs besides the tensors (built once per call)."""
+    """Everything the contraction needs besides the tensors (built once per call).
+
+    ``col_source`` ``(W,)`` is where each output column sits among a result's ``(σ, cnt, n_max)``
+    column slots (flat): every output column is exactly one slot, the other slots are padding.
+    With it and a chunk's ``out_rows``, results reach the output through two small index
+    vectors instead of one index entry per output value.
+    """
 
     chunks: tuple[_Chunk, ...]
     classes: int  # σ
@@ -250,6 +259,7 @@ class _Plan:
     widest: int  # n_max
     shape: tuple[int, int, int, int]  # (N, Cout, H, W)
     k: int
+    col_source: torch.Tensor
 
 
 def _plan(
@@ -261,13 +271,15 @@ def _plan(
     S, cnt, nmax = cols.count, cols.most, cols.widest
     col_index = np.zeros((S, cnt), dtype=np.int64)
     col_phase = np.zeros((S, nmax), dtype=np.int64)
-    # Output column of (σ, u, b), or -1 for padding.
-    col_out = np.full((S, cnt, nmax), -1, dtype=np.int64)
+    col_source = np.full(W, -1, dtype=np.int64)
     for s_, (lr, st, ph) in enumerate(zip(cols.lr, cols.start, cols.phase, strict=True)):
         col_index[s_, : len(lr)] = lr
         col_phase[s_, : len(ph)] = ph
-        col_out[s_, : len(lr), : len(ph)] = st[:, None] + np.arange(len(ph))[None, :]
-    dump = N * O * H * W
+        # Output column st[u] + b is slot (s_, u, b).
+        out_col = st[:, None] + np.arange(len(ph))[None, :]  # (len(lr), n)
+        slot = (s_ * cnt + np.arange(len(lr)))[:, None] * nmax + np.arange(len(ph))[None, :]
+        col_source[out_col.reshape(-1)] = slot.reshape(-1)
+    assert (col_source >= 0).all(), "every output column is read by one LR column's run"
     Dh = int(max(ph.max() for ph in cols.phase)) + 1
     per_row = S * cnt * N * C * k * k * x.element_size()  # gathered windows of one LR row
     step = max(1, CHUNK_BYTES // max(per_row, 1))
@@ -284,15 +296,7 @@ def _plan(
                 np.arange(N)[:, None, None] * hp + lr_c[:, None] + np.arange(k)
             ) * wp  # (N, t, k)
             win = col_index[:, :, None, None, None] + win[None, None]
-            out_row = st_c[:, None] + np.arange(m)[None, :]  # (t, m)
-            # Result layout (σ, cnt, N, t, m, n_max, O).
-            flat = (
-                (np.arange(N)[:, None, None, None, None] * O + np.arange(O)) * H
-                + out_row[None, :, :, None, None]
-            ) * W  # (N, t, m, 1, O)
-            flat = flat[None, None] + col_out[:, :, None, None, None, :, None]
-            valid = np.broadcast_to(col_out[:, :, None, None, None, :, None] >= 0, flat.shape)
-            flat = np.where(valid, flat, dump)
+            out_rows = st_c[:, None] + np.arange(m)[None, :]  # (t, m)
             # Weight rows in the layout (σ, m, n_max, O).
             pair = ph[None, :, None] * Dh + col_phase[:, None, :]  # (σ, m, n_max)
             wrow = pair[..., None] * O + np.arange(O)
@@ -300,11 +304,12 @@ def _plan(
                 _Chunk(
                     as_index(win.reshape(-1), dev),
                     t,
-                    as_index(flat.reshape(-1), dev),
+                    m,
+                    as_index(out_rows.reshape(-1), dev),
                     as_index(wrow.reshape(-1), dev),
                 )
             )
-    return _Plan(tuple(chunks), S, cnt, nmax, (N, O, H, W), k)
+    return _Plan(tuple(chunks), S, cnt, nmax, (N, O, H, W), k, as_index(col_source, dev))
 
 
 def _window_rows(xf: torch.Tensor, k: int) -> torch.Tensor:
@@ -329,6 +334,29 @@ def _chunk_weights(wp: torch.Tensor, chunk: _Chunk, plan: _Plan) -> torch.Tensor
     return wp.index_select(0, chunk.weight_index).view(plan.classes, -1, wp.shape[1])
 
 
+def _to_output(y: torch.Tensor, r: torch.Tensor, chunk: _Chunk, plan: _Plan) -> None:
+    """Write a chunk's result ``r (σ, cnt·N·rows, m·n_max·Cout)`` into ``y (N, Cout, H, W)``:
+    to output-row order, then the columns picked out of their slots (padding slots dropped)."""
+    N, O = plan.shape[:2]
+    S, cnt, nmax = plan.classes, plan.most, plan.widest
+    t, m = chunk.rows, chunk.run
+    r = r.view(S, cnt, N, t, m, nmax, O).permute(2, 6, 3, 4, 0, 1, 5)  # (N, O, t, m, σ, cnt, n)
+    r = r.reshape(N * O * t * m, S * cnt * nmax).index_select(1, plan.col_source)
+    y.index_copy_(2, chunk.out_rows, r.view(N, O, t * m, -1))
+
+
+def _from_output(dy: torch.Tensor, chunk: _Chunk, plan: _Plan) -> torch.Tensor:
+    """The transpose of :func:`_to_output`: the chunk's part of ``dy (N, Cout, H, W)`` in the
+    result's layout ``(σ, cnt·N·rows, m·n_max·Cout)``, zeros in the padding slots."""
+    N, O = plan.shape[:2]
+    S, cnt, nmax = plan.classes, plan.most, plan.widest
+    t, m = chunk.rows, chunk.run
+    g = dy.index_select(2, chunk.out_rows).reshape(N * O * t * m, -1)  # (N·O·t·m, W)
+    slots = g.new_zeros(N * O * t * m, S * cnt * nmax).index_copy_(1, plan.col_source, g)
+    slots = slots.view(N, O, t, m, S, cnt, nmax).permute(4, 5, 0, 2, 3, 6, 1)
+    return slots.reshape(S, cnt * N * t, m * nmax * O)
+
+
 class _GroupedContraction(torch.autograd.Function):
     """``y = contraction(xf, wp)``: ``xf (N·hp·wp, Cin)`` the padded LR map channels-last and
     flat, ``wp (Dv·Dh·Cout, k·k·Cin)`` pair weights (row ``(pair, o)``, features
@@ -336,15 +364,13 @@ class _GroupedContraction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xf, wp, plan):
-        N, O, H, W = plan.shape
-        y = memory.empty_output((N * O * H * W + 1,), xf)  # last entry: padding's dump slot
+        y = memory.empty_output(plan.shape, xf)
         for chunk in plan.chunks:
             wg = _chunk_weights(wp, chunk, plan)  # (σ, M, F)
-            r = torch.bmm(_windows(xf, chunk, plan), wg.transpose(1, 2))  # (σ, rows, M)
-            y.index_copy_(0, chunk.out_index, r.view(-1))
+            _to_output(y, torch.bmm(_windows(xf, chunk, plan), wg.transpose(1, 2)), chunk, plan)
         ctx.save_for_backward(xf, wp)
         ctx.plan = plan
-        return y[:-1].view(N, O, H, W)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -353,16 +379,14 @@ class _GroupedContraction(torch.autograd.Function):
         C, k = xf.shape[1], plan.k
         F_ = wp.shape[1]
         need_x, need_w = ctx.needs_input_grad[:2]
-        dyf = torch.cat([dy.reshape(-1), dy.new_zeros(1)])  # padding reads a zero
         dxf = torch.zeros_like(xf) if need_x else None
         dwp = torch.zeros_like(wp) if need_w else None
         for chunk in plan.chunks:
-            M = chunk.weight_index.shape[0] // plan.classes
-            dr = dyf.index_select(0, chunk.out_index).view(plan.classes, -1, M)  # (σ, rows, M)
+            dr = _from_output(dy, chunk, plan)  # (σ, rows, M)
             if need_w:
                 a = _windows(xf, chunk, plan)
                 dwg = torch.bmm(dr.transpose(1, 2), a)  # (σ, M, F)
-                # Padding columns carry a zero gradient (their dy entries are the dump's 0).
+                # Padding slots carry a zero gradient.
                 dwp.index_add_(0, chunk.weight_index, dwg.view(-1, F_))
             if need_x:
                 da = torch.bmm(dr, _chunk_weights(wp, chunk, plan))  # (σ, rows, F)
