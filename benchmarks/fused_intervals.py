@@ -50,7 +50,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.cpp_extension import load_inline
 
 import metasr
@@ -82,36 +81,41 @@ static inline void pixel(const T* base, int64_t rowstride, int64_t k, int64_t kC
   }
 }
 
-// Four pixels sharing one table: every table value is loaded once for the four windows.
-template <typename T, int O>
+// Four pixels sharing one table, two table rows at a time: 8 accumulators, so each table value
+// is loaded once for the four windows and each window value once for the two rows (measured
+// 1.6-2x faster than one pixel at a time, and faster than one row or all 2*O rows at a time).
+template <typename T>
 static inline void pixel4(const T* const* base, int64_t rowstride, int64_t k, int64_t kC,
-                          const T* tab, int64_t F, T (*acc)[2 * O]) {
-  for (int o2 = 0; o2 < 2 * O; ++o2) {
-    T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    const T* tr = tab + o2 * F;
+                          const T* tab, int64_t F, int64_t O2, T* acc) {
+  for (int64_t o2 = 0; o2 < O2; o2 += 2) {
+    T a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
     for (int64_t ky = 0; ky < k; ++ky) {
       const T* x0 = base[0] + ky * rowstride;
       const T* x1 = base[1] + ky * rowstride;
       const T* x2 = base[2] + ky * rowstride;
       const T* x3 = base[3] + ky * rowstride;
-      const T* t = tr + ky * kC;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
+      const T* t = tab + o2 * F + ky * kC;
+      const T* t2 = t + F;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
       for (int64_t q = 0; q < kC; ++q) {
-        T tv = t[q];
+        const T tv = t[q], uv = t2[q];
         a0 += x0[q] * tv;
         a1 += x1[q] * tv;
         a2 += x2[q] * tv;
         a3 += x3[q] * tv;
+        b0 += x0[q] * uv;
+        b1 += x1[q] * uv;
+        b2 += x2[q] * uv;
+        b3 += x3[q] * uv;
       }
     }
-    acc[0][o2] = a0;
-    acc[1][o2] = a1;
-    acc[2][o2] = a2;
-    acc[3][o2] = a3;
+    T* r = acc + o2;
+    r[0] = a0; r[O2] = a1; r[2 * O2] = a2; r[3 * O2] = a3;
+    r[1] = b0; r[O2 + 1] = b1; r[2 * O2 + 1] = b2; r[3 * O2 + 1] = b3;
   }
 }
 
-template <typename T, int OT>
+template <typename T>
 static void run(const torch::Tensor& xp, const torch::Tensor& init, const torch::Tensor& w2r,
                 const torch::Tensor& slope, const torch::Tensor& cdv,
                 const torch::Tensor& ev_ptr, const torch::Tensor& ev_pos,
@@ -123,7 +127,7 @@ static void run(const torch::Tensor& xp, const torch::Tensor& init, const torch:
                 bool blocked) {
   const int64_t N = xp.size(0), Hp = xp.size(1), Wp = xp.size(2), C = xp.size(3);
   const int64_t O = y.size(1), H = y.size(2), W = y.size(3);
-  const int64_t Dv = init.size(0), hid = w2r.size(0);
+  const int64_t Dv = init.size(0) / 2, hid = w2r.size(0);
   const int64_t kC = k * C, F = k * kC, O2 = 2 * O, TF = O2 * F;
   const int64_t Dh = cpos_ptr.size(0) - 1;
   const T* X = xp.data_ptr<T>();
@@ -150,11 +154,12 @@ static void run(const torch::Tensor& xp, const torch::Tensor& init, const torch:
     std::vector<const T*> pb;  // window of each pending pixel
     std::vector<int64_t> po;   // its output offset (n, 0, i, j)
     std::vector<T> pd;         // its Δh
-    std::vector<T> acc(O2);
+    std::vector<T> acc(O2), acc4(4 * O2);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t v = 0; v < Dv; ++v) {
       if (rp[v] == rp[v + 1]) continue;
-      std::memcpy(tab.data(), I0 + v * TF, TF * sizeof(T));
+      std::memcpy(tab.data(), I0 + v * O * F, O * F * sizeof(T));
+      std::memcpy(tab.data() + O * F, I0 + (Dv + v) * O * F, O * F * sizeof(T));
       int64_t e = ep[v];
       pb.clear(); po.clear(); pd.clear();
       // Pending pixels share the current table: they are contracted when the next switch
@@ -162,14 +167,12 @@ static void run(const torch::Tensor& xp, const torch::Tensor& init, const torch:
       auto flush = [&]() {
         const int64_t np_ = (int64_t)pb.size();
         int64_t p = 0;
-        if (OT > 0 && blocked) {
-          constexpr int OB = OT > 0 ? OT : 1;
-          T acc4[4][2 * OB];
+        if (blocked) {
           for (; p + 4 <= np_; p += 4) {
-            pixel4<T, OB>(pb.data() + p, rowstride, k, kC, tab.data(), F, acc4);
+            pixel4<T>(pb.data() + p, rowstride, k, kC, tab.data(), F, O2, acc4.data());
             for (int u = 0; u < 4; ++u)
               for (int64_t o = 0; o < O; ++o)
-                Y[po[p + u] + o * HW] = pd[p + u] * acc4[u][o] + acc4[u][O + o];
+                Y[po[p + u] + o * HW] = pd[p + u] * acc4[u * O2 + o] + acc4[u * O2 + O + o];
           }
         }
         for (; p < np_; ++p) {
@@ -219,12 +222,8 @@ torch::Tensor forward(torch::Tensor xp, torch::Tensor init, torch::Tensor w2r,
                       int64_t nthreads, bool blocked) {
   auto y = torch::empty({xp.size(0), O, H, W}, xp.options());
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "fused_intervals", [&] {
-    if (O == 3)
-      run<scalar_t, 3>(xp, init, w2r, slope, cdv, ev_ptr, ev_pos, ev_unit, ev_sign, row_ptr,
-                       rows, row_idx, cpos_ptr, cols, col_idx, col_off, y, k, nthreads, blocked);
-    else
-      run<scalar_t, 0>(xp, init, w2r, slope, cdv, ev_ptr, ev_pos, ev_unit, ev_sign, row_ptr,
-                       rows, row_idx, cpos_ptr, cols, col_idx, col_off, y, k, nthreads, blocked);
+    run<scalar_t>(xp, init, w2r, slope, cdv, ev_ptr, ev_pos, ev_unit, ev_sign, row_ptr, rows,
+                  row_idx, cpos_ptr, cols, col_idx, col_off, y, k, nthreads, blocked);
   });
   return y;
 }
@@ -295,11 +294,10 @@ def tables(x: torch.Tensor, params: MLPParams, geom: Geometry) -> dict:
     Dv, Dh = len(rf), len(cf)
     with np.errstate(divide="ignore", invalid="ignore"):
         thr = -cdv / slope
-    pos = np.where(
-        slope > 0,
-        np.searchsorted(dh_sorted, thr.ravel(), side="right").reshape(thr.shape),
-        np.searchsorted(dh_sorted, thr.ravel(), side="left").reshape(thr.shape),
-    )
+    pos = np.zeros(thr.shape, dtype=np.int64)  # first sorted column phase past the switch
+    for units, side in ((slope > 0, "right"), (slope < 0, "left")):
+        t_u = thr[:, units]
+        pos[:, units] = np.searchsorted(dh_sorted, t_u.ravel(), side=side).reshape(t_u.shape)
     on0 = np.where(slope > 0, pos == 0, np.where(slope < 0, pos > 0, cdv > 0))
     ev = (slope != 0) & (pos > 0) & (pos < Dh)
     evv, evj = np.nonzero(ev)  # row-major: grouped by row phase
@@ -314,14 +312,20 @@ def tables(x: torch.Tensor, params: MLPParams, geom: Geometry) -> dict:
     s_t = torch.as_tensor(slope, dtype=dt)
     c_t = torch.as_tensor(cdv, dtype=dt)
     m0 = torch.as_tensor(on0, dtype=dt)
-    init = torch.stack([(m0 * s_t) @ w2r, torch.addmm(b2r, m0 * c_t, w2r)], dim=1)
+    # B then C at the smallest Δh of every row phase: (2·Dv, O·k·k·Cin), one matmul.
+    init = torch.cat([m0 * s_t, m0 * c_t]) @ w2r
+    init[Dv:] += b2r
     # Output rows per row phase, output columns per sorted column phase.
     rank = np.empty(Dh, dtype=np.int64)
     rank[order] = np.arange(Dh)
     qcol = rank[cph]
     cols = np.argsort(qcol, kind="stable")
     rows = np.argsort(rph, kind="stable")
-    xp = F.pad(x, [k // 2] * 4).permute(0, 2, 3, 1).contiguous()
+    # Zero-padded, channels-last: one copy (F.pad then a permuted copy cost twice as much).
+    r = k // 2
+    N, _, h, w = x.shape
+    xp = x.new_zeros(N, h + 2 * r, w + 2 * r, C)
+    xp[:, r : r + h, r : r + w].copy_(x.permute(0, 2, 3, 1))
     return dict(
         xp=xp,
         init=init.contiguous(),
@@ -384,7 +388,7 @@ def check(ext, threads: int) -> bool:
         print(
             f"check float32 1x64x128² {sc[0]}x{sc[1]}: max abs diff vs torch backend "
             f"{(y - ref).abs().max().item():.2e} (|ref| max {ref.abs().max():.2f}); "
-            f"row phases {t['init'].shape[0]}, restricted hidden {t['w2r'].shape[0]}, "
+            f"row phases {t['init'].shape[0] // 2}, restricted hidden {t['w2r'].shape[0]}, "
             f"switches {t['events']}"
         )
     return ok
