@@ -22,8 +22,10 @@ phase per row phase (a ``searchsorted`` of its threshold ``-c_j/s_j``), the acti
 smallest ``Δh`` and its ``B, C`` (one matmul over all row phases), the padded input. Kernel
 (OpenMP over row phases): start from that ``B, C`` (``2·Cout·k²·Cin`` values, in cache), walk the
 column phases in increasing ``Δh``, apply each switch as a rank-1 update (``±s_j·w2_j``,
-``±c_j·w2_j``), and for every output pixel of the current ``(Δv, Δh)`` contract its window (``k``
-tap rows of ``k·Cin`` contiguous values each) with ``B`` and ``C``: ``y = Δh·(X·B) + X·C``.
+``±c_j·w2_j``), and contract every output pixel's window (``k`` tap rows of ``k·Cin`` contiguous
+values each) with ``B`` and ``C``: ``y = Δh·(X·B) + X·C``. The pixels of one interval (all its
+column phases, output rows and batch images) are collected and contracted four at a time, so
+each table value is loaded once per four windows (``blocked``; without it, one at a time).
 
 It checks the kernel against the spec (``backend="naive"``) in float64 on small inputs (exit 1
 if it fails), against the torch backend in float32 on 1×64×128², and times, in one process with
@@ -82,8 +84,9 @@ static inline void pixel(const T* base, int64_t rowstride, int64_t k, int64_t kC
 }
 
 // Four pixels sharing one table, two table rows at a time: 8 accumulators, so each table value
-// is loaded once for the four windows and each window value once for the two rows (measured
-// 1.6-2x faster than one pixel at a time, and faster than one row or all 2*O rows at a time).
+// is loaded once for the four windows and each window value once for the two rows. (Tried on
+// the kernel alone: one row at a time, and all 2*O rows in 64-byte vector accumulators, were
+// slower; the script's table compares the whole call with `pixel`, one pixel at a time.)
 template <typename T>
 static inline void pixel4(const T* const* base, int64_t rowstride, int64_t k, int64_t kC,
                           const T* tab, int64_t F, int64_t O2, T* acc) {
