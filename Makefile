@@ -28,8 +28,13 @@ venv: $(VENV)/.installed
 
 # Debian packages some tests need, installed when missing (as root, with apt-get); without them
 # those tests skip and say why: udunits2 for cfchecks (tests/climate/test_cf.py); chromium and
-# chromium-driver for the browser test of `metasr serve` (tests/cli/test_serve.py).
+# chromium-driver for the browser test of `metasr serve` (tests/cli/test_serve.py). ninja-build
+# for torch's extension builder (tests/ops/test_fused_cpu.py compiles the opt-in CPU kernel with
+# g++; it skips without g++ and fails if the build does).
 test-deps:
+	@command -v ninja >/dev/null || apt-get install -y -q ninja-build >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q ninja-build >/dev/null 2>&1; } \
+		|| echo "ninja-build not installed: tests/ops/test_fused_cpu.py will fail"
 	@dpkg -s libudunits2-0 >/dev/null 2>&1 || apt-get install -y -q libudunits2-0 >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libudunits2-0 >/dev/null 2>&1; } \
 		|| echo "libudunits2-0 not installed: the cfchecks tests will skip"

@@ -48,6 +48,7 @@ from .tables import as_float, as_index, phases
 __all__ = [
     "AxisClasses",
     "axis_classes",
+    "counted_cost",
     "estimate_grouped_bytes",
     "grouped_cost",
     "meta_upscale_grouped",
@@ -161,39 +162,59 @@ def _features_first_cost(params: PredictorParams, geom: Geometry, n: int) -> flo
     return n * geom.h * geom.w * K * width + 8 * n * geom.H * geom.W * K * params.out_channels
 
 
-def prefer_grouped(
-    params: PredictorParams, geom: Geometry, Dv: int, Dh: int, n: int, base: str
-) -> bool:
-    """Whether the phase-grouped order costs less than ``base``, the order chosen without it.
-
-    Costs are counted (module constants): per-phase ``N·h·w·Dv·Dh·k²·Cin·Cout``; features-first
-    its LR convolution and contraction; weights-first (predictors without a linear last layer)
-    more than this order whenever the pair weights fit :data:`MAX_PAIR_BYTES`, since it predicts
-    a weight per output pixel and this order one per pair. This order: its padded batched
-    matmuls, the windows it gathers and the output it scatters, and the pairs' prediction.
-    """
-    width = params.kernel_size**2 * params.in_channels * params.out_channels
-    if Dv * Dh * width * 4 > MAX_PAIR_BYTES:
-        return False
-    if base == "per_phase" and Dv * Dh <= 1:
-        return False
+def _grouped_cost(params: PredictorParams, geom: Geometry, Dv: int, Dh: int, n: int) -> float:
+    """This order's counted cost: its padded batched matmuls, the windows it gathers and the
+    output it scatters, the pairs' prediction and the chunks' fixed cost."""
     rows = axis_classes(geom.row_idx, phases(geom.row_off)[1])
     cols = axis_classes(geom.col_idx, phases(geom.col_off)[1])
     macs, gathered = grouped_cost(
         n, rows, cols, params.in_channels, params.kernel_size, params.out_channels
     )
     chunks = rows.count + gathered * 4 // CHUNK_BYTES
-    cost = (
+    return (
         _BMM_MAC * macs
         + _MOVE * (gathered + n * geom.H * geom.W * params.out_channels)
         + _predict_cost(params, Dv * Dh)
         + _CHUNK * chunks
     )
-    if base == "per_phase":
-        return cost < _per_phase_cost(params, geom, Dv, Dh, n)
-    if base == "features_first":
-        return cost < _features_first_cost(params, geom, n)
-    return True  # weights-first
+
+
+def counted_cost(
+    order: str, params: PredictorParams, geom: Geometry, Dv: int, Dh: int, n: int
+) -> float:
+    """Counted cost of the torch backend's ``order`` (units: one LR-convolution multiply-add).
+
+    Per-phase ``N·h·w·Dv·Dh·k²·Cin·Cout`` and the pairs' prediction; features-first its LR
+    convolution and contraction; grouped as :func:`prefer_grouped` counts it; weights-first
+    (predictors without a linear last layer) is not counted (infinite).
+    """
+    if order == "per_phase":
+        return _per_phase_cost(params, geom, Dv, Dh, n)
+    if order == "features_first":
+        return _features_first_cost(params, geom, n)
+    if order == "grouped":
+        return _grouped_cost(params, geom, Dv, Dh, n)
+    return float("inf")
+
+
+def prefer_grouped(
+    params: PredictorParams, geom: Geometry, Dv: int, Dh: int, n: int, base: str
+) -> bool:
+    """Whether the phase-grouped order costs less than ``base``, the order chosen without it.
+
+    Costs are counted (module constants, :func:`counted_cost`): per-phase
+    ``N·h·w·Dv·Dh·k²·Cin·Cout``; features-first its LR convolution and contraction;
+    weights-first (predictors without a linear last layer) more than this order whenever the
+    pair weights fit :data:`MAX_PAIR_BYTES`, since it predicts a weight per output pixel and
+    this order one per pair. This order: its padded batched matmuls, the windows it gathers and
+    the output it scatters, and the pairs' prediction.
+    """
+    width = params.kernel_size**2 * params.in_channels * params.out_channels
+    if Dv * Dh * width * 4 > MAX_PAIR_BYTES:
+        return False
+    if base == "per_phase" and Dv * Dh <= 1:
+        return False
+    return _grouped_cost(params, geom, Dv, Dh, n) < counted_cost(base, params, geom, Dv, Dh, n)
 
 
 def estimate_grouped_bytes(

@@ -12,6 +12,7 @@ head, the bicubic residual and the checks all read the same geometry.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ from .dispatch import BACKENDS, Backend, check_backend_name, select_backend
 from .params import MLPParams, PredictorParams
 from .predictor import PredictorKind, check_predictor, predictor_params
 from .tracing import tracing_mode
+
+if TYPE_CHECKING:
+    from .torch_chunked import OrderChoice
 
 __all__ = ["UpscalePlan", "autocast_dtype", "plan"]
 
@@ -80,6 +84,21 @@ class UpscalePlan:
         if self.backend is None or self.geometry is None or self.probe is None:
             raise ValueError(f"a plan made under {self.mode} has no backend to estimate")
         return self.backend.estimate_bytes(self.probe, self.params, self.geometry)
+
+    def evaluation_order(self) -> OrderChoice | None:
+        """The ``torch`` backend's evaluation order for this call and why its fused CPU
+        intervals order was not taken (:func:`.torch_chunked.evaluation_order`); ``None`` when
+        another backend runs the call, or under a tracer.
+
+        With ``METASR_CPU_KERNELS=1`` set this may build the CPU kernel (its first use).
+        """
+        if self.backend is None or self.backend.name != "torch":
+            return None
+        if self.geometry is None or self.probe is None:
+            return None
+        from .torch_chunked import evaluation_order
+
+        return evaluation_order(self.probe, self.params, self.geometry)
 
     def backend_reasons(self) -> dict[str, list[str]]:
         """Why each registered backend could or could not run this call (empty: it can)."""

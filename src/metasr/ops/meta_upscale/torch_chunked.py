@@ -22,6 +22,12 @@ predicts the pair weights as per-phase does but contracts each LR pixel only wit
 own output pixels use; it replaces whichever order the rule above (or the one below) picks when
 its counted cost is lower (:func:`.phase_grouped.prefer_grouped`).
 
+A fourth, **intervals** (:mod:`.fused_cpu`, opt-in with ``METASR_CPU_KERNELS=1``), is a compiled
+C++ kernel for Linear-ReLU-Linear on CPU, forward only: it replaces the order chosen above when
+no gradient is needed and its counted cost (about ``2·k²·Cin·Cout`` multiply-adds per output
+pixel plus its tables) is lower (:func:`evaluation_order` says which order a call takes and
+why the intervals order was not).
+
 Linear-ReLU-Linear is first restricted to the hidden units that switch within the call's
 positions (:mod:`.relu_domain`, exact), so every order and the cost counts see ``hid'`` units.
 
@@ -36,13 +42,19 @@ features-first order: it runs per phase while that costs at most 8 times the out
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 
 from ...geometry import Geometry
 from .. import memory
+from .fused_cpu import (
+    call_reasons,
+    estimate_intervals_bytes,
+    intervals_cost,
+    meta_upscale_intervals,
+)
 from .padding import lr_conv2d
 from .params import (
     FunctionalModule,
@@ -55,6 +67,7 @@ from .params import (
     separable_first_layer,
 )
 from .phase_grouped import (
+    counted_cost,
     estimate_grouped_bytes,
     meta_upscale_grouped,
     pair_weights,
@@ -74,17 +87,90 @@ TOLERANCES = {
     torch.bfloat16: (5e-2, 5e-2),
 }
 
-Order = Literal["auto", "per_phase", "features_first", "weights_first", "grouped"]
+Order = Literal["auto", "per_phase", "features_first", "weights_first", "grouped", "intervals"]
 
 
-def _auto_order(params: PredictorParams, geom: Geometry, Dv: int, Dh: int, n: int = 1) -> str:
+class OrderChoice(NamedTuple):
+    """The evaluation order the torch backend takes for a call (:func:`evaluation_order`).
+
+    Attributes:
+        order: ``"per_phase"``, ``"features_first"``, ``"weights_first"``, ``"grouped"`` or
+            ``"intervals"`` (the fused CPU kernel, :mod:`.fused_cpu`).
+        intervals_reasons: why the intervals order was not taken (empty when it was): the
+            opt-in unset, device, dtype, gradients, predictor, geometry, the build, or its
+            counted cost.
+    """
+
+    order: str
+    intervals_reasons: tuple[str, ...]
+
+
+def _auto_order(
+    params: PredictorParams,
+    geom: Geometry,
+    Dv: int,
+    Dh: int,
+    n: int = 1,
+    x: torch.Tensor | None = None,
+    grad: bool = False,
+) -> str:
     """The evaluation order ``"auto"`` picks for ``Dv × Dh`` distinct offsets (batch ``n``).
 
     The phase-grouped order (:mod:`.phase_grouped`) is taken where its counted cost is below
-    that of the order chosen otherwise (:func:`.phase_grouped.prefer_grouped`).
+    that of the order chosen otherwise (:func:`.phase_grouped.prefer_grouped`); then, given the
+    call's ``x`` (compute dtype) and whether it needs gradients, the intervals order
+    (:mod:`.fused_cpu`) where it can run and costs less still (:func:`_intervals_reasons`).
     """
     base = _base_order(params, geom, Dv, Dh)
-    return "grouped" if prefer_grouped(params, geom, Dv, Dh, n, base) else base
+    order = "grouped" if prefer_grouped(params, geom, Dv, Dh, n, base) else base
+    if x is not None and not _intervals_reasons(x, params, geom, grad, order, Dv, Dh):
+        return "intervals"
+    return order
+
+
+def _intervals_reasons(
+    x: torch.Tensor,
+    params: PredictorParams,
+    geom: Geometry,
+    grad: bool,
+    other: str,
+    Dv: int,
+    Dh: int,
+) -> list[str]:
+    """Why the intervals order does not replace ``other`` for this call (empty: it does)."""
+    reasons = call_reasons(x, params, geom, grad)
+    if reasons:
+        return reasons
+    n = x.shape[0]
+    mine = intervals_cost(params, geom, n)  # type: ignore[arg-type]  # MLPParams: checked
+    theirs = counted_cost(other, params, geom, Dv, Dh, n)
+    if mine >= theirs:
+        return [f"its counted cost {mine:.3g} is not below {other}'s {theirs:.3g}"]
+    return []
+
+
+def evaluation_order(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> OrderChoice:
+    """The order :func:`meta_upscale_torch` (``order="auto"``) takes for this call, and why the
+    fused CPU intervals order was not taken.
+
+    With ``METASR_CPU_KERNELS=1`` set and an otherwise eligible call this may build the CPU
+    kernel (:func:`.fused_cpu.unavailable_reason`).
+
+    Args:
+        x: ``(N, Cin, h, w)`` or a stand-in of its shape, dtype, device and ``requires_grad``.
+        params: the predictor's tensors in the compute dtype (unrestricted, as planned).
+        geom: output geometry.
+    """
+    grad = needs_grad(x, params)
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        x = x.new_empty(1, dtype=torch.float32).expand(x.shape)  # the compute dtype
+        params = params.to(torch.float32)
+    with torch.no_grad():
+        params = _restricted(params, geom)
+    Dv, Dh = len(phases(geom.row_off)[0]), len(phases(geom.col_off)[0])
+    other = _auto_order(params, geom, Dv, Dh, x.shape[0])  # without the intervals order
+    reasons = tuple(_intervals_reasons(x, params, geom, grad, other, Dv, Dh))
+    return OrderChoice(other if reasons else "intervals", reasons)
 
 
 def _restricted(params: PredictorParams, geom: Geometry) -> PredictorParams:
@@ -141,16 +227,19 @@ def meta_upscale_torch(
         x: ``(N, Cin, h, w)``.
         params: the predictor's tensors in ``x``'s dtype (any kind, :mod:`.params`).
         geom: output geometry.
-        order: ``"auto"`` picks by cost; the others force one evaluation order (tests,
-            benchmarks); ``"features_first"`` needs a linear last layer.
+        order: ``"auto"`` picks by cost (:func:`evaluation_order`); the others force one
+            evaluation order (tests, benchmarks); ``"features_first"`` needs a linear last
+            layer, ``"intervals"`` the fused CPU kernel's conditions (:mod:`.fused_cpu`).
 
     Returns:
         ``(N, Cout, H, W)`` in ``x``'s dtype.
 
     Raises:
-        ValueError: an unknown ``order``, or ``"features_first"`` for a :class:`ModuleParams`.
+        ValueError: an unknown ``order``, ``"features_first"`` for a :class:`ModuleParams`, or
+            ``"intervals"`` for a call the fused CPU kernel cannot run (with the reasons).
     """
     in_dtype = x.dtype
+    grad = needs_grad(x, params)
     if x.device.type == "cpu" and in_dtype in (torch.float16, torch.bfloat16):
         # CPU half-precision GEMMs are slow and accumulate poorly; compute in float32.
         x = x.float()
@@ -159,8 +248,13 @@ def meta_upscale_torch(
     row_first, row_phase = phases(geom.row_off)
     col_first, col_phase = phases(geom.col_off)
     if order == "auto":
-        order = _auto_order(params, geom, len(row_first), len(col_first), x.shape[0])
-    if order == "grouped":
+        order = _auto_order(params, geom, len(row_first), len(col_first), x.shape[0], x, grad)
+    if order == "intervals":
+        reasons = call_reasons(x, params, geom, grad)
+        if reasons:
+            raise ValueError("order='intervals' cannot run this call: " + "; ".join(reasons))
+        y = meta_upscale_intervals(x, params, geom)  # type: ignore[arg-type]  # checked
+    elif order == "grouped":
         y = meta_upscale_grouped(x, params, geom)
     elif order == "per_phase":
         y = _per_phase(x, params, geom, row_first, row_phase, col_first, col_phase)
@@ -172,8 +266,8 @@ def meta_upscale_torch(
         y = _weights_first(x, params, geom)
     else:
         raise ValueError(
-            "order must be 'auto', 'per_phase', 'features_first', 'weights_first' or 'grouped', "
-            f"got {order!r}"
+            "order must be 'auto', 'per_phase', 'features_first', 'weights_first', 'grouped' or "
+            f"'intervals', got {order!r}"
         )
     return y.to(in_dtype)
 
@@ -186,7 +280,8 @@ def estimate_bytes(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> 
     or ``Z`` ``N·h·w·Cout·(hid+1)`` with the largest chunk temporaries, a predictor body's
     activations included), and under autograd the gradients of both. For the weights-first
     order it counts ``x``, the output and their gradients plus one block of predicted weights at
-    its cap (:data:`.weights.MAX_BLOCK_BYTES`).
+    its cap (:data:`.weights.MAX_BLOCK_BYTES`); for the intervals order
+    :func:`.fused_cpu.estimate_intervals_bytes`.
 
     Args:
         x: ``(N, Cin, h, w)`` (only its shape, dtype, device and ``requires_grad`` are read).
@@ -205,7 +300,10 @@ def estimate_bytes(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> 
     Dv, Dh = len(phases(geom.row_off)[0]), len(phases(geom.col_off)[0])
     total = N * C * h * w * cs if half_on_cpu else 0  # float32 copy of x
     total += out * (item if half_on_cpu else 0)  # the final cast back
-    order = _auto_order(params, geom, Dv, Dh, N)
+    probe = x if not half_on_cpu else x.new_empty(1, dtype=torch.float32).expand(x.shape)
+    order = _auto_order(params, geom, Dv, Dh, N, probe, grad)
+    if order == "intervals":
+        return total + estimate_intervals_bytes(x, params, geom, cs)  # type: ignore[arg-type]
     if order == "grouped":
         return total + estimate_grouped_bytes(x, params, geom, cs, grad)
     if order == "weights_first":

@@ -1,0 +1,565 @@
+"""The intervals order of the ``torch`` backend as a fused C++/OpenMP CPU kernel (opt-in).
+
+``docs/design.md`` §3 counts the exact "intervals" order at about ``2·k²·Cin·Cout``
+multiply-adds per output pixel (twice ×4's per-phase order) at scales with about one
+``(Δv, Δh)`` pair per output pixel (2.37×3.13, 1.13×3.91), where features-first pays its
+``(hid' + 1)·Cout``-channel LR convolution; in dense tensor ops it is slow because every output
+pixel gathers its own window. This module runs it as a C++ kernel that reads each output pixel's
+window straight from the padded channels-last input (measured 2.7–3.3× ×4's cost per output
+pixel against the torch backend's 4.6–8.6×: ``docs/benchmarks.md``).
+
+**Opt-in.** The kernel is compiled on first use (``torch.utils.cpp_extension.load_inline``,
+``-O3 -march=native -fopenmp``, about 30 s, into torch's extensions cache, where later processes
+find it) and only when ``METASR_CPU_KERNELS=1`` is set (as BasicSR's ``BASICSR_JIT``); without
+it nothing here compiles or imports anything. ``import metasr`` never builds it.
+:func:`unavailable_reason` says why it cannot be used (variable unset, no C++ compiler, the
+build failed with its first line). Forward only: the dispatch in :mod:`.torch_chunked` takes it
+when no gradient is needed (:func:`call_reasons`) and its counted cost (:func:`intervals_cost`)
+is below the order chosen otherwise.
+
+**The order** (Linear-ReLU-Linear predictor, best restricted first by
+:func:`.relu_domain.restrict_to_domain`): for a row phase ``Δv`` each hidden unit's
+pre-activation is ``z_j = s_j·Δh + c_j(Δv)`` (the column part of the position encoding is
+affine in ``Δh``, :func:`geometry_reason`), so along the sorted column offsets it switches at
+most once; between switches the active set ``S`` is fixed and the weight is affine in ``Δh``::
+
+    W(Δv, Δh) = Δh·B_S + C_S,  B_S = Σ_{j∈S} s_j·w2_j,  C_S = Σ_{j∈S} c_j(Δv)·w2_j + b2.
+
+Host side (:func:`kernel_tables`): each unit's switching column phase per row phase (a
+``searchsorted`` of its threshold ``-c_j/s_j``), the active set at the smallest ``Δh`` and its
+``B, C`` (one matmul over all row phases), the padded channels-last input (:mod:`.padding`, so
+periodic longitude wraps as everywhere else). Kernel (OpenMP over row phases): start from that
+``B, C`` (``2·Cout·k²·Cin`` values, in cache), walk the column phases in increasing ``Δh``,
+apply each switch as a rank-1 update (``±s_j·w2_j``, ``±c_j·w2_j``), and contract every output
+pixel's window (``k`` tap rows of ``k·Cin`` contiguous values) with ``B`` and ``C``:
+``y = Δh·(X·B) + X·C``. The pixels of one interval (all its column phases, output rows and
+images) are contracted four at a time, two table rows per pass, so each table value is loaded
+once per four windows. A unit whose threshold falls on a column offset is classified either
+side; ReLU is continuous there, so the result differs by rounding only.
+
+The output is in the geometry's computed order (rows and columns sorted by LR index), as every
+order returns it; :func:`.tables.restore_order` applies a coordinate grid's permutation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import warnings
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from ...geometry import Geometry
+from .. import memory
+from .padding import pad_window
+from .params import MLPParams, PredictorParams
+from .tables import phases
+
+__all__ = [
+    "ENV_VAR",
+    "call_reasons",
+    "estimate_intervals_bytes",
+    "geometry_reason",
+    "intervals_cost",
+    "kernel_tables",
+    "load_extension",
+    "meta_upscale_intervals",
+    "unavailable_reason",
+]
+
+#: The opt-in: set to ``1`` to let metasr compile and use its C++ CPU kernel.
+ENV_VAR = "METASR_CPU_KERNELS"
+
+#: Name of the extension in torch's extensions cache (``TORCH_EXTENSIONS_DIR`` or
+#: ``~/.cache/torch_extensions``); ``load_inline`` rebuilds it when the source changes.
+_EXT_NAME = "metasr_intervals_cpu"
+
+_CPP = r"""
+#include <torch/extension.h>
+#include <omp.h>
+#include <cstring>
+#include <vector>
+
+// One output pixel: acc[o2] = sum over the window of x * tab[o2] (o2 < 2*O: B rows then C rows).
+template <typename T>
+static inline void pixel(const T* base, int64_t rowstride, int64_t k, int64_t kC,
+                         const T* tab, int64_t F, int64_t O2, T* acc) {
+  for (int64_t o2 = 0; o2 < O2; ++o2) {
+    T a = 0;
+    const T* tr = tab + o2 * F;
+    for (int64_t ky = 0; ky < k; ++ky) {
+      const T* xr = base + ky * rowstride;
+      const T* t = tr + ky * kC;
+#pragma omp simd reduction(+ : a)
+      for (int64_t q = 0; q < kC; ++q) a += xr[q] * t[q];
+    }
+    acc[o2] = a;
+  }
+}
+
+// Four pixels sharing one table, two table rows at a time: 8 accumulators, so each table value
+// is loaded once for the four windows and each window value once for the two rows. (Tried on
+// the kernel alone: one row at a time, and all 2*O rows in 64-byte vector accumulators, were
+// slower; benchmarks/fused_intervals.py compares the whole call with `pixel` alone.)
+template <typename T>
+static inline void pixel4(const T* const* base, int64_t rowstride, int64_t k, int64_t kC,
+                          const T* tab, int64_t F, int64_t O2, T* acc) {
+  for (int64_t o2 = 0; o2 < O2; o2 += 2) {
+    T a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+    for (int64_t ky = 0; ky < k; ++ky) {
+      const T* x0 = base[0] + ky * rowstride;
+      const T* x1 = base[1] + ky * rowstride;
+      const T* x2 = base[2] + ky * rowstride;
+      const T* x3 = base[3] + ky * rowstride;
+      const T* t = tab + o2 * F + ky * kC;
+      const T* t2 = t + F;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+      for (int64_t q = 0; q < kC; ++q) {
+        const T tv = t[q], uv = t2[q];
+        a0 += x0[q] * tv;
+        a1 += x1[q] * tv;
+        a2 += x2[q] * tv;
+        a3 += x3[q] * tv;
+        b0 += x0[q] * uv;
+        b1 += x1[q] * uv;
+        b2 += x2[q] * uv;
+        b3 += x3[q] * uv;
+      }
+    }
+    T* r = acc + o2;
+    r[0] = a0; r[O2] = a1; r[2 * O2] = a2; r[3 * O2] = a3;
+    r[1] = b0; r[O2 + 1] = b1; r[2 * O2 + 1] = b2; r[3 * O2 + 1] = b3;
+  }
+}
+
+template <typename T>
+static void run(const torch::Tensor& xp, const torch::Tensor& init, const torch::Tensor& w2r,
+                const torch::Tensor& slope, const torch::Tensor& cdv,
+                const torch::Tensor& ev_ptr, const torch::Tensor& ev_pos,
+                const torch::Tensor& ev_unit, const torch::Tensor& ev_sign,
+                const torch::Tensor& row_ptr, const torch::Tensor& rows,
+                const torch::Tensor& row_idx, const torch::Tensor& cpos_ptr,
+                const torch::Tensor& cols, const torch::Tensor& col_idx,
+                const torch::Tensor& col_off, torch::Tensor& y, int64_t k, int64_t nthreads,
+                bool blocked) {
+  const int64_t N = xp.size(0), Hp = xp.size(1), Wp = xp.size(2), C = xp.size(3);
+  const int64_t O = y.size(1), H = y.size(2), W = y.size(3);
+  const int64_t Dv = init.size(0) / 2, hid = w2r.size(0);
+  const int64_t kC = k * C, F = k * kC, O2 = 2 * O, TF = O2 * F;
+  const int64_t Dh = cpos_ptr.size(0) - 1;
+  const T* X = xp.data_ptr<T>();
+  const T* I0 = init.data_ptr<T>();
+  const T* Wr = w2r.data_ptr<T>();
+  const T* S = slope.data_ptr<T>();
+  const T* CV = cdv.data_ptr<T>();
+  const int64_t* ep = ev_ptr.data_ptr<int64_t>();
+  const int64_t* epos = ev_pos.data_ptr<int64_t>();
+  const int64_t* eu = ev_unit.data_ptr<int64_t>();
+  const T* es = ev_sign.data_ptr<T>();
+  const int64_t* rp = row_ptr.data_ptr<int64_t>();
+  const int64_t* rr = rows.data_ptr<int64_t>();
+  const int64_t* ri = row_idx.data_ptr<int64_t>();
+  const int64_t* cp = cpos_ptr.data_ptr<int64_t>();
+  const int64_t* cc = cols.data_ptr<int64_t>();
+  const int64_t* ci = col_idx.data_ptr<int64_t>();
+  const T* dh = col_off.data_ptr<T>();
+  T* Y = y.data_ptr<T>();
+  const int64_t rowstride = Wp * C, HW = H * W;
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<T> tab(TF);
+    std::vector<const T*> pb;  // window of each pending pixel
+    std::vector<int64_t> po;   // its output offset (n, 0, i, j)
+    std::vector<T> pd;         // its Δh
+    std::vector<T> acc(O2), acc4(4 * O2);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t v = 0; v < Dv; ++v) {
+      if (rp[v] == rp[v + 1]) continue;
+      std::memcpy(tab.data(), I0 + v * O * F, O * F * sizeof(T));
+      std::memcpy(tab.data() + O * F, I0 + (Dv + v) * O * F, O * F * sizeof(T));
+      int64_t e = ep[v];
+      pb.clear(); po.clear(); pd.clear();
+      // Pending pixels share the current table: they are contracted when the next switch
+      // comes (or the row phase ends), four at a time where the blocked path is on.
+      auto flush = [&]() {
+        const int64_t np_ = (int64_t)pb.size();
+        int64_t p = 0;
+        if (blocked) {
+          for (; p + 4 <= np_; p += 4) {
+            pixel4<T>(pb.data() + p, rowstride, k, kC, tab.data(), F, O2, acc4.data());
+            for (int u = 0; u < 4; ++u)
+              for (int64_t o = 0; o < O; ++o)
+                Y[po[p + u] + o * HW] = pd[p + u] * acc4[u * O2 + o] + acc4[u * O2 + O + o];
+          }
+        }
+        for (; p < np_; ++p) {
+          pixel<T>(pb[p], rowstride, k, kC, tab.data(), F, O2, acc.data());
+          for (int64_t o = 0; o < O; ++o) Y[po[p] + o * HW] = pd[p] * acc[o] + acc[O + o];
+        }
+        pb.clear(); po.clear(); pd.clear();
+      };
+      for (int64_t q = 0; q < Dh; ++q) {
+        if (e < ep[v + 1] && epos[e] == q) flush();
+        // Switches at this column phase: rank-1 updates of B (slope) and C (c_j(Δv)).
+        for (; e < ep[v + 1] && epos[e] == q; ++e) {
+          const int64_t j = eu[e];
+          const T sb = es[e] * S[j], sc = es[e] * CV[v * hid + j];
+          const T* wj = Wr + j * O * F;
+          T* tb = tab.data();
+          T* tc = tab.data() + O * F;
+#pragma omp simd
+          for (int64_t f = 0; f < O * F; ++f) {
+            tb[f] += sb * wj[f];
+            tc[f] += sc * wj[f];
+          }
+        }
+        for (int64_t a = rp[v]; a < rp[v + 1]; ++a) {
+          const int64_t i = rr[a];
+          for (int64_t b = cp[q]; b < cp[q + 1]; ++b) {
+            const int64_t jcol = cc[b];
+            for (int64_t n = 0; n < N; ++n) {
+              pb.push_back(X + ((n * Hp + ri[i]) * Wp + ci[jcol]) * C);
+              po.push_back(n * O * HW + i * W + jcol);
+              pd.push_back(dh[jcol]);
+            }
+          }
+        }
+      }
+      flush();
+    }
+  }
+}
+
+// Fills y (N, O, H, W), allocated by the caller, in the geometry's computed order.
+void forward(torch::Tensor xp, torch::Tensor init, torch::Tensor w2r, torch::Tensor slope,
+             torch::Tensor cdv, torch::Tensor ev_ptr, torch::Tensor ev_pos, torch::Tensor ev_unit,
+             torch::Tensor ev_sign, torch::Tensor row_ptr, torch::Tensor rows,
+             torch::Tensor row_idx, torch::Tensor cpos_ptr, torch::Tensor cols,
+             torch::Tensor col_idx, torch::Tensor col_off, torch::Tensor y, int64_t k,
+             int64_t nthreads, bool blocked) {
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "metasr_intervals_cpu", [&] {
+    run<scalar_t>(xp, init, w2r, slope, cdv, ev_ptr, ev_pos, ev_unit, ev_sign, row_ptr, rows,
+                  row_idx, cpos_ptr, cols, col_idx, col_off, y, k, nthreads, blocked);
+  });
+}
+"""
+
+#: The kernel's tensor arguments in order (then the output, ``k``, the threads, ``blocked``).
+ARGS = (
+    "xp init w2r slope cdv ev_ptr ev_pos ev_unit ev_sign row_ptr rows row_idx cpos_ptr cols "
+    "col_idx col_off"
+).split()
+
+_lock = threading.Lock()
+#: The built extension, or the reason it could not be built (at most one build per process).
+_built: dict[str, object] = {}
+
+
+def _compiler() -> str:
+    """The C++ compiler torch's extension builder runs (``CXX``, else ``c++``)."""
+    return os.environ.get("CXX", "c++")
+
+
+def unavailable_reason() -> str | None:
+    """Why the fused CPU kernel cannot be used in this process (``None``: it can).
+
+    With ``METASR_CPU_KERNELS=1`` set this builds the extension on its first call (about 30 s
+    the first time on a machine, then loaded from torch's extensions cache) and keeps the
+    result; without it nothing is compiled or imported.
+
+    Returns:
+        ``None``, or one line: the variable is unset, no C++ compiler or ``ninja`` is on the
+        path, or the build failed (its error's first line).
+    """
+    if os.environ.get(ENV_VAR, "") != "1":
+        return f"the compiled CPU kernel is opt-in: set {ENV_VAR}=1 (first use compiles, ~30 s)"
+    with _lock:
+        if "ext" in _built:
+            return None
+        if "error" in _built:
+            return str(_built["error"])
+        if shutil.which(_compiler()) is None:
+            return f"{ENV_VAR}=1 but no C++ compiler: {_compiler()!r} is not on the path"
+        if shutil.which("ninja") is None:
+            return f"{ENV_VAR}=1 but torch's extension builder needs ninja (pip install ninja)"
+        try:
+            _built["ext"] = _build()
+        except Exception as e:  # noqa: BLE001 - any build error becomes the reason
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            _built["error"] = f"{ENV_VAR}=1 but building the CPU kernel failed: {first}"
+            warnings.warn(str(_built["error"]), RuntimeWarning, stacklevel=2)
+            return str(_built["error"])
+    return None
+
+
+def _build() -> ModuleType:
+    """Compile (or load from torch's extensions cache) the kernel."""
+    from torch.utils.cpp_extension import load_inline
+
+    return load_inline(
+        name=_EXT_NAME,
+        cpp_sources=_CPP,
+        functions=["forward"],
+        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
+        verbose=False,
+    )
+
+
+def load_extension() -> ModuleType:
+    """The built extension (built on first use, see :func:`unavailable_reason`).
+
+    Raises:
+        RuntimeError: with the reason, when it cannot be used.
+    """
+    why = unavailable_reason()
+    if why is not None:
+        raise RuntimeError(why)
+    return _built["ext"]  # type: ignore[return-value]
+
+
+def _column_direction(geom: Geometry) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(e, c0)`` with ``col_pos[j] = c0 + col_off[j]·e`` at every column phase, or ``None``
+    when the column part of the positions is not affine in ``Δh``."""
+    cf, _ = phases(geom.col_off)
+    dh = geom.col_off[cf]
+    if len(cf) > 1:
+        e = (geom.col_pos[cf[1]] - geom.col_pos[cf[0]]) / (dh[1] - dh[0])
+    else:
+        e = np.zeros(geom.col_pos.shape[1])
+    c0 = geom.col_pos[cf[0]] - dh[0] * e
+    if not np.allclose(geom.col_pos[cf], c0 + dh[:, None] * e, rtol=0, atol=1e-12):
+        return None
+    return e, c0
+
+
+def geometry_reason(params: PredictorParams, geom: Geometry) -> str | None:
+    """Why the kernel cannot compute this predictor and geometry (``None``: it can).
+
+    It needs Linear-ReLU-Linear (:class:`.params.MLPParams`) and a column part of the
+    positions that is affine in ``Δh`` (both encodings, every request kind today).
+    """
+    if not isinstance(params, MLPParams):
+        return "the fused CPU kernel needs the Linear-ReLU-Linear predictor"
+    if _column_direction(geom) is None:
+        return "the fused CPU kernel needs column positions affine in the column offset"
+    return None
+
+
+def call_reasons(x: torch.Tensor, params: PredictorParams, geom: Geometry, grad: bool) -> list[str]:
+    """Why the fused kernel cannot run this call (empty: it can), cheapest checks first.
+
+    The build (:func:`unavailable_reason`) is attempted only when the opt-in is set and the
+    call is otherwise eligible, so no call that could not use it ever compiles it.
+
+    Args:
+        x: ``(N, Cin, h, w)`` in the compute dtype (only device, dtype are read).
+        grad: whether autograd records the call (the kernel is forward only).
+    """
+    if os.environ.get(ENV_VAR, "") != "1":
+        return [str(unavailable_reason())]
+    reasons = []
+    if x.device.type != "cpu":
+        reasons.append(f"the fused CPU kernel runs on CPU, not {x.device.type}")
+    if x.dtype not in (torch.float32, torch.float64):
+        reasons.append(f"the fused CPU kernel computes in float32/float64, not {x.dtype}")
+    if grad:
+        reasons.append("the fused CPU kernel is forward only and this call needs gradients")
+    why = geometry_reason(params, geom)
+    if why is not None:
+        reasons.append(why)
+    if not reasons:
+        why = unavailable_reason()
+        if why is not None:
+            reasons.append(why)
+    return reasons
+
+
+# Counted cost, in the units of :mod:`.phase_grouped`'s (one multiply-add of the LR
+# convolution). Measured on this project's machine (2 threads, 2026-12-07,
+# benchmarks/fused_intervals.py at 2.37×3.13 and 1.13×3.91 on 1×64×128²): the kernel's
+# multiply-adds run at about the convolution's rate; the host tables took 6–10 ms, about
+# 2000 units per (row phase, restricted unit) entry once the init matmul (a GEMM, half a unit per
+# multiply-add) and the padded copy (30 units per element, as a gathered element there) are
+# counted.
+_KERNEL_MAC = 1.0
+_GEMM_MAC = 0.5
+_MOVE = 30.0
+_ENTRY = 2000.0
+
+
+def intervals_cost(params: MLPParams, geom: Geometry, n: int) -> float:
+    """Counted cost of :func:`meta_upscale_intervals` (units of :mod:`.phase_grouped`).
+
+    ``2·N·H·W·k²·Cin·Cout`` kernel multiply-adds, at most one rank-1 update of the
+    ``2·Cout·k²·Cin`` table per row phase and unit, the initial tables (one GEMM of
+    ``2·Dv × hid'`` by ``hid' × Cout·k²·Cin``), the host's per-entry work and the padded copy.
+    """
+    k, C, O = params.kernel_size, params.in_channels, params.out_channels
+    width = k * k * C * O
+    Dv = len(phases(geom.row_off)[0])
+    entries = Dv * params.hidden
+    # Threads share the row phases: with few of them (×2: 2) some threads idle.
+    threads = max(1, torch.get_num_threads())
+    balance = -(-Dv // threads) * threads / Dv
+    kernel = (2 * n * geom.H * geom.W * width + 2 * entries * width) * balance
+    padded = n * C * (geom.h + k - 1) * (geom.w + k - 1)
+    init = 2 * entries * width  # the initial tables' GEMM
+    return _KERNEL_MAC * kernel + _GEMM_MAC * init + _ENTRY * entries + _MOVE * padded
+
+
+def estimate_intervals_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry, item: int) -> int:
+    """Peak bytes of :func:`meta_upscale_intervals` (output included), ``item`` bytes per value.
+
+    Counts the output, the padded input and its channels-last copy, the second layer laid out
+    per unit (``hid'·Cout·k²·Cin``) and the initial tables (``2·Dv·Cout·k²·Cin``, with the GEMM's
+    operands), the per-row-phase host tables (``Dv·hid'`` thresholds, positions and switches in
+    float64/int64), the index maps, and per thread one table and the pending pixels of one
+    interval (at most every pixel of a row phase: a pointer, an offset and ``Δh`` each).
+    """
+    N, C, h, w = x.shape
+    k, O, hid = params.kernel_size, params.out_channels, params.hidden
+    F = k * k * C
+    Dv = len(phases(geom.row_off)[0])
+    H, W = geom.H, geom.W
+    out = N * O * H * W
+    padded = N * C * (h + k - 1) * (w + k - 1)
+    tabs = hid * O * F + 2 * Dv * O * F + 2 * Dv * hid + O * F
+    host = 8 * 8 * Dv * hid + 8 * 4 * (H + W)
+    rows_per_phase = int(np.bincount(phases(geom.row_off)[1]).max())
+    threads = max(1, torch.get_num_threads())
+    per_thread = 2 * O * F * item + 24 * rows_per_phase * W * N
+    return (out + 2 * padded + tabs) * item + host + threads * per_thread
+
+
+def kernel_tables(x: torch.Tensor, params: MLPParams, geom: Geometry) -> dict[str, torch.Tensor]:
+    """Everything the kernel reads besides the output, built on the host.
+
+    Args:
+        x: ``(N, Cin, h, w)`` on CPU, float32 or float64.
+        params: Linear-ReLU-Linear in ``x``'s dtype; restrict it first
+            (:func:`.relu_domain.restrict_to_domain`) or every unit is carried.
+        geom: a geometry whose column positions are affine in ``Δh`` (:func:`geometry_reason`).
+
+    Returns:
+        The kernel's arguments by name (:data:`ARGS`), plus ``events`` (the number of
+        switches, a 0-d tensor) for reports.
+
+    Raises:
+        ValueError: for a geometry :func:`geometry_reason` refuses.
+    """
+    direction = _column_direction(geom)
+    if direction is None:
+        raise ValueError("the fused CPU kernel needs column positions affine in the column offset")
+    e, c0 = direction
+    dt = x.dtype
+    C, k, O = params.in_channels, params.kernel_size, params.out_channels
+    hid = params.hidden
+    rf, rph = phases(geom.row_off)
+    cf, cph = phases(geom.col_off)
+    dh_ph = geom.col_off[cf]
+    w1 = params.w1.detach().to(torch.float64).numpy()
+    b1 = params.b1.detach().to(torch.float64).numpy()
+    slope = w1 @ e  # (hid,)
+    cdv = (geom.row_pos[rf] + geom.const_pos + c0) @ w1.T + b1  # (Dv, hid): z = s·Δh + c
+    # Column phases in increasing Δh; each unit's switching position per row phase.
+    order = np.argsort(dh_ph, kind="stable")
+    dh_sorted = dh_ph[order]
+    Dv, Dh = len(rf), len(cf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        thr = -cdv / slope
+    pos = np.zeros(thr.shape, dtype=np.int64)  # first sorted column phase past the switch
+    for units, side in ((slope > 0, "right"), (slope < 0, "left")):
+        t_u = thr[:, units]
+        pos[:, units] = np.searchsorted(dh_sorted, t_u.ravel(), side=side).reshape(t_u.shape)
+    on0 = np.where(slope > 0, pos == 0, np.where(slope < 0, pos > 0, cdv > 0))
+    ev = (slope != 0) & (pos > 0) & (pos < Dh)
+    evv, evj = np.nonzero(ev)
+    evq = pos[evv, evj]
+    srt = np.lexsort((evj, evq, evv))  # by row phase, then column position
+    evv, evj, evq = evv[srt], evj[srt], evq[srt]
+    ev_sign = np.where(slope[evj] > 0, 1.0, -1.0)
+    ev_ptr = np.r_[0, np.cumsum(np.bincount(evv, minlength=Dv))]
+    # Second layer as (hid, O, ky, kx, Cin): a tap row of the window is k·Cin contiguous values.
+    w2r = params.w2.detach().view(C, k, k, O, hid).permute(4, 3, 1, 2, 0).reshape(hid, -1)
+    b2r = params.b2.detach().view(C, k, k, O).permute(3, 1, 2, 0).reshape(-1)
+    s_t = torch.as_tensor(slope, dtype=dt)
+    c_t = torch.as_tensor(cdv, dtype=dt)
+    m0 = torch.as_tensor(on0, dtype=dt)
+    # B then C at the smallest Δh of every row phase: (2·Dv, O·k·k·Cin), one matmul.
+    init = torch.cat([m0 * s_t, m0 * c_t]) @ w2r
+    init[Dv:] += b2r
+    # Output rows per row phase, output columns per sorted column phase.
+    rank = np.empty(Dh, dtype=np.int64)
+    rank[order] = np.arange(Dh)
+    qcol = rank[cph]
+    # Padded (zeros, or wrapped columns with periodic_lon), channels-last.
+    xp = pad_window(x.detach(), k, geom.periodic_lon).permute(0, 2, 3, 1).contiguous()
+    return dict(
+        xp=xp,
+        init=init.contiguous(),
+        w2r=w2r.contiguous(),
+        slope=s_t,
+        cdv=c_t.contiguous(),
+        ev_ptr=_long(ev_ptr),
+        ev_pos=_long(evq),
+        ev_unit=_long(evj),
+        ev_sign=torch.as_tensor(ev_sign, dtype=dt),
+        row_ptr=_long(np.r_[0, np.cumsum(np.bincount(rph, minlength=Dv))]),
+        rows=_long(np.argsort(rph, kind="stable")),
+        row_idx=_long(geom.row_idx),
+        cpos_ptr=_long(np.r_[0, np.cumsum(np.bincount(qcol, minlength=Dh))]),
+        cols=_long(np.argsort(qcol, kind="stable")),
+        col_idx=_long(geom.col_idx),
+        col_off=torch.as_tensor(geom.col_off, dtype=dt),
+        events=torch.tensor(len(evq)),
+    )
+
+
+def _long(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long)
+
+
+def run_kernel(
+    ext: ModuleType,
+    tables: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    k: int,
+    blocked: bool = True,
+) -> torch.Tensor:
+    """Fill ``y (N, Cout, H, W)`` from :func:`kernel_tables`' output with the kernel.
+
+    Args:
+        blocked: four pixels per table pass (the default); ``False`` runs one pixel at a time
+            (``benchmarks/fused_intervals.py`` compares them).
+    """
+    ext.forward(*(tables[a] for a in ARGS), y, k, torch.get_num_threads(), blocked)
+    return y
+
+
+def meta_upscale_intervals(x: torch.Tensor, params: MLPParams, geom: Geometry) -> torch.Tensor:
+    """Meta-Upscale by the fused CPU kernel (forward only; no autograd graph is recorded).
+
+    Args:
+        x: ``(N, Cin, h, w)`` on CPU, float32 or float64.
+        params: Linear-ReLU-Linear in ``x``'s dtype (restricted, as the torch backend does).
+        geom: output geometry (:func:`geometry_reason` must accept it).
+
+    Returns:
+        ``(N, Cout, H, W)`` in the geometry's computed order, as the other orders.
+
+    Raises:
+        RuntimeError: the kernel is not available (:func:`unavailable_reason`).
+        ValueError: a geometry or predictor it cannot compute.
+    """
+    ext = load_extension()
+    why = geometry_reason(params, geom)
+    if why is not None:
+        raise ValueError(why)
+    with torch.no_grad():
+        tables = kernel_tables(x, params, geom)
+        y = memory.empty_output((x.shape[0], params.out_channels, geom.H, geom.W), x)
+        return run_kernel(ext, tables, y, params.kernel_size)
