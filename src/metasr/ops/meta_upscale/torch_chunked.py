@@ -249,10 +249,11 @@ def meta_upscale_torch(
     col_first, col_phase = phases(geom.col_off)
     if order == "auto":
         order = _auto_order(params, geom, len(row_first), len(col_first), x.shape[0], x, grad)
-    if order == "intervals":
+    elif order == "intervals":
         reasons = call_reasons(x, params, geom, grad)
         if reasons:
             raise ValueError("order='intervals' cannot run this call: " + "; ".join(reasons))
+    if order == "intervals":
         y = meta_upscale_intervals(x, params, geom)  # type: ignore[arg-type]  # checked
     elif order == "grouped":
         y = meta_upscale_grouped(x, params, geom)
