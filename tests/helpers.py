@@ -112,6 +112,17 @@ def single_line(err: str) -> str:
     return lines[0]
 
 
+def region_at_3_7(periodic_lon: bool, h: int = 8, w: int = 7):
+    """Output rows 8..18 of an ``h × w`` input at ×3.7 and columns 8..18 (all columns with
+    ``periodic_lon``, whose window wraps), computed from LR rows 1..6 and columns 1..6 (all)."""
+    from metasr.geometry import Region
+
+    H, W = int(h * 3.7 + 1e-6), int(w * 3.7 + 1e-6)
+    cols = (0, w) if periodic_lon else (1, 6)
+    out_cols = (0, W) if periodic_lon else (8, 18)
+    return Region((h, w), (H, W), (1, 6), cols, (8, 18), out_cols)
+
+
 def reordered_coordinate_grid():
     """A coordinate request with pole rows (not at an index ratio) and a descending target
     starting at 180°E: irregular phase classes, a periodic seam and the final reordering.

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import metasr
-from helpers import randomize_parameters, reordered_coordinate_grid
-from metasr.geometry import Region, UpscaleRequest, build_geometry
+from helpers import randomize_parameters, region_at_3_7, reordered_coordinate_grid
+from metasr.geometry import UpscaleRequest, build_geometry
 from metasr.ops.meta_upscale import fused_cpu
 from metasr.ops.meta_upscale.predictor import predictor_params
 from metasr.ops.meta_upscale.tables import restore_order
@@ -98,13 +98,9 @@ def test_official_encoding_and_size_request():
 @pytest.mark.parametrize("periodic_lon", [False, True], ids=["zero-pad", "periodic"])
 def test_region_matches_spec(periodic_lon):
     phi = pos2weight()
-    h, w = 8, 7
-    x = torch.randn(1, 3, h, w, dtype=torch.float64)
-    H, W = int(h * 3.7 + 1e-6), int(w * 3.7 + 1e-6)
-    cols = (0, w) if periodic_lon else (1, 6)
-    out_cols = (0, W) if periodic_lon else (8, 18)
-    region = Region((h, w), (H, W), (1, 6), cols, (8, 18), out_cols)
-    win = x[:, :, 1:6, cols[0] : cols[1]]
+    x = torch.randn(2, 3, 8, 7, dtype=torch.float64)
+    region = region_at_3_7(periodic_lon)
+    win = x[:, :, 1:6, region.in_cols[0] : region.in_cols[1]]
     with torch.no_grad():
         ref = metasr.meta_upscale(
             win, phi, backend="naive", scale=3.7, region=region, periodic_lon=periodic_lon

@@ -13,8 +13,8 @@ import torch
 
 import metasr
 from helpers import assert_matches_spec as check
-from helpers import randomize_parameters, reordered_coordinate_grid
-from metasr.geometry import Region, build_geometry
+from helpers import randomize_parameters, region_at_3_7, reordered_coordinate_grid
+from metasr.geometry import build_geometry
 from metasr.ops.meta_upscale.naive import TOLERANCES as NAIVE_TOL
 from metasr.ops.meta_upscale.params import MLPParams
 from metasr.ops.meta_upscale.phase_grouped import axis_classes, meta_upscale_grouped
@@ -83,12 +83,9 @@ def test_region_matches_whole_image(periodic_lon):
     # Tiled inference: a block of output rows from its LR window equals that block of the
     # whole image's output (and its gradients those of the window).
     phi = pos2weight()
-    h, w = 8, 7
-    x = torch.randn(1, 3, h, w, dtype=torch.float64)
-    H, W = int(h * 3.7 + 1e-6), int(w * 3.7 + 1e-6)
-    cols = (0, w) if periodic_lon else (1, 6)
-    out_cols = (0, W) if periodic_lon else (8, 18)
-    region = Region((h, w), (H, W), (1, 6), cols, (8, 18), out_cols)
+    x = torch.randn(1, 3, 8, 7, dtype=torch.float64)
+    region = region_at_3_7(periodic_lon)
+    cols, out_cols = region.in_cols, region.out_cols
     win = x[:, :, 1:6, cols[0] : cols[1]].clone().requires_grad_()
     whole = metasr.meta_upscale(x, phi, backend="naive", scale=3.7, periodic_lon=periodic_lon)
     part = grouped(win, phi, scale=3.7, region=region, periodic_lon=periodic_lon)
