@@ -214,3 +214,19 @@ def test_import_builds_nothing():
     env = {**os.environ, fused_cpu.ENV_VAR: "1"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_build_failure_is_a_reason_and_a_warning(monkeypatch):
+    # A failed build is reported once (its first line) and the dispatch keeps its usual order.
+    def fail():
+        raise RuntimeError("Error building extension 'metasr_intervals_cpu': boom\nmore lines")
+
+    monkeypatch.setattr(fused_cpu, "_built", {})  # a fresh process's state
+    monkeypatch.setattr(fused_cpu, "_build", fail)
+    with pytest.warns(RuntimeWarning, match="building the CPU kernel failed: Error building"):
+        why = fused_cpu.unavailable_reason()
+    assert why.endswith("boom") and fused_cpu.unavailable_reason() == why
+    phi = pos2weight(**DISPATCH).float()
+    with torch.no_grad():
+        choice = _plan(torch.randn(DISPATCH_SHAPE), phi).evaluation_order()
+    assert choice.order == "features_first" and choice.intervals_reasons == (why,)

@@ -72,6 +72,7 @@ def collect() -> dict:
     import torch
 
     import metasr
+    from metasr.ops.meta_upscale import fused_cpu
     from metasr.weights import BUNDLED, DEFAULT_CHECKPOINT
 
     devices = [{"name": "cpu", "threads": torch.get_num_threads(), "processor": platform.machine()}]
@@ -98,6 +99,8 @@ def collect() -> dict:
         "extras": {extra: _extra_status(extra) for extra in EXTRA_PURPOSE},
         "devices": devices,
         "backends": {t: metasr.backends(t) for t in device_types},
+        # None when usable; with METASR_CPU_KERNELS=1 this builds it (first use, ~30 s).
+        "cpu_kernel": fused_cpu.unavailable_reason(),
         "default_model": {
             "path": str(DEFAULT_CHECKPOINT),
             "present": DEFAULT_CHECKPOINT.is_file(),
@@ -138,6 +141,10 @@ def _print(info: dict) -> None:
         print(f"backends on {device_type}:")
         for name, reason in table.items():
             print(f"  {name:<13}{'available' if reason is None else 'unavailable: ' + reason}")
+        if device_type == "cpu":
+            reason = info["cpu_kernel"]
+            state = "available" if reason is None else "unavailable: " + reason
+            print(f"  {'':<13}torch's compiled CPU intervals order (inference): {state}")
     print("bundled models (--model NAME):")
     for name, entry in info["bundled_models"].items():
         print(f"  {name:<13}{'present' if entry['present'] else 'MISSING'}: {entry['path']}")
