@@ -418,7 +418,8 @@ def estimate_intervals_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry,
     per unit (``hid'·Cout·k²·Cin``) and the initial tables (``2·Dv·Cout·k²·Cin``, with the GEMM's
     operands), the per-row-phase host tables (``Dv·hid'`` thresholds, positions and switches in
     float64/int64), the index maps, and per thread one table and the pending pixels of one
-    interval (at most every pixel of a row phase: a pointer, an offset and ``Δh`` each).
+    interval (at most every pixel of a row phase: a pointer, an offset and ``Δh`` each, in
+    vectors that may hold up to twice that as they grow).
     """
     N, C, h, w = x.shape
     k, O, hid = params.kernel_size, params.out_channels, params.hidden
@@ -431,7 +432,7 @@ def estimate_intervals_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry,
     host = 8 * 8 * Dv * hid + 8 * 4 * (H + W)
     rows_per_phase = int(np.bincount(phases(geom.row_off)[1]).max())
     threads = max(1, torch.get_num_threads())
-    per_thread = 2 * O * F * item + 24 * rows_per_phase * W * N
+    per_thread = 2 * O * F * item + 2 * 24 * rows_per_phase * W * N
     return (out + 2 * padded + tabs) * item + host + threads * per_thread
 
 
