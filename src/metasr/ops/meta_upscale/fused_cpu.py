@@ -13,9 +13,9 @@ pixel against the torch backend's 4.6–8.6×: ``docs/benchmarks.md``).
 find it) and only when ``METASR_CPU_KERNELS=1`` is set (as BasicSR's ``BASICSR_JIT``); without
 it nothing here compiles or imports anything. ``import metasr`` never builds it.
 :func:`unavailable_reason` says why it cannot be used (variable unset, no C++ compiler, the
-build failed with its first line). Forward only: the dispatch in :mod:`.torch_chunked` takes it
-when no gradient is needed (:func:`call_reasons`) and its counted cost (:func:`intervals_cost`)
-is below the order chosen otherwise.
+build failed with its first line). The dispatch in :mod:`.torch_chunked` takes it where it can
+run (:func:`call_reasons`) and its counted cost (:func:`intervals_cost`, forward, or forward and
+backward under autograd) is below the order chosen otherwise.
 
 **The order** (Linear-ReLU-Linear predictor, best restricted first by
 :func:`.relu_domain.restrict_to_domain`): for a row phase ``Δv`` each hidden unit's
@@ -36,6 +36,17 @@ pixel's window (``k`` tap rows of ``k·Cin`` contiguous values) with ``B`` and `
 images) are contracted four at a time, two table rows per pass, so each table value is loaded
 once per four windows. A unit whose threshold falls on a column offset is classified either
 side; ReLU is continuous there, so the result differs by rounding only.
+
+**Backward** (:class:`_Intervals`; C++ ``backward``, OpenMP over row phases as the forward).
+The host side is plain torch (``x`` → padded channels-last ``xp``; ``w1, b1`` → slopes ``s_j``
+and ``c_j(Δv)``; ``w2, b2`` → ``w2r`` and the initial ``B, C``), so autograd needs only the
+gradients of those five; the switching positions are integers (piecewise constant, as ReLU's
+kink). The kernel replays the forward's sweep: per pixel ``dX += Σ_o g[o]·(Δh·B[o] + C[o])``
+(into a per-thread copy of ``dxp``: windows of different row phases overlap) and running sums
+``P_B += g·Δh ⊗ X``, ``P_C += g ⊗ X`` over the row phase. A switch changed ``B, C`` for every
+pixel after it, so its gradient reads ``Total − P`` at the switch: the ``−P`` part is added at
+the switch, the ``Total`` part once the row phase ends (``d init = Total``). Per pixel it is
+twice the forward's multiply-adds, so a training step is about three forwards.
 
 The output is in the geometry's computed order (rows and columns sorted by LR index), as every
 order returns it; :func:`.tables.restore_order` applies a coordinate grid's permutation.
@@ -80,6 +91,7 @@ _EXT_NAME = "metasr_intervals_cpu"
 _CPP = r"""
 #include <torch/extension.h>
 #include <omp.h>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -245,6 +257,160 @@ void forward(torch::Tensor xp, torch::Tensor init, torch::Tensor w2r, torch::Ten
                   row_idx, cpos_ptr, cols, col_idx, col_off, y, k, nthreads, blocked);
   });
 }
+
+// Backward of `run`: replays its sweep (same tables, same order of pixels and switches).
+// For a pixel p with window X_p, offset Δh_p and upstream g_p: dX_p += Σ_o g_p[o]·(Δh_p·B[o] +
+// C[o]) into this thread's copy of dxp (windows of different row phases overlap), and
+// P_B[o] += g_p[o]·Δh_p·X_p, P_C[o] += g_p[o]·X_p: running sums over the row phase so far. A
+// switch e (unit j, sign σ) changed B by σ·s_j·w2_j and C by σ·c_j(Δv)·w2_j for every pixel
+// after it, so its gradient reads R(e) = Total − P(e): the prefix part is subtracted at the
+// switch, the total added once the row phase is done (then also d init = Total).
+template <typename T>
+static void run_backward(const torch::Tensor& xp, const torch::Tensor& init,
+                         const torch::Tensor& w2r, const torch::Tensor& slope,
+                         const torch::Tensor& cdv, const torch::Tensor& ev_ptr,
+                         const torch::Tensor& ev_pos, const torch::Tensor& ev_unit,
+                         const torch::Tensor& ev_sign, const torch::Tensor& row_ptr,
+                         const torch::Tensor& rows, const torch::Tensor& row_idx,
+                         const torch::Tensor& cpos_ptr, const torch::Tensor& cols,
+                         const torch::Tensor& col_idx, const torch::Tensor& col_off,
+                         const torch::Tensor& gy, torch::Tensor& dxp_t, torch::Tensor& dinit,
+                         torch::Tensor& dw2_t, torch::Tensor& dslope_t, torch::Tensor& dcdv,
+                         int64_t k, int64_t nthreads) {
+  const int64_t N = xp.size(0), Hp = xp.size(1), Wp = xp.size(2), C = xp.size(3);
+  const int64_t O = gy.size(1), H = gy.size(2), W = gy.size(3);
+  const int64_t Dv = init.size(0) / 2, hid = w2r.size(0);
+  const int64_t kC = k * C, F = k * kC, OF = O * F;
+  const int64_t Dh = cpos_ptr.size(0) - 1;
+  const T* X = xp.data_ptr<T>();
+  const T* I0 = init.data_ptr<T>();
+  const T* Wr = w2r.data_ptr<T>();
+  const T* S = slope.data_ptr<T>();
+  const T* CV = cdv.data_ptr<T>();
+  const int64_t* ep = ev_ptr.data_ptr<int64_t>();
+  const int64_t* epos = ev_pos.data_ptr<int64_t>();
+  const int64_t* eu = ev_unit.data_ptr<int64_t>();
+  const T* es = ev_sign.data_ptr<T>();
+  const int64_t* rp = row_ptr.data_ptr<int64_t>();
+  const int64_t* rr = rows.data_ptr<int64_t>();
+  const int64_t* ri = row_idx.data_ptr<int64_t>();
+  const int64_t* cp = cpos_ptr.data_ptr<int64_t>();
+  const int64_t* cc = cols.data_ptr<int64_t>();
+  const int64_t* ci = col_idx.data_ptr<int64_t>();
+  const T* dh = col_off.data_ptr<T>();
+  const T* G = gy.data_ptr<T>();
+  T* DI = dinit.data_ptr<T>();
+  T* DCV = dcdv.data_ptr<T>();
+  const int64_t rowstride = Wp * C, HW = H * W, xsize = N * Hp * Wp * C;
+  const int64_t nt = dxp_t.size(0);
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int64_t t = omp_get_thread_num() % nt;
+    T* DX = dxp_t.data_ptr<T>() + t * xsize;
+    T* DW = dw2_t.data_ptr<T>() + t * hid * OF;
+    T* DS = dslope_t.data_ptr<T>() + t * hid;
+    std::vector<T> tab(2 * OF), pre(2 * OF), a(O), b(O);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t v = 0; v < Dv; ++v) {
+      if (rp[v] == rp[v + 1]) continue;
+      std::memcpy(tab.data(), I0 + v * OF, OF * sizeof(T));
+      std::memcpy(tab.data() + OF, I0 + (Dv + v) * OF, OF * sizeof(T));
+      std::fill(pre.begin(), pre.end(), T(0));
+      T* tb = tab.data();
+      T* tc = tab.data() + OF;
+      T* pB = pre.data();
+      T* pC = pre.data() + OF;
+      int64_t e = ep[v];
+      for (int64_t q = 0; q < Dh; ++q) {
+        for (; e < ep[v + 1] && epos[e] == q; ++e) {
+          const int64_t j = eu[e];
+          const T sg = es[e], sj = S[j], cj = CV[v * hid + j];
+          const T* wj = Wr + j * OF;
+          T* dwj = DW + j * OF;
+          T db = 0, dc = 0;
+#pragma omp simd reduction(+ : db, dc)
+          for (int64_t f = 0; f < OF; ++f) {
+            db += wj[f] * pB[f];
+            dc += wj[f] * pC[f];
+            dwj[f] -= sg * (sj * pB[f] + cj * pC[f]);
+            tb[f] += sg * sj * wj[f];
+            tc[f] += sg * cj * wj[f];
+          }
+          DS[j] -= sg * db;
+          DCV[v * hid + j] -= sg * dc;
+        }
+        for (int64_t r = rp[v]; r < rp[v + 1]; ++r) {
+          const int64_t i = rr[r];
+          for (int64_t c = cp[q]; c < cp[q + 1]; ++c) {
+            const int64_t jcol = cc[c];
+            const T d = dh[jcol];
+            for (int64_t n = 0; n < N; ++n) {
+              const int64_t off = n * O * HW + i * W + jcol;
+              for (int64_t o = 0; o < O; ++o) {
+                b[o] = G[off + o * HW];
+                a[o] = b[o] * d;
+              }
+              const int64_t xoff = ((n * Hp + ri[i]) * Wp + ci[jcol]) * C;
+              for (int64_t ky = 0; ky < k; ++ky) {
+                const T* xr = X + xoff + ky * rowstride;
+                T* dxr = DX + xoff + ky * rowstride;
+                for (int64_t o = 0; o < O; ++o) {
+                  const T ao = a[o], bo = b[o];
+                  const T* bt = tb + o * F + ky * kC;
+                  const T* ct = tc + o * F + ky * kC;
+                  T* pb = pB + o * F + ky * kC;
+                  T* pc = pC + o * F + ky * kC;
+#pragma omp simd
+                  for (int64_t qq = 0; qq < kC; ++qq) {
+                    const T xv = xr[qq];
+                    dxr[qq] += ao * bt[qq] + bo * ct[qq];
+                    pb[qq] += ao * xv;
+                    pc[qq] += bo * xv;
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      // The row phase's totals: d init, and the suffix parts of its switches' gradients.
+      std::memcpy(DI + v * OF, pB, OF * sizeof(T));
+      std::memcpy(DI + (Dv + v) * OF, pC, OF * sizeof(T));
+      for (int64_t e2 = ep[v]; e2 < ep[v + 1]; ++e2) {
+        const int64_t j = eu[e2];
+        const T sg = es[e2], sj = S[j], cj = CV[v * hid + j];
+        const T* wj = Wr + j * OF;
+        T* dwj = DW + j * OF;
+        T db = 0, dc = 0;
+#pragma omp simd reduction(+ : db, dc)
+        for (int64_t f = 0; f < OF; ++f) {
+          db += wj[f] * pB[f];
+          dc += wj[f] * pC[f];
+          dwj[f] += sg * (sj * pB[f] + cj * pC[f]);
+        }
+        DS[j] += sg * db;
+        DCV[v * hid + j] += sg * dc;
+      }
+    }
+  }
+}
+
+// Gradients of `forward` given gy (N, O, H, W): fills dinit, dcdv (owned by one row phase
+// each) and per-thread partials dxp_t (T, N, Hp, Wp, C), dw2_t (T, hid, O·F), dslope_t (T, hid),
+// all zero-initialised by the caller, who sums the partials.
+void backward(torch::Tensor xp, torch::Tensor init, torch::Tensor w2r, torch::Tensor slope,
+              torch::Tensor cdv, torch::Tensor ev_ptr, torch::Tensor ev_pos,
+              torch::Tensor ev_unit, torch::Tensor ev_sign, torch::Tensor row_ptr,
+              torch::Tensor rows, torch::Tensor row_idx, torch::Tensor cpos_ptr,
+              torch::Tensor cols, torch::Tensor col_idx, torch::Tensor col_off, torch::Tensor gy,
+              torch::Tensor dxp_t, torch::Tensor dinit, torch::Tensor dw2_t,
+              torch::Tensor dslope_t, torch::Tensor dcdv, int64_t k, int64_t nthreads) {
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "metasr_intervals_cpu_backward", [&] {
+    run_backward<scalar_t>(xp, init, w2r, slope, cdv, ev_ptr, ev_pos, ev_unit, ev_sign, row_ptr,
+                           rows, row_idx, cpos_ptr, cols, col_idx, col_off, gy, dxp_t, dinit,
+                           dw2_t, dslope_t, dcdv, k, nthreads);
+  });
+}
 """
 
 #: The kernel's tensor arguments in order (then the output, ``k``, the threads, ``blocked``).
@@ -302,7 +468,7 @@ def _build() -> ModuleType:
     return load_inline(
         name=_EXT_NAME,
         cpp_sources=_CPP,
-        functions=["forward"],
+        functions=["forward", "backward"],
         extra_cflags=["-O3", "-march=native", "-fopenmp"],
         extra_ldflags=["-fopenmp"],
         verbose=False,
@@ -349,15 +515,19 @@ def geometry_reason(params: PredictorParams, geom: Geometry) -> str | None:
     return None
 
 
-def call_reasons(x: torch.Tensor, params: PredictorParams, geom: Geometry, grad: bool) -> list[str]:
+def call_reasons(
+    x: torch.Tensor, params: PredictorParams, geom: Geometry, build: bool = True
+) -> list[str]:
     """Why the fused kernel cannot run this call (empty: it can), cheapest checks first.
 
-    The build (:func:`unavailable_reason`) is attempted only when the opt-in is set and the
-    call is otherwise eligible, so no call that could not use it ever compiles it.
+    The build (:func:`unavailable_reason`) is attempted only when the opt-in is set, the call
+    is otherwise eligible and ``build`` is true, so no call that could not use it ever compiles
+    it. Gradients are no reason: the kernel has a backward (:class:`_Intervals`).
 
     Args:
         x: ``(N, Cin, h, w)`` in the compute dtype (only device, dtype are read).
-        grad: whether autograd records the call (the kernel is forward only).
+        build: check (and on first use build) the extension; ``False`` leaves that to the
+            caller (the dispatch first compares counted costs).
     """
     if os.environ.get(ENV_VAR, "") != "1":
         return [str(unavailable_reason())]
@@ -366,12 +536,10 @@ def call_reasons(x: torch.Tensor, params: PredictorParams, geom: Geometry, grad:
         reasons.append(f"the fused CPU kernel runs on CPU, not {x.device.type}")
     if x.dtype not in (torch.float32, torch.float64):
         reasons.append(f"the fused CPU kernel computes in float32/float64, not {x.dtype}")
-    if grad:
-        reasons.append("the fused CPU kernel is forward only and this call needs gradients")
     why = geometry_reason(params, geom)
     if why is not None:
         reasons.append(why)
-    if not reasons:
+    if not reasons and build:
         why = unavailable_reason()
         if why is not None:
             reasons.append(why)
@@ -391,12 +559,15 @@ _MOVE = 30.0
 _ENTRY = 2000.0
 
 
-def intervals_cost(params: MLPParams, geom: Geometry, n: int) -> float:
+def intervals_cost(params: MLPParams, geom: Geometry, n: int, grad: bool = False) -> float:
     """Counted cost of :func:`meta_upscale_intervals` (units of :mod:`.phase_grouped`).
 
     ``2·N·H·W·k²·Cin·Cout`` kernel multiply-adds, at most one rank-1 update of the
     ``2·Cout·k²·Cin`` table per row phase and unit, the initial tables (one GEMM of
     ``2·Dv × hid'`` by ``hid' × Cout·k²·Cin``), the host's per-entry work and the padded copy.
+    With ``grad`` the backward is added: per pixel twice the forward's products (the window's
+    gradient and the tables'), per switch two dot products and two updates more, twice
+    (prefix, then total), and the initial GEMM's backward.
     """
     k, C, O = params.kernel_size, params.in_channels, params.out_channels
     width = k * k * C * O
@@ -405,9 +576,12 @@ def intervals_cost(params: MLPParams, geom: Geometry, n: int) -> float:
     # Threads share the row phases: with few of them (×2: 2) some threads idle.
     threads = max(1, torch.get_num_threads())
     balance = -(-Dv // threads) * threads / Dv
-    kernel = (2 * n * geom.H * geom.W * width + 2 * entries * width) * balance
-    padded = n * C * (geom.h + k - 1) * (geom.w + k - 1)
-    init = 2 * entries * width  # the initial tables' GEMM
+    pixels, switches = 2 * n * geom.H * geom.W * width, 2 * entries * width
+    if grad:
+        pixels, switches = 3 * pixels, 5 * switches
+    kernel = (pixels + switches) * balance
+    padded = n * C * (geom.h + k - 1) * (geom.w + k - 1) * (2 if grad else 1)
+    init = 2 * entries * width * (3 if grad else 1)  # the initial tables' GEMM
     return _KERNEL_MAC * kernel + _GEMM_MAC * init + _ENTRY * entries + _MOVE * padded
 
 
@@ -458,14 +632,15 @@ def kernel_tables(x: torch.Tensor, params: MLPParams, geom: Geometry) -> dict[st
     e, c0 = direction
     dt = x.dtype
     C, k, O = params.in_channels, params.kernel_size, params.out_channels
-    hid = params.hidden
     rf, rph = phases(geom.row_off)
     cf, cph = phases(geom.col_off)
     dh_ph = geom.col_off[cf]
-    w1 = params.w1.detach().to(torch.float64).numpy()
-    b1 = params.b1.detach().to(torch.float64).numpy()
-    slope = w1 @ e  # (hid,)
-    cdv = (geom.row_pos[rf] + geom.const_pos + c0) @ w1.T + b1  # (Dv, hid): z = s·Δh + c
+    # z = s·Δh + c(Δv) per unit, in float64 (torch ops, so the predictor's gradients flow).
+    w1 = params.w1.to(torch.float64)
+    slope_t = w1 @ torch.as_tensor(e, dtype=torch.float64)  # (hid,)
+    rpos = torch.as_tensor(geom.row_pos[rf] + geom.const_pos + c0, dtype=torch.float64)
+    cdv_t = rpos @ w1.T + params.b1.to(torch.float64)  # (Dv, hid)
+    slope, cdv = slope_t.detach().numpy(), cdv_t.detach().numpy()
     # Column phases in increasing Δh; each unit's switching position per row phase.
     order = np.argsort(dh_ph, kind="stable")
     dh_sorted = dh_ph[order]
@@ -485,20 +660,19 @@ def kernel_tables(x: torch.Tensor, params: MLPParams, geom: Geometry) -> dict[st
     ev_sign = np.where(slope[evj] > 0, 1.0, -1.0)
     ev_ptr = np.r_[0, np.cumsum(np.bincount(evv, minlength=Dv))]
     # Second layer as (hid, O, ky, kx, Cin): a tap row of the window is k·Cin contiguous values.
-    w2r = params.w2.detach().view(C, k, k, O, hid).permute(4, 3, 1, 2, 0).reshape(hid, -1)
-    b2r = params.b2.detach().view(C, k, k, O).permute(3, 1, 2, 0).reshape(-1)
-    s_t = torch.as_tensor(slope, dtype=dt)
-    c_t = torch.as_tensor(cdv, dtype=dt)
+    hid = params.hidden
+    w2r = params.w2.view(C, k, k, O, hid).permute(4, 3, 1, 2, 0).reshape(hid, -1)
+    b2r = params.b2.view(C, k, k, O).permute(3, 1, 2, 0).reshape(-1)
+    s_t, c_t = slope_t.to(dt), cdv_t.to(dt)
     m0 = torch.as_tensor(on0, dtype=dt)
-    # B then C at the smallest Δh of every row phase: (2·Dv, O·k·k·Cin), one matmul.
-    init = torch.cat([m0 * s_t, m0 * c_t]) @ w2r
-    init[Dv:] += b2r
+    # B then C at the smallest Δh of every row phase: (2·Dv, O·k·k·Cin).
+    init = torch.cat([(m0 * s_t) @ w2r, (m0 * c_t) @ w2r + b2r])
     # Output rows per row phase, output columns per sorted column phase.
     rank = np.empty(Dh, dtype=np.int64)
     rank[order] = np.arange(Dh)
     qcol = rank[cph]
     # Padded (zeros, or wrapped columns with periodic_lon), channels-last.
-    xp = pad_window(x.detach(), k, geom.periodic_lon).permute(0, 2, 3, 1).contiguous()
+    xp = pad_window(x, k, geom.periodic_lon).permute(0, 2, 3, 1).contiguous()
     return dict(
         xp=xp,
         init=init.contiguous(),
@@ -541,8 +715,46 @@ def run_kernel(
     return y
 
 
+#: The tables :class:`_Intervals` differentiates (the others are integer or constant).
+_DIFF = ("xp", "init", "w2r", "slope", "cdv")
+
+
+class _Intervals(torch.autograd.Function):
+    """The kernel with its backward (:func:`run_kernel`; the C++ ``backward`` replays it).
+
+    Inputs are the five differentiable tables (:data:`_DIFF`: padded channels-last input,
+    initial ``B, C``, second layer per unit, slopes, ``c_j(Δv)``), then the integer tables; the
+    host side that builds them from ``x`` and the predictor is plain torch, so autograd carries
+    these gradients on to ``x`` and every predictor parameter. The switching positions are
+    integers: piecewise constant, like ReLU's kink.
+    """
+
+    @staticmethod
+    def forward(ctx, ext, tables, shape, k, *diff):  # type: ignore[override]
+        full = {**tables, **dict(zip(_DIFF, diff, strict=True))}
+        y = run_kernel(ext, full, memory.empty_output(shape, diff[0]), k)
+        ctx.ext, ctx.k = ext, k
+        ctx.save_for_backward(*(full[a] for a in ARGS))
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):  # type: ignore[override]
+        saved = dict(zip(ARGS, ctx.saved_tensors, strict=True))
+        xp, init, w2r, slope, cdv = (saved[a] for a in _DIFF)
+        threads = torch.get_num_threads()
+        dxp = xp.new_zeros((threads, *xp.shape))
+        dinit = torch.zeros_like(init)
+        dw2 = w2r.new_zeros((threads, *w2r.shape))
+        dslope = slope.new_zeros((threads, *slope.shape))
+        dcdv = torch.zeros_like(cdv)
+        gy = gy.to(xp.dtype).contiguous()
+        args = [saved[a] for a in ARGS]
+        ctx.ext.backward(*args, gy, dxp, dinit, dw2, dslope, dcdv, ctx.k, threads)
+        return None, None, None, None, dxp.sum(0), dinit, dw2.sum(0), dslope.sum(0), dcdv
+
+
 def meta_upscale_intervals(x: torch.Tensor, params: MLPParams, geom: Geometry) -> torch.Tensor:
-    """Meta-Upscale by the fused CPU kernel (forward only; no autograd graph is recorded).
+    """Meta-Upscale by the fused CPU kernel, differentiable in ``x`` and ``params``.
 
     Args:
         x: ``(N, Cin, h, w)`` on CPU, float32 or float64.
@@ -550,7 +762,8 @@ def meta_upscale_intervals(x: torch.Tensor, params: MLPParams, geom: Geometry) -
         geom: output geometry (:func:`geometry_reason` must accept it).
 
     Returns:
-        ``(N, Cout, H, W)`` in the geometry's computed order, as the other orders.
+        ``(N, Cout, H, W)`` in the geometry's computed order, as the other orders; under
+        autograd its backward is the C++ ``backward`` (:class:`_Intervals`).
 
     Raises:
         RuntimeError: the kernel is not available (:func:`unavailable_reason`).
@@ -559,7 +772,9 @@ def meta_upscale_intervals(x: torch.Tensor, params: MLPParams, geom: Geometry) -
     ext = load_extension()
     if not isinstance(params, MLPParams):
         raise ValueError("the fused CPU kernel needs the Linear-ReLU-Linear predictor")
-    with torch.no_grad():  # kernel_tables refuses a geometry it cannot compute
-        tables = kernel_tables(x, params, geom)
-        y = memory.empty_output((x.shape[0], params.out_channels, geom.H, geom.W), x)
-        return run_kernel(ext, tables, y, params.kernel_size)
+    tables = kernel_tables(x, params, geom)  # refuses a geometry it cannot compute
+    shape = (x.shape[0], params.out_channels, geom.H, geom.W)
+    if not any(tables[a].requires_grad for a in _DIFF):
+        return run_kernel(ext, tables, memory.empty_output(shape, x), params.kernel_size)
+    diff = [tables.pop(a) for a in _DIFF]
+    return _Intervals.apply(ext, tables, shape, params.kernel_size, *diff)

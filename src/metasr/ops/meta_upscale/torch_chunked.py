@@ -23,10 +23,11 @@ own output pixels use; it replaces whichever order the rule above (or the one be
 its counted cost is lower (:func:`.phase_grouped.prefer_grouped`).
 
 A fourth, **intervals** (:mod:`.fused_cpu`, opt-in with ``METASR_CPU_KERNELS=1``), is a compiled
-C++ kernel for Linear-ReLU-Linear on CPU, forward only: it replaces the order chosen above when
-no gradient is needed and its counted cost (about ``2·k²·Cin·Cout`` multiply-adds per output
-pixel plus its tables) is lower (:func:`evaluation_order` says which order a call takes and
-why the intervals order was not).
+C++ kernel for Linear-ReLU-Linear on CPU with a C++ backward (gradients to the input and every
+predictor parameter): it replaces the order chosen above when its counted cost (about
+``2·k²·Cin·Cout`` multiply-adds per output pixel plus its tables; under autograd three times
+that, against three times the other order's) is lower (:func:`evaluation_order` says which
+order a call takes and why the intervals order was not).
 
 Linear-ReLU-Linear is first restricted to the hidden units that switch within the call's
 positions (:mod:`.relu_domain`, exact), so every order and the cost counts see ``hid'`` units.
@@ -54,6 +55,7 @@ from .fused_cpu import (
     estimate_intervals_bytes,
     intervals_cost,
     meta_upscale_intervals,
+    unavailable_reason,
 )
 from .padding import lr_conv2d
 from .params import (
@@ -138,15 +140,18 @@ def _intervals_reasons(
     Dh: int,
 ) -> list[str]:
     """Why the intervals order does not replace ``other`` for this call (empty: it does)."""
-    reasons = call_reasons(x, params, geom, grad)
+    reasons = call_reasons(x, params, geom, build=False)
     if reasons:
         return reasons
     n = x.shape[0]
-    mine = intervals_cost(params, geom, n)  # type: ignore[arg-type]  # MLPParams: checked
-    theirs = counted_cost(other, params, geom, Dv, Dh, n)
+    mine = intervals_cost(params, geom, n, grad)  # type: ignore[arg-type]  # MLPParams: checked
+    # Under autograd the other orders' products (convolutions, batched matmuls) each add a
+    # backward of two more products their size: three times the forward's count.
+    theirs = counted_cost(other, params, geom, Dv, Dh, n) * (3 if grad else 1)
     if mine >= theirs:
         return [f"its counted cost {mine:.3g} is not below {other}'s {theirs:.3g}"]
-    return []
+    why = unavailable_reason()  # the build, only for a call it would take
+    return [why] if why is not None else []
 
 
 def evaluation_order(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> OrderChoice:
@@ -250,7 +255,7 @@ def meta_upscale_torch(
     if order == "auto":
         order = _auto_order(params, geom, len(row_first), len(col_first), x.shape[0], x, grad)
     elif order == "intervals":
-        reasons = call_reasons(x, params, geom, grad)
+        reasons = call_reasons(x, params, geom)
         if reasons:
             raise ValueError("order='intervals' cannot run this call: " + "; ".join(reasons))
     if order == "intervals":
