@@ -220,8 +220,13 @@ def test_dispatch_takes_it_with_gradients():
     # cost still favours the kernel, whose gradients match the spec's (float32 tolerance).
     phi = pos2weight(**DISPATCH).float()
     x = torch.randn(DISPATCH_SHAPE, requires_grad=True)
-    choice = _plan(x, phi).evaluation_order()
+    p = _plan(x, phi)
+    choice = p.evaluation_order()
     assert choice.order == "intervals" and choice.intervals_reasons == ()
+    # Its memory estimate adds the backward's per-thread copies of the padded input's gradient.
+    with torch.no_grad():
+        inference = _plan(x, phi).estimate_bytes()
+    assert p.estimate_bytes() > inference + torch.get_num_threads() * x.numel() * 4
     y = metasr.meta_upscale(x, phi, scale=(2.37, 3.13))
     assert y.grad_fn is not None
     g = torch.randn_like(y)

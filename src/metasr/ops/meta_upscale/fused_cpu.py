@@ -258,6 +258,48 @@ void forward(torch::Tensor xp, torch::Tensor init, torch::Tensor w2r, torch::Ten
   });
 }
 
+// Backward of one to four pixels sharing the tables (tb, tc: B and C; pB, pC: the running
+// sums): d[u] (u < np, F values each, zeroed here) = Σ_o a[u][o]·B[o] + b[u][o]·C[o], the
+// gradient of pixel u's window, is left in `d` for the caller to add into the window (windows
+// may overlap); pB[o] += Σ_u a[u][o]·X_u, pC[o] += Σ_u b[u][o]·X_u, so each table and sum value
+// is loaded once per four windows.
+template <typename T, int NP>
+static inline void pixel_bwd(const T* const* base, int64_t rowstride, int64_t k, int64_t kC,
+                             const T* tb, const T* tc, T* pB, T* pC, int64_t F, int64_t O,
+                             const T* a, const T* b, T* d) {
+  std::fill(d, d + NP * F, T(0));
+  for (int64_t o = 0; o < O; ++o) {
+    T ao[NP], bo[NP];
+    for (int u = 0; u < NP; ++u) { ao[u] = a[u * O + o]; bo[u] = b[u * O + o]; }
+    for (int64_t ky = 0; ky < k; ++ky) {
+      const int64_t off = o * F + ky * kC;
+      const T* bt = tb + off;
+      const T* ct = tc + off;
+      T* pb = pB + off;
+      T* pc = pC + off;
+      const T* xr[NP];
+      T* dr[NP];
+      for (int u = 0; u < NP; ++u) {
+        xr[u] = base[u] + ky * rowstride;
+        dr[u] = d + u * F + ky * kC;
+      }
+#pragma omp simd
+      for (int64_t q = 0; q < kC; ++q) {
+        const T bv = bt[q], cv = ct[q];
+        T sb = pb[q], sc = pc[q];
+        for (int u = 0; u < NP; ++u) {
+          const T xv = xr[u][q];
+          dr[u][q] += ao[u] * bv + bo[u] * cv;
+          sb += ao[u] * xv;
+          sc += bo[u] * xv;
+        }
+        pb[q] = sb;
+        pc[q] = sc;
+      }
+    }
+  }
+}
+
 // Backward of `run`: replays its sweep (same tables, same order of pixels and switches).
 // For a pixel p with window X_p, offset Δh_p and upstream g_p: dX_p += Σ_o g_p[o]·(Δh_p·B[o] +
 // C[o]) into this thread's copy of dxp (windows of different row phases overlap), and
@@ -309,7 +351,10 @@ static void run_backward(const torch::Tensor& xp, const torch::Tensor& init,
     T* DX = dxp_t.data_ptr<T>() + t * xsize;
     T* DW = dw2_t.data_ptr<T>() + t * hid * OF;
     T* DS = dslope_t.data_ptr<T>() + t * hid;
-    std::vector<T> tab(2 * OF), pre(2 * OF), a(O), b(O);
+    std::vector<T> tab(2 * OF), pre(2 * OF), a(4 * O), b(4 * O), d(4 * F);
+    std::vector<int64_t> pb, po;  // pending pixels: window offset, output offset
+    std::vector<T> pd;            // their Δh
+    std::vector<const T*> xs(4);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t v = 0; v < Dv; ++v) {
       if (rp[v] == rp[v + 1]) continue;
@@ -321,7 +366,40 @@ static void run_backward(const torch::Tensor& xp, const torch::Tensor& init,
       T* pB = pre.data();
       T* pC = pre.data() + OF;
       int64_t e = ep[v];
+      pb.clear(); po.clear(); pd.clear();
+      // Pending pixels share the current tables and sums; contracted before the next switch
+      // (or at the row phase's end), four at a time.
+      auto flush = [&]() {
+        const int64_t np_ = (int64_t)pb.size();
+        for (int64_t p = 0; p < np_; p += 4) {
+          const int m = (int)std::min<int64_t>(4, np_ - p);
+          for (int u = 0; u < m; ++u) {
+            xs[u] = X + pb[p + u];
+            for (int64_t o = 0; o < O; ++o) {
+              b[u * O + o] = G[po[p + u] + o * HW];
+              a[u * O + o] = b[u * O + o] * pd[p + u];
+            }
+          }
+          if (m == 4)
+            pixel_bwd<T, 4>(xs.data(), rowstride, k, kC, tb, tc, pB, pC, F, O, a.data(),
+                            b.data(), d.data());
+          else
+            for (int u = 0; u < m; ++u)
+              pixel_bwd<T, 1>(xs.data() + u, rowstride, k, kC, tb, tc, pB, pC, F, O,
+                              a.data() + u * O, b.data() + u * O, d.data() + u * F);
+          for (int u = 0; u < m; ++u) {
+            T* dx = DX + pb[p + u];
+            const T* du = d.data() + u * F;
+            for (int64_t ky = 0; ky < k; ++ky) {
+#pragma omp simd
+              for (int64_t qq = 0; qq < kC; ++qq) dx[ky * rowstride + qq] += du[ky * kC + qq];
+            }
+          }
+        }
+        pb.clear(); po.clear(); pd.clear();
+      };
       for (int64_t q = 0; q < Dh; ++q) {
+        if (e < ep[v + 1] && epos[e] == q) flush();
         for (; e < ep[v + 1] && epos[e] == q; ++e) {
           const int64_t j = eu[e];
           const T sg = es[e], sj = S[j], cj = CV[v * hid + j];
@@ -343,36 +421,15 @@ static void run_backward(const torch::Tensor& xp, const torch::Tensor& init,
           const int64_t i = rr[r];
           for (int64_t c = cp[q]; c < cp[q + 1]; ++c) {
             const int64_t jcol = cc[c];
-            const T d = dh[jcol];
             for (int64_t n = 0; n < N; ++n) {
-              const int64_t off = n * O * HW + i * W + jcol;
-              for (int64_t o = 0; o < O; ++o) {
-                b[o] = G[off + o * HW];
-                a[o] = b[o] * d;
-              }
-              const int64_t xoff = ((n * Hp + ri[i]) * Wp + ci[jcol]) * C;
-              for (int64_t ky = 0; ky < k; ++ky) {
-                const T* xr = X + xoff + ky * rowstride;
-                T* dxr = DX + xoff + ky * rowstride;
-                for (int64_t o = 0; o < O; ++o) {
-                  const T ao = a[o], bo = b[o];
-                  const T* bt = tb + o * F + ky * kC;
-                  const T* ct = tc + o * F + ky * kC;
-                  T* pb = pB + o * F + ky * kC;
-                  T* pc = pC + o * F + ky * kC;
-#pragma omp simd
-                  for (int64_t qq = 0; qq < kC; ++qq) {
-                    const T xv = xr[qq];
-                    dxr[qq] += ao * bt[qq] + bo * ct[qq];
-                    pb[qq] += ao * xv;
-                    pc[qq] += bo * xv;
-                  }
-                }
-              }
+              pb.push_back(((n * Hp + ri[i]) * Wp + ci[jcol]) * C);
+              po.push_back(n * O * HW + i * W + jcol);
+              pd.push_back(dh[jcol]);
             }
           }
         }
       }
+      flush();
       // The row phase's totals: d init, and the suffix parts of its switches' gradients.
       std::memcpy(DI + v * OF, pB, OF * sizeof(T));
       std::memcpy(DI + (Dv + v) * OF, pC, OF * sizeof(T));
@@ -585,7 +642,9 @@ def intervals_cost(params: MLPParams, geom: Geometry, n: int, grad: bool = False
     return _KERNEL_MAC * kernel + _GEMM_MAC * init + _ENTRY * entries + _MOVE * padded
 
 
-def estimate_intervals_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry, item: int) -> int:
+def estimate_intervals_bytes(
+    x: torch.Tensor, params: MLPParams, geom: Geometry, item: int, grad: bool = False
+) -> int:
     """Peak bytes of :func:`meta_upscale_intervals` (output included), ``item`` bytes per value.
 
     Counts the output, the padded input and its channels-last copy, the second layer laid out
@@ -593,7 +652,10 @@ def estimate_intervals_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry,
     operands), the per-row-phase host tables (``Dv·hid'`` thresholds, positions and switches in
     float64/int64), the index maps, and per thread one table and the pending pixels of one
     interval (at most every pixel of a row phase: a pointer, an offset and ``Δh`` each, in
-    vectors that may hold up to twice that as they grow).
+    vectors that may hold up to twice that as they grow). With ``grad`` also the backward's:
+    the output's gradient, per thread a copy of the padded input's gradient and of the second
+    layer's, the initial tables' gradient and two running sums, and the gradients autograd
+    carries back to ``x`` (unpadded, channels-first) and the predictor.
     """
     N, C, h, w = x.shape
     k, O, hid = params.kernel_size, params.out_channels, params.hidden
@@ -607,7 +669,12 @@ def estimate_intervals_bytes(x: torch.Tensor, params: MLPParams, geom: Geometry,
     rows_per_phase = int(np.bincount(phases(geom.row_off)[1]).max())
     threads = max(1, torch.get_num_threads())
     per_thread = 2 * O * F * item + 2 * 24 * rows_per_phase * W * N
-    return (out + 2 * padded + tabs) * item + host + threads * per_thread
+    total = (out + 2 * padded + tabs) * item + host + threads * per_thread
+    if grad:
+        per_thread_bwd = (padded + hid * O * F + hid + 4 * O * F) * item
+        grads = out + 2 * padded + N * C * h * w + tabs + 2 * Dv * hid
+        total += threads * per_thread_bwd + grads * item
+    return total
 
 
 def kernel_tables(x: torch.Tensor, params: MLPParams, geom: Geometry) -> dict[str, torch.Tensor]:

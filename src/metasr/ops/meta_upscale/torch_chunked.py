@@ -309,7 +309,7 @@ def estimate_bytes(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> 
     probe = x if not half_on_cpu else x.new_empty(1, dtype=torch.float32).expand(x.shape)
     order = _auto_order(params, geom, Dv, Dh, N, probe, grad)
     if order == "intervals":
-        return total + estimate_intervals_bytes(x, params, geom, cs)  # type: ignore[arg-type]
+        return total + estimate_intervals_bytes(x, params, geom, cs, grad)  # type: ignore[arg-type]
     if order == "grouped":
         return total + estimate_grouped_bytes(x, params, geom, cs, grad)
     if order == "weights_first":
