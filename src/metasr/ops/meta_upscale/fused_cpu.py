@@ -54,6 +54,7 @@ order returns it; :func:`.tables.restore_order` applies a coordinate grid's perm
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import threading
@@ -84,9 +85,6 @@ __all__ = [
 #: The opt-in: set to ``1`` to let metasr compile and use its C++ CPU kernel.
 ENV_VAR = "METASR_CPU_KERNELS"
 
-#: Name of the extension in torch's extensions cache (``TORCH_EXTENSIONS_DIR`` or
-#: ``~/.cache/torch_extensions``); ``load_inline`` rebuilds it when the source changes.
-_EXT_NAME = "metasr_intervals_cpu"
 
 _CPP = r"""
 #include <torch/extension.h>
@@ -469,6 +467,12 @@ void backward(torch::Tensor xp, torch::Tensor init, torch::Tensor w2r, torch::Te
   });
 }
 """
+
+#: Name of the extension in torch's extensions cache (``TORCH_EXTENSIONS_DIR`` or
+#: ``~/.cache/torch_extensions``), keyed by the source: ``load_inline`` keeps one build per name
+#: and rebuilds it when the source differs, so two metasr versions sharing the cache (an old and a
+#: new checkout in one benchmark) would otherwise rebuild each other's on every switch.
+_EXT_NAME = "metasr_intervals_cpu_" + hashlib.sha256(_CPP.encode()).hexdigest()[:12]
 
 #: The kernel's tensor arguments in order (then the output, ``k``, the threads, ``blocked``).
 ARGS = (
