@@ -519,7 +519,7 @@ def test_info(capsys):
     for word in ("metasr", "torch", "python", "backends on cpu", "torch        available"):
         assert word in out
     if os.environ.get("METASR_CPU_KERNELS", "") != "1":  # opt-in unset: says how to opt in
-        assert "compiled CPU intervals order (inference): unavailable: " in out
+        assert "compiled CPU intervals order: unavailable: " in out
         assert "METASR_CPU_KERNELS=1" in out
     rc, out, _ = run(["info", "--json"], capsys)
     import json

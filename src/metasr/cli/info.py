@@ -144,7 +144,7 @@ def _print(info: dict) -> None:
         if device_type == "cpu":
             reason = info["cpu_kernel"]
             state = "available" if reason is None else "unavailable: " + reason
-            print(f"  {'':<13}torch's compiled CPU intervals order (inference): {state}")
+            print(f"  {'':<13}torch's compiled CPU intervals order: {state}")
     print("bundled models (--model NAME):")
     for name, entry in info["bundled_models"].items():
         print(f"  {name:<13}{'present' if entry['present'] else 'MISSING'}: {entry['path']}")
