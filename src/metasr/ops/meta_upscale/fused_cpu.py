@@ -145,39 +145,44 @@ static inline void pixel4(const T* const* base, int64_t rowstride, int64_t k, in
   }
 }
 
+// The tables both sweeps read (kernel_tables' output, in ARGS order) as sizes and pointers.
 template <typename T>
-static void run(const torch::Tensor& xp, const torch::Tensor& init, const torch::Tensor& w2r,
-                const torch::Tensor& slope, const torch::Tensor& cdv,
-                const torch::Tensor& ev_ptr, const torch::Tensor& ev_pos,
-                const torch::Tensor& ev_unit, const torch::Tensor& ev_sign,
-                const torch::Tensor& row_ptr, const torch::Tensor& rows,
-                const torch::Tensor& row_idx, const torch::Tensor& cpos_ptr,
-                const torch::Tensor& cols, const torch::Tensor& col_idx,
-                const torch::Tensor& col_off, torch::Tensor& y, int64_t k, int64_t nthreads,
-                bool blocked) {
-  const int64_t N = xp.size(0), Hp = xp.size(1), Wp = xp.size(2), C = xp.size(3);
+struct Sweep {
+  int64_t k, N, Hp, Wp, C, Dv, hid, kC, F, Dh, rowstride;
+  const T *X, *I0, *Wr, *S, *CV, *es, *dh;
+  const int64_t *ep, *epos, *eu, *rp, *rr, *ri, *cp, *cc, *ci;
+  Sweep(const std::vector<torch::Tensor>& t, int64_t k)
+      : k(k), N(t[0].size(0)), Hp(t[0].size(1)), Wp(t[0].size(2)), C(t[0].size(3)),
+        Dv(t[1].size(0) / 2), hid(t[2].size(0)), kC(k * C), F(k * kC),
+        Dh(t[12].size(0) - 1), rowstride(Wp * C),
+        X(t[0].data_ptr<T>()), I0(t[1].data_ptr<T>()), Wr(t[2].data_ptr<T>()),
+        S(t[3].data_ptr<T>()), CV(t[4].data_ptr<T>()), es(t[8].data_ptr<T>()),
+        dh(t[15].data_ptr<T>()), ep(t[5].data_ptr<int64_t>()), epos(t[6].data_ptr<int64_t>()),
+        eu(t[7].data_ptr<int64_t>()), rp(t[9].data_ptr<int64_t>()),
+        rr(t[10].data_ptr<int64_t>()), ri(t[11].data_ptr<int64_t>()),
+        cp(t[12].data_ptr<int64_t>()), cc(t[13].data_ptr<int64_t>()),
+        ci(t[14].data_ptr<int64_t>()) {}
+};
+
+// Switch e of row phase v (unit j, sign σ): B += σ·s_j·w2_j, C += σ·c_j(Δv)·w2_j (OF values).
+template <typename T>
+static inline void apply_switch(const Sweep<T>& s, int64_t e, int64_t v, int64_t OF, T* tb,
+                                T* tc) {
+  const int64_t j = s.eu[e];
+  const T sb = s.es[e] * s.S[j], sc = s.es[e] * s.CV[v * s.hid + j];
+  const T* wj = s.Wr + j * OF;
+#pragma omp simd
+  for (int64_t f = 0; f < OF; ++f) {
+    tb[f] += sb * wj[f];
+    tc[f] += sc * wj[f];
+  }
+}
+
+template <typename T>
+static void run(const Sweep<T>& s, torch::Tensor& y, int64_t nthreads, bool blocked) {
   const int64_t O = y.size(1), H = y.size(2), W = y.size(3);
-  const int64_t Dv = init.size(0) / 2, hid = w2r.size(0);
-  const int64_t kC = k * C, F = k * kC, O2 = 2 * O, TF = O2 * F;
-  const int64_t Dh = cpos_ptr.size(0) - 1;
-  const T* X = xp.data_ptr<T>();
-  const T* I0 = init.data_ptr<T>();
-  const T* Wr = w2r.data_ptr<T>();
-  const T* S = slope.data_ptr<T>();
-  const T* CV = cdv.data_ptr<T>();
-  const int64_t* ep = ev_ptr.data_ptr<int64_t>();
-  const int64_t* epos = ev_pos.data_ptr<int64_t>();
-  const int64_t* eu = ev_unit.data_ptr<int64_t>();
-  const T* es = ev_sign.data_ptr<T>();
-  const int64_t* rp = row_ptr.data_ptr<int64_t>();
-  const int64_t* rr = rows.data_ptr<int64_t>();
-  const int64_t* ri = row_idx.data_ptr<int64_t>();
-  const int64_t* cp = cpos_ptr.data_ptr<int64_t>();
-  const int64_t* cc = cols.data_ptr<int64_t>();
-  const int64_t* ci = col_idx.data_ptr<int64_t>();
-  const T* dh = col_off.data_ptr<T>();
+  const int64_t O2 = 2 * O, TF = O2 * s.F, HW = H * W;
   T* Y = y.data_ptr<T>();
-  const int64_t rowstride = Wp * C, HW = H * W;
 #pragma omp parallel num_threads(nthreads)
   {
     std::vector<T> tab(TF);
@@ -186,11 +191,11 @@ static void run(const torch::Tensor& xp, const torch::Tensor& init, const torch:
     std::vector<T> pd;         // its Δh
     std::vector<T> acc(O2), acc4(4 * O2);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t v = 0; v < Dv; ++v) {
-      if (rp[v] == rp[v + 1]) continue;
-      std::memcpy(tab.data(), I0 + v * O * F, O * F * sizeof(T));
-      std::memcpy(tab.data() + O * F, I0 + (Dv + v) * O * F, O * F * sizeof(T));
-      int64_t e = ep[v];
+    for (int64_t v = 0; v < s.Dv; ++v) {
+      if (s.rp[v] == s.rp[v + 1]) continue;
+      std::memcpy(tab.data(), s.I0 + v * O * s.F, O * s.F * sizeof(T));
+      std::memcpy(tab.data() + O * s.F, s.I0 + (s.Dv + v) * O * s.F, O * s.F * sizeof(T));
+      int64_t e = s.ep[v];
       pb.clear(); po.clear(); pd.clear();
       // Pending pixels share the current table: they are contracted when the next switch
       // comes (or the row phase ends), four at a time where the blocked path is on.
@@ -199,41 +204,31 @@ static void run(const torch::Tensor& xp, const torch::Tensor& init, const torch:
         int64_t p = 0;
         if (blocked) {
           for (; p + 4 <= np_; p += 4) {
-            pixel4<T>(pb.data() + p, rowstride, k, kC, tab.data(), F, O2, acc4.data());
+            pixel4<T>(pb.data() + p, s.rowstride, s.k, s.kC, tab.data(), s.F, O2, acc4.data());
             for (int u = 0; u < 4; ++u)
               for (int64_t o = 0; o < O; ++o)
                 Y[po[p + u] + o * HW] = pd[p + u] * acc4[u * O2 + o] + acc4[u * O2 + O + o];
           }
         }
         for (; p < np_; ++p) {
-          pixel<T>(pb[p], rowstride, k, kC, tab.data(), F, O2, acc.data());
+          pixel<T>(pb[p], s.rowstride, s.k, s.kC, tab.data(), s.F, O2, acc.data());
           for (int64_t o = 0; o < O; ++o) Y[po[p] + o * HW] = pd[p] * acc[o] + acc[O + o];
         }
         pb.clear(); po.clear(); pd.clear();
       };
-      for (int64_t q = 0; q < Dh; ++q) {
-        if (e < ep[v + 1] && epos[e] == q) flush();
+      for (int64_t q = 0; q < s.Dh; ++q) {
+        if (e < s.ep[v + 1] && s.epos[e] == q) flush();
         // Switches at this column phase: rank-1 updates of B (slope) and C (c_j(Δv)).
-        for (; e < ep[v + 1] && epos[e] == q; ++e) {
-          const int64_t j = eu[e];
-          const T sb = es[e] * S[j], sc = es[e] * CV[v * hid + j];
-          const T* wj = Wr + j * O * F;
-          T* tb = tab.data();
-          T* tc = tab.data() + O * F;
-#pragma omp simd
-          for (int64_t f = 0; f < O * F; ++f) {
-            tb[f] += sb * wj[f];
-            tc[f] += sc * wj[f];
-          }
-        }
-        for (int64_t a = rp[v]; a < rp[v + 1]; ++a) {
-          const int64_t i = rr[a];
-          for (int64_t b = cp[q]; b < cp[q + 1]; ++b) {
-            const int64_t jcol = cc[b];
-            for (int64_t n = 0; n < N; ++n) {
-              pb.push_back(X + ((n * Hp + ri[i]) * Wp + ci[jcol]) * C);
+        for (; e < s.ep[v + 1] && s.epos[e] == q; ++e)
+          apply_switch(s, e, v, O * s.F, tab.data(), tab.data() + O * s.F);
+        for (int64_t a = s.rp[v]; a < s.rp[v + 1]; ++a) {
+          const int64_t i = s.rr[a];
+          for (int64_t b = s.cp[q]; b < s.cp[q + 1]; ++b) {
+            const int64_t jcol = s.cc[b];
+            for (int64_t n = 0; n < s.N; ++n) {
+              pb.push_back(s.X + ((n * s.Hp + s.ri[i]) * s.Wp + s.ci[jcol]) * s.C);
               po.push_back(n * O * HW + i * W + jcol);
-              pd.push_back(dh[jcol]);
+              pd.push_back(s.dh[jcol]);
             }
           }
         }
@@ -243,16 +238,12 @@ static void run(const torch::Tensor& xp, const torch::Tensor& init, const torch:
   }
 }
 
-// Fills y (N, O, H, W), allocated by the caller, in the geometry's computed order.
-void forward(torch::Tensor xp, torch::Tensor init, torch::Tensor w2r, torch::Tensor slope,
-             torch::Tensor cdv, torch::Tensor ev_ptr, torch::Tensor ev_pos, torch::Tensor ev_unit,
-             torch::Tensor ev_sign, torch::Tensor row_ptr, torch::Tensor rows,
-             torch::Tensor row_idx, torch::Tensor cpos_ptr, torch::Tensor cols,
-             torch::Tensor col_idx, torch::Tensor col_off, torch::Tensor y, int64_t k,
-             int64_t nthreads, bool blocked) {
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "metasr_intervals_cpu", [&] {
-    run<scalar_t>(xp, init, w2r, slope, cdv, ev_ptr, ev_pos, ev_unit, ev_sign, row_ptr, rows,
-                  row_idx, cpos_ptr, cols, col_idx, col_off, y, k, nthreads, blocked);
+// Fills y (N, O, H, W), allocated by the caller, in the geometry's computed order; `t` is
+// kernel_tables' output in ARGS order.
+void forward(std::vector<torch::Tensor> t, torch::Tensor y, int64_t k, int64_t nthreads,
+             bool blocked) {
+  AT_DISPATCH_FLOATING_TYPES(t[0].scalar_type(), "metasr_intervals_cpu", [&] {
+    run<scalar_t>(Sweep<scalar_t>(t, k), y, nthreads, blocked);
   });
 }
 
@@ -306,64 +297,36 @@ static inline void pixel_bwd(const T* const* base, int64_t rowstride, int64_t k,
 // after it, so its gradient reads R(e) = Total − P(e): the prefix part is subtracted at the
 // switch, the total added once the row phase is done (then also d init = Total).
 template <typename T>
-static void run_backward(const torch::Tensor& xp, const torch::Tensor& init,
-                         const torch::Tensor& w2r, const torch::Tensor& slope,
-                         const torch::Tensor& cdv, const torch::Tensor& ev_ptr,
-                         const torch::Tensor& ev_pos, const torch::Tensor& ev_unit,
-                         const torch::Tensor& ev_sign, const torch::Tensor& row_ptr,
-                         const torch::Tensor& rows, const torch::Tensor& row_idx,
-                         const torch::Tensor& cpos_ptr, const torch::Tensor& cols,
-                         const torch::Tensor& col_idx, const torch::Tensor& col_off,
-                         const torch::Tensor& gy, torch::Tensor& dxp_t, torch::Tensor& dinit,
-                         torch::Tensor& dw2_t, torch::Tensor& dslope_t, torch::Tensor& dcdv,
-                         int64_t k, int64_t nthreads) {
-  const int64_t N = xp.size(0), Hp = xp.size(1), Wp = xp.size(2), C = xp.size(3);
+static void run_backward(const Sweep<T>& s, const torch::Tensor& gy, torch::Tensor& dxp_t,
+                         torch::Tensor& dinit, torch::Tensor& dw2_t, torch::Tensor& dslope_t,
+                         torch::Tensor& dcdv, int64_t nthreads) {
   const int64_t O = gy.size(1), H = gy.size(2), W = gy.size(3);
-  const int64_t Dv = init.size(0) / 2, hid = w2r.size(0);
-  const int64_t kC = k * C, F = k * kC, OF = O * F;
-  const int64_t Dh = cpos_ptr.size(0) - 1;
-  const T* X = xp.data_ptr<T>();
-  const T* I0 = init.data_ptr<T>();
-  const T* Wr = w2r.data_ptr<T>();
-  const T* S = slope.data_ptr<T>();
-  const T* CV = cdv.data_ptr<T>();
-  const int64_t* ep = ev_ptr.data_ptr<int64_t>();
-  const int64_t* epos = ev_pos.data_ptr<int64_t>();
-  const int64_t* eu = ev_unit.data_ptr<int64_t>();
-  const T* es = ev_sign.data_ptr<T>();
-  const int64_t* rp = row_ptr.data_ptr<int64_t>();
-  const int64_t* rr = rows.data_ptr<int64_t>();
-  const int64_t* ri = row_idx.data_ptr<int64_t>();
-  const int64_t* cp = cpos_ptr.data_ptr<int64_t>();
-  const int64_t* cc = cols.data_ptr<int64_t>();
-  const int64_t* ci = col_idx.data_ptr<int64_t>();
-  const T* dh = col_off.data_ptr<T>();
+  const int64_t OF = O * s.F, HW = H * W, xsize = s.N * s.Hp * s.Wp * s.C;
+  const int64_t nt = dxp_t.size(0);
   const T* G = gy.data_ptr<T>();
   T* DI = dinit.data_ptr<T>();
   T* DCV = dcdv.data_ptr<T>();
-  const int64_t rowstride = Wp * C, HW = H * W, xsize = N * Hp * Wp * C;
-  const int64_t nt = dxp_t.size(0);
 #pragma omp parallel num_threads(nthreads)
   {
     const int64_t t = omp_get_thread_num() % nt;
     T* DX = dxp_t.data_ptr<T>() + t * xsize;
-    T* DW = dw2_t.data_ptr<T>() + t * hid * OF;
-    T* DS = dslope_t.data_ptr<T>() + t * hid;
-    std::vector<T> tab(2 * OF), pre(2 * OF), a(4 * O), b(4 * O), d(4 * F);
+    T* DW = dw2_t.data_ptr<T>() + t * s.hid * OF;
+    T* DS = dslope_t.data_ptr<T>() + t * s.hid;
+    std::vector<T> tab(2 * OF), pre(2 * OF), a(4 * O), b(4 * O), d(4 * s.F);
     std::vector<int64_t> pb, po;  // pending pixels: window offset, output offset
     std::vector<T> pd;            // their Δh
     std::vector<const T*> xs(4);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t v = 0; v < Dv; ++v) {
-      if (rp[v] == rp[v + 1]) continue;
-      std::memcpy(tab.data(), I0 + v * OF, OF * sizeof(T));
-      std::memcpy(tab.data() + OF, I0 + (Dv + v) * OF, OF * sizeof(T));
+    for (int64_t v = 0; v < s.Dv; ++v) {
+      if (s.rp[v] == s.rp[v + 1]) continue;
+      std::memcpy(tab.data(), s.I0 + v * OF, OF * sizeof(T));
+      std::memcpy(tab.data() + OF, s.I0 + (s.Dv + v) * OF, OF * sizeof(T));
       std::fill(pre.begin(), pre.end(), T(0));
       T* tb = tab.data();
       T* tc = tab.data() + OF;
       T* pB = pre.data();
       T* pC = pre.data() + OF;
-      int64_t e = ep[v];
+      int64_t e = s.ep[v];
       pb.clear(); po.clear(); pd.clear();
       // Pending pixels share the current tables and sums; contracted before the next switch
       // (or at the row phase's end), four at a time.
@@ -372,69 +335,37 @@ static void run_backward(const torch::Tensor& xp, const torch::Tensor& init,
         for (int64_t p = 0; p < np_; p += 4) {
           const int m = (int)std::min<int64_t>(4, np_ - p);
           for (int u = 0; u < m; ++u) {
-            xs[u] = X + pb[p + u];
+            xs[u] = s.X + pb[p + u];
             for (int64_t o = 0; o < O; ++o) {
               b[u * O + o] = G[po[p + u] + o * HW];
               a[u * O + o] = b[u * O + o] * pd[p + u];
             }
           }
           if (m == 4)
-            pixel_bwd<T, 4>(xs.data(), rowstride, k, kC, tb, tc, pB, pC, F, O, a.data(),
+            pixel_bwd<T, 4>(xs.data(), s.rowstride, s.k, s.kC, tb, tc, pB, pC, s.F, O, a.data(),
                             b.data(), d.data());
           else
             for (int u = 0; u < m; ++u)
-              pixel_bwd<T, 1>(xs.data() + u, rowstride, k, kC, tb, tc, pB, pC, F, O,
-                              a.data() + u * O, b.data() + u * O, d.data() + u * F);
+              pixel_bwd<T, 1>(xs.data() + u, s.rowstride, s.k, s.kC, tb, tc, pB, pC, s.F, O,
+                              a.data() + u * O, b.data() + u * O, d.data() + u * s.F);
           for (int u = 0; u < m; ++u) {
             T* dx = DX + pb[p + u];
-            const T* du = d.data() + u * F;
-            for (int64_t ky = 0; ky < k; ++ky) {
+            const T* du = d.data() + u * s.F;
+            for (int64_t ky = 0; ky < s.k; ++ky) {
 #pragma omp simd
-              for (int64_t qq = 0; qq < kC; ++qq) dx[ky * rowstride + qq] += du[ky * kC + qq];
+              for (int64_t qq = 0; qq < s.kC; ++qq)
+                dx[ky * s.rowstride + qq] += du[ky * s.kC + qq];
             }
           }
         }
         pb.clear(); po.clear(); pd.clear();
       };
-      for (int64_t q = 0; q < Dh; ++q) {
-        if (e < ep[v + 1] && epos[e] == q) flush();
-        for (; e < ep[v + 1] && epos[e] == q; ++e) {
-          const int64_t j = eu[e];
-          const T sg = es[e], sj = S[j], cj = CV[v * hid + j];
-          const T* wj = Wr + j * OF;
-          T* dwj = DW + j * OF;
-          T db = 0, dc = 0;
-#pragma omp simd reduction(+ : db, dc)
-          for (int64_t f = 0; f < OF; ++f) {
-            db += wj[f] * pB[f];
-            dc += wj[f] * pC[f];
-            dwj[f] -= sg * (sj * pB[f] + cj * pC[f]);
-            tb[f] += sg * sj * wj[f];
-            tc[f] += sg * cj * wj[f];
-          }
-          DS[j] -= sg * db;
-          DCV[v * hid + j] -= sg * dc;
-        }
-        for (int64_t r = rp[v]; r < rp[v + 1]; ++r) {
-          const int64_t i = rr[r];
-          for (int64_t c = cp[q]; c < cp[q + 1]; ++c) {
-            const int64_t jcol = cc[c];
-            for (int64_t n = 0; n < N; ++n) {
-              pb.push_back(((n * Hp + ri[i]) * Wp + ci[jcol]) * C);
-              po.push_back(n * O * HW + i * W + jcol);
-              pd.push_back(dh[jcol]);
-            }
-          }
-        }
-      }
-      flush();
-      // The row phase's totals: d init, and the suffix parts of its switches' gradients.
-      std::memcpy(DI + v * OF, pB, OF * sizeof(T));
-      std::memcpy(DI + (Dv + v) * OF, pC, OF * sizeof(T));
-      for (int64_t e2 = ep[v]; e2 < ep[v + 1]; ++e2) {
-        const int64_t j = eu[e2];
-        const T sg = es[e2], sj = S[j], cj = CV[v * hid + j];
-        const T* wj = Wr + j * OF;
+      // Switch e's gradients read the sums pB, pC with weight w: −1 at the switch (the pixels
+      // before it), +1 once the row phase is done (all its pixels).
+      auto switch_grads = [&](int64_t ev, T w) {
+        const int64_t j = s.eu[ev];
+        const T sg = w * s.es[ev], sj = s.S[j], cj = s.CV[v * s.hid + j];
+        const T* wj = s.Wr + j * OF;
         T* dwj = DW + j * OF;
         T db = 0, dc = 0;
 #pragma omp simd reduction(+ : db, dc)
@@ -444,8 +375,31 @@ static void run_backward(const torch::Tensor& xp, const torch::Tensor& init,
           dwj[f] += sg * (sj * pB[f] + cj * pC[f]);
         }
         DS[j] += sg * db;
-        DCV[v * hid + j] += sg * dc;
+        DCV[v * s.hid + j] += sg * dc;
+      };
+      for (int64_t q = 0; q < s.Dh; ++q) {
+        if (e < s.ep[v + 1] && s.epos[e] == q) flush();
+        for (; e < s.ep[v + 1] && s.epos[e] == q; ++e) {
+          switch_grads(e, T(-1));  // the prefix part, before the switch changes the tables
+          apply_switch(s, e, v, OF, tb, tc);
+        }
+        for (int64_t r = s.rp[v]; r < s.rp[v + 1]; ++r) {
+          const int64_t i = s.rr[r];
+          for (int64_t c = s.cp[q]; c < s.cp[q + 1]; ++c) {
+            const int64_t jcol = s.cc[c];
+            for (int64_t n = 0; n < s.N; ++n) {
+              pb.push_back(((n * s.Hp + s.ri[i]) * s.Wp + s.ci[jcol]) * s.C);
+              po.push_back(n * O * HW + i * W + jcol);
+              pd.push_back(s.dh[jcol]);
+            }
+          }
+        }
       }
+      flush();
+      // The row phase's totals: d init, and the suffix parts of its switches' gradients.
+      std::memcpy(DI + v * OF, pB, OF * sizeof(T));
+      std::memcpy(DI + (s.Dv + v) * OF, pC, OF * sizeof(T));
+      for (int64_t e2 = s.ep[v]; e2 < s.ep[v + 1]; ++e2) switch_grads(e2, T(1));
     }
   }
 }
@@ -453,17 +407,12 @@ static void run_backward(const torch::Tensor& xp, const torch::Tensor& init,
 // Gradients of `forward` given gy (N, O, H, W): fills dinit, dcdv (owned by one row phase
 // each) and per-thread partials dxp_t (T, N, Hp, Wp, C), dw2_t (T, hid, O·F), dslope_t (T, hid),
 // all zero-initialised by the caller, who sums the partials.
-void backward(torch::Tensor xp, torch::Tensor init, torch::Tensor w2r, torch::Tensor slope,
-              torch::Tensor cdv, torch::Tensor ev_ptr, torch::Tensor ev_pos,
-              torch::Tensor ev_unit, torch::Tensor ev_sign, torch::Tensor row_ptr,
-              torch::Tensor rows, torch::Tensor row_idx, torch::Tensor cpos_ptr,
-              torch::Tensor cols, torch::Tensor col_idx, torch::Tensor col_off, torch::Tensor gy,
-              torch::Tensor dxp_t, torch::Tensor dinit, torch::Tensor dw2_t,
-              torch::Tensor dslope_t, torch::Tensor dcdv, int64_t k, int64_t nthreads) {
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "metasr_intervals_cpu_backward", [&] {
-    run_backward<scalar_t>(xp, init, w2r, slope, cdv, ev_ptr, ev_pos, ev_unit, ev_sign, row_ptr,
-                           rows, row_idx, cpos_ptr, cols, col_idx, col_off, gy, dxp_t, dinit,
-                           dw2_t, dslope_t, dcdv, k, nthreads);
+void backward(std::vector<torch::Tensor> t, torch::Tensor gy, torch::Tensor dxp_t,
+              torch::Tensor dinit, torch::Tensor dw2_t, torch::Tensor dslope_t,
+              torch::Tensor dcdv, int64_t k, int64_t nthreads) {
+  AT_DISPATCH_FLOATING_TYPES(t[0].scalar_type(), "metasr_intervals_cpu_backward", [&] {
+    run_backward<scalar_t>(Sweep<scalar_t>(t, k), gy, dxp_t, dinit, dw2_t, dslope_t, dcdv,
+                           nthreads);
   });
 }
 """
@@ -782,7 +731,7 @@ def run_kernel(
         blocked: four pixels per table pass (the default); ``False`` runs one pixel at a time
             (``benchmarks/fused_intervals.py`` compares them).
     """
-    ext.forward(*(tables[a] for a in ARGS), y, k, torch.get_num_threads(), blocked)
+    ext.forward([tables[a] for a in ARGS], y, k, torch.get_num_threads(), blocked)
     return y
 
 
@@ -820,7 +769,7 @@ class _Intervals(torch.autograd.Function):
         dcdv = torch.zeros_like(cdv)
         gy = gy.to(xp.dtype).contiguous()
         args = [saved[a] for a in ARGS]
-        ctx.ext.backward(*args, gy, dxp, dinit, dw2, dslope, dcdv, ctx.k, threads)
+        ctx.ext.backward(args, gy, dxp, dinit, dw2, dslope, dcdv, ctx.k, threads)
         return None, None, None, None, dxp.sum(0), dinit, dw2.sum(0), dslope.sum(0), dcdv
 
 
