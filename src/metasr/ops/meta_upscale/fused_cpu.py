@@ -576,8 +576,9 @@ def intervals_cost(params: MLPParams, geom: Geometry, n: int, grad: bool = False
     ``2·Cout·k²·Cin`` table per row phase and unit, the initial tables (one GEMM of
     ``2·Dv × hid'`` by ``hid' × Cout·k²·Cin``), the host's per-entry work and the padded copy.
     With ``grad`` the backward is added: per pixel twice the forward's products (the window's
-    gradient and the tables'), per switch two dot products and two updates more, twice
-    (prefix, then total), and the initial GEMM's backward.
+    gradient and the tables') counted as three times (the backward kernel measured 2.7–2.9× the
+    forward kernel's time, 2 threads, 2026-12-07), per switch two dot products and two updates
+    more, twice (prefix, then total), and the initial GEMM's backward.
     """
     k, C, O = params.kernel_size, params.in_channels, params.out_channels
     width = k * k * C * O
@@ -588,7 +589,7 @@ def intervals_cost(params: MLPParams, geom: Geometry, n: int, grad: bool = False
     balance = -(-Dv // threads) * threads / Dv
     pixels, switches = 2 * n * geom.H * geom.W * width, 2 * entries * width
     if grad:
-        pixels, switches = 3 * pixels, 5 * switches
+        pixels, switches = 4 * pixels, 5 * switches
     kernel = (pixels + switches) * balance
     padded = n * C * (geom.h + k - 1) * (geom.w + k - 1) * (2 if grad else 1)
     init = 2 * entries * width * (3 if grad else 1)  # the initial tables' GEMM
