@@ -125,6 +125,11 @@ def test_gradcheck_tiny():
         return meta_upscale_torch(x, params, geom, order="intervals")
 
     assert torch.autograd.gradcheck(f, (x.requires_grad_(True), *tensors))
+    # No second derivative: asking for one is an error, not a silent zero.
+    y = f(x, *tensors)
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|differentiable"):
+        gx.sum().backward()
 
 
 def test_official_encoding_and_size_request():

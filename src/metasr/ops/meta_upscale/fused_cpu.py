@@ -63,6 +63,7 @@ from types import ModuleType
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from ...geometry import Geometry
 from .. import memory
@@ -759,6 +760,7 @@ class _Intervals(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the C++ backward records no graph: double backward raises
     def backward(ctx, gy):  # type: ignore[override]
         saved = dict(zip(ARGS, ctx.saved_tensors, strict=True))
         xp, init, w2r, slope, cdv = (saved[a] for a in _DIFF)
