@@ -1,15 +1,16 @@
 """The fused CPU kernel of the intervals order of Meta-Upscale (issue 27): checks and timings.
 
 The kernel and its host-side tables are the ``torch`` backend's opt-in "intervals" order,
-:mod:`metasr.ops.meta_upscale.fused_cpu` (forward only, ``METASR_CPU_KERNELS=1``; the order and
-its algebra are described there and in ``docs/design.md`` §3). This script compiles it into a
-fresh, empty extensions folder (so the compile time it reports is a real build), checks it
-against the spec (``backend="naive"``) in float64 on small inputs (exit 1 if it fails) and
-against the torch backend's other orders in float32 on 1×64×128², and times, in one process
-with interleaved rounds (medians; wall and process CPU time), ×4 by ``metasr.meta_upscale``
-(its per-phase order) and 2.37×3.13 and 1.13×3.91 by the torch backend without this order and
-by the kernel (everything from the geometry on included, the host-side tables also reported
-alone, and the kernel without its four-pixel blocking, "1 pixel at a time").
+:mod:`metasr.ops.meta_upscale.fused_cpu` (``METASR_CPU_KERNELS=1``; this script times its
+forward; the order and its algebra are described there and in ``docs/design.md`` §3). This
+script compiles it into a fresh, empty extensions folder (so the compile time it reports is a
+real build), checks it against the spec (``backend="naive"``) in float64 on small inputs (exit 1
+if it fails) and against the torch backend's other orders in float32 on 1×64×128², and times, in
+one process with interleaved rounds (medians; wall and process CPU time), ×4 by
+``metasr.meta_upscale`` (its per-phase order) and 2.37×3.13 and 1.13×3.91 by the torch backend
+without this order and by the kernel (everything from the geometry on included, the host-side
+tables also reported alone, and the kernel without its four-pixel blocking, "1 pixel at a
+time").
 
 Usage::
 
