@@ -577,7 +577,7 @@ def intervals_cost(params: MLPParams, geom: Geometry, n: int, grad: bool = False
     ``2·Cout·k²·Cin`` table per row phase and unit, the initial tables (one GEMM of
     ``2·Dv × hid'`` by ``hid' × Cout·k²·Cin``), the host's per-entry work and the padded copy.
     With ``grad`` the backward is added: per pixel twice the forward's products (the window's
-    gradient and the tables') counted as three times (the backward kernel measured 2.7–2.9× the
+    gradient and the tables') counted as three times (the backward kernel measured 2.4–2.9× the
     forward kernel's time, 2 threads, 2026-12-07), per switch two dot products and two updates
     more, twice (prefix, then total), and the initial GEMM's backward.
     """
