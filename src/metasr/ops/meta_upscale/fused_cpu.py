@@ -69,7 +69,7 @@ from ...geometry import Geometry
 from .. import memory
 from .padding import pad_window
 from .params import MLPParams, PredictorParams
-from .tables import phases
+from .tables import as_index, phases
 
 __all__ = [
     "ENV_VAR",
@@ -498,6 +498,11 @@ def load_extension() -> ModuleType:
     return _built["ext"]  # type: ignore[return-value]
 
 
+#: The two things the kernel cannot compute (:func:`geometry_reason`).
+_NEEDS_MLP = "the fused CPU kernel needs the Linear-ReLU-Linear predictor"
+_NEEDS_AFFINE = "the fused CPU kernel needs column positions affine in the column offset"
+
+
 def _column_direction(geom: Geometry) -> tuple[np.ndarray, np.ndarray] | None:
     """``(e, c0)`` with ``col_pos[j] = c0 + col_off[j]·e`` at every column phase, or ``None``
     when the column part of the positions is not affine in ``Δh``."""
@@ -520,9 +525,9 @@ def geometry_reason(params: PredictorParams, geom: Geometry) -> str | None:
     positions that is affine in ``Δh`` (both encodings, every request kind today).
     """
     if not isinstance(params, MLPParams):
-        return "the fused CPU kernel needs the Linear-ReLU-Linear predictor"
+        return _NEEDS_MLP
     if _column_direction(geom) is None:
-        return "the fused CPU kernel needs column positions affine in the column offset"
+        return _NEEDS_AFFINE
     return None
 
 
@@ -650,9 +655,9 @@ def kernel_tables(x: torch.Tensor, params: MLPParams, geom: Geometry) -> dict[st
     """
     direction = _column_direction(geom)
     if direction is None:
-        raise ValueError("the fused CPU kernel needs column positions affine in the column offset")
+        raise ValueError(_NEEDS_AFFINE)
     e, c0 = direction
-    dt = x.dtype
+    dt, dev = x.dtype, x.device
     C, k, O = params.in_channels, params.kernel_size, params.out_channels
     rf, rph = phases(geom.row_off)
     cf, cph = phases(geom.col_off)
@@ -701,23 +706,19 @@ def kernel_tables(x: torch.Tensor, params: MLPParams, geom: Geometry) -> dict[st
         w2r=w2r.contiguous(),
         slope=s_t,
         cdv=c_t.contiguous(),
-        ev_ptr=_long(ev_ptr),
-        ev_pos=_long(evq),
-        ev_unit=_long(evj),
+        ev_ptr=as_index(ev_ptr, dev),
+        ev_pos=as_index(evq, dev),
+        ev_unit=as_index(evj, dev),
         ev_sign=torch.as_tensor(ev_sign, dtype=dt),
-        row_ptr=_long(np.r_[0, np.cumsum(np.bincount(rph, minlength=Dv))]),
-        rows=_long(np.argsort(rph, kind="stable")),
-        row_idx=_long(geom.row_idx),
-        cpos_ptr=_long(np.r_[0, np.cumsum(np.bincount(qcol, minlength=Dh))]),
-        cols=_long(np.argsort(qcol, kind="stable")),
-        col_idx=_long(geom.col_idx),
+        row_ptr=as_index(np.r_[0, np.cumsum(np.bincount(rph, minlength=Dv))], dev),
+        rows=as_index(np.argsort(rph, kind="stable"), dev),
+        row_idx=as_index(geom.row_idx, dev),
+        cpos_ptr=as_index(np.r_[0, np.cumsum(np.bincount(qcol, minlength=Dh))], dev),
+        cols=as_index(np.argsort(qcol, kind="stable"), dev),
+        col_idx=as_index(geom.col_idx, dev),
         col_off=torch.as_tensor(geom.col_off, dtype=dt),
         events=torch.tensor(len(evq)),
     )
-
-
-def _long(a: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long)
 
 
 def run_kernel(
@@ -794,7 +795,7 @@ def meta_upscale_intervals(x: torch.Tensor, params: MLPParams, geom: Geometry) -
     """
     ext = load_extension()
     if not isinstance(params, MLPParams):
-        raise ValueError("the fused CPU kernel needs the Linear-ReLU-Linear predictor")
+        raise ValueError(_NEEDS_MLP)
     tables = kernel_tables(x, params, geom)  # refuses a geometry it cannot compute
     shape = (x.shape[0], params.out_channels, geom.H, geom.W)
     if not any(tables[a].requires_grad for a in _DIFF):

@@ -116,18 +116,42 @@ def _auto_order(
     x: torch.Tensor | None = None,
     grad: bool = False,
 ) -> str:
-    """The evaluation order ``"auto"`` picks for ``Dv × Dh`` distinct offsets (batch ``n``).
+    """The evaluation order ``"auto"`` picks for ``Dv × Dh`` distinct offsets (batch ``n``)
+    (:func:`_choose`)."""
+    return _choose(params, geom, Dv, Dh, n, x, grad).order
+
+
+def _choose(
+    params: PredictorParams,
+    geom: Geometry,
+    Dv: int,
+    Dh: int,
+    n: int,
+    x: torch.Tensor | None,
+    grad: bool,
+) -> OrderChoice:
+    """The order ``"auto"`` takes, and why the intervals order was not taken.
 
     The phase-grouped order (:mod:`.phase_grouped`) is taken where its counted cost is below
     that of the order chosen otherwise (:func:`.phase_grouped.prefer_grouped`); then, given the
     call's ``x`` (compute dtype) and whether it needs gradients, the intervals order
     (:mod:`.fused_cpu`) where it can run and costs less still (:func:`_intervals_reasons`).
+    Without ``x`` the intervals order is not considered (no reasons are given).
     """
     base = _base_order(params, geom, Dv, Dh)
     order = "grouped" if prefer_grouped(params, geom, Dv, Dh, n, base) else base
-    if x is not None and not _intervals_reasons(x, params, geom, grad, order, Dv, Dh):
-        return "intervals"
-    return order
+    if x is None:
+        return OrderChoice(order, ())
+    reasons = tuple(_intervals_reasons(x, params, geom, grad, order, Dv, Dh))
+    return OrderChoice(order if reasons else "intervals", reasons)
+
+
+def _compute_probe(x: torch.Tensor) -> torch.Tensor:
+    """``x``, or a float32 stand-in of its shape where the backend computes half precision on
+    CPU in float32 (:func:`meta_upscale_torch`): what the order choice must see."""
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        return x.new_empty(1, dtype=torch.float32).expand(x.shape)
+    return x
 
 
 def _intervals_reasons(
@@ -167,15 +191,13 @@ def evaluation_order(x: torch.Tensor, params: PredictorParams, geom: Geometry) -
         geom: output geometry.
     """
     grad = needs_grad(x, params)
-    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-        x = x.new_empty(1, dtype=torch.float32).expand(x.shape)  # the compute dtype
-        params = params.to(torch.float32)
+    probe = _compute_probe(x)
+    if probe.dtype != x.dtype:
+        params = params.to(probe.dtype)
     with torch.no_grad():
         params = _restricted(params, geom)
     Dv, Dh = len(phases(geom.row_off)[0]), len(phases(geom.col_off)[0])
-    other = _auto_order(params, geom, Dv, Dh, x.shape[0])  # without the intervals order
-    reasons = tuple(_intervals_reasons(x, params, geom, grad, other, Dv, Dh))
-    return OrderChoice(other if reasons else "intervals", reasons)
+    return _choose(params, geom, Dv, Dh, x.shape[0], probe, grad)
 
 
 def _restricted(params: PredictorParams, geom: Geometry) -> PredictorParams:
@@ -306,8 +328,7 @@ def estimate_bytes(x: torch.Tensor, params: PredictorParams, geom: Geometry) -> 
     Dv, Dh = len(phases(geom.row_off)[0]), len(phases(geom.col_off)[0])
     total = N * C * h * w * cs if half_on_cpu else 0  # float32 copy of x
     total += out * (item if half_on_cpu else 0)  # the final cast back
-    probe = x if not half_on_cpu else x.new_empty(1, dtype=torch.float32).expand(x.shape)
-    order = _auto_order(params, geom, Dv, Dh, N, probe, grad)
+    order = _auto_order(params, geom, Dv, Dh, N, _compute_probe(x), grad)
     if order == "intervals":
         return total + estimate_intervals_bytes(x, params, geom, cs, grad)  # type: ignore[arg-type]
     if order == "grouped":
