@@ -18,7 +18,6 @@ metasr's core dependencies.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from .geometry import UpscaleRequest
 from .inference import upscale_raster
 from .io import atomic_write, read_raster, write_raster
 
-__all__ = ["comparison", "main", "run"]
+__all__ = ["comparison", "run"]
 
 #: Size of the enlarged crop (output pixels), its magnification in the comparison image, and
 #: its centre as fractions of the height and width (the rim of the cat's eye in the sample).
@@ -122,14 +121,3 @@ def run(
     for f in files:
         print(f"  wrote {f}")
     return files
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m metasr.demo``: the same as ``metasr demo``."""
-    from .cli import main as cli_main
-
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
